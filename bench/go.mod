@@ -1,0 +1,3 @@
+module ambit.dev/bench
+
+go 1.26.8

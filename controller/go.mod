@@ -1,0 +1,3 @@
+module ambit.dev/controller
+
+go 1.26.8

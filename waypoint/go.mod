@@ -1,0 +1,3 @@
+module ambit.dev/waypoint
+
+go 1.26.8

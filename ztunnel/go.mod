@@ -1,0 +1,3 @@
+module ambit.dev/ztunnel
+
+go 1.26.8
