@@ -1,0 +1,303 @@
+package hbone
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// ClientConfig configures a Client. Certificate and Bundle are required.
+type ClientConfig struct {
+	ConnConfig
+	// Certificate returns the SVID to present for a source identity; a certificate
+	// manager's Certificate method fits.
+	Certificate func(ctx context.Context, id spiffeid.ID) (*tls.Certificate, error)
+	// Bundle holds the trust anchors servers must chain to.
+	Bundle x509bundle.Source
+	// DialContext opens the TCP connection to an HBONE endpoint. ztunnel supplies one that
+	// dials from inside the source pod's network namespace with its socket mark.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Target says where a stream goes and under whose identity.
+type Target struct {
+	// Source is the identity whose certificate the client presents.
+	Source spiffeid.ID
+	// Address is the HBONE endpoint: the destination pod's or waypoint's IP and 15008.
+	Address netip.AddrPort
+	// Identities are the identities the server may prove; at least one is required.
+	Identities []spiffeid.ID
+	// Authority is the CONNECT target: the destination pod IP:port, or the service
+	// VIP:port when Address is a waypoint.
+	Authority netip.AddrPort
+	// Forwarded is the original client address, sent as Forwarded: for=.
+	Forwarded netip.AddrPort
+	// Traceparent and Baggage carry W3C trace context across the tunnel.
+	Traceparent, Baggage string
+}
+
+// poolKey is the pool's key: connections are never shared across source identities.
+type poolKey struct {
+	src, dst string
+	addr     netip.AddrPort
+}
+
+func keyOf(t Target) poolKey {
+	ids := make([]string, len(t.Identities))
+	for i, id := range t.Identities {
+		ids[i] = id.String()
+	}
+	slices.Sort(ids)
+	return poolKey{src: t.Source.String(), dst: strings.Join(ids, ","), addr: t.Address}
+}
+
+// Client opens HBONE streams over pooled connections.
+type Client struct {
+	cfg ClientConfig
+
+	mu     sync.Mutex
+	pools  map[poolKey]*pool
+	closed bool
+}
+
+// pool holds the connections of one key, and the dials in flight for it so that a burst
+// of streams shares new connections instead of each dialling its own.
+type pool struct {
+	conns   []*conn
+	pending []*pendingDial
+}
+
+type pendingDial struct {
+	done    chan struct{}
+	c       *conn
+	err     error
+	waiters uint32 // streams promised to this dial, including the dialler's own
+}
+
+// NewClient validates cfg and returns a Client.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if cfg.Certificate == nil {
+		return nil, errors.New("hbone client: Certificate is required")
+	}
+	if cfg.Bundle == nil {
+		return nil, errors.New("hbone client: Bundle is required")
+	}
+	cc, err := cfg.ConnConfig.withDefaults(DefaultClientMaxStreams)
+	if err != nil {
+		return nil, err
+	}
+	cfg.ConnConfig = cc
+	if cfg.DialContext == nil {
+		d := &net.Dialer{}
+		cfg.DialContext = d.DialContext
+	}
+	return &Client{cfg: cfg, pools: make(map[poolKey]*pool)}, nil
+}
+
+// Dial opens a stream to t.Authority through the HBONE endpoint t.Address. It returns
+// only after the server answered 200, i.e. after the server reached the destination.
+func (c *Client) Dial(ctx context.Context, t Target) (*Stream, error) {
+	if !t.Address.IsValid() || !t.Authority.IsValid() {
+		return nil, &Error{Kind: KindProtocol, Reason: "target needs an address and an authority"}
+	}
+	if len(t.Identities) == 0 {
+		return nil, &Error{Kind: KindIdentity, Reason: "target names no expected server identity"}
+	}
+	if t.Source.IsZero() {
+		return nil, &Error{Kind: KindIdentity, Reason: "target names no source identity"}
+	}
+	cn, err := c.acquire(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	st, err := cn.openStream(requestFields(t))
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-st.resp:
+	case <-ctx.Done():
+		st.Close()
+		return nil, &Error{Kind: KindDial, Err: ctx.Err()}
+	}
+	if st.status != 200 {
+		st.Close()
+		if st.status == 0 {
+			st.mu.Lock()
+			cause := st.rErr
+			st.mu.Unlock()
+			var he *Error
+			if errors.As(cause, &he) {
+				return nil, he
+			}
+			return nil, &Error{Kind: KindDial, Err: cause}
+		}
+		return nil, errorForStatus(st.status, st.reason)
+	}
+	return st, nil
+}
+
+// acquire returns a connection with a stream slot reserved for the caller.
+func (c *Client) acquire(ctx context.Context, t Target) (*conn, error) {
+	key := keyOf(t)
+	limit := c.cfg.MaxStreams
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, &Error{Kind: KindDial, Reason: "client closed"}
+		}
+		p := c.pools[key]
+		if p == nil {
+			p = &pool{}
+			c.pools[key] = p
+		}
+		for _, cn := range p.conns {
+			if cn.reserve(limit) {
+				c.mu.Unlock()
+				return cn, nil
+			}
+		}
+		var pd *pendingDial
+		for _, d := range p.pending {
+			if d.waiters < limit {
+				pd = d
+				pd.waiters++
+				break
+			}
+		}
+		if pd == nil {
+			pd = &pendingDial{done: make(chan struct{}), waiters: 1}
+			p.pending = append(p.pending, pd)
+			go c.dial(key, t, pd)
+		}
+		c.mu.Unlock()
+
+		select {
+		case <-pd.done:
+		case <-ctx.Done():
+			return nil, &Error{Kind: KindDial, Err: ctx.Err()}
+		}
+		if pd.err != nil {
+			return nil, pd.err
+		}
+		if pd.c.reserve(limit) {
+			return pd.c, nil
+		}
+		// The new connection filled up (the peer allows fewer streams than we hoped):
+		// go round again.
+	}
+}
+
+// dial establishes one pooled connection. It runs detached from any caller's context so
+// that a cancelled caller does not fail the others waiting on the same dial.
+func (c *Client) dial(key poolKey, t Target, pd *pendingDial) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.HandshakeTimeout)
+	defer cancel()
+	cn, err := c.connect(ctx, t)
+	c.mu.Lock()
+	p := c.pools[key]
+	if p != nil {
+		p.pending = slices.DeleteFunc(p.pending, func(d *pendingDial) bool { return d == pd })
+	}
+	if err == nil {
+		if c.closed || p == nil {
+			err = &Error{Kind: KindDial, Reason: "client closed"}
+			cn.closeWithError(errConnClosed)
+		} else {
+			p.conns = append(p.conns, cn)
+			cn.onClose = func(dead *conn) { c.forget(key, dead) }
+		}
+	}
+	c.mu.Unlock()
+	if err == nil {
+		cn.run()
+	}
+	pd.c, pd.err = cn, err
+	close(pd.done)
+}
+
+func (c *Client) connect(ctx context.Context, t Target) (*conn, error) {
+	cert, err := c.cfg.Certificate(ctx, t.Source)
+	if err != nil {
+		return nil, &Error{Kind: KindIdentity, Reason: "no certificate for " + t.Source.String(), Err: err}
+	}
+	raw, err := c.cfg.DialContext(ctx, "tcp", t.Address.String())
+	if err != nil {
+		return nil, &Error{Kind: KindDial, Err: fmt.Errorf("dial %s: %w", t.Address, err)}
+	}
+	tc := tls.Client(raw, clientTLS(cert, c.cfg.Bundle, t.Identities))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		var he *Error
+		if errors.As(err, &he) {
+			return nil, he
+		}
+		return nil, &Error{Kind: KindDial, Err: fmt.Errorf("tls handshake with %s: %w", t.Address, err)}
+	}
+	peer, err := peerIdentity(tc.ConnectionState())
+	if err != nil {
+		raw.Close()
+		return nil, &Error{Kind: KindProtocol, Err: err}
+	}
+	cn := newConn(tc, false, c.cfg.ConnConfig, peer)
+	if err := cn.handshake(); err != nil {
+		raw.Close()
+		// In TLS 1.3 the server judges our certificate after our handshake finished; its
+		// verdict arrives as an alert on the first read.
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "remote error" {
+			return nil, &Error{Kind: KindIdentity, Reason: "server refused our certificate", Err: err}
+		}
+		return nil, &Error{Kind: KindProtocol, Err: fmt.Errorf("http2 handshake with %s: %w", t.Address, err)}
+	}
+	return cn, nil
+}
+
+func (c *Client) forget(key poolKey, dead *conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.pools[key]
+	if p == nil {
+		return
+	}
+	p.conns = slices.DeleteFunc(p.conns, func(cn *conn) bool { return cn == dead })
+	if len(p.conns) == 0 && len(p.pending) == 0 {
+		delete(c.pools, key)
+	}
+}
+
+// Conns reports how many pooled connections are open, for metrics and tests.
+func (c *Client) Conns() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, p := range c.pools {
+		n += len(p.conns)
+	}
+	return n
+}
+
+// Close closes every pooled connection; open streams fail.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	var all []*conn
+	for _, p := range c.pools {
+		all = append(all, p.conns...)
+	}
+	c.mu.Unlock()
+	for _, cn := range all {
+		cn.closeWithError(errConnClosed)
+	}
+	return nil
+}
