@@ -90,7 +90,9 @@ func errorForStatus(status int, reason string) *Error {
 // errStreamReset is returned by Read and Write after the peer reset the stream.
 type streamResetError struct{ code uint32 }
 
-func (e streamResetError) Error() string { return fmt.Sprintf("hbone: stream reset by peer (code %d)", e.code) }
+func (e streamResetError) Error() string {
+	return fmt.Sprintf("hbone: stream reset by peer (code %d)", e.code)
+}
 
 var (
 	errConnClosed   = errors.New("hbone: connection closed")

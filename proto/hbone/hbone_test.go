@@ -65,8 +65,8 @@ func TestRoundTripCarriesIdentityAndHeaders(t *testing.T) {
 // TestIdentityRefusals: a handshake succeeds only with the expected identity.
 func TestIdentityRefusals(t *testing.T) {
 	past := identitytest.NewFakeClock(time.Now().Add(-72 * time.Hour))
-	other := newTestCA(t, "cluster.local")    // same trust domain, different root
-	foreign := newTestCA(t, "other.example")  // other trust domain
+	other := newTestCA(t, "cluster.local")   // same trust domain, different root
+	foreign := newTestCA(t, "other.example") // other trust domain
 	stale := newTestCA(t, "cluster.local", func(o *identity.CAOptions) { o.Clock = past })
 
 	tests := []struct {

@@ -23,8 +23,8 @@ type Stream struct {
 	rbuf        []byte
 	roff        int
 	spare       []byte // the other buffer of WriteTo's pair
-	rEOF        bool  // the peer's END_STREAM arrived (data may still be buffered)
-	rErr        error // terminal error: reset, connection loss, local Close
+	rEOF        bool   // the peer's END_STREAM arrived (data may still be buffered)
+	rErr        error  // terminal error: reset, connection loss, local Close
 	recvWindow  int32
 	recvPending int32
 	remoteEnded bool
