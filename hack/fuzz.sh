@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# fuzz.sh runs each native Go fuzz target it is given for a short while.
+#
+#   hack/fuzz.sh [-t 10s] ./proto/identity:FuzzParseCSR ./proto/hbone:FuzzConnectRequest ...
+#
+# Each argument is <package dir>:<FuzzFunction>. A target that does not exist is an error, not a
+# silent pass: go test -fuzz with a pattern that matches nothing would exit 0.
+set -euo pipefail
+
+fuzztime=10s
+if [[ ${1:-} == -t ]]; then
+	fuzztime=$2
+	shift 2
+fi
+
+if [[ $# -eq 0 ]]; then
+	echo "fuzz: no fuzz targets listed (FUZZ in the Makefile is empty)"
+	exit 0
+fi
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+for target in "$@"; do
+	pkg=${target%%:*}
+	fn=${target#*:}
+	if [[ $pkg == "$target" || -z $pkg || -z $fn || $fn != Fuzz* ]]; then
+		echo "fuzz: bad target '$target': want <package dir>:<FuzzFunction>" >&2
+		exit 1
+	fi
+	if ! go test -list "^${fn}\$" "$pkg" | grep -qx "$fn"; then
+		echo "fuzz: $pkg has no fuzz target $fn; fix FUZZ in the Makefile" >&2
+		exit 1
+	fi
+	echo "fuzz: $pkg $fn for $fuzztime"
+	go test -run '^$' -fuzz "^${fn}\$" -fuzztime "$fuzztime" "$pkg"
+done

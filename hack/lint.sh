@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# lint.sh checks every module of the workspace with gofmt, go vet and staticcheck (the version
+# pinned by the tool directive in proto/go.mod).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+mapfile -t dirs < <(hack/packages.sh --dirs)
+mapfile -t pkgs < <(hack/packages.sh)
+
+unformatted=$(gofmt -l "${dirs[@]}")
+if [[ -n $unformatted ]]; then
+	echo "lint: gofmt would change these files (run gofmt -w on them):" >&2
+	echo "$unformatted" >&2
+	exit 1
+fi
+echo "lint: gofmt ok"
+
+if [[ ${#pkgs[@]} -eq 0 ]]; then
+	echo "lint: no Go packages yet; go vet and staticcheck skipped"
+	exit 0
+fi
+
+go vet "${pkgs[@]}"
+echo "lint: go vet ok"
+go tool staticcheck "${pkgs[@]}"
+echo "lint: staticcheck ok"

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# setup.sh installs the system tools ambit's build, tests and local lab use, from Debian's
+# packages. It installs only what is missing, so a second run does nothing and needs no
+# network. It starts no services: the lab runs its own etcd and haproxy when it needs them.
+set -euo pipefail
+
+# binary:package, one per tool.
+tools=(
+	protoc:protobuf-compiler
+	iptables:iptables
+	ip:iproute2
+	haproxy:haproxy
+	etcd:etcd-server
+	tcpdump:tcpdump
+)
+
+have() {
+	command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]
+}
+
+missing=()
+for t in "${tools[@]}"; do
+	if ! have "${t%%:*}"; then
+		missing+=("${t#*:}")
+	fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+	echo "setup: all tools present (${tools[*]%%:*})"
+	exit 0
+fi
+
+echo "setup: installing ${missing[*]}"
+if ! command -v apt-get >/dev/null 2>&1; then
+	echo "setup: apt-get not found; install these Debian packages (or your system's equivalents) by hand: ${missing[*]}" >&2
+	exit 1
+fi
+
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+	if ! command -v sudo >/dev/null 2>&1; then
+		echo "setup: must run as root (or with sudo available) to install ${missing[*]}" >&2
+		exit 1
+	fi
+	sudo=(sudo)
+fi
+
+# Keep the packages' maintainer scripts from starting etcd and haproxy as system services.
+policy=/usr/sbin/policy-rc.d
+if [[ ! -e $policy ]]; then
+	printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+	"${sudo[@]}" chmod 755 "$policy"
+	trap '"${sudo[@]}" rm -f "$policy"' EXIT
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+for t in "${tools[@]}"; do
+	if ! have "${t%%:*}"; then
+		echo "setup: ${t%%:*} still missing after installing ${t#*:}" >&2
+		exit 1
+	fi
+done
+echo "setup: done"
