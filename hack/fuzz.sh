@@ -28,7 +28,8 @@ for target in "$@"; do
 		echo "fuzz: bad target '$target': want <package dir>:<FuzzFunction>" >&2
 		exit 1
 	fi
-	if ! go test -list "^${fn}\$" "$pkg" | grep -qx "$fn"; then
+	listed=$(go test -list "^${fn}\$" "$pkg")
+	if ! grep -qx "$fn" <<<"$listed"; then
 		echo "fuzz: $pkg has no fuzz target $fn; fix FUZZ in the Makefile" >&2
 		exit 1
 	fi
