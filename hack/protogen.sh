@@ -22,8 +22,11 @@ if [[ "$have_protoc" != "$want_protoc" ]]; then
 fi
 
 mkdir -p "$bin"
+# GOWORK=off: the plugins' versions are proto/go.mod's alone, whatever another module of the
+# workspace requires, since those versions are written into the generated headers.
 (
 	cd proto
+	export GOWORK=off
 	go build -o "$bin/protoc-gen-go" google.golang.org/protobuf/cmd/protoc-gen-go
 	go build -o "$bin/protoc-gen-go-grpc" google.golang.org/grpc/cmd/protoc-gen-go-grpc
 )
