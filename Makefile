@@ -18,6 +18,8 @@ export PROTOC_VERSION := 3.21.12
 # e.g. FUZZ += ./proto/identity:FuzzParseCSR
 # List only targets that exist: `make fuzz` fails on a missing one rather than pass silently.
 FUZZ :=
+FUZZ += ./proto/identity:FuzzParseCSR
+FUZZ += ./proto/hbone:FuzzConnectRequest
 
 FUZZTIME ?= 10s
 

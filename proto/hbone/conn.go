@@ -39,7 +39,6 @@ type conn struct {
 	bw   *bufio.Writer
 	henc *hpack.Encoder
 	hbuf bytes.Buffer
-	whdr [9]byte
 
 	mu             sync.Mutex
 	streams        map[uint32]*Stream
@@ -296,9 +295,18 @@ func (c *conn) onGoAway(f *http2.GoAwayFrame) {
 func (c *conn) onReset(f *http2.RSTStreamFrame) error {
 	c.mu.Lock()
 	st := c.streams[f.StreamID]
-	now := time.Now()
+	c.mu.Unlock()
+	if st != nil && st.onPeerReset(f.ErrCode) {
+		c.removeStream(st)
+		return nil
+	}
+	if st != nil {
+		c.removeStream(st)
+	}
 	// Count resets in a sliding window; a peer that opens and cancels streams faster than
 	// we can retire their handlers is attacking the connection (rapid reset).
+	now := time.Now()
+	c.mu.Lock()
 	cut := 0
 	for cut < len(c.resetTimes) && now.Sub(c.resetTimes[cut]) > c.cfg.ResetWindow {
 		cut++
@@ -309,10 +317,6 @@ func (c *conn) onReset(f *http2.RSTStreamFrame) error {
 	if tooMany {
 		c.goAway(http2.ErrCodeEnhanceYourCalm, "too many stream resets")
 		return &Error{Kind: KindProtocol, Reason: "peer reset too many streams"}
-	}
-	if st != nil {
-		st.fail(streamResetError{code: uint32(f.ErrCode)})
-		c.removeStream(st)
 	}
 	return nil
 }
@@ -441,15 +445,6 @@ func (c *conn) reserve(limit uint32) bool {
 	return true
 }
 
-func (c *conn) unreserve() {
-	c.mu.Lock()
-	c.reserved--
-	if len(c.streams)+c.reserved == 0 {
-		c.idleSince = time.Now()
-	}
-	c.mu.Unlock()
-}
-
 // openStream sends a request HEADERS on a reserved slot and returns the new stream; the
 // caller waits for its response.
 func (c *conn) openStream(fields []hpack.HeaderField) (*Stream, error) {
@@ -521,28 +516,35 @@ func (c *conn) flushLocked() error {
 	return nil
 }
 
-// writeData sends one DATA frame; p must fit in maxDataPayload and in the flow-control
-// credit the caller already took.
-func (c *conn) writeData(id uint32, p []byte, end bool) error {
-	h := &c.whdr
+// writeData sends one DATA frame. frame holds 9 bytes of room for the header followed
+// by the payload, which must fit in maxDataPayload and in the flow-control credit the
+// caller already took. Header and payload go out in one write, hence one TLS record.
+func (c *conn) writeData(id uint32, frame []byte, end bool) error {
+	n := len(frame) - 9
+	frame[0], frame[1], frame[2] = byte(n>>16), byte(n>>8), byte(n)
+	frame[3] = byte(http2.FrameData)
+	frame[4] = 0
+	if end {
+		frame[4] = byte(http2.FlagDataEndStream)
+	}
+	binary.BigEndian.PutUint32(frame[5:9], id)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	n := len(p)
-	h[0], h[1], h[2] = byte(n>>16), byte(n>>8), byte(n)
-	h[3] = byte(http2.FrameData)
-	h[4] = 0
-	if end {
-		h[4] = byte(http2.FlagDataEndStream)
+	if c.bw.Buffered() > 0 {
+		if _, err := c.bw.Write(frame); err != nil {
+			return err
+		}
+		return c.flushLocked()
 	}
-	binary.BigEndian.PutUint32(h[5:], id)
-	if _, err := c.bw.Write(h[:]); err != nil {
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+	if _, err := c.nc.Write(frame); err != nil {
+		go c.closeWithError(fmt.Errorf("write: %w", err))
 		return err
 	}
-	if _, err := c.bw.Write(p); err != nil {
-		return err
-	}
-	return c.flushLocked()
+	return nil
 }
+
+var frameBufs = sync.Pool{New: func() any { b := make([]byte, 9+maxDataPayload); return &b }}
 
 // takeSendWindow blocks until the stream and the connection both have credit, then takes
 // up to want bytes of it (never more than one frame).
@@ -706,15 +708,6 @@ func connClosedError(cause error) error {
 		return errConnClosed
 	}
 	return fmt.Errorf("%w: %w", errConnClosed, cause)
-}
-
-func (c *conn) isClosed() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
 }
 
 // closeWithError tears the connection down and fails every stream on it.

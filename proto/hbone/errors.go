@@ -95,7 +95,8 @@ func (e streamResetError) Error() string {
 }
 
 var (
-	errConnClosed   = errors.New("hbone: connection closed")
-	errStreamClosed = errors.New("hbone: stream closed")
-	errWriteClosed  = errors.New("hbone: write after CloseWrite")
+	errConnClosed         = errors.New("hbone: connection closed")
+	errStreamClosed       = errors.New("hbone: stream closed")
+	errWriteClosed        = errors.New("hbone: write after CloseWrite")
+	errPeerStoppedReading = errors.New("hbone: peer ended the stream and reads no more")
 )

@@ -355,8 +355,8 @@ func TestSpoofedAuthorityRefused(t *testing.T) {
 	tgt.Authority = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), e.echo.Port())
 	_, err := e.client.Dial(context.Background(), tgt)
 	var he *Error
-	if !errors.As(err, &he) || he.Kind != KindDenied || he.Status != 401 {
-		t.Fatalf("spoofed authority: %v, want 401 denied", err)
+	if !errors.As(err, &he) || he.Kind != KindProtocol || he.Status != 400 {
+		t.Fatalf("spoofed authority: %v, want 400", err)
 	}
 	if !strings.Contains(he.Reason, "does not match") {
 		t.Errorf("reason %q does not explain the refusal", he.Reason)

@@ -33,7 +33,7 @@ type ServerConfig struct {
 	// trust domain with no bundle is refused.
 	Bundle x509bundle.Source
 	// CheckAuthority is the anti-spoofing check, run on every request before Handler; an
-	// error answers 401. Nil means SameAddress. A waypoint passes a check that also
+	// error answers 400, as Istio's ztunnel does. Nil means SameAddress. A waypoint passes a check that also
 	// admits the service VIPs it serves.
 	CheckAuthority func(context.Context, *Request) error
 	Handler        Handler
@@ -185,7 +185,7 @@ func (s *Server) serveStream(ctx context.Context, c *conn, st *Stream, r *Reques
 	defer st.Close()
 	if err := s.cfg.CheckAuthority(ctx, r); err != nil {
 		c.log.Info("hbone request refused", "authority", r.Authority.String(), "reason", err.Error())
-		_ = r.Reject(401, err.Error())
+		_ = r.Reject(400, err.Error())
 		return
 	}
 	s.cfg.Handler.ServeHBONE(ctx, r)

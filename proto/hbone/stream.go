@@ -5,6 +5,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -19,12 +20,18 @@ type Stream struct {
 	id uint32
 
 	// Receive side, under mu.
-	mu          sync.Mutex
-	rbuf        []byte
-	roff        int
-	spare       []byte // the other buffer of WriteTo's pair
-	rEOF        bool   // the peer's END_STREAM arrived (data may still be buffered)
-	rErr        error  // terminal error: reset, connection loss, local Close
+	mu      sync.Mutex
+	rq      rqueue
+	sink    syscall.RawConn // WriteTo's destination, for direct delivery
+	sinking bool            // a write to sink is in flight
+	sunk    int64           // bytes delivered straight to sink
+	// tryWrite's state, used only by the read loop.
+	tryFn       func(fd uintptr) bool
+	tryBuf      []byte
+	tryN        int
+	wErr        error // why writing stopped while reading may go on
+	rEOF        bool  // the peer's END_STREAM arrived (data may still be buffered)
+	rErr        error // terminal error: reset, connection loss, local Close
 	recvWindow  int32
 	recvPending int32
 	remoteEnded bool
@@ -90,7 +97,10 @@ func (s *Stream) signalSendable() {
 	}
 }
 
-// deliver appends received DATA; called only by the read loop.
+// deliver hands received DATA to the stream; called only by the read loop. When a
+// splice is draining the stream into a socket (WriteTo) and nothing is queued, the bytes
+// go straight to that socket without waking another goroutine: on the round-trip path
+// that wake-up costs more than the rest of HBONE together.
 func (s *Stream) deliver(p []byte, end bool) error {
 	s.mu.Lock()
 	if s.remoteEnded {
@@ -108,16 +118,29 @@ func (s *Stream) deliver(p []byte, end bool) error {
 		s.c.consumed(nil, len(p))
 		return nil
 	}
-	if s.roff == len(s.rbuf) {
-		s.rbuf, s.roff = s.rbuf[:0], 0
+	direct := 0
+	if s.sink != nil && !s.sinking && s.rq.len() == 0 && len(p) > 0 {
+		s.sinking = true
+		sink := s.sink
+		s.mu.Unlock()
+		direct = s.tryWrite(sink, p)
+		s.mu.Lock()
+		s.sinking = false
+		s.sunk += int64(direct)
+		p = p[direct:]
 	}
-	s.rbuf = append(s.rbuf, p...)
+	s.rq.push(p)
 	if end {
 		s.remoteEnded, s.rEOF = true, true
 	}
 	local := s.localEnded
 	s.mu.Unlock()
-	s.signalReadable()
+	if direct > 0 {
+		s.c.consumed(s, direct)
+	}
+	if len(p) > 0 || end {
+		s.signalReadable()
+	}
 	if end && local {
 		s.c.removeStream(s)
 	}
@@ -128,12 +151,8 @@ func (s *Stream) deliver(p []byte, end bool) error {
 func (s *Stream) Read(p []byte) (int, error) {
 	for {
 		s.mu.Lock()
-		if s.roff < len(s.rbuf) {
-			n := copy(p, s.rbuf[s.roff:])
-			s.roff += n
-			if s.roff == len(s.rbuf) && cap(s.rbuf) > 1<<20 {
-				s.rbuf, s.roff = nil, 0 // a burst is over: give the memory back
-			}
+		if s.rq.len() > 0 {
+			n := s.rq.read(p)
 			s.mu.Unlock()
 			s.c.consumed(s, n)
 			return n, nil
@@ -159,27 +178,48 @@ func (s *Stream) Read(p []byte) (int, error) {
 	}
 }
 
-// WriteTo hands buffered data to w without an intermediate copy; io.Copy uses it. The
-// stream keeps two buffers: while w writes one, the read loop fills the other.
+// WriteTo drains the stream into w until END_STREAM; io.Copy and Splice use it. When w
+// is a socket, the read loop may write to it directly (see deliver); WriteTo writes
+// whatever got queued, with one vectored write for all queued pages.
 func (s *Stream) WriteTo(w io.Writer) (int64, error) {
+	if sc, ok := w.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			s.mu.Lock()
+			s.sink = rc
+			s.mu.Unlock()
+			defer func() {
+				s.mu.Lock()
+				s.sink = nil
+				s.mu.Unlock()
+			}()
+		}
+	}
 	var total int64
+	s.mu.Lock()
+	sunkBefore := s.sunk
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		total += s.sunk - sunkBefore
+		s.mu.Unlock()
+	}()
 	for {
 		s.mu.Lock()
-		if s.roff < len(s.rbuf) {
-			chunk := s.rbuf[s.roff:]
-			s.rbuf, s.roff, s.spare = s.spare[:0], 0, nil
+		if s.rq.len() > 0 && !s.sinking {
+			bufs, n := s.rq.take()
+			s.sinking = true
 			s.mu.Unlock()
-			n, err := w.Write(chunk)
-			total += int64(n)
-			s.c.consumed(s, len(chunk))
+			vec := net.Buffers(bufs)
+			m, err := vec.WriteTo(w)
+			release(bufs)
+			s.mu.Lock()
+			s.sinking = false
+			s.mu.Unlock()
+			total += m
+			s.c.consumed(s, n)
 			if err != nil {
 				return total, err
 			}
-			s.mu.Lock()
-			if cap(chunk) <= 1<<20 {
-				s.spare = chunk[:0]
-			}
-			s.mu.Unlock()
 			continue
 		}
 		if s.rErr != nil {
@@ -187,7 +227,7 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 			s.mu.Unlock()
 			return total, err
 		}
-		if s.rEOF {
+		if s.rEOF && s.rq.len() == 0 && !s.sinking {
 			s.mu.Unlock()
 			return total, nil
 		}
@@ -204,19 +244,56 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 func (s *Stream) Write(p []byte) (int, error) {
 	s.wlock.Lock()
 	defer s.wlock.Unlock()
+	bp := frameBufs.Get().(*[]byte)
+	defer frameBufs.Put(bp)
+	frame := *bp
 	written := 0
 	for len(p) > 0 {
 		n, err := s.c.takeSendWindow(s, len(p))
 		if err != nil {
 			return written, err
 		}
-		if err := s.c.writeData(s.id, p[:n], false); err != nil {
+		copy(frame[9:], p[:n])
+		if err := s.c.writeData(s.id, frame[:9+n], false); err != nil {
 			return written, &Error{Kind: KindDial, Err: err}
 		}
 		written += n
 		p = p[n:]
 	}
 	return written, nil
+}
+
+// ReadFrom reads r straight into frame buffers, sparing Write's copy; io.Copy from a
+// socket into the stream uses it.
+func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
+	s.wlock.Lock()
+	defer s.wlock.Unlock()
+	bp := frameBufs.Get().(*[]byte)
+	defer frameBufs.Put(bp)
+	frame := *bp
+	var total int64
+	for {
+		m, rerr := r.Read(frame[9:])
+		// Send what was read, in as many frames as flow control requires; each frame's
+		// header goes in the 9 bytes just before its payload, already sent or unused.
+		for off := 0; off < m; {
+			n, err := s.c.takeSendWindow(s, m-off)
+			if err != nil {
+				return total, err
+			}
+			if err := s.c.writeData(s.id, frame[off:off+9+n], false); err != nil {
+				return total, &Error{Kind: KindDial, Err: err}
+			}
+			off += n
+			total += int64(n)
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
 }
 
 // writeErrLocked reports why the stream can no longer send. Caller holds c.mu.
@@ -226,10 +303,30 @@ func (s *Stream) writeErrLocked() error {
 	switch {
 	case s.localEnded:
 		return errWriteClosed
+	case s.wErr != nil:
+		return s.wErr
 	case s.rErr != nil:
 		return s.rErr
 	}
 	return nil
+}
+
+// onPeerReset handles RST_STREAM from the peer and reports whether it was graceful: after
+// its END_STREAM a peer may reset with NO_ERROR merely to say it reads no more (RFC 9113
+// §8.1; Go's HTTP/2 server does this). Our reads then still end in io.EOF.
+func (s *Stream) onPeerReset(code http2.ErrCode) (graceful bool) {
+	s.mu.Lock()
+	graceful = code == http2.ErrCodeNo && s.remoteEnded
+	if graceful {
+		s.wErr = errPeerStoppedReading
+		s.localEnded = true
+		s.mu.Unlock()
+		s.signalSendable()
+		return true
+	}
+	s.mu.Unlock()
+	s.fail(streamResetError{code: uint32(code)})
+	return false
 }
 
 // CloseWrite sends END_STREAM: the peer reads EOF, and this side can still read.
@@ -244,7 +341,8 @@ func (s *Stream) CloseWrite() error {
 	s.localEnded = true
 	remote := s.remoteEnded
 	s.mu.Unlock()
-	err := s.c.writeData(s.id, nil, true)
+	var end [9]byte
+	err := s.c.writeData(s.id, end[:], true)
 	if remote {
 		s.c.removeStream(s)
 	}
@@ -270,8 +368,9 @@ func (s *Stream) Close() error {
 		case !remote:
 			_ = s.c.writeFrame(func() error { return s.c.fr.WriteRSTStream(s.id, http2.ErrCodeCancel) })
 		case !local:
+			var end [9]byte
 			s.wlock.Lock()
-			_ = s.c.writeData(s.id, nil, true)
+			_ = s.c.writeData(s.id, end[:], true)
 			s.wlock.Unlock()
 		}
 		s.c.removeStream(s)
