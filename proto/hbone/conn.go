@@ -19,9 +19,11 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-// maxDataPayload keeps a DATA frame and its 9-byte header inside one TLS record (2^14 bytes
-// of plaintext), so each frame costs one record and one write.
-const maxDataPayload = 16384 - 9
+// maxDataPayload is the largest DATA payload we send: with its 9-byte header a frame fills
+// exactly four TLS records (2^14 bytes of plaintext each), so a bulk transfer costs one
+// socket read and one TLS write per 64 KiB, as a raw TLS tunnel does. A peer that allows
+// only the default 16 KiB frames gets 16 KiB frames.
+const maxDataPayload = 4<<14 - 9
 
 // conn is one HTTP/2 connection over TLS, either side. The read loop goroutine owns the
 // frame reader; writes go through wmu; shared state is under mu. Lock order: mu before a
@@ -48,6 +50,7 @@ type conn struct {
 	handlers       int    // server: handler goroutines running
 	peerMaxStreams uint32
 	peerInitWindow int32
+	peerMaxFrame   uint32
 	sendWindow     int64 // connection-level credit the peer gave us
 	recvWindow     int64 // connection-level credit we still grant the peer
 	recvPending    int64 // bytes consumed by readers, not yet returned to the peer
@@ -77,6 +80,7 @@ func newConn(nc net.Conn, server bool, cfg ConnConfig, peer spiffeid.ID) *conn {
 		nextID:         1,
 		peerMaxStreams: 100, // until the peer's SETTINGS say otherwise (RFC 9113 recommends ≥100)
 		peerInitWindow: 65535,
+		peerMaxFrame:   16384,
 		sendWindow:     65535,
 		recvWindow:     65535,
 		idleSince:      time.Now(),
@@ -232,6 +236,8 @@ func (c *conn) applySettingsLocked(f *http2.SettingsFrame) error {
 		switch s.ID {
 		case http2.SettingMaxConcurrentStreams:
 			c.peerMaxStreams = s.Val
+		case http2.SettingMaxFrameSize:
+			c.peerMaxFrame = s.Val
 		case http2.SettingInitialWindowSize:
 			delta := int64(s.Val) - int64(c.peerInitWindow)
 			c.peerInitWindow = int32(s.Val)
@@ -549,7 +555,6 @@ var frameBufs = sync.Pool{New: func() any { b := make([]byte, 9+maxDataPayload);
 // takeSendWindow blocks until the stream and the connection both have credit, then takes
 // up to want bytes of it (never more than one frame).
 func (c *conn) takeSendWindow(st *Stream, want int) (int, error) {
-	want = min(want, maxDataPayload)
 	for {
 		c.mu.Lock()
 		if c.closed {
@@ -561,7 +566,7 @@ func (c *conn) takeSendWindow(st *Stream, want int) (int, error) {
 			c.mu.Unlock()
 			return 0, err
 		}
-		n := int64(want)
+		n := int64(min(want, maxDataPayload, int(c.peerMaxFrame)))
 		n = min(n, st.sendWindow, c.sendWindow)
 		if n > 0 {
 			st.sendWindow -= n
