@@ -26,7 +26,7 @@ FUZZTIME ?= 10s
 # Per-binary timeout of go test; the whole of `make test` must stay well under CI's 90 minutes.
 TESTTIMEOUT ?= 10m
 
-.PHONY: help setup build proto proto-check lint unit fuzz test demo bench e2e-k8s bench-controller clean
+.PHONY: bench-hbone help setup build proto proto-check lint unit fuzz test demo bench e2e-k8s bench-controller clean
 
 help: ## list the targets
 	@echo "usage: make <target>"
@@ -70,6 +70,9 @@ test: setup ## everything CI checks: proto-check, lint, unit, fuzz
 demo: ## run the local lab demo (not built yet)
 	@echo "make demo: the local lab is not built yet: it needs ztunnel capture and HBONE, the controller's folder source and the lab scripts in hack/ (see README.md)" >&2
 	@exit 1
+
+bench-hbone: ## HBONE micro-benchmarks: round trip and throughput of direct, raw mTLS and HBONE paths, with ratios
+	@hack/bench-hbone.sh
 
 bench: ## run the benchmarks in bench/ (not built yet)
 	@echo "make bench: the benchmark harness in bench/ is not built yet; it runs on the local lab, which is not built either" >&2
