@@ -12,6 +12,8 @@ tools=(
 	haproxy:haproxy
 	etcd:etcd-server
 	tcpdump:tcpdump
+	nft:nftables
+	nsenter:util-linux
 )
 
 have() {
