@@ -26,7 +26,7 @@ FUZZTIME ?= 10s
 # Per-binary timeout of go test; the whole of `make test` must stay well under CI's 90 minutes.
 TESTTIMEOUT ?= 10m
 
-.PHONY: bench-hbone help setup build proto proto-check lint unit fuzz test demo bench e2e-k8s bench-controller clean
+.PHONY: bench-hbone help setup build proto proto-check lint unit compat fuzz test demo bench e2e-k8s bench-controller clean
 
 help: ## list the targets
 	@echo "usage: make <target>"
@@ -58,13 +58,17 @@ unit: ## go test -race over every package of every module
 	if [[ -z $$pkgs ]]; then echo "unit: no Go packages yet"; exit 0; fi; \
 	go test -race -count=1 -timeout $(TESTTIMEOUT) $$pkgs
 
+compat: ## HBONE wire compatibility with Istio's Go implementation (compat/istio, its own module outside go.work)
+	@cd compat/istio && GOWORK=off go test -race -count=1 -timeout $(TESTTIMEOUT) ./...
+
 fuzz: ## run each FUZZ target for FUZZTIME (default 10s)
 	@hack/fuzz.sh -t $(FUZZTIME) $(FUZZ)
 
-test: setup ## everything CI checks: proto-check, lint, unit, fuzz
+test: setup ## everything CI checks: proto-check, lint, unit, compat, fuzz
 	@$(MAKE) proto-check
 	@$(MAKE) lint
 	@$(MAKE) unit
+	@$(MAKE) compat
 	@$(MAKE) fuzz
 
 demo: ## run the local lab demo (not built yet)
