@@ -1169,10 +1169,10 @@ func (x *LoadBalancing) GetMode() LoadBalancing_Mode {
 // A policy matches when any of its rules matches; an ALLOW policy with no rules therefore
 // denies everything, and a DENY policy with no rules denies nothing.
 //
-// ztunnel sees only L4 attributes. A rule that needs L7 attributes (methods, paths) on a
-// workload without a waypoint cannot be decided there, so ztunnel fails closed: in an ALLOW
-// policy the rule matches nothing, in a DENY policy the rule matches everything (the L7 part
-// is dropped and the rest of the rule still applies).
+// ztunnel sees only L4 attributes. A policy that needs L7 attributes (methods, paths) on a
+// workload without a waypoint cannot be decided there, so ztunnel fails closed: it denies
+// all traffic to that workload and logs why (design.md: Waypoints). Package
+// ambit.dev/proto/authz is the one implementation of these rules.
 type Authorization struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name is the policy's name.
