@@ -71,4 +71,3 @@ func pemTrim(b []byte) []byte {
 	}
 	return b
 }
-
