@@ -86,9 +86,9 @@ type Index struct {
 	dirtyAuthz     map[key]struct{}
 	dirtyWaypoints map[key]struct{}
 
-	res    Resources                                 // published snapshots, copy on write
+	res    Resources                                // published snapshots, copy on write
 	byNode map[string]map[string]*configv1.Workload // node → uid → workload
-	wlNode map[string]string                         // uid → node
+	wlNode map[string]string                        // uid → node
 	gen    uint64
 }
 

@@ -129,7 +129,9 @@ func TestIndexIncremental(t *testing.T) {
 			[]Change{{TypeURL: configv1.WorkloadTypeURL, Name: "Kubernetes//Pod/shop/client", Removed: true}}},
 		{"namespace unlabelled", func() error { return x.Upsert(namespace("shop", nil)) },
 			[]Change{{TypeURL: configv1.WorkloadTypeURL, Name: "Kubernetes//Pod/shop/server"}}},
-		{"policy deleted", func() error { return x.Delete(&secv1.AuthorizationPolicy{ObjectMeta: meta("shop", "server-allow", nil)}) },
+		{"policy deleted", func() error {
+			return x.Delete(&secv1.AuthorizationPolicy{ObjectMeta: meta("shop", "server-allow", nil)})
+		},
 			[]Change{{TypeURL: configv1.AuthorizationTypeURL, Name: "shop/server-allow", Removed: true}, {TypeURL: configv1.WorkloadTypeURL, Name: "Kubernetes//Pod/shop/server"}}},
 		{"route deleted", func() error { return x.Delete(&gatewayv1.HTTPRoute{ObjectMeta: meta("shop", "server-route", nil)}) }, nil},
 	}

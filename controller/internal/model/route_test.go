@@ -84,7 +84,7 @@ func TestConvertHTTPRouteErrors(t *testing.T) {
 		field string
 	}{
 		{"negative weight", gatewayv1.HTTPRouteRule{BackendRefs: []gatewayv1.HTTPBackendRef{backend("a", 80, nil), backend("b", 80, ptr(int32(-1)))}}, "spec.rules[0].backendRefs[1].weight"},
-		{"weight too large", gatewayv1.HTTPRouteRule{BackendRefs: []gatewayv1.HTTPBackendRef{backend("b", 80, ptr(int32(MaxWeight + 1)))}}, "spec.rules[0].backendRefs[0].weight"},
+		{"weight too large", gatewayv1.HTTPRouteRule{BackendRefs: []gatewayv1.HTTPBackendRef{backend("b", 80, ptr(int32(MaxWeight+1)))}}, "spec.rules[0].backendRefs[0].weight"},
 		{"backend kind", gatewayv1.HTTPRouteRule{BackendRefs: []gatewayv1.HTTPBackendRef{{BackendRef: gatewayv1.BackendRef{BackendObjectReference: gatewayv1.BackendObjectReference{Kind: ptr(gatewayv1.Kind("Pod")), Name: "x"}}}}}, "spec.rules[0].backendRefs[0].kind"},
 		{"retry code", gatewayv1.HTTPRouteRule{BackendRefs: ok, Retry: &gatewayv1.HTTPRouteRetry{Codes: []gatewayv1.HTTPRouteRetryStatusCode{503, 200}}}, "spec.rules[0].retry.codes[1]"},
 		{"retry attempts", gatewayv1.HTTPRouteRule{BackendRefs: ok, Retry: &gatewayv1.HTTPRouteRetry{Attempts: ptr(-1)}}, "spec.rules[0].retry.attempts"},

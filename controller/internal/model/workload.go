@@ -269,4 +269,3 @@ func peerAuthFor(pod *corev1.Pod, pas []PeerAuth, root string) configv1.PeerAuth
 	}
 	return best.Mode
 }
-
