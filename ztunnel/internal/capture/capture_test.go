@@ -2,48 +2,18 @@ package capture
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"io"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"ambit.dev/ztunnel/internal/netnstest"
 )
 
-// testPair makes two network namespaces joined by a veth pair: a "pod" at 10.250.0.1 and
-// a "peer" at 10.250.0.2. Both are removed when the test ends.
-func testPair(t *testing.T) (pod, peer string) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("capture tests need root: they create network namespaces and iptables rules")
-	}
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	id := hex.EncodeToString(b[:])
-	podNS, peerNS := "ambit-cap-a-"+id, "ambit-cap-b-"+id
-	sh := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	sh("netns", "add", podNS)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", podNS).Run() })
-	sh("netns", "add", peerNS)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", peerNS).Run() })
-	sh("-n", podNS, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", peerNS)
-	sh("-n", podNS, "addr", "add", "10.250.0.1/24", "dev", "eth0")
-	sh("-n", peerNS, "addr", "add", "10.250.0.2/24", "dev", "eth0")
-	for _, ns := range []string{podNS, peerNS} {
-		sh("-n", ns, "link", "set", "eth0", "up")
-		sh("-n", ns, "link", "set", "lo", "up")
-	}
-	return "/var/run/netns/" + podNS, "/var/run/netns/" + peerNS
-}
+func testPair(t *testing.T) (pod, peer string) { return netnstest.Pair(t) }
 
 func iptablesSave(t *testing.T, path string) string {
 	t.Helper()

@@ -91,3 +91,4 @@ func Dial(ctx context.Context, path, addr string) (*net.TCPConn, error) {
 	}
 	return c.(*net.TCPConn), nil
 }
+

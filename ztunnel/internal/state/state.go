@@ -30,6 +30,7 @@ type State struct {
 	endpoints  map[string][]*configv1.Workload // service key → workloads, rebuilt lazily
 	epStale    bool
 	meshStrict bool
+	watchers   []func()
 }
 
 // New returns an empty State.
@@ -53,6 +54,12 @@ func (s *State) Apply(typeURL string, upserts map[string]proto.Message, removals
 		}
 	}
 	s.mu.Lock()
+	watchers := s.watchers
+	defer func() {
+		for _, fn := range watchers {
+			fn()
+		}
+	}()
 	defer s.mu.Unlock()
 	for _, name := range removals {
 		s.removeLocked(typeURL, name)
@@ -161,6 +168,47 @@ func (s *State) Workload(ip netip.Addr) (*configv1.Workload, bool) {
 	defer s.mu.RUnlock()
 	w, ok := s.byAddr[ip.Unmap()]
 	return w, ok
+}
+
+// WorkloadByUID returns the workload with the given pod UID.
+func (s *State) WorkloadByUID(uid string) (*configv1.Workload, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, w := range s.workloads {
+		if w.GetUid() == uid {
+			return w, true
+		}
+	}
+	return nil, false
+}
+
+// OnChange registers fn to run after every Apply.
+func (s *State) OnChange(fn func()) {
+	s.mu.Lock()
+	s.watchers = append(s.watchers, fn)
+	s.mu.Unlock()
+}
+
+// Dump returns every resource held, by type URL and name, for /config_dump.
+func (s *State) Dump() map[string]map[string]proto.Message {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := map[string]map[string]proto.Message{
+		configv1.WorkloadTypeURL: {}, configv1.ServiceTypeURL: {}, configv1.AuthorizationTypeURL: {}, configv1.WaypointTypeURL: {},
+	}
+	for k, v := range s.workloads {
+		out[configv1.WorkloadTypeURL][k] = v
+	}
+	for k, v := range s.services {
+		out[configv1.ServiceTypeURL][k] = v
+	}
+	for k, v := range s.policies {
+		out[configv1.AuthorizationTypeURL][k] = v
+	}
+	for k, v := range s.waypoints {
+		out[configv1.WaypointTypeURL][k] = v
+	}
+	return out
 }
 
 // Service returns the service whose VIP is ip.

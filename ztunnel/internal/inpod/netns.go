@@ -1,0 +1,26 @@
+package inpod
+
+import (
+	"context"
+	"net"
+
+	"ambit.dev/ztunnel/internal/capture"
+	"ambit.dev/ztunnel/internal/proxy"
+)
+
+// Netns is the production Capturer: rules, listeners and dials inside each pod's network
+// namespace, with ztunnel's socket mark.
+type Netns struct{}
+
+func (Netns) Install(ctx context.Context, netns string) error { return capture.Install(ctx, netns) }
+func (Netns) Remove(ctx context.Context, netns string) error  { return capture.Remove(ctx, netns) }
+
+func (Netns) Net(netns string) proxy.Net {
+	return proxy.Net{
+		Listen: func(addr string) (net.Listener, error) { return capture.Listen(netns, addr) },
+		Dial: func(ctx context.Context, addr string) (*net.TCPConn, error) {
+			return capture.Dial(ctx, netns, addr)
+		},
+		OriginalDst: capture.OriginalDst,
+	}
+}

@@ -1,0 +1,43 @@
+// Package netnstest builds throwaway network namespaces for root-only tests: two "hosts"
+// joined by a veth pair, removed when the test ends.
+package netnstest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// Pair makes namespaces a (10.250.0.1/24) and b (10.250.0.2/24) joined by a veth pair and
+// returns their paths. It skips the test when not root.
+func Pair(t testing.TB) (a, b string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces, veth links and iptables rules")
+	}
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	id := hex.EncodeToString(r[:])
+	nsA, nsB := "ambit-t-a-"+id, "ambit-t-b-"+id
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	ip("netns", "add", nsA)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", nsA).Run() })
+	ip("netns", "add", nsB)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", nsB).Run() })
+	ip("-n", nsA, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", nsB)
+	ip("-n", nsA, "addr", "add", "10.250.0.1/24", "dev", "eth0")
+	ip("-n", nsB, "addr", "add", "10.250.0.2/24", "dev", "eth0")
+	for _, ns := range []string{nsA, nsB} {
+		ip("-n", ns, "link", "set", "eth0", "up")
+		ip("-n", ns, "link", "set", "lo", "up")
+	}
+	return "/var/run/netns/" + nsA, "/var/run/netns/" + nsB
+}
