@@ -91,4 +91,3 @@ func Dial(ctx context.Context, path, addr string) (*net.TCPConn, error) {
 	}
 	return c.(*net.TCPConn), nil
 }
-
