@@ -1,0 +1,275 @@
+package xds
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	configv1 "ambit.dev/proto/config/v1"
+	proxyxds "ambit.dev/proto/xds"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+const (
+	wl  = configv1.WorkloadTypeURL
+	svc = configv1.ServiceTypeURL
+)
+
+// syncedEnv is an env with two workloads and a service, and one proxy holding them.
+func syncedEnv(t *testing.T) (*env, *proxy) {
+	t.Helper()
+	e := newEnv(t)
+	e.gen.setWorkload("w1", "1")
+	e.gen.setWorkload("w2", "1")
+	e.gen.setService("s1", "1")
+	p := e.connect("node-a", "ztunnel-a", newRecorder())
+	want := map[string]map[string]string{wl: {"w1": "1", "w2": "1"}, svc: {"s1": "1"}}
+	eventually(t, "initial sync", func() error {
+		if got := p.rec.snapshot(); !reflect.DeepEqual(got, want) {
+			return errors.New("proxy holds " + fmtState(got))
+		}
+		return nil
+	})
+	e.waitAcked(t, "ztunnel-a")
+	drain(p.rec)
+	return e, p
+}
+
+func fmtState(s map[string]map[string]string) string {
+	var b strings.Builder
+	for _, t := range slices.Sorted(maps.Keys(s)) {
+		b.WriteString(shortType(t) + "{")
+		for _, n := range slices.Sorted(maps.Keys(s[t])) {
+			b.WriteString(n + "=" + s[t][n] + " ")
+		}
+		b.WriteString("} ")
+	}
+	return b.String()
+}
+
+func drain(r *recorder) {
+	for {
+		select {
+		case <-r.calls:
+		default:
+			return
+		}
+	}
+}
+
+func TestInitialSync(t *testing.T) {
+	e, p := syncedEnv(t)
+	if got := p.client.Versions()[wl]; !reflect.DeepEqual(got, map[string]string{"w1": "1", "w2": "1"}) {
+		t.Errorf("client versions = %v", got)
+	}
+	st, err := e.proxyStatus("ztunnel-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Node != "node-a" || st.Kind != proxyxds.KindZtunnel || st.LastNack != "" || st.ConnectedAt.IsZero() {
+		t.Errorf("status = %+v", st)
+	}
+}
+
+func TestIncremental(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(g *fakeGen)
+		want   applyCall
+	}{
+		{"update sends only the changed resource", func(g *fakeGen) { g.setWorkload("w2", "2") },
+			applyCall{typeURL: wl, upserts: map[string]string{"w2": "2"}}},
+		{"add sends only the new resource", func(g *fakeGen) { g.setWorkload("w3", "1") },
+			applyCall{typeURL: wl, upserts: map[string]string{"w3": "1"}}},
+		{"removal sends only the name", func(g *fakeGen) { g.delete(wl, "w1") },
+			applyCall{typeURL: wl, upserts: map[string]string{}, removals: []string{"w1"}}},
+		{"other type", func(g *fakeGen) { g.setService("s1", "7") },
+			applyCall{typeURL: svc, upserts: map[string]string{"s1": "7"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e, p := syncedEnv(t)
+			tc.change(e.gen)
+			e.srv.Push()
+			got := p.rec.next(t)
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Apply = %+v, want %+v", got, tc.want)
+			}
+			p.rec.none(t, 100*time.Millisecond)
+			e.waitAcked(t, "ztunnel-a")
+		})
+	}
+}
+
+func TestPushWithoutChangeSendsNothing(t *testing.T) {
+	e, p := syncedEnv(t)
+	for range 5 {
+		e.srv.Push()
+	}
+	p.rec.none(t, 200*time.Millisecond)
+	e.waitAcked(t, "ztunnel-a")
+}
+
+func TestNack(t *testing.T) {
+	e, p := syncedEnv(t)
+	p.rec.mu.Lock()
+	p.rec.reject = func(_ string, up map[string]proxyxds.Resource) error {
+		for _, r := range up {
+			if r.Version == "bad" {
+				return errors.New("unknown enum value")
+			}
+		}
+		return nil
+	}
+	p.rec.mu.Unlock()
+
+	e.gen.setWorkload("w1", "bad")
+	e.srv.Push()
+	if got := p.rec.next(t); got.upserts["w1"] != "bad" {
+		t.Fatalf("Apply = %+v", got)
+	}
+	eventually(t, "nack reported", func() error {
+		st, err := e.proxyStatus("ztunnel-a")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(st.LastNack, "unknown enum value") || st.Acked {
+			return errors.New("status " + st.LastNack)
+		}
+		return nil
+	})
+	if v := p.client.Versions()[wl]["w1"]; v != "1" {
+		t.Errorf("client advanced to %q after a NACK", v)
+	}
+	// The rejected version is not retried until the next push: no loop.
+	p.rec.none(t, 150*time.Millisecond)
+
+	// A push without a fix resends the still-missing resource once.
+	e.srv.Push()
+	if got := p.rec.next(t); got.upserts["w1"] != "bad" {
+		t.Fatalf("Apply after second push = %+v", got)
+	}
+	p.rec.none(t, 100*time.Millisecond)
+
+	// The fix is accepted; the server had kept the proxy at version 1, so w1 is sent again.
+	e.gen.setWorkload("w1", "3")
+	e.srv.Push()
+	if got := p.rec.next(t); !reflect.DeepEqual(got.upserts, map[string]string{"w1": "3"}) {
+		t.Fatalf("Apply after fix = %+v", got)
+	}
+	e.waitAcked(t, "ztunnel-a")
+	st, _ := e.proxyStatus("ztunnel-a")
+	if st.LastNack != "" {
+		t.Errorf("LastNack after the fix = %q", st.LastNack)
+	}
+}
+
+func TestReconnect(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(g *fakeGen)
+		want   []applyCall
+	}{
+		{"nothing changed", func(*fakeGen) {}, nil},
+		{"one update and one removal", func(g *fakeGen) { g.setWorkload("w1", "2"); g.delete(svc, "s1") }, []applyCall{
+			{typeURL: svc, upserts: map[string]string{}, removals: []string{"s1"}},
+			{typeURL: wl, upserts: map[string]string{"w1": "2"}},
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e, p := syncedEnv(t)
+			addr := e.addr
+			e.stop()
+			// The proxy keeps its config while the controller is away.
+			time.Sleep(100 * time.Millisecond)
+			if got := p.rec.snapshot(); len(got[wl]) != 2 || len(got[svc]) != 1 {
+				t.Fatalf("proxy lost config while disconnected: %s", fmtState(got))
+			}
+			tc.change(e.gen)
+			e.start(addr) // a restarted controller: fresh server, no memory of the proxy
+			e.waitAcked(t, "ztunnel-a")
+			var got []applyCall
+			for range tc.want {
+				got = append(got, p.rec.next(t))
+			}
+			p.rec.none(t, 200*time.Millisecond)
+			slices.SortFunc(got, func(a, b applyCall) int { return strings.Compare(a.typeURL, b.typeURL) })
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Apply calls after reconnect = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRefused(t *testing.T) {
+	e := newEnv(t)
+	e.gen.setWorkload("w1", "1")
+	node := func(n string) *discoveryv3.DeltaDiscoveryRequest {
+		return &discoveryv3.DeltaDiscoveryRequest{
+			TypeUrl: wl,
+			Node:    proxyxds.NodeInfo{ID: "z", Node: n, Kind: proxyxds.KindZtunnel}.Proto(),
+		}
+	}
+	tests := []struct {
+		name  string
+		token string
+		first *discoveryv3.DeltaDiscoveryRequest
+		want  codes.Code
+	}{
+		{"ok", e.token("node-a"), node("node-a"), codes.OK},
+		{"claims another node", e.token("node-a"), node("node-b"), codes.PermissionDenied},
+		{"forged token", "forged", node("node-a"), codes.Unauthenticated},
+		{"empty token", "", node("node-a"), codes.Unauthenticated},
+		{"no node", e.token("node-a"), &discoveryv3.DeltaDiscoveryRequest{TypeUrl: wl}, codes.InvalidArgument},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cc := e.dial(tc.token)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The server may refuse before reading; Recv then carries the status.
+			if err := st.Send(tc.first); err != nil && !errors.Is(err, io.EOF) {
+				t.Fatal(err)
+			}
+			resp, err := st.Recv()
+			if status.Code(err) != tc.want {
+				t.Fatalf("Recv = %v, %v; want code %v", resp, err, tc.want)
+			}
+			if tc.want == codes.OK && len(resp.GetResources()) != 1 {
+				t.Errorf("resources = %v", resp.GetResources())
+			}
+		})
+	}
+}
+
+func TestDebugHandler(t *testing.T) {
+	e, _ := syncedEnv(t)
+	rr := httptest.NewRecorder()
+	e.srv.DebugHandler().ServeHTTP(rr, httptest.NewRequest(http.MethodGet, DebugPath, nil))
+	if rr.Code != http.StatusOK {
+		t.Fatalf("status %d", rr.Code)
+	}
+	var got []ProxyStatus
+	if err := json.Unmarshal(rr.Body.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].ID != "ztunnel-a" || got[0].Node != "node-a" || !got[0].Acked {
+		t.Errorf("debug = %s", rr.Body.String())
+	}
+}
