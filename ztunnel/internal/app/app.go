@@ -20,6 +20,7 @@ import (
 
 	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/proto/identity"
+	"ambit.dev/proto/nodeapi"
 	"ambit.dev/proto/xds"
 	"ambit.dev/ztunnel/internal/inpod"
 	"ambit.dev/ztunnel/internal/proxy"
@@ -248,7 +249,7 @@ type ConfigDump struct {
 	Policies     []json.RawMessage   `json:"policies"`
 	Waypoints    []json.RawMessage   `json:"waypoints"`
 	Certificates []identity.CertInfo `json:"certificates"`
-	Pods         []inpod.PodStatus   `json:"pods"`
+	Pods         []nodeapi.PodStatus `json:"pods"`
 }
 
 func adminHandler(st *state.State, certs *identity.Manager, pods *inpod.Manager) http.Handler {

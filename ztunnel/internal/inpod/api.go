@@ -1,26 +1,18 @@
 package inpod
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"strings"
-	"time"
+
+	"ambit.dev/proto/nodeapi"
 )
 
-// Handler serves the node API:
-//
-//	POST   /v1/pods        Registration  → 204
-//	DELETE /v1/pods/{uid}                → 204
-//	GET    /v1/pods                      → []PodStatus
+// Handler serves the node API (package nodeapi describes it).
 func (m *Manager) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/pods", func(w http.ResponseWriter, r *http.Request) {
-		var reg Registration
+		var reg nodeapi.Registration
 		dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&reg); err != nil {
@@ -42,65 +34,4 @@ func (m *Manager) Handler() http.Handler {
 		_ = json.NewEncoder(w).Encode(m.Pods())
 	})
 	return mux
-}
-
-// Client calls a ztunnel's node API over its unix socket.
-type Client struct {
-	http *http.Client
-}
-
-// NewClient returns a client for the socket at path.
-func NewClient(path string) *Client {
-	return &Client{http: &http.Client{
-		Timeout: 30 * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		}},
-	}}
-}
-
-func (c *Client) do(ctx context.Context, method, path string, body any, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://ztunnel"+path, rd)
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("ztunnel node api: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("ztunnel node api %s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(msg)))
-	}
-	if out != nil {
-		return json.NewDecoder(resp.Body).Decode(out)
-	}
-	return nil
-}
-
-// Add hands a pod to ztunnel.
-func (c *Client) Add(ctx context.Context, r Registration) error {
-	return c.do(ctx, http.MethodPost, "/v1/pods", r, nil)
-}
-
-// Remove takes a pod back.
-func (c *Client) Remove(ctx context.Context, uid string) error {
-	return c.do(ctx, http.MethodDelete, "/v1/pods/"+uid, nil, nil)
-}
-
-// Pods lists the pods ztunnel holds.
-func (c *Client) Pods(ctx context.Context) ([]PodStatus, error) {
-	var out []PodStatus
-	err := c.do(ctx, http.MethodGet, "/v1/pods", nil, &out)
-	return out, err
 }

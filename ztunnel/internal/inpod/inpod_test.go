@@ -15,6 +15,7 @@ import (
 
 	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/proto/identity"
+	"ambit.dev/proto/nodeapi"
 	"ambit.dev/ztunnel/internal/capture"
 	"ambit.dev/ztunnel/internal/netnstest"
 	"ambit.dev/ztunnel/internal/proxy"
@@ -137,14 +138,14 @@ func TestEnrolPodsAndCarryTraffic(t *testing.T) {
 	n := newNode(t)
 	ctx := context.Background()
 	before := save(t, n.client)
-	if err := n.m.Add(ctx, Registration{UID: "client", NetNS: n.client}); err != nil {
+	if err := n.m.Add(ctx, nodeapi.Registration{UID: "client", NetNS: n.client}); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.m.Add(ctx, Registration{UID: "server", NetNS: n.server}); err != nil {
+	if err := n.m.Add(ctx, nodeapi.Registration{UID: "server", NetNS: n.server}); err != nil {
 		t.Fatal(err)
 	}
 	// A duplicate add changes nothing.
-	if err := n.m.Add(ctx, Registration{UID: "client", NetNS: n.client}); err != nil {
+	if err := n.m.Add(ctx, nodeapi.Registration{UID: "client", NetNS: n.client}); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range n.m.Pods() {
@@ -187,8 +188,8 @@ func TestRestartRestoresPods(t *testing.T) {
 	n := newNode(t)
 	ctx := context.Background()
 	dir := filepath.Dir(n.m.file)
-	_ = n.m.Add(ctx, Registration{UID: "client", NetNS: n.client})
-	_ = n.m.Add(ctx, Registration{UID: "server", NetNS: n.server})
+	_ = n.m.Add(ctx, nodeapi.Registration{UID: "client", NetNS: n.client})
+	_ = n.m.Add(ctx, nodeapi.Registration{UID: "server", NetNS: n.server})
 	n.m.Close() // the old process goes away, leaving the rules
 	second := NewManager(n.m.node, n.st, Netns{}, dir, slog.New(slog.DiscardHandler))
 	if err := second.Restore(ctx); err != nil {
@@ -213,12 +214,12 @@ func TestNodeAPI(t *testing.T) {
 	srv := &http.Server{Handler: n.m.Handler()}
 	go srv.Serve(ln)
 	defer srv.Close()
-	c := NewClient(sock)
+	c := nodeapi.NewClient(sock)
 	ctx := context.Background()
-	if err := c.Add(ctx, Registration{UID: "client", NetNS: n.client}); err != nil {
+	if err := c.Add(ctx, nodeapi.Registration{UID: "client", NetNS: n.client}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Add(ctx, Registration{UID: "ghost", NetNS: "/var/run/netns/ambit-gone"}); err == nil || !strings.Contains(err.Error(), "network namespace") {
+	if err := c.Add(ctx, nodeapi.Registration{UID: "ghost", NetNS: "/var/run/netns/ambit-gone"}); err == nil || !strings.Contains(err.Error(), "network namespace") {
 		t.Fatalf("adding a pod whose namespace vanished: %v", err)
 	}
 	pods, err := c.Pods(ctx)

@@ -17,26 +17,10 @@ import (
 	"sync"
 
 	configv1 "ambit.dev/proto/config/v1"
+	"ambit.dev/proto/nodeapi"
 	"ambit.dev/ztunnel/internal/proxy"
 	"ambit.dev/ztunnel/internal/state"
 )
-
-// Registration is what the node API receives for one pod.
-type Registration struct {
-	UID       string `json:"uid"`
-	Namespace string `json:"namespace,omitempty"`
-	Name      string `json:"name,omitempty"`
-	// NetNS is the path of the pod's network namespace, e.g. /var/run/netns/x or
-	// /proc/<pid>/ns/net.
-	NetNS string `json:"netns"`
-}
-
-// PodStatus is one pod as ztunnel sees it.
-type PodStatus struct {
-	Registration
-	Captured bool   `json:"captured"`
-	Reason   string `json:"reason,omitempty"`
-}
 
 // Capturer installs and removes a pod's redirection and opens its sockets; package
 // capture in production.
@@ -61,7 +45,7 @@ type Manager struct {
 }
 
 type entry struct {
-	reg    Registration
+	reg    nodeapi.Registration
 	proxy  *proxy.Pod
 	uid    string
 	reason string
@@ -88,7 +72,7 @@ func (m *Manager) Restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read pod records: %w", err)
 	}
-	var regs []Registration
+	var regs []nodeapi.Registration
 	if err := json.Unmarshal(b, &regs); err != nil {
 		return fmt.Errorf("read pod records %s: %w", m.file, err)
 	}
@@ -106,7 +90,7 @@ func (m *Manager) Restore(ctx context.Context) error {
 
 // Add registers a pod and captures it if its workload is in ambient mode. Adding a pod
 // twice is harmless.
-func (m *Manager) Add(ctx context.Context, r Registration) error {
+func (m *Manager) Add(ctx context.Context, r nodeapi.Registration) error {
 	if r.UID == "" || r.NetNS == "" {
 		return errors.New("pod registration needs uid and netns")
 	}
@@ -219,12 +203,12 @@ func (m *Manager) stop(ctx context.Context, e *entry) {
 }
 
 // Pods lists the registered pods.
-func (m *Manager) Pods() []PodStatus {
+func (m *Manager) Pods() []nodeapi.PodStatus {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]PodStatus, 0, len(m.pods))
+	out := make([]nodeapi.PodStatus, 0, len(m.pods))
 	for _, e := range m.pods {
-		out = append(out, PodStatus{Registration: e.reg, Captured: e.proxy != nil, Reason: e.reason})
+		out = append(out, nodeapi.PodStatus{Registration: e.reg, Captured: e.proxy != nil, Reason: e.reason})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].UID < out[j].UID })
 	return out
@@ -248,7 +232,7 @@ func (m *Manager) save() {
 		return
 	}
 	m.mu.Lock()
-	regs := make([]Registration, 0, len(m.pods))
+	regs := make([]nodeapi.Registration, 0, len(m.pods))
 	for _, e := range m.pods {
 		regs = append(regs, e.reg)
 	}
