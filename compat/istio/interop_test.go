@@ -692,6 +692,39 @@ func TestOurClientGracefulResetFromIstioServer(t *testing.T) {
 	}
 }
 
+// The upstream half-closes and keeps reading. Istio's server does not carry that as a
+// half-close: it ends the response, stops reading our request body and sends the upstream
+// a FIN of its own, so bytes our client sends afterwards never arrive.
+func TestIstioServerUpstreamHalfCloseEndsBothDirections(t *testing.T) {
+	p := newPKI(t)
+	received := make(chan string, 1)
+	up := startUpstream(t, func(c *net.TCPConn) {
+		_, _ = c.Write([]byte("bye"))
+		_ = c.CloseWrite()
+		b, err := io.ReadAll(c)
+		received <- fmt.Sprintf("%q err=%v", b, err)
+	})
+	addr := startIstioServer(t, issue(t, p.ca, p.serverID), p.ca.Bundle())
+	cl := ourClient(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	st, err := cl.Dial(ctx, hbone.Target{Source: p.clientID, Address: addr, Identities: []spiffeid.ID{p.serverID}, Authority: up.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	_ = st.SetDeadline(time.Now().Add(ioTimeout))
+	b, err := io.ReadAll(st)
+	if err != nil || string(b) != "bye" {
+		t.Fatalf("read %q, %v; want \"bye\" then io.EOF", b, err)
+	}
+	_, _ = st.Write([]byte("late")) // may already fail: the peer reset the stream gracefully
+	_ = st.CloseWrite()
+	if got, want := within(t, "the upstream's EOF", received), `"" err=<nil>`; got != want {
+		t.Fatalf("upstream read %s; want %s", got, want)
+	}
+}
+
 // Istio's server answers 200 before it dials the destination. A refused destination
 // therefore looks like an accepted stream that ends at once, not like a 503.
 func TestOurClientIstioServerAnswers200BeforeDialing(t *testing.T) {
