@@ -50,6 +50,35 @@ proto: ## regenerate the Go code of the .proto files under proto/
 proto-check: ## regenerate and fail if the generated Go differs from what is committed
 	@hack/proto-check.sh
 
+# controller-gen, pinned by the tool directive in tools/codegen/go.mod, built once into .cache/bin.
+CONTROLLER_GEN := .cache/bin/controller-gen
+
+$(CONTROLLER_GEN): tools/codegen/go.mod tools/codegen/go.sum
+	@mkdir -p $(@D)
+	cd tools/codegen && GOWORK=off go build -o ../../$@ sigs.k8s.io/controller-tools/cmd/controller-gen
+
+generate: $(CONTROLLER_GEN) ## regenerate the CRD types' deepcopy code and the CRDs in deploy/crds (controller-gen)
+	cd controller && ../$(CONTROLLER_GEN) object paths=./apis/... crd paths=./apis/... output:crd:artifacts:config=../deploy/crds
+
+generate-check: ## regenerate and fail if controller/apis or deploy/crds differ from what is committed
+	@$(MAKE) generate
+	@gen=(controller/apis deploy/crds); fail=0; \
+	if ! git diff --quiet -- "$${gen[@]}"; then \
+		echo "generate-check: generated code differs from what is committed:" >&2; \
+		git --no-pager diff --stat -- "$${gen[@]}" >&2; fail=1; \
+	fi; \
+	untracked=$$(git ls-files --others --exclude-standard -- "$${gen[@]}"); \
+	if [[ -n $$untracked ]]; then \
+		echo "generate-check: files not in git:" >&2; echo "$$untracked" >&2; fail=1; \
+	fi; \
+	if [[ $$fail -ne 0 ]]; then \
+		echo "generate-check: run 'make generate' and commit the API types with their generated code and CRDs" >&2; exit 1; \
+	fi; \
+	echo "generate-check: generated code and CRDs are up to date"
+
+kube-apiserver: ## build kube-apiserver from the k8s.io/kubernetes module into .cache/bin, once (for the e2e tests)
+	@hack/kube-apiserver.sh
+
 lint: ## gofmt, go vet and staticcheck over every module
 	@hack/lint.sh
 
@@ -64,8 +93,9 @@ compat: ## HBONE wire compatibility with Istio's Go implementation (compat/istio
 fuzz: ## run each FUZZ target for FUZZTIME (default 10s)
 	@hack/fuzz.sh -t $(FUZZTIME) $(FUZZ)
 
-test: setup ## everything CI checks: proto-check, lint, unit, compat, fuzz
+test: setup kube-apiserver ## everything CI checks: proto-check, generate-check, lint, unit (with the e2e tests), compat, fuzz
 	@$(MAKE) proto-check
+	@$(MAKE) generate-check
 	@$(MAKE) lint
 	@$(MAKE) unit
 	@$(MAKE) compat
@@ -82,9 +112,14 @@ bench: ## run the benchmarks in bench/ (not built yet)
 	@echo "make bench: the benchmark harness in bench/ is not built yet; it runs on the local lab, which is not built either" >&2
 	@exit 1
 
-e2e-k8s: ## end-to-end tests on a Kubernetes cluster (not built yet)
-	@echo "make e2e-k8s: the Kubernetes end-to-end tests are not built yet: they need the manifests in deploy/ and the controller's Kubernetes source" >&2
-	@exit 1
+# Packages of the end-to-end tests against a real kube-apiserver and etcd (`make test` runs
+# them too, as part of unit). Only directories that exist are tested.
+E2E_K8S := ./controller/internal/kubetest ./controller/e2e
+
+e2e-k8s: kube-apiserver ## end-to-end tests against a real kube-apiserver and etcd (controller/internal/kubetest, controller/e2e)
+	@pkgs=(); for d in $(E2E_K8S); do if [[ -d $$d ]]; then pkgs+=("$$d/..."); fi; done; \
+	if [[ $${#pkgs[@]} -eq 0 ]]; then echo "e2e-k8s: no end-to-end test packages" >&2; exit 1; fi; \
+	go test -race -count=1 -timeout $(TESTTIMEOUT) "$${pkgs[@]}"
 
 bench-controller: ## controller scale benchmark (not built yet)
 	@echo "make bench-controller: the controller benchmark is not built yet: it needs the controller's model and xDS push" >&2
