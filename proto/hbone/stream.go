@@ -301,10 +301,10 @@ func (s *Stream) writeErrLocked() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
-	case s.localEnded:
-		return errWriteClosed
 	case s.wErr != nil:
 		return s.wErr
+	case s.localEnded:
+		return errWriteClosed
 	case s.rErr != nil:
 		return s.rErr
 	}

@@ -32,12 +32,11 @@ type Capturer interface {
 
 // Manager owns the registered pods.
 type Manager struct {
-	node     *proxy.Node
-	state    *state.State
-	capture  Capturer
-	file     string
-	log      *slog.Logger
-	onForget func(*configv1.Workload)
+	node    *proxy.Node
+	state   *state.State
+	capture Capturer
+	file    string
+	log     *slog.Logger
 
 	recMu sync.Mutex // one reconciliation at a time
 	mu    sync.Mutex
