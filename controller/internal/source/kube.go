@@ -1,0 +1,188 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
+
+	secv1 "ambit.dev/controller/apis/security/v1alpha1"
+)
+
+// The resources of ambit's CRDs, watched through the dynamic client.
+var (
+	AuthorizationPolicyGVR = secv1.GroupVersion.WithResource("authorizationpolicies")
+	PeerAuthenticationGVR  = secv1.GroupVersion.WithResource("peerauthentications")
+)
+
+// KubeClients are the API clients the Kube source uses (fakes in unit tests).
+type KubeClients struct {
+	Kube    kubernetes.Interface
+	Gateway gatewayclient.Interface
+	Dynamic dynamic.Interface
+}
+
+// Kube watches Namespaces, Pods, Services, ServiceAccounts, Gateways, HTTPRoutes and ambit's
+// CRDs with shared informers and feeds them to a Store.
+type Kube struct {
+	clients KubeClients
+	store   *Store
+	log     *slog.Logger
+	resync  time.Duration
+}
+
+// NewKube returns a Kube source. resync 0 disables periodic resyncs.
+func NewKube(c KubeClients, store *Store, log *slog.Logger, resync time.Duration) *Kube {
+	return &Kube{clients: c, store: store, log: log, resync: resync}
+}
+
+// Run starts the informers, marks the store synced once every cache has synced, and
+// returns when ctx ends.
+func (k *Kube) Run(ctx context.Context) error {
+	kf := informers.NewSharedInformerFactory(k.clients.Kube, k.resync)
+	gf := gatewayinformers.NewSharedInformerFactory(k.clients.Gateway, k.resync)
+	df := dynamicinformer.NewDynamicSharedInformerFactory(k.clients.Dynamic, k.resync)
+
+	typed := []cache.SharedIndexInformer{
+		kf.Core().V1().Namespaces().Informer(),
+		kf.Core().V1().Pods().Informer(),
+		kf.Core().V1().Services().Informer(),
+		kf.Core().V1().ServiceAccounts().Informer(),
+		gf.Gateway().V1().Gateways().Informer(),
+		gf.Gateway().V1().HTTPRoutes().Informer(),
+	}
+	var synced []cache.InformerSynced
+	for _, inf := range typed {
+		// Managed fields are never read and are a large part of every object's memory.
+		if err := inf.SetTransform(dropManagedFields); err != nil {
+			return fmt.Errorf("kube source: set transform: %w", err)
+		}
+		if _, err := inf.AddEventHandler(k.handler(func(o any) (runtime.Object, error) {
+			r, ok := o.(runtime.Object)
+			if !ok {
+				return nil, fmt.Errorf("unexpected %T", o)
+			}
+			return r, nil
+		})); err != nil {
+			return fmt.Errorf("kube source: add handler: %w", err)
+		}
+		synced = append(synced, inf.HasSynced)
+	}
+	for gvr, conv := range map[schema.GroupVersionResource]func(*unstructured.Unstructured) (runtime.Object, error){
+		AuthorizationPolicyGVR: func(u *unstructured.Unstructured) (runtime.Object, error) {
+			return fromUnstructured(u, &secv1.AuthorizationPolicy{})
+		},
+		PeerAuthenticationGVR: func(u *unstructured.Unstructured) (runtime.Object, error) {
+			return fromUnstructured(u, &secv1.PeerAuthentication{})
+		},
+	} {
+		inf := df.ForResource(gvr).Informer()
+		if _, err := inf.AddEventHandler(k.handler(func(o any) (runtime.Object, error) {
+			u, ok := o.(*unstructured.Unstructured)
+			if !ok {
+				return nil, fmt.Errorf("unexpected %T", o)
+			}
+			return conv(u)
+		})); err != nil {
+			return fmt.Errorf("kube source: add handler: %w", err)
+		}
+		synced = append(synced, inf.HasSynced)
+	}
+
+	kf.Start(ctx.Done())
+	gf.Start(ctx.Done())
+	df.Start(ctx.Done())
+	defer func() {
+		kf.Shutdown()
+		gf.Shutdown()
+		df.Shutdown()
+	}()
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return errors.New("kube source: caches did not sync")
+	}
+	k.log.Info("kubernetes caches synced")
+	k.store.MarkSynced()
+	<-ctx.Done()
+	return nil
+}
+
+// fromUnstructured converts strictly: an unknown field is an error that names it.
+func fromUnstructured[T runtime.Object](u *unstructured.Unstructured, out T) (runtime.Object, error) {
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(u.Object, out, true); err != nil {
+		return nil, fmt.Errorf("%s %s/%s: %w", u.GetKind(), u.GetNamespace(), u.GetName(), err)
+	}
+	return out, nil
+}
+
+func dropManagedFields(o any) (any, error) {
+	if m, err := meta.Accessor(o); err == nil {
+		m.SetManagedFields(nil)
+		if a := m.GetAnnotations(); a != nil {
+			delete(a, corev1.LastAppliedConfigAnnotation)
+		}
+	}
+	return o, nil
+}
+
+func (k *Kube) handler(conv func(any) (runtime.Object, error)) cache.ResourceEventHandler {
+	apply := func(o any, del bool) {
+		if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
+			o = t.Obj
+		}
+		obj, err := conv(o)
+		if err != nil && del {
+			obj, err = metaOnly(o) // a deleted object need not be valid to be forgotten
+		}
+		if err != nil {
+			k.log.Error("invalid object, keeping its last good version", "error", err)
+			return
+		}
+		if del {
+			k.store.Delete(obj)
+		} else {
+			k.store.Upsert(obj)
+		}
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { apply(o, false) },
+		UpdateFunc: func(_, o any) { apply(o, false) },
+		DeleteFunc: func(o any) { apply(o, true) },
+	}
+}
+
+func metaOnly(o any) (runtime.Object, error) {
+	u, ok := o.(*unstructured.Unstructured)
+	if !ok {
+		return nil, fmt.Errorf("unexpected %T", o)
+	}
+	var out runtime.Object
+	switch u.GetKind() {
+	case "AuthorizationPolicy":
+		out = &secv1.AuthorizationPolicy{}
+	case "PeerAuthentication":
+		out = &secv1.PeerAuthentication{}
+	default:
+		return nil, fmt.Errorf("unexpected kind %q", u.GetKind())
+	}
+	m, _ := meta.Accessor(out)
+	m.SetNamespace(u.GetNamespace())
+	m.SetName(u.GetName())
+	return out, nil
+}

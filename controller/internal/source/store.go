@@ -1,0 +1,163 @@
+package source
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"ambit.dev/controller/internal/model"
+)
+
+// StoreOptions configure a Store; zero fields take the defaults.
+type StoreOptions struct {
+	// Debounce is the quiet time after the last change before a commit; default 20ms.
+	Debounce time.Duration
+	// MaxDelay bounds how long a stream of changes can postpone a commit; default 100ms.
+	MaxDelay time.Duration
+}
+
+// Store is the object cache that the sources feed. It keeps the model Index current and
+// tells subscribers when the resources changed.
+type Store struct {
+	log  *slog.Logger
+	idx  *model.Index
+	opts StoreOptions
+
+	kick    chan struct{}
+	syncReq atomic.Bool
+	synced  atomic.Bool
+
+	mu     sync.Mutex
+	subs   []chan struct{}
+	logged map[string]string // object → last error logged, so a resync does not repeat it
+}
+
+// NewStore returns a Store that maintains idx.
+func NewStore(idx *model.Index, log *slog.Logger, opts StoreOptions) *Store {
+	if opts.Debounce <= 0 {
+		opts.Debounce = 20 * time.Millisecond
+	}
+	if opts.MaxDelay < opts.Debounce {
+		opts.MaxDelay = max(100*time.Millisecond, opts.Debounce)
+	}
+	return &Store{log: log, idx: idx, opts: opts, kick: make(chan struct{}, 1), logged: map[string]string{}}
+}
+
+// Index returns the model the store maintains.
+func (s *Store) Index() *model.Index { return s.idx }
+
+// Upsert records a new or changed object. An invalid object is logged and refused; its last
+// good version stays in force.
+func (s *Store) Upsert(obj runtime.Object) {
+	s.report(obj, s.idx.Upsert(obj))
+	s.poke()
+}
+
+// Delete records that obj is gone.
+func (s *Store) Delete(obj runtime.Object) {
+	s.report(obj, s.idx.Delete(obj))
+	s.poke()
+}
+
+func objectName(obj runtime.Object) string {
+	kind := fmt.Sprintf("%T", obj)
+	if gvk := obj.GetObjectKind().GroupVersionKind(); gvk.Kind != "" {
+		kind = gvk.Kind
+	}
+	if m, err := meta.Accessor(obj); err == nil {
+		return kind + " " + m.GetNamespace() + "/" + m.GetName()
+	}
+	return kind
+}
+
+func (s *Store) report(obj runtime.Object, err error) {
+	k := objectName(obj)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		delete(s.logged, k)
+		return
+	}
+	if s.logged[k] == err.Error() {
+		return
+	}
+	s.logged[k] = err.Error()
+	s.log.Error("invalid object, keeping its last good version", "object", k, "error", err)
+}
+
+func (s *Store) poke() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// MarkSynced records that a source has delivered its initial state; Synced becomes true at
+// the next commit.
+func (s *Store) MarkSynced() { s.syncReq.Store(true); s.poke() }
+
+// Synced reports whether the initial state has been loaded and committed.
+func (s *Store) Synced() bool { return s.synced.Load() }
+
+// Subscribe returns a channel that receives a value (coalesced) after each commit that
+// changed some resource.
+func (s *Store) Subscribe() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	s.mu.Lock()
+	s.subs = append(s.subs, ch)
+	s.mu.Unlock()
+	return ch
+}
+
+// Run commits the index after each burst of changes until ctx ends.
+func (s *Store) Run(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.kick:
+		}
+		first := time.Now()
+		quiet := time.NewTimer(s.opts.Debounce)
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				quiet.Stop()
+				return nil
+			case <-s.kick:
+				left := s.opts.MaxDelay - time.Since(first)
+				quiet.Reset(min(s.opts.Debounce, max(left, 0)))
+			case <-quiet.C:
+				break wait
+			}
+		}
+		s.commit()
+	}
+}
+
+func (s *Store) commit() {
+	start := time.Now()
+	changes := s.idx.Commit()
+	if s.syncReq.Load() {
+		s.synced.Store(true)
+	}
+	if len(changes) == 0 {
+		return
+	}
+	s.log.Debug("model committed", "changes", len(changes), "generation", s.idx.Generation(), "duration", time.Since(start))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ch := range s.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
