@@ -77,3 +77,9 @@ func contains(s string, subs ...string) bool {
 	}
 	return true
 }
+
+func slogFrom(lb *logBuf) *slog.Logger {
+	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func splitLines(s string) []string { return strings.Split(strings.TrimSpace(s), "\n") }
