@@ -30,8 +30,11 @@ const (
 type Resource struct {
 	// Version is the controller's version of the resource; opaque to the proxy.
 	Version string
-	// Message is the decoded resource, of the Go type registered for its type URL.
+	// Message is the decoded resource, of the Go type registered for its type URL; nil when
+	// Config.SkipDecode is set.
 	Message proto.Message
+	// Raw is the resource as it came over the wire.
+	Raw *anypb.Any
 }
 
 // Handler applies configuration. Apply gets one response's worth of one type: the resources
@@ -61,6 +64,10 @@ type Config struct {
 	Handler Handler
 	// Logger; default discards.
 	Logger *slog.Logger
+	// SkipDecode leaves Resource.Message nil: the handler gets only Raw. For tools that
+	// forward or count resources, and for benchmarks that simulate many proxies in one
+	// process, where decoding would measure the simulation instead of the controller.
+	SkipDecode bool
 	// MinBackoff is the first delay before reconnecting; it doubles up to MaxBackoff and
 	// resets once a stream has delivered a response. Each delay is shortened by up to 20%
 	// at random so proxies that lost the controller together do not return together.
@@ -237,11 +244,15 @@ func (c *Client) apply(resp *discoveryv3.DeltaDiscoveryResponse) error {
 		if a.GetTypeUrl() != t {
 			return fmt.Errorf("resource %s has type %s in a response of type %s", name, a.GetTypeUrl(), t)
 		}
-		m, err := anypb.UnmarshalNew(a, proto.UnmarshalOptions{})
-		if err != nil {
-			return fmt.Errorf("resource %s of %s: %w", name, t, err)
+		res := Resource{Version: r.GetVersion(), Raw: a}
+		if !c.cfg.SkipDecode {
+			m, err := anypb.UnmarshalNew(a, proto.UnmarshalOptions{})
+			if err != nil {
+				return fmt.Errorf("resource %s of %s: %w", name, t, err)
+			}
+			res.Message = m
 		}
-		upserts[name] = Resource{Version: r.GetVersion(), Message: m}
+		upserts[name] = res
 	}
 	removals := resp.GetRemovedResources()
 	if err := c.cfg.Handler.Apply(t, upserts, removals); err != nil {

@@ -49,9 +49,15 @@ type typeState struct {
 	dirty    bool              // desired changed while pending
 	rejected *generation       // generation whose response was NACKed; not resent until the next
 	inSync   bool              // held equals desired (or the difference was NACKed)
+	// last, when heldIsLast, is a desired map whose versions held equals exactly: the
+	// starting point of a shared delta (see diff.go).
+	last       map[string]Resource
+	heldIsLast bool
 }
 
 type pending struct {
+	want     map[string]Resource // the desired map the response brings the proxy to
+	complete bool                // every resource of want that differed was sent
 	nonce    string
 	upserts  map[string]string
 	removals []string
@@ -176,6 +182,7 @@ func (c *conn) handle(r *discoveryv3.DeltaDiscoveryRequest) error {
 	ts.pending = nil
 	if d := r.GetErrorDetail(); d != nil {
 		ts.rejected = c.gen
+		ts.heldIsLast = false
 		c.s.metrics.nacks.WithLabelValues(shortType(t)).Inc()
 		c.s.log.Warn("proxy rejected config", "id", c.proxy.ID, "node", c.proxy.Node, "type", t,
 			"nonce", p.nonce, "version", c.gen.n, "error", d.GetMessage())
@@ -189,6 +196,7 @@ func (c *conn) handle(r *discoveryv3.DeltaDiscoveryRequest) error {
 		for _, name := range p.removals {
 			delete(ts.held, name)
 		}
+		ts.last, ts.heldIsLast = p.want, p.complete
 		c.mu.Lock()
 		delete(c.nacks, t)
 		c.mu.Unlock()
@@ -214,28 +222,47 @@ func (c *conn) send(t string, ts *typeState) error {
 	want := c.desired[t]
 	var res []*discoveryv3.Resource
 	upserts := map[string]string{}
-	for name, r := range want {
-		if v, ok := ts.held[name]; ok && v == r.Version {
-			continue
-		}
+	encodeFailed := false
+	add := func(name string, r Resource) {
 		a, err := c.s.cache.get(t, name, r)
 		if err != nil {
+			encodeFailed = true
 			// A resource that cannot be encoded is a controller bug; leave it out rather
 			// than starve the proxy of everything else.
 			c.s.log.Error("cannot encode resource", "type", t, "name", name, "error", err)
-			continue
+			return
 		}
 		res = append(res, a)
 		upserts[name] = r.Version
 	}
 	var removals []string
-	for name := range ts.held {
-		if _, ok := want[name]; !ok {
-			removals = append(removals, name)
+	switch {
+	case ts.heldIsLast && mapPtr(ts.last) == mapPtr(want):
+		// Nothing changed for this type.
+	case ts.heldIsLast && ts.last != nil && want != nil:
+		d := c.s.deltas.get(ts.last, want)
+		for _, name := range d.upserts {
+			add(name, want[name])
+		}
+		removals = d.removals
+	default:
+		for name, r := range want {
+			if v, ok := ts.held[name]; ok && v == r.Version {
+				continue
+			}
+			add(name, r)
+		}
+		for name := range ts.held {
+			if _, ok := want[name]; !ok {
+				removals = append(removals, name)
+			}
 		}
 	}
 	if len(res) == 0 && len(removals) == 0 {
 		ts.inSync = true
+		// held now matches want, unless a resource failed to encode; then the next push
+		// compares in full.
+		ts.last, ts.heldIsLast = want, !encodeFailed
 		return nil
 	}
 	ts.inSync = false
@@ -251,7 +278,8 @@ func (c *conn) send(t string, ts *typeState) error {
 	if err := c.st.Send(resp); err != nil {
 		return err
 	}
-	ts.pending = &pending{nonce: nonce, upserts: upserts, removals: removals}
+	ts.heldIsLast = false
+	ts.pending = &pending{want: want, complete: !encodeFailed, nonce: nonce, upserts: upserts, removals: removals}
 	c.s.metrics.pushes.WithLabelValues(shortType(t)).Inc()
 	start := c.gen.start
 	if start.Before(c.connectedAt) {

@@ -41,6 +41,12 @@ type Resource struct {
 // Generator computes a proxy's complete desired config: type URL → resource name → resource.
 // It is called concurrently from every stream's goroutine and must not modify what it has
 // returned before (the server keeps no copy).
+//
+// Pushes are cheapest when the Generator returns the same map (by identity) for a type whose
+// content did not change, and the same map to proxies that see the same resources: the
+// server then skips the type, or computes the difference once and shares it between proxies.
+// A Generator that builds fresh maps on every call is correct, only slower (every proxy is
+// compared in full).
 type Generator interface {
 	For(p Proxy) map[string]map[string]Resource
 }
@@ -76,6 +82,7 @@ type Server struct {
 	debounce time.Duration
 	metrics  *metrics
 	cache    anyCache
+	deltas   deltaCache
 
 	pushCh    chan struct{}
 	pushSince atomic.Int64 // unix nanos of the first Push not yet published, 0 if none
