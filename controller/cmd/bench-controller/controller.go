@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"ambit.dev/controller/internal/caserver"
+	"ambit.dev/controller/internal/xds"
+	"ambit.dev/proto/identity"
+	proxyxds "ambit.dev/proto/xds"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+)
+
+// Flow-control windows: a full config is megabytes in one message, which the default 64 KiB
+// window would trickle through in round trips.
+const (
+	windowSize     = 4 << 20
+	connWindowSize = 16 << 20
+)
+
+type result struct {
+	Pods        int     `json:"pods"`
+	Services    int     `json:"services"`
+	Clients     int     `json:"clients"`
+	FullSyncMS  float64 `json:"full_sync_ms"`
+	ChangeP50MS float64 `json:"change_p50_ms"`
+	ChangeP99MS float64 `json:"change_p99_ms"`
+	RSSMB       float64 `json:"rss_mb"`
+}
+
+func runController(cfg config, log *slog.Logger) error {
+	if cfg.pods <= 0 || cfg.services <= 0 || cfg.clients <= 0 || cfg.changes <= 0 {
+		return fmt.Errorf("-pods, -services, -clients and -changes must be positive")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	dir, err := os.MkdirTemp("", "bench-controller")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	ca, err := identity.NewCA(identity.CAOptions{})
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "root.pem"), ca.RootPEM(), 0o600); err != nil {
+		return err
+	}
+	nodes := make([]string, cfg.clients)
+	for i := range nodes {
+		nodes[i] = nodeName(i)
+	}
+	if err := caserver.EnsureNodeTokens(filepath.Join(dir, "tokens"), nodes...); err != nil {
+		return err
+	}
+
+	m := newMesh(cfg.pods, cfg.services, cfg.clients)
+	srv, err := xds.NewServer(xds.Options{
+		Generator:     m,
+		Authenticator: caserver.TokenDir{Dir: filepath.Join(dir, "tokens")},
+		Logger:        log,
+		Registry:      prometheus.NewRegistry(),
+	})
+	if err != nil {
+		return err
+	}
+	mgr := identity.NewManager(identity.ManagerOptions{Signer: ca, Logger: log})
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(caserver.ServerTLS(mgr, proxyxds.ControllerID(ca.TrustDomain())))),
+		grpc.InitialWindowSize(windowSize), grpc.InitialConnWindowSize(connWindowSize))
+	srv.Register(gs)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer gs.Stop()
+	defer cancel()
+	wg.Go(func() { _ = mgr.Run(ctx) })
+	wg.Go(func() { _ = srv.Run(ctx) })
+	wg.Go(func() { _ = gs.Serve(lis) })
+	// The serving certificate is ready before the clock starts.
+	if _, err := mgr.Certificate(ctx, proxyxds.ControllerID(ca.TrustDomain())); err != nil {
+		return err
+	}
+
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	child := exec.CommandContext(ctx, self, "-role=clients", "-addr="+lis.Addr().String(), "-dir="+dir,
+		"-clients="+strconv.Itoa(cfg.clients), "-pods="+strconv.Itoa(cfg.pods), "-services="+strconv.Itoa(cfg.services),
+		"-cpuprofile="+os.Getenv("BENCH_CLIENTS_CPUPROFILE"))
+	child.Stderr = os.Stderr
+	in, err := child.StdinPipe()
+	if err != nil {
+		return err
+	}
+	outPipe, err := child.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := child.Start(); err != nil {
+		return err
+	}
+	defer func() { in.Close(); _ = child.Wait() }()
+	out := bufio.NewScanner(outPipe)
+	readLine := func() (string, error) {
+		if !out.Scan() {
+			if err := out.Err(); err != nil {
+				return "", err
+			}
+			return "", io.ErrUnexpectedEOF
+		}
+		return out.Text(), nil
+	}
+
+	line, err := readLine()
+	if err != nil {
+		return fmt.Errorf("clients: %w", err)
+	}
+	syncMS, ok := strings.CutPrefix(line, "synced ")
+	if !ok {
+		return fmt.Errorf("clients: unexpected %q", line)
+	}
+	res := result{Pods: cfg.pods, Services: cfg.services, Clients: cfg.clients}
+	if res.FullSyncMS, err = strconv.ParseFloat(syncMS, 64); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "full sync of %d clients: %.1f ms\n", cfg.clients, res.FullSyncMS)
+
+	lat := make([]float64, 0, cfg.changes)
+	for i := range cfg.changes {
+		idx := (i * 7919) % cfg.pods
+		gen := i + 2
+		name := workload(idx, cfg.services, cfg.clients, gen).GetUid()
+		if _, err := fmt.Fprintf(in, "expect %s %d\n", name, gen); err != nil {
+			return err
+		}
+		if line, err := readLine(); err != nil || line != "ok" {
+			return fmt.Errorf("clients: %q, %v", line, err)
+		}
+		start := time.Now()
+		m.change(idx, cfg.services, cfg.clients, gen)
+		srv.Push()
+		if line, err := readLine(); err != nil || line != "done" {
+			return fmt.Errorf("clients: %q, %v", line, err)
+		}
+		lat = append(lat, float64(time.Since(start).Microseconds())/1000)
+	}
+	fmt.Fprintln(in, "quit")
+	slices.Sort(lat)
+	res.ChangeP50MS = percentile(lat, 0.50)
+	res.ChangeP99MS = percentile(lat, 0.99)
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		res.RSSMB = float64(ru.Maxrss) / 1024 // kilobytes on Linux
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(b))
+	return nil
+}
+
+func percentile(sorted []float64, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted)-1)*p + 0.5)
+	return sorted[i]
+}
