@@ -1,0 +1,116 @@
+package source
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	configv1 "ambit.dev/proto/config/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
+
+	"ambit.dev/controller/internal/model"
+)
+
+func unstructuredPolicy(name string, spec map[string]any) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "security.ambit.dev/v1alpha1",
+		"kind":       "AuthorizationPolicy",
+		"metadata":   map[string]any{"name": name, "namespace": "demo"},
+		"spec":       spec,
+	}}
+}
+
+func TestKubeSource(t *testing.T) {
+	kube := kubefake.NewClientset(
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo", Labels: map[string]string{model.LabelDataplaneMode: model.ModeAmbient}}},
+		labPod("web", "10.1.0.1"),
+	)
+	// Created through the typed client: the fake's object tracker files objects passed to the constructors
+	// under v1beta1, whose Gateway is an alias of v1's.
+	gw := gatewayfake.NewSimpleClientset() //nolint:staticcheck // NewClientset has no Gateway v1 type mapping in v1.6.3
+	if _, err := gw.GatewayV1().Gateways("demo").Create(context.Background(), &gatewayv1.Gateway{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "wp"},
+		Spec:       gatewayv1.GatewaySpec{GatewayClassName: model.WaypointClass},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	scheme := runtime.NewScheme()
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme, map[schema.GroupVersionResource]string{
+		AuthorizationPolicyGVR: "AuthorizationPolicyList",
+		PeerAuthenticationGVR:  "PeerAuthenticationList",
+	},
+		unstructuredPolicy("good", map[string]any{"rules": []any{map[string]any{"to": []any{map[string]any{"operation": map[string]any{"ports": []any{"80"}}}}}}}),
+		unstructuredPolicy("unknown-field", map[string]any{"actoin": "DENY"}),
+		unstructuredPolicy("bad-port", map[string]any{"rules": []any{map[string]any{"to": []any{map[string]any{"operation": map[string]any{"ports": []any{"eighty"}}}}}}}),
+	)
+	s, logs := newTestStore(t)
+	runStore(t, s)
+	k := NewKube(KubeClients{Kube: kube, Gateway: gw, Dynamic: dyn}, s, slogFrom(logs), 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- k.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	eventually(t, "synced", s.Synced)
+
+	for2 := func(typ string) []string {
+		return keys(s.Index().For(model.Proxy{Kind: model.KindZtunnel, Node: "node-a"})[typ])
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("workloads %v waypoints %v authz %v\nlogs:\n%s", for2(configv1.WorkloadTypeURL), for2(configv1.WaypointTypeURL), for2(configv1.AuthorizationTypeURL), logs)
+		}
+	})
+	eventually(t, "initial objects", func() bool {
+		return slices.Equal(for2(configv1.WorkloadTypeURL), []string{"Kubernetes//Pod/demo/web"}) &&
+			slices.Equal(for2(configv1.WaypointTypeURL), []string{"demo/wp"}) &&
+			slices.Equal(for2(configv1.AuthorizationTypeURL), []string{"demo/good"})
+	})
+	out := logs.String()
+	if !contains(out, "unknown-field", `unknown field \"spec.actoin\"`) {
+		t.Fatalf("no error naming the unknown field:\n%s", out)
+	}
+	if !contains(out, "AuthorizationPolicy demo/bad-port", "spec.rules[0].to[0].operation.ports[0]") {
+		t.Fatalf("no error naming the bad port:\n%s", out)
+	}
+
+	steps := []struct {
+		name string
+		do   func() error
+		want []string
+	}{
+		{"pod added", func() error {
+			_, err := kube.CoreV1().Pods("demo").Create(ctx, labPod("api", "10.1.0.2"), metav1.CreateOptions{})
+			return err
+		}, []string{"Kubernetes//Pod/demo/api", "Kubernetes//Pod/demo/web"}},
+		{"pod deleted", func() error {
+			return kube.CoreV1().Pods("demo").Delete(ctx, "web", metav1.DeleteOptions{})
+		}, []string{"Kubernetes//Pod/demo/api"}},
+	}
+	for _, st := range steps {
+		if err := st.do(); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		eventually(t, st.name, func() bool { return slices.Equal(for2(configv1.WorkloadTypeURL), st.want) })
+	}
+	wl := s.Index().For(model.Proxy{Kind: model.KindZtunnel})[configv1.WorkloadTypeURL]["Kubernetes//Pod/demo/api"].Message.(*configv1.Workload)
+	if wl.TunnelProtocol != configv1.TunnelProtocol_HBONE {
+		t.Fatalf("pod in enrolled namespace: tunnel %v", wl.TunnelProtocol)
+	}
+	if err := dyn.Resource(AuthorizationPolicyGVR).Namespace("demo").Delete(ctx, "good", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "policy deleted", func() bool { return len(for2(configv1.AuthorizationTypeURL)) == 0 })
+}
