@@ -261,6 +261,10 @@ func (c *Client) apply(resp *discoveryv3.DeltaDiscoveryResponse) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	held := c.versions[t]
+	if len(held) == 0 && len(upserts) > 0 {
+		held = make(map[string]string, len(upserts))
+		c.versions[t] = held
+	}
 	for name, r := range upserts {
 		held[name] = r.Version
 	}

@@ -10,20 +10,42 @@ import (
 
 // anyCache encodes each resource version once and shares the encoding between every proxy
 // that receives it: with 100 proxies holding the same 10,000 workloads, marshalling per
-// proxy would dominate a push.
+// proxy would dominate a push. Proxies connecting together wait for one encoding instead of
+// each making its own.
 type anyCache struct {
-	m sync.Map // cacheKey → *discoveryv3.Resource
+	m sync.Map // cacheKey → *cacheEntry
 }
 
 type cacheKey struct{ typeURL, name string }
 
+type cacheEntry struct {
+	version string
+	once    sync.Once
+	res     *discoveryv3.Resource
+	err     error
+}
+
 func (c *anyCache) get(typeURL, name string, r Resource) (*discoveryv3.Resource, error) {
 	k := cacheKey{typeURL, name}
-	if v, ok := c.m.Load(k); ok {
-		if res := v.(*discoveryv3.Resource); res.GetVersion() == r.Version {
-			return res, nil
+	v, ok := c.m.Load(k)
+	if !ok || v.(*cacheEntry).version != r.Version {
+		e := &cacheEntry{version: r.Version}
+		if ok {
+			c.m.CompareAndSwap(k, v, e)
+		} else {
+			c.m.LoadOrStore(k, e)
+		}
+		v, _ = c.m.Load(k)
+		if v.(*cacheEntry).version != r.Version {
+			v = e // another version raced in; encode ours without caching it
 		}
 	}
+	e := v.(*cacheEntry)
+	e.once.Do(func() { e.res, e.err = encode(typeURL, name, r) })
+	return e.res, e.err
+}
+
+func encode(typeURL, name string, r Resource) (*discoveryv3.Resource, error) {
 	if r.Message == nil {
 		return nil, fmt.Errorf("resource %s: nil message", name)
 	}
@@ -34,7 +56,5 @@ func (c *anyCache) get(typeURL, name string, r Resource) (*discoveryv3.Resource,
 	if a.GetTypeUrl() != typeURL {
 		return nil, fmt.Errorf("resource %s: message is %s, not %s", name, a.GetTypeUrl(), typeURL)
 	}
-	res := &discoveryv3.Resource{Name: name, Version: r.Version, Resource: a}
-	c.m.Store(k, res)
-	return res, nil
+	return &discoveryv3.Resource{Name: name, Version: r.Version, Resource: a}, nil
 }
