@@ -1,0 +1,52 @@
+// Command controller is ambit's control plane: it watches Kubernetes (or, locally, a folder
+// of the same YAML objects), keeps the config model, signs workload certificates and pushes
+// config to every ztunnel and waypoint.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"ambit.dev/controller/internal/app"
+)
+
+func main() {
+	var cfg app.Config
+	var level slog.Level
+	var logJSON bool
+	flag.StringVar(&cfg.ConfigDir, "config-dir", "", "read Kubernetes objects from the YAML files in `DIR` (local mode) instead of the API server")
+	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig `file`; empty means in-cluster config")
+	flag.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of workload identities")
+	flag.StringVar(&cfg.CADir, "ca-dir", "", "`DIR` holding the CA root key and certificate, created on first start; empty keeps the root in memory")
+	flag.StringVar(&cfg.GRPCAddr, "grpc-addr", ":15012", "config push and CA gRPC address")
+	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", ":15014", "address of /metrics, /healthz and /readyz (\"-\" disables)")
+	flag.BoolVar(&cfg.LeaderElect, "leader-elect", false, "run leader election on a Lease in the controller's namespace (Kubernetes mode)")
+	flag.DurationVar(&cfg.Debounce, "debounce", 20*time.Millisecond, "quiet time after an object change before config is recomputed")
+	flag.TextVar(&level, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
+	flag.BoolVar(&logJSON, "log-json", false, "log in JSON instead of text")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "controller: unexpected arguments %q\n", flag.Args())
+		os.Exit(2)
+	}
+
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+	if logJSON {
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	}
+	log := slog.New(h)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := app.Run(ctx, cfg, log); err != nil {
+		log.Error("controller failed", "error", err)
+		os.Exit(1)
+	}
+}

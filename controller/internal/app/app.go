@@ -1,0 +1,325 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"ambit.dev/proto/identity"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+
+	"ambit.dev/controller/internal/model"
+	"ambit.dev/controller/internal/source"
+)
+
+// PushServer is the xDS push server (controller/internal/xds). Push is called after every
+// commit that changed some resource; it must not block.
+type PushServer interface {
+	Run(ctx context.Context) error
+	Push()
+}
+
+// CAService is the certificate service (controller/internal/caserver).
+type CAService interface {
+	Run(ctx context.Context) error
+}
+
+// Deps is what the push server and CA service are built from.
+type Deps struct {
+	Log      *slog.Logger
+	Index    *model.Index
+	Store    *source.Store
+	CA       *identity.CA
+	Registry *prometheus.Registry
+	// GRPCAddr is where the gRPC server (config push and CA, TLS) listens.
+	GRPCAddr string
+	// Kube is set in Kubernetes mode (TokenReview, Secrets); nil in folder mode.
+	Kube kubernetes.Interface
+}
+
+// Config is the controller's configuration; main fills it from flags.
+type Config struct {
+	// ConfigDir, when set, selects folder mode: objects come from YAML files there.
+	ConfigDir string
+	// Kubeconfig is the kubeconfig file for Kubernetes mode; empty means in-cluster.
+	Kubeconfig string
+	// TrustDomain of workload identities; default cluster.local.
+	TrustDomain string
+	// CADir holds the CA root (root-cert.pem, root-key.pem), created on first start. Empty
+	// keeps the root in memory only, which is for tests: proxies' certificates then stop
+	// verifying after a restart.
+	CADir string
+	// GRPCAddr is the config push and CA address; default :15012.
+	GRPCAddr string
+	// MetricsAddr serves /metrics, /healthz and /readyz; default :15014. "-" disables it.
+	MetricsAddr string
+	// LeaderElect runs leader election on a Lease (Kubernetes mode only).
+	LeaderElect bool
+	// LeaseNamespace and LeaseName name the Lease; defaults: $POD_NAMESPACE or ambit-system,
+	// and ambit-controller.
+	LeaseNamespace, LeaseName string
+	// Identity of this replica in the Lease; default the hostname.
+	Identity string
+	// Debounce between an object change and the model commit; default 20ms.
+	Debounce time.Duration
+
+	// NewPushServer and NewCAService build the gRPC services; nil leaves them out.
+	NewPushServer func(Deps) (PushServer, error)
+	NewCAService  func(Deps) (CAService, error)
+	// LeaderTasks run only while this replica leads (always, without leader election).
+	LeaderTasks []func(ctx context.Context) error
+
+	metricsLn net.Listener // tests: serve metrics here instead of MetricsAddr
+}
+
+// withDefaults validates c and returns a copy with defaults filled in.
+func (c Config) withDefaults() (Config, error) {
+	if c.TrustDomain == "" {
+		c.TrustDomain = model.DefaultTrustDomain
+	}
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+		return c, fmt.Errorf("trust domain %q: %w", c.TrustDomain, err)
+	}
+	if c.ConfigDir != "" && c.Kubeconfig != "" {
+		return c, errors.New("config dir and kubeconfig are mutually exclusive")
+	}
+	if c.ConfigDir != "" && c.LeaderElect {
+		return c, errors.New("leader election needs Kubernetes mode, not a config dir")
+	}
+	if c.GRPCAddr == "" {
+		c.GRPCAddr = ":15012"
+	}
+	if c.MetricsAddr == "" {
+		c.MetricsAddr = ":15014"
+	}
+	if c.LeaseNamespace == "" {
+		c.LeaseNamespace = os.Getenv("POD_NAMESPACE")
+	}
+	if c.LeaseNamespace == "" {
+		c.LeaseNamespace = model.DefaultRootNS
+	}
+	if c.LeaseName == "" {
+		c.LeaseName = "ambit-controller"
+	}
+	if c.Identity == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return c, fmt.Errorf("hostname for leader identity: %w", err)
+		}
+		c.Identity = h
+	}
+	return c, nil
+}
+
+// Run runs the controller until ctx ends. It fails at once on bad configuration, an
+// unreadable config dir or CA root, or a port in use.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return fmt.Errorf("controller config: %w", err)
+	}
+	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
+	var ca *identity.CA
+	if cfg.CADir != "" {
+		ca, err = identity.LoadOrCreateCA(cfg.CADir, identity.CAOptions{TrustDomain: td, Logger: log.With("component", "ca")})
+	} else {
+		log.Warn("no CA dir: the CA root lives in memory and changes at every restart")
+		ca, err = identity.NewCA(identity.CAOptions{TrustDomain: td, Logger: log.With("component", "ca")})
+	}
+	if err != nil {
+		return fmt.Errorf("ca: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := newMetrics(reg)
+
+	idx := model.NewIndex(model.Options{TrustDomain: cfg.TrustDomain})
+	store := source.NewStore(idx, log.With("component", "store"), source.StoreOptions{Debounce: cfg.Debounce})
+	deps := Deps{Log: log, Index: idx, Store: store, CA: ca, Registry: reg, GRPCAddr: cfg.GRPCAddr}
+
+	var g group
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var src interface{ Run(context.Context) error }
+	if cfg.ConfigDir != "" {
+		log.Info("folder mode", "dir", cfg.ConfigDir)
+		f, err := source.NewFolder(cfg.ConfigDir, store, log.With("component", "folder"), 0)
+		if err != nil {
+			return err
+		}
+		src = f
+	} else {
+		rc, err := restConfig(cfg.Kubeconfig)
+		if err != nil {
+			return err
+		}
+		clients, err := newClients(rc)
+		if err != nil {
+			return err
+		}
+		deps.Kube = clients.Kube
+		src = source.NewKube(clients, store, log.With("component", "kube"), 0)
+		if cfg.LeaderElect {
+			le, err := newElector(cfg, clients.Kube, log.With("component", "leader"), m, cfg.LeaderTasks)
+			if err != nil {
+				return err
+			}
+			g.Go(ctx, cancel, "leader election", le.Run)
+			cfg.LeaderTasks = nil
+		}
+	}
+	if !cfg.LeaderElect || cfg.ConfigDir != "" {
+		m.leader.Set(1)
+	}
+	if len(cfg.LeaderTasks) > 0 {
+		for _, t := range cfg.LeaderTasks {
+			g.Go(ctx, cancel, "leader task", t)
+		}
+	}
+
+	var push PushServer
+	if cfg.NewPushServer != nil {
+		if push, err = cfg.NewPushServer(deps); err != nil {
+			return fmt.Errorf("push server: %w", err)
+		}
+		g.Go(ctx, cancel, "push server", push.Run)
+	}
+	if cfg.NewCAService != nil {
+		cs, err := cfg.NewCAService(deps)
+		if err != nil {
+			return fmt.Errorf("ca service: %w", err)
+		}
+		g.Go(ctx, cancel, "ca service", cs.Run)
+	}
+	if cfg.MetricsAddr != "-" {
+		ln := cfg.metricsLn
+		if ln == nil {
+			if ln, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+				return fmt.Errorf("metrics listener: %w", err)
+			}
+		}
+		log.Info("serving metrics and health", "addr", ln.Addr().String())
+		g.Go(ctx, cancel, "metrics", func(ctx context.Context) error { return serveHTTP(ctx, ln, handler(reg, store)) })
+	}
+	updates := store.Subscribe()
+	g.Go(ctx, cancel, "store", store.Run)
+	g.Go(ctx, cancel, "source", src.Run)
+	g.Go(ctx, cancel, "push trigger", func(ctx context.Context) error {
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-updates:
+				m.observe(idx)
+				if push != nil {
+					push.Push()
+				}
+			}
+		}
+	})
+	log.Info("controller started", "trust_domain", cfg.TrustDomain, "grpc_addr", cfg.GRPCAddr)
+	err = g.Wait()
+	log.Info("controller stopped")
+	return err
+}
+
+// group runs functions until ctx ends; the first error cancels the rest.
+type group struct {
+	wg   sync.WaitGroup
+	once sync.Once
+	err  error
+}
+
+func (g *group) Go(ctx context.Context, cancel context.CancelFunc, name string, f func(context.Context) error) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := f(ctx); err != nil {
+			g.once.Do(func() { g.err = fmt.Errorf("%s: %w", name, err) })
+			cancel()
+		}
+	}()
+}
+
+func (g *group) Wait() error { g.wg.Wait(); return g.err }
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	var rc *rest.Config
+	var err error
+	if kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	rc.UserAgent = "ambit-controller"
+	rc.QPS, rc.Burst = 50, 100
+	return rc, nil
+}
+
+func newClients(rc *rest.Config) (source.KubeClients, error) {
+	k, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return source.KubeClients{}, fmt.Errorf("kubernetes client: %w", err)
+	}
+	gw, err := gatewayclient.NewForConfig(rc)
+	if err != nil {
+		return source.KubeClients{}, fmt.Errorf("gateway api client: %w", err)
+	}
+	d, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return source.KubeClients{}, fmt.Errorf("dynamic client: %w", err)
+	}
+	return source.KubeClients{Kube: k, Gateway: gw, Dynamic: d}, nil
+}
+
+func handler(reg *prometheus.Registry, store *source.Store) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !store.Synced() {
+			http.Error(w, "config not loaded yet", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// serveHTTP serves until ctx ends, then drains for up to 5 s.
+func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown %s: %w", ln.Addr(), err)
+	}
+	<-errc
+	return nil
+}

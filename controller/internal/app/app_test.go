@@ -1,0 +1,124 @@
+package app
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	configv1 "ambit.dev/proto/config/v1"
+
+	"ambit.dev/controller/internal/model"
+)
+
+type fakePush struct {
+	deps   Deps
+	pushes atomic.Int32
+}
+
+func (f *fakePush) Run(ctx context.Context) error { <-ctx.Done(); return nil }
+func (f *fakePush) Push()                         { f.pushes.Add(1) }
+
+func TestRunFolderMode(t *testing.T) {
+	dir := t.TempDir()
+	data, err := os.ReadFile("../../../examples/lab-config/workloads.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "w.yaml"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caDir := t.TempDir()
+	push := &fakePush{}
+	cfg := Config{
+		ConfigDir: dir, CADir: caDir, metricsLn: ln, Identity: "test",
+		NewPushServer: func(d Deps) (PushServer, error) { push.deps = d; return push, nil },
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+
+	base := "http://" + ln.Addr().String()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if code, _ := get(base + "/readyz"); code == http.StatusOK && push.pushes.Load() > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("not ready with a push in 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := len(push.deps.Index.For(model.Proxy{Kind: model.KindZtunnel})[configv1.WorkloadTypeURL]); got != 2 {
+		t.Fatalf("%d workloads, want 2", got)
+	}
+	if push.deps.CA == nil || push.deps.GRPCAddr != ":15012" {
+		t.Fatalf("deps %+v", push.deps)
+	}
+	for _, tc := range []struct{ path, want string }{
+		{"/healthz", "ok"},
+		{"/metrics", "ambit_controller_config_generation 1"},
+		{"/metrics", "ambit_controller_leader 1"},
+	} {
+		code, body := get(base + tc.path)
+		if code != http.StatusOK || !strings.Contains(body, tc.want) {
+			t.Fatalf("%s: %d %q, want %q", tc.path, code, body, tc.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(caDir, "root-key.pem")); err != nil {
+		t.Fatalf("CA root not persisted: %v", err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"dir and kubeconfig", Config{ConfigDir: "x", Kubeconfig: "y"}, "mutually exclusive"},
+		{"leader election in folder mode", Config{ConfigDir: "x", LeaderElect: true}, "leader election"},
+		{"bad trust domain", Config{ConfigDir: "x", TrustDomain: "Not A Domain"}, "trust domain"},
+		{"missing dir", Config{ConfigDir: "/nonexistent/ambit", MetricsAddr: "-"}, "nonexistent"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			err := Run(ctx, tt.cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func get(url string) (int, string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
