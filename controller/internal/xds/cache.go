@@ -58,3 +58,13 @@ func encode(typeURL, name string, r Resource) (*discoveryv3.Resource, error) {
 	}
 	return &discoveryv3.Resource{Name: name, Version: r.Version, Resource: a}, nil
 }
+
+// encode returns the shared encoding of one resource; a resource that cannot be encoded is a
+// controller bug, logged and left out rather than starving the proxy of everything else.
+func (s *Server) encode(typeURL, name string, r Resource) (*discoveryv3.Resource, error) {
+	res, err := s.cache.get(typeURL, name, r)
+	if err != nil {
+		s.log.Error("cannot encode resource", "type", typeURL, "name", name, "error", err)
+	}
+	return res, err
+}

@@ -42,25 +42,38 @@ type conn struct {
 	nacks       map[string]string // type URL → last NACK message, cleared by an ACK of that type
 }
 
-// typeState is what one subscribed type looks like on the proxy.
+// typeState is what one subscribed type looks like on the proxy. What the proxy holds is
+// either explicit (name → version, from initial_resource_versions) or, once a response has
+// brought it exactly there, the versions of last, a map the Generator returned: then the next
+// push is a delta between two Generator maps, shared with every proxy making the same step
+// (diff.go), and the stream keeps no per-resource state of its own.
 type typeState struct {
-	held     map[string]string // name → version the proxy holds
-	pending  *pending          // the response awaiting ACK/NACK
-	dirty    bool              // desired changed while pending
-	rejected *generation       // generation whose response was NACKed; not resent until the next
-	inSync   bool              // held equals desired (or the difference was NACKed)
-	// last, when heldIsLast, is a desired map whose versions held equals exactly: the
-	// starting point of a shared delta (see diff.go).
-	last       map[string]Resource
-	heldIsLast bool
+	explicit map[string]string   // name → version the proxy holds; nil when last says it
+	last     map[string]Resource // when explicit is nil, the proxy holds exactly its versions
+	pending  *pending            // the response awaiting ACK/NACK
+	dirty    bool                // desired changed while pending
+	rejected *generation         // generation whose response was NACKed; not resent until the next
+	inSync   bool                // the proxy holds desired (or the difference was NACKed)
 }
 
 type pending struct {
 	want     map[string]Resource // the desired map the response brings the proxy to
 	complete bool                // every resource of want that differed was sent
 	nonce    string
-	upserts  map[string]string
+	res      []*discoveryv3.Resource
 	removals []string
+}
+
+// held returns the proxy's versions as a map (for the rare full comparison).
+func (ts *typeState) held() map[string]string {
+	if ts.explicit != nil {
+		return ts.explicit
+	}
+	h := make(map[string]string, len(ts.last))
+	for n, r := range ts.last {
+		h[n] = r.Version
+	}
+	return h
 }
 
 func newConn(s *Server, st stream, p Proxy) *conn {
@@ -163,9 +176,9 @@ func (c *conn) handle(r *discoveryv3.DeltaDiscoveryRequest) error {
 		if ts != nil {
 			return nil
 		}
-		ts = &typeState{held: maps.Clone(r.GetInitialResourceVersions())}
-		if ts.held == nil {
-			ts.held = map[string]string{}
+		ts = &typeState{}
+		if iv := r.GetInitialResourceVersions(); len(iv) > 0 {
+			ts.explicit = maps.Clone(iv)
 		}
 		c.types[t] = ts
 		c.order = append(c.order, t)
@@ -182,7 +195,6 @@ func (c *conn) handle(r *discoveryv3.DeltaDiscoveryRequest) error {
 	ts.pending = nil
 	if d := r.GetErrorDetail(); d != nil {
 		ts.rejected = c.gen
-		ts.heldIsLast = false
 		c.s.metrics.nacks.WithLabelValues(shortType(t)).Inc()
 		c.s.log.Warn("proxy rejected config", "id", c.proxy.ID, "node", c.proxy.Node, "type", t,
 			"nonce", p.nonce, "version", c.gen.n, "error", d.GetMessage())
@@ -190,13 +202,18 @@ func (c *conn) handle(r *discoveryv3.DeltaDiscoveryRequest) error {
 		c.nacks[t] = d.GetMessage()
 		c.mu.Unlock()
 	} else {
-		for name, v := range p.upserts {
-			ts.held[name] = v
+		if p.complete {
+			ts.explicit, ts.last = nil, p.want
+		} else {
+			h := maps.Clone(ts.held())
+			for _, r := range p.res {
+				h[r.GetName()] = r.GetVersion()
+			}
+			for _, name := range p.removals {
+				delete(h, name)
+			}
+			ts.explicit, ts.last = h, nil
 		}
-		for _, name := range p.removals {
-			delete(ts.held, name)
-		}
-		ts.last, ts.heldIsLast = p.want, p.complete
 		c.mu.Lock()
 		delete(c.nacks, t)
 		c.mu.Unlock()
@@ -212,7 +229,7 @@ func (c *conn) handle(r *discoveryv3.DeltaDiscoveryRequest) error {
 	return err
 }
 
-// send sends type t's difference between desired and held, if there is one.
+// send sends type t's difference between desired and what the proxy holds, if there is one.
 func (c *conn) send(t string, ts *typeState) error {
 	ts.dirty = false
 	if ts.rejected == c.gen {
@@ -220,39 +237,30 @@ func (c *conn) send(t string, ts *typeState) error {
 		return nil
 	}
 	want := c.desired[t]
-	var res []*discoveryv3.Resource
-	upserts := map[string]string{}
-	encodeFailed := false
-	add := func(name string, r Resource) {
-		a, err := c.s.cache.get(t, name, r)
-		if err != nil {
-			encodeFailed = true
-			// A resource that cannot be encoded is a controller bug; leave it out rather
-			// than starve the proxy of everything else.
-			c.s.log.Error("cannot encode resource", "type", t, "name", name, "error", err)
-			return
-		}
-		res = append(res, a)
-		upserts[name] = r.Version
-	}
-	var removals []string
+	var (
+		res      []*discoveryv3.Resource
+		removals []string
+		complete = true
+	)
 	switch {
-	case ts.heldIsLast && mapPtr(ts.last) == mapPtr(want):
+	case ts.explicit == nil && mapPtr(ts.last) == mapPtr(want):
 		// Nothing changed for this type.
-	case ts.heldIsLast && ts.last != nil && want != nil:
-		d := c.s.deltas.get(ts.last, want)
-		for _, name := range d.upserts {
-			add(name, want[name])
-		}
-		removals = d.removals
+	case ts.explicit == nil:
+		d := c.s.deltas.get(c.s, t, ts.last, want)
+		res, removals, complete = d.res, d.removals, d.complete
 	default:
 		for name, r := range want {
-			if v, ok := ts.held[name]; ok && v == r.Version {
+			if v, ok := ts.explicit[name]; ok && v == r.Version {
 				continue
 			}
-			add(name, r)
+			a, err := c.s.encode(t, name, r)
+			if err != nil {
+				complete = false
+				continue
+			}
+			res = append(res, a)
 		}
-		for name := range ts.held {
+		for name := range ts.explicit {
 			if _, ok := want[name]; !ok {
 				removals = append(removals, name)
 			}
@@ -260,9 +268,9 @@ func (c *conn) send(t string, ts *typeState) error {
 	}
 	if len(res) == 0 && len(removals) == 0 {
 		ts.inSync = true
-		// held now matches want, unless a resource failed to encode; then the next push
-		// compares in full.
-		ts.last, ts.heldIsLast = want, !encodeFailed
+		if complete {
+			ts.explicit, ts.last = nil, want
+		}
 		return nil
 	}
 	ts.inSync = false
@@ -278,8 +286,7 @@ func (c *conn) send(t string, ts *typeState) error {
 	if err := c.st.Send(resp); err != nil {
 		return err
 	}
-	ts.heldIsLast = false
-	ts.pending = &pending{want: want, complete: !encodeFailed, nonce: nonce, upserts: upserts, removals: removals}
+	ts.pending = &pending{want: want, complete: complete, nonce: nonce, res: res, removals: removals}
 	c.s.metrics.pushes.WithLabelValues(shortType(t)).Inc()
 	start := c.gen.start
 	if start.Before(c.connectedAt) {

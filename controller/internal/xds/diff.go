@@ -1,6 +1,7 @@
 package xds
 
 import (
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"reflect"
 	"sync"
 	"unsafe"
@@ -15,14 +16,18 @@ import (
 // delta is the difference from one desired map to the next.
 type delta struct {
 	once     sync.Once
-	upserts  []string // names new in next, or with another version
-	removals []string // names gone from next
+	res      []*discoveryv3.Resource // encoded resources new in next, or with another version
+	removals []string                // names gone from next
+	complete bool                    // false when a resource failed to encode and is missing
 	// prev and next are kept so their addresses, the cache key, cannot be reused while
 	// the entry lives.
 	prev, next map[string]Resource
 }
 
-type deltaKey struct{ prev, next unsafe.Pointer }
+type deltaKey struct {
+	typeURL    string
+	prev, next unsafe.Pointer
+}
 
 // deltaCache holds the recent deltas. It is small: deltas are useful only while proxies
 // step through the same generations, and it is cleared when full.
@@ -38,8 +43,8 @@ func mapPtr(m map[string]Resource) unsafe.Pointer {
 }
 
 // get returns the delta from prev to next, computing it at most once.
-func (c *deltaCache) get(prev, next map[string]Resource) *delta {
-	k := deltaKey{mapPtr(prev), mapPtr(next)}
+func (c *deltaCache) get(s *Server, typeURL string, prev, next map[string]Resource) *delta {
+	k := deltaKey{typeURL, mapPtr(prev), mapPtr(next)}
 	c.mu.Lock()
 	d, ok := c.m[k]
 	if !ok {
@@ -51,10 +56,17 @@ func (c *deltaCache) get(prev, next map[string]Resource) *delta {
 	}
 	c.mu.Unlock()
 	d.once.Do(func() {
+		d.complete = true
 		for name, r := range next {
-			if p, ok := prev[name]; !ok || p.Version != r.Version {
-				d.upserts = append(d.upserts, name)
+			if p, ok := prev[name]; ok && p.Version == r.Version {
+				continue
 			}
+			a, err := s.encode(typeURL, name, r)
+			if err != nil {
+				d.complete = false
+				continue
+			}
+			d.res = append(d.res, a)
 		}
 		for name := range prev {
 			if _, ok := next[name]; !ok {
