@@ -1,0 +1,158 @@
+package kubetest
+
+import (
+	"fmt"
+	"testing"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// TestControllerRBAC applies deploy/ (namespace, RBAC, Deployment) and checks the controller's
+// ServiceAccount gets what the controller needs and nothing more.
+func TestControllerRBAC(t *testing.T) {
+	c := Start(t)
+	ctx := testContext(t)
+	if err := c.Apply(ctx, "deploy/namespace.yaml", "deploy/rbac", "deploy/controller"); err != nil {
+		t.Fatal(err)
+	}
+
+	const (
+		ns   = "ambit-system"
+		sa   = "ambit-controller"
+		user = "system:serviceaccount:" + ns + ":" + sa
+	)
+	type check struct {
+		verb, group, resource, namespace string
+		allowed                          bool
+	}
+	var checks []check
+	allow := func(verb, group, resource, namespace string) {
+		checks = append(checks, check{verb, group, resource, namespace, true})
+	}
+	deny := func(verb, group, resource, namespace string) {
+		checks = append(checks, check{verb, group, resource, namespace, false})
+	}
+	for _, r := range []struct{ group, resource string }{
+		{"", "namespaces"}, {"", "pods"}, {"", "services"}, {"", "serviceaccounts"},
+		{"gateway.networking.k8s.io", "gateways"}, {"gateway.networking.k8s.io", "httproutes"},
+		{"security.ambit.dev", "authorizationpolicies"}, {"security.ambit.dev", "peerauthentications"},
+	} {
+		for _, verb := range []string{"get", "list", "watch"} {
+			allow(verb, r.group, r.resource, "")     // cluster-wide
+			allow(verb, r.group, r.resource, "apps") // and so in any namespace
+		}
+		for _, verb := range []string{"create", "update", "patch", "delete", "deletecollection"} {
+			deny(verb, r.group, r.resource, "apps")
+		}
+	}
+	allow("create", "authentication.k8s.io", "tokenreviews", "")
+	deny("create", "authorization.k8s.io", "subjectaccessreviews", "")
+	deny("create", "", "serviceaccounts/token", "apps") // cannot mint other identities' tokens
+	deny("patch", "", "namespaces", "")                 // enrolling namespaces is ambitctl's job
+	deny("update", "", "pods/status", "apps")
+	deny("list", "", "nodes", "")
+	deny("list", "", "configmaps", "apps")
+	deny("create", "", "pods/exec", "apps")
+	deny("escalate", "rbac.authorization.k8s.io", "clusterroles", "")
+	deny("bind", "rbac.authorization.k8s.io", "clusterroles", "")
+
+	// Its own namespace: the leader-election Lease and the root CA Secret.
+	for _, verb := range []string{"get", "create", "update"} {
+		allow(verb, "coordination.k8s.io", "leases", ns)
+		allow(verb, "", "secrets", ns)
+	}
+	deny("delete", "", "secrets", ns)
+	deny("list", "", "secrets", ns)
+	// Nobody else's secrets or leases.
+	for _, verb := range []string{"get", "list", "watch", "create", "update"} {
+		deny(verb, "", "secrets", "default")
+		deny(verb, "", "secrets", "")
+		deny(verb, "coordination.k8s.io", "leases", "kube-system")
+	}
+
+	for _, ch := range checks {
+		where := "cluster-wide"
+		if ch.namespace != "" {
+			where = "in " + ch.namespace
+		}
+		kind := ch.resource
+		if ch.group != "" {
+			kind += "." + ch.group
+		}
+		name := fmt.Sprintf("%s %s %s", ch.verb, kind, where)
+		resource, subresource := ch.resource, ""
+		for i := range resource {
+			if resource[i] == '/' {
+				resource, subresource = ch.resource[:i], ch.resource[i+1:]
+				break
+			}
+		}
+		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:   user,
+			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: ch.verb, Group: ch.group, Resource: resource, Subresource: subresource, Namespace: ch.namespace,
+			},
+		}}
+		got, err := c.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("%s: SubjectAccessReview: %v", name, err)
+		}
+		if got.Status.Allowed != ch.allowed {
+			t.Errorf("%s: allowed = %v, want %v (%s)", name, got.Status.Allowed, ch.allowed, got.Status.Reason)
+		}
+	}
+
+	// The same, with the ServiceAccount's own token over the wire.
+	client, err := kubernetes.NewForConfig(c.ClientAs(ns, sa))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); err != nil {
+		t.Errorf("controller listing pods: %v", err)
+	}
+	if _, err := client.CoreV1().Secrets("default").List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("controller listing secrets of default: got %v, want Forbidden", err)
+	}
+	if err := client.CoreV1().Pods("default").Delete(ctx, "anything", metav1.DeleteOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("controller deleting a pod: got %v, want Forbidden", err)
+	}
+
+	// The Deployment passed the API server's validation; check what the controller relies on.
+	d, err := c.Client.AppsV1().Deployments(ns).Get(ctx, "ambit-controller", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
+		t.Errorf("Deployment replicas = %v, want 2", d.Spec.Replicas)
+	}
+	if d.Spec.Template.Spec.ServiceAccountName != sa {
+		t.Errorf("Deployment runs as ServiceAccount %q, want %q", d.Spec.Template.Spec.ServiceAccountName, sa)
+	}
+	ctr := d.Spec.Template.Spec.Containers[0]
+	ports := map[int32]bool{}
+	for _, p := range ctr.Ports {
+		ports[p.ContainerPort] = true
+	}
+	if !ports[15012] || !ports[15014] {
+		t.Errorf("Deployment container ports %v, want 15012 and 15014", ctr.Ports)
+	}
+	if ctr.LivenessProbe == nil || ctr.LivenessProbe.HTTPGet == nil || ctr.LivenessProbe.HTTPGet.Path != "/healthz" {
+		t.Errorf("liveness probe %+v, want GET /healthz", ctr.LivenessProbe)
+	}
+	if ctr.ReadinessProbe == nil || ctr.ReadinessProbe.HTTPGet == nil || ctr.ReadinessProbe.HTTPGet.Path != "/readyz" {
+		t.Errorf("readiness probe %+v, want GET /readyz", ctr.ReadinessProbe)
+	}
+	leader := false
+	for _, a := range ctr.Args {
+		if a == "--leader-elect" || a == "--leader-elect=true" {
+			leader = true
+		}
+	}
+	if !leader {
+		t.Errorf("controller args %v lack --leader-elect", ctr.Args)
+	}
+}
