@@ -74,7 +74,7 @@ func runController(cfg config, log *slog.Logger) error {
 	m := newMesh(cfg.pods, cfg.services, cfg.clients)
 	srv, err := xds.NewServer(xds.Options{
 		Generator:     m,
-		Authenticator: caserver.TokenDir{Dir: filepath.Join(dir, "tokens")},
+		Authenticator: &caserver.TokenDir{Dir: filepath.Join(dir, "tokens")},
 		Logger:        log,
 		Registry:      prometheus.NewRegistry(),
 	})

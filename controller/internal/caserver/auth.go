@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"time"
 
 	"google.golang.org/grpc/metadata"
 )
@@ -59,39 +61,66 @@ func Authenticate(ctx context.Context, a Authenticator) (string, error) {
 }
 
 // TokenDir is the local-mode Authenticator: a folder with one file per node, named after the
-// node and holding its token. The folder is read on every call, so adding or rotating a
-// node's token needs no restart; calls are rare (one per stream or certificate).
+// node and holding its token. The folder is re-read at most once per TokenDirRefresh, so
+// adding or rotating a node's token needs no restart, and a hundred proxies connecting at
+// once cost one read of the folder. Use it by pointer; the zero cache is ready.
 type TokenDir struct {
 	Dir string
+
+	mu     sync.Mutex
+	read   time.Time
+	tokens map[string]string // token → node
 }
 
+// TokenDirRefresh bounds how stale TokenDir's view of the folder may be.
+const TokenDirRefresh = time.Second
+
 // Authenticate returns the node whose file holds token. Tokens are compared in constant time.
-func (d TokenDir) Authenticate(_ context.Context, token string) (string, error) {
+func (d *TokenDir) Authenticate(_ context.Context, token string) (string, error) {
 	if token == "" {
 		return "", fmt.Errorf("%w: empty token", ErrUnauthenticated)
 	}
-	entries, err := os.ReadDir(d.Dir)
+	tokens, err := d.load()
 	if err != nil {
-		return "", fmt.Errorf("node tokens: %w", err)
+		return "", err
 	}
 	found := ""
-	for _, e := range entries {
-		if !e.Type().IsRegular() || strings.HasPrefix(e.Name(), ".") {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(d.Dir, e.Name()))
-		if err != nil {
-			return "", fmt.Errorf("node tokens: %w", err)
-		}
-		want := strings.TrimSpace(string(b))
-		if want != "" && subtle.ConstantTimeCompare([]byte(want), []byte(token)) == 1 {
-			found = e.Name()
+	for want, node := range tokens {
+		if subtle.ConstantTimeCompare([]byte(want), []byte(token)) == 1 {
+			found = node
 		}
 	}
 	if found == "" {
 		return "", fmt.Errorf("%w: unknown node token", ErrUnauthenticated)
 	}
 	return found, nil
+}
+
+func (d *TokenDir) load() (map[string]string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.tokens != nil && time.Since(d.read) < TokenDirRefresh {
+		return d.tokens, nil
+	}
+	entries, err := os.ReadDir(d.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("node tokens: %w", err)
+	}
+	tokens := make(map[string]string, len(entries))
+	for _, e := range entries {
+		if !e.Type().IsRegular() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(d.Dir, e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("node tokens: %w", err)
+		}
+		if t := strings.TrimSpace(string(b)); t != "" {
+			tokens[t] = e.Name()
+		}
+	}
+	d.tokens, d.read = tokens, time.Now()
+	return tokens, nil
 }
 
 // EnsureNodeTokens creates dir (0700) and, for each node without one, a token file

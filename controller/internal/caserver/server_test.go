@@ -56,7 +56,7 @@ func newCAEnv(t *testing.T) *caEnv {
 	}
 	srv, err := New(Options{
 		CA:            ca,
-		Authenticator: TokenDir{Dir: dir},
+		Authenticator: &TokenDir{Dir: dir},
 		Identities:    NodeIdentitiesFunc(func(node string, id spiffeid.ID) bool { return nodeOf[id] == node }),
 	})
 	if err != nil {
@@ -230,7 +230,7 @@ func TestTokenDir(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("node-b: %v, mode %v", err, fi.Mode())
 	}
-	auth := TokenDir{Dir: dir}
+	auth := &TokenDir{Dir: dir}
 	tests := []struct {
 		token string
 		node  string

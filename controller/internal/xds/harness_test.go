@@ -205,7 +205,7 @@ func (e *env) start(addr string) {
 	e.addr = lis.Addr().String()
 	srv, err := NewServer(Options{
 		Generator:     e.gen,
-		Authenticator: caserver.TokenDir{Dir: e.tokens},
+		Authenticator: &caserver.TokenDir{Dir: e.tokens},
 		Logger:        testLogger(t),
 		Registry:      prometheus.NewRegistry(),
 		Debounce:      time.Millisecond,
