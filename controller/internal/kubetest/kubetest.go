@@ -13,7 +13,9 @@
 // There is no kube-controller-manager, scheduler or kubelet: pods stay where a test puts them
 // (set spec.nodeName and the status yourself), deleted namespaces stay Terminating (use fresh
 // names), nothing is garbage-collected. The one controller's job the harness does itself is the
-// "default" ServiceAccount of every namespace, which pod admission requires.
+// "default" ServiceAccount of every namespace, which pod admission requires. The first create
+// of a custom resource within 2 s of its CRD becoming Established takes those 2 s (the API
+// server's own delay, for HA), so the first AuthorizationPolicy of a test may be slow.
 //
 // Binaries: kube-apiserver from $AMBIT_KUBE_APISERVER or <repo>/.cache/bin/kube-apiserver;
 // etcd from $AMBIT_ETCD, $PATH or /usr/bin/etcd (Debian's etcd-server, `make setup`).
