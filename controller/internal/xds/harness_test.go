@@ -159,6 +159,7 @@ type env struct {
 	addr   string
 
 	srv    *Server
+	reg    *prometheus.Registry
 	gs     *grpc.Server
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -203,11 +204,12 @@ func (e *env) start(addr string) {
 		t.Fatal(err)
 	}
 	e.addr = lis.Addr().String()
+	e.reg = prometheus.NewRegistry()
 	srv, err := NewServer(Options{
 		Generator:     e.gen,
 		Authenticator: &caserver.TokenDir{Dir: e.tokens},
 		Logger:        testLogger(t),
-		Registry:      prometheus.NewRegistry(),
+		Registry:      e.reg,
 		Debounce:      time.Millisecond,
 	})
 	if err != nil {

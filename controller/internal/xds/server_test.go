@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -79,6 +80,76 @@ func TestInitialSync(t *testing.T) {
 	}
 	if st.Node != "node-a" || st.Kind != proxyxds.KindZtunnel || st.LastNack != "" || st.ConnectedAt.IsZero() {
 		t.Errorf("status = %+v", st)
+	}
+	metrics := map[string]float64{}
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch {
+			case m.GetCounter() != nil:
+				metrics[mf.GetName()] += m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				metrics[mf.GetName()] += m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				metrics[mf.GetName()] += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	want := map[string]float64{
+		"ambit_xds_connected_proxies":     1,
+		"ambit_xds_pushes_total":          2, // Workload and Service
+		"ambit_xds_push_duration_seconds": 2,
+	}
+	for name, v := range want {
+		if metrics[name] != v {
+			t.Errorf("%s = %v, want %v", name, metrics[name], v)
+		}
+	}
+}
+
+// TestManyProxiesShareDeltas: proxies that hold the same config step through the same
+// delta, and each gets exactly the change.
+func TestManyProxiesShareDeltas(t *testing.T) {
+	e := newEnv(t)
+	for i := range 50 {
+		e.gen.setWorkload("w"+strconv.Itoa(i), "1")
+	}
+	var ps []*proxy
+	for i := range 5 {
+		node := "node-a"
+		if i%2 == 1 {
+			node = "node-b"
+		}
+		ps = append(ps, e.connect(node, "p"+strconv.Itoa(i), newRecorder()))
+	}
+	for i, p := range ps {
+		eventually(t, "sync", func() error {
+			if n := len(p.rec.snapshot()[wl]); n != 50 {
+				return errors.New("holds " + strconv.Itoa(n))
+			}
+			return nil
+		})
+		e.waitAcked(t, "p"+strconv.Itoa(i))
+		drain(p.rec)
+	}
+	for round := 2; round < 6; round++ {
+		v := strconv.Itoa(round)
+		e.gen.setWorkload("w7", v)
+		e.gen.delete(wl, "w"+strconv.Itoa(40+round))
+		e.srv.Push()
+		for _, p := range ps {
+			got := p.rec.next(t)
+			want := applyCall{typeURL: wl, upserts: map[string]string{"w7": v}, removals: []string{"w" + strconv.Itoa(40+round)}}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("round %d: Apply = %+v, want %+v", round, got, want)
+			}
+		}
+	}
+	for i := range ps {
+		e.waitAcked(t, "p"+strconv.Itoa(i))
 	}
 }
 
