@@ -121,6 +121,8 @@ func (c *conn) serve(ctx context.Context, first *discoveryv3.DeltaDiscoveryReque
 		select {
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
+		case <-c.s.stopped:
+			return status.Error(codes.Unavailable, "xds: controller shutting down")
 		case err := <-errc:
 			if errors.Is(err, io.EOF) {
 				return nil

@@ -238,7 +238,8 @@ func (e *env) stop() {
 		return
 	}
 	e.cancel()
-	e.gs.Stop()
+	// Run's return ends the streams, so a graceful stop completes.
+	e.gs.GracefulStop()
 	<-e.done
 	e.gs = nil
 }

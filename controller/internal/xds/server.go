@@ -85,6 +85,7 @@ type Server struct {
 	deltas   deltaCache
 
 	pushCh    chan struct{}
+	stopped   chan struct{} // closed when Run returns: streams end so GracefulStop can finish
 	pushSince atomic.Int64 // unix nanos of the first Push not yet published, 0 if none
 	version   atomic.Pointer[generation]
 	running   atomic.Bool
@@ -124,6 +125,7 @@ func NewServer(opts Options) (*Server, error) {
 		debounce: max(opts.Debounce, 0),
 		metrics:  m,
 		pushCh:   make(chan struct{}, 1),
+		stopped:  make(chan struct{}),
 		conns:    make(map[*conn]struct{}),
 	}
 	s.version.Store(&generation{start: time.Now()})
@@ -145,13 +147,16 @@ func (s *Server) Push() {
 	}
 }
 
-// Run publishes pushes to the connected streams until ctx ends, then returns nil. Streams
-// are served (and get their initial config) whether Run runs or not; without Run they just
-// never see a Push.
+// Run publishes pushes to the connected streams until ctx ends, then ends every stream
+// (UNAVAILABLE, so proxies reconnect to another replica or after a restart, keeping their
+// config meanwhile) and returns nil; grpc.Server.GracefulStop can then finish. Streams are
+// served (and get their initial config) whether Run runs or not; without Run they just never
+// see a Push.
 func (s *Server) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errors.New("xds server: Run called twice")
 	}
+	defer close(s.stopped)
 	for {
 		select {
 		case <-ctx.Done():
