@@ -86,7 +86,7 @@ type Server struct {
 
 	pushCh    chan struct{}
 	stopped   chan struct{} // closed when Run returns: streams end so GracefulStop can finish
-	pushSince atomic.Int64 // unix nanos of the first Push not yet published, 0 if none
+	pushSince atomic.Int64  // unix nanos of the first Push not yet published, 0 if none
 	version   atomic.Pointer[generation]
 	running   atomic.Bool
 
