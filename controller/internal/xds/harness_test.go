@@ -27,15 +27,19 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // fakeGen is a Generator whose config the test edits; every proxy gets the same config.
 type fakeGen struct {
-	mu  sync.Mutex
-	res map[string]map[string]Resource
+	mu   sync.Mutex
+	res  map[string]map[string]Resource
+	seen map[string]Proxy // by ID, the proxies For was asked about
 }
 
-func newFakeGen() *fakeGen { return &fakeGen{res: map[string]map[string]Resource{}} }
+func newFakeGen() *fakeGen {
+	return &fakeGen{res: map[string]map[string]Resource{}, seen: map[string]Proxy{}}
+}
 
-func (g *fakeGen) For(Proxy) map[string]map[string]Resource {
+func (g *fakeGen) For(p Proxy) map[string]map[string]Resource {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.seen[p.ID] = p
 	return g.res // replaced, never modified in place
 }
 
@@ -290,9 +294,14 @@ type proxy struct {
 
 func (e *env) connect(node, id string, rec *recorder) *proxy {
 	e.t.Helper()
-	cc := e.dial(e.token(node))
+	return e.connectAs(proxyxds.NodeInfo{ID: id, Node: node, Kind: proxyxds.KindZtunnel}, rec)
+}
+
+func (e *env) connectAs(info proxyxds.NodeInfo, rec *recorder) *proxy {
+	e.t.Helper()
+	cc := e.dial(e.token(info.Node))
 	c, err := proxyxds.NewClient(cc, proxyxds.Config{
-		Node:       proxyxds.NodeInfo{ID: id, Node: node, Kind: proxyxds.KindZtunnel},
+		Node:       info,
 		TypeURLs:   configv1.TypeURLs,
 		Handler:    rec,
 		Logger:     testLogger(e.t),

@@ -344,3 +344,23 @@ func TestDebugHandler(t *testing.T) {
 		t.Errorf("debug = %s", rr.Body.String())
 	}
 }
+
+func TestWaypointIdentityReachesGenerator(t *testing.T) {
+	e := newEnv(t)
+	e.gen.setWorkload("w1", "1")
+	info := proxyxds.NodeInfo{ID: "wp-0", Node: "node-b", Kind: proxyxds.KindWaypoint, WaypointNamespace: "shop", WaypointName: "shop-waypoint"}
+	p := e.connectAs(info, newRecorder())
+	p.rec.next(t)
+	e.waitAcked(t, "wp-0")
+	e.gen.mu.Lock()
+	got := e.gen.seen["wp-0"]
+	e.gen.mu.Unlock()
+	want := Proxy{ID: "wp-0", Node: "node-b", Kind: proxyxds.KindWaypoint, Namespace: "shop", Name: "shop-waypoint"}
+	if got != want {
+		t.Errorf("Generator saw %+v, want %+v", got, want)
+	}
+	st, err := e.proxyStatus("wp-0")
+	if err != nil || st.Kind != proxyxds.KindWaypoint || st.Namespace != "shop" || st.Name != "shop-waypoint" {
+		t.Errorf("status = %+v, %v", st, err)
+	}
+}
