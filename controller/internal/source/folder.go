@@ -244,7 +244,7 @@ func (f *Folder) decode(path string, data []byte) (map[string]runtime.Object, er
 func stripComments(doc []byte) []byte {
 	var b bytes.Buffer
 	for _, l := range bytes.Split(doc, []byte("\n")) {
-		if t := bytes.TrimSpace(l); len(t) > 0 && t[0] != '#' {
+		if t := bytes.TrimSpace(l); len(t) > 0 && t[0] != '#' && !bytes.Equal(t, []byte("---")) {
 			b.Write(t)
 		}
 	}

@@ -83,6 +83,7 @@ func TestFolderBadFilesKeepLastGood(t *testing.T) {
 		{"malformed yaml", "pod.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: web\n", []string{"pod.yaml", "document 0"}},
 		{"unsupported kind", "pod.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n", []string{"pod.yaml", "ConfigMap c is not supported"}},
 		{"unknown kind", "pod.yaml", "apiVersion: v1\nkind: Pood\nmetadata: {name: c}\n", []string{"pod.yaml", "Pood"}},
+		{"kind missing after empty documents", "pod.yaml", "---\n# nothing\n---\napiVersion: v1\nmetadata: {name: c}\n", []string{"pod.yaml", "document 1", "Kind"}},
 		{"invalid field value", "policy.yaml", `apiVersion: security.ambit.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: p, namespace: demo}

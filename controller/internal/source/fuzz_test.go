@@ -1,0 +1,45 @@
+package source
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"ambit.dev/controller/internal/model"
+)
+
+// FuzzFolderDecode feeds arbitrary files through the folder decoder and the model: neither
+// may panic, and whatever decodes must be accepted or refused with an error.
+func FuzzFolderDecode(f *testing.F) {
+	seeds, _ := filepath.Glob("../../../examples/lab-config/*.yaml")
+	for _, p := range seeds {
+		if b, err := os.ReadFile(p); err == nil {
+			f.Add(b)
+		}
+	}
+	f.Add([]byte(goodPod))
+	f.Add([]byte(goodPolicy))
+	f.Add([]byte("---\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {clusterIPs: [\"::1\"], ports: [{port: 80, targetPort: x}]}\n"))
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s := NewStore(model.NewIndex(model.Options{}), log, StoreOptions{})
+		fo, err := NewFolder(t.TempDir(), s, log, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, err := fo.decode("fuzz.yaml", data)
+		if err != nil {
+			return
+		}
+		for _, o := range objs {
+			s.Upsert(o)
+		}
+		s.Index().Commit()
+		for _, o := range objs {
+			s.Delete(o)
+		}
+		s.Index().Commit()
+	})
+}
