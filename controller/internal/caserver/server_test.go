@@ -256,3 +256,16 @@ func TestTokenDir(t *testing.T) {
 		}
 	}
 }
+
+func mustCSR(t *testing.T, id spiffeid.ID) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := identity.CreateCSR(key, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
