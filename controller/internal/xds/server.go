@@ -10,33 +10,25 @@ import (
 	"time"
 
 	"ambit.dev/controller/internal/caserver"
+	"ambit.dev/controller/internal/model"
 	proxyxds "ambit.dev/proto/xds"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 )
 
-// Proxy is a connected proxy as the Generator sees it.
-type Proxy struct {
-	// ID is the proxy's own identifier (Node.id).
-	ID string
-	// Node is the authenticated node name.
-	Node string
-	// Kind is "ztunnel" or "waypoint".
-	Kind string
-	// Namespace and Name name the Gateway a waypoint serves; empty for ztunnel.
-	Namespace, Name string
-}
+// Proxy is a connected proxy as the Generator sees it: ID (Node.id), the authenticated Node
+// name, Kind ("ztunnel" or "waypoint") and, for a waypoint, the Namespace and Name of its
+// Gateway. It is the model's type, so the model's Index needs no conversion.
+type Proxy = model.Proxy
 
-// Resource is one resource of the desired config of a proxy.
-type Resource struct {
-	// Version changes whenever Message does; equal versions mean equal content.
-	Version string
-	Message proto.Message
-}
+// Resource is one resource of a proxy's desired config: a Version that changes whenever the
+// Message does (equal versions mean equal content) and the Message. It is the model's type:
+// the maps the model's Index returns are handed through as they are, which is what lets the
+// server share work between proxies (see Generator).
+type Resource = model.Resource
 
 // Generator computes a proxy's complete desired config: type URL → resource name → resource.
 // It is called concurrently from every stream's goroutine and must not modify what it has
@@ -50,6 +42,14 @@ type Resource struct {
 type Generator interface {
 	For(p Proxy) map[string]map[string]Resource
 }
+
+// GeneratorFunc adapts a function to Generator; for the model's Index:
+//
+//	xds.GeneratorFunc(func(p xds.Proxy) map[string]map[string]xds.Resource { return idx.For(p) })
+type GeneratorFunc func(p Proxy) map[string]map[string]Resource
+
+// For calls f.
+func (f GeneratorFunc) For(p Proxy) map[string]map[string]Resource { return f(p) }
 
 // Authenticator maps a bearer token to a node name; see caserver.Authenticator.
 type Authenticator = caserver.Authenticator
