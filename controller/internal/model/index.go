@@ -492,8 +492,10 @@ func (x *Index) Commit() []Change {
 				inputs[k.ns] = in
 			}
 			in.ServiceAccount = x.sas[key{k.ns, cmpOr(pod.Spec.ServiceAccountName, "default")}]
+			pin := *in
+			pin.Services = in.selectorIndex.candidates(pod.Labels)
 			var err error
-			if wl, err = BuildWorkload(pod, *in); err != nil {
+			if wl, err = BuildWorkload(pod, pin); err != nil {
 				x.errs[errKey("Pod", k.ns, k.name)] = err
 				continue
 			}
@@ -589,8 +591,10 @@ func (x *Index) inputs(ns string) *WorkloadInputs {
 		Namespace: x.namespaces[ns],
 		Waypoints: x.waypoints[ns],
 	}
+	in.selectorIndex = selectorIndex{}
 	for _, s := range x.services[ns] {
 		in.Services = append(in.Services, s)
+		in.selectorIndex.add(s)
 	}
 	for k, a := range x.authz {
 		if (k.ns == ns || k.ns == x.opts.RootNamespace) && len(a.Selector) > 0 {
@@ -676,6 +680,34 @@ func (x *Index) For(p Proxy) Resources {
 				}
 			}
 		}
+	}
+	return out
+}
+
+// selectorIndex finds the Services whose selector may match a pod without trying them all:
+// each Service is filed under one label of its selector (the smallest key), and a pod's
+// candidates are the Services filed under one of its labels. BuildWorkload still checks
+// the whole selector.
+type selectorIndex map[string][]*corev1.Service
+
+func (si selectorIndex) add(s *corev1.Service) {
+	if len(s.Spec.Selector) == 0 {
+		return
+	}
+	k := ""
+	for l := range s.Spec.Selector {
+		if k == "" || l < k {
+			k = l
+		}
+	}
+	kv := k + "=" + s.Spec.Selector[k]
+	si[kv] = append(si[kv], s)
+}
+
+func (si selectorIndex) candidates(labels map[string]string) []*corev1.Service {
+	var out []*corev1.Service
+	for k, v := range labels {
+		out = append(out, si[k+"="+v]...)
 	}
 	return out
 }

@@ -281,3 +281,32 @@ func BenchmarkIndexUpdate(b *testing.B) {
 		}
 	}
 }
+
+func TestIndexSelectorShortcut(t *testing.T) {
+	objs := []runtime.Object{
+		service("shop", "multi", "10.96.0.1", nil, map[string]string{"tier": "be", "app": "server"}),
+		service("shop", "single", "10.96.0.2", nil, map[string]string{"tier": "be"}),
+		pod("shop", "both", "n", "10.0.0.1", map[string]string{"app": "server", "tier": "be"}),
+		pod("shop", "app-only", "n", "10.0.0.2", map[string]string{"app": "server"}),
+		pod("shop", "tier-only", "n", "10.0.0.3", map[string]string{"tier": "be", "x": "y"}),
+	}
+	x, errs := Build(Options{}, objs)
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	wls := x.For(Proxy{Kind: KindZtunnel})[configv1.WorkloadTypeURL]
+	tests := []struct {
+		pod  string
+		want []string
+	}{
+		{"both", []string{"shop/multi.shop.svc.cluster.local", "shop/single.shop.svc.cluster.local"}},
+		{"app-only", nil},
+		{"tier-only", []string{"shop/single.shop.svc.cluster.local"}},
+	}
+	for _, tt := range tests {
+		w := wls["Kubernetes//Pod/shop/"+tt.pod].Message.(*configv1.Workload)
+		if got := slices.Sorted(maps.Keys(w.Services)); !slices.Equal(got, tt.want) {
+			t.Errorf("%s: services %v, want %v", tt.pod, got, tt.want)
+		}
+	}
+}

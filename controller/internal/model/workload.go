@@ -46,6 +46,8 @@ type WorkloadInputs struct {
 	Policies []*configv1.Authorization
 	// PeerAuths of the pod's namespace and of the root namespace.
 	PeerAuths []PeerAuth
+
+	selectorIndex selectorIndex // Index's shortcut to Services
 }
 
 // BuildWorkload maps a pod to its Workload. It returns nil, nil for a pod that is not
