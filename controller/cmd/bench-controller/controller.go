@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"ambit.dev/controller/internal/caserver"
+	"ambit.dev/controller/internal/model"
 	"ambit.dev/controller/internal/xds"
 	"ambit.dev/proto/identity"
 	proxyxds "ambit.dev/proto/xds"
@@ -71,9 +72,37 @@ func runController(cfg config, log *slog.Logger) error {
 		return err
 	}
 
-	m := newMesh(cfg.pods, cfg.services, cfg.clients)
+	var (
+		gen xds.Generator
+		// change makes change number i to pod idx and returns the workload's resource name
+		// and the version the proxies must reach ("*": any new version).
+		prepare func(idx, i int) (name, version string)
+		change  func(idx, i int) error
+	)
+	switch cfg.generator {
+	case "model":
+		mm, err := newModelMesh(cfg.pods, cfg.services, cfg.clients)
+		if err != nil {
+			return err
+		}
+		gen = mm
+		prepare = func(idx, i int) (string, string) {
+			p := mm.pod(idx, i)
+			return model.WorkloadUID(model.DefaultCluster, p.Namespace, p.Name), "*"
+		}
+		change = func(idx, i int) error { _, err := mm.change(idx, i); return err }
+	case "simple":
+		m := newMesh(cfg.pods, cfg.services, cfg.clients)
+		gen = m
+		prepare = func(idx, i int) (string, string) {
+			return workload(idx, cfg.services, cfg.clients, i).GetUid(), strconv.Itoa(i)
+		}
+		change = func(idx, i int) error { m.change(idx, cfg.services, cfg.clients, i); return nil }
+	default:
+		return fmt.Errorf("unknown -generator %q", cfg.generator)
+	}
 	srv, err := xds.NewServer(xds.Options{
-		Generator:     m,
+		Generator:     gen,
 		Authenticator: &caserver.TokenDir{Dir: filepath.Join(dir, "tokens")},
 		Logger:        log,
 		Registry:      prometheus.NewRegistry(),
@@ -151,16 +180,17 @@ func runController(cfg config, log *slog.Logger) error {
 	lat := make([]float64, 0, cfg.changes)
 	for i := range cfg.changes {
 		idx := (i * 7919) % cfg.pods
-		gen := i + 2
-		name := workload(idx, cfg.services, cfg.clients, gen).GetUid()
-		if _, err := fmt.Fprintf(in, "expect %s %d\n", name, gen); err != nil {
+		name, version := prepare(idx, i+2)
+		if _, err := fmt.Fprintf(in, "expect %s %s\n", name, version); err != nil {
 			return err
 		}
 		if line, err := readLine(); err != nil || line != "ok" {
 			return fmt.Errorf("clients: %q, %v", line, err)
 		}
 		start := time.Now()
-		m.change(idx, cfg.services, cfg.clients, gen)
+		if err := change(idx, i+2); err != nil {
+			return err
+		}
 		srv.Push()
 		if line, err := readLine(); err != nil || line != "done" {
 			return fmt.Errorf("clients: %q, %v", line, err)
