@@ -38,7 +38,9 @@ func newElector(c Config, kube kubernetes.Interface, log *slog.Logger, m *metric
 		ReleaseOnCancel: true,
 		Name:            c.LeaseName,
 	}
-	if _, err := leaderelection.NewLeaderElector(e.cfg); err != nil {
+	check := e.cfg // validated now, so a bad setting fails at start; Run sets the callbacks
+	check.Callbacks = leaderelection.LeaderCallbacks{OnStartedLeading: func(context.Context) {}, OnStoppedLeading: func() {}}
+	if _, err := leaderelection.NewLeaderElector(check); err != nil {
 		return nil, fmt.Errorf("leader election: %w", err)
 	}
 	return e, nil
