@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,7 +67,11 @@ func (s *Store) Delete(obj runtime.Object) {
 }
 
 func objectName(obj runtime.Object) string {
+	// Informers deliver objects without TypeMeta: name the kind from the Go type.
 	kind := fmt.Sprintf("%T", obj)
+	if i := strings.LastIndexByte(kind, '.'); i >= 0 {
+		kind = kind[i+1:]
+	}
 	if gvk := obj.GetObjectKind().GroupVersionKind(); gvk.Kind != "" {
 		kind = gvk.Kind
 	}

@@ -9,6 +9,7 @@ import (
 	configv1 "ambit.dev/proto/config/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	secv1 "ambit.dev/controller/apis/security/v1alpha1"
 	"ambit.dev/controller/internal/model"
@@ -79,4 +80,20 @@ func TestStoreSynced(t *testing.T) {
 	}
 	s.MarkSynced()
 	eventually(t, "synced", s.Synced)
+}
+
+func TestObjectName(t *testing.T) {
+	tests := []struct {
+		obj  interface{ GetName() string }
+		want string
+	}{
+		{labPod("web", "10.0.0.1"), "Pod demo/web"},
+		{&secv1.AuthorizationPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "p"}}, "AuthorizationPolicy demo/p"},
+		{&corev1.Namespace{TypeMeta: metav1.TypeMeta{Kind: "Namespace"}, ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, "Namespace /demo"},
+	}
+	for _, tt := range tests {
+		if got := objectName(tt.obj.(runtime.Object)); got != tt.want {
+			t.Errorf("objectName = %q, want %q", got, tt.want)
+		}
+	}
 }
