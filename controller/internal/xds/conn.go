@@ -248,8 +248,22 @@ func (c *conn) send(t string, ts *typeState) error {
 	case ts.explicit == nil && mapPtr(ts.last) == mapPtr(want):
 		// Nothing changed for this type.
 	case ts.explicit == nil:
-		d := c.s.deltas.get(c.s, t, ts.last, want)
-		res, removals, complete = d.res, d.removals, d.complete
+		d := c.s.deltas.get(c.s, t, ts.last, want, c.gen.n)
+		if len(d.res) == 0 && len(d.removals) == 0 {
+			complete = d.complete
+			break
+		}
+		var err error
+		if pm := d.response(c.st, t); pm != nil {
+			err = c.st.SendMsg(pm)
+		} else {
+			err = c.st.Send(d.message(t))
+		}
+		if err != nil {
+			return err
+		}
+		c.sent(t, ts, &pending{want: want, complete: d.complete, nonce: d.nonce, res: d.res, removals: d.removals})
+		return nil
 	default:
 		for name, r := range want {
 			if v, ok := ts.explicit[name]; ok && v == r.Version {
@@ -288,14 +302,20 @@ func (c *conn) send(t string, ts *typeState) error {
 	if err := c.st.Send(resp); err != nil {
 		return err
 	}
-	ts.pending = &pending{want: want, complete: complete, nonce: nonce, res: res, removals: removals}
+	c.sent(t, ts, &pending{want: want, complete: complete, nonce: nonce, res: res, removals: removals})
+	return nil
+}
+
+// sent records a response awaiting its ACK.
+func (c *conn) sent(t string, ts *typeState, p *pending) {
+	ts.inSync = false
+	ts.pending = p
 	c.s.metrics.pushes.WithLabelValues(shortType(t)).Inc()
 	start := c.gen.start
 	if start.Before(c.connectedAt) {
 		start = c.connectedAt
 	}
 	c.s.metrics.pushTime.Observe(time.Since(start).Seconds())
-	return nil
 }
 
 func (c *conn) updateStatus() {

@@ -1,7 +1,10 @@
 package xds
 
 import (
+	"strconv"
+
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
 	"reflect"
 	"sync"
 	"unsafe"
@@ -19,6 +22,14 @@ type delta struct {
 	res      []*discoveryv3.Resource // encoded resources new in next, or with another version
 	removals []string                // names gone from next
 	complete bool                    // false when a resource failed to encode and is missing
+
+	// The response itself is the same for every proxy taking this step, nonce included
+	// (a nonce only has to tell apart the responses of one stream, and a stream takes a
+	// step once), so it is marshalled once too.
+	nonce    string
+	version  string // system_version_info: the generation the delta was first needed for
+	prepOnce sync.Once
+	prepared *grpc.PreparedMsg
 	// prev and next are kept so their addresses, the cache key, cannot be reused while
 	// the entry lives.
 	prev, next map[string]Resource
@@ -32,8 +43,9 @@ type deltaKey struct {
 // deltaCache holds the recent deltas. It is small: deltas are useful only while proxies
 // step through the same generations, and it is cleared when full.
 type deltaCache struct {
-	mu sync.Mutex
-	m  map[deltaKey]*delta
+	mu   sync.Mutex
+	m    map[deltaKey]*delta
+	next uint64 // id of the next delta, for its nonce
 }
 
 const deltaCacheSize = 256
@@ -43,7 +55,7 @@ func mapPtr(m map[string]Resource) unsafe.Pointer {
 }
 
 // get returns the delta from prev to next, computing it at most once.
-func (c *deltaCache) get(s *Server, typeURL string, prev, next map[string]Resource) *delta {
+func (c *deltaCache) get(s *Server, typeURL string, prev, next map[string]Resource, gen uint64) *delta {
 	k := deltaKey{typeURL, mapPtr(prev), mapPtr(next)}
 	c.mu.Lock()
 	d, ok := c.m[k]
@@ -51,7 +63,8 @@ func (c *deltaCache) get(s *Server, typeURL string, prev, next map[string]Resour
 		if c.m == nil || len(c.m) >= deltaCacheSize {
 			c.m = make(map[deltaKey]*delta)
 		}
-		d = &delta{prev: prev, next: next}
+		c.next++
+		d = &delta{prev: prev, next: next, nonce: "d" + strconv.FormatUint(c.next, 10), version: strconv.FormatUint(gen, 10)}
 		c.m[k] = d
 	}
 	c.mu.Unlock()
@@ -75,4 +88,28 @@ func (c *deltaCache) get(s *Server, typeURL string, prev, next map[string]Resour
 		}
 	})
 	return d
+}
+
+// response returns the delta's response to type t, marshalled once with the first stream's
+// codec (every stream of the server has the same one); nil if that failed, and the caller
+// then sends it the ordinary way. A prepared message is never compressed; the per-message
+// flag says so, which is valid on any stream.
+func (d *delta) response(st stream, t string) *grpc.PreparedMsg {
+	d.prepOnce.Do(func() {
+		pm := &grpc.PreparedMsg{}
+		if err := pm.Encode(st, d.message(t)); err == nil {
+			d.prepared = pm
+		}
+	})
+	return d.prepared
+}
+
+func (d *delta) message(t string) *discoveryv3.DeltaDiscoveryResponse {
+	return &discoveryv3.DeltaDiscoveryResponse{
+		TypeUrl:           t,
+		SystemVersionInfo: d.version,
+		Resources:         d.res,
+		RemovedResources:  d.removals,
+		Nonce:             d.nonce,
+	}
 }
