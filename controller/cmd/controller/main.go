@@ -20,12 +20,14 @@ func main() {
 	var cfg app.Config
 	var level slog.Level
 	var logJSON bool
+	var tokenDir string
 	flag.StringVar(&cfg.ConfigDir, "config-dir", "", "read Kubernetes objects from the YAML files in `DIR` (local mode) instead of the API server")
 	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig `file`; empty means in-cluster config")
 	flag.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of workload identities")
 	flag.StringVar(&cfg.CADir, "ca-dir", "", "`DIR` holding the CA root key and certificate, created on first start; empty keeps the root in memory")
 	flag.StringVar(&cfg.GRPCAddr, "grpc-addr", ":15012", "config push and CA gRPC address")
 	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", ":15014", "address of /metrics, /healthz and /readyz (\"-\" disables)")
+	flag.StringVar(&tokenDir, "token-dir", "", "folder mode: `DIR` with one token file per node (file name = node name) that proxies authenticate with")
 	flag.BoolVar(&cfg.LeaderElect, "leader-elect", false, "run leader election on a Lease in the controller's namespace (Kubernetes mode)")
 	flag.DurationVar(&cfg.Debounce, "debounce", 20*time.Millisecond, "quiet time after an object change before config is recomputed")
 	flag.TextVar(&level, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
@@ -35,6 +37,8 @@ func main() {
 		fmt.Fprintf(os.Stderr, "controller: unexpected arguments %q\n", flag.Args())
 		os.Exit(2)
 	}
+
+	cfg.NewPushServer, cfg.NewCAService = app.GRPCServices(tokenDir)
 
 	opts := &slog.HandlerOptions{Level: level}
 	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)

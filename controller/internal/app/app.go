@@ -215,7 +215,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			}
 		}
 		log.Info("serving metrics and health", "addr", ln.Addr().String())
-		g.Go(ctx, cancel, "metrics", func(ctx context.Context) error { return serveHTTP(ctx, ln, handler(reg, store)) })
+		g.Go(ctx, cancel, "metrics", func(ctx context.Context) error { return serveHTTP(ctx, ln, handler(reg, store, push)) })
 	}
 	updates := store.Subscribe()
 	g.Go(ctx, cancel, "store", store.Run)
@@ -291,8 +291,12 @@ func newClients(rc *rest.Config) (source.KubeClients, error) {
 	return source.KubeClients{Kube: k, Gateway: gw, Dynamic: d}, nil
 }
 
-func handler(reg *prometheus.Registry, store *source.Store) http.Handler {
+func handler(reg *prometheus.Registry, store *source.Store, push PushServer) http.Handler {
 	mux := http.NewServeMux()
+	// The push server's view of connected proxies, read by ambitctl proxy-status.
+	if d, ok := push.(interface{ DebugHandler() http.Handler }); ok {
+		mux.Handle("GET /debug/proxies", d.DebugHandler())
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {

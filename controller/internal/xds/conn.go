@@ -54,6 +54,10 @@ type typeState struct {
 	dirty    bool                // desired changed while pending
 	rejected *generation         // generation whose response was NACKed; not resent until the next
 	inSync   bool                // the proxy holds desired (or the difference was NACKed)
+	// announced: a response of this type went out on this stream. A proxy that starts with
+	// nothing gets one response per type even when the type is empty, so that it can tell
+	// "nothing of this type" from "not received yet" (readiness).
+	announced bool
 }
 
 type pending struct {
@@ -282,7 +286,7 @@ func (c *conn) send(t string, ts *typeState) error {
 			}
 		}
 	}
-	if len(res) == 0 && len(removals) == 0 {
+	if len(res) == 0 && len(removals) == 0 && (ts.announced || ts.explicit != nil) {
 		ts.inSync = true
 		if complete {
 			ts.explicit, ts.last = nil, want
@@ -309,6 +313,7 @@ func (c *conn) send(t string, ts *typeState) error {
 // sent records a response awaiting its ACK.
 func (c *conn) sent(t string, ts *typeState, p *pending) {
 	ts.inSync = false
+	ts.announced = true
 	ts.pending = p
 	c.s.metrics.pushes.WithLabelValues(shortType(t)).Inc()
 	start := c.gen.start

@@ -144,6 +144,33 @@ func (r *recorder) next(t *testing.T) applyCall {
 	}
 }
 
+// nextChange is next, skipping empty responses: a stream announces each type that it has
+// not sent yet, which carries nothing to apply.
+func (r *recorder) nextChange(t *testing.T) applyCall {
+	t.Helper()
+	for {
+		if c := r.next(t); len(c.upserts)+len(c.removals) > 0 {
+			return c
+		}
+	}
+}
+
+// noChange asserts that no non-empty Apply call comes within d.
+func (r *recorder) noChange(t *testing.T, d time.Duration) {
+	t.Helper()
+	deadline := time.After(d)
+	for {
+		select {
+		case c := <-r.calls:
+			if len(c.upserts)+len(c.removals) > 0 {
+				t.Fatalf("unexpected Apply: %+v", c)
+			}
+		case <-deadline:
+			return
+		}
+	}
+}
+
 // none asserts that no Apply call comes within d.
 func (r *recorder) none(t *testing.T, d time.Duration) {
 	t.Helper()

@@ -35,7 +35,9 @@ func syncedEnv(t *testing.T) (*env, *proxy) {
 	e.gen.setWorkload("w2", "1")
 	e.gen.setService("s1", "1")
 	p := e.connect("node-a", "ztunnel-a", newRecorder())
-	want := map[string]map[string]string{wl: {"w1": "1", "w2": "1"}, svc: {"s1": "1"}}
+	// Every subscribed type is announced, empty ones too, so the proxy can tell it is synced.
+	want := map[string]map[string]string{wl: {"w1": "1", "w2": "1"}, svc: {"s1": "1"},
+		configv1.AuthorizationTypeURL: {}, configv1.WaypointTypeURL: {}, configv1.RouteConfigTypeURL: {}}
 	eventually(t, "initial sync", func() error {
 		if got := p.rec.snapshot(); !reflect.DeepEqual(got, want) {
 			return errors.New("proxy holds " + fmtState(got))
@@ -100,8 +102,8 @@ func TestInitialSync(t *testing.T) {
 	}
 	want := map[string]float64{
 		"ambit_xds_connected_proxies":     1,
-		"ambit_xds_pushes_total":          2, // Workload and Service
-		"ambit_xds_push_duration_seconds": 2,
+		"ambit_xds_pushes_total":          5, // Workload and Service, and the three empty types announced
+		"ambit_xds_push_duration_seconds": 5,
 	}
 	for name, v := range want {
 		if metrics[name] != v {
@@ -273,9 +275,9 @@ func TestReconnect(t *testing.T) {
 			e.waitAcked(t, "ztunnel-a")
 			var got []applyCall
 			for range tc.want {
-				got = append(got, p.rec.next(t))
+				got = append(got, p.rec.nextChange(t))
 			}
-			p.rec.none(t, 200*time.Millisecond)
+			p.rec.noChange(t, 200*time.Millisecond)
 			slices.SortFunc(got, func(a, b applyCall) int { return strings.Compare(a.typeURL, b.typeURL) })
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("Apply calls after reconnect = %+v, want %+v", got, tc.want)

@@ -1,0 +1,96 @@
+package app
+
+import (
+	"fmt"
+
+	"ambit.dev/controller/internal/caserver"
+	"ambit.dev/controller/internal/model"
+	"ambit.dev/controller/internal/xds"
+	configv1 "ambit.dev/proto/config/v1"
+	"ambit.dev/proto/identity"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+)
+
+// GRPCServices returns the hooks that put the delta xDS server and the CA service on the
+// controller's one gRPC listener (GRPCAddr, TLS). Proxies authenticate with the tokens in
+// tokenDir in folder mode, and with TokenReview in Kubernetes mode.
+func GRPCServices(tokenDir string) (func(Deps) (PushServer, error), func(Deps) (CAService, error)) {
+	var push *xds.Server
+	var auth caserver.Authenticator
+	authFor := func(d Deps) (caserver.Authenticator, error) {
+		if auth != nil {
+			return auth, nil
+		}
+		switch {
+		case d.Kube != nil:
+			auth = &caserver.KubeAuthenticator{Client: d.Kube}
+		case tokenDir != "":
+			auth = &caserver.TokenDir{Dir: tokenDir}
+		default:
+			return nil, fmt.Errorf("folder mode needs --token-dir: the per-node tokens proxies authenticate with")
+		}
+		return auth, nil
+	}
+	newPush := func(d Deps) (PushServer, error) {
+		a, err := authFor(d)
+		if err != nil {
+			return nil, err
+		}
+		push, err = xds.NewServer(xds.Options{
+			Generator:     xds.GeneratorFunc(func(p xds.Proxy) map[string]map[string]xds.Resource { return d.Index.For(p) }),
+			Authenticator: a,
+			Logger:        d.Log.With("component", "xds"),
+			Registry:      d.Registry,
+		})
+		if err != nil {
+			return nil, err
+		}
+		return push, nil
+	}
+	newCA := func(d Deps) (CAService, error) {
+		a, err := authFor(d)
+		if err != nil {
+			return nil, err
+		}
+		ca, err := caserver.New(caserver.Options{
+			CA:            d.CA,
+			Authenticator: a,
+			Identities:    caserver.NodeIdentitiesFunc(func(node string, id spiffeid.ID) bool { return nodeHasIdentity(d.Index, node, id) }),
+			Logger:        d.Log.With("component", "ca"),
+		})
+		if err != nil {
+			return nil, err
+		}
+		services := []func(*grpc.Server){ca.Register}
+		if push != nil {
+			services = append(services, push.Register)
+		}
+		return caserver.NewListener(caserver.ListenerOptions{Addr: d.GRPCAddr, CA: d.CA, Services: services, Logger: d.Log.With("component", "grpc")})
+	}
+	return newPush, newCA
+}
+
+// nodeHasIdentity reports whether a pod scheduled on node runs as id: the only identities a
+// node's ztunnel may obtain certificates for.
+func nodeHasIdentity(idx *model.Index, node string, id spiffeid.ID) bool {
+	res := idx.For(model.Proxy{ID: "ca", Node: node, Kind: model.KindZtunnel})
+	for _, r := range res[configv1.WorkloadTypeURL] {
+		w, ok := r.Message.(*configv1.Workload)
+		if !ok || w.GetNode() != node {
+			continue
+		}
+		tdName := w.GetTrustDomain()
+		if tdName == "" {
+			tdName = idx.Options().TrustDomain
+		}
+		td, err := spiffeid.TrustDomainFromString(tdName)
+		if err != nil {
+			continue
+		}
+		if wid, err := identity.WorkloadID(td, w.GetNamespace(), w.GetServiceAccount()); err == nil && wid == id {
+			return true
+		}
+	}
+	return false
+}
