@@ -20,6 +20,7 @@ export PROTOC_VERSION := 3.21.12
 FUZZ :=
 FUZZ += ./proto/identity:FuzzParseCSR
 FUZZ += ./proto/hbone:FuzzConnectRequest
+FUZZ += ./controller/internal/source:FuzzFolderDecode
 
 FUZZTIME ?= 10s
 
