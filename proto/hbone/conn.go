@@ -48,6 +48,8 @@ type conn struct {
 	lastPeerID     uint32 // server: the highest stream ID the peer opened
 	reserved       int    // client: slots promised by the pool, not yet opened
 	handlers       int    // server: handler goroutines running
+	handlerWG      sync.WaitGroup
+	readDone       chan struct{} // closed when the read loop, the only spawner of handlers, returns
 	peerMaxStreams uint32
 	peerInitWindow int32
 	peerMaxFrame   uint32
@@ -86,6 +88,7 @@ func newConn(nc net.Conn, server bool, cfg ConnConfig, peer spiffeid.ID) *conn {
 		idleSince:      time.Now(),
 		pingAck:        make(chan struct{}, 1),
 		done:           make(chan struct{}),
+		readDone:       make(chan struct{}),
 	}
 	c.fr = http2.NewFramer(c.bw, bufio.NewReaderSize(nc, 64<<10))
 	c.fr.SetReuseFrames()
@@ -165,6 +168,7 @@ func (c *conn) run() {
 
 func (c *conn) readLoop() {
 	var err error
+	defer close(c.readDone)
 	defer func() { c.closeWithError(err) }()
 	for {
 		var f http2.Frame
@@ -402,6 +406,7 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	st := c.newStreamLocked(id)
 	c.handlers++
+	c.handlerWG.Add(1)
 	c.mu.Unlock()
 
 	req, err := parseRequest(f)
@@ -429,6 +434,7 @@ func (c *conn) handlerDone() {
 	c.mu.Lock()
 	c.handlers--
 	c.mu.Unlock()
+	c.handlerWG.Done()
 }
 
 func (c *conn) newStreamLocked(id uint32) *Stream {

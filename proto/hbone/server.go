@@ -155,10 +155,7 @@ func (s *Server) ServeConn(nc net.Conn) {
 	ctx, cancelConn := context.WithCancel(s.ctx)
 	defer cancelConn()
 	local, remote := addrPortOf(nc.LocalAddr()), addrPortOf(nc.RemoteAddr())
-	var handlers sync.WaitGroup
 	c.newStream = func(st *Stream, r *Request) {
-		handlers.Add(1)
-		defer handlers.Done()
 		r.Peer, r.Local, r.Remote = peer, local, remote
 		s.serveStream(ctx, c, st, r)
 	}
@@ -175,7 +172,8 @@ func (s *Server) ServeConn(nc net.Conn) {
 	s.mu.Unlock()
 	c.run()
 	<-done
-	handlers.Wait()
+	<-c.readDone // after it, no handler can start
+	c.handlerWG.Wait()
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
