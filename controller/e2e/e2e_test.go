@@ -1,0 +1,185 @@
+package e2e
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	configv1 "ambit.dev/proto/config/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+const wait = 15 * time.Second
+
+// Labelling a namespace ambient turns its pods' Workloads to HBONE in a connected proxy;
+// removing the label turns them back to NONE (the model keeps every Running pod with an IP
+// as a Workload; pods outside the mesh are reached in plain TCP).
+func TestNamespaceEnrolment(t *testing.T) {
+	e := newEnv(t)
+	ctx := testCtx(t, 30*time.Second)
+	if err := e.c.EnsureNamespace(ctx, "apps", nil); err != nil {
+		t.Fatal(err)
+	}
+	e.pod("apps", "web", "default", "node-a", "10.1.0.5")
+	e.pod("apps", "db", "default", "node-b", "10.1.1.7")
+	tok := e.ztunnelToken("node-a")
+	e.startController()
+	bundle, _ := loadBundle(t, filepath.Join(e.ca, "root-cert.pem"))
+	p := startProxy(t, e.addr, tok, "node-a", bundle)
+
+	expect := func(want configv1.TunnelProtocol) {
+		t.Helper()
+		for _, name := range []string{"web", "db"} {
+			eventually(t, wait, func() bool {
+				w := p.workload("apps", name)
+				return w != nil && w.GetTunnelProtocol() == want
+			}, func() string {
+				return fmt.Sprintf("proxy holds Workload apps/%s = %v, want tunnel protocol %v", name, p.workload("apps", name), want)
+			})
+		}
+	}
+	expect(configv1.TunnelProtocol_NONE)
+	w := p.workload("apps", "web")
+	if w.GetNode() != "node-a" || w.GetServiceAccount() != "default" || len(w.GetAddresses()) != 1 {
+		t.Errorf("Workload apps/web = %v, want node-a, ServiceAccount default, one address", w)
+	}
+
+	ambient := "ambient"
+	e.labelNamespace("apps", &ambient)
+	expect(configv1.TunnelProtocol_HBONE)
+
+	e.labelNamespace("apps", nil)
+	expect(configv1.TunnelProtocol_NONE)
+}
+
+// A node's ztunnel gets certificates only for the identities of pods on its node.
+func TestCertificatesFollowNodes(t *testing.T) {
+	e := newEnv(t)
+	ctx := testCtx(t, 40*time.Second)
+	e.pod("shop", "cart", "alice", "node-a", "10.1.0.10")
+	e.pod("shop", "pay", "bob", "node-b", "10.1.1.10")
+	tok := e.ztunnelToken("node-a")
+	e.startController()
+	bundle, _ := loadBundle(t, filepath.Join(e.ca, "root-cert.pem"))
+
+	// Once a proxy sees both pods, so does the CA (same index).
+	p := startProxy(t, e.addr, tok, "node-a", bundle)
+	eventually(t, wait, func() bool { return p.workload("shop", "cart") != nil && p.workload("shop", "pay") != nil },
+		func() string { return "the controller never published shop/cart and shop/pay" })
+
+	conn := dial(t, e.addr, tok, bundle)
+	alice, bob := workloadID(t, "shop", "alice"), workloadID(t, "shop", "bob")
+	if err := certify(ctx, conn, alice, bundle); err != nil {
+		t.Errorf("ztunnel of node-a asking for %s (pod on node-a): %v", alice, err)
+	}
+	err := certify(ctx, conn, bob, bundle)
+	if code(err) != codes.PermissionDenied {
+		t.Errorf("ztunnel of node-a asking for %s (pod on node-b): %v, want PermissionDenied", bob, err)
+	}
+
+	// A forged token (right shape, wrong signature) and a real token of another ServiceAccount.
+	forged := tok[:len(tok)-8] + "AAAAAAAA"
+	if forged == tok {
+		forged = tok[:len(tok)-8] + "BBBBBBBB"
+	}
+	for name, bad := range map[string]string{"forged": forged, "not a token": "hello"} {
+		err := certify(ctx, dial(t, e.addr, bad, bundle), alice, bundle)
+		if code(err) != codes.Unauthenticated {
+			t.Errorf("%s token asking for %s: %v, want Unauthenticated", name, alice, err)
+		}
+	}
+	other, err := e.c.TokenFor(ctx, "shop", "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := certify(ctx, dial(t, e.addr, other, bundle), alice, bundle); code(err) != codes.Unauthenticated {
+		t.Errorf("workload's own token asking for %s: %v, want Unauthenticated", alice, err)
+	}
+}
+
+// code is the gRPC code of err or of an error it wraps.
+func code(err error) codes.Code {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if s, ok := status.FromError(e); ok {
+			return s.Code()
+		}
+	}
+	return codes.OK
+}
+
+// A restart with the same CA dir keeps the root, and a proxy reconnecting to the ready
+// controller, its config current, gets nothing but the per-stream announcements.
+func TestRestartKeepsRootAndConfig(t *testing.T) {
+	e := newEnv(t)
+	ctx := testCtx(t, 40*time.Second)
+	ambient := "ambient"
+	if err := e.c.EnsureNamespace(ctx, "mesh", map[string]string{labelDataplan: ambient}); err != nil {
+		t.Fatal(err)
+	}
+	e.pod("mesh", "api", "api", "node-a", "10.1.0.20")
+	tok := e.ztunnelToken("node-a")
+	first := e.startController()
+	rootPath := filepath.Join(e.ca, "root-cert.pem")
+	bundle, root := loadBundle(t, rootPath)
+	p := startProxy(t, e.addr, tok, "node-a", bundle)
+	eventually(t, wait, func() bool {
+		w := p.workload("mesh", "api")
+		return w != nil && w.GetTunnelProtocol() == configv1.TunnelProtocol_HBONE && p.client.Connected()
+	}, func() string { return fmt.Sprintf("proxy holds mesh/api = %v", p.workload("mesh", "api")) })
+	// Let the first stream settle (every type announced, no push in flight).
+	time.Sleep(300 * time.Millisecond)
+
+	// The proxy comes back only once the new controller is ready. Without that gate a proxy
+	// that reconnects before the informers have synced is served from a partial index: it is
+	// told to remove every Workload and Service it holds, then to add them back (a controller
+	// bug: the xDS server does not wait for the store's initial sync).
+	p.gate.Store(true)
+	first.stop()
+	p.mu.Lock()
+	calls, nonEmpty := p.calls, p.nonEmpty
+	p.mu.Unlock()
+	before := p.versions()
+	eventually(t, 5*time.Second, func() bool { return !p.client.Connected() },
+		func() string { return "proxy still connected after the controller stopped" })
+
+	e.startController()
+	e.waitReady()
+	p.gate.Store(false)
+	_, root2 := loadBundle(t, rootPath)
+	if !bytes.Equal(root, root2) {
+		t.Fatalf("root-cert.pem changed across the restart")
+	}
+
+	// The reconnect announces the types the proxy held nothing of (as on every stream); the
+	// types it holds resources of are current, so they get nothing.
+	eventually(t, wait, func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.calls > calls && p.client.Connected()
+	}, func() string { return "proxy did not reconnect to the restarted controller" })
+	// Allow for late pushes (a second commit after the informers synced).
+	time.Sleep(time.Second)
+
+	p.mu.Lock()
+	gotCalls, gotNonEmpty, log := p.calls, p.nonEmpty, p.log[nonEmpty:]
+	p.mu.Unlock()
+	if gotNonEmpty != nonEmpty {
+		t.Errorf("after the restart the proxy got %d updates with upserts or removals, want none (nothing changed):\n%s",
+			gotNonEmpty-nonEmpty, strings.Join(log, "\n"))
+	}
+	t.Logf("reconnect: %d Apply calls, %d non-empty", gotCalls-calls, gotNonEmpty-nonEmpty)
+	after := p.versions()
+	if fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("proxy state changed across the restart:\nbefore %v\nafter  %v", before, after)
+	}
+
+	// The proxy's old bundle still verifies the new controller and what it signs.
+	if err := certify(ctx, dial(t, e.addr, tok, bundle), workloadID(t, "mesh", "api"), bundle); err != nil {
+		t.Errorf("certificate from the restarted controller with the old bundle: %v", err)
+	}
+}
