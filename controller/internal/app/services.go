@@ -1,7 +1,9 @@
 package app
 
 import (
+	"context"
 	"fmt"
+	"time"
 
 	"ambit.dev/controller/internal/caserver"
 	"ambit.dev/controller/internal/model"
@@ -66,9 +68,33 @@ func GRPCServices(tokenDir string) (func(Deps) (PushServer, error), func(Deps) (
 		if push != nil {
 			services = append(services, push.Register)
 		}
-		return caserver.NewListener(caserver.ListenerOptions{Addr: d.GRPCAddr, CA: d.CA, Services: services, Logger: d.Log.With("component", "grpc")})
+		ln, err := caserver.NewListener(caserver.ListenerOptions{Addr: d.GRPCAddr, CA: d.CA, Services: services, Logger: d.Log.With("component", "grpc")})
+		if err != nil {
+			return nil, err
+		}
+		return afterSync{d.Store.Synced, ln}, nil
 	}
 	return newPush, newCA
+}
+
+// afterSync starts serving only once the sources have loaded their first full state: a
+// proxy that connected earlier would be told to drop what it holds and then to add it back.
+type afterSync struct {
+	synced func() bool
+	svc    CAService
+}
+
+func (a afterSync) Run(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for !a.synced() {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+	return a.svc.Run(ctx)
 }
 
 // nodeHasIdentity reports whether a pod scheduled on node runs as id: the only identities a
