@@ -3,8 +3,6 @@ package istio
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -24,6 +22,7 @@ import (
 
 	"ambit.dev/proto/hbone"
 	"ambit.dev/proto/identity"
+	"ambit.dev/proto/identity/identitytest"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	ihbone "istio.io/istio/pkg/hbone"
@@ -72,24 +71,7 @@ func workloadID(t *testing.T, sa string) spiffeid.ID {
 
 // issue returns an SVID for id signed by ca: one URI SAN, no DNS or IP SAN.
 func issue(t *testing.T, ca *identity.CA, id spiffeid.ID) *tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := identity.CreateCSR(key, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chain, err := ca.Sign(csr, id, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(chain[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}
+	return identitytest.Issue(t, ca, id, time.Hour)
 }
 
 // ---- TCP upstreams

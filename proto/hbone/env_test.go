@@ -2,11 +2,7 @@ package hbone
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -16,6 +12,7 @@ import (
 	"time"
 
 	"ambit.dev/proto/identity"
+	"ambit.dev/proto/identity/identitytest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -48,23 +45,7 @@ func (c *testCA) id(ns, sa string) spiffeid.ID {
 
 func (c *testCA) issue(t testing.TB, id spiffeid.ID, ttl time.Duration) *tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := identity.CreateCSR(key, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chain, err := c.ca.Sign(csr, id, ttl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(chain[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}
+	return identitytest.Issue(t, c.ca, id, ttl)
 }
 
 // certStore hands out one certificate per identity and can be swapped under live traffic.
