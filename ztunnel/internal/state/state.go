@@ -228,21 +228,18 @@ type Endpoint struct {
 // Endpoints lists the workloads behind svc's port, healthy ones first.
 func (s *State) Endpoints(svc *configv1.Service, port uint16) []Endpoint {
 	key := svc.GetNamespace() + "/" + svc.GetHostname()
-	s.mu.Lock()
-	if s.epStale || s.endpoints == nil {
-		s.endpoints = map[string][]*configv1.Workload{}
-		for _, w := range s.workloads {
-			for k := range w.GetServices() {
-				s.endpoints[k] = append(s.endpoints[k], w)
-			}
-		}
-		for _, ws := range s.endpoints {
-			sort.Slice(ws, func(i, j int) bool { return ws[i].GetUid() < ws[j].GetUid() })
-		}
-		s.epStale = false
-	}
+	// Every outbound connection to a VIP comes here: read under the shared lock, and take
+	// the exclusive one only to rebuild the index after a config change.
+	s.mu.RLock()
+	stale := s.epStale || s.endpoints == nil
 	ws := s.endpoints[key]
-	s.mu.Unlock()
+	s.mu.RUnlock()
+	if stale {
+		s.mu.Lock()
+		s.rebuildEndpointsLocked()
+		ws = s.endpoints[key]
+		s.mu.Unlock()
+	}
 	var healthy, unhealthy []Endpoint
 	for _, w := range ws {
 		if len(w.GetAddresses()) == 0 {
@@ -272,6 +269,23 @@ func (s *State) Endpoints(svc *configv1.Service, port uint16) []Endpoint {
 		return healthy
 	}
 	return unhealthy
+}
+
+// rebuildEndpointsLocked indexes workloads by the services that select them.
+func (s *State) rebuildEndpointsLocked() {
+	if !s.epStale && s.endpoints != nil {
+		return
+	}
+	s.endpoints = map[string][]*configv1.Workload{}
+	for _, w := range s.workloads {
+		for k := range w.GetServices() {
+			s.endpoints[k] = append(s.endpoints[k], w)
+		}
+	}
+	for _, ws := range s.endpoints {
+		sort.Slice(ws, func(i, j int) bool { return ws[i].GetUid() < ws[j].GetUid() })
+	}
+	s.epStale = false
 }
 
 // Policies returns the authorizations that apply to w: mesh-wide ones, its namespace's, and
