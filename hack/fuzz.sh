@@ -3,8 +3,11 @@
 #
 #   hack/fuzz.sh [-t 10s] ./proto/identity:FuzzParseCSR ./proto/hbone:FuzzConnectRequest ...
 #
-# Each argument is <package dir>:<FuzzFunction>. A target that does not exist is an error, not a
-# silent pass: go test -fuzz with a pattern that matches nothing would exit 0.
+# Each argument is <package dir>:<FuzzFunction>[:<fuzztime>]; the optional third part overrides
+# -t for that target (e.g. 20x: a count of executions, for a target whose executions are slow,
+# since a time limit that ends inside a long execution fails with "context deadline exceeded").
+# A target that does not exist is an error, not a silent pass: go test -fuzz with a pattern
+# that matches nothing would exit 0.
 set -euo pipefail
 
 fuzztime=10s
@@ -24,6 +27,11 @@ cd "$root"
 for target in "$@"; do
 	pkg=${target%%:*}
 	fn=${target#*:}
+	time=$fuzztime
+	if [[ $fn == *:* ]]; then
+		time=${fn#*:}
+		fn=${fn%%:*}
+	fi
 	if [[ $pkg == "$target" || -z $pkg || -z $fn || $fn != Fuzz* ]]; then
 		echo "fuzz: bad target '$target': want <package dir>:<FuzzFunction>" >&2
 		exit 1
@@ -33,6 +41,6 @@ for target in "$@"; do
 		echo "fuzz: $pkg has no fuzz target $fn; fix FUZZ in the Makefile" >&2
 		exit 1
 	fi
-	echo "fuzz: $pkg $fn for $fuzztime"
-	go test -run '^$' -fuzz "^${fn}\$" -fuzztime "$fuzztime" "$pkg"
+	echo "fuzz: $pkg $fn for $time"
+	go test -run '^$' -fuzz "^${fn}\$" -fuzztime "$time" "$pkg"
 done

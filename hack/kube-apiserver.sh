@@ -44,7 +44,7 @@ start=$(date +%s)
 rm -f "$stamp"
 # CGO off: a static binary that needs nothing from the system but etcd beside it.
 (cd "$mod" && GOWORK=off CGO_ENABLED=0 nice -n 10 go build -trimpath -ldflags "$ldflags" \
-	-o "$out.tmp" k8s.io/kubernetes/cmd/kube-apiserver)
-mv -f "$out.tmp" "$out"
+	-o "$out.tmp.$$" k8s.io/kubernetes/cmd/kube-apiserver)
+mv -f "$out.tmp.$$" "$out" # a build per process: two concurrent builds each land whole
 echo "$want" >"$stamp"
 echo "kube-apiserver: built $("$out" --version) in $(($(date +%s) - start))s"

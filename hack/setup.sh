@@ -4,9 +4,12 @@
 # network. It starts no services: the lab runs its own etcd and haproxy when it needs them.
 set -euo pipefail
 
-# binary:package, one per tool.
+# binary:package, one per tool; a path instead of a binary checks for that file.
 tools=(
 	protoc:protobuf-compiler
+	# protoc's well-known types (google/protobuf/duration.proto, …): a recommendation of
+	# protobuf-compiler, which --no-install-recommends leaves out.
+	/usr/include/google/protobuf/duration.proto:libprotobuf-dev
 	iptables:iptables
 	ip:iproute2
 	haproxy:haproxy
@@ -17,6 +20,10 @@ tools=(
 )
 
 have() {
+	if [[ $1 == /* ]]; then
+		[[ -e $1 ]]
+		return
+	fi
 	command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]
 }
 
@@ -28,7 +35,7 @@ for t in "${tools[@]}"; do
 done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-	echo "setup: all tools present (${tools[*]%%:*})"
+	echo "setup: all tools present (${tools[*]%%:*})" | sed 's#/usr/include/google/protobuf/duration.proto#protoc-includes#'
 	exit 0
 fi
 

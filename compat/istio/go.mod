@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	ambit.dev/proto v0.0.0
 	github.com/spiffe/go-spiffe/v2 v2.9.0
+	golang.org/x/sys v0.49.0
 	istio.io/istio v0.0.0-20260827124520-eed52ebb66ad
 )
 

@@ -40,7 +40,11 @@ func TestMain(m *testing.M) {
 	if s := ilog.FindScope("hbone"); s != nil {
 		s.SetOutputLevel(ilog.NoneLevel)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if labDown != nil {
+		labDown()
+	}
+	os.Exit(code)
 }
 
 // ---- identities

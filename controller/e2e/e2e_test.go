@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +12,8 @@ import (
 	configv1 "ambit.dev/proto/config/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 const wait = 15 * time.Second
@@ -29,7 +31,7 @@ func TestNamespaceEnrolment(t *testing.T) {
 	e.pod("apps", "db", "default", "node-b", "10.1.1.7")
 	tok := e.ztunnelToken("node-a")
 	e.startController()
-	bundle, _ := loadBundle(t, filepath.Join(e.ca, "root-cert.pem"))
+	bundle, _ := e.bundle()
 	p := startProxy(t, e.addr, tok, "node-a", bundle)
 
 	expect := func(want configv1.TunnelProtocol) {
@@ -65,7 +67,7 @@ func TestCertificatesFollowNodes(t *testing.T) {
 	e.pod("shop", "pay", "bob", "node-b", "10.1.1.10")
 	tok := e.ztunnelToken("node-a")
 	e.startController()
-	bundle, _ := loadBundle(t, filepath.Join(e.ca, "root-cert.pem"))
+	bundle, _ := e.bundle()
 
 	// Once a proxy sees both pods, so does the CA (same index).
 	p := startProxy(t, e.addr, tok, "node-a", bundle)
@@ -112,8 +114,9 @@ func code(err error) codes.Code {
 	return codes.OK
 }
 
-// A restart with the same CA dir keeps the root, and a proxy reconnecting to the ready
-// controller, its config current, gets nothing but the per-stream announcements.
+// A restart keeps the root, which lives in the Secret ambit-system/ambit-ca and nowhere
+// else, and a proxy reconnecting to the ready controller, its config current, gets nothing but
+// the per-stream announcements.
 func TestRestartKeepsRootAndConfig(t *testing.T) {
 	e := newEnv(t)
 	ctx := testCtx(t, 40*time.Second)
@@ -121,11 +124,20 @@ func TestRestartKeepsRootAndConfig(t *testing.T) {
 	if err := e.c.EnsureNamespace(ctx, "mesh", map[string]string{labelDataplan: ambient}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := e.c.Client.CoreV1().Secrets(systemNS).Get(ctx, caSecret, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("CA Secret before the first start: %v, want NotFound", err)
+	}
 	e.pod("mesh", "api", "api", "node-a", "10.1.0.20")
 	tok := e.ztunnelToken("node-a")
+	// The controller runs with no CA dir (as in the Deployment): the root is either in the
+	// Secret, which the controller creates with its own ServiceAccount's permissions, or in
+	// memory, where a restart would lose it.
 	first := e.startController()
-	rootPath := filepath.Join(e.ca, "root-cert.pem")
-	bundle, root := loadBundle(t, rootPath)
+	sec := e.caSecretObj()
+	if sec.Immutable == nil || !*sec.Immutable || len(sec.Data["root-key.pem"]) == 0 {
+		t.Errorf("CA Secret: immutable %v, %d bytes of key; want an immutable Secret with the key", sec.Immutable, len(sec.Data["root-key.pem"]))
+	}
+	bundle, root := e.bundle()
 	p := startProxy(t, e.addr, tok, "node-a", bundle)
 	eventually(t, wait, func() bool {
 		w := p.workload("mesh", "api")
@@ -150,9 +162,10 @@ func TestRestartKeepsRootAndConfig(t *testing.T) {
 	e.startController()
 	e.waitReady()
 	p.gate.Store(false)
-	_, root2 := loadBundle(t, rootPath)
-	if !bytes.Equal(root, root2) {
-		t.Fatalf("root-cert.pem changed across the restart")
+	sec2 := e.caSecretObj()
+	_, root2 := e.bundle()
+	if !bytes.Equal(root, root2) || sec2.UID != sec.UID || sec2.ResourceVersion != sec.ResourceVersion {
+		t.Fatalf("CA Secret changed across the restart (uid %s → %s, resourceVersion %s → %s)", sec.UID, sec2.UID, sec.ResourceVersion, sec2.ResourceVersion)
 	}
 
 	// The reconnect announces the types the proxy held nothing of (as on every stream); the
@@ -178,8 +191,39 @@ func TestRestartKeepsRootAndConfig(t *testing.T) {
 		t.Errorf("proxy state changed across the restart:\nbefore %v\nafter  %v", before, after)
 	}
 
-	// The proxy's old bundle still verifies the new controller and what it signs.
+	// The proxy's old bundle still verifies the new controller (its serving certificate,
+	// checked by dial) and what it signs: the restarted controller signs with the Secret's
+	// root, as it has no other place to find it.
 	if err := certify(ctx, dial(t, e.addr, tok, bundle), workloadID(t, "mesh", "api"), bundle); err != nil {
 		t.Errorf("certificate from the restarted controller with the old bundle: %v", err)
+	}
+}
+
+// Two replicas starting together against a cluster with no CA Secret end up with one root:
+// the one whose create loses the race reads the winner's Secret.
+func TestReplicasShareRoot(t *testing.T) {
+	e := newEnv(t)
+	ctx := testCtx(t, 40*time.Second)
+	e.pod("shop", "cart", "alice", "node-a", "10.1.0.30")
+	tok := e.ztunnelToken("node-a")
+	addrs := []string{e.addr, "127.0.0.1:" + strconv.Itoa(freePort(t))}
+	mons := []string{e.mon, "127.0.0.1:" + strconv.Itoa(freePort(t))}
+	var ctls []*controller
+	for i := range addrs {
+		ctls = append(ctls, e.launchController(addrs[i], mons[i], "replica-"+strconv.Itoa(i)))
+	}
+	for i, ctl := range ctls {
+		e.waitServing(ctl, addrs[i])
+	}
+	bundle, _ := e.bundle()
+	p := startProxy(t, e.addr, tok, "node-a", bundle)
+	eventually(t, wait, func() bool { return p.workload("shop", "cart") != nil },
+		func() string { return "the controller never published shop/cart" })
+	for _, addr := range addrs {
+		eventually(t, wait, func() bool {
+			return certify(ctx, dial(t, addr, tok, bundle), workloadID(t, "shop", "alice"), bundle) == nil
+		}, func() string {
+			return fmt.Sprintf("replica at %s: %v", addr, certify(ctx, dial(t, addr, tok, bundle), workloadID(t, "shop", "alice"), bundle))
+		})
 	}
 }

@@ -16,8 +16,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -43,6 +41,7 @@ const (
 	systemNS      = "ambit-system"
 	ztunnelSA     = "ztunnel"
 	labelDataplan = "ambit.dev/dataplane-mode"
+	caSecret      = "ambit-ca" // the controller's default --ca-secret, in systemNS
 )
 
 var td = spiffeid.RequireTrustDomainFromString(trustDomain)
@@ -52,7 +51,6 @@ type env struct {
 	t    *testing.T
 	c    *kubetest.Cluster
 	kc   string // kubeconfig of the ambit-controller ServiceAccount
-	ca   string // CADir
 	addr string // gRPC address
 	mon  string // metrics and health address
 }
@@ -71,7 +69,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, c: c, kc: kc, ca: t.TempDir(), addr: "127.0.0.1:" + strconv.Itoa(freePort(t)), mon: "127.0.0.1:" + strconv.Itoa(freePort(t))}
+	return &env{t: t, c: c, kc: kc, addr: "127.0.0.1:" + strconv.Itoa(freePort(t)), mon: "127.0.0.1:" + strconv.Itoa(freePort(t))}
 }
 
 func testCtx(t *testing.T, d time.Duration) context.Context {
@@ -97,28 +95,49 @@ type controller struct {
 	err    error
 }
 
-// startController runs the controller as the ambit-controller ServiceAccount and waits until
-// its root certificate is on disk and its gRPC port accepts connections.
+// startController runs the controller as the ambit-controller ServiceAccount, with its
+// defaults for Kubernetes mode (the CA root in the Secret ambit-system/ambit-ca, no CA dir),
+// and waits until the Secret exists and its gRPC port accepts connections.
 func (e *env) startController() *controller {
 	e.t.Helper()
+	return e.startControllerAt(e.addr, e.mon, "e2e")
+}
+
+// startControllerAt is startController with its own addresses and leader identity, for a
+// second replica.
+func (e *env) startControllerAt(addr, mon, id string) *controller {
+	e.t.Helper()
+	ctl := e.launchController(addr, mon, id)
+	e.waitServing(ctl, addr)
+	return ctl
+}
+
+// launchController starts the controller and returns at once.
+func (e *env) launchController(addr, mon, id string) *controller {
 	cfg := app.Config{
 		Kubeconfig:  e.kc,
 		TrustDomain: trustDomain,
-		CADir:       e.ca,
-		GRPCAddr:    e.addr,
-		MetricsAddr: e.mon,
-		Identity:    "e2e",
+		GRPCAddr:    addr,
+		MetricsAddr: mon,
+		Identity:    id,
 		Debounce:    10 * time.Millisecond,
 	}
 	cfg.NewPushServer, cfg.NewCAService = app.GRPCServices("")
 	ctx, cancel := context.WithCancel(context.Background())
 	ctl := &controller{cancel: cancel, done: make(chan struct{})}
-	log := slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log := slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("replica", id)
 	go func() {
 		defer close(ctl.done)
 		ctl.err = app.Run(ctx, cfg, log)
 	}()
 	e.t.Cleanup(ctl.stop)
+	return ctl
+}
+
+// waitServing waits until the CA Secret exists and the controller's gRPC port accepts
+// connections.
+func (e *env) waitServing(ctl *controller, addr string) {
+	e.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		select {
@@ -126,16 +145,16 @@ func (e *env) startController() *controller {
 			e.t.Fatalf("controller exited at start: %v", ctl.err)
 		default:
 		}
-		_, statErr := os.Stat(filepath.Join(e.ca, "root-cert.pem"))
-		conn, dialErr := net.DialTimeout("tcp", e.addr, time.Second)
+		_, getErr := e.c.Client.CoreV1().Secrets(systemNS).Get(context.Background(), caSecret, metav1.GetOptions{})
+		conn, dialErr := net.DialTimeout("tcp", addr, time.Second)
 		if dialErr == nil {
 			conn.Close()
 		}
-		if statErr == nil && dialErr == nil {
-			return ctl
+		if getErr == nil && dialErr == nil {
+			return
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("controller not serving on %s: %v %v", e.addr, statErr, dialErr)
+			e.t.Fatalf("controller not serving on %s: %v %v", addr, getErr, dialErr)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -169,12 +188,23 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// loadBundle reads root-cert.pem like ztunnel does.
-func loadBundle(t *testing.T, path string) (*x509bundle.Bundle, []byte) {
-	t.Helper()
-	data, err := os.ReadFile(path)
+// caSecretObj reads the CA Secret as the cluster admin.
+func (e *env) caSecretObj() *corev1.Secret {
+	e.t.Helper()
+	s, err := e.c.Client.CoreV1().Secrets(systemNS).Get(testCtx(e.t, 10*time.Second), caSecret, metav1.GetOptions{})
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatalf("reading the CA Secret: %v", err)
+	}
+	return s
+}
+
+// bundle returns the trust bundle of the root in the CA Secret (root-cert.pem), parsed like
+// ztunnel parses its root file, and the PEM itself.
+func (e *env) bundle() (*x509bundle.Bundle, []byte) {
+	e.t.Helper()
+	data := e.caSecretObj().Data["root-cert.pem"]
+	if len(data) == 0 {
+		e.t.Fatalf("CA Secret %s/%s has no root-cert.pem", systemNS, caSecret)
 	}
 	var roots []*x509.Certificate
 	for b := data; ; {
@@ -185,12 +215,12 @@ func loadBundle(t *testing.T, path string) (*x509bundle.Bundle, []byte) {
 		}
 		c, err := x509.ParseCertificate(blk.Bytes)
 		if err != nil {
-			t.Fatal(err)
+			e.t.Fatal(err)
 		}
 		roots = append(roots, c)
 	}
 	if len(roots) == 0 {
-		t.Fatalf("%s has no certificate", path)
+		e.t.Fatalf("CA Secret's root-cert.pem has no certificate")
 	}
 	return x509bundle.FromX509Authorities(td, roots), data
 }

@@ -314,7 +314,13 @@ func (c *conn) onReset(f *http2.RSTStreamFrame) error {
 		c.removeStream(st)
 	}
 	// Count resets in a sliding window; a peer that opens and cancels streams faster than
-	// we can retire their handlers is attacking the connection (rapid reset).
+	// we can retire their handlers is attacking the connection (rapid reset). Only a client
+	// can do that: a server resetting the streams a client opened (a waypoint answering many
+	// short requests, a ztunnel refusing by policy) costs the client nothing, so a client
+	// does not count them.
+	if !c.server {
+		return nil
+	}
 	now := time.Now()
 	c.mu.Lock()
 	cut := 0

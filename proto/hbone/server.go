@@ -172,6 +172,15 @@ func (s *Server) ServeConn(nc net.Conn) {
 	s.mu.Unlock()
 	c.run()
 	<-done
+	c.mu.Lock()
+	cerr := c.err
+	c.mu.Unlock()
+	if errors.Is(cerr, errPingTimeout) {
+		// A peer gone silent, or one stuck half way through a request's headers (a
+		// header block cannot be interleaved with a PING answer): the keep-alive is the
+		// bound on both.
+		c.log.Info("hbone connection dropped", "err", cerr)
+	}
 	<-c.readDone // after it, no handler can start
 	c.handlerWG.Wait()
 	s.mu.Lock()

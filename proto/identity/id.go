@@ -129,3 +129,26 @@ func labelChars(s string) error {
 	}
 	return nil
 }
+
+// WorkloadConfig is what a workload's identity is made of in config; config/v1's Workload
+// has these getters.
+type WorkloadConfig interface {
+	GetTrustDomain() string
+	GetNamespace() string
+	GetServiceAccount() string
+}
+
+// WorkloadIdentity is the SPIFFE ID of w: spiffe://<td>/ns/<namespace>/sa/<service account>,
+// with w's own trust domain, or fallback when it names none. ztunnel, the waypoint and the
+// controller's CA all derive a workload's identity here.
+func WorkloadIdentity(w WorkloadConfig, fallback spiffeid.TrustDomain) (spiffeid.ID, error) {
+	td := fallback
+	if w.GetTrustDomain() != "" {
+		t, err := spiffeid.TrustDomainFromString(w.GetTrustDomain())
+		if err != nil {
+			return spiffeid.ID{}, fmt.Errorf("workload id: namespace %s: trust domain: %w", w.GetNamespace(), err)
+		}
+		td = t
+	}
+	return WorkloadID(td, w.GetNamespace(), w.GetServiceAccount())
+}

@@ -108,3 +108,30 @@ func TestWorkloadInvalidIDIsZero(t *testing.T) {
 		t.Fatalf("ID() of invalid workload = %s, want zero", id)
 	}
 }
+
+type wl struct{ td, ns, sa string }
+
+func (w wl) GetTrustDomain() string    { return w.td }
+func (w wl) GetNamespace() string      { return w.ns }
+func (w wl) GetServiceAccount() string { return w.sa }
+
+func TestWorkloadIdentity(t *testing.T) {
+	fallback := spiffeid.RequireTrustDomainFromString("cluster.local")
+	for _, tt := range []struct {
+		w    wl
+		want string
+	}{
+		{wl{"", "shop", "web"}, "spiffe://cluster.local/ns/shop/sa/web"},
+		{wl{"other.example", "shop", "web"}, "spiffe://other.example/ns/shop/sa/web"},
+	} {
+		id, err := identity.WorkloadIdentity(tt.w, fallback)
+		if err != nil || id.String() != tt.want {
+			t.Fatalf("%+v: %v, %v; want %s", tt.w, id, err, tt.want)
+		}
+	}
+	for _, bad := range []wl{{"Not A Domain", "shop", "web"}, {"", "", "web"}, {"", "shop", ""}} {
+		if id, err := identity.WorkloadIdentity(bad, fallback); err == nil {
+			t.Fatalf("%+v: got %v, want an error", bad, id)
+		}
+	}
+}

@@ -23,7 +23,9 @@ import (
 // Client defaults.
 const (
 	DefaultMinBackoff = 250 * time.Millisecond
-	DefaultMaxBackoff = 30 * time.Second
+	// DefaultMaxBackoff keeps a proxy within a few seconds of a controller that comes back:
+	// a handful of proxies per node retrying every 5 s costs the controller nothing.
+	DefaultMaxBackoff = 5 * time.Second
 )
 
 // Resource is one named resource as the controller sent it.

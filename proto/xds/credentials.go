@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"ambit.dev/proto/identity"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 )
 
@@ -111,6 +113,11 @@ func Dial(o DialOptions) (*grpc.ClientConn, error) {
 		// A full config of a large mesh is one response per type; the default 4 MiB is too
 		// small for tens of thousands of workloads.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize)),
+		// gRPC's own reconnect backoff grows to 2 minutes by default; a proxy should find a
+		// controller that is back as soon as the stream's backoff allows.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
+			BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: DefaultMaxBackoff,
+		}, MinConnectTimeout: 5 * time.Second}),
 	}
 	opts = append(opts, o.Extra...)
 	cc, err := grpc.NewClient(o.Address, opts...)

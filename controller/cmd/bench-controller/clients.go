@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,25 +28,37 @@ type expectation struct {
 	done          chan struct{}
 }
 
-// proxyState is one client's Handler: it counts what it holds and reports expectations met.
+// proxyState is one client's Handler: like a proxy, it holds every resource it receives (the
+// client has decoded the response: each resource's name, version and body; with
+// -decode-resources also the body into its Go type), and it reports when it holds the whole
+// mesh and when it has applied an expected change.
 type proxyState struct {
 	pods, services int
 	synced         func()
 	expect         *atomic.Pointer[expectation]
 
-	count     map[string]int
+	held      map[string]map[string]proxyxds.Resource // type URL → name → resource
 	wasSynced bool
 }
 
 func (p *proxyState) Apply(t string, upserts map[string]proxyxds.Resource, removals []string) error {
-	// The benchmark never removes, and the full sync arrives in one response per type, so
-	// counting upserts is counting what is held.
-	if !p.wasSynced {
-		p.count[t] += len(upserts)
-		if p.count[configv1.WorkloadTypeURL] >= p.pods && p.count[configv1.ServiceTypeURL] >= p.services {
-			p.wasSynced = true
-			p.synced()
+	h := p.held[t]
+	if len(h) == 0 {
+		// The first response of a type: the map the client built is handed over as is, as a
+		// proxy would keep it rather than copy it.
+		h = upserts
+		p.held[t] = h
+	} else {
+		for n, r := range upserts {
+			h[n] = r
 		}
+	}
+	for _, n := range removals {
+		delete(h, n)
+	}
+	if !p.wasSynced && len(p.held[configv1.WorkloadTypeURL]) >= p.pods && len(p.held[configv1.ServiceTypeURL]) >= p.services {
+		p.wasSynced = true
+		p.synced()
 	}
 	if e := p.expect.Load(); e != nil && t == configv1.WorkloadTypeURL {
 		if r, ok := upserts[e.name]; ok && (e.version == "*" || r.Version == e.version) && e.remaining.Add(-1) == 0 {
@@ -79,9 +92,16 @@ func runClients(cfg config, log *slog.Logger) error {
 			cc.Close()
 		}
 	}()
-	// The simulated proxies are one process standing in for a hundred machines; fewer
-	// collections keep their garbage from competing with the controller for the CPU.
-	debug.SetGCPercent(400)
+	// The simulated proxies are one process standing in for a hundred machines, each of which
+	// would collect its own small heap on its own cores. Here one collector would trace all
+	// hundred heaps together, on the cores the controller needs: collect only when the
+	// process nears a memory bound, 4 GiB. The hundred proxies hold about 0.5 GiB after the
+	// full sync, 2.1 GiB with -decode-resources; a bound close to that makes the collector
+	// run back to back.
+	debug.SetGCPercent(-1)
+	debug.SetMemoryLimit(4 << 30)
+	syncTimes := make([]time.Duration, cfg.clients)
+	cpu0 := cpuTime()
 	start := time.Now()
 	for i := range cfg.clients {
 		node := nodeName(i)
@@ -89,14 +109,16 @@ func runClients(cfg config, log *slog.Logger) error {
 			Address: cfg.addr,
 			Token:   proxyxds.TokenFile(filepath.Join(cfg.dir, "tokens", node)),
 			Bundle:  bundle,
-			Extra:   []grpc.DialOption{grpc.WithInitialWindowSize(windowSize), grpc.WithInitialConnWindowSize(connWindowSize)},
+			Extra: []grpc.DialOption{grpc.WithInitialWindowSize(windowSize), grpc.WithInitialConnWindowSize(connWindowSize),
+				grpc.WithDefaultCallOptions(grpc.ForceCodecV2(newClientCodec()))},
 		})
 		if err != nil {
 			return err
 		}
 		conns = append(conns, cc)
-		st := &proxyState{pods: cfg.pods, services: cfg.services, expect: &expect, count: map[string]int{},
+		st := &proxyState{pods: cfg.pods, services: cfg.services, expect: &expect, held: map[string]map[string]proxyxds.Resource{},
 			synced: func() {
+				syncTimes[i] = time.Since(start)
 				if syncedN.Add(1) == int64(cfg.clients) {
 					close(allSynced)
 				}
@@ -105,8 +127,10 @@ func runClients(cfg config, log *slog.Logger) error {
 			Node:     proxyxds.NodeInfo{ID: "ztunnel-" + node, Node: node, Kind: proxyxds.KindZtunnel},
 			TypeURLs: configv1.TypeURLs,
 			Handler:  st,
-			// A hundred proxies share two cores here; in a mesh each decodes on its own node.
-			SkipDecode: true,
+			// Lighter decoding: the response is decoded and every resource held, but its body
+			// stays in wire form unless -decode-resources. A hundred proxies share two cores
+			// here; in a mesh each decodes its bodies on its own node.
+			SkipDecode: !cfg.decodeResources,
 			Logger:     log,
 		})
 		if err != nil {
@@ -120,6 +144,10 @@ func runClients(cfg config, log *slog.Logger) error {
 		return fmt.Errorf("full sync: only %d of %d clients synced", syncedN.Load(), cfg.clients)
 	}
 	fmt.Printf("synced %.1f\n", float64(time.Since(start).Microseconds())/1000)
+	slices.Sort(syncTimes)
+	fmt.Fprintf(os.Stderr, "clients synced: first %v, median %v, last %v; %.0f ms of the clients' CPU\n",
+		syncTimes[0].Round(time.Millisecond), syncTimes[len(syncTimes)/2].Round(time.Millisecond), syncTimes[len(syncTimes)-1].Round(time.Millisecond),
+		float64((cpuTime()-cpu0).Microseconds())/1000)
 
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {

@@ -136,7 +136,7 @@ func runController(cfg config, log *slog.Logger) error {
 	}
 	child := exec.CommandContext(ctx, self, "-role=clients", "-addr="+lis.Addr().String(), "-dir="+dir,
 		"-clients="+strconv.Itoa(cfg.clients), "-pods="+strconv.Itoa(cfg.pods), "-services="+strconv.Itoa(cfg.services),
-		"-cpuprofile="+os.Getenv("BENCH_CLIENTS_CPUPROFILE"))
+		"-cpuprofile="+os.Getenv("BENCH_CLIENTS_CPUPROFILE"), "-decode-resources="+strconv.FormatBool(cfg.decodeResources))
 	child.Stderr = os.Stderr
 	in, err := child.StdinPipe()
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"ambit.dev/controller/internal/app"
+	"k8s.io/klog/v2"
 )
 
 func main() {
@@ -24,7 +25,8 @@ func main() {
 	flag.StringVar(&cfg.ConfigDir, "config-dir", "", "read Kubernetes objects from the YAML files in `DIR` (local mode) instead of the API server")
 	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig `file`; empty means in-cluster config")
 	flag.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of workload identities")
-	flag.StringVar(&cfg.CADir, "ca-dir", "", "`DIR` holding the CA root key and certificate, created on first start; empty keeps the root in memory")
+	flag.StringVar(&cfg.CADir, "ca-dir", "", "`DIR` holding the CA root key and certificate (root-cert.pem, root-key.pem), created on first start; folder mode's store: empty there keeps the root in memory")
+	flag.StringVar(&cfg.CASecret, "ca-secret", "", "Kubernetes mode: Secret `[NAMESPACE/]NAME` holding the CA root, created on first start (default ambit-ca in the controller's namespace, $POD_NAMESPACE or ambit-system)")
 	flag.StringVar(&cfg.GRPCAddr, "grpc-addr", ":15012", "config push and CA gRPC address")
 	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", ":15014", "address of /metrics, /healthz and /readyz (\"-\" disables)")
 	flag.StringVar(&tokenDir, "token-dir", "", "folder mode: `DIR` with one token file per node (file name = node name) that proxies authenticate with")
@@ -46,6 +48,8 @@ func main() {
 		h = slog.NewJSONHandler(os.Stderr, opts)
 	}
 	log := slog.New(h)
+	// client-go (informers, leader election) logs through klog: into the same handler.
+	klog.SetSlogLogger(log.With("component", "client-go"))
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
+	"ambit.dev/controller/internal/caserver"
 	"ambit.dev/controller/internal/model"
 	"ambit.dev/controller/internal/source"
 )
@@ -59,10 +60,15 @@ type Config struct {
 	Kubeconfig string
 	// TrustDomain of workload identities; default cluster.local.
 	TrustDomain string
-	// CADir holds the CA root (root-cert.pem, root-key.pem), created on first start. Empty
-	// keeps the root in memory only, which is for tests: proxies' certificates then stop
-	// verifying after a restart.
+	// CADir holds the CA root (root-cert.pem, root-key.pem), created on first start: the
+	// folder mode's store. Empty in folder mode keeps the root in memory only, which is for
+	// tests: proxies' certificates then stop verifying after a restart.
 	CADir string
+	// CASecret ("NAMESPACE/NAME" or "NAME" in the controller's namespace) is the Secret that
+	// holds the CA root in Kubernetes mode, created on first start by whichever replica gets
+	// there first. Default ambit-ca in the controller's namespace unless CADir is set; it
+	// cannot be combined with CADir, nor used in folder mode.
+	CASecret string
 	// GRPCAddr is the config push and CA address; default :15012.
 	GRPCAddr string
 	// MetricsAddr serves /metrics, /healthz and /readyz; default :15014. "-" disables it.
@@ -100,6 +106,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ConfigDir != "" && c.LeaderElect {
 		return c, errors.New("leader election needs Kubernetes mode, not a config dir")
 	}
+	if c.ConfigDir != "" && c.CASecret != "" {
+		return c, errors.New("a ca secret needs Kubernetes mode; in folder mode the root lives in the ca dir")
+	}
+	if c.CADir != "" && c.CASecret != "" {
+		return c, errors.New("ca dir and ca secret are mutually exclusive")
+	}
 	if c.GRPCAddr == "" {
 		c.GRPCAddr = ":15012"
 	}
@@ -111,6 +123,14 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.LeaseNamespace == "" {
 		c.LeaseNamespace = model.DefaultRootNS
+	}
+	if c.ConfigDir == "" && c.CADir == "" && c.CASecret == "" {
+		c.CASecret = c.LeaseNamespace + "/" + caserver.DefaultCASecretName
+	}
+	if c.CASecret != "" {
+		if _, _, err := caserver.ParseSecretRef(c.CASecret, c.LeaseNamespace); err != nil {
+			return c, fmt.Errorf("ca secret: %w", err)
+		}
 	}
 	if c.LeaseName == "" {
 		c.LeaseName = "ambit-controller"
@@ -133,13 +153,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("controller config: %w", err)
 	}
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
-	var ca *identity.CA
-	if cfg.CADir != "" {
-		ca, err = identity.LoadOrCreateCA(cfg.CADir, identity.CAOptions{TrustDomain: td, Logger: log.With("component", "ca")})
-	} else {
-		log.Warn("no CA dir: the CA root lives in memory and changes at every restart")
-		ca, err = identity.NewCA(identity.CAOptions{TrustDomain: td, Logger: log.With("component", "ca")})
+	caOpts := identity.CAOptions{TrustDomain: td, Logger: log.With("component", "ca")}
+
+	var clients source.KubeClients
+	if cfg.ConfigDir == "" {
+		rc, err := restConfig(cfg.Kubeconfig)
+		if err != nil {
+			return err
+		}
+		if clients, err = newClients(rc); err != nil {
+			return err
+		}
 	}
+	ca, err := loadCA(ctx, cfg, caOpts, clients.Kube, log)
 	if err != nil {
 		return fmt.Errorf("ca: %w", err)
 	}
@@ -165,14 +191,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		src = f
 	} else {
-		rc, err := restConfig(cfg.Kubeconfig)
-		if err != nil {
-			return err
-		}
-		clients, err := newClients(rc)
-		if err != nil {
-			return err
-		}
 		deps.Kube = clients.Kube
 		src = source.NewKube(clients, store, log.With("component", "kube"), 0)
 		if cfg.LeaderElect {
@@ -237,6 +255,25 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	err = g.Wait()
 	log.Info("controller stopped")
 	return err
+}
+
+// loadCA returns the CA: its root from the Secret (Kubernetes mode), from the CA dir, or a
+// fresh one in memory.
+func loadCA(ctx context.Context, cfg Config, opts identity.CAOptions, kube kubernetes.Interface, log *slog.Logger) (*identity.CA, error) {
+	switch {
+	case cfg.CASecret != "":
+		ns, name, err := caserver.ParseSecretRef(cfg.CASecret, cfg.LeaseNamespace)
+		if err != nil {
+			return nil, err
+		}
+		s := &caserver.SecretCA{Client: kube, Namespace: ns, Name: name, CA: opts, Logger: log.With("component", "ca")}
+		return s.Load(ctx)
+	case cfg.CADir != "":
+		return identity.LoadOrCreateCA(cfg.CADir, opts)
+	default:
+		log.Warn("no CA dir: the CA root lives in memory and changes at every restart")
+		return identity.NewCA(opts)
+	}
 }
 
 // group runs functions until ctx ends; the first error cancels the rest.

@@ -100,6 +100,9 @@ func TestConfigValidation(t *testing.T) {
 		{"leader election in folder mode", Config{ConfigDir: "x", LeaderElect: true}, "leader election"},
 		{"bad trust domain", Config{ConfigDir: "x", TrustDomain: "Not A Domain"}, "trust domain"},
 		{"missing dir", Config{ConfigDir: "/nonexistent/ambit", MetricsAddr: "-"}, "nonexistent"},
+		{"ca secret in folder mode", Config{ConfigDir: "x", CASecret: "ambit-ca"}, "ca secret needs Kubernetes mode"},
+		{"ca secret and ca dir", Config{Kubeconfig: "y", CADir: "x", CASecret: "ambit-ca"}, "mutually exclusive"},
+		{"bad ca secret", Config{Kubeconfig: "y", CASecret: "ns/Not_A_Name"}, "ca secret"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -121,4 +124,32 @@ func get(url string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// Kubernetes mode keeps the root in a Secret of the controller's namespace unless told
+// otherwise; folder mode never does.
+func TestCASecretDefault(t *testing.T) {
+	t.Setenv("POD_NAMESPACE", "mesh-system")
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"kubernetes mode", Config{Kubeconfig: "k"}, "mesh-system/ambit-ca"},
+		{"in-cluster", Config{}, "mesh-system/ambit-ca"},
+		{"explicit", Config{CASecret: "other/root"}, "other/root"},
+		{"kubernetes mode with a ca dir", Config{CADir: "/ca"}, ""},
+		{"folder mode", Config{ConfigDir: "x"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cfg.Identity = "test"
+			c, err := tc.cfg.withDefaults()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.CASecret != tc.want {
+				t.Errorf("CASecret = %q, want %q", c.CASecret, tc.want)
+			}
+		})
+	}
 }

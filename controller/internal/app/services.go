@@ -106,15 +106,7 @@ func nodeHasIdentity(idx *model.Index, node string, id spiffeid.ID) bool {
 		if !ok || w.GetNode() != node {
 			continue
 		}
-		tdName := w.GetTrustDomain()
-		if tdName == "" {
-			tdName = idx.Options().TrustDomain
-		}
-		td, err := spiffeid.TrustDomainFromString(tdName)
-		if err != nil {
-			continue
-		}
-		if wid, err := identity.WorkloadID(td, w.GetNamespace(), w.GetServiceAccount()); err == nil && wid == id {
+		if wid, err := identity.WorkloadIdentity(w, id.TrustDomain()); err == nil && wid == id {
 			return true
 		}
 	}

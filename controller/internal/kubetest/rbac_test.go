@@ -27,13 +27,14 @@ func TestControllerRBAC(t *testing.T) {
 	type check struct {
 		verb, group, resource, namespace string
 		allowed                          bool
+		name                             string // resource name, for rules with resourceNames
 	}
 	var checks []check
 	allow := func(verb, group, resource, namespace string) {
-		checks = append(checks, check{verb, group, resource, namespace, true})
+		checks = append(checks, check{verb, group, resource, namespace, true, ""})
 	}
 	deny := func(verb, group, resource, namespace string) {
-		checks = append(checks, check{verb, group, resource, namespace, false})
+		checks = append(checks, check{verb, group, resource, namespace, false, ""})
 	}
 	for _, r := range []struct{ group, resource string }{
 		{"", "namespaces"}, {"", "pods"}, {"", "services"}, {"", "serviceaccounts"},
@@ -59,11 +60,21 @@ func TestControllerRBAC(t *testing.T) {
 	deny("escalate", "rbac.authorization.k8s.io", "clusterroles", "")
 	deny("bind", "rbac.authorization.k8s.io", "clusterroles", "")
 
-	// Its own namespace: the leader-election Lease and the root CA Secret.
+	// Its own namespace: the leader-election Lease and the root CA Secret (ambit-ca): get
+	// that Secret only, create (which RBAC cannot restrict by name), nothing else.
 	for _, verb := range []string{"get", "create", "update"} {
 		allow(verb, "coordination.k8s.io", "leases", ns)
-		allow(verb, "", "secrets", ns)
 	}
+	checks = append(checks,
+		check{"get", "", "secrets", ns, true, "ambit-ca"},
+		check{"get", "", "secrets", ns, false, "other"},
+		check{"get", "", "secrets", ns, false, ""},
+		check{"create", "", "secrets", ns, true, ""},
+		check{"update", "", "secrets", ns, false, "ambit-ca"},
+		check{"patch", "", "secrets", ns, false, "ambit-ca"},
+		check{"delete", "", "secrets", ns, false, "ambit-ca"},
+		check{"watch", "", "secrets", ns, false, "ambit-ca"},
+	)
 	deny("delete", "", "secrets", ns)
 	deny("list", "", "secrets", ns)
 	// Nobody else's secrets or leases.
@@ -82,6 +93,9 @@ func TestControllerRBAC(t *testing.T) {
 		if ch.group != "" {
 			kind += "." + ch.group
 		}
+		if ch.name != "" {
+			kind += " " + ch.name
+		}
 		name := fmt.Sprintf("%s %s %s", ch.verb, kind, where)
 		resource, subresource := ch.resource, ""
 		for i := range resource {
@@ -94,7 +108,7 @@ func TestControllerRBAC(t *testing.T) {
 			User:   user,
 			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
 			ResourceAttributes: &authorizationv1.ResourceAttributes{
-				Verb: ch.verb, Group: ch.group, Resource: resource, Subresource: subresource, Namespace: ch.namespace,
+				Verb: ch.verb, Group: ch.group, Resource: resource, Subresource: subresource, Namespace: ch.namespace, Name: ch.name,
 			},
 		}}
 		got, err := c.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})

@@ -613,7 +613,7 @@ func (x *Index) inputs(ns string) *WorkloadInputs {
 // Workload, Service and Waypoint, and only the Authorizations that apply to some workload on
 // its node; a waypoint gets every Workload, Service and Waypoint, the Authorizations that
 // target it (targetRefs to its Gateway, or to a Service bound to it) and the RouteConfigs of
-// the Services bound to it. The inner maps of the shared types are shared snapshots.
+// the Services bound to it or whose endpoints are. The inner maps of the shared types are shared snapshots.
 func (x *Index) For(p Proxy) Resources {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
@@ -668,6 +668,20 @@ func (x *Index) For(p Proxy) Resources {
 			bound[s.Namespace+"/"+s.Name] = true
 			if rc, ok := x.res[configv1.RouteConfigTypeURL][name]; ok {
 				routes[name] = rc
+			}
+		}
+		// A service-account (or namespace) waypoint takes the Services whose endpoints are
+		// bound to it: ztunnel hands it their traffic addressed to the VIP, and it routes by
+		// their RouteConfigs.
+		for _, r := range x.res[configv1.WorkloadTypeURL] {
+			w := r.Message.(*configv1.Workload)
+			if w.Waypoint.GetIdentity() != id {
+				continue
+			}
+			for svc := range w.Services {
+				if rc, ok := x.res[configv1.RouteConfigTypeURL][svc]; ok {
+					routes[svc] = rc
+				}
 			}
 		}
 		for name, r := range x.res[configv1.AuthorizationTypeURL] {

@@ -310,3 +310,27 @@ func TestIndexSelectorShortcut(t *testing.T) {
 		}
 	}
 }
+
+// A service-account waypoint gets the RouteConfigs of the Services whose endpoints run as
+// that service account: ztunnel sends it their traffic addressed to the VIP.
+func TestIndexForServiceAccountWaypoint(t *testing.T) {
+	objs := labObjects()
+	svc := objs[4].(*corev1.Service)
+	delete(svc.Labels, LabelUseWaypoint) // the Service is not bound itself
+	r := objs[len(objs)-1].(*gatewayv1.HTTPRoute)
+	r.Spec.ParentRefs[0].Name = "server"
+	r.Spec.ParentRefs[0].Port = nil
+	sa := &corev1.ServiceAccount{ObjectMeta: meta("shop", "server", map[string]string{LabelUseWaypoint: "sa-wp"})}
+	objs = append(objs, sa, waypointGW("shop", "sa-wp", "serviceaccount", "10.0.3.2"))
+	x, errs := Build(Options{}, objs)
+	if len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	res := x.For(Proxy{ID: "sa-wp", Kind: KindWaypoint, Namespace: "shop", Name: "sa-wp"})
+	if got := names(res[configv1.RouteConfigTypeURL]); !slices.Equal(got, []string{"shop/server.shop.svc.cluster.local"}) {
+		t.Fatalf("service-account waypoint routes %v, want the server Service's", got)
+	}
+	if got := names(x.For(Proxy{ID: "wp", Kind: KindWaypoint, Namespace: "shop", Name: "wp"})[configv1.RouteConfigTypeURL]); len(got) != 0 {
+		t.Fatalf("the service waypoint, bound to nothing now, got routes %v", got)
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	configv1 "ambit.dev/proto/config/v1"
@@ -44,6 +46,11 @@ func ConvertHTTPRoute(r *gatewayv1.HTTPRoute, domain string) ([]AttachedRoutes, 
 	const kind = "HTTPRoute"
 	bad := func(field, format string, args ...any) error {
 		return objErr(kind, r.Namespace, r.Name, field, format, args...)
+	}
+	fault, err := routeFault(r.Annotations)
+	if err != nil {
+		e := err.(*fieldErr)
+		return nil, bad(e.field, "%w", e.err)
 	}
 	var entries []RouteEntry
 	for i, rule := range r.Spec.Rules {
@@ -147,7 +154,7 @@ func ConvertHTTPRoute(r *gatewayv1.HTTPRoute, domain string) ([]AttachedRoutes, 
 				return nil, bad(f+e.field, "%w", e.err)
 			}
 			entries = append(entries, RouteEntry{
-				Route:   &configv1.Route{Name: name, Matches: []*configv1.RouteMatch{rm}, Backends: backends, Timeouts: timeouts, Retry: retry},
+				Route:   &configv1.Route{Name: name, Matches: []*configv1.RouteMatch{rm}, Backends: backends, Timeouts: timeouts, Retry: retry, Fault: fault},
 				created: r.CreationTimestamp.Time,
 				route:   r.Namespace + "/" + r.Name,
 				rule:    i,
@@ -300,4 +307,53 @@ func compareEntries(a, b RouteEntry) int {
 
 func pathLen(m *configv1.RouteMatch) int {
 	return len(m.GetPath().GetExact()) + len(m.GetPath().GetPrefix())
+}
+
+// Fault injection for tests and drills: Gateway API has no standard filter for it, so an
+// HTTPRoute carries it in annotations that apply to all of its rules:
+//
+//	fault.ambit.dev/abort: "30% 503"   answer 30% of requests with 503, unforwarded
+//	fault.ambit.dev/delay: "10% 2s"    hold 10% of requests for 2 s before routing them
+const (
+	AnnotationFaultAbort = "fault.ambit.dev/abort"
+	AnnotationFaultDelay = "fault.ambit.dev/delay"
+)
+
+// routeFault reads the fault annotations; nil when there are none.
+func routeFault(ann map[string]string) (*configv1.Fault, error) {
+	var f *configv1.Fault
+	parse := func(key string) (float64, string, error) {
+		pct, rest, ok := strings.Cut(strings.TrimSpace(ann[key]), " ")
+		p, err := strconv.ParseFloat(strings.TrimSuffix(pct, "%"), 64)
+		if !ok || !strings.HasSuffix(pct, "%") || err != nil || p < 0 || p > 100 {
+			return 0, "", &fieldErr{"metadata.annotations[" + key + "]", fmt.Errorf("%q: want \"<percent>%% <value>\" with a percent in [0, 100]", ann[key])}
+		}
+		return p, strings.TrimSpace(rest), nil
+	}
+	if _, ok := ann[AnnotationFaultAbort]; ok {
+		p, v, err := parse(AnnotationFaultAbort)
+		if err != nil {
+			return nil, err
+		}
+		code, err := strconv.Atoi(v)
+		if err != nil || code < 200 || code > 599 {
+			return nil, &fieldErr{"metadata.annotations[" + AnnotationFaultAbort + "]", fmt.Errorf("status %q is not an HTTP status in [200, 599]", v)}
+		}
+		f = &configv1.Fault{Abort: &configv1.Fault_Abort{Percentage: p, Status: uint32(code)}}
+	}
+	if _, ok := ann[AnnotationFaultDelay]; ok {
+		p, v, err := parse(AnnotationFaultDelay)
+		if err != nil {
+			return nil, err
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > time.Hour {
+			return nil, &fieldErr{"metadata.annotations[" + AnnotationFaultDelay + "]", fmt.Errorf("delay %q is not a duration in (0, 1h]", v)}
+		}
+		if f == nil {
+			f = &configv1.Fault{}
+		}
+		f.Delay = &configv1.Fault_Delay{Percentage: p, Delay: durationpb.New(d)}
+	}
+	return f, nil
 }

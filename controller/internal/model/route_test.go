@@ -1,6 +1,7 @@
 package model
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -139,6 +140,37 @@ func TestBuildRouteConfigPrecedence(t *testing.T) {
 	for i := range want {
 		if names[i] != want[i] {
 			t.Fatalf("routes %v, want %v", names, want)
+		}
+	}
+}
+
+func TestRouteFaultAnnotations(t *testing.T) {
+	r := httpRoute("shop", "reviews", gatewayv1.HTTPRouteRule{BackendRefs: []gatewayv1.HTTPBackendRef{backend("reviews", 9080, nil)}})
+	r.Annotations = map[string]string{AnnotationFaultAbort: "30% 503", AnnotationFaultDelay: "12.5% 2s"}
+	out, err := ConvertHTTPRoute(r, "cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &configv1.Fault{
+		Abort: &configv1.Fault_Abort{Percentage: 30, Status: 503},
+		Delay: &configv1.Fault_Delay{Percentage: 12.5, Delay: durationpb.New(2 * time.Second)},
+	}
+	if len(out) != 1 || len(out[0].Entries) != 1 || !proto.Equal(out[0].Entries[0].Route.Fault, want) {
+		t.Fatalf("fault = %v, want %v", out, want)
+	}
+	for _, bad := range []map[string]string{
+		{AnnotationFaultAbort: "30 503"},
+		{AnnotationFaultAbort: "130% 503"},
+		{AnnotationFaultAbort: "30% 99"},
+		{AnnotationFaultDelay: "10% forever"},
+		{AnnotationFaultDelay: "10%"},
+	} {
+		r.Annotations = bad
+		_, err := ConvertHTTPRoute(r, "cluster.local")
+		for k := range bad {
+			if err == nil || !strings.Contains(err.Error(), "metadata.annotations["+k+"]") {
+				t.Fatalf("%v: err %v, want one naming the annotation", bad, err)
+			}
 		}
 	}
 }

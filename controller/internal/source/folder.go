@@ -268,3 +268,28 @@ func defaultLabPod(p *corev1.Pod) {
 		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
 	}
 }
+
+// ParseFile checks a file as the folder source would read it: every document a supported
+// kind with a name, decoded strictly. `ambitctl lab apply` refuses a file that fails here
+// before it reaches the controller's folder.
+func ParseFile(path string, data []byte) ([]runtime.Object, error) {
+	s, err := NewScheme()
+	if err != nil {
+		return nil, err
+	}
+	f := &Folder{decoder: strictDecoder(s)}
+	objs, err := f.decode(path, data)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]string, 0, len(objs))
+	for k := range objs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]runtime.Object, 0, len(objs))
+	for _, k := range keys {
+		out = append(out, objs[k])
+	}
+	return out, nil
+}

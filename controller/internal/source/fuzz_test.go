@@ -23,12 +23,14 @@ func FuzzFolderDecode(f *testing.F) {
 	f.Add([]byte(goodPolicy))
 	f.Add([]byte("---\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {clusterIPs: [\"::1\"], ports: [{port: 80, targetPort: x}]}\n"))
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// The decoder (a scheme of every Kubernetes type we read) is built once: building it
+	// per input made each execution take most of a second under the fuzzer.
+	fo, err := NewFolder(f.TempDir(), nil, log, 0)
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s := NewStore(model.NewIndex(model.Options{}), log, StoreOptions{})
-		fo, err := NewFolder(t.TempDir(), s, log, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
 		objs, err := fo.decode("fuzz.yaml", data)
 		if err != nil {
 			return

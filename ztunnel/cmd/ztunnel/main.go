@@ -27,15 +27,31 @@ func main() {
 	flag.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:15000", "admin listener (/config_dump); keep it on loopback")
 	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", ":15020", "Prometheus metrics listener")
 	flag.StringVar(&cfg.ReadyAddr, "ready-addr", ":15021", "readiness listener (/healthz/ready)")
+	flag.DurationVar(&cfg.DrainPeriod, "drain-period", app.DefaultDrainPeriod, "after handing over (or on shutdown), how long open connections may go on before they are closed")
+	flag.DurationVar(&cfg.HandoverGrace, "handover-grace", app.DefaultHandoverGrace, "on SIGTERM, how long to keep serving while waiting for a new ztunnel to take over before draining anyway")
+	flag.StringVar(&cfg.LocalConfig, "local-config", "", "standalone mode: read the mesh from this YAML/JSON file (see examples/ztunnel-local.yaml) instead of the controller, and sign certificates with a local root; --controller, --token-file and --root-cert are then unused")
+	flag.StringVar(&cfg.LocalCADir, "local-ca-dir", "", "standalone mode: directory of the self-signed root (root-cert.pem, root-key.pem), created on first start (default <state-dir>/ca); ztunnels that must trust each other share it")
+	flag.DurationVar(&cfg.CaptureCheck, "capture-check-interval", app.DefaultCaptureCheck, "how often every captured pod's iptables rules are checked and repaired if changed behind ztunnel's back; negative: never")
 	flag.TextVar(level, "log-level", new(slog.LevelVar), "log level: debug, info, warn or error")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: ztunnel [flags]\n\nambit's node proxy. Pods are handed over through the node API (--node-api);\nconfiguration and certificates come from the controller (--controller).\n\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: ztunnel [flags]\n\nambit's node proxy. Pods are handed over through the node API (--node-api);\nconfiguration and certificates come from the controller (--controller), or, standalone,\nfrom a local file and a local root (--local-config, --local-ca-dir).\n\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	// SIGTERM (Kubernetes) waits --handover-grace for a successor before draining; SIGINT
+	// (an operator, or a lab going down) drains at once.
+	ctx, stop := context.WithCancelCause(context.Background())
+	defer stop(nil)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		if s := <-sigs; s == syscall.SIGINT {
+			stop(app.ErrStopNow)
+		} else {
+			stop(context.Canceled)
+		}
+	}()
 	if err := app.Run(ctx, cfg); err != nil {
 		cfg.Logger.Error("ztunnel failed", "err", err)
 		os.Exit(1)

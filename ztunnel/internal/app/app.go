@@ -1,36 +1,40 @@
 // Package app assembles ztunnel: config from the controller over delta xDS, certificates
-// for the node's pods from the controller's CA, the pods handed over through the node API,
-// and the admin, metrics and readiness endpoints.
+// for the node's pods from the controller's CA (or, standalone, config from a local file
+// and certificates from a local root), the pods handed over through the node API, the
+// periodic check of their capture rules, and the admin, metrics and readiness endpoints.
 package app
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	configv1 "ambit.dev/proto/config/v1"
+	"ambit.dev/proto/health"
 	"ambit.dev/proto/identity"
+	"ambit.dev/proto/meshstate"
 	"ambit.dev/proto/nodeapi"
 	"ambit.dev/proto/xds"
 	"ambit.dev/ztunnel/internal/inpod"
+	"ambit.dev/ztunnel/internal/localconfig"
 	"ambit.dev/ztunnel/internal/proxy"
-	"ambit.dev/ztunnel/internal/state"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
@@ -51,14 +55,45 @@ type Config struct {
 	// AdminAddr serves /config_dump (keep it on loopback); MetricsAddr /metrics;
 	// ReadyAddr /healthz/ready.
 	AdminAddr, MetricsAddr, ReadyAddr string
-	Logger                            *slog.Logger
+	// DrainPeriod is how long connections may go on after this ztunnel stops accepting
+	// (hand-over or shutdown) before they are closed; zero closes them at once.
+	DrainPeriod time.Duration
+	// HandoverGrace is how long a ztunnel told to stop (SIGTERM) keeps serving while it waits
+	// for a successor to take its pods over; then it drains and exits anyway. Zero drains at
+	// once.
+	HandoverGrace time.Duration
+	// LocalConfig, when set, is standalone mode: the mesh comes from this file (package
+	// localconfig) instead of the controller, re-read when it changes, and certificates are
+	// signed by a local root in LocalCADir (default <StateDir>/ca), created on first start.
+	// Controller, TokenFile and RootCert are not used. Standalone ztunnels trust each other
+	// only when they share that root, i.e. the directory's two files.
+	LocalConfig string
+	LocalCADir  string
+	// CaptureCheck is how often every captured pod's rules are compared with what ztunnel
+	// installed, and repaired; DefaultCaptureCheck when zero, never when negative.
+	CaptureCheck time.Duration
+	Logger       *slog.Logger
 }
 
+// Defaults of cmd/ztunnel's --drain-period and --handover-grace. Together with a few seconds
+// for the successor's start, they fit in Kubernetes' default termination grace period of 30 s.
+const (
+	DefaultDrainPeriod   = 5 * time.Second
+	DefaultHandoverGrace = 15 * time.Second
+)
+
+// DefaultCaptureCheck is how often the capture rules of every pod are checked for changes
+// made behind ztunnel's back (cmd/ztunnel's --capture-check-interval).
+const DefaultCaptureCheck = 15 * time.Second
+
 func (c Config) validate() error {
-	for _, f := range []struct{ name, v string }{
-		{"node", c.Node}, {"controller", c.Controller}, {"token-file", c.TokenFile}, {"root-cert", c.RootCert},
-		{"state-dir", c.StateDir}, {"node-api", c.NodeAPI},
-	} {
+	required := []struct{ name, v string }{{"node", c.Node}, {"state-dir", c.StateDir}, {"node-api", c.NodeAPI}}
+	if c.LocalConfig == "" {
+		required = append(required, []struct{ name, v string }{
+			{"controller", c.Controller}, {"token-file", c.TokenFile}, {"root-cert", c.RootCert},
+		}...)
+	}
+	for _, f := range required {
 		if f.v == "" {
 			return fmt.Errorf("ztunnel config: --%s is required", f.name)
 		}
@@ -66,88 +101,120 @@ func (c Config) validate() error {
 	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
 		return fmt.Errorf("ztunnel config: --trust-domain: %w", err)
 	}
+	if c.DrainPeriod < 0 {
+		return fmt.Errorf("ztunnel config: --drain-period must not be negative")
+	}
+	if c.HandoverGrace < 0 {
+		return fmt.Errorf("ztunnel config: --handover-grace must not be negative")
+	}
 	return nil
 }
 
-// LoadBundle reads a PEM file of root certificates into a bundle for td.
-func LoadBundle(td spiffeid.TrustDomain, path string) (*x509bundle.Bundle, error) {
-	b, err := os.ReadFile(path)
+// loadLocalCA loads the standalone root from dir, or creates it on the first start. Two
+// ztunnels starting at once on a shared dir may race to create it: the loser loads the
+// winner's root.
+func loadLocalCA(dir string, td spiffeid.TrustDomain, log *slog.Logger) (*identity.CA, error) {
+	opts := identity.CAOptions{TrustDomain: td, Logger: log.With("component", "local-ca")}
+	ca, err := identity.LoadOrCreateCA(dir, opts)
 	if err != nil {
-		return nil, fmt.Errorf("read root certificate: %w", err)
-	}
-	var roots []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
+		time.Sleep(200 * time.Millisecond)
+		if ca, err = identity.LoadOrCreateCA(dir, opts); err != nil {
+			return nil, fmt.Errorf("local ca: %w", err)
 		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("root certificate %s: %w", path, err)
-		}
-		roots = append(roots, c)
 	}
-	if len(roots) == 0 {
-		return nil, fmt.Errorf("root certificate %s: no PEM certificate in it", path)
-	}
-	return x509bundle.FromX509Authorities(td, roots), nil
+	return ca, nil
 }
 
-// Run runs ztunnel until ctx ends.
+// ErrStopNow, as the cause of Run's context ending (context.WithCancelCause), stops ztunnel
+// without waiting for a successor: it drains at once. cmd/ztunnel uses it for SIGINT.
+var ErrStopNow = errors.New("stop without waiting for a successor")
+
+// Run runs ztunnel until ctx ends, then shuts down gracefully: it keeps serving until a
+// successor takes its pods over (or HandoverGrace passes), then drains for DrainPeriod.
+// When another ztunnel already serves the node API, Run takes its pods over once the config
+// is in and then takes the node API's socket path; that ztunnel drains and exits.
 func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
 	log := cfg.Logger
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
-	bundle, err := LoadBundle(td, cfg.RootCert)
-	if err != nil {
-		return err
-	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	cc, err := xds.Dial(xds.DialOptions{Address: cfg.Controller, Token: xds.TokenFile(cfg.TokenFile), Bundle: bundle, ServerID: xds.ControllerID(td)})
-	if err != nil {
+	if err := os.MkdirAll(filepath.Dir(cfg.NodeAPI), 0o755); err != nil {
 		return err
 	}
-	defer cc.Close()
+	st := meshstate.New()
+	var (
+		synced atomic.Bool
+		bundle *x509bundle.Bundle
+		signer identity.Signer
+		feed   func(context.Context) error // keeps st in step with the config source
+		source string                      // for the start line
+	)
+	if cfg.LocalConfig != "" {
+		caDir := cfg.LocalCADir
+		if caDir == "" {
+			caDir = filepath.Join(cfg.StateDir, "ca")
+		}
+		ca, err := loadLocalCA(caDir, td, log)
+		if err != nil {
+			return err
+		}
+		bundle, signer = ca.Bundle(), ca
+		src := &localconfig.Source{Path: cfg.LocalConfig, State: st, Logger: log.With("component", "localconfig")}
+		if err := src.Load(); err != nil {
+			return err
+		}
+		synced.Store(true)
+		feed, source = src.Run, "local config "+cfg.LocalConfig
+	} else {
+		var err error
+		if bundle, err = identity.LoadBundle(td, cfg.RootCert); err != nil {
+			return err
+		}
+		cc, err := xds.Dial(xds.DialOptions{Address: cfg.Controller, Token: xds.TokenFile(cfg.TokenFile), Bundle: bundle, ServerID: xds.ControllerID(td)})
+		if err != nil {
+			return err
+		}
+		defer cc.Close()
+		signer = xds.NewCAClient(cc)
+		pending := map[string]bool{}
+		for _, t := range configv1.TypeURLs {
+			pending[t] = true
+		}
+		client, err := xds.NewClient(cc, xds.Config{
+			Node:     xds.NodeInfo{ID: "ztunnel~" + cfg.Node, Node: cfg.Node, Kind: xds.KindZtunnel},
+			TypeURLs: configv1.TypeURLs,
+			Logger:   log.With("component", "xds"),
+			Handler: xds.HandlerFunc(func(typeURL string, upserts map[string]xds.Resource, removals []string) error {
+				msgs := make(map[string]proto.Message, len(upserts))
+				for k, r := range upserts {
+					msgs[k] = r.Message
+				}
+				if err := st.Apply(typeURL, msgs, removals); err != nil {
+					return err
+				}
+				delete(pending, typeURL)
+				if len(pending) == 0 {
+					synced.Store(true)
+				}
+				return nil
+			}),
+		})
+		if err != nil {
+			return err
+		}
+		feed, source = client.Run, "controller "+cfg.Controller
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	certs := identity.NewManager(identity.ManagerOptions{Signer: xds.NewCAClient(cc), Logger: log.With("component", "certs")})
-	st := state.New()
-	node := &proxy.Node{State: st, Certs: certs.Certificate, Bundle: bundle, TrustDomain: td, Logger: log, Metrics: proxy.NewMetrics(reg)}
+	certs := identity.NewManager(identity.ManagerOptions{Signer: signer, Logger: log.With("component", "certs")})
+	node := &proxy.Node{State: st, Certs: certs.Certificate, Prefetch: certs.Prefetch, Bundle: bundle, TrustDomain: td, Logger: log, Metrics: proxy.NewMetrics(reg)}
 	pods := inpod.NewManager(node, st, inpod.Netns{}, cfg.StateDir, log.With("component", "inpod"))
 
-	var synced atomic.Bool
-	pending := map[string]bool{}
-	for _, t := range configv1.TypeURLs {
-		pending[t] = true
-	}
-	client, err := xds.NewClient(cc, xds.Config{
-		Node:     xds.NodeInfo{ID: "ztunnel~" + cfg.Node, Node: cfg.Node, Kind: xds.KindZtunnel},
-		TypeURLs: configv1.TypeURLs,
-		Logger:   log.With("component", "xds"),
-		Handler: xds.HandlerFunc(func(typeURL string, upserts map[string]xds.Resource, removals []string) error {
-			msgs := make(map[string]proto.Message, len(upserts))
-			for k, r := range upserts {
-				msgs[k] = r.Message
-			}
-			if err := st.Apply(typeURL, msgs, removals); err != nil {
-				return err
-			}
-			delete(pending, typeURL)
-			if len(pending) == 0 {
-				synced.Store(true)
-			}
-			return nil
-		}),
-	})
-	if err != nil {
-		return err
-	}
 	reconcile := make(chan struct{}, 1)
 	st.OnChange(func() {
 		select {
@@ -156,34 +223,19 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	})
 
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return certs.Run(ctx) })
-	g.Go(func() error { return client.Run(ctx) })
-	g.Go(func() error {
-		// Pods are restored once the first config is in, so that they are captured with
-		// the right identity rather than left waiting.
-		for !synced.Load() {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-		if err := pods.Restore(ctx); err != nil {
-			log.Warn("restore pods", "err", err)
-		}
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-reconcile:
-				pods.Reconcile(ctx)
-			}
-		}
-	})
+	// A ztunnel already serving the node API is the predecessor to take over from.
+	predecessor := live(cfg.NodeAPI)
+	if predecessor {
+		log.Info("another ztunnel serves the node API; taking over from it once the config is in", "node_api", cfg.NodeAPI)
+	}
+
+	var tookOver atomic.Bool
 	ready := func() error {
 		if !synced.Load() {
 			return errors.New("config not received from the controller yet")
+		}
+		if predecessor && !tookOver.Load() {
+			return errors.New("taking over from the previous ztunnel")
 		}
 		for _, c := range certs.Identities() {
 			if c.State != identity.StateValid && c.State != identity.StateRenewing && c.State != identity.StateRetrying {
@@ -192,54 +244,204 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		return nil
 	}
-	serve := func(name, addr string, h http.Handler) {
-		g.Go(func() error { return serveHTTP(ctx, name, "tcp", addr, h) })
+	// The HTTP listeners open first, so that an address in use fails the start before
+	// anything runs.
+	var (
+		servers []*http.Server
+		lns     []net.Listener
+	)
+	for _, s := range []struct {
+		name, addr string
+		h          http.Handler
+	}{
+		{"admin", cfg.AdminAddr, adminHandler(st, certs, pods)},
+		{"metrics", cfg.MetricsAddr, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})},
+		{"ready", cfg.ReadyAddr, health.ReadyHandler(ready)},
+	} {
+		if s.addr == "" {
+			continue
+		}
+		// SO_REUSEPORT: during a hand-over the old and the new ztunnel both listen.
+		lc := net.ListenConfig{Control: reusePort}
+		ln, err := lc.Listen(ctx, "tcp", s.addr)
+		if err != nil {
+			for _, ln := range lns {
+				ln.Close()
+			}
+			return fmt.Errorf("%s listener: %w", s.name, err)
+		}
+		lns = append(lns, ln)
+		servers = append(servers, &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second})
 	}
-	serve("admin", cfg.AdminAddr, adminHandler(st, certs, pods))
-	serve("metrics", cfg.MetricsAddr, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	serve("ready", cfg.ReadyAddr, readyHandler(ready))
-	_ = os.Remove(cfg.NodeAPI)
-	if err := os.MkdirAll(filepath.Dir(cfg.NodeAPI), 0o755); err != nil {
-		return err
+	// The components run until the shutdown below is complete, not until ctx ends: a
+	// ztunnel told to stop keeps serving until a successor takes over.
+	runCtx, stopRun := context.WithCancel(context.Background())
+	defer stopRun()
+	g, gctx := errgroup.WithContext(runCtx)
+	g.Go(func() error { return certs.Run(gctx) })
+	g.Go(func() error { return feed(gctx) })
+	for i, srv := range servers {
+		g.Go(func() error {
+			if err := srv.Serve(lns[i]); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("http %s: %w", lns[i].Addr(), err)
+			}
+			return nil
+		})
 	}
-	g.Go(func() error { return serveHTTP(ctx, "node-api", "unix", cfg.NodeAPI, pods.Handler()) })
-	log.Info("ztunnel started", "node", cfg.Node, "controller", cfg.Controller, "node_api", cfg.NodeAPI)
-	err = g.Wait()
-	pods.Close()
+	apiSrv := &http.Server{Handler: pods.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	serveAPI := func() error {
+		ln, err := listenUnixReplacing(cfg.NodeAPI)
+		if err != nil {
+			return fmt.Errorf("node api listener: %w", err)
+		}
+		g.Go(func() error {
+			if err := apiSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("node-api: %w", err)
+			}
+			return nil
+		})
+		return nil
+	}
+	if !predecessor {
+		if err := serveAPI(); err != nil {
+			for _, srv := range servers {
+				srv.Close()
+			}
+			stopRun()
+			_ = g.Wait()
+			return err
+		}
+	}
+	g.Go(func() error {
+		// Pods are restored once the first config is in, so that they are captured with
+		// the right identity rather than left waiting.
+		for !synced.Load() {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		if predecessor {
+			if err := pods.TakeOver(gctx, cfg.NodeAPI); err != nil {
+				log.Warn("take over from the previous ztunnel", "err", err)
+			}
+			// Only now the node API's path is ours: the CNI and the lab talk to us.
+			if err := serveAPI(); err != nil {
+				return err
+			}
+			tookOver.Store(true)
+		} else if err := pods.Restore(gctx); err != nil {
+			log.Warn("restore pods", "err", err)
+		}
+		// The periodic check finds rules changed behind ztunnel's back, and pods whose
+		// network namespace went without a removal, between config changes.
+		var check <-chan time.Time
+		if cfg.CaptureCheck >= 0 {
+			iv := cfg.CaptureCheck
+			if iv == 0 {
+				iv = DefaultCaptureCheck
+			}
+			t := time.NewTicker(iv)
+			defer t.Stop()
+			check = t.C
+		}
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-reconcile:
+				pods.Reconcile(gctx)
+			case <-check:
+				pods.CheckCapture(gctx)
+			}
+		}
+	})
+	log.Info("ztunnel started", "node", cfg.Node, "config", source, "node_api", cfg.NodeAPI)
+
+	select {
+	case <-ctx.Done():
+		grace := cfg.HandoverGrace
+		if errors.Is(context.Cause(ctx), ErrStopNow) {
+			grace = 0
+		}
+		log.Info("shutdown requested; serving until a successor takes over", "grace", grace.String())
+		t := time.NewTimer(grace)
+		select {
+		case <-pods.HandedOver():
+			log.Info("a successor took over; draining")
+		case <-t.C:
+			log.Info("no successor took over; draining")
+		case <-gctx.Done():
+		}
+		t.Stop()
+	case <-pods.HandedOver():
+		log.Info("a successor took over; draining")
+	case <-gctx.Done():
+	}
+	// The successor serves the node's HTTP endpoints from now on.
+	for _, srv := range servers {
+		_ = srv.Close()
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainPeriod)
+	pods.Drain(dctx)
+	cancel()
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_ = apiSrv.Shutdown(sctx)
+	cancel()
+	stopRun()
+	err := g.Wait()
+	if err == nil && ctx.Err() == nil {
+		// Handed over without being told to stop: under Kubernetes, exiting now would
+		// restart this container, which would take the pods back. Wait for the signal.
+		log.Info("handed over and drained; waiting for the signal to exit")
+		<-ctx.Done()
+	}
+	log.Info("ztunnel stopped")
 	return err
 }
 
-func serveHTTP(ctx context.Context, name, network, addr string, h http.Handler) error {
-	if addr == "" {
-		return nil
+// live reports whether a process serves the unix socket at path. A socket file left by a
+// ztunnel that is gone is removed.
+func live(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return true
 	}
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		return fmt.Errorf("%s listener: %w", name, err)
+	if fi, serr := os.Lstat(path); serr == nil && fi.Mode()&os.ModeSocket != 0 {
+		_ = os.Remove(path)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	return nil
+	return false
 }
 
-func readyHandler(ready func() error) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
-		if err := ready(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
-	return mux
+// listenUnixReplacing listens on a unix socket at path, replacing whatever is there in one
+// step (bind beside, then rename over), so a client never finds the path missing. The file
+// is never unlinked on close: by then it may be a successor's.
+func listenUnixReplacing(path string) (*net.UnixListener, error) {
+	tmp := fmt.Sprintf("%s.%d", path, os.Getpid())
+	_ = os.Remove(tmp)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	ln.SetUnlinkOnClose(false)
+	if err := os.Rename(tmp, path); err != nil {
+		ln.Close()
+		_ = os.Remove(tmp)
+		return nil, err
+	}
+	return ln, nil
+}
+
+func reusePort(_, _ string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 // ConfigDump is what /config_dump returns and `ambitctl ztunnel-config` reads.
@@ -252,7 +454,7 @@ type ConfigDump struct {
 	Pods         []nodeapi.PodStatus `json:"pods"`
 }
 
-func adminHandler(st *state.State, certs *identity.Manager, pods *inpod.Manager) http.Handler {
+func adminHandler(st *meshstate.State, certs *identity.Manager, pods *inpod.Manager) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
 		dump := ConfigDump{Certificates: certs.Identities(), Pods: pods.Pods()}
@@ -274,5 +476,12 @@ func adminHandler(st *state.State, certs *identity.Manager, pods *inpod.Manager)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(dump)
 	})
+	// Go's profiles, for the figures in docs/benchmarks.md: the admin listener is loopback
+	// only, like Envoy's and ztunnel's admin.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
 }

@@ -2,6 +2,7 @@ package capture
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"ambit.dev/ztunnel/internal/netnstest"
+	"golang.org/x/sys/unix"
 )
 
 func testPair(t *testing.T) (pod, peer string) { return netnstest.Pair(t) }
@@ -35,10 +37,26 @@ func iptablesSave(t *testing.T, path string) string {
 	return strings.Join(keep, "\n")
 }
 
+// netState is everything Install may touch in a namespace: iptables rules of every table,
+// policy rules and routes of every table.
+func netState(t *testing.T, path string) string {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString(iptablesSave(t, path))
+	for _, argv := range [][]string{{"ip", "rule"}, {"ip", "route", "show", "table", "all"}, {"ip", "-6", "rule"}, {"ip", "-6", "route", "show", "table", "all"}} {
+		out, err := run(context.Background(), path, nil, argv...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "\n# %s\n%s", strings.Join(argv, " "), out)
+	}
+	return b.String()
+}
+
 func TestInstallRemoveLeavesNamespaceAsBefore(t *testing.T) {
 	pod, _ := testPair(t)
 	ctx := context.Background()
-	before := iptablesSave(t, pod)
+	before := netState(t, pod)
 	for range 2 { // idempotent
 		if err := Install(ctx, pod); err != nil {
 			t.Fatal(err)
@@ -48,8 +66,11 @@ func TestInstallRemoveLeavesNamespaceAsBefore(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("after Install twice: installed=%v err=%v\n%s", ok, err, iptablesSave(t, pod))
 	}
-	if n := strings.Count(iptablesSave(t, pod), "-j "+chainOutput); n != 1 {
-		t.Fatalf("%d jumps to %s after two installs, want 1", n, chainOutput)
+	if n := strings.Count(iptablesSave(t, pod), "-j "+chainOutput); n != 2 {
+		t.Fatalf("%d jumps to %s after two installs, want 2 (nat and mangle)", n, chainOutput)
+	}
+	if n := strings.Count(netState(t, pod), "lookup 100"); n != 1 {
+		t.Fatalf("%d policy rules after two installs, want 1:\n%s", n, netState(t, pod))
 	}
 	// Rules changed behind ztunnel's back are detected and repaired.
 	if _, err := run(ctx, pod, nil, "iptables", "-t", "nat", "-F", chainPrerouting); err != nil {
@@ -64,12 +85,28 @@ func TestInstallRemoveLeavesNamespaceAsBefore(t *testing.T) {
 	if ok, _ := Installed(ctx, pod); !ok {
 		t.Fatal("Install did not repair the flushed chain")
 	}
+	// So are a missing policy rule and a missing route.
+	if _, err := run(ctx, pod, nil, append([]string{"ip", "rule", "del"}, ipRule...)...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run(ctx, pod, nil, append([]string{"ip", "route", "del"}, ipRoute...)...); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := Installed(ctx, pod); ok {
+		t.Fatal("Installed did not notice the missing policy rule and route")
+	}
+	if err := Install(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := Installed(ctx, pod); !ok {
+		t.Fatalf("Install did not repair the policy routing:\n%s", netState(t, pod))
+	}
 	for range 2 {
 		if err := Remove(ctx, pod); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if after := iptablesSave(t, pod); after != before {
+	if after := netState(t, pod); after != before {
 		t.Fatalf("rules after removal differ from before:\n--- before\n%s\n--- after\n%s", before, after)
 	}
 }
@@ -126,7 +163,7 @@ func TestRedirection(t *testing.T) {
 		t.Fatalf("outbound original destination = %v, %v", dst, err)
 	}
 	// ztunnel's marked dial from inside the pod is not captured: it reaches the peer.
-	mc, err := Dial(ctx, pod, "10.250.0.2:9000")
+	mc, err := Dial(ctx, pod, "10.250.0.2:9000", DialOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,5 +209,153 @@ func TestInstallMissingNamespace(t *testing.T) {
 	err := Install(context.Background(), "/var/run/netns/ambit-does-not-exist")
 	if err == nil || !strings.Contains(err.Error(), "ambit-does-not-exist") {
 		t.Fatalf("install into a vanished namespace: %v", err)
+	}
+}
+
+// listenApp runs an application in the namespace that answers with the address it sees the
+// caller at.
+func listenApp(t *testing.T, ns, addr string) {
+	t.Helper()
+	var app net.Listener
+	err := InNetns(ns, func() error {
+		var err error
+		app, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Close() })
+	go func() {
+		for {
+			c, err := app.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.WriteString(c, c.RemoteAddr().String())
+			c.Close()
+		}
+	}()
+}
+
+// dialSeen dials addr from inside ns with o and returns where the application saw the
+// connection come from.
+func dialSeen(t *testing.T, ns, addr string, o DialOptions) netip.AddrPort {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, ns, addr, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return netip.MustParseAddrPort(string(b))
+}
+
+// TestTransparentDial is the inbound dial to an application: from inside the pod, from the
+// client's address, with the reply routed back to the dialling socket.
+func TestTransparentDial(t *testing.T) {
+	pod, _ := testPair(t)
+	ctx := context.Background()
+	if err := Install(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = Remove(ctx, pod) })
+	listenApp(t, pod, "10.250.0.1:8080")
+	client := netip.MustParseAddrPort("10.250.0.2:40000")
+	for range 20 {
+		var bound netip.AddrPort
+		seen := dialSeen(t, pod, "10.250.0.1:8080", DialOptions{Source: client, Bound: func(l netip.AddrPort) { bound = l }})
+		if seen.Addr() != client.Addr() || seen.Port() == client.Port() || seen != bound {
+			t.Fatalf("application saw %s, want the client's address %s on another port, as bound (%s)", seen, client.Addr(), bound)
+		}
+	}
+}
+
+// TestTransparentFallback: a kernel that refuses IP_TRANSPARENT gets a connection from the
+// pod's own address, still reported before it connects.
+func TestTransparentFallback(t *testing.T) {
+	pod, _ := testPair(t)
+	ctx := context.Background()
+	if err := Install(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = Remove(ctx, pod) })
+	listenApp(t, pod, "10.250.0.1:8080")
+	orig := setTransparent
+	setTransparent = func(int, bool) error { return unix.EPERM }
+	t.Cleanup(func() { setTransparent = orig })
+	var bound netip.AddrPort
+	seen := dialSeen(t, pod, "10.250.0.1:8080", DialOptions{Source: netip.MustParseAddrPort("10.250.0.2:40000"), Bound: func(l netip.AddrPort) { bound = l }})
+	if seen.Addr() != netip.MustParseAddr("10.250.0.1") || seen != bound {
+		t.Fatalf("application saw %s (bound %s), want the pod's own address", seen, bound)
+	}
+}
+
+// TestListenersHandOver: a second listener on the same port joins the first (SO_REUSEPORT)
+// and takes every new connection, while the first still accepts what it had queued.
+func TestListenersHandOver(t *testing.T) {
+	pod, peer := testPair(t)
+	old, err := Listen(pod, "0.0.0.0:15008")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	dial := func() net.Conn {
+		t.Helper()
+		var c net.Conn
+		err := InNetns(peer, func() error {
+			var err error
+			c, err = net.DialTimeout("tcp", "10.250.0.1:15008", 5*time.Second)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	queued := dial() // waits in the old listener's accept queue
+	cur, err := Listen(pod, "0.0.0.0:15008")
+	if err != nil {
+		t.Fatalf("second listener on the same port: %v", err)
+	}
+	defer cur.Close()
+	var seen []string
+	for range 20 {
+		seen = append(seen, dial().LocalAddr().String())
+	}
+	for _, want := range seen {
+		cur.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
+		c, err := cur.Accept()
+		if err != nil {
+			t.Fatalf("new listener did not get every new connection: %v", err)
+		}
+		if got := c.RemoteAddr().String(); got != want {
+			t.Fatalf("new listener accepted %s, want %s", got, want)
+		}
+		c.Close()
+	}
+	old.(*net.TCPListener).SetDeadline(time.Now().Add(time.Second))
+	c, err := old.Accept()
+	if err != nil || c.RemoteAddr().String() != queued.LocalAddr().String() {
+		t.Fatalf("old listener: accepted %v, %v; want only the queued connection", c, err)
+	}
+	c.Close()
+	old.(*net.TCPListener).SetDeadline(time.Now().Add(100 * time.Millisecond))
+	if c, err := old.Accept(); err == nil {
+		t.Fatalf("old listener got a new connection from %s", c.RemoteAddr())
+	}
+	// Once the old listener is gone, the new one takes everything, as the only socket.
+	old.Close()
+	want := dial().LocalAddr().String()
+	cur.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
+	if c, err := cur.Accept(); err != nil || c.RemoteAddr().String() != want {
+		t.Fatalf("after the old listener closed: %v, %v", c, err)
 	}
 }

@@ -22,11 +22,39 @@ const (
 	chainPrerouting = "AMBIT_PREROUTING"
 )
 
+// Policy routing for transparent inbound dials (DialOptions.Source), as in Istio's in-pod
+// mode: the connection ztunnel opens to an application from the client's address gets
+// connmark ConnMark; the application's replies, addressed to that foreign address, take the
+// connmark back as their packet mark in mangle OUTPUT, and the rule sends marked packets to
+// RouteTable, whose only route delivers everything locally, to ztunnel's socket, instead of
+// out of the pod.
+const (
+	ConnMark   = 0x111
+	RouteTable = 100
+	RulePref   = 32764
+)
+
+// ipRule and ipRoute are the arguments of `ip rule` and `ip route` after the verb.
+var (
+	ipRule  = []string{"fwmark", fmt.Sprintf("0x%x/0xfff", ConnMark), "pref", fmt.Sprint(RulePref), "lookup", fmt.Sprint(RouteTable)}
+	ipRoute = []string{"local", "0.0.0.0/0", "dev", "lo", "table", fmt.Sprint(RouteTable)}
+)
+
 // rules returns the iptables-restore input for the capture chains. The built-in chains are
 // not flushed (--noflush): the jumps are added separately, once.
 func rules() string {
 	mark := fmt.Sprintf("0x%x/0xfff", Mark)
+	connMark := fmt.Sprintf("0x%x/0xfff", ConnMark)
 	var b strings.Builder
+	// Transparent dials: ztunnel's marked packets arriving over loopback (its dial to the
+	// application) mark their connection; the application's replies restore that mark so
+	// the policy rule routes them back to ztunnel.
+	b.WriteString("*mangle\n")
+	fmt.Fprintf(&b, ":%s - [0:0]\n:%s - [0:0]\n", chainOutput, chainPrerouting)
+	fmt.Fprintf(&b, "-F %s\n-F %s\n", chainOutput, chainPrerouting)
+	fmt.Fprintf(&b, "-A %s -m mark --mark %s -j CONNMARK --set-xmark %s\n", chainPrerouting, mark, connMark)
+	fmt.Fprintf(&b, "-A %s -m connmark --mark %s -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff\n", chainOutput, connMark)
+	b.WriteString("COMMIT\n")
 	b.WriteString("*nat\n")
 	fmt.Fprintf(&b, ":%s - [0:0]\n:%s - [0:0]\n", chainOutput, chainPrerouting)
 	fmt.Fprintf(&b, "-F %s\n-F %s\n", chainOutput, chainPrerouting)
@@ -46,11 +74,22 @@ func rules() string {
 	return b.String()
 }
 
-// jumps are the rules ambit places in built-in nat chains.
-var jumps = [][]string{
-	{"OUTPUT", "-p", "tcp", "-j", chainOutput},
-	{"PREROUTING", "-p", "tcp", "-j", chainPrerouting},
+// jump is a rule ambit places in a built-in chain.
+type jump struct {
+	table string
+	rule  []string
 }
+
+// jumps are the only rules ambit places in built-in chains.
+var jumps = []jump{
+	{"mangle", []string{"OUTPUT", "-p", "tcp", "-j", chainOutput}},
+	{"mangle", []string{"PREROUTING", "-p", "tcp", "-j", chainPrerouting}},
+	{"nat", []string{"OUTPUT", "-p", "tcp", "-j", chainOutput}},
+	{"nat", []string{"PREROUTING", "-p", "tcp", "-j", chainPrerouting}},
+}
+
+// tables are the iptables tables ambit writes to.
+var tables = []string{"mangle", "nat"}
 
 // Install puts the capture rules into the network namespace at path. Running it again
 // repairs rules that were changed behind ztunnel's back and adds nothing twice.
@@ -59,54 +98,109 @@ func Install(ctx context.Context, path string) error {
 		return fmt.Errorf("install capture rules in %s: %w", path, err)
 	}
 	for _, j := range jumps {
-		if _, err := run(ctx, path, nil, iptablesArgs("-C", j)...); err == nil {
+		if _, err := run(ctx, path, nil, iptablesArgs(j.table, "-C", j.rule)...); err == nil {
 			continue
 		}
-		if _, err := run(ctx, path, nil, iptablesArgs("-I", j)...); err != nil {
+		if _, err := run(ctx, path, nil, iptablesArgs(j.table, "-I", j.rule)...); err != nil {
 			return fmt.Errorf("install capture jump in %s: %w", path, err)
+		}
+	}
+	if ok, err := hasRule(ctx, path); err != nil {
+		return err
+	} else if !ok {
+		if _, err := run(ctx, path, nil, append([]string{"ip", "rule", "add"}, ipRule...)...); err != nil {
+			return fmt.Errorf("install policy rule in %s: %w", path, err)
+		}
+	}
+	if _, err := run(ctx, path, nil, append([]string{"ip", "route", "replace"}, ipRoute...)...); err != nil {
+		return fmt.Errorf("install local route in %s: %w", path, err)
+	}
+	return nil
+}
+
+// hasRule reports whether the namespace has ambit's policy rule.
+func hasRule(ctx context.Context, path string) (bool, error) {
+	out, err := run(ctx, path, nil, append([]string{"ip", "rule", "list"}, ipRule...)...)
+	if err != nil {
+		return false, fmt.Errorf("read policy rules in %s: %w", path, err)
+	}
+	return len(bytes.TrimSpace(out)) > 0, nil
+}
+
+// hasRoute reports whether the namespace has ambit's local route.
+func hasRoute(ctx context.Context, path string) (bool, error) {
+	out, err := run(ctx, path, nil, "ip", "route", "show", "table", fmt.Sprint(RouteTable))
+	if err != nil {
+		return false, fmt.Errorf("read routes in %s: %w", path, err)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, "local default dev lo ") || strings.HasPrefix(l, "local 0.0.0.0/0 dev lo ") {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// Remove deletes every rule, chain and route Install made; a namespace without them is left
+// as it is.
+func Remove(ctx context.Context, path string) error {
+	for _, j := range jumps {
+		// Delete until gone, in case a duplicate was added behind our back.
+		for range 10 {
+			if _, err := run(ctx, path, nil, iptablesArgs(j.table, "-C", j.rule)...); err != nil {
+				break
+			}
+			if _, err := run(ctx, path, nil, iptablesArgs(j.table, "-D", j.rule)...); err != nil {
+				return fmt.Errorf("remove capture jump in %s: %w", path, err)
+			}
+		}
+	}
+	for _, table := range tables {
+		for _, chain := range []string{chainOutput, chainPrerouting} {
+			if _, err := run(ctx, path, nil, "iptables", "-w", "5", "-t", table, "-nL", chain); err != nil {
+				continue // not there
+			}
+			if _, err := run(ctx, path, nil, "iptables", "-w", "5", "-t", table, "-F", chain); err != nil {
+				return fmt.Errorf("flush %s %s in %s: %w", table, chain, path, err)
+			}
+			if _, err := run(ctx, path, nil, "iptables", "-w", "5", "-t", table, "-X", chain); err != nil {
+				return fmt.Errorf("delete %s %s in %s: %w", table, chain, path, err)
+			}
+		}
+		if err := dropEmptyTable(ctx, path, table); err != nil {
+			return err
+		}
+	}
+	for range 10 {
+		if ok, err := hasRule(ctx, path); err != nil {
+			return err
+		} else if !ok {
+			break
+		}
+		if _, err := run(ctx, path, nil, append([]string{"ip", "rule", "del"}, ipRule...)...); err != nil {
+			return fmt.Errorf("remove policy rule in %s: %w", path, err)
+		}
+	}
+	if ok, err := hasRoute(ctx, path); err != nil {
+		return err
+	} else if ok {
+		if _, err := run(ctx, path, nil, append([]string{"ip", "route", "del"}, ipRoute...)...); err != nil {
+			return fmt.Errorf("remove local route in %s: %w", path, err)
 		}
 	}
 	return nil
 }
 
-// Remove deletes every rule and chain Install made; a namespace without them is left as
-// it is.
-func Remove(ctx context.Context, path string) error {
-	for _, j := range jumps {
-		// Delete until gone, in case a duplicate was added behind our back.
-		for range 10 {
-			if _, err := run(ctx, path, nil, iptablesArgs("-C", j)...); err != nil {
-				break
-			}
-			if _, err := run(ctx, path, nil, iptablesArgs("-D", j)...); err != nil {
-				return fmt.Errorf("remove capture jump in %s: %w", path, err)
-			}
-		}
+// dropEmptyTable deletes an iptables table when nothing but our now-removed rules ever used
+// it: with nf_tables the first iptables call creates the table, and "as before" means
+// without it. A table holding anyone else's rules or policies is left alone.
+func dropEmptyTable(ctx context.Context, path, table string) error {
+	if _, err := run(ctx, path, nil, "nft", "list", "table", "ip", table); err != nil {
+		return nil // no such table at all (or legacy iptables)
 	}
-	for _, chain := range []string{chainOutput, chainPrerouting} {
-		if _, err := run(ctx, path, nil, "iptables", "-w", "5", "-t", "nat", "-nL", chain); err != nil {
-			continue // not there
-		}
-		if _, err := run(ctx, path, nil, "iptables", "-w", "5", "-t", "nat", "-F", chain); err != nil {
-			return fmt.Errorf("flush %s in %s: %w", chain, path, err)
-		}
-		if _, err := run(ctx, path, nil, "iptables", "-w", "5", "-t", "nat", "-X", chain); err != nil {
-			return fmt.Errorf("delete %s in %s: %w", chain, path, err)
-		}
-	}
-	return dropEmptyNat(ctx, path)
-}
-
-// dropEmptyNat deletes the nat table when nothing but our now-removed rules ever used it:
-// with nf_tables the first iptables call creates the table, and "as before" means without
-// it. A nat table holding anyone else's rules or policies is left alone.
-func dropEmptyNat(ctx context.Context, path string) error {
-	if _, err := run(ctx, path, nil, "nft", "list", "table", "ip", "nat"); err != nil {
-		return nil // no nat table at all
-	}
-	out, err := run(ctx, path, nil, "iptables-save", "-t", "nat")
+	out, err := run(ctx, path, nil, "iptables-save", "-t", table)
 	if err != nil {
-		return fmt.Errorf("read nat table in %s: %w", path, err)
+		return fmt.Errorf("read %s table in %s: %w", table, path, err)
 	}
 	for _, l := range strings.Split(string(out), "\n") {
 		switch {
@@ -118,38 +212,53 @@ func dropEmptyNat(ctx context.Context, path string) error {
 			return nil
 		}
 	}
-	if _, err := run(ctx, path, nil, "nft", "delete", "table", "ip", "nat"); err != nil {
-		return fmt.Errorf("drop empty nat table in %s: %w", path, err)
+	if _, err := run(ctx, path, nil, "nft", "delete", "table", "ip", table); err != nil {
+		return fmt.Errorf("drop empty %s table in %s: %w", table, path, err)
 	}
 	return nil
 }
 
 func isBuiltin(chain string) bool {
 	switch chain {
-	case "PREROUTING", "INPUT", "OUTPUT", "POSTROUTING":
+	case "PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING":
 		return true
 	}
 	return false
 }
 
-// Installed reports whether the namespace's rules are exactly what Install writes; ztunnel
-// checks it periodically and reinstalls on drift.
+// Installed reports whether the namespace's rules and routes are exactly what Install
+// writes; ztunnel checks it periodically and reinstalls on drift.
 func Installed(ctx context.Context, path string) (bool, error) {
-	out, err := run(ctx, path, nil, "iptables-save", "-t", "nat")
-	if err != nil {
-		return false, fmt.Errorf("read rules in %s: %w", path, err)
-	}
-	got := ambitRules(out)
-	want := []string{
-		"-A OUTPUT -p tcp -j " + chainOutput,
-		"-A PREROUTING -p tcp -j " + chainPrerouting,
-	}
-	for _, l := range strings.Split(rules(), "\n") {
-		if strings.HasPrefix(l, "-A ") {
-			want = append(want, l)
+	var got []string
+	for _, table := range tables {
+		out, err := run(ctx, path, nil, "iptables-save", "-t", table)
+		if err != nil {
+			return false, fmt.Errorf("read rules in %s: %w", path, err)
+		}
+		for _, l := range ambitRules(out) {
+			got = append(got, table+" "+l)
 		}
 	}
-	return equalSets(got, want), nil
+	var want []string
+	for _, j := range jumps {
+		want = append(want, j.table+" -A "+strings.Join(j.rule, " "))
+	}
+	table := ""
+	for _, l := range strings.Split(rules(), "\n") {
+		if strings.HasPrefix(l, "*") {
+			table = l[1:]
+		}
+		if strings.HasPrefix(l, "-A ") {
+			want = append(want, table+" "+l)
+		}
+	}
+	if !equalSets(got, want) {
+		return false, nil
+	}
+	if ok, err := hasRule(ctx, path); err != nil || !ok {
+		return false, err
+	}
+	return hasRoute(ctx, path)
 }
 
 // ambitRules picks the lines of iptables-save output that belong to ambit.
@@ -189,8 +298,8 @@ func equalSets(a, b []string) bool {
 	return true
 }
 
-func iptablesArgs(op string, rule []string) []string {
-	return append([]string{"iptables", "-w", "5", "-t", "nat", op}, rule...)
+func iptablesArgs(table, op string, rule []string) []string {
+	return append([]string{"iptables", "-w", "5", "-t", table, op}, rule...)
 }
 
 // run executes a command inside the network namespace at path.

@@ -2,8 +2,10 @@ package capture
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime"
 	"syscall"
 
@@ -50,25 +52,47 @@ func InNetns(path string, fn func() error) error {
 	return <-errc
 }
 
-// markControl sets the capture mark on a socket before it binds or connects.
-func markControl(_, _ string, c syscall.RawConn) error {
+// listenControl marks a listener and lets it share its port (SO_REUSEPORT): a new ztunnel
+// opens its listeners beside the old one's during a hand-over.
+func listenControl(_, _ string, c syscall.RawConn) error {
 	var serr error
 	if err := c.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, Mark)
+		if serr == nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		}
 	}); err != nil {
 		return err
 	}
 	return serr
 }
 
-// Listen opens a marked TCP listener inside the namespace at path.
+// steerNewest is a classic BPF reuseport program: it picks the socket at index 1 of the
+// port's reuseport group. While an old and a new ztunnel both listen, the group is [old,
+// new] (sockets are appended as they join), so every new connection goes to the new one and
+// the old one's accept queue stops filling. With one socket the index is out of range and
+// the kernel falls back to its hash, which can only pick that socket.
+var steerNewest = []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 1}}
+
+// Listen opens a marked TCP listener inside the namespace at path, with SO_REUSEPORT and
+// the steering program attached to its port's group (see steerNewest).
 func Listen(path, addr string) (net.Listener, error) {
 	var ln net.Listener
 	err := InNetns(path, func() error {
-		lc := net.ListenConfig{Control: markControl}
+		lc := net.ListenConfig{Control: listenControl}
+		// Go listens with multipath TCP where the kernel has it; an MPTCP socket takes no
+		// reuseport program (EOPNOTSUPP), and a pod's listeners gain nothing from MPTCP.
+		lc.SetMultipathTCP(false)
 		var err error
 		ln, err = lc.Listen(context.Background(), "tcp", addr)
-		return err
+		if err != nil {
+			return err
+		}
+		if err := Steer(ln.(*net.TCPListener)); err != nil {
+			ln.Close()
+			return err
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listen %s in %s: %w", addr, path, err)
@@ -76,18 +100,137 @@ func Listen(path, addr string) (net.Listener, error) {
 	return ln, nil
 }
 
-// Dial connects from inside the namespace at path with a marked socket, so the
-// connection leaves with the pod's address and is not captured again.
-func Dial(ctx context.Context, path, addr string) (*net.TCPConn, error) {
-	var c net.Conn
-	err := InNetns(path, func() error {
-		d := net.Dialer{Control: markControl}
-		var err error
-		c, err = d.DialContext(ctx, "tcp", addr)
+// Steer attaches the steering program to the reuseport group of ln, which must have been
+// opened with SO_REUSEPORT: new connections go to the socket that joined the group second.
+func Steer(ln *net.TCPListener) error {
+	rc, err := ln.SyscallConn()
+	if err != nil {
 		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		prog := unix.SockFprog{Len: uint16(len(steerNewest)), Filter: &steerNewest[0]}
+		serr = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &prog)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("attach reuseport steering program: %w", serr)
+	}
+	return nil
+}
+
+// DialOptions shape a dial from inside a pod; the zero value is a plain marked dial.
+type DialOptions struct {
+	// Source, when valid, asks for a transparent connection: from Source's address (a
+	// foreign one, the original client's) with IP_TRANSPARENT, and from a port other than
+	// Source's, because conntrack may still hold the client's own connection under that
+	// tuple. Replies reach the socket through the policy routing Install adds. When the
+	// kernel refuses IP_TRANSPARENT, the connection comes from the destination's address,
+	// which is the pod's own: callers see the difference in the connection's local address.
+	Source netip.AddrPort
+	// Bound, if not nil, is called with the local address after the socket is bound and
+	// before it connects. It is called only when Source is valid.
+	Bound func(local netip.AddrPort)
+}
+
+// errPortClash means the kernel gave the socket the port the dial must avoid; try again.
+var errPortClash = errors.New("bound to the original source port")
+
+// Dial connects from inside the namespace at path with a marked socket, so the
+// connection leaves with the pod's address (or, transparently, o.Source's) and is not
+// captured again.
+func Dial(ctx context.Context, path, addr string, o DialOptions) (*net.TCPConn, error) {
+	dst, err := netip.ParseAddrPort(addr)
+	if err != nil && o.Source.IsValid() {
+		return nil, fmt.Errorf("dial %s from %s: transparent dial needs an IP destination: %w", addr, path, err)
+	}
+	var c net.Conn
+	err = InNetns(path, func() error {
+		for range 4 {
+			d := net.Dialer{Control: dialControl(dst, o)}
+			var err error
+			c, err = d.DialContext(ctx, "tcp", addr)
+			if !errors.Is(err, errPortClash) {
+				return err
+			}
+		}
+		return errPortClash
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dial %s from %s: %w", addr, path, err)
 	}
 	return c.(*net.TCPConn), nil
+}
+
+func dialControl(dst netip.AddrPort, o DialOptions) func(string, string, syscall.RawConn) error {
+	return func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = prepareDial(int(fd), dst, o) }); err != nil {
+			return err
+		}
+		return serr
+	}
+}
+
+// prepareDial marks the socket and, for a transparent dial, binds it ahead of connect.
+func prepareDial(fd int, dst netip.AddrPort, o DialOptions) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, Mark); err != nil {
+		return fmt.Errorf("set socket mark: %w", err)
+	}
+	if !o.Source.IsValid() {
+		return nil
+	}
+	src := o.Source.Addr().Unmap()
+	// Without IP_TRANSPARENT the socket comes from the destination address, which is the
+	// pod's own (the application listens on it); binding it here still lets Bound report
+	// the full address before the application can see the connection.
+	local := dst.Addr().Unmap()
+	if src.Is4() == local.Is4() && setTransparent(fd, src.Is4()) == nil {
+		local = src
+	}
+	if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(local, 0))); err != nil {
+		if local != src {
+			return nil // let connect choose; Bound is not called
+		}
+		return fmt.Errorf("bind %s: %w", local, err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return fmt.Errorf("getsockname: %w", err)
+	}
+	bound := addrPortOf(sa)
+	if local == src && bound.Port() == o.Source.Port() {
+		return errPortClash
+	}
+	if o.Bound != nil {
+		o.Bound(bound)
+	}
+	return nil
+}
+
+// setTransparent sets IP_TRANSPARENT; the kernel refuses it without CAP_NET_ADMIN (or
+// CAP_NET_RAW). A variable so that tests can play such a kernel.
+var setTransparent = func(fd int, v4 bool) error {
+	if v4 {
+		return unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+	}
+	return unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+}
+
+func sockaddr(a netip.AddrPort) unix.Sockaddr {
+	if a.Addr().Is4() {
+		return &unix.SockaddrInet4{Addr: a.Addr().As4(), Port: int(a.Port())}
+	}
+	return &unix.SockaddrInet6{Addr: a.Addr().As16(), Port: int(a.Port())}
+}
+
+func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
 }

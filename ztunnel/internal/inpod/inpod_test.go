@@ -15,11 +15,11 @@ import (
 
 	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/proto/identity"
+	"ambit.dev/proto/meshstate"
 	"ambit.dev/proto/nodeapi"
 	"ambit.dev/ztunnel/internal/capture"
 	"ambit.dev/ztunnel/internal/netnstest"
 	"ambit.dev/ztunnel/internal/proxy"
-	"ambit.dev/ztunnel/internal/state"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 )
@@ -27,7 +27,8 @@ import (
 // node is one ztunnel serving two pods in real network namespaces, with real capture.
 type node struct {
 	m      *Manager
-	st     *state.State
+	pn     *proxy.Node
+	st     *meshstate.State
 	client string // netns paths
 	server string
 }
@@ -50,10 +51,10 @@ func newNode(t *testing.T) *node {
 	done := make(chan struct{})
 	go func() { _ = mgr.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	st := state.New()
+	st := meshstate.New()
 	pn := &proxy.Node{State: st, Certs: mgr.Certificate, Bundle: ca.Bundle(),
 		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Logger: slog.New(slog.DiscardHandler)}
-	n := &node{st: st, client: client, server: server}
+	n := &node{st: st, pn: pn, client: client, server: server}
 	n.m = NewManager(pn, st, Netns{}, t.TempDir(), slog.New(slog.DiscardHandler))
 	st.OnChange(func() { go n.m.Reconcile(context.Background()) })
 	t.Cleanup(func() {
@@ -130,6 +131,14 @@ func save(t *testing.T, ns string) string {
 		if !strings.HasPrefix(l, "#") {
 			keep = append(keep, l)
 		}
+	}
+	// The policy routing for transparent dials must go too.
+	for _, argv := range [][]string{{"ip", "rule"}, {"ip", "route", "show", "table", "all"}} {
+		out, err := exec.Command("nsenter", append([]string{"--net=" + ns}, argv...)...).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keep = append(keep, string(out))
 	}
 	return strings.Join(keep, "\n")
 }
@@ -231,5 +240,31 @@ func TestNodeAPI(t *testing.T) {
 	}
 	if pods, _ := c.Pods(ctx); len(pods) != 0 {
 		t.Fatalf("pods after remove = %+v", pods)
+	}
+}
+
+// A pod that left ambient mode while no ztunnel ran gets its rules removed on restore:
+// nobody would listen for its redirected traffic.
+func TestRestoreReleasesPodLeftAmbient(t *testing.T) {
+	n := newNode(t)
+	ctx := context.Background()
+	before := save(t, n.client)
+	if err := n.m.Add(ctx, nodeapi.Registration{UID: "client", NetNS: n.client}); err != nil {
+		t.Fatal(err)
+	}
+	n.m.Close() // the process goes away, leaving the rules
+	cw := workload("client", "10.250.0.1", "client")
+	cw.TunnelProtocol = configv1.TunnelProtocol_NONE
+	_ = n.st.Apply(configv1.WorkloadTypeURL, map[string]proto.Message{"c//Pod/shop/client": cw}, nil)
+	second := NewManager(n.m.node, n.st, Netns{}, filepath.Dir(n.m.file), slog.New(slog.DiscardHandler))
+	t.Cleanup(func() { _ = second.Remove(ctx, "client") })
+	if err := second.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if after := save(t, n.client); after != before {
+		t.Fatalf("rules of a pod out of ambient mode after restore:\n%s\nwant\n%s", after, before)
+	}
+	if got, err := n.call(); err != nil || got != "echo: hi" {
+		t.Fatalf("call from the released pod = %q, %v", got, err)
 	}
 }

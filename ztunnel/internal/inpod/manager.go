@@ -3,6 +3,10 @@
 // capture and per-pod proxy for each, and a record on disk so that after a restart ztunnel
 // gets back every pod it served. A pod whose workload is not (or no longer) in ambient mode
 // stays registered but uncaptured, so enabling its namespace later captures it again.
+//
+// A new ztunnel takes the pods over from a running one without dropping a connection
+// (TakeOver on the new side, Handover and Drain on the old; package nodeapi describes the
+// protocol).
 package inpod
 
 import (
@@ -11,15 +15,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
 	"sync"
+	"time"
 
 	configv1 "ambit.dev/proto/config/v1"
+	"ambit.dev/proto/meshstate"
 	"ambit.dev/proto/nodeapi"
 	"ambit.dev/ztunnel/internal/proxy"
-	"ambit.dev/ztunnel/internal/state"
 )
 
 // Capturer installs and removes a pod's redirection and opens its sockets; package
@@ -27,32 +34,60 @@ import (
 type Capturer interface {
 	Install(ctx context.Context, netns string) error
 	Remove(ctx context.Context, netns string) error
+	// Installed reports whether the namespace's rules are exactly what Install wrote.
+	Installed(ctx context.Context, netns string) (bool, error)
 	Net(netns string) proxy.Net
 }
+
+// ruleCheckSpacing is the least time between two checks of one pod's rules on
+// reconciliation; a config push per second must not mean a dozen iptables runs per pod.
+// CheckCapture checks regardless.
+const ruleCheckSpacing = 5 * time.Second
 
 // Manager owns the registered pods.
 type Manager struct {
 	node    *proxy.Node
-	state   *state.State
+	state   *meshstate.State
 	capture Capturer
 	file    string
 	log     *slog.Logger
 
+	// checkSpacing is ruleCheckSpacing; tests shorten it.
+	checkSpacing time.Duration
+
 	recMu sync.Mutex // one reconciliation at a time
 	mu    sync.Mutex
 	pods  map[string]*entry
+
+	// handedOver is closed when the pods are handed over to a successor (or released for
+	// shutdown): from then on this Manager changes nothing, neither pods nor rules, which
+	// belong to the successor.
+	handedOver chan struct{}
+	handOnce   sync.Once
+
+	// pred reaches the predecessor, while it drains, over a connection opened before its
+	// socket path was taken over: peer lookups of the connections it still carries.
+	predMu sync.Mutex
+	pred   *nodeapi.Client
 }
+
+// ErrHandedOver is returned by Add and Remove once the pods belong to a successor.
+var ErrHandedOver = errors.New("ztunnel is handing over to a new instance; retry")
 
 type entry struct {
 	reg    nodeapi.Registration
 	proxy  *proxy.Pod
 	uid    string
 	reason string
+	// lastCheck is when the pod's rules were last compared with what Install wrote;
+	// checkFailed keeps a failing check or repair to one log line until it succeeds.
+	lastCheck   time.Time
+	checkFailed bool
 }
 
 // NewManager returns a Manager that records its pods in stateDir (empty: not persisted).
-func NewManager(node *proxy.Node, st *state.State, c Capturer, stateDir string, log *slog.Logger) *Manager {
-	m := &Manager{node: node, state: st, capture: c, log: log, pods: map[string]*entry{}}
+func NewManager(node *proxy.Node, st *meshstate.State, c Capturer, stateDir string, log *slog.Logger) *Manager {
+	m := &Manager{node: node, state: st, capture: c, log: log, pods: map[string]*entry{}, handedOver: make(chan struct{}), checkSpacing: ruleCheckSpacing}
 	if stateDir != "" {
 		m.file = filepath.Join(stateDir, "pods.json")
 	}
@@ -84,7 +119,34 @@ func (m *Manager) Restore(ctx context.Context) error {
 			m.log.Warn("restore pod failed", "uid", r.UID, "err", err)
 		}
 	}
+	m.releaseOrphans(ctx)
 	return nil
+}
+
+// releaseOrphans removes the rules that a previous ztunnel left in pods whose workload is no
+// longer in ambient mode: nobody listens for their redirected traffic any more.
+func (m *Manager) releaseOrphans(ctx context.Context) {
+	m.recMu.Lock()
+	defer m.recMu.Unlock()
+	if m.isHandedOver() {
+		return
+	}
+	m.mu.Lock()
+	var orphans []*entry
+	for _, e := range m.pods {
+		if e.proxy != nil {
+			continue
+		}
+		if w, ok := m.state.WorkloadByUID(e.uid); ok && w.GetTunnelProtocol() == configv1.TunnelProtocol_NONE {
+			orphans = append(orphans, e)
+		}
+	}
+	m.mu.Unlock()
+	for _, e := range orphans {
+		if err := m.capture.Remove(ctx, e.reg.NetNS); err != nil {
+			m.log.Info("remove capture", "uid", e.uid, "err", err)
+		}
+	}
 }
 
 // Add registers a pod and captures it if its workload is in ambient mode. Adding a pod
@@ -94,24 +156,42 @@ func (m *Manager) Add(ctx context.Context, r nodeapi.Registration) error {
 		return errors.New("pod registration needs uid and netns")
 	}
 	if _, err := os.Stat(r.NetNS); err != nil {
+		m.log.Warn("pod registration refused: network namespace not found", "uid", r.UID, "netns", r.NetNS, "err", err)
 		return fmt.Errorf("pod %s: network namespace: %w", r.UID, err)
+	}
+	// Under recMu, so that a registration either is in the list Handover gives the
+	// successor or is refused.
+	m.recMu.Lock()
+	if m.isHandedOver() {
+		m.recMu.Unlock()
+		return ErrHandedOver
 	}
 	m.mu.Lock()
 	if e, ok := m.pods[r.UID]; ok && e.reg.NetNS == r.NetNS {
 		m.mu.Unlock()
-		m.Reconcile(ctx)
+		m.recMu.Unlock()
+		m.log.Info("pod registered already; nothing to do", "uid", r.UID, "netns", r.NetNS)
+		m.reconcile(ctx, false)
 		return nil
+	}
+	for _, e := range m.pods {
+		if e.reg.NetNS == r.NetNS && e.uid != r.UID {
+			m.mu.Unlock()
+			m.recMu.Unlock()
+			// Its listeners would open beside the other pod's on the same ports.
+			m.log.Warn("pod registration refused: network namespace belongs to another pod", "uid", r.UID, "netns", r.NetNS, "other_uid", e.uid)
+			return fmt.Errorf("pod %s: network namespace %s is registered for pod %s", r.UID, r.NetNS, e.uid)
+		}
 	}
 	old := m.pods[r.UID]
 	m.pods[r.UID] = &entry{reg: r, uid: r.UID}
 	m.mu.Unlock()
 	if old != nil {
-		m.recMu.Lock()
 		m.stop(ctx, old)
-		m.recMu.Unlock()
 	}
 	m.save()
-	m.Reconcile(ctx)
+	m.recMu.Unlock()
+	m.reconcile(ctx, false)
 	return nil
 }
 
@@ -119,6 +199,9 @@ func (m *Manager) Add(ctx context.Context, r nodeapi.Registration) error {
 func (m *Manager) Remove(ctx context.Context, uid string) error {
 	m.recMu.Lock()
 	defer m.recMu.Unlock()
+	if m.isHandedOver() {
+		return ErrHandedOver
+	}
 	m.mu.Lock()
 	e := m.pods[uid]
 	delete(m.pods, uid)
@@ -132,17 +215,46 @@ func (m *Manager) Remove(ctx context.Context, uid string) error {
 }
 
 // Reconcile brings every pod in line with the config: captured when its workload is in
-// ambient mode, released when it is not.
-func (m *Manager) Reconcile(ctx context.Context) {
+// ambient mode, released when it is not or when its network namespace is gone. The rules of
+// captured pods are checked too (at most every few seconds per pod) and repaired when they
+// were changed behind ztunnel's back.
+func (m *Manager) Reconcile(ctx context.Context) { m.reconcile(ctx, false) }
+
+// CheckCapture is Reconcile with every captured pod's rules checked now; ztunnel calls it
+// periodically.
+func (m *Manager) CheckCapture(ctx context.Context) { m.reconcile(ctx, true) }
+
+func (m *Manager) reconcile(ctx context.Context, checkNow bool) {
 	m.recMu.Lock()
 	defer m.recMu.Unlock()
+	if m.isHandedOver() {
+		return
+	}
 	m.mu.Lock()
 	entries := make([]*entry, 0, len(m.pods))
 	for _, e := range m.pods {
 		entries = append(entries, e)
 	}
 	m.mu.Unlock()
+	gone := false
 	for _, e := range entries {
+		if _, err := os.Stat(e.reg.NetNS); errors.Is(err, os.ErrNotExist) {
+			// The pod went without a removal through the node API: its sockets are all
+			// that keep the namespace alive.
+			m.mu.Lock()
+			p := e.proxy
+			e.proxy = nil
+			if m.pods[e.uid] == e {
+				delete(m.pods, e.uid)
+			}
+			m.mu.Unlock()
+			if p != nil {
+				p.Close()
+			}
+			m.log.Warn("pod network namespace gone; pod released", "uid", e.uid, "netns", e.reg.NetNS)
+			gone = true
+			continue
+		}
 		w, ok := m.state.WorkloadByUID(e.uid)
 		enrolled := ok && w.GetTunnelProtocol() != configv1.TunnelProtocol_NONE
 		m.mu.Lock()
@@ -154,6 +266,10 @@ func (m *Manager) Reconcile(ctx context.Context) {
 			if err := m.start(ctx, e, w); err != nil {
 				reason = err.Error()
 				m.log.Warn("capture pod failed", "uid", e.uid, "netns", e.reg.NetNS, "err", err)
+			}
+		case enrolled && running:
+			if checkNow || time.Since(e.lastCheck) >= m.checkSpacing {
+				m.repair(ctx, e, w)
 			}
 		case !enrolled && running:
 			m.stop(ctx, e)
@@ -167,6 +283,40 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		e.reason = reason
 		m.mu.Unlock()
 	}
+	if gone {
+		m.save()
+	}
+}
+
+// repair compares a captured pod's rules with what Install wrote and reinstalls them when
+// someone changed them (a flushed chain, a deleted jump); Install puts nothing in twice.
+func (m *Manager) repair(ctx context.Context, e *entry, w *configv1.Workload) {
+	e.lastCheck = time.Now()
+	pod := w.GetNamespace() + "/" + w.GetName()
+	ok, err := m.capture.Installed(ctx, e.reg.NetNS)
+	if err == nil && ok {
+		e.checkFailed = false
+		return
+	}
+	if err == nil {
+		err = m.capture.Install(ctx, e.reg.NetNS)
+	}
+	if err == nil {
+		// Still different right after installing: this iptables renders the rules in a
+		// way the check does not expect. Say so once rather than "repair" every time.
+		if ok, err = m.capture.Installed(ctx, e.reg.NetNS); err == nil && !ok {
+			err = errors.New("rules differ from what was installed even right after installing them")
+		}
+	}
+	if err != nil {
+		if !e.checkFailed {
+			e.checkFailed = true
+			m.log.Warn("capture rules check failed", "uid", e.uid, "pod", pod, "netns", e.reg.NetNS, "err", err)
+		}
+		return
+	}
+	e.checkFailed = false
+	m.log.Warn("capture rules changed behind ztunnel's back; repaired", "uid", e.uid, "pod", pod, "netns", e.reg.NetNS)
 }
 
 func (m *Manager) start(ctx context.Context, e *entry, w *configv1.Workload) error {
@@ -194,6 +344,10 @@ func (m *Manager) stop(ctx context.Context, e *entry) {
 		return
 	}
 	p.Close()
+	if _, err := os.Stat(e.reg.NetNS); errors.Is(err, os.ErrNotExist) {
+		m.log.Info("pod released; its network namespace is gone", "uid", e.uid, "netns", e.reg.NetNS)
+		return
+	}
 	if err := m.capture.Remove(ctx, e.reg.NetNS); err != nil {
 		// The namespace may be gone with its pod, which removes the rules too.
 		m.log.Info("remove capture", "uid", e.uid, "err", err)
@@ -238,11 +392,184 @@ func (m *Manager) save() {
 	m.mu.Unlock()
 	sort.Slice(regs, func(i, j int) bool { return regs[i].UID < regs[j].UID })
 	b, _ := json.MarshalIndent(regs, "", "  ")
-	tmp := m.file + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err == nil {
-		err = os.Rename(tmp, m.file)
-		if err != nil {
-			m.log.Warn("record pods", "err", err)
+	// A temporary file of its own: during a hand-over two ztunnels share the state dir.
+	f, err := os.CreateTemp(filepath.Dir(m.file), ".pods-*.json")
+	if err != nil {
+		m.log.Warn("record pods", "err", err)
+		return
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), m.file)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+		m.log.Warn("record pods", "err", err)
+	}
+}
+
+func (m *Manager) isHandedOver() bool {
+	select {
+	case <-m.handedOver:
+		return true
+	default:
+		return false
+	}
+}
+
+// HandedOver is closed once Handover has run: the pods belong to a successor, or to no one
+// while this ztunnel shuts down.
+func (m *Manager) HandedOver() <-chan struct{} { return m.handedOver }
+
+// Handover gives the pods up: from now on nothing changes pods or rules; every pod's
+// listeners accept what they have queued and close, while a successor's listeners on the
+// same ports take the new connections. It returns the registered pods, for the successor to
+// reconcile with. The connections open so far carry on until Drain.
+func (m *Manager) Handover() []nodeapi.Registration {
+	m.recMu.Lock() // no reconciliation or removal is half way
+	first := false
+	m.handOnce.Do(func() { close(m.handedOver); first = true })
+	m.recMu.Unlock()
+	m.mu.Lock()
+	regs := make([]nodeapi.Registration, 0, len(m.pods))
+	var running []*proxy.Pod
+	for _, e := range m.pods {
+		regs = append(regs, e.reg)
+		if e.proxy != nil {
+			running = append(running, e.proxy)
 		}
+	}
+	m.mu.Unlock()
+	sort.Slice(regs, func(i, j int) bool { return regs[i].UID < regs[j].UID })
+	var wg sync.WaitGroup
+	for _, p := range running {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.StopAccepting()
+		}()
+	}
+	wg.Wait()
+	if first {
+		m.log.Info("pods handed over; listeners closed", "pods", len(regs))
+	}
+	return regs
+}
+
+// Drain lets the connections of every pod finish until ctx ends, then closes what is left.
+// The rules stay: they belong to the successor. Call it after Handover.
+func (m *Manager) Drain(ctx context.Context) {
+	m.Handover()
+	m.mu.Lock()
+	var running []*proxy.Pod
+	for _, e := range m.pods {
+		if e.proxy != nil {
+			running = append(running, e.proxy)
+			e.proxy = nil
+		}
+	}
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range running {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.Drain(ctx)
+		}()
+	}
+	wg.Wait()
+	m.log.Info("drained")
+}
+
+// TakeOver makes this Manager the successor of the ztunnel serving the node API at sock. It
+// restores the pods recorded on disk and the ones that ztunnel holds, opening their
+// listeners beside its own (which steers new connections here), then asks it to hand over
+// and reconciles with the pods it held at that moment. Call it once the config is in, and
+// serve the node API at sock only after it returns. When the old ztunnel does not answer the
+// hand-over, the pods are served side by side with it and TakeOver returns the error.
+func (m *Manager) TakeOver(ctx context.Context, sock string) error {
+	old := nodeapi.NewClient(sock)
+	if err := m.Restore(ctx); err != nil {
+		m.log.Warn("restore pods", "err", err)
+	}
+	// Pods registered with the old ztunnel after it last wrote the records.
+	if regs, err := old.Pods(ctx); err == nil {
+		for _, r := range regs {
+			m.addMissing(ctx, r.Registration)
+		}
+	}
+	// Keep a way to the old ztunnel for peer lookups of the connections it drains.
+	var d net.Dialer
+	if c, err := d.DialContext(ctx, "unix", sock); err == nil {
+		pred := nodeapi.NewConnClient(c)
+		// One request now, so the old server sees an idle keep-alive connection, which its
+		// shutdown closes at once, rather than a new one it would wait for.
+		if _, err := pred.Pods(ctx); err == nil {
+			m.predMu.Lock()
+			m.pred = pred
+			m.predMu.Unlock()
+		} else {
+			c.Close()
+		}
+	}
+	regs, err := old.Handover(ctx)
+	if err != nil {
+		return fmt.Errorf("hand-over: %w", err)
+	}
+	held := map[string]bool{}
+	for _, r := range regs {
+		held[r.UID] = true
+		m.addMissing(ctx, r)
+	}
+	for _, p := range m.Pods() {
+		if !held[p.UID] {
+			// Removed from the old ztunnel while this one restored it.
+			_ = m.Remove(ctx, p.UID)
+		}
+	}
+	// A pod whose listeners could not open beside the old ones (an old ztunnel without
+	// SO_REUSEPORT) gets them now that the old ones are closed.
+	m.Reconcile(ctx)
+	m.releaseOrphans(ctx)
+	m.log.Info("took over from the previous ztunnel", "pods", len(regs))
+	return nil
+}
+
+// predecessorPeer asks the predecessor about a connection this ztunnel does not carry.
+func (m *Manager) predecessorPeer(ctx context.Context, src, dst netip.AddrPort) (nodeapi.Peer, bool) {
+	m.predMu.Lock()
+	pred := m.pred
+	m.predMu.Unlock()
+	if pred == nil {
+		return nodeapi.Peer{}, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	p, err := pred.Peer(ctx, src, dst)
+	if err != nil && !errors.Is(err, nodeapi.ErrUnknownPeer) {
+		// The predecessor is gone: it has drained.
+		m.predMu.Lock()
+		if m.pred == pred {
+			m.pred = nil
+		}
+		m.predMu.Unlock()
+	}
+	return p, err == nil
+}
+
+// addMissing adds r unless the same pod (UID and network namespace) is registered already.
+func (m *Manager) addMissing(ctx context.Context, r nodeapi.Registration) {
+	m.mu.Lock()
+	e, ok := m.pods[r.UID]
+	same := ok && e.reg.NetNS == r.NetNS
+	m.mu.Unlock()
+	if same {
+		return
+	}
+	if err := m.Add(ctx, r); err != nil {
+		m.log.Warn("take over pod", "uid", r.UID, "err", err)
 	}
 }

@@ -14,12 +14,15 @@ type Netns struct{}
 
 func (Netns) Install(ctx context.Context, netns string) error { return capture.Install(ctx, netns) }
 func (Netns) Remove(ctx context.Context, netns string) error  { return capture.Remove(ctx, netns) }
+func (Netns) Installed(ctx context.Context, netns string) (bool, error) {
+	return capture.Installed(ctx, netns)
+}
 
 func (Netns) Net(netns string) proxy.Net {
 	return proxy.Net{
 		Listen: func(addr string) (net.Listener, error) { return capture.Listen(netns, addr) },
-		Dial: func(ctx context.Context, addr string) (*net.TCPConn, error) {
-			return capture.Dial(ctx, netns, addr)
+		Dial: func(ctx context.Context, addr string, o proxy.DialOptions) (*net.TCPConn, error) {
+			return capture.Dial(ctx, netns, addr, capture.DialOptions{Source: o.Source, Bound: o.Bound})
 		},
 		OriginalDst: capture.OriginalDst,
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"time"
@@ -31,7 +32,7 @@ func (p *Pod) workload() *configv1.Workload {
 func (p *Pod) serveHBONE(ctx context.Context, r *hbone.Request) {
 	start := time.Now()
 	w := p.workload()
-	src := r.Remote.Addr()
+	src := r.Remote
 	// Only a waypoint relays for others: for its traffic the original client is in
 	// Forwarded, which we trust only from the waypoint this workload is bound to.
 	if gw := w.GetWaypoint(); gw != nil && gw.GetIdentity() != "" {
@@ -42,13 +43,13 @@ func (p *Pod) serveHBONE(ctx context.Context, r *hbone.Request) {
 			return
 		}
 		if r.Forwarded.IsValid() {
-			src = r.Forwarded.Addr()
+			src = r.Forwarded
 		}
 	}
 	d := authz.Evaluate(p.node.State.Policies(w), authz.Request{
 		Principal: r.Peer.String(),
 		Namespace: peerNamespace(r.Peer),
-		Source:    src,
+		Source:    src.Addr(),
 		Port:      uint32(r.Authority.Port()),
 	})
 	conn := p.node.Metrics.open(reporterDestination, nil, w, r.Peer.String(), p.id.String(), true)
@@ -58,13 +59,14 @@ func (p *Pod) serveHBONE(ctx context.Context, r *hbone.Request) {
 		_ = r.Reject(401, d.Reason)
 		return
 	}
-	up, err := p.net.Dial(ctx, r.Authority.String())
+	up, release, err := p.dialApp(ctx, r.Authority, src, PeerInfo{Identity: r.Peer, MTLS: true})
 	if err != nil {
 		conn.close(0, 0)
 		p.log.Info("inbound: destination unreachable", "dst", r.Authority.String(), "err", err)
 		_ = r.Reject(503, "destination unreachable: "+err.Error())
 		return
 	}
+	defer release()
 	st, err := r.Accept()
 	if err != nil {
 		up.Close()
@@ -100,14 +102,52 @@ func (p *Pod) inboundPlain(c *net.TCPConn) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
-	up, err := p.net.Dial(ctx, dst.String())
+	up, release, err := p.dialApp(ctx, dst, src, PeerInfo{})
 	cancel()
 	if err != nil {
 		conn.close(0, 0)
 		p.log.Info("inbound plaintext: destination unreachable", "dst", dst.String(), "err", err)
 		return
 	}
+	defer release()
 	sent, received, err := hbone.Splice(c, up)
 	conn.close(received, sent)
 	p.log.Info("inbound plaintext closed", "src", src.String(), "dst", dst.String(), "err", errString(err))
+}
+
+// dialApp connects to the application at dst inside the pod, from the original client's
+// address src when the Net can, and records the connection's peer for the node API's
+// peer lookup until release is called. The record is made before the connection is
+// established, so an application that asks as soon as it accepts finds it.
+func (p *Pod) dialApp(ctx context.Context, dst, src netip.AddrPort, peer PeerInfo) (up *net.TCPConn, release func(), err error) {
+	var local netip.AddrPort
+	up, err = p.net.Dial(ctx, dst.String(), DialOptions{Source: src, Bound: func(l netip.AddrPort) {
+		local = l
+		p.node.peers.add(l, dst, peer)
+	}})
+	if err != nil {
+		if local.IsValid() {
+			p.node.peers.remove(local, dst)
+		}
+		return nil, nil, err
+	}
+	if got := addrOf(up.LocalAddr()); got != local {
+		// The Net bound no address ahead (or another one): record what the kernel chose.
+		if local.IsValid() {
+			p.node.peers.remove(local, dst)
+		}
+		local = got
+		p.node.peers.add(local, dst, peer)
+	}
+	if src.IsValid() && local.Addr() != src.Addr().Unmap() {
+		p.node.noTransparent.Do(func() {
+			p.log.Warn("inbound: cannot keep the original source address (no IP_TRANSPARENT); applications see connections from their pod's own address",
+				"src", src.String(), "local", local.String())
+		})
+	}
+	if !p.track(up) {
+		p.node.peers.remove(local, dst)
+		return nil, nil, errors.New("pod proxy closed")
+	}
+	return up, func() { p.untrack(up); p.node.peers.remove(local, dst) }, nil
 }

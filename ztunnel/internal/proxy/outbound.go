@@ -9,6 +9,7 @@ import (
 
 	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/proto/hbone"
+	"ambit.dev/proto/identity"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -60,7 +61,7 @@ func (p *Pod) resolve(dst netip.AddrPort, src netip.AddrPort) (route, error) {
 		if w.GetTunnelProtocol() == configv1.TunnelProtocol_NONE {
 			return route{dst: addr, dstWorkload: w, via: "direct"}, nil
 		}
-		id, err := WorkloadIdentity(w, p.node.TrustDomain)
+		id, err := identity.WorkloadIdentity(w, p.node.TrustDomain)
 		if err != nil {
 			return route{}, err
 		}
@@ -76,6 +77,13 @@ func (p *Pod) resolve(dst netip.AddrPort, src netip.AddrPort) (route, error) {
 			return route{}, fmt.Errorf("service %s/%s has no endpoint for port %d", svc.GetNamespace(), svc.GetName(), dst.Port())
 		}
 		ep := p.lb.pick(svc, eps)
+		if gw := ep.Workload.GetWaypoint(); gw != nil && gw.GetAddress() != nil {
+			// The endpoint is bound to a waypoint through its service account or namespace:
+			// the waypoint gets the connection addressed to the VIP, so that it routes by the
+			// Service's HTTPRoutes (splits, retries) and balances itself.
+			p.lb.done(ep.Addr)
+			return viaWaypoint(gw, dst, nil)
+		}
 		r, err := toWorkload(ep.Workload, ep.Addr)
 		r.picked = ep.Addr
 		if err != nil {
@@ -112,7 +120,7 @@ func (p *Pod) outbound(c *net.TCPConn) {
 	if r.hbone != nil {
 		up, err = p.client.Dial(ctx, *r.hbone)
 	} else {
-		up, err = p.net.Dial(ctx, r.dst.String())
+		up, err = p.net.Dial(ctx, r.dst.String(), DialOptions{})
 	}
 	cancel()
 	conn := p.node.Metrics.open(reporterSource, p.w, r.dstWorkload, p.id.String(), peerID(r), r.hbone != nil)
@@ -121,6 +129,11 @@ func (p *Pod) outbound(c *net.TCPConn) {
 		p.log.Info("outbound dial failed", "dst", dst.String(), "via", r.via, "err", err)
 		return
 	}
+	if !p.track(up) {
+		conn.close(0, 0)
+		return
+	}
+	defer p.untrack(up)
 	p.log.Debug("outbound open", "src", src.String(), "dst", dst.String(), "via", r.via)
 	sent, received, err := hbone.Splice(c, up)
 	conn.close(sent, received)

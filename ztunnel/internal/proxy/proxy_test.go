@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -14,7 +15,7 @@ import (
 
 	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/proto/identity"
-	"ambit.dev/ztunnel/internal/state"
+	"ambit.dev/proto/meshstate"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -29,7 +30,7 @@ import (
 type mesh struct {
 	t      *testing.T
 	node   *Node
-	state  *state.State
+	state  *meshstate.State
 	reg    *prometheus.Registry
 	client *Pod
 	server *Pod
@@ -51,7 +52,10 @@ func workloadFor(name, ip, sa string) *configv1.Workload {
 	}
 }
 
-func newMesh(t *testing.T) *mesh {
+func newMesh(t *testing.T) *mesh { t.Helper(); return newMeshWith(t, nil) }
+
+// newMeshWith lets tune change the node before the pods start.
+func newMeshWith(t *testing.T, tune func(*Node)) *mesh {
 	t.Helper()
 	ca, err := identity.NewCA(identity.CAOptions{})
 	if err != nil {
@@ -63,11 +67,14 @@ func newMesh(t *testing.T) *mesh {
 	go func() { _ = mgr.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 
-	m := &mesh{t: t, state: state.New(), reg: prometheus.NewRegistry()}
+	m := &mesh{t: t, state: meshstate.New(), reg: prometheus.NewRegistry()}
 	m.node = &Node{
 		State: m.state, Certs: mgr.Certificate, Bundle: ca.Bundle(),
 		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
 		Logger:      slog.New(slog.DiscardHandler), Metrics: NewMetrics(m.reg),
+	}
+	if tune != nil {
+		tune(m.node)
 	}
 	cw, sw := workloadFor("client", clientIP, "client"), workloadFor("server", serverIP, "server")
 	cw.Services = nil
@@ -96,7 +103,7 @@ func (m *mesh) loopbackNet(ip string) Net {
 			_, port, _ := net.SplitHostPort(addr)
 			return net.Listen("tcp", net.JoinHostPort(ip, port))
 		},
-		Dial: func(ctx context.Context, addr string) (*net.TCPConn, error) {
+		Dial: func(ctx context.Context, addr string, _ DialOptions) (*net.TCPConn, error) {
 			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
 			c, err := d.DialContext(ctx, "tcp", addr)
 			if err != nil {
@@ -299,8 +306,153 @@ func TestUnknownDestinationPassesThrough(t *testing.T) {
 		b, _ := io.ReadAll(c)
 		_, _ = c.Write(append([]byte("outside: "), b...))
 	}()
+	l := &lineLog{}
+	m.client.log = slog.New(l)
 	got, err := m.call(ln.Addr().String())
 	if err != nil || got != "outside: hello" {
 		t.Fatalf("passthrough = %q, %v", got, err)
+	}
+	// One access log line says where it went; nothing else is logged.
+	l.waitLine(t, "outbound closed", "via=passthrough", "dst="+ln.Addr().String())
+	if n := len(l.lines("")); n != 1 {
+		t.Fatalf("logged %d lines for one passthrough connection: %q", n, l.lines(""))
+	}
+}
+
+func TestPeerRecordLivesWithConnection(t *testing.T) {
+	m := newMesh(t)
+	ln, err := net.Listen("tcp", serverIP+":8082")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.ReadAll(c)
+				p, ok := m.node.Peer(addrOf(c.RemoteAddr()), addrOf(c.LocalAddr()))
+				fmt.Fprintf(c, "%s %v %v", p.Identity, p.MTLS, ok)
+			}()
+		}
+	}()
+	for range 10 {
+		got, err := m.call(serverIP + ":8082")
+		if err != nil || got != "spiffe://cluster.local/ns/shop/sa/client true true" {
+			t.Fatalf("app saw peer %q, %v", got, err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for m.node.Peers() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d peer records left after the connections closed", m.node.Peers())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// countHandler counts the log records at warn level and above.
+type countHandler struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (h *countHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		h.mu.Lock()
+		h.msgs = append(h.msgs, r.Message)
+		h.mu.Unlock()
+	}
+	return nil
+}
+func (h *countHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countHandler) WithGroup(string) slog.Handler      { return h }
+
+// The loopback Net cannot dial from the client's address (as a kernel without
+// IP_TRANSPARENT): connections still work, and ztunnel says so once, not per connection.
+func TestNoTransparentLogsOnce(t *testing.T) {
+	m := newMesh(t)
+	startApp(t)
+	h := &countHandler{}
+	m.server.log = slog.New(h)
+	for range 3 {
+		if got, err := m.call(serverIP + ":8080"); err != nil || got != "from "+serverIP+": hello" {
+			t.Fatalf("call = %q, %v", got, err)
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.msgs) != 1 || !strings.Contains(h.msgs[0], "original source") {
+		t.Fatalf("warnings = %q, want one about the original source", h.msgs)
+	}
+}
+
+// TestDrain: a draining pod lets its connections finish and returns as soon as they have;
+// one that outlives the drain period is closed at its end, on both sides.
+func TestDrain(t *testing.T) {
+	m := newMesh(t)
+	// An application that answers each line and never closes first.
+	ln, err := net.Listen("tcp", serverIP+":8083")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(c, c) }()
+		}
+	}()
+	open := func() net.Conn {
+		t.Helper()
+		m.mu.Lock()
+		m.dst = netip.MustParseAddrPort(serverIP + ":8083")
+		m.mu.Unlock()
+		_, out, _ := m.client.Addrs()
+		c, err := net.Dial("tcp", out.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, "x"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	ends := open()
+	stays := open()
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		ends.Close()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	m.client.Drain(ctx)
+	if d := time.Since(start); d < 900*time.Millisecond || d > 3*time.Second {
+		t.Fatalf("drain with a connection that stays took %s, want the drain period (1s)", d)
+	}
+	// The connection that stayed is closed: the client reads EOF, the application too.
+	_ = stays.SetDeadline(time.Now().Add(2 * time.Second))
+	if n, err := stays.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("connection still open after the drain period (read %d)", n)
+	}
+	// The listeners are gone.
+	_, out, _ := m.client.Addrs()
+	if c, err := net.DialTimeout("tcp", out.String(), time.Second); err == nil {
+		c.Close()
+		t.Fatal("outbound listener still accepts after the drain")
 	}
 }

@@ -1,4 +1,4 @@
-package state
+package meshstate
 
 import (
 	"net/netip"

@@ -1,9 +1,9 @@
-// Package state is ztunnel's view of the mesh: the workloads, services and policies the
+// Package meshstate is a proxy's view of the mesh (ztunnel's and the waypoint's): the workloads, services and policies the
 // controller pushed (or a local file gave), indexed for the per-connection lookups of the
 // proxy: which workload owns an address, which endpoints a service VIP has, which policies
 // apply to a destination. Updates replace whole resources; lookups never block on them
 // for long.
-package state
+package meshstate
 
 import (
 	"fmt"
@@ -340,4 +340,36 @@ func (s *State) Counts() map[string]int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return map[string]int{"workloads": len(s.workloads), "services": len(s.services), "policies": len(s.policies), "waypoints": len(s.waypoints)}
+}
+
+// ServiceByName returns the service with resource name "<namespace>/<hostname>".
+func (s *State) ServiceByName(name string) (*configv1.Service, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	v, ok := s.services[name]
+	return v, ok
+}
+
+// Waypoint returns the waypoint with resource name "<namespace>/<name>".
+func (s *State) Waypoint(name string) (*configv1.Waypoint, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	w, ok := s.waypoints[name]
+	return w, ok
+}
+
+// Authorizations returns every authorization held, sorted by resource name. A waypoint
+// gets only the policies that target it or the Services bound to it, and picks among them
+// by their target_refs.
+func (s *State) Authorizations() []*configv1.Authorization {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*configv1.Authorization, 0, len(s.policies))
+	for _, p := range s.policies {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].GetNamespace()+"/"+out[i].GetName() < out[j].GetNamespace()+"/"+out[j].GetName()
+	})
+	return out
 }

@@ -1,0 +1,124 @@
+// Command bench is ambit's data-plane benchmark (`make bench`, `make bench-quick`).
+//
+//	bench run [--quick] [flags]   bring the bench lab up, run every scenario, write the results
+//	bench load [flags]            one load run from inside the client pod; prints JSON
+//	bench serve [flags]           the benchmark's server, inside the server pod
+//
+// run needs root: it drives the local lab (network namespaces, iptables).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"ambit.dev/bench/internal/harness"
+	"ambit.dev/bench/internal/load"
+	"ambit.dev/bench/internal/server"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: bench run|load|serve [flags]")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch os.Args[1] {
+	case "run":
+		err = run(ctx, os.Args[2:])
+	case "load":
+		err = runLoad(ctx, os.Args[2:])
+	case "serve":
+		err = serve(ctx, os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown command %q (run, load or serve)", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("run", flag.ExitOnError)
+	quick := fs.Bool("quick", false, "shorter runs, fewer connection counts, no profile, results in bench/results/quick and the doc left alone")
+	binDir := fs.String("bin-dir", "bin", "directory holding controller, ztunnel and ambitctl")
+	scenarios := fs.String("scenarios", "", "comma-separated scenarios to run (default all)")
+	results := fs.String("results", "", "results directory (default bench/results, or bench/results/quick with --quick)")
+	doc := fs.String("doc", "", "benchmarks doc to write the section into (default docs/benchmarks.md; none with --quick)")
+	command := fs.String("command", "", "command the doc names as the one that made the figures")
+	_ = fs.Parse(args)
+	cfg := harness.Default()
+	if *quick {
+		cfg = harness.Quick()
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cfg.Self = self
+	if cfg.BinDir, err = filepath.Abs(*binDir); err != nil {
+		return err
+	}
+	if *scenarios != "" {
+		cfg.Scenarios = strings.Split(*scenarios, ",")
+	}
+	if *results != "" {
+		cfg.ResultsDir = *results
+	}
+	if *doc != "" {
+		cfg.Doc = *doc
+	}
+	if *command != "" {
+		cfg.Command = *command
+	}
+	cfg.Out = os.Stdout
+	start := time.Now()
+	_, err = harness.Run(ctx, cfg)
+	fmt.Printf("bench: done in %s\n", time.Since(start).Round(time.Second))
+	return err
+}
+
+func runLoad(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("load", flag.ExitOnError)
+	var c load.Config
+	mode := fs.String("mode", "http", "http, bulk or churn")
+	fs.StringVar(&c.Target, "target", "", "URL (http, churn) or host:port (bulk)")
+	fs.Float64Var(&c.QPS, "qps", 0, "request rate (http)")
+	fs.IntVar(&c.Connections, "connections", 1, "connections (http, churn)")
+	fs.DurationVar(&c.Duration, "duration", 5*time.Second, "how long to run")
+	_ = fs.Parse(args)
+	c.Mode = load.Mode(*mode)
+	res, err := load.Run(ctx, c)
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+func serve(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	var c server.Config
+	fs.StringVar(&c.HTTPAddr, "http", ":8080", "HTTP listen address")
+	fs.StringVar(&c.BulkAddr, "bulk", ":9100", "bulk source listen address")
+	size := fs.String("size", "1024", "HTTP reply body in bytes")
+	_ = fs.Parse(args)
+	n, err := strconv.Atoi(*size)
+	if err != nil || n < 0 {
+		return fmt.Errorf("size: %q is not a byte count", *size)
+	}
+	c.Size = n
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	return server.Run(ctx, c, log)
+}

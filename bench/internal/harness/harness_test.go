@@ -1,0 +1,133 @@
+package harness
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"ambit.dev/bench/internal/report"
+)
+
+func TestConfigValidate(t *testing.T) {
+	ok := Quick()
+	ok.BinDir, ok.Self = "/bin", "/bin/bench"
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mut := range map[string]func(*Config){
+		"no qps":           func(c *Config) { c.QPS = 0 },
+		"no connections":   func(c *Config) { c.Connections = nil },
+		"no duration":      func(c *Config) { c.Duration = 0 },
+		"unknown scenario": func(c *Config) { c.Scenarios = []string{"istio"} },
+		"no self":          func(c *Config) { c.Self = "" },
+	} {
+		c := ok
+		mut(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestPerfReport(t *testing.T) {
+	out := "# Samples: 1K\n#\n# Overhead  Symbol\n    12.50%  [k] _raw_spin_unlock_irqrestore\n     3.10%  [.] runtime.mallocgc\n" +
+		"     2.00%  [.] crypto/internal/fips140/aes/gcm.gcmAesEnc\n     1.00%  [.] golang.org/x/net/http2.(*Framer).ReadFrame\n" +
+		"    81.70%  [kernel.kallsyms]\n     0.50%  [.] runtime.findRunnable                     -      -   \n     0.40%  [.] main.main\n\n"
+	syms := parseReport([]byte(out))
+	if len(syms) != 7 || !syms[0].kernel || syms[0].name != "_raw_spin_unlock_irqrestore" || syms[1].kernel || syms[1].name != "runtime.mallocgc" {
+		t.Fatalf("%+v", syms)
+	}
+	got := categorize(syms)
+	want := []float64{12.5, 2, 3.1, 0.5, 1, 82.1} // a dso line counts as a symbol
+	for i := range want {
+		if got[i] < want[i]-1e-9 || got[i] > want[i]+1e-9 {
+			t.Fatalf("categories %v, want %v", got, want)
+		}
+	}
+}
+
+// TestSmokeLab runs a tiny benchmark through the real lab: every scenario that exists, one
+// connection, a second each. It needs root, like the lab; its lab has its own prefix,
+// ports and subnet, so a `make bench` or a developer's lab may run beside it.
+func TestSmokeLab(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the lab creates network namespaces, links and iptables rules")
+	}
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		t.Skip("haproxy is not installed (make setup)")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	build := exec.Command("go", "build", "-o", bin+"/", "ambit.dev/controller/cmd/controller", "ambit.dev/controller/cmd/ambitctl",
+		"ambit.dev/ztunnel/cmd/ztunnel", "ambit.dev/waypoint/cmd/waypoint", "ambit.dev/bench/cmd/bench")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	objects, err := filepath.Abs("../../lab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo := filepath.Join(dir, "lab.yaml")
+	b, err := os.ReadFile("../../lab.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Replace(strings.Replace(string(b), "subnet: 10.79.0.0/16", "subnet: 10.81.0.0/16", 1), "config: lab", "config: "+objects, 1)
+	if err := os.WriteFile(topo, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Topology: topo, LabDir: filepath.Join(dir, "lab"), LabPrefix: "ambitbt", LabPortBase: 36000,
+		BinDir: bin, Self: filepath.Join(bin, "bench"), ResultsDir: filepath.Join(dir, "results"),
+		Rounds: 1, QPS: 200, Connections: []int{1}, Duration: time.Second, BulkDuration: time.Second, ChurnDuration: time.Second,
+		ChurnConnections: 2, Out: testWriter{t}}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	rows, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var scen []string
+	for _, r := range rows {
+		scen = append(scen, r.Scenario)
+		if r.QPS < 150 || r.Errors != 0 || r.P50 <= 0 || r.P50 > r.P99 || r.P99 > r.P999 || r.ThroughputGbps <= 0 || r.ConnPerSec <= 0 {
+			t.Errorf("implausible row %+v", r)
+		}
+		proxied := r.Scenario != report.Direct
+		if proxied != (r.CPUPer1k > 0 && r.RSSMB > 0) {
+			t.Errorf("proxy usage of %s: %v vCPU/1k, %v MB", r.Scenario, r.CPUPer1k, r.RSSMB)
+		}
+		waypoint := r.Scenario == report.AmbitL7
+		if waypoint != (r.WaypointCPUPer1k > 0 && r.WaypointRSSMB > 0) || r.WaypointCPUPer1k > r.CPUPer1k {
+			t.Errorf("waypoint usage of %s: %v vCPU/1k, %v MB (all proxies %v)", r.Scenario, r.WaypointCPUPer1k, r.WaypointRSSMB, r.CPUPer1k)
+		}
+	}
+	if strings.Join(scen, ",") != "direct,ambit-l4,ambit-l7,haproxy-mtls" {
+		t.Errorf("scenarios %v", scen)
+	}
+	var fromFile []report.Row
+	js, err := os.ReadFile(filepath.Join(cfg.ResultsDir, "latest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(js, &fromFile); err != nil || len(fromFile) != len(rows) {
+		t.Fatalf("latest.json: %v, %d rows", err, len(fromFile))
+	}
+	if _, err := os.Stat(filepath.Join(cfg.ResultsDir, "latency.png")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(cfg.LabDir); !os.IsNotExist(err) {
+		t.Errorf("lab dir left behind: %v", err)
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

@@ -1,0 +1,252 @@
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"ambit.dev/bench/internal/load"
+)
+
+// profile samples the two ztunnels' CPU with perf (software clock, call graphs) under the
+// ambit-l4 load at 16 connections, and reads their memory split from smaps_rollup. ztunnel
+// has no pprof endpoint, so this is what there is; the result is a Markdown note.
+func (r *runner) profile(ctx context.Context) (string, error) {
+	perf, err := exec.LookPath("perf")
+	if err != nil {
+		return "", fmt.Errorf("perf is not installed (Debian package linux-perf)")
+	}
+	if err := r.enrol(ctx, true); err != nil {
+		return "", err
+	}
+	defer func() { _ = r.enrol(ctx, false) }()
+	var pids []string
+	for _, n := range r.state.Nodes {
+		pids = append(pids, strconv.Itoa(n.Ztunnel.PID))
+	}
+	data := filepath.Join(r.cfg.LabDir, "perf.data")
+	rec := exec.CommandContext(ctx, perf, "record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-p", strings.Join(pids, ","),
+		"-o", data, "--", "sleep", fmt.Sprint(r.cfg.ProfileDuration.Seconds()))
+	var recErr bytes.Buffer
+	rec.Stderr = &recErr
+	if err := rec.Start(); err != nil {
+		return "", err
+	}
+	conns := 16
+	res, lerr := r.load(ctx, load.Config{Mode: load.HTTP, Target: fmt.Sprintf("http://%s:%d/", r.server.IP, httpPort), QPS: r.cfg.QPS,
+		Connections: conns, Duration: r.cfg.ProfileDuration - time.Second})
+	if err := rec.Wait(); err != nil {
+		return "", fmt.Errorf("perf record: %v: %s", err, recErr.String())
+	}
+	if lerr != nil {
+		return "", lerr
+	}
+	report := func(args ...string) ([]symbol, error) {
+		out, err := exec.CommandContext(ctx, perf, append([]string{"report", "-i", data, "--stdio", "--no-children", "-g", "none"}, args...)...).Output()
+		if err != nil {
+			return nil, fmt.Errorf("perf report %v: %w", args, err)
+		}
+		return parseReport(out), nil
+	}
+	dsos, err := report("--sort", "dso")
+	if err != nil {
+		return "", err
+	}
+	// user space alone, as shares of ztunnel's own code
+	user, err := report("--sort", "symbol", "--dsos", "ztunnel", "--percentage", "relative")
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "### Where ztunnel's CPU goes\n\n`perf record -e cpu-clock -F 999 -g` on both ztunnels for %s under the ambit-l4 load "+
+		"(%.0f req/s over %d connections, %.0f achieved). ztunnel has no pprof endpoint yet; perf reads the Go symbol table. "+
+		"The machine is a VM without hardware counters, so kernel samples land where interrupts are re-enabled "+
+		"(`_raw_spin_unlock_irqrestore`, `finish_task_switch`) rather than where the time went; the kernel/user split holds.\n\n",
+		r.cfg.ProfileDuration, r.cfg.QPS, conns, res.Latency.QPS)
+	b.WriteString("| share of ztunnel CPU | in |\n|--:|---|\n")
+	for _, d := range dsos {
+		if d.pct >= 0.5 {
+			name := d.name
+			if strings.Contains(name, "kernel") {
+				name += " (the kernel: syscalls, TCP/IP, iptables, scheduling, on ztunnel's behalf)"
+			}
+			fmt.Fprintf(&b, "| %.1f%% | `%s` |\n", d.pct, name)
+		}
+	}
+	b.WriteString("\nztunnel's own code (user space = 100%) by kind of work:\n\n| share | kind |\n|--:|---|\n")
+	for i, pct := range categorize(user) {
+		if i == 0 {
+			continue // kernel: not in this view
+		}
+		fmt.Fprintf(&b, "| %.1f%% | %s |\n", pct, categories[i].name)
+	}
+	b.WriteString("\nIts symbols at 1.5% or more of user space:\n\n| self % | symbol |\n|--:|---|\n")
+	for i, s := range user {
+		if s.pct < 1.5 || i >= 20 {
+			break
+		}
+		fmt.Fprintf(&b, "| %.1f%% | `%s` |\n", s.pct, s.name)
+	}
+	b.WriteString("\n### Where ztunnel's memory goes\n\nFrom /proc/<pid>/smaps_rollup at the end of the run (no heap profile without a pprof endpoint):\n\n")
+	b.WriteString("| ztunnel | RSS MB | anonymous (heap, stacks) MB | file-backed (binary text, data) MB | peak RSS MB |\n|---|--:|--:|--:|--:|\n")
+	for _, n := range r.state.Nodes {
+		m, err := smapsRollup(n.Ztunnel.PID)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "| %s | %.1f | %.1f | %.1f | %.1f |\n", n.Name, mb(m["Rss"]), mb(m["Anonymous"]), mb(m["Rss"]-m["Anonymous"]), mb(hwm(n.Ztunnel.PID)))
+	}
+	if fi, err := os.Stat(filepath.Join(r.cfg.BinDir, "ztunnel")); err == nil {
+		fmt.Fprintf(&b, "\nThe file-backed part is the touched pages of the %.0f MB ztunnel binary (code and read-only data, "+
+			"shared between the two ztunnels and reclaimable by the kernel); the anonymous part is Go's heap, stacks and runtime. "+
+			"Against the 12 MB target the anonymous part is what the code controls; a heap profile "+
+			"(`/debug/pprof/heap` on the admin port) would say which allocations make it.\n", mb(fi.Size()))
+	}
+	return b.String(), nil
+}
+
+// symbol is one line of `perf report --stdio -g none --sort symbol`:
+// "  12.34%  [.] symbol" ([k] for the kernel).
+type symbol struct {
+	pct    float64
+	kernel bool
+	name   string
+}
+
+func parseReport(out []byte) []symbol {
+	var syms []symbol
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") || !strings.HasSuffix(f[0], "%") {
+			continue
+		}
+		pct, err := strconv.ParseFloat(strings.TrimSuffix(f[0], "%"), 64)
+		if err != nil {
+			continue
+		}
+		// -g none leaves "-" placeholders after the symbol
+		for len(f) > 2 && f[len(f)-1] == "-" {
+			f = f[:len(f)-1]
+		}
+		s := symbol{pct: pct, name: strings.Join(f[1:], " ")}
+		switch {
+		case strings.HasPrefix(s.name, "[k] "):
+			s.kernel, s.name = true, strings.TrimPrefix(s.name, "[k] ")
+		case strings.HasPrefix(s.name, "[.] "):
+			s.name = strings.TrimPrefix(s.name, "[.] ")
+		}
+		syms = append(syms, s)
+	}
+	return syms
+}
+
+// Categories of CPU time, in the order the doc lists them. The first that matches wins.
+var categories = []struct {
+	name  string
+	match func(symbol) bool
+}{
+	{"kernel: syscalls, TCP/IP, scheduling, iptables", func(s symbol) bool { return s.kernel }},
+	{"TLS and crypto (AES-GCM, ECDSA, hashing)", func(s symbol) bool {
+		return containsAny(s.name, "crypto/", "aes", "gcm", "sha256", "p256", "tls.")
+	}},
+	{"Go GC and allocation", func(s symbol) bool {
+		return containsAny(s.name, "runtime.gc", "runtime.scan", "runtime.mallocgc", "runtime.(*mspan)", "runtime.(*mheap)",
+			"runtime.(*mcache)", "runtime.greyobject", "runtime.markBits", "runtime.findObject", "runtime.heapBits",
+			"runtime.memclr", "runtime.wbBuf", "runtime.bgsweep", "runtime.sweepone", "runtime.(*gcWork)", "runtime.typePointers", "runtime.newobject", "runtime.makeslice")
+	}},
+	{"Go scheduler, netpoll, timers, syscall entry", func(s symbol) bool {
+		return containsAny(s.name, "runtime.schedule", "runtime.findRunnable", "runtime.netpoll", "runtime.futex", "runtime.park",
+			"runtime.stealWork", "runtime.mcall", "runtime.usleep", "runtime.nanotime", "runtime.runqgrab", "runtime.lock", "runtime.unlock",
+			"runtime.notesleep", "runtime.ready", "runtime.goready", "runtime.casgstatus", "runtime.execute", "runtime.gopark",
+			"runtime.entersyscall", "runtime.exitsyscall", "runtime.(*timers)", "runtime.checkTimers", "runtime.resetspinning",
+			"runtime.wakep", "runtime.startm", "runtime.stopm", "runtime.epoll", "syscall.", "internal/runtime/syscall", "internal/poll")
+	}},
+	{"HTTP/2 and HBONE framing", func(s symbol) bool { return containsAny(s.name, "http2", "hbone", "hpack") }},
+	{"everything else (copying, maps, other Go code)", func(symbol) bool { return true }},
+}
+
+func containsAny(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+// categorize sums self time by category.
+func categorize(syms []symbol) []float64 {
+	sums := make([]float64, len(categories))
+	for _, s := range syms {
+		for i, c := range categories {
+			if c.match(s) {
+				sums[i] += s.pct
+				break
+			}
+		}
+	}
+	return sums
+}
+
+func smapsRollup(pid int) (map[string]int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]int64{}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 3 && f[2] == "kB" {
+			v, _ := strconv.ParseInt(f[1], 10, 64)
+			m[strings.TrimSuffix(f[0], ":")] = v * 1024
+		}
+	}
+	return m, nil
+}
+
+func hwm(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "VmHWM:" {
+			v, _ := strconv.ParseInt(f[1], 10, 64)
+			return v * 1024
+		}
+	}
+	return 0
+}
+
+func mb(b int64) float64 { return float64(b) / (1 << 20) }
+
+// methodNotes explains how the figures are made, and what is not measured yet.
+func (r *runner) methodNotes() []string {
+	notes := []string{`### How the figures are made
+
+- One run, one lab (bench/lab.yaml): a client pod on node-a, a server pod on node-b, each a network namespace on the lab bridge. The server pod runs the harness's own server (` + "`bench serve`" + `: every GET answered with a 1 KB body; a TCP source for the bulk test), not the lab's http-echo, which asks its ztunnel about every caller.
+- Load: fortio's library (fhttp, periodic) in a process started inside the client pod (` + "`ip netns exec … bench load`" + `), HTTP/1.1 keep-alive, a fixed rate split evenly over the connections (fortio ` + "`-uniform`" + `, catching up after a slow call). Every request's latency is recorded exactly through fortio's access-logger hook; percentiles are nearest-rank over all of them. Latency is from the start of each call (fortio's definition), so a stall that delays later calls is under-counted (coordinated omission), equally for every scenario.
+- ` + "`direct`" + `: the namespace is not enrolled, plain pod to pod. ` + "`ambit-l4`" + `: ` + "`ambitctl namespace enable bench`" + `, so the client's ztunnel captures the connection and carries it over HBONE (TLS 1.3 mTLS, HTTP/2 CONNECT) to the server's ztunnel. ` + "`ambit-l7`" + `: enrolled, and the server's service account bound to a waypoint (` + "`bench-wp`" + `, in a pod of its own on the server's node): the client's ztunnel sends the connection over HBONE to the waypoint, which parses each HTTP request and opens HBONE to the server's ztunnel; proxy CPU and RSS are of the two ztunnels and the waypoint, and the waypoint's own figures are judged against its targets. ` + "`haproxy-mtls`" + `: the namespace out of the mesh again, Debian's HAProxy in TCP mode in each pod: the client-side one listens on the client pod's loopback and originates TLS 1.3 with a SPIFFE SVID signed by the lab's CA, the server-side one verifies the client certificate and forwards to the app. Two proxies per path, as with the ztunnels; HAProxy opens one TLS connection per client connection where ztunnel multiplexes them over a pooled HBONE connection.
+- Proxy CPU: utime+stime of the two proxies of the path from /proc/<pid>/stat (their own rusage, all threads) over each latency run, divided by the achieved thousands of requests per second. The ztunnel target is per ztunnel, so the verdict halves the pair's figure. Memory: the larger of the two proxies' resident set, sampled every 100 ms.
+- Throughput: one connection, the server streams, the client counts what it reads for the bulk duration after the first 64 KB. New connections per second: fortio without keep-alive at full speed, one GET per connection.
+- The machine has 2 vCPUs shared by the load generator, the server, both proxies and other engineers' work (compilers, tests); latency tails, CPU and throughput are noisy. Each scenario is measured in several rounds, interleaved with the others, and each figure is the median over the rounds, so that a burst of other work decides no comparison on its own; the tail percentiles (p99, p99.9) remain the least stable figures. Compare rows of one run, not runs.`}
+	if len(r.skipped) > 0 {
+		var b strings.Builder
+		b.WriteString("### Not measured in this run\n\n")
+		for _, s := range AllScenarios {
+			if why, ok := r.skipped[s]; ok {
+				fmt.Fprintf(&b, "- `%s`: %s.\n", s, why)
+			}
+		}
+		notes = append(notes, b.String())
+	}
+	return notes
+}

@@ -1,0 +1,186 @@
+package report
+
+import (
+	"bytes"
+	"encoding/json"
+	"image/png"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func sample() []Row {
+	rows := []Row{
+		{Scenario: Direct, Connections: 1, QPS: 1000, P50: 80, P90: 120, P99: 200, P999: 900, ThroughputGbps: 20, ConnPerSec: 10000},
+		{Scenario: Direct, Connections: 16, QPS: 998, P50: 90, P90: 130, P99: 240, P999: 1000, ThroughputGbps: 20, ConnPerSec: 10000},
+		{Scenario: AmbitL4, Connections: 1, QPS: 1000, P50: 200, P90: 300, P99: 350, P999: 1200, CPUPer1k: 0.1, RSSMB: 11, ThroughputGbps: 10, ConnPerSec: 3000},
+		{Scenario: AmbitL4, Connections: 16, QPS: 998, P50: 250, P90: 400, P99: 600, P999: 1500, CPUPer1k: 0.14, RSSMB: 11.5, ThroughputGbps: 10, ConnPerSec: 3000},
+		{Scenario: HAProxyMTLS, Connections: 1, QPS: 1000, P50: 220, P90: 300, P99: 500, P999: 1300, CPUPer1k: 0.12, RSSMB: 20, ThroughputGbps: 6, ConnPerSec: 1100},
+		{Scenario: HAProxyMTLS, Connections: 16, QPS: 998, P50: 230, P90: 310, P99: 480, P999: 1300, CPUPer1k: 0.13, RSSMB: 20, ThroughputGbps: 6, ConnPerSec: 1100},
+	}
+	FillAdded(rows)
+	return rows
+}
+
+func TestFillAdded(t *testing.T) {
+	rows := sample()
+	var got []float64
+	for _, r := range rows {
+		got = append(got, r.AddedP99)
+	}
+	if want := []float64{0, 0, 150, 360, 300, 240}; !slices.Equal(got, want) {
+		t.Fatalf("added p99 %v, want %v", got, want)
+	}
+	orphan := []Row{{Scenario: AmbitL4, Connections: 64, P99: 500}}
+	FillAdded(orphan)
+	if orphan[0].AddedP99 != 0 {
+		t.Fatalf("row without a direct row: %v", orphan[0].AddedP99)
+	}
+}
+
+// TestJSONShape pins the field names of latest.json: the issue names them exactly.
+func TestJSONShape(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteJSON(&b, sample()[:1]); err != nil {
+		t.Fatal(err)
+	}
+	var got []map[string]any
+	if err := json.Unmarshal(b.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for k := range got[0] {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	want := []string{"added_p99_us", "connections", "conn_per_s", "cpu_vcpu_per_1k", "errors", "p50_us", "p90_us", "p999_us",
+		"p99_us", "qps", "rss_mb", "scenario", "throughput_gbps"}
+	slices.Sort(want)
+	if !slices.Equal(keys, want) {
+		t.Fatalf("fields %v\nwant   %v", keys, want)
+	}
+	b.Reset()
+	if err := WriteJSON(&b, nil); err != nil || strings.TrimSpace(b.String()) != "[]" {
+		t.Fatalf("no rows: %q, %v", b.String(), err)
+	}
+}
+
+func TestTable(t *testing.T) {
+	tab := Table(sample())
+	lines := strings.Split(strings.TrimSpace(tab), "\n")
+	if len(lines) != 2+6 {
+		t.Fatalf("%d lines:\n%s", len(lines), tab)
+	}
+	for _, want := range []string{
+		"| direct | 1 | 1000 | 80 | 120 | 200 | 900 | 0 | 0 | – | – | 20.00 | 10000 |",
+		"| ambit-l4 | 16 | 998 | 250 | 400 | 600 | 1500 | 360 | 0 | 0.140 | 11.5 | 10.00 | 3000 |",
+	} {
+		if !strings.Contains(tab, want+"\n") {
+			t.Errorf("table lacks %q:\n%s", want, tab)
+		}
+	}
+	for _, l := range lines {
+		if n := strings.Count(l, "|"); n != 14 {
+			t.Errorf("%d cells in %q", n-1, l)
+		}
+	}
+}
+
+func TestScenarioTable(t *testing.T) {
+	tab := ScenarioTable(sample())
+	for _, want := range []string{"| direct | 20.00 | 100% | 10000 | 100% |", "| ambit-l4 | 10.00 | 50% | 3000 | 30% |", "| haproxy-mtls | 6.00 | 30% | 1100 | 11% |"} {
+		if !strings.Contains(tab, want+"\n") {
+			t.Errorf("lacks %q:\n%s", want, tab)
+		}
+	}
+}
+
+func TestJudge(t *testing.T) {
+	vs := Judge(sample())
+	byName := map[string]Verdict{}
+	for _, v := range vs {
+		byName[v.Target] = v
+	}
+	check := func(prefix string, met bool, miss string) {
+		t.Helper()
+		for name, v := range byName {
+			if strings.HasPrefix(name, prefix) {
+				if v.Met != met || !strings.Contains(v.Miss, miss) {
+					t.Errorf("%s: met %v miss %q; want %v, %q", name, v.Met, v.Miss, met, miss)
+				}
+				return
+			}
+		}
+		t.Errorf("no verdict %q in %v", prefix, vs)
+	}
+	check("ambit-l4 added p99 at", false, "+160 µs (1.8×) at 16 conn")
+	check("ztunnel CPU", false, "+0.010 vCPU")    // 0.14 / 2 = 0.07
+	check("ztunnel peak RSS", true, "")           // 11.5 MB
+	check("ambit-l4 single-connection", true, "") // 50%
+	check("ambit-l4 added p99 vs", false, "+120 µs at 16 conn")
+	check("ambit-l4 proxy CPU", false, "1.1× at 16 conn")
+	if Judge(sample()[:2]) != nil {
+		t.Error("verdicts without ambit-l4 rows")
+	}
+}
+
+func TestSplice(t *testing.T) {
+	section := Section(sample(), Meta{Date: "2026-11-23", Machine: "m", Command: "make bench", Settings: "s", Notes: []string{"note"}})
+	if !strings.HasPrefix(section, BeginMarker+"\n") || !strings.HasSuffix(section, EndMarker+"\n") {
+		t.Fatalf("section not within markers:\n%s", section)
+	}
+	head := "# Benchmarks\n\n## Controller\n\nother engineer's text\n"
+	doc, err := Splice(head, section)
+	if err != nil || doc != head+"\n"+section {
+		t.Fatalf("append: %v\n%s", err, doc)
+	}
+	// again, with text after the section: replaced in place, the rest kept
+	doc2, err := Splice(doc+"\ntrailer\n", strings.Replace(section, "note", "new note", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(doc2, head) || !strings.HasSuffix(doc2, EndMarker+"\n\ntrailer\n") ||
+		!strings.Contains(doc2, "new note") || strings.Count(doc2, BeginMarker) != 1 {
+		t.Fatalf("replace:\n%s", doc2)
+	}
+	if _, err := Splice(EndMarker+"\n"+BeginMarker, section); err == nil {
+		t.Fatal("markers out of order accepted")
+	}
+}
+
+func TestPlot(t *testing.T) {
+	var b bytes.Buffer
+	if err := Plot(&b, sample(), "test"); err != nil {
+		t.Fatal(err)
+	}
+	img, err := png.Decode(&b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := img.Bounds().Dx(); w < 6*84 {
+		t.Fatalf("width %d for 6 rows", w)
+	}
+	if err := Plot(&b, nil, "x"); err == nil {
+		t.Fatal("empty plot accepted")
+	}
+}
+
+func TestCombine(t *testing.T) {
+	a := []Row{{Scenario: Direct, Connections: 1, QPS: 1000, P50: 80, P90: 100, P99: 200, P999: 300, ThroughputGbps: 20, ConnPerSec: 9000},
+		{Scenario: AmbitL4, Connections: 1, QPS: 1000, P50: 200, P90: 250, P99: 400, P999: 900, Errors: 1, CPUPer1k: 0.2, RSSMB: 20, ThroughputGbps: 3, ConnPerSec: 2000}}
+	b := []Row{{Scenario: Direct, Connections: 1, QPS: 990, P50: 90, P90: 300, P99: 90000, P999: 99000, ThroughputGbps: 10, ConnPerSec: 8000},
+		{Scenario: AmbitL4, Connections: 1, QPS: 1000, P50: 210, P90: 260, P99: 420, P999: 1000, CPUPer1k: 0.3, RSSMB: 22, ThroughputGbps: 3.2, ConnPerSec: 2100}}
+	c := []Row{{Scenario: Direct, Connections: 1, QPS: 1000, P50: 85, P90: 110, P99: 210, P999: 320, ThroughputGbps: 22, ConnPerSec: 9100},
+		{Scenario: AmbitL4, Connections: 1, QPS: 998, P50: 205, P90: 255, P99: 410, P999: 950, Errors: 2, CPUPer1k: 0.25, RSSMB: 21, ThroughputGbps: 3.1, ConnPerSec: 2050}}
+	got := Combine([][]Row{a, b, c})
+	want := []Row{
+		{Scenario: Direct, Connections: 1, QPS: 1000, P50: 85, P90: 110, P99: 210, P999: 320, ThroughputGbps: 20, ConnPerSec: 9000},
+		{Scenario: AmbitL4, Connections: 1, QPS: 1000, P50: 205, P90: 255, P99: 410, P999: 950, AddedP99: 200, Errors: 3, CPUPer1k: 0.25, RSSMB: 22, ThroughputGbps: 3.1, ConnPerSec: 2050},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got  %+v\nwant %+v", got, want)
+	}
+	if m := median([]float64{1, 4, 2, 3}); m != 2.5 {
+		t.Fatalf("even median %v", m)
+	}
+}

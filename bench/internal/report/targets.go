@@ -1,0 +1,163 @@
+package report
+
+import (
+	"fmt"
+	"strings"
+)
+
+// The targets the benchmark judges (issue 6), from the Rust ztunnel's published figures.
+const (
+	TargetAddedP99US  = 200.0 // ambit-l4 added p99 at 1,000 req/s
+	TargetCPUPer1k    = 0.06  // vCPU per 1,000 req/s, per ztunnel
+	TargetRSSMB       = 12.0  // per ztunnel
+	TargetThroughputX = 0.40  // single-connection throughput as a share of direct
+	// The waypoint's (issue 5), against Istio's Envoy waypoint at 0.25 vCPU and 60 MB.
+	TargetWaypointCPUPer1k = 0.15
+	TargetWaypointRSSMB    = 30.0
+)
+
+// judgeWaypoint evaluates the waypoint's targets on the ambit-l7 rows.
+func judgeWaypoint(rows []Row) []Verdict {
+	l7 := filter(rows, AmbitL7)
+	if len(l7) == 0 {
+		return nil
+	}
+	var cpu, rss []string
+	worstCPU, worstRSS := l7[0], l7[0]
+	for _, r := range l7 {
+		cpu = append(cpu, fmt.Sprintf("%s at %d conn", fmtF(r.WaypointCPUPer1k, 3), r.Connections))
+		rss = append(rss, fmt.Sprintf("%s MB at %d conn", fmtF(r.WaypointRSSMB, 1), r.Connections))
+		if r.WaypointCPUPer1k > worstCPU.WaypointCPUPer1k {
+			worstCPU = r
+		}
+		if r.WaypointRSSMB > worstRSS.WaypointRSSMB {
+			worstRSS = r
+		}
+	}
+	c := Verdict{Target: "waypoint CPU per 1,000 req/s (1 KB)", Goal: "≤ 0.15 vCPU", Measured: strings.Join(cpu, ", "),
+		Met: worstCPU.WaypointCPUPer1k <= TargetWaypointCPUPer1k}
+	if !c.Met {
+		c.Miss = fmt.Sprintf("+%s vCPU (%.1f×) at %d conn", fmtF(worstCPU.WaypointCPUPer1k-TargetWaypointCPUPer1k, 3),
+			worstCPU.WaypointCPUPer1k/TargetWaypointCPUPer1k, worstCPU.Connections)
+	}
+	m := Verdict{Target: "waypoint peak RSS", Goal: "≤ 30 MB", Measured: strings.Join(rss, ", "),
+		Met: worstRSS.WaypointRSSMB <= TargetWaypointRSSMB}
+	if !m.Met {
+		m.Miss = fmt.Sprintf("+%s MB (%.1f×)", fmtF(worstRSS.WaypointRSSMB-TargetWaypointRSSMB, 1), worstRSS.WaypointRSSMB/TargetWaypointRSSMB)
+	}
+	return []Verdict{c, m}
+}
+
+// Verdict is one target judged against one run.
+type Verdict struct {
+	Target   string
+	Goal     string
+	Measured string
+	Met      bool
+	// Miss says by how much a missed target is missed.
+	Miss string
+}
+
+// Judge evaluates the targets on rows. A target whose scenarios are missing from the run
+// is left out.
+func Judge(rows []Row) []Verdict {
+	out := judgeWaypoint(rows)
+	l4 := filter(rows, AmbitL4)
+	if len(l4) == 0 {
+		return out
+	}
+	hp := filter(rows, HAProxyMTLS)
+
+	// added p99: every connection count must meet it
+	var parts []string
+	worst := l4[0]
+	for _, r := range l4 {
+		parts = append(parts, fmt.Sprintf("%s µs at %d conn", fmtF(r.AddedP99, 0), r.Connections))
+		if r.AddedP99 > worst.AddedP99 {
+			worst = r
+		}
+	}
+	v := Verdict{Target: "ambit-l4 added p99 at 1,000 req/s", Goal: "≤ 200 µs", Measured: strings.Join(parts, ", "),
+		Met: worst.AddedP99 <= TargetAddedP99US}
+	if !v.Met {
+		v.Miss = fmt.Sprintf("+%s µs (%.1f×) at %d conn", fmtF(worst.AddedP99-TargetAddedP99US, 0), worst.AddedP99/TargetAddedP99US, worst.Connections)
+	}
+	out = append(out, v)
+
+	// CPU: the rows hold both ztunnels together; the target is per ztunnel
+	parts = nil
+	worst = l4[0]
+	for _, r := range l4 {
+		parts = append(parts, fmt.Sprintf("%s at %d conn", fmtF(r.CPUPer1k/2, 3), r.Connections))
+		if r.CPUPer1k > worst.CPUPer1k {
+			worst = r
+		}
+	}
+	per := worst.CPUPer1k / 2
+	v = Verdict{Target: "ztunnel CPU per 1,000 req/s (each of the two: the pair's figure / 2)", Goal: "≤ 0.06 vCPU",
+		Measured: strings.Join(parts, ", "), Met: per <= TargetCPUPer1k}
+	if !v.Met {
+		v.Miss = fmt.Sprintf("+%s vCPU (%.1f×) at %d conn", fmtF(per-TargetCPUPer1k, 3), per/TargetCPUPer1k, worst.Connections)
+	}
+	out = append(out, v)
+
+	var rss float64
+	for _, r := range l4 {
+		rss = max(rss, r.RSSMB)
+	}
+	v = Verdict{Target: "ztunnel peak RSS (larger of the two)", Goal: "≤ 12 MB", Measured: fmtF(rss, 1) + " MB", Met: rss <= TargetRSSMB}
+	if !v.Met {
+		v.Miss = fmt.Sprintf("+%s MB (%.1f×)", fmtF(rss-TargetRSSMB, 1), rss/TargetRSSMB)
+	}
+	out = append(out, v)
+
+	if d := filter(rows, Direct); len(d) > 0 && d[0].ThroughputGbps > 0 {
+		ratio := l4[0].ThroughputGbps / d[0].ThroughputGbps
+		v = Verdict{Target: "ambit-l4 single-connection throughput vs direct", Goal: "≥ 40%",
+			Measured: fmt.Sprintf("%.0f%% (%s of %s Gbps)", ratio*100, fmtF(l4[0].ThroughputGbps, 2), fmtF(d[0].ThroughputGbps, 2)),
+			Met:      ratio >= TargetThroughputX}
+		if !v.Met {
+			v.Miss = fmt.Sprintf("%.0f points short", (TargetThroughputX-ratio)*100)
+		}
+		out = append(out, v)
+	}
+
+	if len(hp) > 0 {
+		var lat, cpu []string
+		latMet, cpuMet := true, true
+		var latMiss, cpuMiss []string
+		for _, r := range l4 {
+			h, ok := Find(rows, HAProxyMTLS, r.Connections)
+			if !ok {
+				continue
+			}
+			lat = append(lat, fmt.Sprintf("%s vs %s µs at %d conn", fmtF(r.AddedP99, 0), fmtF(h.AddedP99, 0), r.Connections))
+			cpu = append(cpu, fmt.Sprintf("%s vs %s at %d conn", fmtF(r.CPUPer1k, 3), fmtF(h.CPUPer1k, 3), r.Connections))
+			if r.AddedP99 > h.AddedP99 {
+				latMet = false
+				latMiss = append(latMiss, fmt.Sprintf("+%s µs at %d conn", fmtF(r.AddedP99-h.AddedP99, 0), r.Connections))
+			}
+			if r.CPUPer1k > h.CPUPer1k {
+				cpuMet = false
+				cpuMiss = append(cpuMiss, fmt.Sprintf("%.1f× at %d conn", r.CPUPer1k/max(h.CPUPer1k, 1e-9), r.Connections))
+			}
+		}
+		if len(lat) > 0 {
+			out = append(out, Verdict{Target: "ambit-l4 added p99 vs haproxy-mtls", Goal: "≤ haproxy-mtls",
+				Measured: strings.Join(lat, ", "), Met: latMet, Miss: strings.Join(latMiss, ", ")})
+			out = append(out, Verdict{Target: "ambit-l4 proxy CPU per 1,000 req/s vs haproxy-mtls (pair vs pair)", Goal: "≤ haproxy-mtls",
+				Measured: strings.Join(cpu, ", "), Met: cpuMet, Miss: strings.Join(cpuMiss, ", ")})
+		}
+	}
+	return out
+}
+
+func filter(rows []Row, scenario string) []Row {
+	var out []Row
+	for _, r := range rows {
+		if r.Scenario == scenario {
+			out = append(out, r)
+		}
+	}
+	return out
+}

@@ -1,0 +1,473 @@
+package cli
+
+import (
+	"cmp"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	configv1 "ambit.dev/proto/config/v1"
+	"ambit.dev/proto/identity"
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"ambit.dev/controller/internal/model"
+	"ambit.dev/controller/lab"
+)
+
+// DefaultZtunnelAdmin is ztunnel's admin address (loopback only).
+const DefaultZtunnelAdmin = "127.0.0.1:15000"
+
+// configDump is ztunnel's GET /config_dump (ztunnel/internal/app.ConfigDump). The resources
+// are protojson of the ambit.dev/proto/config/v1 messages; certificates and pods are plain
+// JSON. Sections stay raw so that -o json and -o yaml print exactly what ztunnel said.
+type configDump struct {
+	Workloads    []json.RawMessage `json:"workloads"`
+	Services     []json.RawMessage `json:"services"`
+	Policies     []json.RawMessage `json:"policies"`
+	Waypoints    []json.RawMessage `json:"waypoints"`
+	Certificates []json.RawMessage `json:"certificates"`
+	Pods         []json.RawMessage `json:"pods"`
+}
+
+// certInfo is one entry of config_dump's certificates (proto/identity.CertInfo).
+type certInfo struct {
+	ID        string    `json:"id"`
+	Serial    string    `json:"serial"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	NextFetch time.Time `json:"next_fetch"`
+	State     string    `json:"state"`
+	LastError string    `json:"last_error"`
+}
+
+// podInfo is one entry of config_dump's pods (proto/nodeapi.PodStatus).
+type podInfo struct {
+	UID       string `json:"uid"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	NetNS     string `json:"netns"`
+	Captured  bool   `json:"captured"`
+	Reason    string `json:"reason"`
+}
+
+// section is one kind of thing ztunnel-config lists.
+type section struct {
+	name, short string
+	raw         func(*configDump) []json.RawMessage
+	print       func(w io.Writer, d *configDump, f filter) error
+}
+
+// filter narrows a listing to a namespace.
+type filter struct{ namespace string }
+
+func (f filter) keep(ns string) bool { return f.namespace == "" || f.namespace == ns }
+
+var sections = []section{
+	{"workloads", "Workloads (pods) the ztunnel knows: addresses, node, identity, tunnel protocol, waypoint",
+		func(d *configDump) []json.RawMessage { return d.Workloads }, printWorkloads},
+	{"services", "Services the ztunnel knows: VIPs, ports and how many workloads back them",
+		func(d *configDump) []json.RawMessage { return d.Services }, printServices},
+	{"policies", "Authorization policies the ztunnel enforces",
+		func(d *configDump) []json.RawMessage { return d.Policies }, printPolicies},
+	{"certificates", "Workload certificates the ztunnel holds, with their state and expiry",
+		func(d *configDump) []json.RawMessage { return d.Certificates }, printCertificates},
+	{"waypoints", "Waypoints the ztunnel knows",
+		func(d *configDump) []json.RawMessage { return d.Waypoints }, printWaypoints},
+	{"pods", "Pods on the ztunnel's node and whether their traffic is captured",
+		func(d *configDump) []json.RawMessage { return d.Pods }, printPods},
+}
+
+func ztunnelConfigCommand(o Options) *cobra.Command {
+	var (
+		admin, node, labDir, namespace string
+		output                         *string
+	)
+	cmd := &cobra.Command{
+		Use:     "ztunnel-config",
+		Aliases: []string{"zc"},
+		Short:   "Show what a ztunnel holds: workloads, services, policies, certificates",
+		Long: `Show the configuration one ztunnel holds, read from its admin endpoint
+(GET http://<admin-addr>/config_dump, loopback port 15000 on the ztunnel's node).
+
+-o json and -o yaml print the entries as ztunnel sent them (protojson of the config API),
+except that IP addresses are written as IPs instead of base64 bytes.
+
+In the local lab every node's ztunnel has its own admin address: name the node with --node
+and the address is looked up in the lab's state (--lab-dir).`,
+		Example: `  # the ztunnel on this host
+  ambitctl ztunnel-config workloads
+
+  # the ztunnel of lab node node-a, as YAML
+  ambitctl ztunnel-config services --node node-a -o yaml
+
+  # a ztunnel in a cluster, its admin port forwarded to this host first
+  # (kubectl port-forward -n ambit-system pod/<ztunnel pod of the node> 15000)
+  ambitctl ztunnel-config certificates --admin-addr 127.0.0.1:15000`,
+	}
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&admin, "admin-addr", DefaultZtunnelAdmin, "host:port of the ztunnel's admin endpoint")
+	pf.StringVar(&node, "node", "", "lab node whose ztunnel to ask (looks up its admin address in the lab state)")
+	pf.StringVar(&labDir, "lab-dir", lab.DefaultStateDir, "state dir of the local lab, for --node")
+	for _, s := range sections {
+		sub := &cobra.Command{
+			Use:   s.name,
+			Short: s.short,
+			Example: fmt.Sprintf(`  ambitctl ztunnel-config %[1]s
+  ambitctl ztunnel-config %[1]s --node node-a -o yaml
+  ambitctl ztunnel-config %[1]s --admin-addr 127.0.0.1:15100 -o json`, s.name),
+			Args: cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				if err := checkOutput(*output); err != nil {
+					return err
+				}
+				addr, hint := admin, "is ztunnel running? for the lab use --node"
+				if node != "" {
+					if cmd.Flags().Changed("admin-addr") {
+						return fmt.Errorf("--node and --admin-addr are mutually exclusive")
+					}
+					a, err := lab.NodeAdminAddr(labDir, node)
+					if err != nil {
+						return err
+					}
+					addr, hint = a, fmt.Sprintf("is the ztunnel of lab node %q running? see `ambitctl lab status`", node)
+				}
+				d, err := fetchConfigDump(cmd.Context(), o, addr, hint)
+				if err != nil {
+					return err
+				}
+				if *output != outShort {
+					return printSection(cmd.OutOrStdout(), *output, s.raw(d), filter{namespace})
+				}
+				return s.print(cmd.OutOrStdout(), d, filter{namespace})
+			},
+		}
+		switch s.name {
+		case "workloads", "services", "policies", "waypoints", "pods":
+			sub.Flags().StringVarP(&namespace, "namespace", "n", "", "show only this namespace")
+		}
+		cmd.AddCommand(sub)
+	}
+	requireSubcommand(cmd)
+	output = new(string)
+	pf.StringVarP(output, "output", "o", outShort, "output format: short (a table), json or yaml")
+	return cmd
+}
+
+func fetchConfigDump(ctx context.Context, o Options, addr, hint string) (*configDump, error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	body, err := get(ctx, o.HTTP, addr, "/config_dump", "ztunnel admin", hint)
+	if err != nil {
+		return nil, err
+	}
+	var d configDump
+	if err := json.Unmarshal(body, &d); err != nil {
+		return nil, fmt.Errorf("ztunnel admin at %s: decode /config_dump: %w", addr, err)
+	}
+	return &d, nil
+}
+
+// printSection prints one section's entries as ztunnel sent them, filtered by namespace,
+// except that IP addresses, which protojson writes as base64 bytes, are written as IPs.
+func printSection(w io.Writer, format string, raw []json.RawMessage, f filter) error {
+	out := make([]any, 0, len(raw))
+	for i, r := range raw {
+		var v any
+		if err := json.Unmarshal(r, &v); err != nil {
+			return fmt.Errorf("config_dump: entry %d: %w", i, err)
+		}
+		if m, ok := v.(map[string]any); ok && f.namespace != "" {
+			if ns, _ := m["namespace"].(string); !f.keep(ns) {
+				continue
+			}
+		}
+		out = append(out, readableAddresses(v))
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return err
+	}
+	return printJSON(w, format, b)
+}
+
+// readableAddresses replaces, anywhere in v, the base64 value of an "address" field and the
+// elements of an "addresses" list by the IP they encode, when they decode to 4 or 16 bytes.
+func readableAddresses(v any) any {
+	ip := func(x any) any {
+		s, ok := x.(string)
+		if !ok {
+			return x
+		}
+		b, err := base64.StdEncoding.DecodeString(s)
+		if err != nil || (len(b) != 4 && len(b) != 16) {
+			return x
+		}
+		return addrString(b)
+	}
+	switch t := v.(type) {
+	case map[string]any:
+		for k, x := range t {
+			switch k {
+			case "labels", "selector":
+				continue // user data: a label named address stays as it is
+			case "address":
+				t[k] = ip(x)
+			case "addresses":
+				if l, ok := x.([]any); ok {
+					for i := range l {
+						l[i] = ip(l[i])
+					}
+				}
+			}
+			t[k] = readableAddresses(t[k])
+		}
+	case []any:
+		for i := range t {
+			t[i] = readableAddresses(t[i])
+		}
+	}
+	return v
+}
+
+// decode parses protojson entries into messages of type T, tolerating fields this ambitctl
+// does not know (a newer ztunnel).
+func decode[T any, P interface {
+	*T
+	proto.Message
+}](raw []json.RawMessage, what string) ([]P, error) {
+	out := make([]P, 0, len(raw))
+	opts := protojson.UnmarshalOptions{DiscardUnknown: true}
+	for i, r := range raw {
+		m := P(new(T))
+		if err := opts.Unmarshal(r, m); err != nil {
+			return nil, fmt.Errorf("config_dump: %s %d: %w", what, i, err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func addrString(b []byte) string {
+	a, ok := netip.AddrFromSlice(b)
+	if !ok {
+		return fmt.Sprintf("<%d bytes>", len(b))
+	}
+	return a.Unmap().String()
+}
+
+func netAddr(a *configv1.NetworkAddress) string {
+	if a == nil || len(a.GetAddress()) == 0 {
+		return ""
+	}
+	s := addrString(a.GetAddress())
+	if a.GetNetwork() != "" {
+		s = a.GetNetwork() + "/" + s
+	}
+	return s
+}
+
+func printWorkloads(w io.Writer, d *configDump, f filter) error {
+	ws, err := decode[configv1.Workload](d.Workloads, "workload")
+	if err != nil {
+		return err
+	}
+	wps, err := decode[configv1.Waypoint](d.Waypoints, "waypoint")
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(ws, func(a, b *configv1.Workload) int {
+		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()), cmp.Compare(a.GetUid(), b.GetUid()))
+	})
+	t := newTable(w, "NAMESPACE", "NAME", "IP", "NODE", "IDENTITY", "PROTOCOL", "WAYPOINT")
+	for _, wl := range ws {
+		if !f.keep(wl.GetNamespace()) {
+			continue
+		}
+		ips := make([]string, 0, len(wl.GetAddresses()))
+		for _, a := range wl.GetAddresses() {
+			ips = append(ips, addrString(a))
+		}
+		t.row(wl.GetNamespace(), wl.GetName(), strings.Join(ips, ","), wl.GetNode(), workloadIdentity(wl),
+			tunnelProtocol(wl.GetTunnelProtocol()), waypointName(wl.GetWaypoint(), wps))
+	}
+	return t.flush()
+}
+
+func workloadIdentity(wl *configv1.Workload) string {
+	id, err := identity.WorkloadIdentity(wl, spiffeid.RequireTrustDomainFromString(model.DefaultTrustDomain))
+	if err != nil {
+		return ""
+	}
+	return id.String()
+}
+
+// tunnelProtocol names how traffic reaches a workload: TCP (not in the mesh), HBONE, or
+// HBONE over HTTP/3.
+func tunnelProtocol(p configv1.TunnelProtocol) string {
+	switch p {
+	case configv1.TunnelProtocol_NONE:
+		return "TCP"
+	case configv1.TunnelProtocol_HBONE_H3:
+		return "HBONE-H3"
+	}
+	return p.String()
+}
+
+// waypointName names a workload's or service's waypoint by its Gateway when the ztunnel
+// knows it, else by its address; "None" when there is none.
+func waypointName(g *configv1.GatewayAddress, wps []*configv1.Waypoint) string {
+	if g == nil || g.GetAddress() == nil {
+		return "None"
+	}
+	for _, wp := range wps {
+		if proto.Equal(wp.GetAddress(), g.GetAddress()) {
+			return wp.GetNamespace() + "/" + wp.GetName()
+		}
+	}
+	return netAddr(g.GetAddress())
+}
+
+func printServices(w io.Writer, d *configDump, f filter) error {
+	ss, err := decode[configv1.Service](d.Services, "service")
+	if err != nil {
+		return err
+	}
+	ws, err := decode[configv1.Workload](d.Workloads, "workload")
+	if err != nil {
+		return err
+	}
+	// Workload.services is keyed by "<namespace>/<hostname>".
+	endpoints := map[string]int{}
+	for _, wl := range ws {
+		for k := range wl.GetServices() {
+			endpoints[k]++
+		}
+	}
+	slices.SortFunc(ss, func(a, b *configv1.Service) int {
+		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()), cmp.Compare(a.GetHostname(), b.GetHostname()))
+	})
+	t := newTable(w, "NAMESPACE", "NAME", "VIP", "PORTS", "ENDPOINTS")
+	for _, s := range ss {
+		if !f.keep(s.GetNamespace()) {
+			continue
+		}
+		vips := make([]string, 0, len(s.GetAddresses()))
+		for _, a := range s.GetAddresses() {
+			vips = append(vips, netAddr(a))
+		}
+		ports := make([]string, 0, len(s.GetPorts()))
+		for _, p := range s.GetPorts() {
+			ports = append(ports, portString(p))
+		}
+		t.row(s.GetNamespace(), cmp.Or(s.GetName(), s.GetHostname()), strings.Join(vips, ","), strings.Join(ports, ","),
+			strconv.Itoa(endpoints[s.GetNamespace()+"/"+s.GetHostname()]))
+	}
+	return t.flush()
+}
+
+// portString writes a port as kubectl writes a NodePort: service:target/protocol, the target
+// left out when it is the same or not set (a named target port resolved per workload).
+func portString(p *configv1.Port) string {
+	s := strconv.FormatUint(uint64(p.GetServicePort()), 10)
+	if tp := p.GetTargetPort(); tp != 0 && tp != p.GetServicePort() {
+		s += ":" + strconv.FormatUint(uint64(tp), 10)
+	}
+	return s + "/" + p.GetAppProtocol().String()
+}
+
+func printPolicies(w io.Writer, d *configDump, f filter) error {
+	ps, err := decode[configv1.Authorization](d.Policies, "policy")
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(ps, func(a, b *configv1.Authorization) int {
+		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
+	})
+	t := newTable(w, "NAMESPACE", "NAME", "ACTION", "SCOPE", "RULES")
+	for _, p := range ps {
+		if !f.keep(p.GetNamespace()) {
+			continue
+		}
+		t.row(p.GetNamespace(), p.GetName(), p.GetAction().String(), p.GetScope().String(), strconv.Itoa(len(p.GetRules())))
+	}
+	return t.flush()
+}
+
+func printWaypoints(w io.Writer, d *configDump, f filter) error {
+	wps, err := decode[configv1.Waypoint](d.Waypoints, "waypoint")
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(wps, func(a, b *configv1.Waypoint) int {
+		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
+	})
+	t := newTable(w, "NAMESPACE", "NAME", "FOR", "ADDRESS", "IDENTITY")
+	for _, wp := range wps {
+		if !f.keep(wp.GetNamespace()) {
+			continue
+		}
+		addr := netAddr(wp.GetAddress())
+		if addr != "" && wp.GetHbonePort() != 0 {
+			addr += ":" + strconv.FormatUint(uint64(wp.GetHbonePort()), 10)
+		}
+		t.row(wp.GetNamespace(), wp.GetName(), strings.ToLower(wp.GetFor().String()), addr, wp.GetIdentity())
+	}
+	return t.flush()
+}
+
+func printCertificates(w io.Writer, d *configDump, _ filter) error {
+	certs := make([]certInfo, 0, len(d.Certificates))
+	for i, r := range d.Certificates {
+		var c certInfo
+		if err := json.Unmarshal(r, &c); err != nil {
+			return fmt.Errorf("config_dump: certificate %d: %w", i, err)
+		}
+		certs = append(certs, c)
+	}
+	slices.SortFunc(certs, func(a, b certInfo) int { return cmp.Compare(a.ID, b.ID) })
+	t := newTable(w, "IDENTITY", "SERIAL", "NOT-AFTER", "STATE", "NEXT-FETCH", "LAST-ERROR")
+	for _, c := range certs {
+		t.row(c.ID, c.Serial, timeString(c.NotAfter), c.State, timeString(c.NextFetch), c.LastError)
+	}
+	return t.flush()
+}
+
+func printPods(w io.Writer, d *configDump, f filter) error {
+	pods := make([]podInfo, 0, len(d.Pods))
+	for i, r := range d.Pods {
+		var p podInfo
+		if err := json.Unmarshal(r, &p); err != nil {
+			return fmt.Errorf("config_dump: pod %d: %w", i, err)
+		}
+		pods = append(pods, p)
+	}
+	slices.SortFunc(pods, func(a, b podInfo) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.UID, b.UID))
+	})
+	t := newTable(w, "NAMESPACE", "NAME", "UID", "NETNS", "CAPTURED", "REASON")
+	for _, p := range pods {
+		if !f.keep(p.Namespace) {
+			continue
+		}
+		t.row(p.Namespace, p.Name, p.UID, p.NetNS, strconv.FormatBool(p.Captured), p.Reason)
+	}
+	return t.flush()
+}
+
+func timeString(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}

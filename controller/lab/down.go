@@ -1,0 +1,71 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+)
+
+// Down removes everything a lab made: its processes (recorded, or found by the state dir in
+// their arguments), every namespace and link with the lab's prefix, and the state dir. It
+// is safe to run on a lab that is half up, crashed or already down.
+func Down(ctx context.Context, o Options) error {
+	if o.Dir == "" {
+		o.Dir = DefaultStateDir
+	}
+	if err := o.complete(); err != nil {
+		return err
+	}
+	var errs []error
+	st, err := LoadState(o.Dir)
+	if err == nil && st.Prefix != "" {
+		o.Prefix = st.Prefix
+	}
+	var pids []int
+	if st != nil {
+		// apps first, ztunnels next, the controller last: nothing logs a missing peer twice
+		for _, p := range st.Pods {
+			for _, a := range p.Apps {
+				pids = append(pids, a.Proc.PID)
+			}
+		}
+		for _, w := range st.Waypoints {
+			pids = append(pids, w.Proc.PID)
+		}
+		for _, n := range st.Nodes {
+			pids = append(pids, n.Ztunnel.PID)
+		}
+		pids = append(pids, st.Controller.PID)
+	}
+	pids = append(pids, strays(o.Dir)...)
+	stopped := 0
+	for _, pid := range pids {
+		if !alive(pid) {
+			continue
+		}
+		if err := stop(pid, 5*time.Second); err != nil {
+			errs = append(errs, err)
+		} else {
+			stopped++
+		}
+	}
+	if os.Geteuid() == 0 {
+		errs = append(errs, removeHost(ctx, names{o.Prefix})...)
+	} else if st != nil {
+		errs = append(errs, errors.New("not root: cannot remove the lab's namespaces and links"))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("lab down: %w", errors.Join(errs...))
+	}
+	if err := os.RemoveAll(o.Dir); err != nil {
+		return err
+	}
+	if st != nil {
+		o.printf("lab %s is down: %d processes stopped, namespaces and links with prefix %s removed", st.Name, stopped, o.Prefix)
+	} else {
+		o.printf("no lab was up in %s; nothing with prefix %s is left", o.Dir, o.Prefix)
+	}
+	return nil
+}

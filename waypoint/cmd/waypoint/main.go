@@ -1,0 +1,56 @@
+// Command waypoint is ambit's L7 proxy: one per ambit-waypoint Gateway. It terminates the
+// HBONE tunnels ztunnels send it, applies L7 authorization, HTTPRoutes, retries, timeouts
+// and outlier ejection, and forwards over HBONE under its own identity.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"ambit.dev/waypoint/internal/app"
+)
+
+func main() {
+	var (
+		cfg      app.Config
+		logLevel string
+	)
+	flag.StringVar(&cfg.Name, "name", "", "name of the Gateway this waypoint serves (required)")
+	flag.StringVar(&cfg.Namespace, "namespace", "", "namespace of the Gateway (required)")
+	flag.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
+	flag.StringVar(&cfg.Controller, "controller", "127.0.0.1:15012", "controller gRPC address (config push and CA)")
+	flag.StringVar(&cfg.TokenFile, "token-file", "", "file holding the token of the node the waypoint runs on (required)")
+	flag.StringVar(&cfg.RootCert, "root-cert", "", "PEM file of the mesh root certificate (required)")
+	flag.StringVar(&cfg.Node, "node", os.Getenv("NODE_NAME"), "node the waypoint runs on; default $NODE_NAME, else the token file's name")
+	flag.StringVar(&cfg.HBONEAddr, "hbone-addr", ":15008", "HBONE listen address")
+	flag.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:15000", "admin listen address (/config_dump); empty disables")
+	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", ":15020", "Prometheus /metrics listen address; empty disables")
+	flag.StringVar(&cfg.ReadyAddr, "ready-addr", ":15021", "/healthz/ready listen address; empty disables")
+	flag.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP/gRPC collector host:port for request spans; empty exports none")
+	flag.DurationVar(&cfg.DrainPeriod, "drain-period", 5*time.Second, "how long open requests may finish on shutdown")
+	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	flag.Parse()
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "waypoint: --log-level: %v\n", err)
+		os.Exit(2)
+	}
+	if cfg.Node == "" && cfg.TokenFile != "" {
+		cfg.Node = app.NodeFromTokenFile(cfg.TokenFile)
+	}
+	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := app.Run(ctx, cfg); err != nil && !errors.Is(err, context.Canceled) {
+		cfg.Logger.Error("waypoint failed", "err", err)
+		os.Exit(1)
+	}
+}

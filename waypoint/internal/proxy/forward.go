@@ -1,0 +1,656 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"ambit.dev/proto/authz"
+	configv1 "ambit.dev/proto/config/v1"
+	"ambit.dev/proto/meshstate"
+	"ambit.dev/waypoint/internal/route"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Response flags, Envoy's, for access logs and the response_flags label.
+const (
+	flagNone           = "-"
+	flagDenied         = "UAEX" // denied by authorization
+	flagNoRoute        = "NR"   // no route matched, or the backend Service does not exist
+	flagNoHealthy      = "UH"   // the Service has no endpoint
+	flagTimeout        = "UT"   // route timeout
+	flagConnect        = "UF"   // could not connect to the endpoint
+	flagReset          = "UC"   // the upstream connection ended before the response
+	flagFaultAbort     = "FI"   // aborted by fault injection
+	flagFaultDelay     = "DI"   // delayed by fault injection
+	flagDownstream     = "DC"   // the client went away
+	flagBadRequest     = "DPE"  // the request was malformed
+	defaultDialRetries = 2      // retries of connect failures on a route without a retry policy
+)
+
+// exchange is one HTTP request's way through the waypoint, and what telemetry reports
+// about it once the response is written.
+type exchange struct {
+	p       *Proxy
+	d       *downstream
+	req     *http.Request
+	start   time.Time
+	span    trace.Span
+	grpc    bool
+	h2      bool
+	route   string
+	backend string // destination service hostname
+	ep      endpoint
+	hasEP   bool
+	attempt int
+	flags   string
+	code    int
+	reason  string
+	reqBody *countingReader
+	// backendProto is what the backend Service declares for its port; it can override
+	// the client's protocol towards the pod.
+	backendProto configv1.AppProtocol
+	cleanup      []func()
+	once         sync.Once
+}
+
+// handle runs the pipeline for one request: authorization, routing, faults, then attempts
+// with retries. It returns the response to send; the caller streams its body and then
+// calls ex.finish.
+func (p *Proxy) handle(ctx context.Context, d *downstream, req *http.Request, h2 bool) (*http.Response, *exchange) {
+	ex := &exchange{p: p, d: d, req: req, start: time.Now(), h2: h2, flags: flagNone,
+		grpc: strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc")}
+	ctx, ex.span = p.startSpan(ctx, d, req)
+	if req.Body != nil && req.Body != http.NoBody {
+		ex.reqBody = &countingReader{r: req.Body}
+		req.Body = ex.reqBody
+	}
+	if resp := ex.normalize(); resp != nil {
+		return resp, ex
+	}
+
+	// (a) L7 authorization against the original client's identity.
+	snap := p.snap.Load()
+	pols := snap.gateway
+	port := uint32(d.authority.Port())
+	if d.svc != nil {
+		pols = append(pols[:len(pols):len(pols)], snap.byService[d.svc.GetNamespace()+"/"+d.svc.GetName()]...)
+		port = targetPort(d.svc, d.authority.Port())
+	}
+	dec := authz.Evaluate(pols, authz.Request{
+		Principal: d.peer.String(), Namespace: d.peerNS, Source: d.client.Addr(), Port: port,
+		HTTP: &authz.HTTP{Method: req.Method, Path: req.URL.Path},
+	})
+	if !dec.Allow {
+		ex.flags = flagDenied
+		ex.reason = dec.Reason
+		return ex.local(http.StatusForbidden, "RBAC: access denied: "+dec.Reason), ex
+	}
+
+	// (b) routing: the destination Service's routes, else the Service itself.
+	parent, parentPort, table := p.parentRoutes(d)
+	var rt *route.Route
+	if table != nil {
+		if rt = table.Match(parentPort, req); rt == nil {
+			ex.flags = flagNoRoute
+			return ex.local(http.StatusNotFound, "no route matched: "+parent+" has no HTTPRoute rule for "+req.Method+" "+req.URL.Path), ex
+		}
+		ex.route = rt.Name
+	}
+	if rt != nil && rt.Fault != nil {
+		if f := rt.Fault; f.DelayPercent > 0 && rand.Float64()*100 < f.DelayPercent {
+			ex.flags = flagFaultDelay
+			if err := sleep(ctx, f.Delay); err != nil {
+				ex.flags = flagDownstream
+				return ex.local(499, "client went away"), ex
+			}
+		}
+		if f := rt.Fault; f.AbortPercent > 0 && rand.Float64()*100 < f.AbortPercent {
+			ex.flags = flagFaultAbort
+			return ex.local(f.AbortStatus, "fault filter abort"), ex
+		}
+	}
+	t := target{svcKey: parent, port: parentPort}
+	if rt != nil {
+		b, ok := rt.PickBackend()
+		if !ok {
+			ex.flags = flagNoRoute
+			return ex.local(http.StatusInternalServerError, "route "+rt.Name+" has no backend with a weight above 0"), ex
+		}
+		if b.Service != "" {
+			t.svcKey, t.port = b.Service, uint16(b.Port)
+			if t.port == 0 {
+				t.port = parentPort
+			}
+		}
+	}
+	if t.svcKey == "" {
+		if d.wl == nil {
+			ex.flags = flagNoRoute
+			return ex.local(http.StatusServiceUnavailable, "no healthy upstream: unknown destination "+d.authority.String()), ex
+		}
+		t.direct = endpoint{addr: d.authority, wl: d.wl}
+	}
+	return ex.attempts(ctx, rt, t)
+}
+
+// target is where a request goes: a Service port, or one pod.
+type target struct {
+	svcKey string
+	port   uint16
+	direct endpoint
+}
+
+// parentRoutes finds the Service whose routes apply: the destination Service, or for a
+// request addressed to a pod, the Service with routes that selects the pod on that port.
+func (p *Proxy) parentRoutes(d *downstream) (string, uint16, *route.Table) {
+	routes := *p.routes.Load()
+	if d.svc != nil {
+		k := d.svc.GetNamespace() + "/" + d.svc.GetHostname()
+		return k, d.authority.Port(), routes[k]
+	}
+	if d.wl == nil {
+		return "", 0, nil
+	}
+	keys := make([]string, 0, len(d.wl.GetServices()))
+	for k := range d.wl.GetServices() {
+		keys = append(keys, k)
+	}
+	sortStrings(keys)
+	for _, k := range keys {
+		t := routes[k]
+		if t == nil {
+			continue
+		}
+		for _, pt := range d.wl.GetServices()[k].GetPorts() {
+			tp := pt.GetTargetPort()
+			if tp == 0 {
+				tp = pt.GetServicePort()
+			}
+			if tp == uint32(d.authority.Port()) {
+				return k, uint16(pt.GetServicePort()), t
+			}
+		}
+	}
+	return "", 0, nil
+}
+
+func targetPort(svc *configv1.Service, port uint16) uint32 {
+	for _, pt := range svc.GetPorts() {
+		if pt.GetServicePort() == uint32(port) && pt.GetTargetPort() != 0 {
+			return pt.GetTargetPort()
+		}
+	}
+	return uint32(port)
+}
+
+// normalize refuses what the waypoint will not forward and cleans the path, so that
+// policy and routes see the path the application will act on ("/a/../admin" is "/admin").
+func (ex *exchange) normalize() *http.Response {
+	req := ex.req
+	switch {
+	case req.Method == http.MethodConnect:
+		ex.flags = flagBadRequest
+		return ex.local(http.StatusBadRequest, "CONNECT is not supported inside the mesh tunnel")
+	case req.Method == http.MethodOptions && req.RequestURI == "*":
+		return nil
+	case req.URL.Path == "" || req.URL.Path[0] != '/':
+		ex.flags = flagBadRequest
+		return ex.local(http.StatusBadRequest, "request path must start with /")
+	}
+	clean := path.Clean(req.URL.Path)
+	if strings.HasSuffix(req.URL.Path, "/") && clean != "/" {
+		clean += "/"
+	}
+	if clean != req.URL.Path {
+		req.URL.Path, req.URL.RawPath = clean, ""
+	}
+	return nil
+}
+
+// attempts sends the request, retrying per the route's policy, and returns the response.
+func (ex *exchange) attempts(ctx context.Context, rt *route.Route, t target) (*http.Response, *exchange) {
+	p := ex.p
+	var (
+		retry                *route.Retry
+		reqTimeout, beTimout time.Duration
+	)
+	if rt != nil {
+		retry, reqTimeout, beTimout = rt.Retry, rt.RequestTimeout, rt.BackendTimeout
+	}
+	maxAttempts := 1 + defaultDialRetries
+	backoff := route.DefaultBackoff
+	if retry != nil {
+		maxAttempts, backoff = 1+retry.Attempts, retry.Backoff
+	}
+	rctx := ctx
+	if reqTimeout > 0 {
+		var cancel context.CancelFunc
+		rctx, cancel = context.WithTimeout(ctx, reqTimeout)
+		ex.cleanup = append(ex.cleanup, cancel)
+	}
+	var body *replayBody
+	if ex.req.Body != nil && ex.req.Body != http.NoBody && ex.req.ContentLength != 0 {
+		body = &replayBody{src: ex.req.Body, limit: p.cfg.RetryBodyBytes}
+	}
+	var tried []netip.AddrPort
+	for attempt := 1; ; attempt++ {
+		ex.attempt = attempt
+		ep, peers, resp := ex.endpoint(t, tried)
+		if resp != nil {
+			return resp, ex
+		}
+		actx, acancel := context.WithCancel(rctx)
+		if beTimout > 0 {
+			actx, acancel = context.WithTimeout(rctx, beTimout)
+		}
+		out := ex.outRequest(actx, ep, body)
+		var (
+			res *http.Response
+			err error
+		)
+		if ex.upstreamH2() {
+			res, err = p.up.h2.RoundTrip(out)
+		} else {
+			res, err = p.up.h1.RoundTrip(out)
+		}
+		replayable := body == nil || body.replayable()
+		canRetry := attempt < maxAttempts
+		if err != nil {
+			acancel()
+			p.lb.release(ep.addr)
+			if ejected := p.lb.result(ep.addr, true, peers); ejected {
+				p.log.Info("endpoint ejected", "endpoint", ep.addr.String(), "service", t.svcKey)
+			}
+			ex.span.AddEvent("attempt failed", trace.WithAttributes(attribute.Int("attempt", attempt), attribute.String("endpoint", ep.addr.String()), attribute.String("error", err.Error())))
+			var (
+				code   int
+				reason string
+				again  bool
+			)
+			switch {
+			case ctx.Err() != nil:
+				ex.flags = flagDownstream
+				return ex.local(499, "client went away"), ex
+			case rctx.Err() != nil:
+				ex.flags = flagTimeout
+				return ex.local(http.StatusGatewayTimeout, "upstream request timeout"), ex
+			case actx.Err() != nil:
+				ex.flags = flagTimeout
+				code, reason = http.StatusGatewayTimeout, "upstream request timeout"
+				again = retry != nil && retry.Codes[http.StatusGatewayTimeout] && replayable
+			case isDialError(err):
+				ex.flags = flagConnect
+				code, reason = http.StatusServiceUnavailable, "upstream connect error: "+err.Error()
+				again = replayable
+			default:
+				ex.flags = flagReset
+				code, reason = http.StatusServiceUnavailable, "upstream reset before response: "+err.Error()
+				again = retry != nil && replayable
+			}
+			if again && canRetry {
+				tried = append(tried, ep.addr)
+				if sleep(rctx, backoff) != nil {
+					return ex.timeoutOrGone(ctx)
+				}
+				continue
+			}
+			ex.ep, ex.hasEP = ep, true
+			return ex.local(code, reason), ex
+		}
+		failed := res.StatusCode >= 500
+		if ejected := p.lb.result(ep.addr, failed, peers); ejected {
+			p.log.Info("endpoint ejected", "endpoint", ep.addr.String(), "service", t.svcKey)
+		}
+		if retry != nil && retry.Codes[res.StatusCode] && canRetry && replayable {
+			ex.span.AddEvent("retry", trace.WithAttributes(attribute.Int("attempt", attempt), attribute.Int("status", res.StatusCode)))
+			_, _ = io.Copy(io.Discard, io.LimitReader(res.Body, 64<<10))
+			res.Body.Close()
+			acancel()
+			p.lb.release(ep.addr)
+			tried = append(tried, ep.addr)
+			if sleep(rctx, backoff) != nil {
+				return ex.timeoutOrGone(ctx)
+			}
+			continue
+		}
+		ex.flags = flagNone
+		ex.ep, ex.hasEP = ep, true
+		ex.code = res.StatusCode
+		ex.cleanup = append(ex.cleanup, acancel, func() { p.lb.release(ep.addr) })
+		stripHopByHop(res.Header)
+		return res, ex
+	}
+}
+
+func (ex *exchange) timeoutOrGone(ctx context.Context) (*http.Response, *exchange) {
+	if ctx.Err() != nil {
+		ex.flags = flagDownstream
+		return ex.local(499, "client went away"), ex
+	}
+	ex.flags = flagTimeout
+	return ex.local(http.StatusGatewayTimeout, "upstream request timeout"), ex
+}
+
+// endpoint resolves t to one pod. A non-nil response is the answer when there is none.
+func (ex *exchange) endpoint(t target, tried []netip.AddrPort) (endpoint, []meshstate.Endpoint, *http.Response) {
+	p := ex.p
+	if t.svcKey == "" {
+		p.lb.pick([]meshstate.Endpoint{{Workload: t.direct.wl, Addr: t.direct.addr}}, nil)
+		ex.backend = ""
+		return t.direct, nil, nil
+	}
+	_, host, _ := strings.Cut(t.svcKey, "/")
+	ex.backend = host
+	svc, ok := p.cfg.State.ServiceByName(t.svcKey)
+	if !ok {
+		ex.flags = flagNoRoute
+		return endpoint{}, nil, ex.local(http.StatusServiceUnavailable, "no healthy upstream: service "+host+" does not exist")
+	}
+	for _, pt := range svc.GetPorts() {
+		if pt.GetServicePort() == uint32(t.port) {
+			ex.backendProto = pt.GetAppProtocol()
+		}
+	}
+	eps := p.cfg.State.Endpoints(svc, t.port)
+	if len(eps) == 0 {
+		ex.flags = flagNoHealthy
+		return endpoint{}, nil, ex.local(http.StatusServiceUnavailable, fmt.Sprintf("no healthy upstream: service %s has no endpoint for port %d", host, t.port))
+	}
+	return p.lb.pick(eps, tried), eps, nil
+}
+
+// outRequest makes the request for one attempt to ep.
+func (ex *exchange) outRequest(ctx context.Context, ep endpoint, body *replayBody) *http.Request {
+	in := ex.req
+	out := in.Clone(ctx)
+	out.URL = &url.URL{Scheme: "http", Host: ep.addr.String(), Path: in.URL.Path, RawPath: in.URL.RawPath, RawQuery: in.URL.RawQuery}
+	if out.Host == "" {
+		out.Host = in.URL.Host
+	}
+	out.RequestURI = ""
+	out.Close = false
+	te := in.Header.Get("Te")
+	stripHopByHop(out.Header)
+	if ex.h2 && strings.EqualFold(te, "trailers") {
+		out.Header.Set("Te", "trailers")
+	}
+	out.Header.Del("Expect")
+	client := ex.d.client
+	out.Header.Add("Forwarded", fmt.Sprintf("for=%q", client.String()))
+	if prior := out.Header.Get("X-Forwarded-For"); prior != "" {
+		out.Header.Set("X-Forwarded-For", prior+", "+client.Addr().String())
+	} else {
+		out.Header.Set("X-Forwarded-For", client.Addr().String())
+	}
+	ex.p.injectTrace(ctx, ex.span, out.Header, ex.d)
+	if body != nil {
+		out.Body = body.reader()
+		out.ContentLength = in.ContentLength
+	} else {
+		out.Body = nil
+		out.ContentLength = 0
+	}
+	out.GetBody = nil
+	return out
+}
+
+// hopByHop are the headers that belong to one connection (RFC 9110 §7.6.1).
+var hopByHop = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+func stripHopByHop(h http.Header) {
+	for _, v := range h["Connection"] {
+		for _, f := range strings.Split(v, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				h.Del(f)
+			}
+		}
+	}
+	for _, k := range hopByHop {
+		h.Del(k)
+	}
+}
+
+// local makes an answer of the waypoint's own. gRPC clients get a trailers-only gRPC
+// status, which their libraries report better than an HTTP error.
+func (ex *exchange) local(code int, reason string) *http.Response {
+	ex.code = code
+	if ex.reason == "" {
+		ex.reason = reason
+	}
+	h := http.Header{}
+	body := statusText(code, reason)
+	if code == 499 {
+		body = ""
+	}
+	if ex.grpc && ex.h2 {
+		h.Set("Content-Type", "application/grpc")
+		h.Set("Grpc-Status", strconv.Itoa(grpcCode(code)))
+		h.Set("Grpc-Message", url.PathEscape(strings.TrimSpace(body)))
+		return &http.Response{StatusCode: http.StatusOK, ProtoMajor: 2, Header: h, Body: http.NoBody, Request: ex.req, ContentLength: 0}
+	}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	return &http.Response{StatusCode: code, ProtoMajor: 1, ProtoMinor: 1, Header: h,
+		Body: io.NopCloser(strings.NewReader(body)), ContentLength: int64(len(body)), Request: ex.req}
+}
+
+// grpcCode maps the waypoint's statuses as gRPC's HTTP mapping does.
+func grpcCode(code int) int {
+	switch code {
+	case http.StatusBadRequest:
+		return 13 // INTERNAL
+	case http.StatusUnauthorized:
+		return 16 // UNAUTHENTICATED
+	case http.StatusForbidden:
+		return 7 // PERMISSION_DENIED
+	case http.StatusNotFound:
+		return 12 // UNIMPLEMENTED
+	case http.StatusGatewayTimeout:
+		return 4 // DEADLINE_EXCEEDED
+	case 499:
+		return 1 // CANCELLED
+	}
+	return 14 // UNAVAILABLE
+}
+
+// finish reports the exchange once its response has been written (respBytes of body).
+func (ex *exchange) finish(respBytes int64, err error) {
+	ex.once.Do(func() {
+		for _, f := range ex.cleanup {
+			f()
+		}
+		if err != nil && ex.flags == flagNone {
+			ex.flags = flagDownstream
+		}
+		var reqBytes int64
+		if ex.reqBody != nil {
+			reqBytes = ex.reqBody.n.Load()
+		}
+		dur := time.Since(ex.start)
+		ex.p.cfg.Metrics.request(ex, reqBytes, respBytes, dur)
+		ex.span.SetAttributes(attribute.Int("http.response.status_code", ex.code), attribute.String("ambit.response_flags", ex.flags))
+		if ex.code >= 500 || err != nil {
+			ex.span.SetStatus(codes.Error, ex.reason)
+		}
+		ex.span.End()
+		ep := ""
+		if ex.hasEP {
+			ep = ex.ep.addr.String()
+		}
+		ex.p.cfg.AccessLog.Info("request",
+			"method", ex.req.Method, "path", ex.req.URL.Path, "authority", ex.req.Host, "protocol", ex.protocol(),
+			"status", ex.code, "flags", ex.flags, "reason", ex.reason,
+			"src", ex.d.client.String(), "src_principal", ex.d.peer.String(),
+			"dst", ex.d.authority.String(), "dst_service", ex.backend, "route", ex.route, "endpoint", ep,
+			"attempts", ex.attempt, "bytes_received", reqBytes, "bytes_sent", respBytes,
+			"duration", dur.String(), "trace_id", ex.span.SpanContext().TraceID().String(), "err", errString(err))
+	})
+}
+
+// upstreamH2 says whether to speak h2c to the pod: as the client did, unless the backend
+// port declares otherwise (HTTP: HTTP/1.1 only, except for gRPC; HTTP2 or GRPC: h2c).
+func (ex *exchange) upstreamH2() bool {
+	switch ex.backendProto {
+	case configv1.AppProtocol_HTTP:
+		return ex.grpc
+	case configv1.AppProtocol_HTTP2, configv1.AppProtocol_GRPC:
+		return true
+	}
+	return ex.h2
+}
+
+func (ex *exchange) protocol() string {
+	if ex.grpc {
+		return "grpc"
+	}
+	return "http"
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func sortStrings(s []string) {
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j] < s[j-1]; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+}
+
+// countingReader counts the bytes read through it. The transport reads on its own
+// goroutine, so the counts are atomic.
+type countingReader struct {
+	r   io.ReadCloser
+	n   atomic.Int64
+	eof atomic.Bool
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	if err == io.EOF {
+		c.eof.Store(true)
+	}
+	return n, err
+}
+
+// complete reports whether the body was read to its end (of length cl, -1 if unknown).
+func (c *countingReader) complete(cl int64) bool {
+	return c.eof.Load() || (cl >= 0 && c.n.Load() == cl)
+}
+
+func (c *countingReader) Close() error { return c.r.Close() }
+
+// replayBody keeps the first limit bytes of a request body so that an attempt can be
+// retried. Each attempt reads through its own reader; a reader of an earlier attempt, which
+// a transport may still hold, fails instead of stealing bytes from the current one.
+type replayBody struct {
+	mu       sync.Mutex
+	srcMu    sync.Mutex
+	src      io.ReadCloser
+	limit    int
+	buf      []byte
+	consumed int64 // bytes read from src
+	eof      bool
+	gen      int
+}
+
+var errStaleAttempt = errors.New("request body belongs to a later attempt")
+
+func (b *replayBody) reader() io.ReadCloser {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.gen++
+	return &replayReader{b: b, gen: b.gen}
+}
+
+// replayable reports whether everything read so far is held, so a new attempt can resend it.
+func (b *replayBody) replayable() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.consumed == int64(len(b.buf))
+}
+
+type replayReader struct {
+	b   *replayBody
+	gen int
+	pos int64
+}
+
+func (r *replayReader) Read(p []byte) (int, error) {
+	b := r.b
+	for {
+		b.mu.Lock()
+		switch {
+		case r.gen != b.gen:
+			b.mu.Unlock()
+			return 0, errStaleAttempt
+		case r.pos < b.consumed:
+			if r.pos >= int64(len(b.buf)) {
+				b.mu.Unlock()
+				return 0, errors.New("request body too long to replay")
+			}
+			n := copy(p, b.buf[r.pos:])
+			r.pos += int64(n)
+			b.mu.Unlock()
+			return n, nil
+		case b.eof:
+			b.mu.Unlock()
+			return 0, io.EOF
+		}
+		b.mu.Unlock()
+		// The source is read without holding mu, so that replayable never waits for a
+		// client that is slow to send; srcMu keeps a stale attempt's read from
+		// interleaving with the current one's.
+		b.srcMu.Lock()
+		b.mu.Lock()
+		if r.pos != b.consumed || r.gen != b.gen || b.eof {
+			b.mu.Unlock()
+			b.srcMu.Unlock()
+			continue
+		}
+		b.mu.Unlock()
+		n, err := b.src.Read(p)
+		b.mu.Lock()
+		if n > 0 {
+			if len(b.buf)+n <= b.limit && b.consumed == int64(len(b.buf)) {
+				b.buf = append(b.buf, p[:n]...)
+			}
+			b.consumed += int64(n)
+			r.pos += int64(n)
+		}
+		if errors.Is(err, io.EOF) {
+			b.eof = true
+		}
+		b.mu.Unlock()
+		b.srcMu.Unlock()
+		return n, err
+	}
+}
+
+func (r *replayReader) Close() error { return nil }

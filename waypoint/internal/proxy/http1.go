@@ -1,0 +1,244 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"ambit.dev/proto/hbone"
+)
+
+// serveHTTP1 serves HTTP/1.x requests on c one after the other. The request head is
+// checked on the raw bytes before Go's parser sees it, because the parser forgives what a
+// proxy must not: a request with both Content-Length and Transfer-Encoding is one two
+// servers may frame differently (request smuggling), so it is refused, not repaired.
+func (p *Proxy) serveHTTP1(ctx context.Context, d *downstream, c hbone.HalfCloser, br *bufio.Reader) {
+	bw := bufio.NewWriterSize(c, 16<<10)
+	for {
+		_ = c.SetReadDeadline(time.Now().Add(p.cfg.IdleTimeout))
+		if _, err := br.Peek(1); err != nil {
+			return // the client closed (or idled out) between requests
+		}
+		_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if code, reason := checkHead(br, p.cfg.MaxHeaderBytes); code != 0 {
+			p.refuse(d, bw, code, reason)
+			return
+		}
+		req, err := http.ReadRequest(br)
+		_ = c.SetReadDeadline(time.Time{})
+		if err != nil {
+			p.refuse(d, bw, http.StatusBadRequest, "malformed request: "+err.Error())
+			return
+		}
+		if req.ProtoMajor != 1 {
+			p.refuse(d, bw, http.StatusHTTPVersionNotSupported, "HTTP version not supported")
+			return
+		}
+		if req.Header.Get("Upgrade") != "" {
+			p.refuse(d, bw, http.StatusNotImplemented, "protocol upgrades are not supported by the waypoint")
+			return
+		}
+		var cr *continueReader
+		if req.Body != nil && req.Body != http.NoBody && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+			cr = &continueReader{r: req.Body, w: bw}
+			req.Body = cr
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		req = req.WithContext(rctx)
+		resp, ex := p.handle(rctx, d, req, false)
+		keep := !req.Close && req.Method != http.MethodConnect && ex.flags != flagBadRequest
+		if cr != nil {
+			cr.responding()
+		}
+		n, werr := writeResponse(bw, resp, req, keep)
+		resp.Body.Close()
+		ex.finish(n, werr)
+		cancel()
+		if werr != nil || !keep || resp.Close {
+			return
+		}
+		// The next request starts where this one's body ends. A body the upstream did not
+		// read to its end (a denial, an early answer) is not drained here, where the
+		// transport may still be reading it: the connection closes instead.
+		if req.Body != nil && req.Body != http.NoBody && (ex.reqBody == nil || !ex.reqBody.complete(req.ContentLength)) {
+			return
+		}
+	}
+}
+
+// refuse answers a request the waypoint will not parse or forward, then the connection
+// closes: nothing after a bad head can be trusted to start a request.
+func (p *Proxy) refuse(d *downstream, bw *bufio.Writer, code int, reason string) {
+	body := statusText(code, reason)
+	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		code, http.StatusText(code), len(body), body)
+	_ = bw.Flush()
+	p.log.Info("http request refused", "src", d.client.String(), "src_principal", d.peer.String(), "dst", d.authority.String(), "status", code, "reason", reason)
+	if p.cfg.Metrics != nil {
+		ex := &exchange{p: p, d: d, req: &http.Request{Method: "-", URL: nilURL()}, code: code, flags: flagBadRequest, start: time.Now()}
+		p.cfg.Metrics.request(ex, 0, int64(len(body)), 0)
+	}
+}
+
+// checkHead reads the request head (without consuming it) and returns a status other
+// than 0 when it must be refused.
+func checkHead(br *bufio.Reader, limit int) (int, string) {
+	end := -1
+	for n := 1; ; {
+		b, err := br.Peek(n)
+		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
+			end = i + 4
+			break
+		}
+		if len(b) > limit {
+			return http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request head exceeds %d bytes", limit)
+		}
+		if err != nil {
+			return http.StatusBadRequest, "incomplete request head"
+		}
+		n = min(nextPeek(br, len(b)), limit+5)
+	}
+	if end > limit+4 {
+		return http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request head exceeds %d bytes", limit)
+	}
+	head, _ := br.Peek(end)
+	lines := bytes.Split(head[:end-4], []byte("\r\n"))
+	var cl, te int
+	var clValue string
+	for i, l := range lines {
+		if bytes.IndexByte(l, '\n') >= 0 || bytes.IndexByte(l, '\r') >= 0 || bytes.IndexByte(l, 0) >= 0 {
+			return http.StatusBadRequest, "bare CR, LF or NUL in the request head"
+		}
+		if i == 0 {
+			continue
+		}
+		if len(l) > 0 && (l[0] == ' ' || l[0] == '\t') {
+			return http.StatusBadRequest, "obsolete header line folding"
+		}
+		name, value, ok := bytes.Cut(l, []byte(":"))
+		if !ok {
+			return http.StatusBadRequest, "header line without a colon"
+		}
+		if len(name) == 0 || bytes.ContainsAny(name, " \t") {
+			return http.StatusBadRequest, "whitespace in a header name"
+		}
+		v := strings.TrimSpace(string(value))
+		switch {
+		case strings.EqualFold(string(name), "Content-Length"):
+			if cl > 0 && v != clValue {
+				return http.StatusBadRequest, "conflicting Content-Length headers"
+			}
+			if _, err := strconv.ParseUint(v, 10, 63); err != nil {
+				return http.StatusBadRequest, "invalid Content-Length"
+			}
+			cl++
+			clValue = v
+		case strings.EqualFold(string(name), "Transfer-Encoding"):
+			te++
+			if !strings.EqualFold(v, "chunked") || te > 1 {
+				return http.StatusNotImplemented, "unsupported Transfer-Encoding " + strconv.Quote(v)
+			}
+		}
+	}
+	if cl > 0 && te > 0 {
+		return http.StatusBadRequest, "request has both Content-Length and Transfer-Encoding"
+	}
+	return 0, ""
+}
+
+// writeResponse writes resp as HTTP/1.1 and returns the number of body bytes written.
+func writeResponse(bw *bufio.Writer, resp *http.Response, req *http.Request, keep bool) (int64, error) {
+	resp.ProtoMajor, resp.ProtoMinor, resp.Proto = 1, 1, "HTTP/1.1"
+	resp.Close = resp.Close || !keep
+	resp.Request = req
+	if resp.Header == nil {
+		resp.Header = http.Header{}
+	}
+	stripHopByHop(resp.Header)
+	resp.TransferEncoding = nil
+	if resp.ContentLength < 0 && req.ProtoAtLeast(1, 1) && bodyAllowed(resp.StatusCode, req.Method) {
+		resp.TransferEncoding = []string{"chunked"}
+	}
+	body := resp.Body
+	cb := &countingFlushReader{r: body, w: bw}
+	resp.Body = cb
+	// bw's own ReadFrom would read the body into its buffer while our reader flushes that
+	// buffer: hide it, so that io.Copy brings a buffer of its own.
+	err := resp.Write(struct{ io.Writer }{bw})
+	resp.Body = body
+	if err == nil {
+		err = bw.Flush()
+	}
+	return cb.n, err
+}
+
+func bodyAllowed(code int, method string) bool {
+	return method != http.MethodHead && code != http.StatusNoContent && code != http.StatusNotModified && code >= 200
+}
+
+// countingFlushReader counts the body and flushes what is buffered before it waits for
+// more, so that a streamed response reaches the client as it comes.
+type countingFlushReader struct {
+	r io.Reader
+	w *bufio.Writer
+	n int64
+}
+
+func (c *countingFlushReader) Read(p []byte) (int, error) {
+	if c.w.Buffered() > 0 {
+		if err := c.w.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingFlushReader) Close() error { return nil }
+
+// continueReader answers "100 Continue" when the request body is first read, as a server
+// does for a client that waits for it before sending.
+type continueReader struct {
+	r io.ReadCloser
+	w *bufio.Writer
+
+	mu   sync.Mutex // the transport reads the body on its own goroutine
+	sent bool       // 100 Continue sent, or no longer possible
+}
+
+// responding stops the reader from writing 100 Continue: the final response is coming.
+func (c *continueReader) responding() {
+	c.mu.Lock()
+	c.sent = true
+	c.mu.Unlock()
+}
+
+func (c *continueReader) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	if !c.sent {
+		c.sent = true
+		_, err := c.w.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+		if err == nil {
+			err = c.w.Flush()
+		}
+		if err != nil {
+			c.mu.Unlock()
+			return 0, err
+		}
+	}
+	c.mu.Unlock()
+	return c.r.Read(p)
+}
+
+func (c *continueReader) Close() error { return c.r.Close() }
+
+func nilURL() *url.URL { return &url.URL{} }
