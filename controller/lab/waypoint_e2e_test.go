@@ -3,12 +3,14 @@ package lab
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -67,6 +69,53 @@ func webWaypoint(t *testing.T) *State {
 	return st
 }
 
+// waypointHasWeights reports whether the waypoint's /config_dump routes Service svc
+// ("<namespace>/<hostname>" prefix) with backends weighted exactly as weights.
+func waypointHasWeights(st *State, svc string, weights ...uint32) error {
+	var admin string
+	for _, w := range st.Waypoints {
+		if w.Namespace == "demo" && w.Name == waypoint {
+			admin = w.AdminAddr
+		}
+	}
+	if admin == "" {
+		return fmt.Errorf("lab state has no waypoint demo/%s", waypoint)
+	}
+	resp, err := http.Get("http://" + admin + "/config_dump")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var dump struct {
+		Routes map[string]struct {
+			Service string
+			Routes  []struct {
+				Name     string
+				Backends []struct{ Weight uint32 }
+			}
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&dump); err != nil {
+		return fmt.Errorf("waypoint /config_dump: %w", err)
+	}
+	for _, tbl := range dump.Routes {
+		if !strings.HasPrefix(tbl.Service, svc) {
+			continue
+		}
+		for _, r := range tbl.Routes {
+			got := make([]uint32, 0, len(r.Backends))
+			for _, b := range r.Backends {
+				got = append(got, b.Weight)
+			}
+			if slices.Equal(got, weights) {
+				return nil
+			}
+		}
+		return fmt.Errorf("waypoint routes %s as %+v, want weights %v", svc, tbl.Routes, weights)
+	}
+	return fmt.Errorf("waypoint has no route for %s yet", svc)
+}
+
 // call makes one request from pod and returns the status and the echo's pod, if any.
 func call(from *PodState, method, url string) (int, string, error) {
 	if !strings.Contains(url, "?") {
@@ -89,6 +138,11 @@ func TestLabWaypointSplit(t *testing.T) {
 	st := webWaypoint(t)
 	client := pod(t, st, "demo", "client")
 	apply(t, "testdata/policies/web-split.yaml")
+	// The waypoint holds the 90/10 rule before any request counts: a sample of calls alone
+	// cannot tell a 50/50 balance from the split often enough.
+	eventually(t, "the split in the waypoint's config", func() error {
+		return waypointHasWeights(st, "demo/web", 90, 10)
+	})
 	eventually(t, "the split in force", func() error {
 		n := map[string]int{}
 		for i := 0; i < 20; i++ {
