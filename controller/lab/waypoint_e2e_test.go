@@ -71,7 +71,11 @@ func webWaypoint(t *testing.T) *State {
 
 // waypointHasWeights reports whether the waypoint's /config_dump routes Service svc
 // ("<namespace>/<hostname>" prefix) with backends weighted exactly as weights.
-func waypointHasWeights(st *State, svc string, weights ...uint32) error {
+func waypointHasWeights(svc string, weights ...uint32) error {
+	st, err := LoadState(e2eOpts.Dir)
+	if err != nil {
+		return err
+	}
 	var admin string
 	for _, w := range st.Waypoints {
 		if w.Namespace == "demo" && w.Name == waypoint {
@@ -141,7 +145,7 @@ func TestLabWaypointSplit(t *testing.T) {
 	// The waypoint holds the 90/10 rule before any request counts: a sample of calls alone
 	// cannot tell a 50/50 balance from the split often enough.
 	eventually(t, "the split in the waypoint's config", func() error {
-		return waypointHasWeights(st, "demo/web", 90, 10)
+		return waypointHasWeights("demo/web", 90, 10)
 	})
 	eventually(t, "the split in force", func() error {
 		n := map[string]int{}
