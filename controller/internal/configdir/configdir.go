@@ -35,12 +35,20 @@ type Result struct {
 	Created bool
 }
 
-// Object names a core (v1) object whose labels can be edited: a Namespace (Namespace empty),
-// a ServiceAccount or a Service.
+// Object names an object of the folder: a Namespace (Namespace empty), a ServiceAccount or a
+// Service (core v1, whose labels can be edited), or a Gateway (whose status can be).
 type Object struct {
-	Kind      string // Namespace, ServiceAccount or Service
+	Kind      string // Namespace, ServiceAccount, Service or Gateway
 	Namespace string // empty for a Namespace; a document without one is in "default"
 	Name      string
+}
+
+// apiVersionOK says whether a document of apiVersion v can define an object of o's kind.
+func (o Object) apiVersionOK(v string) bool {
+	if o.Kind == "Gateway" {
+		return strings.HasPrefix(v, "gateway.networking.k8s.io/")
+	}
+	return v == "v1"
 }
 
 func (o Object) String() string {
@@ -95,11 +103,28 @@ func edit(dir string, obj Object, key string, value *string) (Result, error) {
 	case "Namespace":
 		obj.Namespace = ""
 	case "ServiceAccount", "Service":
+	default:
+		return Result{}, fmt.Errorf("kind %q: only the labels of a Namespace, ServiceAccount or Service can be edited", obj.Kind)
+	}
+	return update(dir, obj, func(body []byte) ([]byte, bool, error) { return setLabel(body, key, value) },
+		func() (string, error) {
+			if value == nil {
+				return "", nil
+			}
+			if obj.Kind == "Service" {
+				return "", fmt.Errorf("%s is defined in no file of %s", obj, dir)
+			}
+			return create(dir, obj, key, *value)
+		})
+}
+
+// update applies change to every document under dir that defines obj; when none does,
+// missing runs instead and returns the file it wrote ("" for none).
+func update(dir string, obj Object, change func(body []byte) ([]byte, bool, error), missing func() (string, error)) (Result, error) {
+	if obj.Kind != "Namespace" {
 		if errs := validation.IsDNS1123Label(obj.Namespace); len(errs) > 0 {
 			return Result{}, fmt.Errorf("namespace name %q: %s", obj.Namespace, strings.Join(errs, "; "))
 		}
-	default:
-		return Result{}, fmt.Errorf("kind %q: only the labels of a Namespace, ServiceAccount or Service can be edited", obj.Kind)
 	}
 	if errs := validation.IsDNS1123Label(obj.Name); len(errs) > 0 {
 		return Result{}, fmt.Errorf("%s name %q: %s", strings.ToLower(obj.Kind), obj.Name, strings.Join(errs, "; "))
@@ -122,14 +147,8 @@ func edit(dir string, obj Object, key string, value *string) (Result, error) {
 	}
 	var res Result
 	if len(files) == 0 {
-		if value == nil {
-			return res, nil
-		}
-		if obj.Kind == "Service" {
-			return res, fmt.Errorf("%s is defined in no file of %s", obj, dir)
-		}
-		path, err := create(dir, obj, key, *value)
-		if err != nil {
+		path, err := missing()
+		if err != nil || path == "" {
 			return res, err
 		}
 		return Result{Files: []string{path}, Changed: true, Created: true}, nil
@@ -144,7 +163,7 @@ func edit(dir string, obj Object, key string, value *string) (Result, error) {
 		res.Files = append(res.Files, f.path)
 		changed := false
 		for _, i := range f.docs {
-			body, ok, err := setLabel(f.chunks[i].body, key, value)
+			body, ok, err := change(f.chunks[i].body)
 			if err != nil {
 				return Result{}, fmt.Errorf("%s: document %d: %w; nothing was changed", f.path, i, err)
 			}
@@ -288,7 +307,7 @@ func isObject(doc *yaml.Node, obj Object) bool {
 	if v := lookup(root, "kind"); v == nil || v.Value != obj.Kind {
 		return false
 	}
-	if v := lookup(root, "apiVersion"); v == nil || v.Value != "v1" {
+	if v := lookup(root, "apiVersion"); v == nil || !obj.apiVersionOK(v.Value) {
 		return false
 	}
 	md := lookup(root, "metadata")
@@ -381,16 +400,8 @@ func setLabel(body []byte, key string, value *string) ([]byte, bool, error) {
 			labels.Content = append(labels.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: key}, v)
 		}
 	}
-	var b bytes.Buffer
-	enc := yaml.NewEncoder(&b)
-	enc.SetIndent(2)
-	if err := enc.Encode(doc); err != nil {
-		return nil, false, fmt.Errorf("encode: %w", err)
-	}
-	if err := enc.Close(); err != nil {
-		return nil, false, fmt.Errorf("encode: %w", err)
-	}
-	return b.Bytes(), true, nil
+	b, err := encode(doc)
+	return b, err == nil, err
 }
 
 // create writes dir/namespace-<ns>.yaml (or serviceaccount-<ns>-<name>.yaml), or adds a
