@@ -334,3 +334,27 @@ func TestIndexForServiceAccountWaypoint(t *testing.T) {
 		t.Fatalf("the service waypoint, bound to nothing now, got routes %v", got)
 	}
 }
+
+func TestIndexWaypoints(t *testing.T) {
+	objs := append(labObjects(), waypointGW("shop", "sa-wp", "serviceaccount", "10.0.3.2"),
+		waypointGW("a-first", "ns-wp", "namespace", ""))
+	x, errs := Build(Options{}, objs)
+	if len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	var got []string
+	for _, wp := range x.Waypoints() {
+		got = append(got, wp.GetNamespace()+"/"+wp.GetName()+"="+wp.GetFor().String())
+	}
+	want := []string{"a-first/ns-wp=NAMESPACE", "shop/sa-wp=SERVICEACCOUNT", "shop/wp=SERVICE"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("Waypoints() = %v, want %v", got, want)
+	}
+	if err := x.Delete(waypointGW("shop", "sa-wp", "serviceaccount", "")); err != nil {
+		t.Fatal(err)
+	}
+	x.Commit()
+	if n := len(x.Waypoints()); n != 2 {
+		t.Fatalf("%d waypoints after deleting one of 3", n)
+	}
+}
