@@ -18,6 +18,16 @@ func Down(ctx context.Context, o Options) error {
 	if err := o.complete(); err != nil {
 		return err
 	}
+	unlock, err := lockState(o.Dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return down(ctx, o)
+}
+
+// down is Down with the state lock held.
+func down(ctx context.Context, o Options) error {
 	var errs []error
 	st, err := LoadState(o.Dir)
 	if err == nil && st.Prefix != "" {

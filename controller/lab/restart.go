@@ -16,21 +16,8 @@ func RestartZtunnel(ctx context.Context, o Options, node string, afterHandover f
 	if err := o.complete(); err != nil {
 		return nil, err
 	}
-	st, err := LoadState(o.Dir)
+	old, next, err := startSuccessor(ctx, o, node)
 	if err != nil {
-		return nil, err
-	}
-	n := st.node(node)
-	if n == nil {
-		return nil, fmt.Errorf("lab %q has no node %q", st.Name, node)
-	}
-	old := n.Ztunnel
-	next := *n
-	if err := StartZtunnel(ctx, o, st, &next); err != nil {
-		return nil, fmt.Errorf("new ztunnel for %s: %w", node, err)
-	}
-	*n = next
-	if err := st.save(o.Dir); err != nil {
 		return nil, err
 	}
 	if afterHandover != nil {
@@ -52,4 +39,27 @@ func RestartZtunnel(ctx context.Context, o Options, node string, afterHandover f
 	}
 	o.printf("ztunnel %s replaced: pid %d handed over to pid %d", node, old.PID, next.Ztunnel.PID)
 	return &next, nil
+}
+
+// startSuccessor starts the new ztunnel of node and records it, under the state lock.
+func startSuccessor(ctx context.Context, o Options, node string) (old ProcState, next NodeState, err error) {
+	unlock, err := lockState(o.Dir)
+	if err != nil {
+		return old, next, err
+	}
+	defer unlock()
+	st, err := LoadState(o.Dir)
+	if err != nil {
+		return old, next, err
+	}
+	n := st.node(node)
+	if n == nil {
+		return old, next, fmt.Errorf("lab %q has no node %q", st.Name, node)
+	}
+	old, next = n.Ztunnel, *n
+	if err := StartZtunnel(ctx, o, st, &next); err != nil {
+		return old, next, fmt.Errorf("new ztunnel for %s: %w", node, err)
+	}
+	*n = next
+	return old, next, st.save(o.Dir)
 }

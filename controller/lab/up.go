@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -31,16 +32,24 @@ func Up(ctx context.Context, t *Topology, o Options) (*State, error) {
 			return nil, fmt.Errorf("lab needs %s: %w (run `make build`, or pass --bin-dir)", bin, err)
 		}
 	}
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	unlock, err := lockState(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	if old, err := LoadState(o.Dir); err == nil {
 		if old.Name == t.Name && old.Prefix == o.Prefix && healthy(old) {
 			o.printf("lab %s is already up", t.Name)
 			return old, nil
 		}
 		o.printf("taking down the lab left in %s first", o.Dir)
-		if err := Down(ctx, Options{Dir: o.Dir, Prefix: old.Prefix, Out: o.Out}); err != nil {
+		if err := down(ctx, Options{Dir: o.Dir, Prefix: old.Prefix, Out: o.Out, Ambitctl: o.Ambitctl, BinDir: o.BinDir}); err != nil {
 			return nil, err
 		}
-	} else if err := Down(ctx, Options{Dir: o.Dir, Prefix: o.Prefix}); err != nil {
+	} else if err := down(ctx, Options{Dir: o.Dir, Prefix: o.Prefix, Out: io.Discard, Ambitctl: o.Ambitctl, BinDir: o.BinDir}); err != nil {
 		return nil, err
 	}
 	n := names{o.Prefix}
@@ -147,7 +156,9 @@ func startController(ctx context.Context, o *Options, st *State) error {
 	log := o.path("logs", "controller.log")
 	proc, err := start(log, filepath.Join(o.BinDir, "controller"),
 		"--config-dir", st.ConfigDir, "--ca-dir", o.path("ca"), "--token-dir", o.path("tokens"),
-		"--grpc-addr", st.GRPCAddr, "--metrics-addr", st.DebugAddr)
+		"--grpc-addr", st.GRPCAddr, "--metrics-addr", st.DebugAddr,
+		// The controller runs the waypoints of the folder's Gateways through the lab.
+		"--waypoint-exec", o.Ambitctl+" lab waypoints-sync --lab-dir "+o.Dir+" --bin-dir "+o.BinDir)
 	if err != nil {
 		return err
 	}

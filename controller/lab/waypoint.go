@@ -2,15 +2,19 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"ambit.dev/controller/internal/configdir"
 	"ambit.dev/controller/internal/model"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -26,44 +30,162 @@ type WaypointSpec struct {
 	Node string
 }
 
-// ApplyWaypoint runs a waypoint in the lab as Kubernetes would run a Deployment for an
-// ambit-waypoint Gateway: a pod of its own (namespace, address, identity
-// spiffe://<td>/ns/<namespace>/sa/<name>), the waypoint process in it, and the Gateway,
-// carrying the pod's address, in the controller's folder. Applying a waypoint that runs
-// already changes nothing. Binding workloads to it is a label (ambit.dev/use-waypoint),
-// set apart.
+// ApplyWaypoint asks for a waypoint in the lab the way a user does in Kubernetes: it writes
+// the ambit-waypoint Gateway into the controller's folder, and the controller runs it (its
+// --waypoint-exec calls SyncWaypoints, which gives the waypoint a pod of its own with
+// identity spiffe://<td>/ns/<namespace>/sa/<name> and records the pod's address in the
+// Gateway's status). ApplyWaypoint returns once the waypoint is ready and the Gateway carries
+// its address. Applying a waypoint that runs already changes nothing. Binding workloads to it
+// is a label (ambit.dev/use-waypoint), set apart.
 func ApplyWaypoint(ctx context.Context, o Options, w WaypointSpec) (*WaypointState, error) {
 	if err := o.complete(); err != nil {
 		return nil, err
 	}
-	if !contains(WaypointFor, w.For) {
-		return nil, fmt.Errorf("waypoint for %q: want one of %v", w.For, WaypointFor)
-	}
-	if !dnsLabel.MatchString(w.Name) || !dnsLabel.MatchString(w.Namespace) {
-		return nil, fmt.Errorf("waypoint %s/%s: name and namespace must be DNS labels", w.Namespace, w.Name)
-	}
-	if _, err := os.Stat(filepath.Join(o.BinDir, "waypoint")); err != nil {
-		return nil, fmt.Errorf("the lab runs waypoints with %s: %w (run `make build`, or pass --bin-dir)", filepath.Join(o.BinDir, "waypoint"), err)
+	if err := w.check(); err != nil {
+		return nil, err
 	}
 	st, err := LoadState(o.Dir)
 	if err != nil {
 		return nil, err
 	}
-	for i := range st.Waypoints {
-		if wp := &st.Waypoints[i]; wp.Name == w.Name && wp.Namespace == w.Namespace {
-			if wp.For != w.For {
-				return nil, fmt.Errorf("waypoint %s/%s runs for %s; delete it first to make it a %s waypoint", w.Namespace, w.Name, wp.For, w.For)
-			}
-			if alive(wp.Proc.PID) {
-				o.printf("waypoint %s/%s runs already (%s on %s)", w.Namespace, w.Name, wp.IP, wp.Node)
-				return wp, nil
-			}
-			if err := removeWaypoint(ctx, &o, st, i); err != nil {
-				return nil, err
-			}
-			break
+	for _, wp := range st.Waypoints {
+		if wp.Name == w.Name && wp.Namespace == w.Namespace && wp.For != w.For {
+			return nil, fmt.Errorf("waypoint %s/%s runs for %s; delete it first to make it a %s waypoint", w.Namespace, w.Name, wp.For, w.For)
 		}
 	}
+	if _, err := WriteWaypointGateway(st.ConfigDir, w.Namespace, w.Name, w.For); err != nil {
+		return nil, err
+	}
+	var wp *WaypointState
+	if err := waitFor(ctx, 45*time.Second, "the controller to run waypoint "+w.Namespace+"/"+w.Name, func() error {
+		wp, err = runningWaypoint(ctx, o.Dir, w.Namespace, w.Name)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("%w (controller log: %s)", err, o.path("logs", "controller.log"))
+	}
+	o.printf("waypoint %s/%s: ready on %s (node %s), identity spiffe://cluster.local/ns/%s/sa/%s", w.Namespace, w.Name, wp.IP, wp.Node, w.Namespace, w.Name)
+	return wp, nil
+}
+
+// runningWaypoint returns the waypoint if it runs, is ready, and the controller's Gateway
+// file carries its address.
+func runningWaypoint(ctx context.Context, dir, namespace, name string) (*WaypointState, error) {
+	st, err := LoadState(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, wp := range st.Waypoints {
+		if wp.Name != name || wp.Namespace != namespace {
+			continue
+		}
+		if !alive(wp.Proc.PID) {
+			return nil, fmt.Errorf("exited; see %s", wp.Proc.Log)
+		}
+		if err := httpOK("http://" + wp.ReadyAddr + "/healthz/ready"); err != nil {
+			return nil, err
+		}
+		return &wp, nil
+	}
+	return nil, errors.New("not started yet")
+}
+
+func (w *WaypointSpec) check() error {
+	if !contains(WaypointFor, w.For) {
+		return fmt.Errorf("waypoint for %q: want one of %v", w.For, WaypointFor)
+	}
+	if !dnsLabel.MatchString(w.Name) || !dnsLabel.MatchString(w.Namespace) {
+		return fmt.Errorf("waypoint %s/%s: name and namespace must be DNS labels", w.Namespace, w.Name)
+	}
+	return nil
+}
+
+// ParseWaypointArg reads one argument of `lab waypoints-sync`: NAMESPACE/NAME=FOR.
+func ParseWaypointArg(a string) (WaypointSpec, error) {
+	ns, rest, ok1 := strings.Cut(a, "/")
+	name, kind, ok2 := strings.Cut(rest, "=")
+	w := WaypointSpec{Namespace: ns, Name: name, For: kind}
+	if !ok1 || !ok2 {
+		return w, fmt.Errorf("waypoint %q: want NAMESPACE/NAME=FOR", a)
+	}
+	return w, w.check()
+}
+
+// SyncWaypoints makes the lab's waypoints exactly want: it starts those that do not run
+// (each in a pod of its own on the lab's first node), restarts those that died, stops those
+// not wanted any more, and records every waypoint's address in its Gateway's status in the
+// controller's folder. It is what the controller's --waypoint-exec runs, on every change of
+// its Gateways and every resync; a run with nothing to do prints nothing.
+func SyncWaypoints(ctx context.Context, o Options, want []WaypointSpec) error {
+	if err := o.complete(); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(o.BinDir, "waypoint")); err != nil {
+		return fmt.Errorf("the lab runs waypoints with %s: %w (run `make build`, or pass --bin-dir)", filepath.Join(o.BinDir, "waypoint"), err)
+	}
+	unlock, err := lockState(o.Dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, err := LoadState(o.Dir)
+	if err != nil {
+		return err
+	}
+	wanted := map[string]WaypointSpec{}
+	for _, w := range want {
+		wanted[w.Namespace+"/"+w.Name] = w
+	}
+	var errs []error
+	for i := len(st.Waypoints) - 1; i >= 0; i-- {
+		wp := st.Waypoints[i]
+		w, ok := wanted[wp.Namespace+"/"+wp.Name]
+		switch {
+		case !ok:
+			o.printf("waypoint %s/%s: its Gateway is gone; stopping it", wp.Namespace, wp.Name)
+		case w.For != wp.For:
+			o.printf("waypoint %s/%s: now for %s, was for %s; replacing it", wp.Namespace, wp.Name, w.For, wp.For)
+		case !alive(wp.Proc.PID):
+			o.printf("waypoint %s/%s exited (see %s); restarting it", wp.Namespace, wp.Name, wp.Proc.Log)
+		default:
+			continue
+		}
+		if err := removeWaypoint(ctx, &o, st, i); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := st.save(o.Dir); err != nil {
+		return err
+	}
+	for _, w := range want {
+		wp := st.waypoint(w.Namespace, w.Name)
+		if wp == nil {
+			if wp, err = startWaypoint(ctx, &o, st, w); err != nil {
+				errs = append(errs, fmt.Errorf("waypoint %s/%s: %w", w.Namespace, w.Name, err))
+				continue
+			}
+		}
+		res, err := configdir.SetGatewayAddress(st.ConfigDir, wp.Namespace, wp.Name, netip.MustParseAddr(wp.IP))
+		if err != nil {
+			errs = append(errs, err)
+		} else if res.Changed {
+			o.printf("waypoint %s/%s: address %s recorded in %v", wp.Namespace, wp.Name, wp.IP, res.Files)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *State) waypoint(namespace, name string) *WaypointState {
+	for i := range s.Waypoints {
+		if s.Waypoints[i].Namespace == namespace && s.Waypoints[i].Name == name {
+			return &s.Waypoints[i]
+		}
+	}
+	return nil
+}
+
+// startWaypoint gives w a pod on the lab's first node, runs the waypoint in it and waits until
+// it is ready.
+func startWaypoint(ctx context.Context, o *Options, st *State, w WaypointSpec) (*WaypointState, error) {
 	if w.Node == "" {
 		w.Node = st.Nodes[0].Name
 	}
@@ -96,7 +218,7 @@ func ApplyWaypoint(ctx context.Context, o Options, w WaypointSpec) (*WaypointSta
 	if err := st.save(o.Dir); err != nil {
 		return nil, err
 	}
-	if err := writeWaypointObjects(st, &wp); err != nil {
+	if err := writeWaypointPod(st, &wp); err != nil {
 		return nil, err
 	}
 	log := o.path("logs", "waypoint-"+w.Namespace+"-"+w.Name+".log")
@@ -124,7 +246,8 @@ func ApplyWaypoint(ctx context.Context, o Options, w WaypointSpec) (*WaypointSta
 	return &wp, nil
 }
 
-// DeleteWaypoint stops a lab waypoint and removes its pod and Gateway.
+// DeleteWaypoint removes the Gateway that ApplyWaypoint wrote; the controller then stops the
+// waypoint and removes its pod. It returns once the waypoint is gone.
 func DeleteWaypoint(ctx context.Context, o Options, namespace, name string) error {
 	if err := o.complete(); err != nil {
 		return err
@@ -133,15 +256,30 @@ func DeleteWaypoint(ctx context.Context, o Options, namespace, name string) erro
 	if err != nil {
 		return err
 	}
-	for i, wp := range st.Waypoints {
-		if wp.Name == name && wp.Namespace == namespace {
-			if err := removeWaypoint(ctx, &o, st, i); err != nil {
-				return err
-			}
-			return st.save(o.Dir)
+	path := filepath.Join(st.ConfigDir, WaypointFile(namespace, name))
+	if err := os.Remove(path); err != nil {
+		if !os.IsNotExist(err) {
+			return err
 		}
+		if st.waypoint(namespace, name) == nil {
+			return fmt.Errorf("lab %q runs no waypoint %s/%s", st.Name, namespace, name)
+		}
+		return fmt.Errorf("waypoint %s/%s: its Gateway is not in %s: remove it from the file of %s that defines it", namespace, name, path, st.ConfigDir)
 	}
-	return fmt.Errorf("lab %q runs no waypoint %s/%s", st.Name, namespace, name)
+	if err := waitFor(ctx, 30*time.Second, "the controller to stop waypoint "+namespace+"/"+name, func() error {
+		st, err := LoadState(o.Dir)
+		if err != nil {
+			return err
+		}
+		if wp := st.waypoint(namespace, name); wp != nil {
+			return fmt.Errorf("pid %d still runs", wp.Proc.PID)
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("%w (controller log: %s)", err, o.path("logs", "controller.log"))
+	}
+	o.printf("waypoint %s/%s deleted", namespace, name)
+	return nil
 }
 
 func removeWaypoint(ctx context.Context, o *Options, st *State, i int) error {
@@ -149,24 +287,51 @@ func removeWaypoint(ctx context.Context, o *Options, st *State, i int) error {
 	if err := stop(wp.Proc.PID, 5*time.Second); err != nil {
 		return err
 	}
-	_ = os.Remove(filepath.Join(st.ConfigDir, waypointFile(wp.Namespace, wp.Name)))
+	_ = os.Remove(filepath.Join(st.ConfigDir, podFile(wp.Namespace, wp.Name)))
 	_ = run(ctx, "ip", "netns", "del", filepath.Base(wp.NetNS))
 	if linkExists(ctx, wp.Link) {
 		_ = run(ctx, "ip", "link", "del", wp.Link)
 	}
 	st.Waypoints = append(st.Waypoints[:i], st.Waypoints[i+1:]...)
-	o.printf("waypoint %s/%s deleted", wp.Namespace, wp.Name)
+	o.printf("waypoint %s/%s stopped, its pod removed", wp.Namespace, wp.Name)
 	return nil
 }
 
-func waypointFile(namespace, name string) string {
-	return "zz-lab-waypoint-" + namespace + "-" + name + ".yaml"
+// WaypointFile is the file of the controller's folder that holds the Gateway of waypoint
+// namespace/name when ambitctl wrote it.
+func WaypointFile(namespace, name string) string {
+	return "waypoint-" + namespace + "-" + name + ".yaml"
 }
 
-// writeWaypointObjects writes the waypoint's Gateway and Pod into the controller's folder.
-// The pod stays out of the mesh's capture (a waypoint speaks HBONE itself).
-func writeWaypointObjects(st *State, wp *WaypointState) error {
-	gw := model.WaypointGateway(wp.Namespace, wp.Name, wp.For, wp.IP)
+// WriteWaypointGateway writes the Gateway of waypoint namespace/name for kind into the folder
+// dir as WaypointFile and returns its path. A file that asks for the same waypoint already is
+// kept as it is, with the address the controller recorded in its status.
+func WriteWaypointGateway(dir, namespace, name, kind string) (string, error) {
+	path := filepath.Join(dir, WaypointFile(namespace, name))
+	if old, err := os.ReadFile(path); err == nil {
+		var gw gatewayv1.Gateway
+		if yaml.Unmarshal(old, &gw) == nil && gw.Kind == "Gateway" && gw.Name == name && gw.Namespace == namespace &&
+			string(gw.Spec.GatewayClassName) == model.WaypointClass && gw.Labels[model.LabelWaypointFor] == kind {
+			return path, nil
+		}
+	}
+	b, err := yaml.Marshal(model.WaypointGateway(namespace, name, kind, ""))
+	if err != nil {
+		return "", err
+	}
+	head := "# Written by `ambitctl waypoint apply`; the controller runs the waypoint and records its address in the status.\n"
+	return path, configdir.WriteFileAtomic(path, append([]byte(head), b...), 0o644)
+}
+
+// podFile is the file of the folder that holds the pod running a waypoint.
+func podFile(namespace, name string) string {
+	return "zz-lab-waypoint-pod-" + namespace + "-" + name + ".yaml"
+}
+
+// writeWaypointPod writes the Pod that runs the waypoint into the controller's folder, as a
+// kubelet would report it. The pod stays out of the mesh's capture (a waypoint speaks HBONE
+// itself).
+func writeWaypointPod(st *State, wp *WaypointState) error {
 	pod := corev1.Pod{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
 		ObjectMeta: metav1.ObjectMeta{Name: wp.Name + "-waypoint", Namespace: wp.Namespace,
@@ -179,17 +344,12 @@ func writeWaypointObjects(st *State, wp *WaypointState) error {
 		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: wp.IP, PodIPs: []corev1.PodIP{{IP: wp.IP}},
 			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
 	}
-	var out []byte
-	out = append(out, "# Written by `ambitctl waypoint apply` in the lab: the Gateway and the pod running it.\n"...)
-	for _, obj := range []any{gw, pod} {
-		b, err := yaml.Marshal(obj)
-		if err != nil {
-			return err
-		}
-		out = append(out, "---\n"...)
-		out = append(out, b...)
+	b, err := yaml.Marshal(pod)
+	if err != nil {
+		return err
 	}
-	return writeAtomic(filepath.Join(st.ConfigDir, waypointFile(wp.Namespace, wp.Name)), out)
+	out := append([]byte("# Written by the lab (`ambitctl lab waypoints-sync`): the pod that runs waypoint "+wp.Namespace+"/"+wp.Name+".\n"), b...)
+	return writeAtomic(filepath.Join(st.ConfigDir, podFile(wp.Namespace, wp.Name)), out)
 }
 
 // freeAddr returns the first address of node's /24 that no pod or waypoint holds.

@@ -3,16 +3,20 @@ package lab
 import (
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -325,5 +329,101 @@ func TestLabWaypointHTTP2AndGRPC(t *testing.T) {
 	res, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil || res.Status != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("gRPC health through the waypoint: %v, %v", res, err)
+	}
+}
+
+// TestLabControllerRunsWaypoints: a Gateway written by hand into the controller's folder is
+// enough. The controller runs its waypoint in a pod of its own and records the pod's address
+// in the Gateway's status; a waypoint that dies comes back; removing the Gateway stops it and
+// removes its pod.
+func TestLabControllerRunsWaypoints(t *testing.T) {
+	st := e2eLab(t)
+	const file = "testdata/policies/spare-waypoint.yaml"
+	if _, err := Apply(e2eOpts.Dir, file); err != nil {
+		t.Fatal(err)
+	}
+	applied := filepath.Join(st.ConfigDir, appliedName(file))
+	var wp *WaypointState
+	waitLong := func(what string, check func() error) {
+		t.Helper()
+		// The controller re-runs the lab every 10 s; a restart can take one period.
+		if err := waitFor(context.Background(), 40*time.Second, what, check); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitLong("the controller to run demo/spare-wp", func() error {
+		var err error
+		wp, err = runningWaypoint(context.Background(), e2eOpts.Dir, "demo", "spare-wp")
+		return err
+	})
+	waitLong("the waypoint's address in its Gateway's status", func() error {
+		b, err := os.ReadFile(applied)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(b), "value: "+wp.IP) {
+			return fmt.Errorf("%s has no status address %s:\n%s", applied, wp.IP, b)
+		}
+		return nil
+	})
+	node, err := NodeAdminAddr(e2eOpts.Dir, "node-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLong("ztunnel node-b to know the waypoint's address", func() error {
+		resp, err := http.Get("http://" + node + "/config_dump")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		raw, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		b := string(raw)
+		addr := base64.StdEncoding.EncodeToString(netip.MustParseAddr(wp.IP).AsSlice()) // protojson bytes
+		if !strings.Contains(b, `"spare-wp"`) || !strings.Contains(b, addr) {
+			return fmt.Errorf("node-b's config_dump has no waypoint spare-wp at %s", wp.IP)
+		}
+		return nil
+	})
+
+	old := wp.Proc.PID
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitLong("the controller to restart the killed waypoint", func() error {
+		var err error
+		if wp, err = runningWaypoint(context.Background(), e2eOpts.Dir, "demo", "spare-wp"); err != nil {
+			return err
+		}
+		if wp.Proc.PID == old {
+			return fmt.Errorf("still pid %d", old)
+		}
+		return nil
+	})
+	t.Logf("waypoint killed (pid %d), restarted by the controller as pid %d on %s", old, wp.Proc.PID, wp.IP)
+
+	if err := Delete(e2eOpts.Dir, file); err != nil {
+		t.Fatal(err)
+	}
+	waitLong("the controller to stop the waypoint of the removed Gateway", func() error {
+		st, err := LoadState(e2eOpts.Dir)
+		if err != nil {
+			return err
+		}
+		if w := st.waypoint("demo", "spare-wp"); w != nil {
+			return fmt.Errorf("pid %d still runs", w.Proc.PID)
+		}
+		return nil
+	})
+	if alive(wp.Proc.PID) {
+		t.Fatalf("waypoint pid %d still runs after its Gateway was removed", wp.Proc.PID)
+	}
+	if _, err := os.Stat(filepath.Join(st.ConfigDir, podFile("demo", "spare-wp"))); !os.IsNotExist(err) {
+		t.Fatalf("the waypoint's pod file is left: %v", err)
+	}
+	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "-wp-spare-wp") {
+		t.Fatalf("the waypoint's network namespace is left:\n%s", out)
 	}
 }

@@ -259,7 +259,29 @@ drains its open connections and exits.`,
 	}
 	restart.Flags().StringVar(&binDir, "bin-dir", "", "directory holding the ztunnel binary (default: beside ambitctl)")
 
-	labCmd.AddCommand(up, down, status, apply, del, call, wait, restart, serve)
+	syncWP := &cobra.Command{
+		Use:   "waypoints-sync [NAMESPACE/NAME=FOR ...]",
+		Short: "Make the lab's waypoint pods exactly the ones listed (the controller's --waypoint-exec runs this)",
+		Long: `Run by the lab's controller (its --waypoint-exec) with one NAMESPACE/NAME=FOR argument per
+ambit-waypoint Gateway, whenever that list changes and every 10 s: starts the waypoints that do
+not run, each in a pod of its own on the lab's first node, restarts those that died, stops those
+whose Gateway is gone, and records each waypoint's address in its Gateway's status.`,
+		Hidden: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var want []lab.WaypointSpec
+			for _, a := range args {
+				w, err := lab.ParseWaypointArg(a)
+				if err != nil {
+					return err
+				}
+				want = append(want, w)
+			}
+			return lab.SyncWaypoints(cmd.Context(), lab.Options{Dir: dir, BinDir: binDir, Out: cmd.OutOrStdout()}, want)
+		},
+	}
+	syncWP.Flags().StringVar(&binDir, "bin-dir", "", "directory holding the waypoint binary (default: beside ambitctl)")
+
+	labCmd.AddCommand(up, down, status, apply, del, call, wait, restart, serve, syncWP)
 	root.AddCommand(labCmd)
 }
 

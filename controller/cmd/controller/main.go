@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,6 +31,10 @@ func main() {
 	flag.StringVar(&cfg.GRPCAddr, "grpc-addr", ":15012", "config push and CA gRPC address")
 	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", ":15014", "address of /metrics, /healthz and /readyz (\"-\" disables)")
 	flag.StringVar(&tokenDir, "token-dir", "", "folder mode: `DIR` with one token file per node (file name = node name) that proxies authenticate with")
+	flag.Func("waypoint-exec", "folder mode: run the waypoints of the ambit-waypoint Gateways with `COMMAND` (split at spaces, no quoting), called with one NAMESPACE/NAME=FOR argument per waypoint whenever that list changes and every 10s; the lab passes `ambitctl lab waypoints-sync`", func(v string) error {
+		cfg.WaypointExec = strings.Fields(v)
+		return nil
+	})
 	flag.BoolVar(&cfg.LeaderElect, "leader-elect", false, "run leader election on a Lease in the controller's namespace (Kubernetes mode)")
 	flag.DurationVar(&cfg.Debounce, "debounce", 20*time.Millisecond, "quiet time after an object change before config is recomputed")
 	flag.TextVar(&level, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")

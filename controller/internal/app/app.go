@@ -25,6 +25,7 @@ import (
 	"ambit.dev/controller/internal/caserver"
 	"ambit.dev/controller/internal/model"
 	"ambit.dev/controller/internal/source"
+	"ambit.dev/controller/internal/waypointexec"
 )
 
 // PushServer is the xDS push server (controller/internal/xds). Push is called after every
@@ -83,6 +84,10 @@ type Config struct {
 	// Debounce between an object change and the model commit; default 20ms.
 	Debounce time.Duration
 
+	// WaypointExec, folder mode only, runs the waypoints of the ambit-waypoint Gateways with
+	// this command and its arguments (internal/waypointexec; the lab's pods).
+	WaypointExec []string
+
 	// NewPushServer and NewCAService build the gRPC services; nil leaves them out.
 	NewPushServer func(Deps) (PushServer, error)
 	NewCAService  func(Deps) (CAService, error)
@@ -105,6 +110,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ConfigDir != "" && c.LeaderElect {
 		return c, errors.New("leader election needs Kubernetes mode, not a config dir")
+	}
+	if c.ConfigDir == "" && len(c.WaypointExec) > 0 {
+		return c, errors.New("a waypoint exec command needs folder mode; in Kubernetes waypoints are Deployments")
 	}
 	if c.ConfigDir != "" && c.CASecret != "" {
 		return c, errors.New("a ca secret needs Kubernetes mode; in folder mode the root lives in the ca dir")
@@ -236,6 +244,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		g.Go(ctx, cancel, "metrics", func(ctx context.Context) error { return serveHTTP(ctx, ln, handler(reg, store, push)) })
 	}
 	updates := store.Subscribe()
+	if len(cfg.WaypointExec) > 0 {
+		r := &waypointexec.Runner{Command: cfg.WaypointExec, Waypoints: idx.Waypoints, Synced: store.Synced,
+			Updates: store.Subscribe(), Log: log.With("component", "waypointexec")}
+		g.Go(ctx, cancel, "waypoint exec", r.Run)
+	}
 	g.Go(ctx, cancel, "store", store.Run)
 	g.Go(ctx, cancel, "source", src.Run)
 	g.Go(ctx, cancel, "push trigger", func(ctx context.Context) error {

@@ -16,7 +16,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
-	sigsyaml "sigs.k8s.io/yaml"
 
 	"ambit.dev/controller/internal/configdir"
 	"ambit.dev/controller/internal/model"
@@ -101,14 +100,15 @@ func (f *waypointFlags) target() (st *lab.State, dir string, err error) {
 }
 
 func waypointApplyCommand(o Options, f *waypointFlags) *cobra.Command {
-	var kind, name, target, node string
+	var kind, name, target string
 	var enroll bool
 	cmd := &cobra.Command{
 		Use:   "apply --for serviceaccount|service|namespace",
 		Short: "Create a waypoint (a Gateway of class " + model.WaypointClass + ") and, with --enroll, bind workloads to it",
 		Long: `Create a waypoint: the Gateway ` + "`--name`" + ` (class ` + model.WaypointClass + `, listener mesh on 15008,
-label ` + model.LabelWaypointFor + `=<--for>) in namespace -n. In the lab the waypoint runs at once in a pod
-of its own, with identity spiffe://cluster.local/ns/<namespace>/sa/<name>.
+label ` + model.LabelWaypointFor + `=<--for>) in namespace -n. The controller runs it: in Kubernetes a
+Deployment and Service, in the lab a pod of its own (the command waits until it is ready); its
+identity is spiffe://cluster.local/ns/<namespace>/sa/<name>.
 
 With --enroll, bind to it: for serviceaccount the ServiceAccount --target (default: --name),
 for service the Service --target (default: --name), for namespace the namespace itself, by
@@ -149,14 +149,15 @@ the label ` + model.LabelUseWaypoint + `=<name>. Applying again changes nothing.
 				// The lab runs the waypoint before anything is bound to it, so that no
 				// traffic is sent to a waypoint that is not there yet.
 				if _, err := lab.ApplyWaypoint(cmd.Context(), lab.Options{Dir: f.lab.dir, Out: w},
-					lab.WaypointSpec{Name: name, Namespace: f.ns, For: kind, Node: node}); err != nil {
+					lab.WaypointSpec{Name: name, Namespace: f.ns, For: kind}); err != nil {
 					return err
 				}
 			case dir != "":
-				if err := writeGatewayFile(dir, model.WaypointGateway(f.ns, name, kind, "")); err != nil {
+				path, err := lab.WriteWaypointGateway(dir, f.ns, name, kind)
+				if err != nil {
 					return err
 				}
-				fmt.Fprintf(w, "waypoint %s/%s written to %s (a controller in local mode runs no process: start cmd/waypoint yourself)\n", f.ns, name, dir)
+				fmt.Fprintf(w, "waypoint %s/%s written to %s (a controller in local mode runs it only with --waypoint-exec; else start cmd/waypoint yourself)\n", f.ns, name, path)
 			default:
 				ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
 				defer cancel()
@@ -197,7 +198,6 @@ the label ` + model.LabelUseWaypoint + `=<name>. Applying again changes nothing.
 	cmd.Flags().StringVar(&name, "name", "", "name of the waypoint's Gateway (default \"waypoint\")")
 	cmd.Flags().StringVar(&target, "target", "", "with --enroll: the ServiceAccount or Service to bind (default: --name)")
 	cmd.Flags().BoolVar(&enroll, "enroll", false, "bind the ServiceAccount, Service or Namespace to the waypoint")
-	cmd.Flags().StringVar(&node, "node", "", "lab: the node whose pod runs the waypoint (default: the first)")
 	return cmd
 }
 
@@ -376,7 +376,7 @@ func waypointDeleteCommand(o Options, f *waypointFlags) *cobra.Command {
 					return err
 				}
 			case dir != "":
-				path := filepath.Join(dir, gatewayFileName(f.ns, name))
+				path := filepath.Join(dir, lab.WaypointFile(f.ns, name))
 				if err := os.Remove(path); err != nil {
 					return fmt.Errorf("waypoint %s/%s: %w", f.ns, name, err)
 				}
@@ -397,18 +397,6 @@ func waypointDeleteCommand(o Options, f *waypointFlags) *cobra.Command {
 			return nil
 		},
 	}
-}
-
-func gatewayFileName(ns, name string) string { return "waypoint-" + ns + "-" + name + ".yaml" }
-
-// writeGatewayFile writes gw as DIR/waypoint-<ns>-<name>.yaml.
-func writeGatewayFile(dir string, gw *gatewayv1.Gateway) error {
-	b, err := sigsyaml.Marshal(gw)
-	if err != nil {
-		return err
-	}
-	b = append([]byte("# Written by ambitctl waypoint apply.\n"), b...)
-	return configdir.WriteFileAtomic(filepath.Join(dir, gatewayFileName(gw.Namespace, gw.Name)), b, 0o644)
 }
 
 // folderGateways reads the ambit-waypoint Gateways of a config folder.
