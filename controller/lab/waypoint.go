@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"ambit.dev/controller/internal/configdir"
 	"ambit.dev/controller/internal/model"
+	"ambit.dev/controller/internal/source"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -53,7 +55,7 @@ func ApplyWaypoint(ctx context.Context, o Options, w WaypointSpec) (*WaypointSta
 			return nil, fmt.Errorf("waypoint %s/%s runs for %s; delete it first to make it a %s waypoint", w.Namespace, w.Name, wp.For, w.For)
 		}
 	}
-	if _, err := WriteWaypointGateway(st.ConfigDir, w.Namespace, w.Name, w.For); err != nil {
+	if _, err := WriteWaypointGateway(st.ConfigDir, w.Namespace, w.Name, w.For, w.Node); err != nil {
 		return nil, err
 	}
 	var wp *WaypointState
@@ -111,7 +113,8 @@ func ParseWaypointArg(a string) (WaypointSpec, error) {
 }
 
 // SyncWaypoints makes the lab's waypoints exactly want: it starts those that do not run
-// (each in a pod of its own on the lab's first node), restarts those that died, stops those
+// (each in a pod of its own on the node its Gateway names with NodeAnnotation, else the lab's
+// first), restarts those that died, stops those
 // not wanted any more, and records every waypoint's address in its Gateway's status in the
 // controller's folder. It is what the controller's --waypoint-exec runs, on every change of
 // its Gateways and every resync; a run with nothing to do prints nothing.
@@ -131,9 +134,14 @@ func SyncWaypoints(ctx context.Context, o Options, want []WaypointSpec) error {
 	if err != nil {
 		return err
 	}
+	nodes := gatewayNodes(st.ConfigDir)
 	wanted := map[string]WaypointSpec{}
-	for _, w := range want {
-		wanted[w.Namespace+"/"+w.Name] = w
+	for i, w := range want {
+		want[i].Node = nodes[w.Namespace+"/"+w.Name]
+		if want[i].Node == "" {
+			want[i].Node = st.Nodes[0].Name
+		}
+		wanted[w.Namespace+"/"+w.Name] = want[i]
 	}
 	var errs []error
 	for i := len(st.Waypoints) - 1; i >= 0; i-- {
@@ -144,6 +152,8 @@ func SyncWaypoints(ctx context.Context, o Options, want []WaypointSpec) error {
 			o.printf("waypoint %s/%s: its Gateway is gone; stopping it", wp.Namespace, wp.Name)
 		case w.For != wp.For:
 			o.printf("waypoint %s/%s: now for %s, was for %s; replacing it", wp.Namespace, wp.Name, w.For, wp.For)
+		case w.Node != wp.Node:
+			o.printf("waypoint %s/%s: now on node %s, was on %s; moving it", wp.Namespace, wp.Name, w.Node, wp.Node)
 		case !alive(wp.Proc.PID):
 			o.printf("waypoint %s/%s exited (see %s); restarting it", wp.Namespace, wp.Name, wp.Proc.Log)
 		default:
@@ -183,7 +193,7 @@ func (s *State) waypoint(namespace, name string) *WaypointState {
 	return nil
 }
 
-// startWaypoint gives w a pod on the lab's first node, runs the waypoint in it and waits until
+// startWaypoint gives w a pod on its node (default the lab's first), runs the waypoint in it and waits until
 // it is ready.
 func startWaypoint(ctx context.Context, o *Options, st *State, w WaypointSpec) (*WaypointState, error) {
 	if w.Node == "" {
@@ -306,21 +316,63 @@ func WaypointFile(namespace, name string) string {
 // WriteWaypointGateway writes the Gateway of waypoint namespace/name for kind into the folder
 // dir as WaypointFile and returns its path. A file that asks for the same waypoint already is
 // kept as it is, with the address the controller recorded in its status.
-func WriteWaypointGateway(dir, namespace, name, kind string) (string, error) {
+func WriteWaypointGateway(dir, namespace, name, kind, node string) (string, error) {
 	path := filepath.Join(dir, WaypointFile(namespace, name))
 	if old, err := os.ReadFile(path); err == nil {
 		var gw gatewayv1.Gateway
 		if yaml.Unmarshal(old, &gw) == nil && gw.Kind == "Gateway" && gw.Name == name && gw.Namespace == namespace &&
-			string(gw.Spec.GatewayClassName) == model.WaypointClass && gw.Labels[model.LabelWaypointFor] == kind {
+			string(gw.Spec.GatewayClassName) == model.WaypointClass && gw.Labels[model.LabelWaypointFor] == kind &&
+			gatewayNode(&gw) == node {
 			return path, nil
 		}
 	}
-	b, err := yaml.Marshal(model.WaypointGateway(namespace, name, kind, ""))
+	gw := model.WaypointGateway(namespace, name, kind, "")
+	if node != "" {
+		gw.Spec.Infrastructure = &gatewayv1.GatewayInfrastructure{
+			Annotations: map[gatewayv1.AnnotationKey]gatewayv1.AnnotationValue{NodeAnnotation: gatewayv1.AnnotationValue(node)}}
+	}
+	b, err := yaml.Marshal(gw)
 	if err != nil {
 		return "", err
 	}
 	head := "# Written by `ambitctl waypoint apply`; the controller runs the waypoint and records its address in the status.\n"
 	return path, configdir.WriteFileAtomic(path, append([]byte(head), b...), 0o644)
+}
+
+// NodeAnnotation, among a Gateway's spec.infrastructure.annotations (what the Gateway API
+// passes on to the resources made for a Gateway), names the lab node whose pod runs the
+// waypoint; without it the lab's first node does.
+const NodeAnnotation = "lab.ambit.dev/node"
+
+func gatewayNode(gw *gatewayv1.Gateway) string {
+	if gw.Spec.Infrastructure == nil {
+		return ""
+	}
+	return string(gw.Spec.Infrastructure.Annotations[NodeAnnotation])
+}
+
+// gatewayNodes returns the node asked for by each Gateway of the folder dir that asks for
+// one, by "<namespace>/<name>". Files that do not parse are skipped: the controller reports
+// them.
+func gatewayNodes(dir string) map[string]string {
+	out := map[string]string{}
+	_ = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !isConfigFile(d.Name()) {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil
+		}
+		objs, _ := source.ParseFile(path, b)
+		for _, o := range objs {
+			if gw, ok := o.(*gatewayv1.Gateway); ok && gatewayNode(gw) != "" {
+				out[gw.Namespace+"/"+gw.Name] = gatewayNode(gw)
+			}
+		}
+		return nil
+	})
+	return out
 }
 
 // podFile is the file of the folder that holds the pod running a waypoint.

@@ -356,6 +356,9 @@ func TestLabControllerRunsWaypoints(t *testing.T) {
 		wp, err = runningWaypoint(context.Background(), e2eOpts.Dir, "demo", "spare-wp")
 		return err
 	})
+	if wp.Node != "node-b" || !strings.HasPrefix(wp.IP, "10.78.2.") {
+		t.Fatalf("waypoint runs on %s at %s, want node-b (its Gateway's %s) in 10.78.2.0/24", wp.Node, wp.IP, NodeAnnotation)
+	}
 	waitLong("the waypoint's address in its Gateway's status", func() error {
 		b, err := os.ReadFile(applied)
 		if err != nil {

@@ -100,7 +100,7 @@ func (f *waypointFlags) target() (st *lab.State, dir string, err error) {
 }
 
 func waypointApplyCommand(o Options, f *waypointFlags) *cobra.Command {
-	var kind, name, target string
+	var kind, name, target, node string
 	var enroll bool
 	cmd := &cobra.Command{
 		Use:   "apply --for serviceaccount|service|namespace",
@@ -149,11 +149,11 @@ the label ` + model.LabelUseWaypoint + `=<name>. Applying again changes nothing.
 				// The lab runs the waypoint before anything is bound to it, so that no
 				// traffic is sent to a waypoint that is not there yet.
 				if _, err := lab.ApplyWaypoint(cmd.Context(), lab.Options{Dir: f.lab.dir, Out: w},
-					lab.WaypointSpec{Name: name, Namespace: f.ns, For: kind}); err != nil {
+					lab.WaypointSpec{Name: name, Namespace: f.ns, For: kind, Node: node}); err != nil {
 					return err
 				}
 			case dir != "":
-				path, err := lab.WriteWaypointGateway(dir, f.ns, name, kind)
+				path, err := lab.WriteWaypointGateway(dir, f.ns, name, kind, "")
 				if err != nil {
 					return err
 				}
@@ -197,6 +197,7 @@ the label ` + model.LabelUseWaypoint + `=<name>. Applying again changes nothing.
 	cmd.Flags().StringVar(&kind, "for", "serviceaccount", "whose traffic the waypoint takes: serviceaccount, service or namespace")
 	cmd.Flags().StringVar(&name, "name", "", "name of the waypoint's Gateway (default \"waypoint\")")
 	cmd.Flags().StringVar(&target, "target", "", "with --enroll: the ServiceAccount or Service to bind (default: --name)")
+	cmd.Flags().StringVar(&node, "node", "", "lab: the node whose pod runs the waypoint (default: the first), as the Gateway's spec.infrastructure annotation "+lab.NodeAnnotation)
 	cmd.Flags().BoolVar(&enroll, "enroll", false, "bind the ServiceAccount, Service or Namespace to the waypoint")
 	return cmd
 }
