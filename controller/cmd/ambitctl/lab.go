@@ -96,12 +96,15 @@ also after a crash.`,
 	}
 	status.Flags().StringVarP(&output, "output", "o", "short", "output format: short, json or yaml")
 
+	// apply's and delete's own variable: sharing up's would reset up's default
+	// (examples/lab.yaml) to "".
+	var objFile string
 	apply := &cobra.Command{
 		Use:   "apply -f FILE",
 		Short: "Give the lab's controller the Kubernetes objects of FILE (checked first)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			objs, err := lab.Apply(dir, file)
+			objs, err := lab.Apply(dir, objFile)
 			if err != nil {
 				return err
 			}
@@ -111,7 +114,7 @@ also after a crash.`,
 			return nil
 		},
 	}
-	apply.Flags().StringVarP(&file, "file", "f", "", "YAML file of Kubernetes objects")
+	apply.Flags().StringVarP(&objFile, "file", "f", "", "YAML file of Kubernetes objects")
 	_ = apply.MarkFlagRequired("file")
 
 	del := &cobra.Command{
@@ -119,14 +122,14 @@ also after a crash.`,
 		Short: "Take the objects of a file applied with 'lab apply' away again",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := lab.Delete(dir, file); err != nil {
+			if err := lab.Delete(dir, objFile); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s deleted\n", file)
+			fmt.Fprintf(cmd.OutOrStdout(), "%s deleted\n", objFile)
 			return nil
 		},
 	}
-	del.Flags().StringVarP(&file, "file", "f", "", "YAML file given to 'lab apply'")
+	del.Flags().StringVarP(&objFile, "file", "f", "", "YAML file given to 'lab apply'")
 	_ = del.MarkFlagRequired("file")
 
 	var timeout time.Duration
