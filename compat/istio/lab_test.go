@@ -36,7 +36,7 @@ import (
 
 const (
 	labPrefix   = "ambitcp"
-	labPortBase = 45000
+	labPortBase = 26000 // below the ephemeral range (32768+), where outgoing connections could take a port
 )
 
 // labState is the part of the lab's state.json these tests read.

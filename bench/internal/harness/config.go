@@ -50,12 +50,12 @@ type Config struct {
 	Out io.Writer
 }
 
-// Default is `make bench`. Its lab (prefix ambitbn, ports from 35000, subnet 10.79.0.0/16 in
+// Default is `make bench`. Its lab (prefix ambitbn, ports from 27000, subnet 10.79.0.0/16 in
 // bench/lab.yaml) stays apart from a developer's lab (ambitlab, 15000) and the end-to-end
 // tests' (ambite2e, 25000).
 func Default() Config {
 	return Config{
-		Topology: "bench/lab.yaml", LabDir: "/run/ambit-bench-lab", LabPrefix: "ambitbn", LabPortBase: 35000, ResultsDir: "bench/results", Doc: "docs/benchmarks.md",
+		Topology: "bench/lab.yaml", LabDir: "/run/ambit-bench-lab", LabPrefix: "ambitbn", LabPortBase: 27000, ResultsDir: "bench/results", Doc: "docs/benchmarks.md",
 		Command: "make bench",
 		QPS:     1000, Connections: []int{1, 16, 64},
 		Rounds:   3,
