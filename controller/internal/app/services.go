@@ -16,7 +16,8 @@ import (
 
 // GRPCServices returns the hooks that put the delta xDS server and the CA service on the
 // controller's one gRPC listener (GRPCAddr, TLS). Proxies authenticate with the tokens in
-// tokenDir in folder mode, and with TokenReview in Kubernetes mode.
+// tokenDir in folder mode, and with TokenReview in Kubernetes mode: ztunnels with their
+// ServiceAccount's tokens (for their node), waypoints with their own (for themselves only).
 func GRPCServices(tokenDir string) (func(Deps) (PushServer, error), func(Deps) (CAService, error)) {
 	var push *xds.Server
 	var auth caserver.Authenticator
@@ -26,7 +27,8 @@ func GRPCServices(tokenDir string) (func(Deps) (PushServer, error), func(Deps) (
 		}
 		switch {
 		case d.Kube != nil:
-			auth = &caserver.KubeAuthenticator{Client: d.Kube}
+			auth = &caserver.KubeAuthenticator{Client: d.Kube,
+				Waypoints: func(ns, name string) bool { return isWaypoint(d.Index, ns, name) }}
 		case tokenDir != "":
 			auth = &caserver.TokenDir{Dir: tokenDir}
 		default:
@@ -95,6 +97,18 @@ func (a afterSync) Run(ctx context.Context) error {
 		}
 	}
 	return a.svc.Run(ctx)
+}
+
+// isWaypoint reports whether ns/name is a waypoint the model holds: an ambit-waypoint
+// Gateway whose ServiceAccount, of the same name, may then authenticate as itself.
+func isWaypoint(idx *model.Index, ns, name string) bool {
+	res := idx.For(model.Proxy{ID: "ca", Kind: model.KindZtunnel})
+	for _, r := range res[configv1.WaypointTypeURL] {
+		if w, ok := r.Message.(*configv1.Waypoint); ok && w.GetNamespace() == ns && w.GetName() == name {
+			return true
+		}
+	}
+	return false
 }
 
 // nodeHasIdentity reports whether a pod scheduled on node runs as id: the only identities a

@@ -22,11 +22,33 @@ import (
 // right now.
 var ErrUnauthenticated = errors.New("unauthenticated")
 
-// Authenticator maps a caller's bearer token to the name of the node the caller runs on.
-// An error wrapping ErrUnauthenticated refuses the caller; any other error is treated as
-// temporary (UNAVAILABLE).
+// Authenticator maps a caller's bearer token to who is calling: the node it runs on and, for
+// a caller that acts only for itself, its ServiceAccount. An error wrapping ErrUnauthenticated
+// refuses the caller; any other error is treated as temporary (UNAVAILABLE).
 type Authenticator interface {
-	Authenticate(ctx context.Context, token string) (node string, err error)
+	Authenticate(ctx context.Context, token string) (Caller, error)
+}
+
+// Caller is who a token authenticated.
+type Caller struct {
+	// Node the caller runs on.
+	Node string
+	// Namespace and ServiceAccount are set for a caller that may hold its own identity only:
+	// a waypoint authenticated with its pod's ServiceAccount token. They are empty for a node
+	// proxy (ztunnel, or a lab waypoint with its node's token), which may hold the identity of
+	// any pod on its node.
+	Namespace, ServiceAccount string
+}
+
+// Restricted reports whether the caller may hold its own identity only.
+func (c Caller) Restricted() bool { return c.ServiceAccount != "" }
+
+// String names the caller in logs and errors.
+func (c Caller) String() string {
+	if c.Restricted() {
+		return "serviceaccount " + c.Namespace + "/" + c.ServiceAccount + " on node " + c.Node
+	}
+	return "node " + c.Node
 }
 
 // BearerToken returns the token of the incoming call's "authorization: Bearer <token>"
@@ -44,20 +66,20 @@ func BearerToken(ctx context.Context) (string, error) {
 	return strings.TrimSpace(token), nil
 }
 
-// Authenticate authenticates the incoming call with a: the node the caller runs on.
-func Authenticate(ctx context.Context, a Authenticator) (string, error) {
+// Authenticate authenticates the incoming call with a.
+func Authenticate(ctx context.Context, a Authenticator) (Caller, error) {
 	token, err := BearerToken(ctx)
 	if err != nil {
-		return "", err
+		return Caller{}, err
 	}
-	node, err := a.Authenticate(ctx, token)
+	c, err := a.Authenticate(ctx, token)
 	if err != nil {
-		return "", err
+		return Caller{}, err
 	}
-	if node == "" {
-		return "", fmt.Errorf("%w: token names no node", ErrUnauthenticated)
+	if c.Node == "" {
+		return Caller{}, fmt.Errorf("%w: token names no node", ErrUnauthenticated)
 	}
-	return node, nil
+	return c, nil
 }
 
 // TokenDir is the local-mode Authenticator: a folder with one file per node, named after the
@@ -76,13 +98,13 @@ type TokenDir struct {
 const TokenDirRefresh = time.Second
 
 // Authenticate returns the node whose file holds token. Tokens are compared in constant time.
-func (d *TokenDir) Authenticate(_ context.Context, token string) (string, error) {
+func (d *TokenDir) Authenticate(_ context.Context, token string) (Caller, error) {
 	if token == "" {
-		return "", fmt.Errorf("%w: empty token", ErrUnauthenticated)
+		return Caller{}, fmt.Errorf("%w: empty token", ErrUnauthenticated)
 	}
 	tokens, err := d.load()
 	if err != nil {
-		return "", err
+		return Caller{}, err
 	}
 	found := ""
 	for want, node := range tokens {
@@ -91,9 +113,9 @@ func (d *TokenDir) Authenticate(_ context.Context, token string) (string, error)
 		}
 	}
 	if found == "" {
-		return "", fmt.Errorf("%w: unknown node token", ErrUnauthenticated)
+		return Caller{}, fmt.Errorf("%w: unknown node token", ErrUnauthenticated)
 	}
-	return found, nil
+	return Caller{Node: found}, nil
 }
 
 func (d *TokenDir) load() (map[string]string, error) {

@@ -1,6 +1,7 @@
 // Package caserver is the controller's CertificateService (ambit.ca.v1): it authenticates the
-// caller's bearer token to a node, checks that the requested SPIFFE ID belongs to a pod on
-// that node, and signs the CSR with the mesh CA.
+// caller's bearer token to a Caller, checks that the requested SPIFFE ID belongs to a pod on
+// the caller's node (a node proxy) or is the caller's own (a waypoint with its pod's token),
+// and signs the CSR with the mesh CA.
 //
 // It also holds what the controller's gRPC port needs to know who is calling, shared with the
 // xDS server: the Authenticator interface with a local implementation (TokenDir, a folder of

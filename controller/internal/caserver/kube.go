@@ -29,6 +29,11 @@ var DefaultProxyServiceAccounts = []string{"ambit-system/ztunnel"}
 // server sets it (Kubernetes 1.30+), otherwise the pod named by the pod-name extra, looked up
 // and checked against the pod-uid extra so a token of a deleted pod that reused the name
 // does not count.
+//
+// Two kinds of ServiceAccount are accepted. A node proxy's (ServiceAccounts) acts for its
+// node: it may hold the identity of any pod there. A waypoint's (Waypoints) acts only for
+// itself: the Caller is restricted to that ServiceAccount's identity. Any other token is
+// refused, so a workload's own token gets nothing from the controller.
 type KubeAuthenticator struct {
 	// Client is used for TokenReviews and, when Pods is nil, pod lookups. Required.
 	Client kubernetes.Interface
@@ -38,20 +43,23 @@ type KubeAuthenticator struct {
 	// DefaultProxyServiceAccounts. Any other ServiceAccount is refused: a workload's own token
 	// must not get its node's identities.
 	ServiceAccounts []string
+	// Waypoints reports whether namespace/name is a waypoint's ServiceAccount (there is an
+	// ambit-waypoint Gateway of that name in that namespace). Nil accepts no waypoint.
+	Waypoints func(namespace, name string) bool
 	// Pods looks up a pod; nil uses Client (an informer's lister fits here).
 	Pods func(ctx context.Context, namespace, name string) (*corev1.Pod, error)
 }
 
 // Authenticate implements Authenticator.
-func (k *KubeAuthenticator) Authenticate(ctx context.Context, token string) (string, error) {
+func (k *KubeAuthenticator) Authenticate(ctx context.Context, token string) (Caller, error) {
 	if token == "" {
-		return "", fmt.Errorf("%w: empty token", ErrUnauthenticated)
+		return Caller{}, fmt.Errorf("%w: empty token", ErrUnauthenticated)
 	}
 	tr, err := k.Client.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{
 		Spec: authnv1.TokenReviewSpec{Token: token, Audiences: k.Audiences},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return "", fmt.Errorf("token review: %w", err)
+		return Caller{}, fmt.Errorf("token review: %w", err)
 	}
 	st := tr.Status
 	if !st.Authenticated {
@@ -59,21 +67,34 @@ func (k *KubeAuthenticator) Authenticate(ctx context.Context, token string) (str
 		if msg == "" {
 			msg = "token not authenticated"
 		}
-		return "", fmt.Errorf("%w: token review: %s", ErrUnauthenticated, msg)
+		return Caller{}, fmt.Errorf("%w: token review: %s", ErrUnauthenticated, msg)
 	}
 	ns, sa, ok := parseServiceAccount(st.User.Username)
 	if !ok {
-		return "", fmt.Errorf("%w: %q is not a service account", ErrUnauthenticated, st.User.Username)
+		return Caller{}, fmt.Errorf("%w: %q is not a service account", ErrUnauthenticated, st.User.Username)
 	}
 	allowed := k.ServiceAccounts
 	if len(allowed) == 0 {
 		allowed = DefaultProxyServiceAccounts
 	}
-	if !slices.Contains(allowed, ns+"/"+sa) {
-		return "", fmt.Errorf("%w: service account %s/%s may not act for a node", ErrUnauthenticated, ns, sa)
+	var c Caller
+	switch {
+	case slices.Contains(allowed, ns+"/"+sa):
+	case k.Waypoints != nil && k.Waypoints(ns, sa):
+		c.Namespace, c.ServiceAccount = ns, sa
+	default:
+		return Caller{}, fmt.Errorf("%w: service account %s/%s is neither a node proxy's nor a waypoint's", ErrUnauthenticated, ns, sa)
 	}
+	if c.Node, err = k.node(ctx, ns, sa, st.User.Extra); err != nil {
+		return Caller{}, err
+	}
+	return c, nil
+}
+
+// node is the node of the pod a token of ns/sa is bound to.
+func (k *KubeAuthenticator) node(ctx context.Context, ns, sa string, extras map[string]authnv1.ExtraValue) (string, error) {
 	extra := func(key string) string {
-		if v := st.User.Extra[key]; len(v) == 1 {
+		if v := extras[key]; len(v) == 1 {
 			return v[0]
 		}
 		return ""

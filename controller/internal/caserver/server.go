@@ -32,8 +32,9 @@ func (f NodeIdentitiesFunc) Allowed(node string, id spiffeid.ID) bool { return f
 
 // Errors the server classifies refusals with before mapping them to codes.
 var (
-	// ErrNotAllowed: the identity belongs to no pod on the caller's node.
-	ErrNotAllowed = errors.New("identity is not allowed for the caller's node")
+	// ErrNotAllowed: the identity belongs to no pod on the caller's node, or is not the
+	// restricted caller's own.
+	ErrNotAllowed = errors.New("identity is not allowed for the caller")
 	// ErrExtraSANs: the CSR asks for more than one SPIFFE ID.
 	ErrExtraSANs = errors.New("csr carries SANs besides one spiffe id")
 )
@@ -42,7 +43,7 @@ var (
 type Options struct {
 	// CA signs the certificates. Required.
 	CA *identity.CA
-	// Authenticator maps the caller's token to its node. Required.
+	// Authenticator maps the caller's token to a Caller. Required.
 	Authenticator Authenticator
 	// Identities authorizes node → identity. Required.
 	Identities NodeIdentities
@@ -77,25 +78,25 @@ func (s *Server) Register(gs *grpc.Server) { cav1.RegisterCertificateServiceServ
 
 // CreateCertificate authenticates, authorizes and signs.
 func (s *Server) CreateCertificate(ctx context.Context, req *cav1.CreateCertificateRequest) (*cav1.CreateCertificateResponse, error) {
-	node, err := Authenticate(ctx, s.opts.Authenticator)
+	caller, err := Authenticate(ctx, s.opts.Authenticator)
 	if err != nil {
 		s.opts.Logger.Warn("certificate refused", "reason", "authentication", "error", err)
 		return nil, toStatus(err)
 	}
-	chain, id, err := s.sign(node, req)
+	chain, id, err := s.sign(caller, req)
 	if err != nil {
-		s.opts.Logger.Warn("certificate refused", "node", node, "identity", req.GetIdentity(), "error", err)
+		s.opts.Logger.Warn("certificate refused", "caller", caller.String(), "identity", req.GetIdentity(), "error", err)
 		return nil, toStatus(err)
 	}
 	resp := &cav1.CreateCertificateResponse{RootBundle: string(s.opts.CA.RootPEM())}
 	for _, der := range chain {
 		resp.CertChain = append(resp.CertChain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
 	}
-	s.opts.Logger.Info("certificate issued", "node", node, "identity", id.String())
+	s.opts.Logger.Info("certificate issued", "caller", caller.String(), "identity", id.String())
 	return resp, nil
 }
 
-func (s *Server) sign(node string, req *cav1.CreateCertificateRequest) ([][]byte, spiffeid.ID, error) {
+func (s *Server) sign(caller Caller, req *cav1.CreateCertificateRequest) ([][]byte, spiffeid.ID, error) {
 	block, rest := pem.Decode([]byte(req.GetCsr()))
 	if block == nil || block.Type != "CERTIFICATE REQUEST" || strings.TrimSpace(string(rest)) != "" {
 		return nil, spiffeid.ID{}, fmt.Errorf("%w: want one PEM CERTIFICATE REQUEST block", identity.ErrInvalidCSR)
@@ -125,14 +126,25 @@ func (s *Server) sign(node string, req *cav1.CreateCertificateRequest) ([][]byte
 	if req.GetValiditySeconds() < 0 {
 		return nil, spiffeid.ID{}, fmt.Errorf("%w: validity_seconds %d is negative", identity.ErrInvalidTTL, req.GetValiditySeconds())
 	}
-	if !s.opts.Identities.Allowed(node, id) {
-		return nil, spiffeid.ID{}, fmt.Errorf("%w: %s on node %s", ErrNotAllowed, id, node)
+	if !s.allowed(caller, id) {
+		return nil, spiffeid.ID{}, fmt.Errorf("%w: %s for %s", ErrNotAllowed, id, caller)
 	}
 	chain, err := s.opts.CA.Sign(block.Bytes, id, time.Duration(req.GetValiditySeconds())*time.Second)
 	if err != nil {
 		return nil, spiffeid.ID{}, err
 	}
 	return chain, id, nil
+}
+
+// allowed reports whether caller may hold id: a restricted caller (a waypoint with its own
+// token) its own ServiceAccount's identity only, a node proxy those Identities allows.
+func (s *Server) allowed(caller Caller, id spiffeid.ID) bool {
+	if caller.Restricted() {
+		w, err := identity.WorkloadFromID(id)
+		return err == nil && id.TrustDomain() == s.opts.CA.TrustDomain() &&
+			w.Namespace == caller.Namespace && w.ServiceAccount == caller.ServiceAccount
+	}
+	return s.opts.Identities.Allowed(caller.Node, id)
 }
 
 var errInvalidArgument = errors.New("invalid argument")

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -166,6 +167,60 @@ func TestCreateCertificate(t *testing.T) {
 	}
 }
 
+// callerMap is an Authenticator with fixed token → Caller answers.
+type callerMap map[string]Caller
+
+func (m callerMap) Authenticate(_ context.Context, token string) (Caller, error) {
+	if c, ok := m[token]; ok {
+		return c, nil
+	}
+	return Caller{}, ErrUnauthenticated
+}
+
+// A waypoint authenticated with its own ServiceAccount token (a restricted Caller) gets the
+// certificate of that ServiceAccount and no other, even one of a pod on its node; a node
+// proxy on the same node still gets its pods' identities.
+func TestRestrictedCaller(t *testing.T) {
+	ca, err := identity.NewCA(identity.CAOptions{TrustDomain: td})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wpID := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/wp")
+	srv, err := New(Options{
+		CA: ca,
+		Authenticator: callerMap{
+			"waypoint": {Node: "node-a", Namespace: "shop", ServiceAccount: "wp"},
+			"node":     {Node: "node-a"},
+		},
+		// Every identity "runs" on node-a: only the restriction can refuse.
+		Identities: NodeIdentitiesFunc(func(node string, _ spiffeid.ID) bool { return node == "node-a" }),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		token string
+		id    spiffeid.ID
+		want  codes.Code
+	}{
+		{"waypoint", wpID, codes.OK},
+		{"waypoint", idA, codes.PermissionDenied}, // a pod on its node
+		{"waypoint", spiffeid.RequireFromString("spiffe://cluster.local/ns/other/sa/wp"), codes.PermissionDenied}, // same name elsewhere
+		{"waypoint", spiffeid.RequireFromString("spiffe://evil.org/ns/shop/sa/wp"), codes.PermissionDenied},
+		{"waypoint", spiffeid.RequireFromString("spiffe://cluster.local/wp"), codes.PermissionDenied}, // not a workload ID
+		{"node", idA, codes.OK},
+		{"node", wpID, codes.OK},
+	}
+	for _, tc := range tests {
+		ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+tc.token))
+		csr := csrPEM(t, &x509.CertificateRequest{URIs: []*url.URL{tc.id.URL()}})
+		_, err := srv.CreateCertificate(ctx, &cav1.CreateCertificateRequest{Csr: csr})
+		if got := status.Code(err); got != tc.want {
+			t.Errorf("%s asking for %s: %v (%v), want %v", tc.token, tc.id, got, err, tc.want)
+		}
+	}
+}
+
 // TestManagerOverCAClient is how a ztunnel gets certificates: identity.Manager with the
 // xds.CAClient as its signer, over TLS that proves the controller's identity.
 func TestManagerOverCAClient(t *testing.T) {
@@ -242,9 +297,9 @@ func TestTokenDir(t *testing.T) {
 		{"", "", false},
 	}
 	for _, tc := range tests {
-		node, err := auth.Authenticate(context.Background(), tc.token)
-		if (err == nil) != tc.ok || node != tc.node {
-			t.Errorf("Authenticate(%q) = %q, %v", tc.token, node, err)
+		c, err := auth.Authenticate(context.Background(), tc.token)
+		if (err == nil) != tc.ok || c != (Caller{Node: tc.node}) {
+			t.Errorf("Authenticate(%q) = %+v, %v", tc.token, c, err)
 		}
 		if err != nil && !strings.Contains(err.Error(), ErrUnauthenticated.Error()) {
 			t.Errorf("error %v does not wrap ErrUnauthenticated", err)

@@ -238,7 +238,7 @@ func (e *env) start(addr string) {
 	e.reg = prometheus.NewRegistry()
 	srv, err := NewServer(Options{
 		Generator:     e.gen,
-		Authenticator: &caserver.TokenDir{Dir: e.tokens},
+		Authenticator: testAuth{&caserver.TokenDir{Dir: e.tokens}},
 		Logger:        testLogger(t),
 		Registry:      e.reg,
 		Debounce:      time.Millisecond,
@@ -262,6 +262,20 @@ func (e *env) start(addr string) {
 		wg.Go(func() { _ = srv.Run(ctx) })
 		wg.Wait()
 	}()
+}
+
+// waypointToken is the own ServiceAccount token of the waypoint shop/wp on node-a: it
+// authenticates a caller restricted to that waypoint, as caserver.KubeAuthenticator does.
+const waypointToken = "token-of-waypoint-shop-wp"
+
+// testAuth is the node tokens of a TokenDir, plus waypointToken.
+type testAuth struct{ nodes *caserver.TokenDir }
+
+func (a testAuth) Authenticate(ctx context.Context, token string) (caserver.Caller, error) {
+	if token == waypointToken {
+		return caserver.Caller{Node: "node-a", Namespace: "shop", ServiceAccount: "wp"}, nil
+	}
+	return a.nodes.Authenticate(ctx, token)
 }
 
 func (e *env) stop() {

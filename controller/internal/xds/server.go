@@ -51,7 +51,7 @@ type GeneratorFunc func(p Proxy) map[string]map[string]Resource
 // For calls f.
 func (f GeneratorFunc) For(p Proxy) map[string]map[string]Resource { return f(p) }
 
-// Authenticator maps a bearer token to a node name; see caserver.Authenticator.
+// Authenticator maps a bearer token to a caller; see caserver.Authenticator.
 type Authenticator = caserver.Authenticator
 
 // Options configures a Server.
@@ -190,7 +190,7 @@ func (s *Server) Run(ctx context.Context) error {
 // DeltaAggregatedResources serves one proxy's stream.
 func (s *Server) DeltaAggregatedResources(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
 	ctx := st.Context()
-	node, err := caserver.Authenticate(ctx, s.auth)
+	caller, err := caserver.Authenticate(ctx, s.auth)
 	if err != nil {
 		s.log.Warn("xds stream refused", "reason", "authentication", "peer", peerAddr(ctx), "error", err)
 		return toStatus(err)
@@ -201,12 +201,19 @@ func (s *Server) DeltaAggregatedResources(st grpc.BidiStreamingServer[discoveryv
 	}
 	info, err := proxyxds.ParseNode(first.GetNode())
 	if err != nil {
-		s.log.Warn("xds stream refused", "reason", "bad node", "node", node, "error", err)
+		s.log.Warn("xds stream refused", "reason", "bad node", "caller", caller.String(), "error", err)
 		return status.Errorf(codes.InvalidArgument, "xds: %v", err)
 	}
-	if info.Node != node {
-		s.log.Warn("xds stream refused", "reason", "node mismatch", "node", node, "claimed", info.Node, "id", info.ID)
-		return status.Errorf(codes.PermissionDenied, "xds: token is for node %q, not %q", node, info.Node)
+	if info.Node != caller.Node {
+		s.log.Warn("xds stream refused", "reason", "node mismatch", "caller", caller.String(), "claimed", info.Node, "id", info.ID)
+		return status.Errorf(codes.PermissionDenied, "xds: token is for node %q, not %q", caller.Node, info.Node)
+	}
+	// A waypoint's own token is good for its own config only.
+	if caller.Restricted() && (info.Kind != proxyxds.KindWaypoint || info.WaypointNamespace != caller.Namespace || info.WaypointName != caller.ServiceAccount) {
+		s.log.Warn("xds stream refused", "reason", "not the caller's waypoint", "caller", caller.String(), "kind", info.Kind,
+			"waypoint", info.WaypointNamespace+"/"+info.WaypointName, "id", info.ID)
+		return status.Errorf(codes.PermissionDenied, "xds: token of %s/%s is good for waypoint %s/%s only, not %s %s/%s",
+			caller.Namespace, caller.ServiceAccount, caller.Namespace, caller.ServiceAccount, info.Kind, info.WaypointNamespace, info.WaypointName)
 	}
 	c := newConn(s, st, Proxy{ID: info.ID, Node: info.Node, Kind: info.Kind, Namespace: info.WaypointNamespace, Name: info.WaypointName})
 	s.mu.Lock()

@@ -295,6 +295,13 @@ func TestRefused(t *testing.T) {
 			Node:    proxyxds.NodeInfo{ID: "z", Node: n, Kind: proxyxds.KindZtunnel}.Proto(),
 		}
 	}
+	waypoint := func(ns, name string) *discoveryv3.DeltaDiscoveryRequest {
+		return &discoveryv3.DeltaDiscoveryRequest{
+			TypeUrl: wl,
+			Node: proxyxds.NodeInfo{ID: "w", Node: "node-a", Kind: proxyxds.KindWaypoint,
+				WaypointNamespace: ns, WaypointName: name}.Proto(),
+		}
+	}
 	tests := []struct {
 		name  string
 		token string
@@ -306,6 +313,11 @@ func TestRefused(t *testing.T) {
 		{"forged token", "forged", node("node-a"), codes.Unauthenticated},
 		{"empty token", "", node("node-a"), codes.Unauthenticated},
 		{"no node", e.token("node-a"), &discoveryv3.DeltaDiscoveryRequest{TypeUrl: wl}, codes.InvalidArgument},
+		// A waypoint's own token is good for that waypoint's config only.
+		{"waypoint's token, itself", waypointToken, waypoint("shop", "wp"), codes.OK},
+		{"waypoint's token, another waypoint", waypointToken, waypoint("shop", "other"), codes.PermissionDenied},
+		{"waypoint's token, same name elsewhere", waypointToken, waypoint("prod", "wp"), codes.PermissionDenied},
+		{"waypoint's token, as a ztunnel", waypointToken, node("node-a"), codes.PermissionDenied},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
