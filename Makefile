@@ -64,12 +64,17 @@ $(CONTROLLER_GEN): tools/codegen/go.mod tools/codegen/go.sum
 	@mkdir -p $(@D)
 	cd tools/codegen && GOWORK=off go build -o ../../$@ sigs.k8s.io/controller-tools/cmd/controller-gen
 
-generate: $(CONTROLLER_GEN) ## regenerate the CRD types' deepcopy code and the CRDs in deploy/crds (controller-gen)
-	cd controller && ../$(CONTROLLER_GEN) object paths=./apis/... crd paths=./apis/... output:crd:artifacts:config=../deploy/crds
+# The controller's built-in waypoint template is a copy of deploy/waypoint/waypoint.yaml, the
+# one source (a module cannot go:embed a file outside its directory).
+WAYPOINT_TEMPLATE := controller/internal/waypointdeploy/waypoint.yaml
 
-generate-check: ## regenerate and fail if controller/apis or deploy/crds differ from what is committed
+generate: $(CONTROLLER_GEN) ## regenerate the CRD types' deepcopy code and the CRDs in deploy/crds (controller-gen); copy the waypoint template into the controller
+	cd controller && ../$(CONTROLLER_GEN) object paths=./apis/... crd paths=./apis/... output:crd:artifacts:config=../deploy/crds
+	cp deploy/waypoint/waypoint.yaml $(WAYPOINT_TEMPLATE)
+
+generate-check: ## regenerate and fail if controller/apis, deploy/crds or the built-in waypoint template differ from what is committed
 	@$(MAKE) generate
-	@gen=(controller/apis deploy/crds); fail=0; \
+	@gen=(controller/apis deploy/crds $(WAYPOINT_TEMPLATE)); fail=0; \
 	if ! git diff --quiet -- "$${gen[@]}"; then \
 		echo "generate-check: generated code differs from what is committed:" >&2; \
 		git --no-pager diff --stat -- "$${gen[@]}" >&2; fail=1; \
@@ -79,7 +84,7 @@ generate-check: ## regenerate and fail if controller/apis or deploy/crds differ 
 		echo "generate-check: files not in git:" >&2; echo "$$untracked" >&2; fail=1; \
 	fi; \
 	if [[ $$fail -ne 0 ]]; then \
-		echo "generate-check: run 'make generate' and commit the API types with their generated code and CRDs" >&2; exit 1; \
+		echo "generate-check: run 'make generate' and commit the API types with their generated code and CRDs, and the waypoint template's copy" >&2; exit 1; \
 	fi; \
 	echo "generate-check: generated code and CRDs are up to date"
 

@@ -53,6 +53,9 @@ type env struct {
 	kc   string // kubeconfig of the ambit-controller ServiceAccount
 	addr string // gRPC address
 	mon  string // metrics and health address
+	// waypointImage and waypointTemplate, when set, are the controller's --waypoint-image and
+	// --waypoint-template.
+	waypointImage, waypointTemplate string
 }
 
 func newEnv(t *testing.T) *env {
@@ -121,6 +124,9 @@ func (e *env) launchController(addr, mon, id string) *controller {
 		MetricsAddr: mon,
 		Identity:    id,
 		Debounce:    10 * time.Millisecond,
+
+		WaypointImage:    e.waypointImage,
+		WaypointTemplate: e.waypointTemplate,
 	}
 	cfg.NewPushServer, cfg.NewCAService = app.GRPCServices("")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -323,6 +329,12 @@ type proxy struct {
 
 func startProxy(t *testing.T, addr, token, node string, bundle x509bundle.Source) *proxy {
 	t.Helper()
+	return startProxyAs(t, addr, token, xds.NodeInfo{ID: "ztunnel-" + node, Node: node, Kind: xds.KindZtunnel}, bundle)
+}
+
+// startProxyAs is startProxy for any kind of proxy, a waypoint's for one.
+func startProxyAs(t *testing.T, addr, token string, node xds.NodeInfo, bundle x509bundle.Source) *proxy {
+	t.Helper()
 	p := &proxy{state: map[string]map[string]xds.Resource{}, types: map[string]int{}}
 	gated := grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
 		if p.gate.Load() {
@@ -332,7 +344,7 @@ func startProxy(t *testing.T, addr, token, node string, bundle x509bundle.Source
 		return d.DialContext(ctx, "tcp", a)
 	})
 	c, err := xds.NewClient(dial(t, addr, token, bundle, gated), xds.Config{
-		Node:       xds.NodeInfo{ID: "ztunnel-" + node, Node: node, Kind: xds.KindZtunnel},
+		Node:       node,
 		TypeURLs:   configv1.TypeURLs,
 		Handler:    xds.HandlerFunc(p.apply),
 		MinBackoff: 50 * time.Millisecond,
@@ -381,14 +393,29 @@ func (p *proxy) apply(typeURL string, upserts map[string]xds.Resource, removals 
 
 // workload returns the Workload of pod ns/name the proxy holds, or nil.
 func (p *proxy) workload(ns, name string) *configv1.Workload {
+	return held[*configv1.Workload](p, configv1.WorkloadTypeURL, ns, name)
+}
+
+// waypoint returns the Waypoint of Gateway ns/name the proxy holds, or nil.
+func (p *proxy) waypoint(ns, name string) *configv1.Waypoint {
+	return held[*configv1.Waypoint](p, configv1.WaypointTypeURL, ns, name)
+}
+
+// held returns the resource of typeURL named ns/name (in its message) the proxy holds, or nil.
+func held[T interface {
+	comparable
+	GetNamespace() string
+	GetName() string
+}](p *proxy, typeURL, ns, name string) T {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, r := range p.state[configv1.WorkloadTypeURL] {
-		if w, ok := r.Message.(*configv1.Workload); ok && w.GetNamespace() == ns && w.GetName() == name {
-			return w
+	var zero T
+	for _, r := range p.state[typeURL] {
+		if m, ok := r.Message.(T); ok && m.GetNamespace() == ns && m.GetName() == name {
+			return m
 		}
 	}
-	return nil
+	return zero
 }
 
 // versions is a snapshot of type → name → version.

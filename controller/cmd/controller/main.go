@@ -35,6 +35,9 @@ func main() {
 		cfg.WaypointExec = strings.Fields(v)
 		return nil
 	})
+	flag.StringVar(&cfg.WaypointTemplate, "waypoint-template", "", "Kubernetes mode: `FILE` of the template of each waypoint's ServiceAccount, Deployment and Service (default: the built-in copy of deploy/waypoint/waypoint.yaml)")
+	flag.StringVar(&cfg.WaypointImage, "waypoint-image", app.DefaultWaypointImage, "Kubernetes mode: `IMAGE` the waypoint Deployments run")
+	flag.StringVar(&cfg.WaypointController, "waypoint-controller", "", "Kubernetes mode: controller gRPC `HOST:PORT` the waypoints dial (default ambit-controller.<controller's namespace>.svc:15012)")
 	flag.BoolVar(&cfg.LeaderElect, "leader-elect", false, "run leader election on a Lease in the controller's namespace (Kubernetes mode)")
 	flag.DurationVar(&cfg.Debounce, "debounce", 20*time.Millisecond, "quiet time after an object change before config is recomputed")
 	flag.TextVar(&level, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"ambit.dev/controller/internal/caserver"
 	"ambit.dev/controller/internal/model"
 	"ambit.dev/controller/internal/source"
+	"ambit.dev/controller/internal/waypointdeploy"
 	"ambit.dev/controller/internal/waypointexec"
 )
 
@@ -84,6 +86,15 @@ type Config struct {
 	// Debounce between an object change and the model commit; default 20ms.
 	Debounce time.Duration
 
+	// WaypointTemplate is the file of the template the waypoints' objects are rendered from
+	// (Kubernetes mode); empty uses the built-in copy of deploy/waypoint/waypoint.yaml.
+	WaypointTemplate string
+	// WaypointImage is the waypoints' image; default DefaultWaypointImage.
+	WaypointImage string
+	// WaypointController is the controller's gRPC address the waypoints dial; default
+	// ambit-controller.<LeaseNamespace>.svc:15012, the Service in deploy/controller.
+	WaypointController string
+
 	// WaypointExec, folder mode only, runs the waypoints of the ambit-waypoint Gateways with
 	// this command and its arguments (internal/waypointexec; the lab's pods).
 	WaypointExec []string
@@ -114,6 +125,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ConfigDir == "" && len(c.WaypointExec) > 0 {
 		return c, errors.New("a waypoint exec command needs folder mode; in Kubernetes waypoints are Deployments")
 	}
+	if c.ConfigDir != "" && c.WaypointTemplate != "" {
+		return c, errors.New("a waypoint template needs Kubernetes mode; in folder mode the lab runs the waypoints")
+	}
 	if c.ConfigDir != "" && c.CASecret != "" {
 		return c, errors.New("a ca secret needs Kubernetes mode; in folder mode the root lives in the ca dir")
 	}
@@ -143,6 +157,15 @@ func (c Config) withDefaults() (Config, error) {
 	if c.LeaseName == "" {
 		c.LeaseName = "ambit-controller"
 	}
+	if c.WaypointImage == "" {
+		c.WaypointImage = DefaultWaypointImage
+	}
+	if c.WaypointController == "" {
+		c.WaypointController = "ambit-controller." + c.LeaseNamespace + ".svc:15012"
+	}
+	if _, _, err := net.SplitHostPort(c.WaypointController); err != nil {
+		return c, fmt.Errorf("waypoint controller address %q: %w", c.WaypointController, err)
+	}
 	if c.Identity == "" {
 		h, err := os.Hostname()
 		if err != nil {
@@ -164,7 +187,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	caOpts := identity.CAOptions{TrustDomain: td, Logger: log.With("component", "ca")}
 
 	var clients source.KubeClients
+	var wpTemplate *waypointdeploy.Template
 	if cfg.ConfigDir == "" {
+		if wpTemplate, err = loadWaypointTemplate(cfg.WaypointTemplate); err != nil {
+			return err
+		}
 		rc, err := restConfig(cfg.Kubeconfig)
 		if err != nil {
 			return err
@@ -201,6 +228,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	} else {
 		deps.Kube = clients.Kube
 		src = source.NewKube(clients, store, log.With("component", "kube"), 0)
+		wr, err := waypointdeploy.New(waypointdeploy.Options{
+			Settings: waypointdeploy.Settings{Template: wpTemplate, Image: cfg.WaypointImage, Controller: cfg.WaypointController,
+				TrustDomain: cfg.TrustDomain, RootCert: ca.RootPEM()},
+			Dynamic: clients.Dynamic, Gateway: clients.Gateway, Logger: log.With("component", "waypoints"),
+		})
+		if err != nil {
+			return err
+		}
+		// The leader is the one writer of the waypoints' objects and the Gateways' status.
+		cfg.LeaderTasks = append(slices.Clip(cfg.LeaderTasks), wr.Run)
 		if cfg.LeaderElect {
 			le, err := newElector(cfg, clients.Kube, log.With("component", "leader"), m, cfg.LeaderTasks)
 			if err != nil {
@@ -268,6 +305,22 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	err = g.Wait()
 	log.Info("controller stopped")
 	return err
+}
+
+// DefaultWaypointImage is the image the waypoints run unless --waypoint-image says
+// otherwise: like the controller's in deploy/controller, a name without a registry.
+const DefaultWaypointImage = "ambit/waypoint:dev"
+
+// loadWaypointTemplate parses the template file, or the built-in one when file is empty.
+func loadWaypointTemplate(file string) (*waypointdeploy.Template, error) {
+	if file == "" {
+		return waypointdeploy.Parse(waypointdeploy.DefaultTemplateName, waypointdeploy.DefaultTemplate)
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("waypoint template: %w", err)
+	}
+	return waypointdeploy.Parse(file, data)
 }
 
 // loadCA returns the CA: its root from the Secret (Kubernetes mode), from the CA dir, or a

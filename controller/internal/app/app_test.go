@@ -91,6 +91,10 @@ func TestRunFolderMode(t *testing.T) {
 }
 
 func TestConfigValidation(t *testing.T) {
+	badTemplate := filepath.Join(t.TempDir(), "waypoint.yaml")
+	if err := os.WriteFile(badTemplate, []byte("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		cfg  Config
@@ -103,6 +107,10 @@ func TestConfigValidation(t *testing.T) {
 		{"ca secret in folder mode", Config{ConfigDir: "x", CASecret: "ambit-ca"}, "ca secret needs Kubernetes mode"},
 		{"ca secret and ca dir", Config{Kubeconfig: "y", CADir: "x", CASecret: "ambit-ca"}, "mutually exclusive"},
 		{"bad ca secret", Config{Kubeconfig: "y", CASecret: "ns/Not_A_Name"}, "ca secret"},
+		{"waypoint template in folder mode", Config{ConfigDir: "x", WaypointTemplate: badTemplate}, "waypoint template needs Kubernetes mode"},
+		{"missing waypoint template", Config{Kubeconfig: "y", WaypointTemplate: "/nonexistent/waypoint.yaml"}, "waypoint template: open /nonexistent"},
+		{"bad waypoint template", Config{Kubeconfig: "y", WaypointTemplate: badTemplate}, "waypoint template " + badTemplate + ": document 1 (ConfigMap \"x\")"},
+		{"bad waypoint controller", Config{Kubeconfig: "y", WaypointController: "ambit-controller"}, "waypoint controller address"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -124,6 +132,19 @@ func get(url string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// Waypoints dial the controller's Service in the controller's namespace and run the image
+// named like the controller's, without a registry.
+func TestWaypointDefaults(t *testing.T) {
+	t.Setenv("POD_NAMESPACE", "mesh-system")
+	c, err := Config{Kubeconfig: "k", Identity: "test"}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.WaypointController != "ambit-controller.mesh-system.svc:15012" || c.WaypointImage != "ambit/waypoint:dev" {
+		t.Errorf("waypoint controller %q, image %q", c.WaypointController, c.WaypointImage)
+	}
 }
 
 // Kubernetes mode keeps the root in a Secret of the controller's namespace unless told

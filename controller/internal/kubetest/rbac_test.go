@@ -36,19 +36,39 @@ func TestControllerRBAC(t *testing.T) {
 	deny := func(verb, group, resource, namespace string) {
 		checks = append(checks, check{verb, group, resource, namespace, false, ""})
 	}
-	for _, r := range []struct{ group, resource string }{
-		{"", "namespaces"}, {"", "pods"}, {"", "services"}, {"", "serviceaccounts"},
-		{"gateway.networking.k8s.io", "gateways"}, {"gateway.networking.k8s.io", "httproutes"},
-		{"security.ambit.dev", "authorizationpolicies"}, {"security.ambit.dev", "peerauthentications"},
+	for _, r := range []struct {
+		group, resource string
+		waypoint        bool // a kind of the waypoints' objects, which the controller writes
+	}{
+		{"", "namespaces", false}, {"", "pods", false}, {"", "services", true}, {"", "serviceaccounts", true},
+		{"apps", "deployments", true},
+		{"gateway.networking.k8s.io", "gateways", false}, {"gateway.networking.k8s.io", "httproutes", false},
+		{"security.ambit.dev", "authorizationpolicies", false}, {"security.ambit.dev", "peerauthentications", false},
 	} {
 		for _, verb := range []string{"get", "list", "watch"} {
 			allow(verb, r.group, r.resource, "")     // cluster-wide
 			allow(verb, r.group, r.resource, "apps") // and so in any namespace
 		}
-		for _, verb := range []string{"create", "update", "patch", "delete", "deletecollection"} {
+		// The waypoints' objects: server-side apply (create, patch) and delete, in the
+		// Gateways' namespaces; never update or deletecollection.
+		for _, verb := range []string{"create", "patch", "delete"} {
+			checks = append(checks, check{verb, r.group, r.resource, "apps", r.waypoint, ""})
+		}
+		for _, verb := range []string{"update", "deletecollection"} {
 			deny(verb, r.group, r.resource, "apps")
 		}
 	}
+	// A Gateway's status, not its spec.
+	allow("patch", "gateway.networking.k8s.io", "gateways/status", "apps")
+	deny("update", "gateway.networking.k8s.io", "gateways/status", "apps")
+	deny("patch", "gateway.networking.k8s.io", "httproutes/status", "apps")
+	// No other workload kind, nor the waypoints' pods directly.
+	deny("create", "", "pods", "apps")
+	deny("patch", "apps", "daemonsets", "apps")
+	deny("create", "apps", "statefulsets", "apps")
+	deny("patch", "apps", "deployments/scale", "apps")
+	deny("create", "", "configmaps", "apps")
+	deny("patch", "", "configmaps", "apps")
 	allow("create", "authentication.k8s.io", "tokenreviews", "")
 	deny("create", "authorization.k8s.io", "subjectaccessreviews", "")
 	deny("create", "", "serviceaccounts/token", "apps") // cannot mint other identities' tokens
