@@ -1,9 +1,9 @@
 package lab
 
 import (
-	"fmt"
 	"os"
-	"syscall"
+
+	"ambit.dev/controller/internal/configdir"
 )
 
 // lockState takes an exclusive flock on the lab's state dir, held by whatever reads, changes
@@ -11,19 +11,8 @@ import (
 // `lab waypoints-sync`, which run as separate processes and would otherwise lose each
 // other's changes. A dir that does not exist needs no lock.
 func lockState(dir string) (unlock func(), err error) {
-	f, err := os.Open(dir)
-	if os.IsNotExist(err) {
+	if _, err := os.Stat(dir); os.IsNotExist(err) {
 		return func() {}, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("lab state dir: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lab state dir %s: lock: %w", dir, err)
-	}
-	return func() {
-		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
-	}, nil
+	return configdir.LockDir(dir)
 }

@@ -136,7 +136,7 @@ func update(dir string, obj Object, change func(body []byte) ([]byte, bool, erro
 	if !info.IsDir() {
 		return Result{}, fmt.Errorf("config dir %s: not a directory", dir)
 	}
-	unlock, err := lockDir(dir)
+	unlock, err := LockDir(dir)
 	if err != nil {
 		return Result{}, err
 	}

@@ -2,6 +2,6 @@
 
 package configdir
 
-// lockDir does nothing where flock does not exist: concurrent edits of one file may then
+// LockDir does nothing where flock does not exist: concurrent edits of one file may then
 // lose one of them.
-func lockDir(string) (func(), error) { return func() {}, nil }
+func LockDir(string) (func(), error) { return func() {}, nil }
