@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# fuzz.sh runs each native Go fuzz target it is given for a short while.
+# fuzz.sh runs each native Go fuzz target it is given for a short while (a count of executions).
 #
-#   hack/fuzz.sh [-t 10s] ./proto/identity:FuzzParseCSR ./proto/hbone:FuzzConnectRequest ...
+#   hack/fuzz.sh [-t 20000x] ./proto/identity:FuzzParseCSR ./proto/hbone:FuzzConnectRequest ...
 #
 # Each argument is <package dir>:<FuzzFunction>[:<fuzztime>]; the optional third part overrides
 # -t for that target (e.g. 20x: a count of executions, for a target whose executions are slow,
@@ -10,7 +10,7 @@
 # that matches nothing would exit 0.
 set -euo pipefail
 
-fuzztime=10s
+fuzztime=20000x
 if [[ ${1:-} == -t ]]; then
 	fuzztime=$2
 	shift 2
