@@ -235,7 +235,7 @@ func (c *Client) connect(ctx context.Context, t Target) (*conn, error) {
 	if err != nil {
 		return nil, &Error{Kind: KindDial, Err: fmt.Errorf("dial %s: %w", t.Address, err)}
 	}
-	tc := tls.Client(raw, clientTLS(cert, c.cfg.Bundle, t.Identities))
+	tc := tls.Client(newRawConn(raw), clientTLS(cert, c.cfg.Bundle, t.Identities))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		var he *Error

@@ -97,7 +97,7 @@ func (s *Stream) tryWrite(rc syscall.RawConn, p []byte) int {
 	if s.tryFn == nil {
 		s.tryFn = func(fd uintptr) bool {
 			for s.tryN < len(s.tryBuf) {
-				m, err := syscall.Write(int(fd), s.tryBuf[s.tryN:])
+				m, err := rawWrite(int(fd), s.tryBuf[s.tryN:])
 				if m > 0 {
 					s.tryN += m
 					continue

@@ -131,7 +131,7 @@ func (s *Server) isClosing() bool {
 // when the connection ends.
 func (s *Server) ServeConn(nc net.Conn) {
 	log := s.cfg.Logger.With("remote", nc.RemoteAddr().String())
-	tc := tls.Server(nc, s.tls)
+	tc := tls.Server(newRawConn(nc), s.tls)
 	hctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()

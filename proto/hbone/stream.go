@@ -272,6 +272,9 @@ func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 	defer frameBufs.Put(bp)
 	frame := *bp
 	var total int64
+	if tc, ok := r.(*net.TCPConn); ok {
+		r = newRawConn(tc)
+	}
 	for {
 		m, rerr := r.Read(frame[9:])
 		// Send what was read, in as many frames as flow control requires; each frame's
