@@ -3,9 +3,13 @@ package harness
 import (
 	"context"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/http/pprof"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -130,4 +134,25 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// TestGoMemStats reads a real heap profile, this test binary's own, the way the harness
+// reads a ztunnel's.
+func TestGoMemStats(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/heap", pprof.Index)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	m, err := goMemStats(context.Background(), strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	if m["Sys"] == 0 || m["HeapInuse"] == 0 || m["StackInuse"] == 0 || m["Sys"] > ms.Sys*2 || m["HeapInuse"] > m["Sys"] {
+		t.Fatalf("parsed MemStats %v do not look like this process's (Sys %d)", m, ms.Sys)
+	}
+	if _, err := parseMemStats(strings.NewReader("heap profile: 0: 0 [0: 0] @ heap/1048576\n")); err == nil {
+		t.Fatal("a profile without MemStats parsed")
+	}
 }

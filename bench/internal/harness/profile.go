@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,8 +18,9 @@ import (
 )
 
 // profile samples the two ztunnels' CPU with perf (software clock, call graphs) under the
-// ambit-l4 load at 16 connections, and reads their memory split from smaps_rollup. ztunnel
-// has no pprof endpoint, so this is what there is; the result is a Markdown note.
+// ambit-l4 load at 16 connections, and reads their memory split from smaps_rollup and from
+// the Go runtime's own account (/debug/pprof/heap on the admin port); the result is a
+// Markdown note. perf rather than the admin port's CPU profile: perf sees the kernel too.
 func (r *runner) profile(ctx context.Context) (string, error) {
 	perf, err := exec.LookPath("perf")
 	if err != nil {
@@ -66,7 +69,7 @@ func (r *runner) profile(ctx context.Context) (string, error) {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "### Where ztunnel's CPU goes\n\n`perf record -e cpu-clock -F 999 -g` on both ztunnels for %s under the ambit-l4 load "+
-		"(%.0f req/s over %d connections, %.0f achieved). ztunnel has no pprof endpoint yet; perf reads the Go symbol table. "+
+		"(%.0f req/s over %d connections, %.0f achieved); perf reads the Go symbol table and, unlike Go's own profiler, sees the kernel. "+
 		"The machine is a VM without hardware counters, so kernel samples land where interrupts are re-enabled "+
 		"(`_raw_spin_unlock_irqrestore`, `finish_task_switch`) rather than where the time went; the kernel/user split holds.\n\n",
 		r.cfg.ProfileDuration, r.cfg.QPS, conns, res.Latency.QPS)
@@ -94,7 +97,7 @@ func (r *runner) profile(ctx context.Context) (string, error) {
 		}
 		fmt.Fprintf(&b, "| %.1f%% | `%s` |\n", s.pct, s.name)
 	}
-	b.WriteString("\n### Where ztunnel's memory goes\n\nFrom /proc/<pid>/smaps_rollup at the end of the run (no heap profile without a pprof endpoint):\n\n")
+	b.WriteString("\n### Where ztunnel's memory goes\n\nFrom /proc/<pid>/smaps_rollup at the end of the run:\n\n")
 	b.WriteString("| ztunnel | RSS MB | anonymous (heap, stacks) MB | file-backed (binary text, data) MB | peak RSS MB |\n|---|--:|--:|--:|--:|\n")
 	for _, n := range r.state.Nodes {
 		m, err := smapsRollup(n.Ztunnel.PID)
@@ -106,10 +109,72 @@ func (r *runner) profile(ctx context.Context) (string, error) {
 	if fi, err := os.Stat(filepath.Join(r.cfg.BinDir, "ztunnel")); err == nil {
 		fmt.Fprintf(&b, "\nThe file-backed part is the touched pages of the %.0f MB ztunnel binary (code and read-only data, "+
 			"shared between the two ztunnels and reclaimable by the kernel); the anonymous part is Go's heap, stacks and runtime. "+
-			"Against the 12 MB target the anonymous part is what the code controls; a heap profile "+
-			"(`/debug/pprof/heap` on the admin port) would say which allocations make it.\n", mb(fi.Size()))
+			"Against the 12 MB target the anonymous part is what the code controls.\n", mb(fi.Size()))
+	}
+	b.WriteString("\nThe Go runtime's own account of it (`runtime.MemStats`, read from `/debug/pprof/heap?debug=1` on each ztunnel's admin port):\n\n")
+	b.WriteString("| ztunnel | heap in use MB | goroutine stacks MB | runtime metadata (spans, GC, other) MB | obtained from the OS MB | heap released to the OS MB |\n|---|--:|--:|--:|--:|--:|\n")
+	for _, n := range r.state.Nodes {
+		m, err := goMemStats(ctx, n.AdminAddr)
+		if err != nil {
+			return "", fmt.Errorf("ztunnel %s: %w", n.Name, err)
+		}
+		meta := m["MSpanInuse"] + m["MCacheInuse"] + m["GCSys"] + m["BuckHashSys"] + m["OtherSys"]
+		fmt.Fprintf(&b, "| %s | %.1f | %.1f | %.1f | %.1f | %.1f |\n", n.Name, mb(int64(m["HeapInuse"])), mb(int64(m["StackInuse"])),
+			mb(int64(meta)), mb(int64(m["Sys"])), mb(int64(m["HeapReleased"])))
 	}
 	return b.String(), nil
+}
+
+// goMemStats reads the runtime.MemStats lines ("# Name = value", or "# Name = inuse / sys"
+// for Stack, MSpan and MCache) at the end of the text heap profile that a ztunnel serves on
+// its admin port.
+func goMemStats(ctx context.Context, admin string) (map[string]uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/debug/pprof/heap?debug=1", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("heap profile: %s", resp.Status)
+	}
+	return parseMemStats(resp.Body)
+}
+
+func parseMemStats(r io.Reader) (map[string]uint64, error) {
+	out := map[string]uint64{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		name, val, ok := strings.Cut(strings.TrimPrefix(sc.Text(), "# "), " = ")
+		if !ok || strings.ContainsAny(name, " \t") {
+			continue
+		}
+		// "# Stack = 393216 / 393216" is in use / obtained: StackInuse and StackSys.
+		if inuse, sys, ok := strings.Cut(val, " / "); ok {
+			a, err1 := strconv.ParseUint(inuse, 10, 64)
+			b, err2 := strconv.ParseUint(sys, 10, 64)
+			if err1 == nil && err2 == nil {
+				out[name+"Inuse"], out[name+"Sys"] = a, b
+			}
+			continue
+		}
+		if v, err := strconv.ParseUint(val, 10, 64); err == nil {
+			out[name] = v
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if _, ok := out["HeapInuse"]; !ok {
+		return nil, fmt.Errorf("heap profile has no runtime.MemStats (HeapInuse)")
+	}
+	return out, nil
 }
 
 // symbol is one line of `perf report --stdio -g none --sort symbol`:
