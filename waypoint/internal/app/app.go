@@ -324,5 +324,7 @@ func adminHandler(st *meshstate.State, px *proxy.Proxy, certs *identity.Manager)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(dump)
 	})
+	// Go's profiles, for the waypoint figures in docs/benchmarks.md.
+	health.RegisterPprof(mux)
 	return mux
 }

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -478,10 +477,6 @@ func adminHandler(st *meshstate.State, certs *identity.Manager, pods *inpod.Mana
 	})
 	// Go's profiles, for the figures in docs/benchmarks.md: the admin listener is loopback
 	// only, like Envoy's and ztunnel's admin.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	health.RegisterPprof(mux)
 	return mux
 }
