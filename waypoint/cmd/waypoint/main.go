@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"ambit.dev/proto/logging"
 	"ambit.dev/waypoint/internal/app"
 )
 
@@ -46,11 +47,14 @@ func main() {
 	if cfg.Node == "" && cfg.TokenFile != "" {
 		cfg.Node = app.NodeFromTokenFile(cfg.TokenFile)
 	}
-	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// Batched: one write per 100 ms of access log lines, WARN and above at once.
+	var flushLog func() error
+	cfg.Logger, flushLog = logging.New(os.Stderr, level, true)
+	defer flushLog()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := app.Run(ctx, cfg); err != nil && !errors.Is(err, context.Canceled) {
-		cfg.Logger.Error("waypoint failed", "err", err)
+		cfg.Logger.Error("waypoint failed", "err", err) // ERROR: written at once
 		os.Exit(1)
 	}
 }

@@ -168,7 +168,9 @@ func writeResponse(bw *bufio.Writer, resp *http.Response, req *http.Request, kee
 		resp.TransferEncoding = []string{"chunked"}
 	}
 	body := resp.Body
-	cb := &countingFlushReader{r: body, w: bw}
+	// A small body of known length goes out with the headers, in one write (one DATA frame,
+	// one TLS record): the headers are not flushed before its first read.
+	cb := &countingFlushReader{r: body, w: bw, hold: resp.ContentLength >= 0 && resp.ContentLength <= smallBody}
 	resp.Body = cb
 	// bw's own ReadFrom would read the body into its buffer while our reader flushes that
 	// buffer: hide it, so that io.Copy brings a buffer of its own.
@@ -184,16 +186,23 @@ func bodyAllowed(code int, method string) bool {
 	return method != http.MethodHead && code != http.StatusNoContent && code != http.StatusNotModified && code >= 200
 }
 
+// smallBody is the largest response body writeResponse sends together with its headers.
+const smallBody = 16 << 10
+
 // countingFlushReader counts the body and flushes what is buffered before it waits for
-// more, so that a streamed response reaches the client as it comes.
+// more, so that a streamed response reaches the client as it comes. With hold, the first
+// read does not flush.
 type countingFlushReader struct {
-	r io.Reader
-	w *bufio.Writer
-	n int64
+	r    io.Reader
+	w    *bufio.Writer
+	n    int64
+	hold bool
 }
 
 func (c *countingFlushReader) Read(p []byte) (int, error) {
-	if c.w.Buffered() > 0 {
+	if c.hold {
+		c.hold = false
+	} else if c.w.Buffered() > 0 {
 		if err := c.w.Flush(); err != nil {
 			return 0, err
 		}

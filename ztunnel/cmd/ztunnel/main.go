@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"ambit.dev/proto/logging"
 	"ambit.dev/ztunnel/internal/app"
 )
 
@@ -38,7 +39,10 @@ func main() {
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// Batched: one write per 100 ms of access log lines, WARN and above at once.
+	var flushLog func() error
+	cfg.Logger, flushLog = logging.New(os.Stderr, level, false)
+	defer flushLog()
 	// SIGTERM (Kubernetes) waits --handover-grace for a successor before draining; SIGINT
 	// (an operator, or a lab going down) drains at once.
 	ctx, stop := context.WithCancelCause(context.Background())
@@ -53,7 +57,7 @@ func main() {
 		}
 	}()
 	if err := app.Run(ctx, cfg); err != nil {
-		cfg.Logger.Error("ztunnel failed", "err", err)
+		cfg.Logger.Error("ztunnel failed", "err", err) // ERROR: written at once
 		os.Exit(1)
 	}
 }
