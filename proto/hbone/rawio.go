@@ -22,9 +22,15 @@ func rawIO(trap uintptr, fd int, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if trap == syscall.SYS_WRITE {
+		raceReleaseMerge()
+	}
 	n, _, errno := syscall.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 	if errno != 0 {
 		return 0, errno
+	}
+	if trap == syscall.SYS_READ {
+		raceAcquire()
 	}
 	return int(n), nil
 }
