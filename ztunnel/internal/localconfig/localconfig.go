@@ -87,11 +87,8 @@ func Parse(data []byte) (*Config, error) {
 	for i, raw := range f.Policies {
 		path := fmt.Sprintf("policies[%d]", i)
 		a := &configv1.Authorization{}
-		if err := decode(raw, path, a, policyAddrs); err != nil {
+		if err := decodeNamed(raw, path, a, policyAddrs); err != nil {
 			return nil, err
-		}
-		if a.GetName() == "" || a.GetNamespace() == "" {
-			return nil, fmt.Errorf("%s: name and namespace are required", path)
 		}
 		if err := put(cfg, configv1.AuthorizationTypeURL, a.GetNamespace()+"/"+a.GetName(), path, a); err != nil {
 			return nil, err
@@ -103,11 +100,8 @@ func Parse(data []byte) (*Config, error) {
 	for i, raw := range f.Waypoints {
 		path := fmt.Sprintf("waypoints[%d]", i)
 		w := &configv1.Waypoint{}
-		if err := decode(raw, path, w, waypointAddrs); err != nil {
+		if err := decodeNamed(raw, path, w, waypointAddrs); err != nil {
 			return nil, err
-		}
-		if w.GetName() == "" || w.GetNamespace() == "" {
-			return nil, fmt.Errorf("%s: name and namespace are required", path)
 		}
 		if err := put(cfg, configv1.WaypointTypeURL, w.GetNamespace()+"/"+w.GetName(), path, w); err != nil {
 			return nil, err
@@ -116,11 +110,8 @@ func Parse(data []byte) (*Config, error) {
 	for i, raw := range f.Services {
 		path := fmt.Sprintf("services[%d]", i)
 		s := &configv1.Service{}
-		if err := decode(raw, path, s, serviceAddrs); err != nil {
+		if err := decodeNamed(raw, path, s, serviceAddrs); err != nil {
 			return nil, err
-		}
-		if s.GetName() == "" || s.GetNamespace() == "" {
-			return nil, fmt.Errorf("%s: name and namespace are required", path)
 		}
 		if s.Hostname == "" {
 			s.Hostname = s.GetName() + "." + s.GetNamespace() + ".svc.cluster.local"
@@ -132,11 +123,8 @@ func Parse(data []byte) (*Config, error) {
 	for i, raw := range f.Workloads {
 		path := fmt.Sprintf("workloads[%d]", i)
 		w := &configv1.Workload{}
-		if err := decode(raw, path, w, workloadAddrs); err != nil {
+		if err := decodeNamed(raw, path, w, workloadAddrs); err != nil {
 			return nil, err
-		}
-		if w.GetName() == "" || w.GetNamespace() == "" {
-			return nil, fmt.Errorf("%s: name and namespace are required", path)
 		}
 		if len(w.GetAddresses()) == 0 {
 			return nil, fmt.Errorf("%s.addresses: a workload needs at least one address", path)
@@ -215,6 +203,24 @@ func selects(selector, labels map[string]string) bool {
 
 // decode converts the text addresses of one list element (fix) and unmarshals it with
 // protojson, unknown fields rejected.
+// named is a resource with a name and a namespace.
+type named interface {
+	proto.Message
+	GetName() string
+	GetNamespace() string
+}
+
+// decodeNamed decodes raw into m and requires its name and namespace.
+func decodeNamed(raw json.RawMessage, path string, m named, fix func(obj map[string]any, path string) error) error {
+	if err := decode(raw, path, m, fix); err != nil {
+		return err
+	}
+	if m.GetName() == "" || m.GetNamespace() == "" {
+		return fmt.Errorf("%s: name and namespace are required", path)
+	}
+	return nil
+}
+
 func decode(raw json.RawMessage, path string, m proto.Message, fix func(obj map[string]any, path string) error) error {
 	var obj map[string]any
 	d := json.NewDecoder(bytes.NewReader(raw))
