@@ -72,17 +72,7 @@ func decodeDeltaResponse(buf []byte, m *discoveryv3.DeltaDiscoveryResponse) erro
 	res := make([]discoveryv3.Resource, n)
 	anys := make([]anypb.Any, n)
 	ptrs := make([]*discoveryv3.Resource, 0, n)
-	for b := buf; len(b) > 0; {
-		num, typ, l := protowire.ConsumeTag(b)
-		b = b[l:]
-		if typ != protowire.BytesType {
-			return errUnhandled
-		}
-		v, l := protowire.ConsumeBytes(b)
-		if l < 0 {
-			return protowire.ParseError(l)
-		}
-		b = b[l:]
+	err := eachBytesField(buf, func(num protowire.Number, v []byte) error {
 		switch num {
 		case 1, 4, 5, 6:
 			s, err := str(v)
@@ -108,6 +98,10 @@ func decodeDeltaResponse(buf []byte, m *discoveryv3.DeltaDiscoveryResponse) erro
 		default:
 			return errUnhandled
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if len(ptrs) > 0 {
 		m.Resources = ptrs
@@ -116,20 +110,7 @@ func decodeDeltaResponse(buf []byte, m *discoveryv3.DeltaDiscoveryResponse) erro
 }
 
 func decodeResource(b []byte, r *discoveryv3.Resource, a *anypb.Any) error {
-	for len(b) > 0 {
-		num, typ, l := protowire.ConsumeTag(b)
-		if l < 0 {
-			return protowire.ParseError(l)
-		}
-		b = b[l:]
-		if typ != protowire.BytesType {
-			return errUnhandled
-		}
-		v, l := protowire.ConsumeBytes(b)
-		if l < 0 {
-			return protowire.ParseError(l)
-		}
-		b = b[l:]
+	return eachBytesField(b, func(num protowire.Number, v []byte) error {
 		switch num {
 		case 1, 3:
 			s, err := str(v)
@@ -152,11 +133,31 @@ func decodeResource(b []byte, r *discoveryv3.Resource, a *anypb.Any) error {
 		default:
 			return errUnhandled
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 func decodeAny(b []byte, a *anypb.Any) error {
+	return eachBytesField(b, func(num protowire.Number, v []byte) error {
+		switch num {
+		case 1:
+			s, err := str(v)
+			if err != nil {
+				return err
+			}
+			a.TypeUrl = s
+		case 2:
+			a.Value = v[:len(v):len(v)]
+		default:
+			return errUnhandled
+		}
+		return nil
+	})
+}
+
+// eachBytesField calls fn with every field of the message b, all of which must be of wire
+// type bytes (strings, messages): any other is errUnhandled.
+func eachBytesField(b []byte, fn func(num protowire.Number, v []byte) error) error {
 	for len(b) > 0 {
 		num, typ, l := protowire.ConsumeTag(b)
 		if l < 0 {
@@ -171,17 +172,8 @@ func decodeAny(b []byte, a *anypb.Any) error {
 			return protowire.ParseError(l)
 		}
 		b = b[l:]
-		switch num {
-		case 1:
-			s, err := str(v)
-			if err != nil {
-				return err
-			}
-			a.TypeUrl = s
-		case 2:
-			a.Value = v[:len(v):len(v)]
-		default:
-			return errUnhandled
+		if err := fn(num, v); err != nil {
+			return err
 		}
 	}
 	return nil
