@@ -55,13 +55,38 @@ func newRawConn(c net.Conn) net.Conn {
 	return &rawConn{TCPConn: tc, rc: rc}
 }
 
-func (c *rawConn) Read(p []byte) (n int, err error) {
+func (c *rawConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	return c.read(func() []byte { return p }, func() {})
+}
+
+// readFrame waits until the socket is readable, holding no buffer, then reads into a frame
+// buffer from frameBufs: m bytes at (*bp)[9:]. The caller puts bp back; bp is nil when
+// nothing was read.
+func (c *rawConn) readFrame() (bp *[]byte, m int, err error) {
+	m, err = c.read(func() []byte {
+		bp = frameBufs.Get().(*[]byte)
+		return (*bp)[9:]
+	}, func() {
+		frameBufs.Put(bp)
+		bp = nil
+	})
+	return bp, m, err
+}
+
+// read waits until the socket is readable and reads into the buffer that take returns, which
+// it asks for only then; when the read brings nothing (a spurious wake-up, the end, an
+// error) it hands the buffer back to release.
+func (c *rawConn) read(take func() []byte, release func()) (n int, err error) {
 	var rerr error
 	err = c.rc.Read(func(fd uintptr) bool {
-		n, rerr = rawRead(int(fd), p)
+		n, rerr = rawRead(int(fd), take())
+		if n > 0 {
+			return true
+		}
+		release()
 		return !(rerr == syscall.EAGAIN || rerr == syscall.EINTR)
 	})
 	if err == nil {

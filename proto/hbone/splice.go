@@ -42,9 +42,23 @@ func Splice(a, b HalfCloser) (aToB, bToA int64, err error) {
 // pipe copies src to dst and then ends dst's write side. On a failure both connections are
 // closed, so the other direction stops too instead of waiting forever.
 func pipe(dst, src HalfCloser) (int64, error) {
-	bp := copyBufs.Get().(*[]byte)
-	n, err := io.CopyBuffer(dst, src, *bp)
-	copyBufs.Put(bp)
+	var n int64
+	var err error
+	// A Stream reads a socket into its own frame buffers (taken only while there are bytes)
+	// and writes to one from its queue; two sockets splice in the kernel. None of these
+	// holds a copy buffer while the connection idles. The Stream is asked first: io.Copy
+	// would prefer the socket's WriteTo, which hides the socket from Stream.ReadFrom.
+	if st, ok := dst.(*Stream); ok {
+		n, err = st.ReadFrom(src)
+	} else if st, ok := src.(*Stream); ok {
+		n, err = st.WriteTo(dst)
+	} else if _, ok := dst.(io.ReaderFrom); ok {
+		n, err = io.Copy(dst, src)
+	} else {
+		bp := copyBufs.Get().(*[]byte)
+		n, err = io.CopyBuffer(dst, src, *bp)
+		copyBufs.Put(bp)
+	}
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		dst.Close()
 		src.Close()

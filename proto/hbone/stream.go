@@ -264,31 +264,41 @@ func (s *Stream) Write(p []byte) (int, error) {
 }
 
 // ReadFrom reads r straight into frame buffers, sparing Write's copy; io.Copy from a
-// socket into the stream uses it.
+// socket into the stream uses it. From a TCP socket it holds a frame buffer only while
+// there are bytes to send: an idle keep-alive connection costs no 64 KiB buffer.
 func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 	s.wlock.Lock()
 	defer s.wlock.Unlock()
-	bp := frameBufs.Get().(*[]byte)
-	defer frameBufs.Put(bp)
-	frame := *bp
 	var total int64
 	if tc, ok := r.(*net.TCPConn); ok {
-		r = newRawConn(tc)
+		if rc, ok := newRawConn(tc).(*rawConn); ok {
+			for {
+				bp, m, rerr := rc.readFrame()
+				if bp != nil {
+					n, err := s.sendRead(*bp, m)
+					frameBufs.Put(bp)
+					total += n
+					if err != nil {
+						return total, err
+					}
+				}
+				if rerr == io.EOF {
+					return total, nil
+				}
+				if rerr != nil {
+					return total, rerr
+				}
+			}
+		}
 	}
+	bp := frameBufs.Get().(*[]byte)
+	defer frameBufs.Put(bp)
 	for {
-		m, rerr := r.Read(frame[9:])
-		// Send what was read, in as many frames as flow control requires; each frame's
-		// header goes in the 9 bytes just before its payload, already sent or unused.
-		for off := 0; off < m; {
-			n, err := s.c.takeSendWindow(s, m-off)
-			if err != nil {
-				return total, err
-			}
-			if err := s.c.writeData(s.id, frame[off:off+9+n], false); err != nil {
-				return total, &Error{Kind: KindDial, Err: err}
-			}
-			off += n
-			total += int64(n)
+		m, rerr := r.Read((*bp)[9:])
+		n, err := s.sendRead(*bp, m)
+		total += n
+		if err != nil {
+			return total, err
 		}
 		if rerr == io.EOF {
 			return total, nil
@@ -297,6 +307,25 @@ func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 			return total, rerr
 		}
 	}
+}
+
+// sendRead sends the m bytes read into frame[9:], in as many DATA frames as flow control
+// requires; each frame's header goes in the 9 bytes just before its payload, already sent
+// or unused.
+func (s *Stream) sendRead(frame []byte, m int) (int64, error) {
+	var sent int64
+	for off := 0; off < m; {
+		n, err := s.c.takeSendWindow(s, m-off)
+		if err != nil {
+			return sent, err
+		}
+		if err := s.c.writeData(s.id, frame[off:off+9+n], false); err != nil {
+			return sent, &Error{Kind: KindDial, Err: err}
+		}
+		off += n
+		sent += int64(n)
+	}
+	return sent, nil
 }
 
 // writeErrLocked reports why the stream can no longer send. Caller holds c.mu.
