@@ -302,14 +302,7 @@ func networkAddress(v any, path string) (any, error) {
 	if !ok {
 		return nil, fmt.Errorf("%s: want an IP address or {network, address}", path)
 	}
-	if a, ok := obj["address"]; ok {
-		b, err := ipBytes(a, path+".address")
-		if err != nil {
-			return nil, err
-		}
-		obj["address"] = b
-	}
-	return obj, nil
+	return obj, fixAddress(obj, path)
 }
 
 // gatewayAddress fixes a GatewayAddress's address.
@@ -454,14 +447,19 @@ func ipBlock(v any, path string) (any, error) {
 	if !ok {
 		return nil, fmt.Errorf("%s: want a CIDR block like \"10.0.0.0/8\"", path)
 	}
+	return obj, fixAddress(obj, path)
+}
+
+// fixAddress turns obj's "address", if any, from an IP address into the bytes protojson wants.
+func fixAddress(obj map[string]any, path string) error {
 	if a, ok := obj["address"]; ok {
 		b, err := ipBytes(a, path+".address")
 		if err != nil {
-			return nil, err
+			return err
 		}
 		obj["address"] = b
 	}
-	return obj, nil
+	return nil
 }
 
 // names lists the resource names of one type, sorted.
