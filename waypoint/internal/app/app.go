@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"sort"
 	"sync"
 	"time"
 
@@ -36,7 +35,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -289,11 +287,8 @@ func tracerProvider(ctx context.Context, cfg Config) (trace.TracerProvider, func
 
 // ConfigDump is what /config_dump returns: ztunnel's sections plus the compiled routes.
 type ConfigDump struct {
-	Identity     string                  `json:"identity"`
-	Workloads    []json.RawMessage       `json:"workloads"`
-	Services     []json.RawMessage       `json:"services"`
-	Policies     []json.RawMessage       `json:"policies"`
-	Waypoints    []json.RawMessage       `json:"waypoints"`
+	Identity string `json:"identity"`
+	meshstate.Sections
 	Routes       map[string]*route.Table `json:"routes"`
 	Certificates []identity.CertInfo     `json:"certificates"`
 }
@@ -301,24 +296,7 @@ type ConfigDump struct {
 func adminHandler(st *meshstate.State, px *proxy.Proxy, certs *identity.Manager) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
-		dump := ConfigDump{Identity: px.Identity().String(), Certificates: certs.Identities(), Routes: px.Routes()}
-		all := st.Dump()
-		for typeURL, dst := range map[string]*[]json.RawMessage{
-			configv1.WorkloadTypeURL: &dump.Workloads, configv1.ServiceTypeURL: &dump.Services,
-			configv1.AuthorizationTypeURL: &dump.Policies, configv1.WaypointTypeURL: &dump.Waypoints,
-		} {
-			*dst = []json.RawMessage{}
-			names := make([]string, 0, len(all[typeURL]))
-			for k := range all[typeURL] {
-				names = append(names, k)
-			}
-			sort.Strings(names)
-			for _, k := range names {
-				if b, err := protojson.Marshal(all[typeURL][k]); err == nil {
-					*dst = append(*dst, b)
-				}
-			}
-		}
+		dump := ConfigDump{Identity: px.Identity().String(), Sections: st.Sections(), Certificates: certs.Identities(), Routes: px.Routes()}
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")

@@ -34,7 +34,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -445,10 +444,7 @@ func reusePort(_, _ string, c syscall.RawConn) error {
 
 // ConfigDump is what /config_dump returns and `ambitctl ztunnel-config` reads.
 type ConfigDump struct {
-	Workloads    []json.RawMessage   `json:"workloads"`
-	Services     []json.RawMessage   `json:"services"`
-	Policies     []json.RawMessage   `json:"policies"`
-	Waypoints    []json.RawMessage   `json:"waypoints"`
+	meshstate.Sections
 	Certificates []identity.CertInfo `json:"certificates"`
 	Pods         []nodeapi.PodStatus `json:"pods"`
 }
@@ -456,20 +452,7 @@ type ConfigDump struct {
 func adminHandler(st *meshstate.State, certs *identity.Manager, pods *inpod.Manager) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
-		dump := ConfigDump{Certificates: certs.Identities(), Pods: pods.Pods()}
-		all := st.Dump()
-		for typeURL, dst := range map[string]*[]json.RawMessage{
-			configv1.WorkloadTypeURL: &dump.Workloads, configv1.ServiceTypeURL: &dump.Services,
-			configv1.AuthorizationTypeURL: &dump.Policies, configv1.WaypointTypeURL: &dump.Waypoints,
-		} {
-			*dst = []json.RawMessage{}
-			for _, m := range all[typeURL] {
-				b, err := protojson.Marshal(m)
-				if err == nil {
-					*dst = append(*dst, b)
-				}
-			}
-		}
+		dump := ConfigDump{Sections: st.Sections(), Certificates: certs.Identities(), Pods: pods.Pods()}
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")

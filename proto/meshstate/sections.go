@@ -1,0 +1,41 @@
+package meshstate
+
+import (
+	"encoding/json"
+	"sort"
+
+	configv1 "ambit.dev/proto/config/v1"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// Sections is the state as a proxy's /config_dump shows it: each resource in protojson,
+// sorted by name. ztunnel and the waypoint embed it in their dumps.
+type Sections struct {
+	Workloads []json.RawMessage `json:"workloads"`
+	Services  []json.RawMessage `json:"services"`
+	Policies  []json.RawMessage `json:"policies"`
+	Waypoints []json.RawMessage `json:"waypoints"`
+}
+
+// Sections returns the state's resources for /config_dump.
+func (s *State) Sections() Sections {
+	var out Sections
+	all := s.Dump()
+	for typeURL, dst := range map[string]*[]json.RawMessage{
+		configv1.WorkloadTypeURL: &out.Workloads, configv1.ServiceTypeURL: &out.Services,
+		configv1.AuthorizationTypeURL: &out.Policies, configv1.WaypointTypeURL: &out.Waypoints,
+	} {
+		*dst = []json.RawMessage{}
+		names := make([]string, 0, len(all[typeURL]))
+		for k := range all[typeURL] {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			if b, err := protojson.Marshal(all[typeURL][k]); err == nil {
+				*dst = append(*dst, b)
+			}
+		}
+	}
+	return out
+}
