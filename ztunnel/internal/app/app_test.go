@@ -346,32 +346,7 @@ func TestReplaceZtunnel(t *testing.T) {
 		longs = append(longs, l)
 	}
 
-	var (
-		mu       sync.Mutex
-		calls    int
-		failures []string
-	)
-	stop := make(chan struct{})
-	loopDone := make(chan struct{})
-	go func() {
-		defer close(loopDone)
-		tick := time.NewTicker(50 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			err := call()
-			mu.Lock()
-			calls++
-			if err != nil {
-				failures = append(failures, time.Now().Format("15:04:05.000")+": "+err.Error())
-			}
-			mu.Unlock()
-		}
-	}()
+	calls := netnstest.StartCalls(50*time.Millisecond, call)
 
 	// Kubernetes stops the old ztunnel; it keeps serving until the new one, started a
 	// moment later, takes over.
@@ -419,14 +394,11 @@ func TestReplaceZtunnel(t *testing.T) {
 		t.Fatalf("ready with the controller away: %d %s", resp.StatusCode, b)
 	}
 
-	close(stop)
-	<-loopDone
-	mu.Lock()
-	if len(failures) > 0 || calls < 20 {
-		t.Fatalf("%d of %d connections failed:\n%s", len(failures), calls, strings.Join(failures, "\n"))
+	n, failures := calls.Stop()
+	if len(failures) > 0 || n < 20 {
+		t.Fatalf("%d of %d connections failed:\n%s", len(failures), n, strings.Join(failures, "\n"))
 	}
-	t.Logf("%d connections, none failed", calls)
-	mu.Unlock()
+	t.Logf("%d connections, none failed", n)
 
 	// SIGTERM with no successor: the pods are served for the grace period, then the
 	// ztunnel drains and exits.

@@ -10,12 +10,12 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"ambit.dev/proto/nodeapi"
 	"ambit.dev/ztunnel/internal/capture"
+	"ambit.dev/ztunnel/internal/netnstest"
 	"ambit.dev/ztunnel/internal/proxy"
 )
 
@@ -104,32 +104,13 @@ func TestHandOverKeepsEveryConnection(t *testing.T) {
 	}
 
 	// The client: a new connection every 50 ms, each must succeed.
-	var (
-		mu       sync.Mutex
-		calls    int
-		failures []string
-	)
-	stop := make(chan struct{})
-	loopDone := make(chan struct{})
-	go func() {
-		defer close(loopDone)
-		tick := time.NewTicker(50 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			got, err := n.call()
-			mu.Lock()
-			calls++
-			if err != nil || got != "echo: hi" {
-				failures = append(failures, fmt.Sprintf("%s: %q, %v", time.Now().Format("15:04:05.000"), got, err))
-			}
-			mu.Unlock()
+	calls := netnstest.StartCalls(50*time.Millisecond, func() error {
+		got, err := n.call()
+		if err == nil && got != "echo: hi" {
+			err = fmt.Errorf("got %q", got)
 		}
-	}()
+		return err
+	})
 	time.Sleep(500 * time.Millisecond)
 
 	// The new ztunnel: its own node proxy, the same state dir, taking over from the old
@@ -199,14 +180,11 @@ func TestHandOverKeepsEveryConnection(t *testing.T) {
 		t.Errorf("drain took %s although every connection had ended", d)
 	}
 	time.Sleep(300 * time.Millisecond)
-	close(stop)
-	<-loopDone
-	mu.Lock()
-	defer mu.Unlock()
-	if len(failures) > 0 || calls < 20 {
-		t.Fatalf("%d of %d connections failed during the hand-over:\n%v", len(failures), calls, failures)
+	ncalls, failures := calls.Stop()
+	if len(failures) > 0 || ncalls < 20 {
+		t.Fatalf("%d of %d connections failed during the hand-over:\n%v", len(failures), ncalls, failures)
 	}
-	t.Logf("%d connections, none failed", calls)
+	t.Logf("%d connections, none failed", ncalls)
 	// The successor serves alone now.
 	if got, err := n.call(); err != nil || got != "echo: hi" {
 		t.Fatalf("call after the old ztunnel drained = %q, %v", got, err)
