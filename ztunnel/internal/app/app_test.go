@@ -250,23 +250,14 @@ func TestReplaceZtunnel(t *testing.T) {
 	})
 	for i, ln := range apps {
 		defer ln.Close()
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					if i == 0 {
-						b, _ := io.ReadAll(c)
-						_, _ = c.Write(append([]byte("echo: "), b...))
-						return
-					}
-					_, _ = io.Copy(c, c)
-				}()
+		netnstest.Serve(ln, func(c net.Conn) {
+			if i == 0 {
+				b, _ := io.ReadAll(c)
+				_, _ = c.Write(append([]byte("echo: "), b...))
+				return
 			}
-		}()
+			_, _ = io.Copy(c, c)
+		})
 	}
 	dial := func(addr string) (net.Conn, error) {
 		var c net.Conn

@@ -78,19 +78,7 @@ func TestStandalone(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b, _ := io.ReadAll(c)
-				_, _ = c.Write(append([]byte("echo: "), b...))
-			}()
-		}
-	}()
+	netnstest.Serve(ln, netnstest.Echo)
 	api := nodeapi.NewClient(cfg.NodeAPI)
 	bg := context.Background()
 	for _, r := range []nodeapi.Registration{{UID: "client", NetNS: clientNS}, {UID: "server", NetNS: serverNS}} {

@@ -74,19 +74,7 @@ func newNode(t *testing.T) *node {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b, _ := io.ReadAll(c)
-				_, _ = c.Write(append([]byte("echo: "), b...))
-			}()
-		}
-	}()
+	netnstest.Serve(ln, netnstest.Echo)
 	return n
 }
 

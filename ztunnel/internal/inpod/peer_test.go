@@ -15,6 +15,7 @@ import (
 	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/proto/nodeapi"
 	"ambit.dev/ztunnel/internal/capture"
+	"ambit.dev/ztunnel/internal/netnstest"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -41,23 +42,14 @@ func startWhoApp(t *testing.T, n *node, api *nodeapi.Client) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-				local := c.LocalAddr().(*net.TCPAddr).AddrPort()
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				p, err := api.Peer(ctx, remote, local)
-				fmt.Fprintf(c, "remote=%s identity=%s mtls=%v err=%v", remote.Addr(), p.Identity, p.MTLS, err)
-			}()
-		}
-	}()
+	netnstest.Serve(ln, func(c net.Conn) {
+		remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		p, err := api.Peer(ctx, remote, local)
+		fmt.Fprintf(c, "remote=%s identity=%s mtls=%v err=%v", remote.Addr(), p.Identity, p.MTLS, err)
+	})
 }
 
 func (n *node) callTo(addr string) (string, error) {

@@ -16,6 +16,7 @@ import (
 	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/proto/identity"
 	"ambit.dev/proto/meshstate"
+	"ambit.dev/ztunnel/internal/netnstest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -139,19 +140,10 @@ func startApp(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				req, _ := io.ReadAll(c)
-				_, _ = io.WriteString(c, "from "+addrOf(c.RemoteAddr()).Addr().String()+": "+string(req))
-			}()
-		}
-	}()
+	netnstest.Serve(ln, func(c net.Conn) {
+		req, _ := io.ReadAll(c)
+		_, _ = io.WriteString(c, "from "+addrOf(c.RemoteAddr()).Addr().String()+": "+string(req))
+	})
 }
 
 // call connects as the client application to dst and returns the reply.
@@ -326,20 +318,11 @@ func TestPeerRecordLivesWithConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.ReadAll(c)
-				p, ok := m.node.Peer(addrOf(c.RemoteAddr()), addrOf(c.LocalAddr()))
-				fmt.Fprintf(c, "%s %v %v", p.Identity, p.MTLS, ok)
-			}()
-		}
-	}()
+	netnstest.Serve(ln, func(c net.Conn) {
+		_, _ = io.ReadAll(c)
+		p, ok := m.node.Peer(addrOf(c.RemoteAddr()), addrOf(c.LocalAddr()))
+		fmt.Fprintf(c, "%s %v %v", p.Identity, p.MTLS, ok)
+	})
 	for range 10 {
 		got, err := m.call(serverIP + ":8082")
 		if err != nil || got != "spiffe://cluster.local/ns/shop/sa/client true true" {
