@@ -40,6 +40,17 @@ func rawIO(trap uintptr, fd int, p []byte) (int, error) {
 type rawConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
+
+	// The read and write callbacks are made once, with their state here, so that a read or
+	// a write allocates nothing. A socket has one reader and one writer at a time.
+	readFn, writeFn func(fd uintptr) bool
+	rbuf            []byte  // Read's buffer, or nil: take a frame buffer
+	rbp             *[]byte // the frame buffer taken, if any
+	rn              int
+	rerr            error
+	wbuf            []byte
+	wn              int
+	werr            error
 }
 
 // newRawConn wraps c when it is a TCP socket and returns it unchanged otherwise.
@@ -52,45 +63,55 @@ func newRawConn(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &rawConn{TCPConn: tc, rc: rc}
+	rw := &rawConn{TCPConn: tc, rc: rc}
+	rw.readFn, rw.writeFn = rw.onReadable, rw.onWritable
+	return rw
 }
 
 func (c *rawConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	return c.read(func() []byte { return p }, func() {})
+	c.rbuf = p
+	n, err := c.read()
+	c.rbuf = nil
+	return n, err
 }
 
 // readFrame waits until the socket is readable, holding no buffer, then reads into a frame
 // buffer from frameBufs: m bytes at (*bp)[9:]. The caller puts bp back; bp is nil when
 // nothing was read.
 func (c *rawConn) readFrame() (bp *[]byte, m int, err error) {
-	m, err = c.read(func() []byte {
-		bp = frameBufs.Get().(*[]byte)
-		return (*bp)[9:]
-	}, func() {
-		frameBufs.Put(bp)
-		bp = nil
-	})
+	m, err = c.read()
+	bp, c.rbp = c.rbp, nil
 	return bp, m, err
 }
 
-// read waits until the socket is readable and reads into the buffer that take returns, which
-// it asks for only then; when the read brings nothing (a spurious wake-up, the end, an
-// error) it hands the buffer back to release.
-func (c *rawConn) read(take func() []byte, release func()) (n int, err error) {
-	var rerr error
-	err = c.rc.Read(func(fd uintptr) bool {
-		n, rerr = rawRead(int(fd), take())
-		if n > 0 {
-			return true
-		}
-		release()
-		return !(rerr == syscall.EAGAIN || rerr == syscall.EINTR)
-	})
+// onReadable reads into rbuf, or into a frame buffer taken only now; a read that brings
+// nothing (a spurious wake-up, the end, an error) gives the frame buffer back.
+func (c *rawConn) onReadable(fd uintptr) bool {
+	buf := c.rbuf
+	if buf == nil {
+		c.rbp = frameBufs.Get().(*[]byte)
+		buf = (*c.rbp)[9:]
+	}
+	c.rn, c.rerr = rawRead(int(fd), buf)
+	if c.rn > 0 {
+		return true
+	}
+	if c.rbp != nil {
+		frameBufs.Put(c.rbp)
+		c.rbp = nil
+	}
+	return !(c.rerr == syscall.EAGAIN || c.rerr == syscall.EINTR)
+}
+
+func (c *rawConn) read() (int, error) {
+	c.rn, c.rerr = 0, nil
+	err := c.rc.Read(c.readFn)
+	n := c.rn
 	if err == nil {
-		err = rerr
+		err = c.rerr
 	}
 	if err == nil && n == 0 {
 		err = io.EOF
@@ -101,22 +122,26 @@ func (c *rawConn) read(take func() []byte, release func()) (n int, err error) {
 	return n, err
 }
 
-func (c *rawConn) Write(p []byte) (n int, err error) {
-	var werr error
-	err = c.rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			m, e := rawWrite(int(fd), p[n:])
-			n += m
-			if e == syscall.EINTR {
-				continue
-			}
-			if e != nil {
-				werr = e
-				return e != syscall.EAGAIN
-			}
+func (c *rawConn) onWritable(fd uintptr) bool {
+	for c.wn < len(c.wbuf) {
+		m, e := rawWrite(int(fd), c.wbuf[c.wn:])
+		c.wn += m
+		if e == syscall.EINTR {
+			continue
 		}
-		return true
-	})
+		if e != nil {
+			c.werr = e
+			return e != syscall.EAGAIN
+		}
+	}
+	return true
+}
+
+func (c *rawConn) Write(p []byte) (int, error) {
+	c.wbuf, c.wn, c.werr = p, 0, nil
+	err := c.rc.Write(c.writeFn)
+	n, werr := c.wn, c.werr
+	c.wbuf = nil
 	if err == nil && werr != nil && werr != syscall.EAGAIN {
 		err = werr
 	}

@@ -269,36 +269,27 @@ func (s *Stream) Write(p []byte) (int, error) {
 func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 	s.wlock.Lock()
 	defer s.wlock.Unlock()
-	var total int64
+	// read returns a frame buffer holding m bytes at [9:], or nil when nothing was read.
+	read := func() (*[]byte, int, error) {
+		bp := frameBufs.Get().(*[]byte)
+		m, err := r.Read((*bp)[9:])
+		return bp, m, err
+	}
 	if tc, ok := r.(*net.TCPConn); ok {
 		if rc, ok := newRawConn(tc).(*rawConn); ok {
-			for {
-				bp, m, rerr := rc.readFrame()
-				if bp != nil {
-					n, err := s.sendRead(*bp, m)
-					frameBufs.Put(bp)
-					total += n
-					if err != nil {
-						return total, err
-					}
-				}
-				if rerr == io.EOF {
-					return total, nil
-				}
-				if rerr != nil {
-					return total, rerr
-				}
-			}
+			read = rc.readFrame
 		}
 	}
-	bp := frameBufs.Get().(*[]byte)
-	defer frameBufs.Put(bp)
+	var total int64
 	for {
-		m, rerr := r.Read((*bp)[9:])
-		n, err := s.sendRead(*bp, m)
-		total += n
-		if err != nil {
-			return total, err
+		bp, m, rerr := read()
+		if bp != nil {
+			n, err := s.sendRead(*bp, m)
+			frameBufs.Put(bp)
+			total += n
+			if err != nil {
+				return total, err
+			}
 		}
 		if rerr == io.EOF {
 			return total, nil
