@@ -15,15 +15,15 @@ export PROTOC_VERSION := 3.21.12
 
 # Native Go fuzz targets that `make test` runs, one per line as
 #   FUZZ += <package dir>:<FuzzFunction>:<count>x
-# e.g. FUZZ += ./proto/identity:FuzzParseCSR:300000x
+# e.g. FUZZ += ./mesh/identity:FuzzParseCSR:300000x
 # Counts, not durations: Go 1.26's fuzzing coordinator can fail a duration-bounded run with a
 # bare "context deadline exceeded" as the time runs out (golang/go#75804, fixed in Go 1.27);
 # a count has no deadline to race. Each count is about ten seconds of this 2-core machine.
 # FUZZTIME applies to a target listed without one.
 # List only targets that exist: `make fuzz` fails on a missing one rather than pass silently.
 FUZZ :=
-FUZZ += ./proto/identity:FuzzParseCSR:300000x
-FUZZ += ./proto/hbone:FuzzConnectRequest:200000x
+FUZZ += ./mesh/identity:FuzzParseCSR:300000x
+FUZZ += ./mesh/hbone:FuzzConnectRequest:200000x
 # Each execution decodes through the Kubernetes scheme and is slow under the fuzzer.
 FUZZ += ./controller/internal/source:FuzzFolderDecode:50x
 FUZZ += ./controller/internal/configdir:FuzzSetLabel:10000x

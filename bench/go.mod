@@ -4,11 +4,13 @@ go 1.26.8
 
 replace ambit.dev/proto => ../proto
 
+replace ambit.dev/mesh => ../mesh
+
 replace ambit.dev/controller => ../controller
 
 require (
 	ambit.dev/controller v0.0.0-00010101000000-000000000000
-	ambit.dev/proto v0.0.0
+	ambit.dev/mesh v0.0.0-00010101000000-000000000000
 	fortio.org/fortio v1.75.3
 	fortio.org/log v1.18.3
 	github.com/spiffe/go-spiffe/v2 v2.9.0
@@ -17,6 +19,7 @@ require (
 )
 
 require (
+	ambit.dev/proto v0.0.0 // indirect
 	fortio.org/cli v1.12.3 // indirect
 	fortio.org/dflag v1.9.3 // indirect
 	fortio.org/duration v1.0.4 // indirect

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # fuzz.sh runs each native Go fuzz target it is given for a short while (a count of executions).
 #
-#   hack/fuzz.sh [-t 20000x] ./proto/identity:FuzzParseCSR ./proto/hbone:FuzzConnectRequest ...
+#   hack/fuzz.sh [-t 20000x] ./mesh/identity:FuzzParseCSR ./mesh/hbone:FuzzConnectRequest ...
 #
 # Each argument is <package dir>:<FuzzFunction>[:<fuzztime>]; the optional third part overrides
 # -t for that target (e.g. 20x: a count of executions, for a target whose executions are slow,

@@ -4,7 +4,10 @@ go 1.26.8
 
 replace ambit.dev/proto => ../proto
 
+replace ambit.dev/mesh => ../mesh
+
 require (
+	ambit.dev/mesh v0.0.0-00010101000000-000000000000
 	ambit.dev/proto v0.0.0-00010101000000-000000000000
 	github.com/prometheus/client_golang v1.25.0
 	github.com/spiffe/go-spiffe/v2 v2.9.0

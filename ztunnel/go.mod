@@ -4,6 +4,8 @@ go 1.26.8
 
 replace ambit.dev/proto => ../proto
 
+replace ambit.dev/mesh => ../mesh
+
 require (
 	ambit.dev/proto v0.0.0-00010101000000-000000000000
 	github.com/spiffe/go-spiffe/v2 v2.9.0
@@ -12,6 +14,7 @@ require (
 )
 
 require (
+	ambit.dev/mesh v0.0.0-00010101000000-000000000000
 	go.uber.org/goleak v1.3.0
 	go.yaml.in/yaml/v3 v3.0.5
 )

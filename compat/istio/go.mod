@@ -3,6 +3,7 @@ module ambit.dev/compat/istio
 go 1.26.8
 
 require (
+	ambit.dev/mesh v0.0.0-00010101000000-000000000000
 	ambit.dev/proto v0.0.0
 	github.com/spiffe/go-spiffe/v2 v2.9.0
 	golang.org/x/sys v0.49.0
@@ -30,3 +31,5 @@ require (
 )
 
 replace ambit.dev/proto => ../../proto
+
+replace ambit.dev/mesh => ../../mesh

@@ -20,9 +20,9 @@ import (
 	"testing"
 	"time"
 
-	"ambit.dev/proto/hbone"
-	"ambit.dev/proto/identity"
-	"ambit.dev/proto/identity/identitytest"
+	"ambit.dev/mesh/hbone"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/identity/identitytest"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	ihbone "istio.io/istio/pkg/hbone"

@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"ambit.dev/proto/identity"
+	"ambit.dev/mesh/identity"
 	"ambit.dev/proto/nodeapi"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sys/unix"

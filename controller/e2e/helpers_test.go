@@ -1,7 +1,7 @@
 // Package e2e tests the controller end to end: a real kube-apiserver and etcd
 // (internal/kubetest), the deploy/ manifests, the controller (internal/app) running as its
 // least-privilege ServiceAccount, and a test proxy speaking delta xDS and the CA protocol
-// (proto/xds) with ServiceAccount tokens bound to ztunnel pods.
+// (mesh/xdsclient) with ServiceAccount tokens bound to ztunnel pods.
 package e2e
 
 import (
@@ -24,9 +24,9 @@ import (
 
 	"ambit.dev/controller/internal/app"
 	"ambit.dev/controller/internal/kubetest"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/identity"
-	"ambit.dev/proto/xds"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -305,7 +305,7 @@ func (e *env) labelNamespace(ns string, value *string) {
 
 func dial(t *testing.T, addr, token string, bundle x509bundle.Source, extra ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
-	conn, err := xds.Dial(xds.DialOptions{Address: addr, Token: xds.StaticToken(token), Bundle: bundle, ServerID: xds.ControllerID(td), Extra: extra})
+	conn, err := xdsclient.Dial(xdsclient.DialOptions{Address: addr, Token: xdsclient.StaticToken(token), Bundle: bundle, ServerID: xdsclient.ControllerID(td), Extra: extra})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,27 +315,27 @@ func dial(t *testing.T, addr, token string, bundle x509bundle.Source, extra ...g
 
 // proxy is a test ztunnel: it holds what the controller sent and counts the updates.
 type proxy struct {
-	client *xds.Client
+	client *xdsclient.Client
 	// gate, while closed, makes the proxy's connection attempts fail (it retries with backoff).
 	gate atomic.Bool
 
 	mu       sync.Mutex
-	state    map[string]map[string]xds.Resource // type URL → name → resource
-	calls    int                                // Apply calls
-	nonEmpty int                                // Apply calls with upserts or removals
-	types    map[string]int                     // type URL → Apply calls
-	log      []string                           // the non-empty Apply calls, summarized
+	state    map[string]map[string]xdsclient.Resource // type URL → name → resource
+	calls    int                                      // Apply calls
+	nonEmpty int                                      // Apply calls with upserts or removals
+	types    map[string]int                           // type URL → Apply calls
+	log      []string                                 // the non-empty Apply calls, summarized
 }
 
 func startProxy(t *testing.T, addr, token, node string, bundle x509bundle.Source) *proxy {
 	t.Helper()
-	return startProxyAs(t, addr, token, xds.NodeInfo{ID: "ztunnel-" + node, Node: node, Kind: xds.KindZtunnel}, bundle)
+	return startProxyAs(t, addr, token, xdsclient.NodeInfo{ID: "ztunnel-" + node, Node: node, Kind: xdsclient.KindZtunnel}, bundle)
 }
 
 // startProxyAs is startProxy for any kind of proxy, a waypoint's for one.
-func startProxyAs(t *testing.T, addr, token string, node xds.NodeInfo, bundle x509bundle.Source) *proxy {
+func startProxyAs(t *testing.T, addr, token string, node xdsclient.NodeInfo, bundle x509bundle.Source) *proxy {
 	t.Helper()
-	p := &proxy{state: map[string]map[string]xds.Resource{}, types: map[string]int{}}
+	p := &proxy{state: map[string]map[string]xdsclient.Resource{}, types: map[string]int{}}
 	gated := grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
 		if p.gate.Load() {
 			return nil, errors.New("test: connections held back")
@@ -343,10 +343,10 @@ func startProxyAs(t *testing.T, addr, token string, node xds.NodeInfo, bundle x5
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", a)
 	})
-	c, err := xds.NewClient(dial(t, addr, token, bundle, gated), xds.Config{
+	c, err := xdsclient.NewClient(dial(t, addr, token, bundle, gated), xdsclient.Config{
 		Node:       node,
 		TypeURLs:   configv1.TypeURLs,
-		Handler:    xds.HandlerFunc(p.apply),
+		Handler:    xdsclient.HandlerFunc(p.apply),
 		MinBackoff: 50 * time.Millisecond,
 		MaxBackoff: 200 * time.Millisecond,
 	})
@@ -364,7 +364,7 @@ func startProxyAs(t *testing.T, addr, token string, node xds.NodeInfo, bundle x5
 	return p
 }
 
-func (p *proxy) apply(typeURL string, upserts map[string]xds.Resource, removals []string) error {
+func (p *proxy) apply(typeURL string, upserts map[string]xdsclient.Resource, removals []string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.calls++
@@ -379,7 +379,7 @@ func (p *proxy) apply(typeURL string, upserts map[string]xds.Resource, removals 
 	}
 	m := p.state[typeURL]
 	if m == nil {
-		m = map[string]xds.Resource{}
+		m = map[string]xdsclient.Resource{}
 		p.state[typeURL] = m
 	}
 	for n, r := range upserts {
@@ -454,7 +454,7 @@ func certify(ctx context.Context, conn grpc.ClientConnInterface, id spiffeid.ID,
 	if err != nil {
 		return err
 	}
-	chain, err := xds.NewCAClient(conn).CreateCertificate(ctx, id, csr, time.Hour)
+	chain, err := xdsclient.NewCAClient(conn).CreateCertificate(ctx, id, csr, time.Hour)
 	if err != nil {
 		return err
 	}

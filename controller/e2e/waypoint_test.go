@@ -18,8 +18,8 @@ import (
 
 	"ambit.dev/controller/internal/kubetest"
 	"ambit.dev/controller/internal/waypointdeploy"
+	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/xds"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -340,7 +340,7 @@ func TestWaypointOwnToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	self := xds.NodeInfo{ID: "waypoint~shop~wp~node-a", Node: "node-a", Kind: xds.KindWaypoint, WaypointNamespace: "shop", WaypointName: "wp"}
+	self := xdsclient.NodeInfo{ID: "waypoint~shop~wp~node-a", Node: "node-a", Kind: xdsclient.KindWaypoint, WaypointNamespace: "shop", WaypointName: "wp"}
 	p := startProxyAs(t, e.addr, tok, self, bundle)
 	eventually(t, wait, func() bool { return p.waypoint("shop", "wp") != nil && p.workload("shop", "web") != nil },
 		func() string { return "the waypoint never got its config" })
@@ -357,9 +357,9 @@ func TestWaypointOwnToken(t *testing.T) {
 	}
 
 	// Its token is good for its own config only: not a ztunnel's, not another waypoint's.
-	for _, claim := range []xds.NodeInfo{
-		{ID: "ztunnel-node-a", Node: "node-a", Kind: xds.KindZtunnel},
-		{ID: "waypoint~shop~other~node-a", Node: "node-a", Kind: xds.KindWaypoint, WaypointNamespace: "shop", WaypointName: "other"},
+	for _, claim := range []xdsclient.NodeInfo{
+		{ID: "ztunnel-node-a", Node: "node-a", Kind: xdsclient.KindZtunnel},
+		{ID: "waypoint~shop~other~node-a", Node: "node-a", Kind: xdsclient.KindWaypoint, WaypointNamespace: "shop", WaypointName: "other"},
 	} {
 		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(dial(t, e.addr, tok, bundle)).DeltaAggregatedResources(ctx)
 		if err != nil {

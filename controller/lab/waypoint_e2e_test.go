@@ -22,9 +22,9 @@ import (
 
 	"ambit.dev/controller/internal/configdir"
 	"ambit.dev/controller/internal/model"
-	"ambit.dev/proto/hbone"
-	"ambit.dev/proto/identity"
-	"ambit.dev/proto/identity/identitytest"
+	"ambit.dev/mesh/hbone"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/identity/identitytest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"

@@ -20,7 +20,7 @@ import (
 	"strings"
 	"time"
 
-	"ambit.dev/proto/identity"
+	"ambit.dev/mesh/identity"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 

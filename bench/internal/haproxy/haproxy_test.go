@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"ambit.dev/proto/identity"
+	"ambit.dev/mesh/identity"
 )
 
 func sides(dir string) (client, server Side) {

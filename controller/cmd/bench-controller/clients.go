@@ -14,8 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
-	proxyxds "ambit.dev/proto/xds"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -37,11 +37,11 @@ type proxyState struct {
 	synced         func()
 	expect         *atomic.Pointer[expectation]
 
-	held      map[string]map[string]proxyxds.Resource // type URL → name → resource
+	held      map[string]map[string]xdsclient.Resource // type URL → name → resource
 	wasSynced bool
 }
 
-func (p *proxyState) Apply(t string, upserts map[string]proxyxds.Resource, removals []string) error {
+func (p *proxyState) Apply(t string, upserts map[string]xdsclient.Resource, removals []string) error {
 	h := p.held[t]
 	if len(h) == 0 {
 		// The first response of a type: the map the client built is handed over as is, as a
@@ -105,9 +105,9 @@ func runClients(cfg config, log *slog.Logger) error {
 	start := time.Now()
 	for i := range cfg.clients {
 		node := nodeName(i)
-		cc, err := proxyxds.Dial(proxyxds.DialOptions{
+		cc, err := xdsclient.Dial(xdsclient.DialOptions{
 			Address: cfg.addr,
-			Token:   proxyxds.TokenFile(filepath.Join(cfg.dir, "tokens", node)),
+			Token:   xdsclient.TokenFile(filepath.Join(cfg.dir, "tokens", node)),
 			Bundle:  bundle,
 			Extra: []grpc.DialOption{grpc.WithInitialWindowSize(windowSize), grpc.WithInitialConnWindowSize(connWindowSize),
 				grpc.WithDefaultCallOptions(grpc.ForceCodecV2(newClientCodec()))},
@@ -116,15 +116,15 @@ func runClients(cfg config, log *slog.Logger) error {
 			return err
 		}
 		conns = append(conns, cc)
-		st := &proxyState{pods: cfg.pods, services: cfg.services, expect: &expect, held: map[string]map[string]proxyxds.Resource{},
+		st := &proxyState{pods: cfg.pods, services: cfg.services, expect: &expect, held: map[string]map[string]xdsclient.Resource{},
 			synced: func() {
 				syncTimes[i] = time.Since(start)
 				if syncedN.Add(1) == int64(cfg.clients) {
 					close(allSynced)
 				}
 			}}
-		c, err := proxyxds.NewClient(cc, proxyxds.Config{
-			Node:     proxyxds.NodeInfo{ID: "ztunnel-" + node, Node: node, Kind: proxyxds.KindZtunnel},
+		c, err := xdsclient.NewClient(cc, xdsclient.Config{
+			Node:     xdsclient.NodeInfo{ID: "ztunnel-" + node, Node: node, Kind: xdsclient.KindZtunnel},
 			TypeURLs: configv1.TypeURLs,
 			Handler:  st,
 			// Lighter decoding: the response is decoded and every resource held, but its body

@@ -21,8 +21,8 @@ import (
 	"ambit.dev/controller/internal/caserver"
 	"ambit.dev/controller/internal/model"
 	"ambit.dev/controller/internal/xds"
-	"ambit.dev/proto/identity"
-	proxyxds "ambit.dev/proto/xds"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/xdsclient"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -111,7 +111,7 @@ func runController(cfg config, log *slog.Logger) error {
 		return err
 	}
 	mgr := identity.NewManager(identity.ManagerOptions{Signer: ca, Logger: log})
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(caserver.ServerTLS(mgr, proxyxds.ControllerID(ca.TrustDomain())))),
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(caserver.ServerTLS(mgr, xdsclient.ControllerID(ca.TrustDomain())))),
 		grpc.InitialWindowSize(windowSize), grpc.InitialConnWindowSize(connWindowSize))
 	srv.Register(gs)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -126,7 +126,7 @@ func runController(cfg config, log *slog.Logger) error {
 	wg.Go(func() { _ = srv.Run(ctx) })
 	wg.Go(func() { _ = gs.Serve(lis) })
 	// The serving certificate is ready before the clock starts.
-	if _, err := mgr.Certificate(ctx, proxyxds.ControllerID(ca.TrustDomain())); err != nil {
+	if _, err := mgr.Certificate(ctx, xdsclient.ControllerID(ca.TrustDomain())); err != nil {
 		return err
 	}
 

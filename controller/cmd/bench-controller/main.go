@@ -8,7 +8,7 @@
 // own model (model.Index) built from Kubernetes objects (50 enrolled namespaces, the Services,
 // their pods), and a change is a pod relabel committed to it; -generator=simple uses prebuilt
 // resources instead and measures the push path alone. The proxies are the real proxy-side
-// client (proto/xds): each decodes every response it receives and holds every resource (name,
+// client (mesh/xdsclient): each decodes every response it receives and holds every resource (name,
 // version and body), but leaves the bodies in wire form (SkipDecode): a hundred of them share
 // this machine's cores, where in a mesh each decodes on its own node; for the same reason
 // their gRPC codec decodes the responses by hand, in a few allocations (codec.go).

@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"ambit.dev/proto/identity"
+	"ambit.dev/mesh/identity"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"

@@ -8,8 +8,8 @@ import (
 	"ambit.dev/controller/internal/caserver"
 	"ambit.dev/controller/internal/model"
 	"ambit.dev/controller/internal/xds"
+	"ambit.dev/mesh/identity"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/identity"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 )

@@ -9,8 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"ambit.dev/proto/identity"
-	proxyxds "ambit.dev/proto/xds"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/xdsclient"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -70,11 +70,11 @@ func (l *Listener) Run(ctx context.Context) error {
 			return fmt.Errorf("grpc listener: %w", err)
 		}
 	}
-	id := proxyxds.ControllerID(l.opts.CA.TrustDomain())
+	id := xdsclient.ControllerID(l.opts.CA.TrustDomain())
 	mgr := identity.NewManager(identity.ManagerOptions{Signer: l.opts.CA, Logger: l.opts.Logger})
 	gs := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(ServerTLS(mgr, id))),
-		grpc.MaxRecvMsgSize(proxyxds.MaxMessageSize),
+		grpc.MaxRecvMsgSize(xdsclient.MaxMessageSize),
 		// A full config is megabytes in one response; the default 64 KiB windows would
 		// trickle it through in round trips.
 		grpc.InitialWindowSize(4<<20),

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"ambit.dev/proto/identity"
-	proxyxds "ambit.dev/proto/xds"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/xdsclient"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 )
@@ -39,11 +39,11 @@ func TestListener(t *testing.T) {
 	go func() { done <- l.Run(ctx) }()
 
 	e := &caEnv{ca: ca, addr: lis.Addr().String(), tokens: dir}
-	cc, err := proxyxds.Dial(proxyxds.DialOptions{Address: e.addr, Token: proxyxds.TokenFile(dir + "/node-a"), Bundle: ca.Bundle()})
+	cc, err := xdsclient.Dial(xdsclient.DialOptions{Address: e.addr, Token: xdsclient.TokenFile(dir + "/node-a"), Bundle: ca.Bundle()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	chain, err := proxyxds.NewCAClient(cc).CreateCertificate(ctx, idA, mustCSR(t, idA), time.Hour)
+	chain, err := xdsclient.NewCAClient(cc).CreateCertificate(ctx, idA, mustCSR(t, idA), time.Hour)
 	cc.Close()
 	if err != nil {
 		t.Fatalf("CreateCertificate through the listener: %v", err)

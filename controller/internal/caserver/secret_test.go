@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"ambit.dev/proto/identity"
+	"ambit.dev/mesh/identity"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"ambit.dev/mesh/identity"
 	cav1 "ambit.dev/proto/ca/v1"
-	"ambit.dev/proto/identity"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"

@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/xdsclient"
 	cav1 "ambit.dev/proto/ca/v1"
-	"ambit.dev/proto/identity"
-	proxyxds "ambit.dev/proto/xds"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -64,7 +64,7 @@ func newCAEnv(t *testing.T) *caEnv {
 		t.Fatal(err)
 	}
 	mgr := identity.NewManager(identity.ManagerOptions{Signer: ca})
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(ServerTLS(mgr, proxyxds.ControllerID(td)))))
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(ServerTLS(mgr, xdsclient.ControllerID(td)))))
 	srv.Register(gs)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -80,7 +80,7 @@ func newCAEnv(t *testing.T) *caEnv {
 
 func (e *caEnv) client(t *testing.T, token string, serverID spiffeid.ID) cav1.CertificateServiceClient {
 	t.Helper()
-	cc, err := proxyxds.Dial(proxyxds.DialOptions{Address: e.addr, Token: proxyxds.StaticToken(token), Bundle: e.ca.Bundle(), ServerID: serverID})
+	cc, err := xdsclient.Dial(xdsclient.DialOptions{Address: e.addr, Token: xdsclient.StaticToken(token), Bundle: e.ca.Bundle(), ServerID: serverID})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,12 +237,12 @@ func TestManagerOverCAClient(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			cc, err := proxyxds.Dial(proxyxds.DialOptions{Address: e.addr, Token: proxyxds.StaticToken(e.token(t, "node-a")), Bundle: e.ca.Bundle(), ServerID: tc.serverID})
+			cc, err := xdsclient.Dial(xdsclient.DialOptions{Address: e.addr, Token: xdsclient.StaticToken(e.token(t, "node-a")), Bundle: e.ca.Bundle(), ServerID: tc.serverID})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer cc.Close()
-			cac := proxyxds.NewCAClient(cc)
+			cac := xdsclient.NewCAClient(cc)
 			mgr := identity.NewManager(identity.ManagerOptions{Signer: cac, MinBackoff: time.Hour})
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()

@@ -4,7 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 
-	"ambit.dev/proto/identity"
+	"ambit.dev/mesh/identity"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 

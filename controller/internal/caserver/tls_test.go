@@ -4,7 +4,7 @@ import (
 	"crypto/tls"
 	"testing"
 
-	proxyxds "ambit.dev/proto/xds"
+	"ambit.dev/mesh/xdsclient"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -15,14 +15,14 @@ func TestServerTLS(t *testing.T) {
 		conf func() *tls.Config
 		ok   bool
 	}{
-		{"tls 1.3 and the controller's id", func() *tls.Config { return proxyxds.ClientTLS(e.ca.Bundle(), proxyxds.ControllerID(td)) }, true},
+		{"tls 1.3 and the controller's id", func() *tls.Config { return xdsclient.ClientTLS(e.ca.Bundle(), xdsclient.ControllerID(td)) }, true},
 		{"tls 1.2 is refused", func() *tls.Config {
-			c := proxyxds.ClientTLS(e.ca.Bundle(), proxyxds.ControllerID(td))
+			c := xdsclient.ClientTLS(e.ca.Bundle(), xdsclient.ControllerID(td))
 			c.MinVersion, c.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
 			return c
 		}, false},
 		{"another expected id", func() *tls.Config {
-			return proxyxds.ClientTLS(e.ca.Bundle(), spiffeid.RequireFromString("spiffe://cluster.local/ns/ambit-system/sa/other"))
+			return xdsclient.ClientTLS(e.ca.Bundle(), spiffeid.RequireFromString("spiffe://cluster.local/ns/ambit-system/sa/other"))
 		}, false},
 	}
 	for _, tc := range tests {

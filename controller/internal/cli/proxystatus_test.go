@@ -19,8 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
-	protoxds "ambit.dev/proto/xds"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	sigsyaml "sigs.k8s.io/yaml"
@@ -31,7 +31,7 @@ import (
 )
 
 // TestProxyStatusRealController runs the controller in folder mode with its real gRPC
-// services, connects real xDS clients (proto/xds) as two ztunnels, one of which rejects its
+// services, connects real xDS clients (mesh/xdsclient) as two ztunnels, one of which rejects its
 // config, and reads them back with `ambitctl proxy-status`.
 func TestProxyStatusRealController(t *testing.T) {
 	cfgDir, tokDir, caDir := t.TempDir(), t.TempDir(), t.TempDir()
@@ -246,14 +246,14 @@ func loadBundle(t *testing.T, path string) *x509bundle.Bundle {
 // non-empty workload update. The returned func disconnects it.
 func startProxy(t *testing.T, addr, token, node string, bundle *x509bundle.Bundle, reject error) func() {
 	t.Helper()
-	conn, err := protoxds.Dial(protoxds.DialOptions{Address: addr, Token: protoxds.StaticToken(token), Bundle: bundle})
+	conn, err := xdsclient.Dial(xdsclient.DialOptions{Address: addr, Token: xdsclient.StaticToken(token), Bundle: bundle})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := protoxds.NewClient(conn, protoxds.Config{
-		Node:     protoxds.NodeInfo{ID: "ztunnel~" + node, Node: node, Kind: protoxds.KindZtunnel},
+	c, err := xdsclient.NewClient(conn, xdsclient.Config{
+		Node:     xdsclient.NodeInfo{ID: "ztunnel~" + node, Node: node, Kind: xdsclient.KindZtunnel},
 		TypeURLs: configv1.TypeURLs,
-		Handler: protoxds.HandlerFunc(func(typeURL string, upserts map[string]protoxds.Resource, _ []string) error {
+		Handler: xdsclient.HandlerFunc(func(typeURL string, upserts map[string]xdsclient.Resource, _ []string) error {
 			if reject != nil && typeURL == configv1.WorkloadTypeURL && len(upserts) > 0 {
 				return reject
 			}

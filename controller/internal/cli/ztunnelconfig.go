@@ -13,8 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"ambit.dev/mesh/identity"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/identity"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -39,7 +39,7 @@ type configDump struct {
 	Pods         []json.RawMessage `json:"pods"`
 }
 
-// certInfo is one entry of config_dump's certificates (proto/identity.CertInfo).
+// certInfo is one entry of config_dump's certificates (proto/dump.CertInfo).
 type certInfo struct {
 	ID        string    `json:"id"`
 	Serial    string    `json:"serial"`

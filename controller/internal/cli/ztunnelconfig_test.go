@@ -11,7 +11,7 @@ import (
 	"time"
 
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/identity"
+	"ambit.dev/proto/dump"
 	"ambit.dev/proto/nodeapi"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -28,7 +28,7 @@ type ztunnelDump struct {
 	Services     []json.RawMessage   `json:"services"`
 	Policies     []json.RawMessage   `json:"policies"`
 	Waypoints    []json.RawMessage   `json:"waypoints"`
-	Certificates []identity.CertInfo `json:"certificates"`
+	Certificates []dump.CertInfo     `json:"certificates"`
 	Pods         []nodeapi.PodStatus `json:"pods"`
 }
 
@@ -79,10 +79,10 @@ func sampleDump(t testing.TB) []byte {
 		Waypoints: pj(t,
 			&configv1.Waypoint{Name: "waypoint", Namespace: "demo", Address: wpAddr, HbonePort: 15008, Identity: "spiffe://cluster.local/ns/demo/sa/waypoint"},
 		),
-		Certificates: []identity.CertInfo{
+		Certificates: []dump.CertInfo{
 			{ID: spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/server"), Serial: "ab12", NotBefore: notAfter.Add(-24 * time.Hour),
-				NotAfter: notAfter, NextFetch: notAfter.Add(-12 * time.Hour), State: identity.StateValid},
-			{ID: spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/client"), State: identity.StateFailed, LastError: "permission denied"},
+				NotAfter: notAfter, NextFetch: notAfter.Add(-12 * time.Hour), State: dump.StateValid},
+			{ID: spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/client"), State: dump.StateFailed, LastError: "permission denied"},
 		},
 		Pods: []nodeapi.PodStatus{
 			{Registration: nodeapi.Registration{UID: "u1", Namespace: "demo", Name: "client", NetNS: "/var/run/netns/client"}, Captured: true},
@@ -210,8 +210,8 @@ func TestZtunnelConfigJSONYAML(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var certs []identity.CertInfo
-	if err := json.Unmarshal([]byte(out), &certs); err != nil || len(certs) != 2 || certs[0].Serial != "ab12" || certs[1].State != identity.StateFailed {
+	var certs []dump.CertInfo
+	if err := json.Unmarshal([]byte(out), &certs); err != nil || len(certs) != 2 || certs[0].Serial != "ab12" || certs[1].State != dump.StateFailed {
 		t.Fatalf("certificates: %v %+v\n%s", err, certs, out)
 	}
 	// An empty section is an empty list, not null.

@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"ambit.dev/controller/internal/caserver"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/identity"
-	proxyxds "ambit.dev/proto/xds"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -88,14 +88,14 @@ type recorder struct {
 	calls  chan applyCall
 	mu     sync.Mutex
 	state  map[string]map[string]string
-	reject func(typeURL string, upserts map[string]proxyxds.Resource) error
+	reject func(typeURL string, upserts map[string]xdsclient.Resource) error
 }
 
 func newRecorder() *recorder {
 	return &recorder{calls: make(chan applyCall, 100), state: map[string]map[string]string{}}
 }
 
-func (r *recorder) Apply(t string, upserts map[string]proxyxds.Resource, removals []string) error {
+func (r *recorder) Apply(t string, upserts map[string]xdsclient.Resource, removals []string) error {
 	call := applyCall{typeURL: t, upserts: map[string]string{}, removals: removals}
 	for n, res := range upserts {
 		call.upserts[n] = res.Version
@@ -290,7 +290,7 @@ func (e *env) stop() {
 }
 
 func (e *env) controllerCert() (tls.Certificate, error) {
-	id := proxyxds.ControllerID(e.ca.TrustDomain())
+	id := xdsclient.ControllerID(e.ca.TrustDomain())
 	mgr := identity.NewManager(identity.ManagerOptions{Signer: e.ca})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -314,9 +314,9 @@ func (e *env) token(node string) string {
 
 func (e *env) dial(token string) *grpc.ClientConn {
 	e.t.Helper()
-	cc, err := proxyxds.Dial(proxyxds.DialOptions{
+	cc, err := xdsclient.Dial(xdsclient.DialOptions{
 		Address: e.addr,
-		Token:   proxyxds.StaticToken(token),
+		Token:   xdsclient.StaticToken(token),
 		Bundle:  e.ca.Bundle(),
 	})
 	if err != nil {
@@ -328,20 +328,20 @@ func (e *env) dial(token string) *grpc.ClientConn {
 
 // proxy is a running proxy-side client.
 type proxy struct {
-	client *proxyxds.Client
+	client *xdsclient.Client
 	rec    *recorder
 	stop   func()
 }
 
 func (e *env) connect(node, id string, rec *recorder) *proxy {
 	e.t.Helper()
-	return e.connectAs(proxyxds.NodeInfo{ID: id, Node: node, Kind: proxyxds.KindZtunnel}, rec)
+	return e.connectAs(xdsclient.NodeInfo{ID: id, Node: node, Kind: xdsclient.KindZtunnel}, rec)
 }
 
-func (e *env) connectAs(info proxyxds.NodeInfo, rec *recorder) *proxy {
+func (e *env) connectAs(info xdsclient.NodeInfo, rec *recorder) *proxy {
 	e.t.Helper()
 	cc := e.dial(e.token(info.Node))
-	c, err := proxyxds.NewClient(cc, proxyxds.Config{
+	c, err := xdsclient.NewClient(cc, xdsclient.Config{
 		Node:       info,
 		TypeURLs:   configv1.TypeURLs,
 		Handler:    rec,

@@ -11,7 +11,7 @@ import (
 
 	"ambit.dev/controller/internal/caserver"
 	"ambit.dev/controller/internal/model"
-	proxyxds "ambit.dev/proto/xds"
+	"ambit.dev/mesh/xdsclient"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -199,7 +199,7 @@ func (s *Server) DeltaAggregatedResources(st grpc.BidiStreamingServer[discoveryv
 	if err != nil {
 		return err
 	}
-	info, err := proxyxds.ParseNode(first.GetNode())
+	info, err := xdsclient.ParseNode(first.GetNode())
 	if err != nil {
 		s.log.Warn("xds stream refused", "reason", "bad node", "caller", caller.String(), "error", err)
 		return status.Errorf(codes.InvalidArgument, "xds: %v", err)
@@ -209,7 +209,7 @@ func (s *Server) DeltaAggregatedResources(st grpc.BidiStreamingServer[discoveryv
 		return status.Errorf(codes.PermissionDenied, "xds: token is for node %q, not %q", caller.Node, info.Node)
 	}
 	// A waypoint's own token is good for its own config only.
-	if caller.Restricted() && (info.Kind != proxyxds.KindWaypoint || info.WaypointNamespace != caller.Namespace || info.WaypointName != caller.ServiceAccount) {
+	if caller.Restricted() && (info.Kind != xdsclient.KindWaypoint || info.WaypointNamespace != caller.Namespace || info.WaypointName != caller.ServiceAccount) {
 		s.log.Warn("xds stream refused", "reason", "not the caller's waypoint", "caller", caller.String(), "kind", info.Kind,
 			"waypoint", info.WaypointNamespace+"/"+info.WaypointName, "id", info.ID)
 		return status.Errorf(codes.PermissionDenied, "xds: token of %s/%s is good for waypoint %s/%s only, not %s %s/%s",

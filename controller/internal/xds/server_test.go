@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
-	proxyxds "ambit.dev/proto/xds"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -80,7 +80,7 @@ func TestInitialSync(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Node != "node-a" || st.Kind != proxyxds.KindZtunnel || st.LastNack != "" || st.ConnectedAt.IsZero() {
+	if st.Node != "node-a" || st.Kind != xdsclient.KindZtunnel || st.LastNack != "" || st.ConnectedAt.IsZero() {
 		t.Errorf("status = %+v", st)
 	}
 	metrics := map[string]float64{}
@@ -197,7 +197,7 @@ func TestPushWithoutChangeSendsNothing(t *testing.T) {
 func TestNack(t *testing.T) {
 	e, p := syncedEnv(t)
 	p.rec.mu.Lock()
-	p.rec.reject = func(_ string, up map[string]proxyxds.Resource) error {
+	p.rec.reject = func(_ string, up map[string]xdsclient.Resource) error {
 		for _, r := range up {
 			if r.Version == "bad" {
 				return errors.New("unknown enum value")
@@ -292,13 +292,13 @@ func TestRefused(t *testing.T) {
 	node := func(n string) *discoveryv3.DeltaDiscoveryRequest {
 		return &discoveryv3.DeltaDiscoveryRequest{
 			TypeUrl: wl,
-			Node:    proxyxds.NodeInfo{ID: "z", Node: n, Kind: proxyxds.KindZtunnel}.Proto(),
+			Node:    xdsclient.NodeInfo{ID: "z", Node: n, Kind: xdsclient.KindZtunnel}.Proto(),
 		}
 	}
 	waypoint := func(ns, name string) *discoveryv3.DeltaDiscoveryRequest {
 		return &discoveryv3.DeltaDiscoveryRequest{
 			TypeUrl: wl,
-			Node: proxyxds.NodeInfo{ID: "w", Node: "node-a", Kind: proxyxds.KindWaypoint,
+			Node: xdsclient.NodeInfo{ID: "w", Node: "node-a", Kind: xdsclient.KindWaypoint,
 				WaypointNamespace: ns, WaypointName: name}.Proto(),
 		}
 	}
@@ -362,19 +362,19 @@ func TestDebugHandler(t *testing.T) {
 func TestWaypointIdentityReachesGenerator(t *testing.T) {
 	e := newEnv(t)
 	e.gen.setWorkload("w1", "1")
-	info := proxyxds.NodeInfo{ID: "wp-0", Node: "node-b", Kind: proxyxds.KindWaypoint, WaypointNamespace: "shop", WaypointName: "shop-waypoint"}
+	info := xdsclient.NodeInfo{ID: "wp-0", Node: "node-b", Kind: xdsclient.KindWaypoint, WaypointNamespace: "shop", WaypointName: "shop-waypoint"}
 	p := e.connectAs(info, newRecorder())
 	p.rec.next(t)
 	e.waitAcked(t, "wp-0")
 	e.gen.mu.Lock()
 	got := e.gen.seen["wp-0"]
 	e.gen.mu.Unlock()
-	want := Proxy{ID: "wp-0", Node: "node-b", Kind: proxyxds.KindWaypoint, Namespace: "shop", Name: "shop-waypoint"}
+	want := Proxy{ID: "wp-0", Node: "node-b", Kind: xdsclient.KindWaypoint, Namespace: "shop", Name: "shop-waypoint"}
 	if got != want {
 		t.Errorf("Generator saw %+v, want %+v", got, want)
 	}
 	st, err := e.proxyStatus("wp-0")
-	if err != nil || st.Kind != proxyxds.KindWaypoint || st.Namespace != "shop" || st.Name != "shop-waypoint" {
+	if err != nil || st.Kind != xdsclient.KindWaypoint || st.Namespace != "shop" || st.Name != "shop-waypoint" {
 		t.Errorf("status = %+v, %v", st, err)
 	}
 }

@@ -1172,7 +1172,7 @@ func (x *LoadBalancing) GetMode() LoadBalancing_Mode {
 // ztunnel sees only L4 attributes. A policy that needs L7 attributes (methods, paths) on a
 // workload without a waypoint cannot be decided there, so ztunnel fails closed: it denies
 // all traffic to that workload and logs why (design.md: Waypoints). Package
-// ambit.dev/proto/authz is the one implementation of these rules.
+// ambit.dev/mesh/authz is the one implementation of these rules.
 type Authorization struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name is the policy's name.

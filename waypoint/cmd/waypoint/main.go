@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"ambit.dev/proto/logging"
+	"ambit.dev/mesh/logging"
 	"ambit.dev/waypoint/internal/app"
 )
 

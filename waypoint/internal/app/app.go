@@ -16,14 +16,14 @@ import (
 	"sync"
 	"time"
 
+	"ambit.dev/mesh/hbone"
+	"ambit.dev/mesh/health"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/state"
+	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/hbone"
-	"ambit.dev/proto/health"
-	"ambit.dev/proto/identity"
-	"ambit.dev/proto/meshstate"
-	"ambit.dev/proto/xds"
+	"ambit.dev/proto/dump"
 	"ambit.dev/waypoint/internal/proxy"
-	"ambit.dev/waypoint/internal/route"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -95,7 +95,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	cc, err := xds.Dial(xds.DialOptions{Address: cfg.Controller, Token: xds.TokenFile(cfg.TokenFile), Bundle: bundle, ServerID: xds.ControllerID(td)})
+	cc, err := xdsclient.Dial(xdsclient.DialOptions{Address: cfg.Controller, Token: xdsclient.TokenFile(cfg.TokenFile), Bundle: bundle, ServerID: xdsclient.ControllerID(td)})
 	if err != nil {
 		return err
 	}
@@ -109,8 +109,8 @@ func Run(ctx context.Context, cfg Config) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	certs := identity.NewManager(identity.ManagerOptions{Signer: xds.NewCAClient(cc), Logger: log.With("component", "certs")})
-	st := meshstate.New()
+	certs := identity.NewManager(identity.ManagerOptions{Signer: xdsclient.NewCAClient(cc), Logger: log.With("component", "certs")})
+	st := state.New()
 	px, err := proxy.New(proxy.Config{
 		State: st, Namespace: cfg.Namespace, Name: cfg.Name, TrustDomain: td,
 		Certificate: certs.Certificate, Bundle: bundle,
@@ -128,14 +128,14 @@ func Run(ctx context.Context, cfg Config) error {
 	for _, t := range configv1.TypeURLs {
 		pending[t] = true
 	}
-	client, err := xds.NewClient(cc, xds.Config{
-		Node: xds.NodeInfo{
-			ID: "waypoint~" + cfg.Namespace + "~" + cfg.Name + "~" + cfg.Node, Node: cfg.Node, Kind: xds.KindWaypoint,
+	client, err := xdsclient.NewClient(cc, xdsclient.Config{
+		Node: xdsclient.NodeInfo{
+			ID: "waypoint~" + cfg.Namespace + "~" + cfg.Name + "~" + cfg.Node, Node: cfg.Node, Kind: xdsclient.KindWaypoint,
 			WaypointNamespace: cfg.Namespace, WaypointName: cfg.Name,
 		},
 		TypeURLs: configv1.TypeURLs,
 		Logger:   log.With("component", "xds"),
-		Handler: xds.HandlerFunc(func(typeURL string, upserts map[string]xds.Resource, removals []string) error {
+		Handler: xdsclient.HandlerFunc(func(typeURL string, upserts map[string]xdsclient.Resource, removals []string) error {
 			msgs := make(map[string]proto.Message, len(upserts))
 			for k, r := range upserts {
 				msgs[k] = r.Message
@@ -167,7 +167,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		id := px.Identity()
 		for _, c := range certs.Identities() {
-			if c.ID == id && (c.State == identity.StateValid || c.State == identity.StateRenewing || c.State == identity.StateRetrying) {
+			if c.ID == id && (c.State == dump.StateValid || c.State == dump.StateRenewing || c.State == dump.StateRetrying) {
 				return nil
 			}
 		}
@@ -285,22 +285,20 @@ func tracerProvider(ctx context.Context, cfg Config) (trace.TracerProvider, func
 	}, nil
 }
 
-// ConfigDump is what /config_dump returns: ztunnel's sections plus the compiled routes.
-type ConfigDump struct {
-	Identity string `json:"identity"`
-	meshstate.Sections
-	Routes       map[string]*route.Table `json:"routes"`
-	Certificates []identity.CertInfo     `json:"certificates"`
-}
-
-func adminHandler(st *meshstate.State, px *proxy.Proxy, certs *identity.Manager) http.Handler {
+func adminHandler(st *state.State, px *proxy.Proxy, certs *identity.Manager) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
-		dump := ConfigDump{Identity: px.Identity().String(), Sections: st.Sections(), Certificates: certs.Identities(), Routes: px.Routes()}
+		routes := map[string]json.RawMessage{}
+		for k, t := range px.Routes() {
+			if b, err := json.Marshal(t); err == nil {
+				routes[k] = b
+			}
+		}
+		d := dump.Waypoint{Identity: px.Identity().String(), Sections: st.Sections(), Certificates: certs.Identities(), Routes: routes}
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(dump)
+		_ = enc.Encode(d)
 	})
 	// Go's profiles, for the waypoint figures in docs/benchmarks.md.
 	health.RegisterPprof(mux)

@@ -6,8 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/meshstate"
 )
 
 // endpoint is the pod a request (or pass-through connection) goes to.
@@ -53,7 +53,7 @@ func (b *balancer) statsLocked(a netip.AddrPort) *epStats {
 // random, preferring endpoints neither ejected nor in tried. When every endpoint is ejected
 // or tried, it picks among all of them (panic mode), so that a request is never refused for
 // want of a perfect endpoint.
-func (b *balancer) pick(eps []meshstate.Endpoint, tried []netip.AddrPort) endpoint {
+func (b *balancer) pick(eps []state.Endpoint, tried []netip.AddrPort) endpoint {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.now()
@@ -113,7 +113,7 @@ func (b *balancer) release(a netip.AddrPort) {
 
 // result records the outcome of a request to a for outlier detection; failed is a 5xx, a
 // connect failure or a reset. It reports whether the endpoint was ejected by it.
-func (b *balancer) result(a netip.AddrPort, failed bool, peers []meshstate.Endpoint) bool {
+func (b *balancer) result(a netip.AddrPort, failed bool, peers []state.Endpoint) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := b.statsLocked(a)

@@ -13,11 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/hbone"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/identity/identitytest"
+	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/hbone"
-	"ambit.dev/proto/identity"
-	"ambit.dev/proto/identity/identitytest"
-	"ambit.dev/proto/meshstate"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -38,7 +38,7 @@ func sa(name string) spiffeid.ID { return spiffeid.RequireFromPath(td, "/ns/shop
 type env struct {
 	t        testing.TB
 	ca       *identity.CA
-	state    *meshstate.State
+	state    *state.State
 	proxy    *Proxy
 	reg      *prometheus.Registry
 	spans    *tracetest.InMemoryExporter
@@ -56,7 +56,7 @@ func newEnv(t testing.TB, opts ...func(*Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, ca: ca, state: meshstate.New(), reg: prometheus.NewRegistry(), spans: tracetest.NewInMemoryExporter(),
+	e := &env{t: t, ca: ca, state: state.New(), reg: prometheus.NewRegistry(), spans: tracetest.NewInMemoryExporter(),
 		wpID: sa("waypoint"), hboneFor: map[netip.Addr]netip.AddrPort{}, appFor: map[netip.AddrPort]string{}}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(e.spans))
 	cfg := Config{

@@ -16,9 +16,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"ambit.dev/proto/authz"
+	"ambit.dev/mesh/authz"
+	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/meshstate"
 	"ambit.dev/waypoint/internal/route"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -346,10 +346,10 @@ func (ex *exchange) timeoutOrGone(ctx context.Context) (*http.Response, *exchang
 }
 
 // endpoint resolves t to one pod. A non-nil response is the answer when there is none.
-func (ex *exchange) endpoint(t target, tried []netip.AddrPort) (endpoint, []meshstate.Endpoint, *http.Response) {
+func (ex *exchange) endpoint(t target, tried []netip.AddrPort) (endpoint, []state.Endpoint, *http.Response) {
 	p := ex.p
 	if t.svcKey == "" {
-		p.lb.pick([]meshstate.Endpoint{{Workload: t.direct.wl, Addr: t.direct.addr}}, nil)
+		p.lb.pick([]state.Endpoint{{Workload: t.direct.wl, Addr: t.direct.addr}}, nil)
 		ex.backend = ""
 		return t.direct, nil, nil
 	}

@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"sync"
 
-	"ambit.dev/proto/hbone"
+	"ambit.dev/mesh/hbone"
 )
 
 // serveH2 serves HTTP/2 with prior knowledge (h2c) on c: gRPC and any HTTP/2 client. Every

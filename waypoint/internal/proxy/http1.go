@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"ambit.dev/proto/hbone"
+	"ambit.dev/mesh/hbone"
 )
 
 // serveHTTP1 serves HTTP/1.x requests on c one after the other. The request head is

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"time"
 
-	"ambit.dev/proto/hbone"
+	"ambit.dev/mesh/hbone"
 )
 
 // serveL4 passes a connection that is not HTTP through to its destination: a pod of the

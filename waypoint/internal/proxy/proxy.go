@@ -23,10 +23,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"ambit.dev/mesh/hbone"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/hbone"
-	"ambit.dev/proto/identity"
-	"ambit.dev/proto/meshstate"
 	"ambit.dev/waypoint/internal/route"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -52,7 +52,7 @@ const (
 // Namespace/Name are required.
 type Config struct {
 	// State is the mesh config the controller pushed (or a test filled).
-	State *meshstate.State
+	State *state.State
 	// Namespace and Name are the Gateway this waypoint serves; the Waypoint resource of that
 	// name supplies the identity. Identity is used until it arrives (or instead of it, when
 	// the Waypoint names none).

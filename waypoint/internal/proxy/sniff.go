@@ -10,8 +10,8 @@ import (
 	"os"
 	"time"
 
+	"ambit.dev/mesh/hbone"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/hbone"
 )
 
 // protocol is what a tunnelled connection carries.

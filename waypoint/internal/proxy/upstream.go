@@ -9,9 +9,9 @@ import (
 	"net/netip"
 	"time"
 
+	"ambit.dev/mesh/hbone"
+	"ambit.dev/mesh/identity"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/hbone"
-	"ambit.dev/proto/identity"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 

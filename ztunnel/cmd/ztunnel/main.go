@@ -11,7 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"ambit.dev/proto/logging"
+	"ambit.dev/mesh/logging"
 	"ambit.dev/ztunnel/internal/app"
 )
 

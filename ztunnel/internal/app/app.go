@@ -18,12 +18,12 @@ import (
 	"syscall"
 	"time"
 
+	"ambit.dev/mesh/health"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/state"
+	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/health"
-	"ambit.dev/proto/identity"
-	"ambit.dev/proto/meshstate"
-	"ambit.dev/proto/nodeapi"
-	"ambit.dev/proto/xds"
+	"ambit.dev/proto/dump"
 	"ambit.dev/ztunnel/internal/inpod"
 	"ambit.dev/ztunnel/internal/localconfig"
 	"ambit.dev/ztunnel/internal/proxy"
@@ -143,7 +143,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(filepath.Dir(cfg.NodeAPI), 0o755); err != nil {
 		return err
 	}
-	st := meshstate.New()
+	st := state.New()
 	var (
 		synced atomic.Bool
 		bundle *x509bundle.Bundle
@@ -172,21 +172,21 @@ func Run(ctx context.Context, cfg Config) error {
 		if bundle, err = identity.LoadBundle(td, cfg.RootCert); err != nil {
 			return err
 		}
-		cc, err := xds.Dial(xds.DialOptions{Address: cfg.Controller, Token: xds.TokenFile(cfg.TokenFile), Bundle: bundle, ServerID: xds.ControllerID(td)})
+		cc, err := xdsclient.Dial(xdsclient.DialOptions{Address: cfg.Controller, Token: xdsclient.TokenFile(cfg.TokenFile), Bundle: bundle, ServerID: xdsclient.ControllerID(td)})
 		if err != nil {
 			return err
 		}
 		defer cc.Close()
-		signer = xds.NewCAClient(cc)
+		signer = xdsclient.NewCAClient(cc)
 		pending := map[string]bool{}
 		for _, t := range configv1.TypeURLs {
 			pending[t] = true
 		}
-		client, err := xds.NewClient(cc, xds.Config{
-			Node:     xds.NodeInfo{ID: "ztunnel~" + cfg.Node, Node: cfg.Node, Kind: xds.KindZtunnel},
+		client, err := xdsclient.NewClient(cc, xdsclient.Config{
+			Node:     xdsclient.NodeInfo{ID: "ztunnel~" + cfg.Node, Node: cfg.Node, Kind: xdsclient.KindZtunnel},
 			TypeURLs: configv1.TypeURLs,
 			Logger:   log.With("component", "xds"),
-			Handler: xds.HandlerFunc(func(typeURL string, upserts map[string]xds.Resource, removals []string) error {
+			Handler: xdsclient.HandlerFunc(func(typeURL string, upserts map[string]xdsclient.Resource, removals []string) error {
 				msgs := make(map[string]proto.Message, len(upserts))
 				for k, r := range upserts {
 					msgs[k] = r.Message
@@ -236,7 +236,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return errors.New("taking over from the previous ztunnel")
 		}
 		for _, c := range certs.Identities() {
-			if c.State != identity.StateValid && c.State != identity.StateRenewing && c.State != identity.StateRetrying {
+			if c.State != dump.StateValid && c.State != dump.StateRenewing && c.State != dump.StateRetrying {
 				return fmt.Errorf("certificate for %s is %s", c.ID, c.State)
 			}
 		}
@@ -442,21 +442,14 @@ func reusePort(_, _ string, c syscall.RawConn) error {
 	return serr
 }
 
-// ConfigDump is what /config_dump returns and `ambitctl ztunnel-config` reads.
-type ConfigDump struct {
-	meshstate.Sections
-	Certificates []identity.CertInfo `json:"certificates"`
-	Pods         []nodeapi.PodStatus `json:"pods"`
-}
-
-func adminHandler(st *meshstate.State, certs *identity.Manager, pods *inpod.Manager) http.Handler {
+func adminHandler(st *state.State, certs *identity.Manager, pods *inpod.Manager) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
-		dump := ConfigDump{Sections: st.Sections(), Certificates: certs.Identities(), Pods: pods.Pods()}
+		d := dump.Ztunnel{Sections: st.Sections(), Certificates: certs.Identities(), Pods: pods.Pods()}
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(dump)
+		_ = enc.Encode(d)
 	})
 	// Go's profiles, for the figures in docs/benchmarks.md: the admin listener is loopback
 	// only, like Envoy's and ztunnel's admin.

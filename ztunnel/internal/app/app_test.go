@@ -18,12 +18,12 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/identity/identitytest"
+	"ambit.dev/mesh/xdsclient"
 	cav1 "ambit.dev/proto/ca/v1"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/identity"
-	"ambit.dev/proto/identity/identitytest"
 	"ambit.dev/proto/nodeapi"
-	"ambit.dev/proto/xds"
 	"ambit.dev/ztunnel/internal/capture"
 	"ambit.dev/ztunnel/internal/netnstest"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -48,7 +48,7 @@ type fakeController struct {
 func startController(t *testing.T, ca *identity.CA, resources map[string]map[string]proto.Message) *fakeController {
 	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	cert := identitytest.Issue(t, ca, xds.ControllerID(td), 0)
+	cert := identitytest.Issue(t, ca, xdsclient.ControllerID(td), 0)
 	f := &fakeController{ca: ca, resources: resources}
 	f.srv = grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS13})))
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(f.srv, f)

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/identity"
-	"ambit.dev/proto/meshstate"
 	"ambit.dev/proto/nodeapi"
 	"ambit.dev/ztunnel/internal/capture"
 	"ambit.dev/ztunnel/internal/netnstest"
@@ -28,7 +28,7 @@ import (
 type node struct {
 	m      *Manager
 	pn     *proxy.Node
-	st     *meshstate.State
+	st     *state.State
 	client string // netns paths
 	server string
 }
@@ -51,7 +51,7 @@ func newNode(t *testing.T) *node {
 	done := make(chan struct{})
 	go func() { _ = mgr.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	st := meshstate.New()
+	st := state.New()
 	pn := &proxy.Node{State: st, Certs: mgr.Certificate, Bundle: ca.Bundle(),
 		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Logger: slog.New(slog.DiscardHandler)}
 	n := &node{st: st, pn: pn, client: client, server: server}

@@ -23,8 +23,8 @@ import (
 	"sync"
 	"time"
 
+	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/meshstate"
 	"ambit.dev/proto/nodeapi"
 	"ambit.dev/ztunnel/internal/proxy"
 )
@@ -47,7 +47,7 @@ const ruleCheckSpacing = 5 * time.Second
 // Manager owns the registered pods.
 type Manager struct {
 	node    *proxy.Node
-	state   *meshstate.State
+	state   *state.State
 	capture Capturer
 	file    string
 	log     *slog.Logger
@@ -86,7 +86,7 @@ type entry struct {
 }
 
 // NewManager returns a Manager that records its pods in stateDir (empty: not persisted).
-func NewManager(node *proxy.Node, st *meshstate.State, c Capturer, stateDir string, log *slog.Logger) *Manager {
+func NewManager(node *proxy.Node, st *state.State, c Capturer, stateDir string, log *slog.Logger) *Manager {
 	m := &Manager{node: node, state: st, capture: c, log: log, pods: map[string]*entry{}, handedOver: make(chan struct{}), checkSpacing: ruleCheckSpacing}
 	if stateDir != "" {
 		m.file = filepath.Join(stateDir, "pods.json")

@@ -10,7 +10,7 @@
 //	policies: [...]                  # configv1.Authorization
 //	waypoints: [...]                 # configv1.Waypoint
 //
-// A Source applies the file to a meshstate.State and re-reads it when it changes; a file
+// A Source applies the file to a state.State and re-reads it when it changes; a file
 // that does not parse or validate is reported with the field at fault, and the last good
 // config stays.
 package localconfig
@@ -26,8 +26,8 @@ import (
 	"sort"
 	"strings"
 
+	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/meshstate"
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -162,7 +162,7 @@ func Parse(data []byte) (*Config, error) {
 		}
 	}
 	// What the proxy's state checks: the same validation the controller's pushes get.
-	scratch := meshstate.New()
+	scratch := state.New()
 	for _, t := range configv1.TypeURLs {
 		if err := scratch.Apply(t, cfg.Resources[t], nil); err != nil {
 			return nil, err

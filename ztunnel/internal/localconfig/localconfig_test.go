@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/meshstate"
 	"go.uber.org/goleak"
 )
 
@@ -28,7 +28,7 @@ func TestExampleFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := meshstate.New()
+	st := state.New()
 	for _, tu := range configv1.TypeURLs {
 		if err := st.Apply(tu, cfg.Resources[tu], nil); err != nil {
 			t.Fatal(err)
@@ -149,7 +149,7 @@ func TestSourceFollowsFile(t *testing.T) {
 	}
 	write("version: v1\nworkloads:\n- {name: a, namespace: n, addresses: [10.0.0.1]}\n- {name: b, namespace: n, addresses: [10.0.0.2]}\n")
 	l := &logs{}
-	st := meshstate.New()
+	st := state.New()
 	s := &Source{Path: path, State: st, Logger: slog.New(l), Interval: 20 * time.Millisecond}
 	if err := s.Load(); err != nil {
 		t.Fatal(err)
@@ -229,7 +229,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
-		st := meshstate.New()
+		st := state.New()
 		for _, tu := range configv1.TypeURLs {
 			if err := st.Apply(tu, cfg.Resources[tu], nil); err != nil {
 				t.Fatalf("parsed config rejected by the state: %v", err)

@@ -8,18 +8,18 @@ import (
 	"os"
 	"time"
 
+	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/meshstate"
 )
 
 // DefaultInterval is how often a Source looks at its file for changes.
 const DefaultInterval = 500 * time.Millisecond
 
-// Source feeds a meshstate.State from a local config file and keeps it in step with the
+// Source feeds a state.State from a local config file and keeps it in step with the
 // file. Use Load once, then Run.
 type Source struct {
 	Path     string
-	State    *meshstate.State
+	State    *state.State
 	Logger   *slog.Logger
 	Interval time.Duration // DefaultInterval when zero
 

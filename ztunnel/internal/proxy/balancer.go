@@ -5,8 +5,8 @@ import (
 	"net/netip"
 	"sync"
 
+	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/meshstate"
 )
 
 // balancer picks an endpoint for a new connection and counts the connections open to
@@ -18,10 +18,10 @@ type balancer struct {
 
 func newBalancer() *balancer { return &balancer{active: map[netip.AddrPort]int{}} }
 
-func (b *balancer) pick(svc *configv1.Service, eps []meshstate.Endpoint) meshstate.Endpoint {
+func (b *balancer) pick(svc *configv1.Service, eps []state.Endpoint) state.Endpoint {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var ep meshstate.Endpoint
+	var ep state.Endpoint
 	switch mode := svc.GetLoadBalancing().GetMode(); {
 	case len(eps) == 1:
 		ep = eps[0]

@@ -7,9 +7,9 @@ import (
 	"net/netip"
 	"time"
 
-	"ambit.dev/proto/authz"
+	"ambit.dev/mesh/authz"
+	"ambit.dev/mesh/hbone"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/hbone"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 

@@ -24,17 +24,17 @@ import (
 	"sync"
 	"time"
 
+	"ambit.dev/mesh/hbone"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/hbone"
-	"ambit.dev/proto/identity"
-	"ambit.dev/proto/meshstate"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // Node holds what every pod's proxy on this node shares.
 type Node struct {
-	State *meshstate.State
+	State *state.State
 	Certs func(ctx context.Context, id spiffeid.ID) (*tls.Certificate, error)
 	// Prefetch, when set, starts fetching a pod's certificate as soon as the pod is
 	// captured, so that it is in hand before the first connection, and also when the

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
-	"ambit.dev/proto/identity"
-	"ambit.dev/proto/meshstate"
 	"ambit.dev/ztunnel/internal/netnstest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -31,7 +31,7 @@ import (
 type mesh struct {
 	t      *testing.T
 	node   *Node
-	state  *meshstate.State
+	state  *state.State
 	reg    *prometheus.Registry
 	client *Pod
 	server *Pod
@@ -68,7 +68,7 @@ func newMeshWith(t *testing.T, tune func(*Node)) *mesh {
 	go func() { _ = mgr.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 
-	m := &mesh{t: t, state: meshstate.New(), reg: prometheus.NewRegistry()}
+	m := &mesh{t: t, state: state.New(), reg: prometheus.NewRegistry()}
 	m.node = &Node{
 		State: m.state, Certs: mgr.Certificate, Bundle: ca.Bundle(),
 		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"ambit.dev/proto/identity"
+	"ambit.dev/mesh/identity"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 

@@ -1,4 +1,4 @@
-// Package xds is the proxy side of the controller's configuration push: a delta xDS client
+// Package xdsclient is the proxy side of the controller's configuration push: a delta xDS client
 // (envoy.service.discovery.v3 AggregatedDiscoveryService.DeltaAggregatedResources) that
 // carries ambit's own resource types (package configv1) as google.protobuf.Any, and a client
 // of the controller's CertificateService that serves as an identity.Signer.
@@ -17,4 +17,4 @@
 //   - The client remembers the versions it applied; after a reconnect it sends them as
 //     initial_resource_versions, so the controller sends only what changed meanwhile. While
 //     disconnected nothing is cleared: the proxy keeps serving its last config.
-package xds
+package xdsclient

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"ambit.dev/proto/identity"
-	"ambit.dev/proto/identity/identitytest"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/identity/identitytest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 

@@ -1,25 +1,17 @@
-package meshstate
+package state
 
 import (
 	"encoding/json"
 	"sort"
 
 	configv1 "ambit.dev/proto/config/v1"
+	"ambit.dev/proto/dump"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
-// Sections is the state as a proxy's /config_dump shows it: each resource in protojson,
-// sorted by name. ztunnel and the waypoint embed it in their dumps.
-type Sections struct {
-	Workloads []json.RawMessage `json:"workloads"`
-	Services  []json.RawMessage `json:"services"`
-	Policies  []json.RawMessage `json:"policies"`
-	Waypoints []json.RawMessage `json:"waypoints"`
-}
-
 // Sections returns the state's resources for /config_dump.
-func (s *State) Sections() Sections {
-	var out Sections
+func (s *State) Sections() dump.Sections {
+	var out dump.Sections
 	all := s.Dump()
 	for typeURL, dst := range map[string]*[]json.RawMessage{
 		configv1.WorkloadTypeURL: &out.Workloads, configv1.ServiceTypeURL: &out.Services,

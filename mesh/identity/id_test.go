@@ -6,7 +6,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"ambit.dev/proto/identity"
+	"ambit.dev/mesh/identity"
 )
 
 var td = spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain)

@@ -13,8 +13,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"ambit.dev/proto/identity"
-	"ambit.dev/proto/identity/identitytest"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/identity/identitytest"
 )
 
 // t0 is an arbitrary fixed start for fake clocks.

@@ -1,4 +1,4 @@
-package xds
+package xdsclient
 
 import (
 	"context"
@@ -7,8 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"ambit.dev/mesh/identity"
 	cav1 "ambit.dev/proto/ca/v1"
-	"ambit.dev/proto/identity"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 )

@@ -19,6 +19,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"ambit.dev/proto/dump"
 )
 
 // Manager defaults.
@@ -78,30 +80,6 @@ type entry struct {
 	lastErr  error
 	failures int           // consecutive failed requests
 	settled  chan struct{} // closed (and replaced) when a request finishes
-}
-
-// CertState is the lifecycle state reported by Identities.
-type CertState string
-
-// Certificate states.
-const (
-	StatePending  CertState = "pending"  // no certificate yet, request scheduled or in flight
-	StateFailed   CertState = "failed"   // no certificate yet, the last request failed
-	StateValid    CertState = "valid"    // certificate served, renewal not yet due
-	StateRenewing CertState = "renewing" // certificate served, renewal in flight
-	StateRetrying CertState = "retrying" // certificate served, last renewal failed, backing off
-	StateExpired  CertState = "expired"  // certificate expired, nothing served
-)
-
-// CertInfo describes one identity's certificate for config dumps.
-type CertInfo struct {
-	ID        spiffeid.ID `json:"id"`
-	Serial    string      `json:"serial,omitempty"` // hex
-	NotBefore time.Time   `json:"not_before,omitzero"`
-	NotAfter  time.Time   `json:"not_after,omitzero"`
-	NextFetch time.Time   `json:"next_fetch,omitzero"`
-	State     CertState   `json:"state"`
-	LastError string      `json:"last_error,omitempty"`
 }
 
 // NewManager returns a Manager; call Run to start fetching and renewing.
@@ -358,29 +336,29 @@ func (m *Manager) Forget(id spiffeid.ID) {
 }
 
 // Identities reports every identity's certificate, sorted by ID.
-func (m *Manager) Identities() []CertInfo {
+func (m *Manager) Identities() []dump.CertInfo {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.opts.Clock.Now()
-	out := make([]CertInfo, 0, len(m.entries))
+	out := make([]dump.CertInfo, 0, len(m.entries))
 	for _, e := range m.entries {
-		ci := CertInfo{ID: e.id, NextFetch: e.next}
+		ci := dump.CertInfo{ID: e.id, NextFetch: e.next}
 		if e.lastErr != nil {
 			ci.LastError = e.lastErr.Error()
 		}
 		switch {
 		case e.cert == nil && e.lastErr != nil && !e.inflight:
-			ci.State = StateFailed
+			ci.State = dump.StateFailed
 		case e.cert == nil:
-			ci.State = StatePending
+			ci.State = dump.StatePending
 		case !now.Before(e.cert.Leaf.NotAfter):
-			ci.State = StateExpired
+			ci.State = dump.StateExpired
 		case e.inflight:
-			ci.State = StateRenewing
+			ci.State = dump.StateRenewing
 		case e.lastErr != nil:
-			ci.State = StateRetrying
+			ci.State = dump.StateRetrying
 		default:
-			ci.State = StateValid
+			ci.State = dump.StateValid
 		}
 		if e.cert != nil {
 			ci.Serial = e.cert.Leaf.SerialNumber.Text(16)
@@ -388,7 +366,7 @@ func (m *Manager) Identities() []CertInfo {
 		}
 		out = append(out, ci)
 	}
-	slices.SortFunc(out, func(a, b CertInfo) int { return strings.Compare(a.ID.String(), b.ID.String()) })
+	slices.SortFunc(out, func(a, b dump.CertInfo) int { return strings.Compare(a.ID.String(), b.ID.String()) })
 	return out
 }
 

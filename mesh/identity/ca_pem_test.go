@@ -7,7 +7,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"ambit.dev/proto/identity"
+	"ambit.dev/mesh/identity"
 )
 
 func TestNewRootPEMLoadCA(t *testing.T) {

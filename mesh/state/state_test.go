@@ -1,4 +1,4 @@
-package meshstate
+package state
 
 import (
 	"net/netip"

@@ -13,8 +13,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/goleak"
 
-	"ambit.dev/proto/identity"
-	"ambit.dev/proto/identity/identitytest"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/identity/identitytest"
+	"ambit.dev/proto/dump"
 )
 
 // wait bounds every real-time wait in these tests; nothing should come near it.
@@ -148,7 +149,7 @@ func (h *harness) timer(match func(time.Time) bool) time.Time {
 	return d
 }
 
-func (h *harness) state(id spiffeid.ID) identity.CertInfo {
+func (h *harness) state(id spiffeid.ID) dump.CertInfo {
 	h.t.Helper()
 	for _, ci := range h.m.Identities() {
 		if ci.ID == id {
@@ -156,7 +157,7 @@ func (h *harness) state(id spiffeid.ID) identity.CertInfo {
 		}
 	}
 	h.t.Fatalf("Identities has no %s", id)
-	return identity.CertInfo{}
+	return dump.CertInfo{}
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {
@@ -195,7 +196,7 @@ func TestManagerFirstCertificate(t *testing.T) {
 	}
 	h.noCall()
 	ci := h.state(id)
-	if ci.State != identity.StateValid || ci.Serial != c.Leaf.SerialNumber.Text(16) || !ci.NotAfter.Equal(c.Leaf.NotAfter) || !ci.NextFetch.Equal(renewAt(c)) {
+	if ci.State != dump.StateValid || ci.Serial != c.Leaf.SerialNumber.Text(16) || !ci.NotAfter.Equal(c.Leaf.NotAfter) || !ci.NextFetch.Equal(renewAt(c)) {
 		t.Fatalf("Identities = %+v", ci)
 	}
 }
@@ -259,7 +260,7 @@ func TestManagerBackoff(t *testing.T) {
 			t.Fatal("old certificate not served while renewal fails")
 		}
 		ci := h.state(id)
-		if ci.State != identity.StateRetrying || !strings.Contains(ci.LastError, errSignerDown.Error()) {
+		if ci.State != dump.StateRetrying || !strings.Contains(ci.LastError, errSignerDown.Error()) {
 			t.Fatalf("Identities = %+v, want retrying with the signer error", ci)
 		}
 		h.clock.Advance(d - time.Millisecond)
@@ -276,7 +277,7 @@ func TestManagerBackoff(t *testing.T) {
 	eventually(t, "renewal after recovery", func() bool { renewed = h.cert(id); return renewed != old })
 	// Success resets the backoff: the next wake-up is the new half-life.
 	h.timer(renewAt(renewed).Equal)
-	if ci := h.state(id); ci.State != identity.StateValid || ci.LastError != "" {
+	if ci := h.state(id); ci.State != dump.StateValid || ci.LastError != "" {
 		t.Fatalf("Identities = %+v, want valid", ci)
 	}
 }
@@ -305,7 +306,7 @@ func TestManagerNeverBlocksOnRenewal(t *testing.T) {
 			t.Fatalf("Certificate took %s during renewal", el)
 		}
 	}
-	if ci := h.state(id); ci.State != identity.StateRenewing {
+	if ci := h.state(id); ci.State != dump.StateRenewing {
 		t.Fatalf("state = %s, want renewing", ci.State)
 	}
 	release()
@@ -345,7 +346,7 @@ func TestManagerExpiry(t *testing.T) {
 	if c != nil || !errors.Is(err, identity.ErrCertificateExpired) || !errors.Is(err, errSignerDown) {
 		t.Fatalf("Certificate after expiry = %v, %v; want ErrCertificateExpired carrying the renewal error", c, err)
 	}
-	if ci := h.state(id); ci.State != identity.StateExpired {
+	if ci := h.state(id); ci.State != dump.StateExpired {
 		t.Fatalf("state = %s, want expired", ci.State)
 	}
 	// The failed call pulled the next request forward to MinBackoff after the
@@ -370,7 +371,7 @@ func TestManagerFirstRequestFails(t *testing.T) {
 		t.Fatalf("Certificate = %v, want the signer's error", err)
 	}
 	h.call(id)
-	if ci := h.state(id); ci.State != identity.StateFailed {
+	if ci := h.state(id); ci.State != dump.StateFailed {
 		t.Fatalf("state = %s, want failed", ci.State)
 	}
 	// The next caller waits for the retry, which may not start sooner than
@@ -394,7 +395,7 @@ func TestManagerPrefetch(t *testing.T) {
 	id := mustID(t, "default", "web")
 	h.m.Prefetch(id)
 	h.call(id)
-	eventually(t, "prefetched certificate", func() bool { return h.state(id).State == identity.StateValid })
+	eventually(t, "prefetched certificate", func() bool { return h.state(id).State == dump.StateValid })
 	c := h.cert(id)
 	h.noCall()
 	if got := c.Leaf.NotAfter.Sub(t0); got != time.Hour {

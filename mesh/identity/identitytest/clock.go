@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"ambit.dev/proto/identity"
+	"ambit.dev/mesh/identity"
 )
 
 // FakeClock is an identity.Clock whose time moves only when a test says so.

@@ -14,8 +14,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"ambit.dev/proto/identity"
-	"ambit.dev/proto/identity/identitytest"
+	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/identity/identitytest"
 )
 
 func TestVerifyPeer(t *testing.T) {

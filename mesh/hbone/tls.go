@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"slices"
 
-	"ambit.dev/proto/identity"
+	"ambit.dev/mesh/identity"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )

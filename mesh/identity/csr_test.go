@@ -8,7 +8,7 @@ import (
 	"errors"
 	"testing"
 
-	"ambit.dev/proto/identity"
+	"ambit.dev/mesh/identity"
 )
 
 func TestParseCSRRoundTrip(t *testing.T) {

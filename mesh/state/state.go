@@ -1,9 +1,9 @@
-// Package meshstate is a proxy's view of the mesh (ztunnel's and the waypoint's): the workloads, services and policies the
+// Package state is a proxy's view of the mesh (ztunnel's and the waypoint's): the workloads, services and policies the
 // controller pushed (or a local file gave), indexed for the per-connection lookups of the
 // proxy: which workload owns an address, which endpoints a service VIP has, which policies
 // apply to a destination. Updates replace whole resources; lookups never block on them
 // for long.
-package meshstate
+package state
 
 import (
 	"fmt"

@@ -1,0 +1,72 @@
+// Package dump is the contract of the proxies' GET /config_dump (ztunnel's and the
+// waypoint's loopback admin port): the JSON that `ambitctl ztunnel-config`, `proxy-status`
+// and `waypoint` read. The proxies write these types and the CLI decodes the same ones, so
+// the two cannot drift apart.
+//
+// Mesh resources (workloads, services, policies, waypoints) are the protojson of the
+// ambit.dev/proto/config/v1 messages, kept raw here so that a reader can print exactly what
+// the proxy said; certificates and pods are plain JSON.
+package dump
+
+import (
+	"encoding/json"
+	"time"
+
+	"ambit.dev/proto/nodeapi"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Sections is a proxy's view of the mesh, each resource in protojson, sorted by name. An
+// empty section is an empty list, never null.
+type Sections struct {
+	Workloads []json.RawMessage `json:"workloads"`
+	Services  []json.RawMessage `json:"services"`
+	Policies  []json.RawMessage `json:"policies"`
+	Waypoints []json.RawMessage `json:"waypoints"`
+}
+
+// Ztunnel is ztunnel's /config_dump.
+type Ztunnel struct {
+	Sections
+	Certificates []CertInfo          `json:"certificates"`
+	Pods         []nodeapi.PodStatus `json:"pods"`
+}
+
+// Waypoint is the waypoint's /config_dump: the Gateway's identity, the mesh it sees, its
+// compiled route tables by service key (the waypoint's own JSON form of each table) and its
+// certificate.
+type Waypoint struct {
+	Identity string `json:"identity"`
+	Sections
+	Routes       map[string]json.RawMessage `json:"routes"`
+	Certificates []CertInfo                 `json:"certificates"`
+}
+
+// CertState is where one identity's certificate stands in its life cycle.
+type CertState string
+
+// Certificate states.
+const (
+	StatePending  CertState = "pending"  // no certificate yet, request scheduled or in flight
+	StateFailed   CertState = "failed"   // no certificate yet, the last request failed
+	StateValid    CertState = "valid"    // certificate served, renewal not yet due
+	StateRenewing CertState = "renewing" // certificate served, renewal in flight
+	StateRetrying CertState = "retrying" // certificate served, last renewal failed, backing off
+	StateExpired  CertState = "expired"  // certificate expired, nothing served
+)
+
+// Serving reports whether a certificate in this state is being served to peers.
+func (s CertState) Serving() bool {
+	return s == StateValid || s == StateRenewing || s == StateRetrying
+}
+
+// CertInfo describes one identity's certificate.
+type CertInfo struct {
+	ID        spiffeid.ID `json:"id"`
+	Serial    string      `json:"serial,omitempty"` // hex
+	NotBefore time.Time   `json:"not_before,omitzero"`
+	NotAfter  time.Time   `json:"not_after,omitzero"`
+	NextFetch time.Time   `json:"next_fetch,omitzero"`
+	State     CertState   `json:"state"`
+	LastError string      `json:"last_error,omitempty"`
+}
