@@ -1,0 +1,14 @@
+// Package mesh is the root of the shared implementation: the code that both proxies, or all
+// programs, use — HBONE (hbone), SPIFFE identity and the CA (identity), the proxies' xDS
+// client (xdsclient), a proxy's view of the mesh (state), authorization (authz), batched
+// logging (logging) and the proxies' start-up. It holds no code of its own; its test
+// enforces the module rules of the whole repository (docs/architecture.md, "Modules"):
+//
+//	proto       imports only proto          (contracts import no program)
+//	mesh        imports proto, mesh
+//	ztunnel     imports proto, mesh         (never waypoint, never controller)
+//	waypoint    imports proto, mesh         (never ztunnel, never controller)
+//	controller  imports proto, mesh         (never a proxy)
+//	bench       imports any module          (it drives every program)
+//	compat/*    imports proto, mesh
+package mesh
