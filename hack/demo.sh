@@ -9,6 +9,7 @@ LAB=examples/lab.yaml
 SERVER=http://10.77.2.2:8080/   # demo/server on node-b; the client is on node-a
 VIP=http://10.96.0.10            # Service demo/server: demo/server (v1) and demo/server-2 (v2)
 BRIDGE=ambitlabbr
+LABDIR=/run/ambit-lab            # the lab's state dir (ambitctl lab --lab-dir), with its logs/
 WORK=$(mktemp -d)
 step=0
 bold=$'\e[1m' green=$'\e[32m' red=$'\e[31m' off=$'\e[0m'
@@ -85,7 +86,16 @@ for _ in $(seq 50); do
 done
 (( denied )) || fail "the call should be refused once the policy is in"
 sed 's/^/     /' "$WORK/deny.out"
-grep -m1 'inbound denied' "/run/ambit-lab/logs/ztunnel-node-b.log" | sed 's/^/     ztunnel node-b: /' || true
+# The destination ztunnel logs the refusal with the policy's name (its log lines are written
+# in batches, so the line may land a moment after the call failed).
+line=
+for _ in $(seq 50); do
+	line=$(grep -m1 'inbound denied.*policy=demo/deny-client' "$LABDIR/logs/ztunnel-node-b.log" || true)
+	[[ -n $line ]] && break
+	sleep 0.1
+done
+[[ -n $line ]] || fail "ztunnel node-b should log the refusal naming policy demo/deny-client"
+printf '     ztunnel node-b: %s\n' "$line"
 ok "the destination ztunnel refused the connection: policy demo/deny-client"
 
 say "Remove the policy: the call works again"
@@ -101,6 +111,7 @@ sed 's/^/     /' "$WORK/back.out"
 ok "allowed again"
 
 say "A waypoint for the server's service account: from here on, the server's traffic goes through an L7 proxy"
+printf '   (calls now go to %s, the address of Service demo/server, which the waypoint routes)\n' "$VIP"
 run "$AMBITCTL" waypoint apply --for serviceaccount --name server-wp --target server -n demo --enroll || fail "waypoint apply failed"
 via=0
 for _ in $(seq 100); do
@@ -136,14 +147,14 @@ run "$AMBITCTL" lab apply -f examples/policies/l7-deny-admin.yaml || fail "apply
 denied=0
 for _ in $(seq 100); do
 	if "$AMBITCTL" lab call demo/client "$VIP/admin" -X DELETE >"$WORK/l7.out" 2>&1; then sleep 0.1; continue; fi
-	grep -q 'access denied' "$WORK/l7.out" && { denied=1; break; }
+	grep -q 'access denied: denied by policy demo/deny-admin-writes' "$WORK/l7.out" && { denied=1; break; }
 	sleep 0.1
 done
-(( denied )) || { sed 's/^/     /' "$WORK/l7.out"; fail "DELETE /admin should be denied by the waypoint"; }
+(( denied )) || { sed 's/^/     /' "$WORK/l7.out"; fail "DELETE /admin should be denied by the waypoint, naming policy demo/deny-admin-writes"; }
 printf '   $ %s lab call demo/client %s/admin -X DELETE\n' "$AMBITCTL" "$VIP"
 sed 's/^/     /' "$WORK/l7.out"
 run "$AMBITCTL" lab call demo/client "$VIP/admin" || fail "GET /admin should still pass"
-ok "the waypoint answered 403 itself, naming the policy; reads still pass"
+ok "the waypoint answered 403 itself, naming policy demo/deny-admin-writes; reads still pass"
 
 say "Take the lab down"
 run "$AMBITCTL" lab down || fail "lab down failed"
