@@ -90,6 +90,10 @@ func (p *Pod) inboundPlain(c *net.TCPConn) {
 		return
 	}
 	src := addrOf(c.RemoteAddr())
+	if p.ownPort(dst.Port()) {
+		p.log.Info("inbound plaintext refused", "src", src.String(), "dst", dst.String(), "reason", errSelfCall(dst).Error())
+		return
+	}
 	if p.node.State.Strict(w) {
 		p.log.Info("inbound plaintext refused: STRICT mTLS", "src", src.String(), "dst", dst.String())
 		return

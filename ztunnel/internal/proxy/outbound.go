@@ -107,6 +107,10 @@ func (p *Pod) outbound(c *net.TCPConn) {
 		return
 	}
 	src := addrOf(c.RemoteAddr())
+	if p.selfDestination(dst) {
+		p.log.Info("outbound refused", "dst", dst.String(), "err", errSelfCall(dst).Error())
+		return
+	}
 	r, err := p.resolve(dst, src)
 	if err != nil {
 		p.log.Info("outbound refused", "dst", dst.String(), "err", err)

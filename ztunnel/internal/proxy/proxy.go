@@ -91,6 +91,7 @@ type Pod struct {
 	client *hbone.Client
 	server *hbone.Server
 	lns    []*drainListener
+	ports  []uint16       // the listeners' ports, for the self-call check (selfcall.go)
 	accept sync.WaitGroup // accept loops
 	wg     sync.WaitGroup // TCP connection handlers
 	lb     *balancer
@@ -137,32 +138,33 @@ func (n *Node) StartPod(w *configv1.Workload, nw Net, ports Ports) (*Pod, error)
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return n.Certs(hello.Context(), id)
 		},
-		Bundle:  n.Bundle,
-		Handler: hbone.HandlerFunc(p.serveHBONE),
+		Bundle:         n.Bundle,
+		CheckAuthority: p.checkAuthority,
+		Handler:        hbone.HandlerFunc(p.serveHBONE),
 	})
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	for _, l := range []struct {
-		addr  string
-		serve func(net.Listener)
-	}{
-		{ports.HBONE, func(ln net.Listener) { _ = p.server.Serve(ln) }},
-		{ports.Outbound, p.serveTCP(p.outbound)},
-		{ports.Inbound, p.serveTCP(p.inboundPlain)},
-	} {
-		inner, err := nw.Listen(l.addr)
+	// Every listener opens before any serves, so that the self-call check knows all the
+	// ports from the first connection on.
+	serve := []func(net.Listener){
+		func(ln net.Listener) { _ = p.server.Serve(ln) }, p.serveTCP(p.outbound), p.serveTCP(p.inboundPlain),
+	}
+	for _, addr := range []string{ports.HBONE, ports.Outbound, ports.Inbound} {
+		inner, err := nw.Listen(addr)
 		if err != nil {
 			p.Close()
 			return nil, fmt.Errorf("pod %s/%s: %w", w.GetNamespace(), w.GetName(), err)
 		}
-		ln := newDrainListener(inner)
-		p.lns = append(p.lns, ln)
+		p.lns = append(p.lns, newDrainListener(inner))
+		p.ports = append(p.ports, listenerPort(inner))
+	}
+	for i, ln := range p.lns {
 		p.accept.Add(1)
 		go func() {
 			defer p.accept.Done()
-			l.serve(ln)
+			serve[i](ln)
 		}()
 	}
 	return p, nil
