@@ -117,7 +117,7 @@ test: setup kube-apiserver ## everything CI checks: proto-check, generate-check,
 	@$(MAKE) compat
 	@$(MAKE) fuzz
 
-demo: setup build ## the mesh on the local lab in under two minutes: plaintext, enrol, mTLS with identity, L4 deny (root)
+demo: setup build ## the mesh on the local lab, step by step: plaintext, enrol, mTLS with identity, L4 deny and allow, waypoint, 90/10 canary, L7 deny (root; about 1 min warm, 6 cold)
 	@hack/demo.sh
 
 bench-hbone: ## HBONE micro-benchmarks: round trip and throughput of direct, raw mTLS and HBONE paths, with ratios
@@ -139,7 +139,7 @@ e2e-k8s: kube-apiserver ## end-to-end tests against a real kube-apiserver and et
 	go test -race -count=1 -timeout $(TESTTIMEOUT) "$${pkgs[@]}"
 
 bench-controller: ## controller push at scale: 10,000 pods, 1,000 services, 100 xDS clients on loopback; last line JSON
-	@mkdir -p bin; go build -o bin/bench-controller ./controller/cmd/bench-controller; \
+	@mkdir -p bin; go build -o bin/bench-controller ./controller/internal/xds/pushbench; \
 	bin/bench-controller -pods 10000 -services 1000 -clients 100 -changes 200
 
 clean: ## remove bin/ and .cache/

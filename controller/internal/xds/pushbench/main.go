@@ -1,6 +1,8 @@
 // Command bench-controller measures the controller's configuration push at scale: a mesh of
 // -pods workloads and -services Services pushed by the delta xDS server to -clients proxies
-// over TLS gRPC on loopback, each proxy holding the whole mesh as ztunnels do.
+// over TLS gRPC on loopback, each proxy holding the whole mesh as ztunnels do. It lives
+// beside the xDS server it measures because it drives the controller's internal packages
+// (xds, model, caserver); `make bench-controller` builds it into bin/bench-controller.
 //
 // The controller side (the xDS server and its Generator) runs in this process; the proxies run
 // in a child process (this binary with -role=clients), so the peak RSS reported is the
