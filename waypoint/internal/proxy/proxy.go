@@ -268,6 +268,13 @@ func (p *Proxy) Routes() map[string]*route.Table { return *p.routes.Load() }
 // Service VIP or a workload address bound to this waypoint.
 func (p *Proxy) CheckAuthority(_ context.Context, r *hbone.Request) error {
 	id := p.Identity().String()
+	// A waypoint's own pod (this one or another replica of the Gateway) is never a
+	// destination: the tunnel would come straight back in, once per hop.
+	if w, ok := p.cfg.State.Workload(r.Authority.Addr()); ok {
+		if wid, err := identity.WorkloadIdentity(w, p.cfg.TrustDomain); err == nil && wid.String() == id {
+			return fmt.Errorf("self call refused: %s is waypoint %s itself", r.Authority, id)
+		}
+	}
 	if svc, ok := p.cfg.State.Service(r.Authority.Addr()); ok {
 		if svc.GetWaypoint().GetIdentity() == id {
 			return nil

@@ -456,6 +456,26 @@ func TestAuthorityNotBoundRefused(t *testing.T) {
 	}
 }
 
+// The waypoint's own pod bound to itself (a namespace-wide use-waypoint label that also
+// covers the waypoint's pods) is refused as a destination, for every port.
+func TestSelfCallRefused(t *testing.T) {
+	e := newEnv(t)
+	self := &configv1.Workload{
+		Uid: "wp", Name: "waypoint-0", Namespace: "shop", ServiceAccount: "waypoint", TrustDomain: "cluster.local",
+		Addresses: [][]byte{e.wpAddr.Addr().AsSlice()}, TunnelProtocol: configv1.TunnelProtocol_HBONE, Waypoint: e.gateway(),
+	}
+	e.apply(configv1.WorkloadTypeURL, map[string]proto.Message{"c//Pod/shop/waypoint-0": self})
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	for _, port := range []uint16{e.wpAddr.Port(), 15008, 15021, 8080} {
+		authority := netip.AddrPortFrom(e.wpAddr.Addr(), port).String()
+		_, err := e.dial(ctx, sa("client"), authority)
+		if err == nil || !strings.Contains(err.Error(), "400") || !strings.Contains(err.Error(), "self call refused") {
+			t.Fatalf("dial to the waypoint's own %s: %v, want 400 naming the self call", authority, err)
+		}
+	}
+}
+
 // counter sums the samples of a metric whose labels include want.
 func counter(t *testing.T, e *env, name string, want map[string]string) float64 {
 	t.Helper()
