@@ -13,6 +13,11 @@ import (
 
 // Pair makes namespaces a (10.250.0.1/24) and b (10.250.0.2/24) joined by a veth pair and
 // returns their paths. It skips the test when not root.
+//
+// The namespaces are IPv4 only, as the lab's pods are: with IPv6 on, the kernel gives eth0 a
+// link-local address (and its local route) only once duplicate address detection ends, some
+// time after the link is up and later still on a busy machine, so a test's "before" snapshot
+// of addresses or routes could miss what its "after" snapshot has.
 func Pair(t testing.TB) (a, b string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -32,6 +37,12 @@ func Pair(t testing.TB) (a, b string) {
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", nsA).Run() })
 	ip("netns", "add", nsB)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", nsB).Run() })
+	// Before any link is made or up: "all" covers lo, "default" the veth ends made next.
+	for _, ns := range []string{nsA, nsB} {
+		for _, k := range []string{"net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"} {
+			ip("netns", "exec", ns, "sysctl", "-qw", k)
+		}
+	}
 	ip("-n", nsA, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", nsB)
 	ip("-n", nsA, "addr", "add", "10.250.0.1/24", "dev", "eth0")
 	ip("-n", nsB, "addr", "add", "10.250.0.2/24", "dev", "eth0")
