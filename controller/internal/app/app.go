@@ -216,69 +216,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	var g group
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-
-	var src interface{ Run(context.Context) error }
-	if cfg.ConfigDir != "" {
-		log.Info("folder mode", "dir", cfg.ConfigDir)
-		f, err := source.NewFolder(cfg.ConfigDir, store, log.With("component", "folder"), 0)
-		if err != nil {
-			return err
-		}
-		src = f
-	} else {
-		deps.Kube = clients.Kube
-		src = source.NewKube(clients, store, log.With("component", "kube"), 0)
-		wr, err := waypointdeploy.New(waypointdeploy.Options{
-			Settings: waypointdeploy.Settings{Template: wpTemplate, Image: cfg.WaypointImage, Controller: cfg.WaypointController,
-				TrustDomain: cfg.TrustDomain, RootCert: ca.RootPEM()},
-			Dynamic: clients.Dynamic, Gateway: clients.Gateway, Logger: log.With("component", "waypoints"),
-		})
-		if err != nil {
-			return err
-		}
-		// The leader is the one writer of the waypoints' objects and the Gateways' status.
-		cfg.LeaderTasks = append(slices.Clip(cfg.LeaderTasks), wr.Run)
-		if cfg.LeaderElect {
-			le, err := newElector(cfg, clients.Kube, log.With("component", "leader"), m, cfg.LeaderTasks)
-			if err != nil {
-				return err
-			}
-			g.Go(ctx, cancel, "leader election", le.Run)
-			cfg.LeaderTasks = nil
-		}
+	src, err := startSource(ctx, cancel, &g, cfg, clients, wpTemplate, ca, &deps, m)
+	if err != nil {
+		return err
 	}
-	if !cfg.LeaderElect || cfg.ConfigDir != "" {
-		m.leader.Set(1)
-	}
-	if len(cfg.LeaderTasks) > 0 {
-		for _, t := range cfg.LeaderTasks {
-			g.Go(ctx, cancel, "leader task", t)
-		}
-	}
-
-	var push PushServer
-	if cfg.NewPushServer != nil {
-		if push, err = cfg.NewPushServer(deps); err != nil {
-			return fmt.Errorf("push server: %w", err)
-		}
-		g.Go(ctx, cancel, "push server", push.Run)
-	}
-	if cfg.NewCAService != nil {
-		cs, err := cfg.NewCAService(deps)
-		if err != nil {
-			return fmt.Errorf("ca service: %w", err)
-		}
-		g.Go(ctx, cancel, "ca service", cs.Run)
-	}
-	if cfg.MetricsAddr != "-" {
-		ln := cfg.metricsLn
-		if ln == nil {
-			if ln, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
-				return fmt.Errorf("metrics listener: %w", err)
-			}
-		}
-		log.Info("serving metrics and health", "addr", ln.Addr().String())
-		g.Go(ctx, cancel, "metrics", func(ctx context.Context) error { return serveHTTP(ctx, ln, handler(reg, store, push)) })
+	push, err := startServices(ctx, cancel, &g, cfg, deps, handlerDeps{reg: reg, store: store})
+	if err != nil {
+		return err
 	}
 	updates := store.Subscribe()
 	if len(cfg.WaypointExec) > 0 {
@@ -305,6 +249,88 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	err = g.Wait()
 	log.Info("controller stopped")
 	return err
+}
+
+// startSource returns the configuration source (the folder, or Kubernetes with the
+// waypoint deployer) and starts the tasks that run only on the leader, under leader election
+// when it is on.
+func startSource(ctx context.Context, cancel context.CancelFunc, g *group, cfg Config, clients source.KubeClients,
+	wpTemplate *waypointdeploy.Template, ca *identity.CA, deps *Deps, m *metrics) (interface{ Run(context.Context) error }, error) {
+	log := deps.Log
+	var src interface{ Run(context.Context) error }
+	if cfg.ConfigDir != "" {
+		log.Info("folder mode", "dir", cfg.ConfigDir)
+		f, err := source.NewFolder(cfg.ConfigDir, deps.Store, log.With("component", "folder"), 0)
+		if err != nil {
+			return nil, err
+		}
+		src = f
+	} else {
+		deps.Kube = clients.Kube
+		src = source.NewKube(clients, deps.Store, log.With("component", "kube"), 0)
+		wr, err := waypointdeploy.New(waypointdeploy.Options{
+			Settings: waypointdeploy.Settings{Template: wpTemplate, Image: cfg.WaypointImage, Controller: cfg.WaypointController,
+				TrustDomain: cfg.TrustDomain, RootCert: ca.RootPEM()},
+			Dynamic: clients.Dynamic, Gateway: clients.Gateway, Logger: log.With("component", "waypoints"),
+		})
+		if err != nil {
+			return nil, err
+		}
+		// The leader is the one writer of the waypoints' objects and the Gateways' status.
+		cfg.LeaderTasks = append(slices.Clip(cfg.LeaderTasks), wr.Run)
+		if cfg.LeaderElect {
+			le, err := newElector(cfg, clients.Kube, log.With("component", "leader"), m, cfg.LeaderTasks)
+			if err != nil {
+				return nil, err
+			}
+			g.Go(ctx, cancel, "leader election", le.Run)
+			cfg.LeaderTasks = nil
+		}
+	}
+	if !cfg.LeaderElect || cfg.ConfigDir != "" {
+		m.leader.Set(1)
+	}
+	for _, t := range cfg.LeaderTasks {
+		g.Go(ctx, cancel, "leader task", t)
+	}
+	return src, nil
+}
+
+// handlerDeps is what the metrics and health endpoints read.
+type handlerDeps struct {
+	reg   *prometheus.Registry
+	store *source.Store
+}
+
+// startServices starts the push server and the CA service the config names, and the
+// metrics and health endpoints; it returns the push server, nil when there is none.
+func startServices(ctx context.Context, cancel context.CancelFunc, g *group, cfg Config, deps Deps, h handlerDeps) (PushServer, error) {
+	var push PushServer
+	var err error
+	if cfg.NewPushServer != nil {
+		if push, err = cfg.NewPushServer(deps); err != nil {
+			return nil, fmt.Errorf("push server: %w", err)
+		}
+		g.Go(ctx, cancel, "push server", push.Run)
+	}
+	if cfg.NewCAService != nil {
+		cs, err := cfg.NewCAService(deps)
+		if err != nil {
+			return nil, fmt.Errorf("ca service: %w", err)
+		}
+		g.Go(ctx, cancel, "ca service", cs.Run)
+	}
+	if cfg.MetricsAddr != "-" {
+		ln := cfg.metricsLn
+		if ln == nil {
+			if ln, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+				return nil, fmt.Errorf("metrics listener: %w", err)
+			}
+		}
+		deps.Log.Info("serving metrics and health", "addr", ln.Addr().String())
+		g.Go(ctx, cancel, "metrics", func(ctx context.Context) error { return serveHTTP(ctx, ln, handler(h.reg, h.store, push)) })
+	}
+	return push, nil
 }
 
 // DefaultWaypointImage is the image the waypoints run unless --waypoint-image says
