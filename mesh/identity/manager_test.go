@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -15,11 +16,12 @@ import (
 
 	"ambit.dev/mesh/identity"
 	"ambit.dev/mesh/identity/identitytest"
+	"ambit.dev/mesh/wait"
 	"ambit.dev/proto/dump"
 )
 
-// wait bounds every real-time wait in these tests; nothing should come near it.
-const wait = 10 * time.Second
+// maxWait bounds every real-time wait in these tests; nothing should come near it.
+const maxWait = 10 * time.Second
 
 var errSignerDown = errors.New("signer down")
 
@@ -97,7 +99,7 @@ func newHarness(t *testing.T, opts identity.ManagerOptions) *harness {
 			if err != nil {
 				t.Errorf("Run = %v, want nil", err)
 			}
-		case <-time.After(wait):
+		case <-time.After(maxWait):
 			t.Errorf("Run did not return after cancel")
 		}
 	})
@@ -106,7 +108,7 @@ func newHarness(t *testing.T, opts identity.ManagerOptions) *harness {
 
 func (h *harness) cert(id spiffeid.ID) *tls.Certificate {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	ctx, cancel := context.WithTimeout(context.Background(), maxWait)
 	defer cancel()
 	c, err := h.m.Certificate(ctx, id)
 	if err != nil {
@@ -123,7 +125,7 @@ func (h *harness) call(id spiffeid.ID) {
 		if got != id {
 			h.t.Fatalf("signer called for %s, want %s", got, id)
 		}
-	case <-time.After(wait):
+	case <-time.After(maxWait):
 		h.t.Fatalf("signer not called for %s", id)
 	}
 }
@@ -140,7 +142,7 @@ func (h *harness) noCall() {
 // timer waits until the manager has armed a timer matching match and returns its deadline.
 func (h *harness) timer(match func(time.Time) bool) time.Time {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	ctx, cancel := context.WithTimeout(context.Background(), maxWait)
 	defer cancel()
 	d, err := h.clock.WaitForTimer(ctx, match)
 	if err != nil {
@@ -158,17 +160,6 @@ func (h *harness) state(id spiffeid.ID) dump.CertInfo {
 	}
 	h.t.Fatalf("Identities has no %s", id)
 	return dump.CertInfo{}
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func renewAt(c *tls.Certificate) time.Time {
@@ -221,9 +212,11 @@ func TestManagerRenewsAtHalfLife(t *testing.T) {
 	h.clock.Set(at)
 	h.call(id)
 	var renewed *tls.Certificate
-	eventually(t, "renewed certificate", func() bool {
-		renewed = h.cert(id)
-		return renewed != old
+	wait.Until(t, maxWait, "renewed certificate", func() error {
+		if renewed = h.cert(id); renewed == old {
+			return errors.New("still the old certificate")
+		}
+		return nil
 	})
 	if renewed.Leaf.SerialNumber.Cmp(old.Leaf.SerialNumber) == 0 {
 		t.Fatal("renewal kept the serial")
@@ -274,7 +267,12 @@ func TestManagerBackoff(t *testing.T) {
 	h.clock.Set(h.timer(func(dl time.Time) bool { return dl.After(now) }))
 	h.call(id)
 	var renewed *tls.Certificate
-	eventually(t, "renewal after recovery", func() bool { renewed = h.cert(id); return renewed != old })
+	wait.Until(t, maxWait, "renewal after recovery", func() error {
+		if renewed = h.cert(id); renewed == old {
+			return errors.New("still the old certificate")
+		}
+		return nil
+	})
 	// Success resets the backoff: the next wake-up is the new half-life.
 	h.timer(renewAt(renewed).Equal)
 	if ci := h.state(id); ci.State != dump.StateValid || ci.LastError != "" {
@@ -310,7 +308,12 @@ func TestManagerNeverBlocksOnRenewal(t *testing.T) {
 		t.Fatalf("state = %s, want renewing", ci.State)
 	}
 	release()
-	eventually(t, "renewal after unblock", func() bool { return h.cert(id) != old })
+	wait.Until(t, maxWait, "renewal after unblock", func() error {
+		if h.cert(id) == old {
+			return errors.New("still the old certificate")
+		}
+		return nil
+	})
 }
 
 func TestManagerExpiry(t *testing.T) {
@@ -340,7 +343,7 @@ func TestManagerExpiry(t *testing.T) {
 		t.Fatalf("retry after %s, want about 2m", next.Sub(exp))
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	ctx, cancel := context.WithTimeout(context.Background(), maxWait)
 	defer cancel()
 	c, err := h.m.Certificate(ctx, id)
 	if c != nil || !errors.Is(err, identity.ErrCertificateExpired) || !errors.Is(err, errSignerDown) {
@@ -355,9 +358,12 @@ func TestManagerExpiry(t *testing.T) {
 	h.signer.setFail(nil)
 	h.clock.Advance(identity.DefaultMinBackoff)
 	h.call(id)
-	eventually(t, "certificate after expiry", func() bool {
+	wait.Until(t, maxWait, "certificate after expiry", func() error {
 		c, err := h.m.Certificate(ctx, id)
-		return err == nil && c != old
+		if err == nil && c == old {
+			return errors.New("still the old certificate")
+		}
+		return err
 	})
 }
 
@@ -365,7 +371,7 @@ func TestManagerFirstRequestFails(t *testing.T) {
 	h := newHarness(t, identity.ManagerOptions{})
 	id := mustID(t, "default", "web")
 	h.signer.setFail(errSignerDown)
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	ctx, cancel := context.WithTimeout(context.Background(), maxWait)
 	defer cancel()
 	if _, err := h.m.Certificate(ctx, id); !errors.Is(err, errSignerDown) {
 		t.Fatalf("Certificate = %v, want the signer's error", err)
@@ -395,7 +401,12 @@ func TestManagerPrefetch(t *testing.T) {
 	id := mustID(t, "default", "web")
 	h.m.Prefetch(id)
 	h.call(id)
-	eventually(t, "prefetched certificate", func() bool { return h.state(id).State == dump.StateValid })
+	wait.Until(t, maxWait, "prefetched certificate", func() error {
+		if st := h.state(id).State; st != dump.StateValid {
+			return fmt.Errorf("state %v", st)
+		}
+		return nil
+	})
 	c := h.cert(id)
 	h.noCall()
 	if got := c.Leaf.NotAfter.Sub(t0); got != time.Hour {
@@ -414,7 +425,12 @@ func TestManagerForget(t *testing.T) {
 	if n := len(h.m.Identities()); n != 0 {
 		t.Fatalf("Identities after Forget has %d entries", n)
 	}
-	eventually(t, "renewal timer dropped", func() bool { return len(h.clock.Timers()) == 0 })
+	wait.Until(t, maxWait, "renewal timer dropped", func() error {
+		if n := len(h.clock.Timers()); n != 0 {
+			return fmt.Errorf("%d timers", n)
+		}
+		return nil
+	})
 	h.clock.Set(c.Leaf.NotAfter)
 	h.m.Prefetch(other)
 	h.call(other)
@@ -439,7 +455,7 @@ func TestManagerForgetWhileWaiting(t *testing.T) {
 		if !errors.Is(err, identity.ErrForgotten) {
 			t.Fatalf("Certificate = %v, want ErrForgotten", err)
 		}
-	case <-time.After(wait):
+	case <-time.After(maxWait):
 		t.Fatal("Certificate still waiting after Forget")
 	}
 }
@@ -491,7 +507,7 @@ func TestManagerRunStops(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Run = %v", err)
 		}
-	case <-time.After(wait):
+	case <-time.After(maxWait):
 		t.Fatal("Run did not return after cancel")
 	}
 	if err := <-waiting; err == nil {
