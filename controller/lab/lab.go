@@ -18,6 +18,9 @@ type Options struct {
 	// its directory.
 	BinDir   string
 	Ambitctl string
+	// Invoked is how the user ran ambitctl (os.Args[0] as given, e.g. bin/ambitctl), for the
+	// commands Up's hints name: the bare name is often not on the PATH. Default "ambitctl".
+	Invoked string
 	// Prefix names the host objects (bridge <prefix>br, links <prefix>v<n>, namespaces
 	// <prefix>-<namespace>-<pod>); default "ambitlab". Tests use their own so that they
 	// never touch a developer's lab.
@@ -60,6 +63,9 @@ func (o *Options) complete() error {
 	}
 	if o.BinDir == "" {
 		o.BinDir = filepath.Dir(o.Ambitctl)
+	}
+	if o.Invoked == "" {
+		o.Invoked = "ambitctl"
 	}
 	if o.Out == nil {
 		o.Out = io.Discard

@@ -66,7 +66,7 @@ func Up(ctx context.Context, t *Topology, o Options) (*State, error) {
 	}
 	fail := func(err error) (*State, error) {
 		_ = st.save(o.Dir)
-		return nil, fmt.Errorf("%w (what was made is recorded in %s; `ambitctl lab down` removes it)", err, o.Dir)
+		return nil, fmt.Errorf("%w (what was made is recorded in %s; `%s lab down` removes it)", err, o.Dir, o.Invoked)
 	}
 
 	o.printf("network: bridge %s %s, %d pods", n.bridge(), t.Gateway(), len(t.Pods))
@@ -137,7 +137,7 @@ func Up(ctx context.Context, t *Topology, o Options) (*State, error) {
 	if err := st.save(o.Dir); err != nil {
 		return nil, err
 	}
-	o.printf("lab %s is up: `ambitctl lab status`, `ambitctl lab down`", t.Name)
+	o.printf("lab %s is up: `%s lab status`, `%s lab down`", t.Name, o.Invoked, o.Invoked)
 	return st, nil
 }
 

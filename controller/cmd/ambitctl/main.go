@@ -1,5 +1,6 @@
 // Command ambitctl is ambit's command line: it enrols namespaces, shows what every proxy
-// knows, and runs the local lab.
+// knows, and runs the local lab. The commands are in controller/internal/cli; this only
+// builds the root command and runs it.
 package main
 
 import (
@@ -18,8 +19,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	cli.AddCommands(root, cli.Options{})
-	addLabCommands(root)
+	cli.AddCommands(root, cli.Options{Invoked: os.Args[0]})
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "ambitctl:", err)
 		os.Exit(1)

@@ -1,7 +1,7 @@
-// Package cli holds ambitctl's mesh commands: `namespace enable|disable` (enrolment, in a
+// Package cli holds every ambitctl command: `namespace enable|disable` (enrolment, in a
 // cluster, a config folder or the local lab), `proxy-status` (what the controller knows of
-// each connected proxy) and `ztunnel-config` (what one ztunnel holds, from its /config_dump).
-// cmd/ambitctl adds them to its root command; the lab commands live beside it.
+// each connected proxy), `ztunnel-config` (what one ztunnel holds, from its /config_dump),
+// `waypoint` and `lab` (the local lab). cmd/ambitctl adds them to its root command.
 package cli
 
 import (
@@ -38,6 +38,9 @@ type Options struct {
 	HTTP *http.Client
 	// Now is the clock for ages in listings.
 	Now func() time.Time
+	// Invoked is how the user ran ambitctl (os.Args[0] as given, e.g. bin/ambitctl), for the
+	// commands that hints name: the bare name is often not on the PATH. Default "ambitctl".
+	Invoked string
 }
 
 func (o Options) withDefaults() Options {
@@ -53,13 +56,16 @@ func (o Options) withDefaults() Options {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Invoked == "" {
+		o.Invoked = "ambitctl"
+	}
 	return o
 }
 
-// AddCommands adds the mesh commands to root.
+// AddCommands adds every ambitctl command to root.
 func AddCommands(root *cobra.Command, o Options) {
 	o = o.withDefaults()
-	root.AddCommand(namespaceCommand(o), proxyStatusCommand(o), ztunnelConfigCommand(o), waypointCommand(o))
+	root.AddCommand(namespaceCommand(o), proxyStatusCommand(o), ztunnelConfigCommand(o), waypointCommand(o), labCommand(o))
 }
 
 // labFlags are the flags every command has for finding a running lab.

@@ -70,7 +70,7 @@ metrics port (15014). In the local lab the lab's controller is used unless
 					return fmt.Errorf("lab %q records no controller debug address in %s/state.json", st.Name, labF.dir)
 				}
 				addr = st.DebugAddr
-				hint = fmt.Sprintf("is the lab %q still up? see `ambitctl lab status`", st.Name)
+				hint = fmt.Sprintf("is the lab %q still up? see `%s lab status`", st.Name, o.Invoked)
 			}
 			proxies, err := fetchProxies(cmd.Context(), o, addr, hint)
 			if err != nil {

@@ -283,7 +283,7 @@ func listWaypoints(ctx context.Context, o Options, f *waypointFlags, status bool
 			rows = append(rows, r)
 		}
 		if status {
-			proxies, err := fetchProxies(ctx, o, st.DebugAddr, "is the lab up? see `ambitctl lab status`")
+			proxies, err := fetchProxies(ctx, o, st.DebugAddr, "is the lab up? see `"+o.Invoked+" lab status`")
 			if err != nil {
 				return nil, err
 			}

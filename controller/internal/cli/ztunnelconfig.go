@@ -139,7 +139,7 @@ and the address is looked up in the lab's state (--lab-dir).`,
 					if err != nil {
 						return err
 					}
-					addr, hint = a, fmt.Sprintf("is the ztunnel of lab node %q running? see `ambitctl lab status`", node)
+					addr, hint = a, fmt.Sprintf("is the ztunnel of lab node %q running? see `%s lab status`", node, o.Invoked)
 				}
 				d, err := fetchConfigDump(cmd.Context(), o, addr, hint)
 				if err != nil {
