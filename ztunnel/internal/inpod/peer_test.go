@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/wait"
 	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/proto/nodeapi"
 	"ambit.dev/ztunnel/internal/capture"
@@ -71,13 +72,12 @@ func (n *node) callTo(addr string) (string, error) {
 // waitNoPeers waits until the node holds no peer record: every connection is gone.
 func waitNoPeers(t *testing.T, n *node) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for n.m.node.Peers() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d peer records left after every connection closed", n.m.node.Peers())
+	wait.Until(t, 5*time.Second, "no peer records after every connection closed", func() error {
+		if left := n.m.node.Peers(); left != 0 {
+			return fmt.Errorf("%d left", left)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestPeerLookup(t *testing.T) {

@@ -2,6 +2,8 @@ package localconfig
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"ambit.dev/mesh/state"
+	"ambit.dev/mesh/wait"
 	configv1 "ambit.dev/proto/config/v1"
 	"go.uber.org/goleak"
 )
@@ -159,22 +162,22 @@ func TestSourceFollowsFile(t *testing.T) {
 	go func() { done <- s.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 	has := func(ip string) bool { _, ok := st.Workload(netip.MustParseAddr(ip)); return ok }
-	wait := func(what string, cond func() bool) {
+	// logged waits for exactly one message starting with prefix.
+	logged := func(prefix string) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
+		wait.Until(t, 5*time.Second, fmt.Sprintf("%q logged once", prefix), func() error {
+			if n := l.count(prefix); n != 1 {
+				return fmt.Errorf("logged %d times", n)
 			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	if !has("10.0.0.1") || !has("10.0.0.2") {
 		t.Fatal("initial config not applied")
 	}
 
 	write("version: v1\nworkloads:\n- {name: a, namespace: n, addresses: [10.0.0.1]}\n- {name: b, namespace: n, addresses: [10.0.0.2], tunnelProtocl: HBONE}\n")
-	wait("bad file reported", func() bool { return l.count("local config rejected") == 1 })
+	logged("local config rejected")
 	time.Sleep(100 * time.Millisecond) // several more polls of the same bad file
 	if n := l.count("local config rejected"); n != 1 {
 		t.Fatalf("bad file reported %d times, want once", n)
@@ -195,7 +198,12 @@ func TestSourceFollowsFile(t *testing.T) {
 	}
 
 	write("version: v1\nworkloads:\n- {name: a, namespace: n, addresses: [10.0.0.1]}\n")
-	wait("workload b removed", func() bool { return !has("10.0.0.2") })
+	wait.Until(t, 5*time.Second, "workload b removed", func() error {
+		if has("10.0.0.2") {
+			return errors.New("still there")
+		}
+		return nil
+	})
 	if !has("10.0.0.1") {
 		t.Fatal("workload a lost")
 	}
@@ -203,7 +211,7 @@ func TestSourceFollowsFile(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	wait("missing file reported", func() bool { return l.count("local config unreadable") == 1 })
+	logged("local config unreadable")
 	if !has("10.0.0.1") {
 		t.Fatal("config dropped with its file")
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/wait"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -71,10 +73,12 @@ func (l *lineLog) lines(prefix string) []string {
 // waitLine waits for exactly one line starting with prefix and containing want.
 func (l *lineLog) waitLine(t *testing.T, prefix string, want ...string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for len(l.lines(prefix)) == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.Until(t, 5*time.Second, fmt.Sprintf("a log line %q", prefix), func() error {
+		if len(l.lines(prefix)) == 0 {
+			return errors.New("none logged")
+		}
+		return nil
+	})
 	got := l.lines(prefix)
 	if len(got) != 1 {
 		t.Fatalf("logged %q %d times, want once: %q", prefix, len(got), got)
@@ -197,7 +201,12 @@ func TestIdleClientsCarried(t *testing.T) {
 		defer c.Close()
 		conns = append(conns, c)
 	}
-	waitCond(t, "the application accepted both connections", func() bool { return accepted.Load() == 2 })
+	wait.Until(t, 5*time.Second, "the application accepted both connections", func() error {
+		if n := accepted.Load(); n != 2 {
+			return fmt.Errorf("%d accepted", n)
+		}
+		return nil
+	})
 	time.Sleep(300 * time.Millisecond)
 	for i, c := range conns {
 		_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
@@ -206,19 +215,16 @@ func TestIdleClientsCarried(t *testing.T) {
 		}
 		c.Close()
 	}
-	waitCond(t, "the application's connections ended", func() bool { return ended.Load() == 2 })
-	waitCond(t, "the proxies released the connections", func() bool {
-		return m.client.openConns() == 0 && m.server.openConns() == 0
-	})
-}
-
-func waitCond(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	wait.Until(t, 5*time.Second, "the application's connections ended", func() error {
+		if n := ended.Load(); n != 2 {
+			return fmt.Errorf("%d ended", n)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
+	wait.Until(t, 5*time.Second, "the proxies released the connections", func() error {
+		if c, s := m.client.openConns(), m.server.openConns(); c != 0 || s != 0 {
+			return fmt.Errorf("%d open in the client's proxy, %d in the server's", c, s)
+		}
+		return nil
+	})
 }

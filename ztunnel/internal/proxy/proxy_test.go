@@ -15,6 +15,7 @@ import (
 
 	"ambit.dev/mesh/identity"
 	"ambit.dev/mesh/state"
+	"ambit.dev/mesh/wait"
 	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/ztunnel/internal/netnstest"
 	"github.com/prometheus/client_golang/prometheus"
@@ -329,13 +330,12 @@ func TestPeerRecordLivesWithConnection(t *testing.T) {
 			t.Fatalf("app saw peer %q, %v", got, err)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for m.node.Peers() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d peer records left after the connections closed", m.node.Peers())
+	wait.Until(t, 5*time.Second, "no peer records after the connections closed", func() error {
+		if n := m.node.Peers(); n != 0 {
+			return fmt.Errorf("%d left", n)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // countHandler counts the log records at warn level and above.
