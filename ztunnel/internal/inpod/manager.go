@@ -6,7 +6,9 @@
 //
 // A new ztunnel takes the pods over from a running one without dropping a connection
 // (TakeOver on the new side, Handover and Drain on the old; package nodeapi describes the
-// protocol).
+// protocol). Manager.Run brings the pods back at start and keeps them reconciled; a Handover
+// is one ztunnel's part in that exchange around the node API socket: taking over from a
+// predecessor, serving the socket, waiting for a successor at shutdown, draining.
 package inpod
 
 import (
@@ -46,6 +48,13 @@ const ruleCheckSpacing = 5 * time.Second
 
 // Manager owns the registered pods.
 type Manager struct {
+	// Synced reports whether the first complete config is in; Run restores no pod before.
+	// Nil: at once. Set before Run.
+	Synced func() bool
+	// CaptureCheck is how often Run checks every captured pod's rules (CheckCapture); never
+	// when zero or negative. Set before Run.
+	CaptureCheck time.Duration
+
 	node    *proxy.Node
 	state   *state.State
 	capture Capturer
@@ -69,6 +78,9 @@ type Manager struct {
 	// socket path was taken over: peer lookups of the connections it still carries.
 	predMu sync.Mutex
 	pred   *nodeapi.Client
+
+	// handover, when set (NewHandover), takes the pods over from a predecessor in Run.
+	handover *Handover
 }
 
 // ErrHandedOver is returned by Add and Remove once the pods belong to a successor.
