@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -26,6 +27,11 @@ type ClientConfig struct {
 	// DialContext opens the TCP connection to an HBONE endpoint. ztunnel supplies one that
 	// dials from inside the source pod's network namespace with its socket mark.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// ListenPacket opens the UDP socket of one HTTP/3 connection (addr is "": any local
+	// address). ztunnel supplies one that opens it inside the source pod's network namespace
+	// with its socket mark. Nil means net.ListenUDP on all addresses. A *net.UDPConn lets
+	// QUIC use GSO, GRO and batched reads.
+	ListenPacket func(ctx context.Context, network, addr string) (net.PacketConn, error)
 }
 
 // Target says where a stream goes and under whose identity.
@@ -43,6 +49,10 @@ type Target struct {
 	Forwarded netip.AddrPort
 	// Traceparent and Baggage carry W3C trace context across the tunnel.
 	Traceparent, Baggage string
+	// Protocol is what the destination speaks, from pushed config. ProtocolH3 tries
+	// HTTP/3 on UDP Address first; when no QUIC handshake completes within
+	// H3HandshakeTimeout, the client uses HTTP/2 to Address for H3FallbackPeriod.
+	Protocol Protocol
 }
 
 // poolKey is the pool's key: connections are never shared across source identities.
@@ -64,9 +74,11 @@ func keyOf(t Target) poolKey {
 type Client struct {
 	cfg ClientConfig
 
-	mu     sync.Mutex
-	pools  map[poolKey]*pool
-	closed bool
+	mu      sync.Mutex
+	pools   map[poolKey]*pool
+	h3pools map[poolKey]*h3pool
+	h3down  map[netip.AddrPort]time.Time // HTTP/3 failed here: HTTP/2 until then
+	closed  bool
 }
 
 // pool holds the connections of one key, and the dials in flight for it so that a burst
@@ -100,7 +112,12 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		d := &net.Dialer{}
 		cfg.DialContext = d.DialContext
 	}
-	return &Client{cfg: cfg, pools: make(map[poolKey]*pool)}, nil
+	if cfg.ListenPacket == nil {
+		cfg.ListenPacket = func(_ context.Context, network, _ string) (net.PacketConn, error) {
+			return net.ListenUDP(network, nil)
+		}
+	}
+	return &Client{cfg: cfg, pools: make(map[poolKey]*pool), h3pools: make(map[poolKey]*h3pool)}, nil
 }
 
 // Dial opens a stream to t.Authority through the HBONE endpoint t.Address. It returns
@@ -114,6 +131,12 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Stream, error) {
 	}
 	if t.Source.IsZero() {
 		return nil, &Error{Kind: KindIdentity, Reason: "target names no source identity"}
+	}
+	if t.Protocol == ProtocolH3 && c.h3Usable(t.Address) {
+		st, err := c.dialH3(ctx, t)
+		if _, ok := errors.AsType[*h3UnavailableError](err); !ok {
+			return st, err
+		}
 	}
 	cn, err := c.acquire(ctx, t)
 	if err != nil {
@@ -284,6 +307,9 @@ func (c *Client) Conns() int {
 	for _, p := range c.pools {
 		n += len(p.conns)
 	}
+	for _, p := range c.h3pools {
+		n += len(p.conns)
+	}
 	return n
 }
 
@@ -295,9 +321,14 @@ func (c *Client) Close() error {
 	for _, p := range c.pools {
 		all = append(all, p.conns...)
 	}
+	var all3 []*h3conn
+	for _, p := range c.h3pools {
+		all3 = append(all3, p.conns...)
+	}
 	c.mu.Unlock()
 	for _, cn := range all {
 		cn.closeWithError(errConnClosed)
 	}
+	c.closeH3(all3)
 	return nil
 }

@@ -22,6 +22,16 @@ const (
 	// ResetWindow before the connection is closed (HTTP/2 rapid reset, CVE-2023-44487).
 	DefaultMaxResets   = 1000
 	DefaultResetWindow = 10 * time.Second
+	// DefaultH3HandshakeTimeout is how long a client waits for a QUIC handshake to a peer
+	// that should speak HTTP/3 before it uses HTTP/2 instead; DefaultH3FallbackPeriod is how
+	// long it then keeps using HTTP/2 for that address before trying QUIC again.
+	DefaultH3HandshakeTimeout = time.Second
+	DefaultH3FallbackPeriod   = 5 * time.Minute
+	// DefaultMaxUnverifiedHandshakes bounds the QUIC handshakes a server runs at once for
+	// clients whose address it has not verified; beyond it, new clients are sent a Retry
+	// first (RFC 9000 §8.1.2), which costs a spoofed source everything and a real client one
+	// round trip.
+	DefaultMaxUnverifiedHandshakes = 32
 
 	// Port is the HBONE port on every pod and waypoint.
 	Port = 15008
@@ -53,7 +63,14 @@ type ConnConfig struct {
 	// MaxResets and ResetWindow bound stream resets from the peer (rapid reset).
 	MaxResets   int
 	ResetWindow time.Duration
-	Logger      *slog.Logger
+	// H3HandshakeTimeout and H3FallbackPeriod govern the client's fallback from HTTP/3 to
+	// HTTP/2 (see DefaultH3HandshakeTimeout).
+	H3HandshakeTimeout time.Duration
+	H3FallbackPeriod   time.Duration
+	// MaxUnverifiedHandshakes bounds a server's QUIC handshakes from unverified addresses
+	// before it demands Retry (see DefaultMaxUnverifiedHandshakes).
+	MaxUnverifiedHandshakes int
+	Logger                  *slog.Logger
 }
 
 // withDefaults validates c and returns a copy with every zero field filled in.
@@ -96,6 +113,15 @@ func (c ConnConfig) withDefaults(maxStreams uint32) (ConnConfig, error) {
 	}
 	if c.ResetWindow == 0 {
 		c.ResetWindow = DefaultResetWindow
+	}
+	if c.H3HandshakeTimeout == 0 {
+		c.H3HandshakeTimeout = DefaultH3HandshakeTimeout
+	}
+	if c.H3FallbackPeriod == 0 {
+		c.H3FallbackPeriod = DefaultH3FallbackPeriod
+	}
+	if c.MaxUnverifiedHandshakes == 0 {
+		c.MaxUnverifiedHandshakes = DefaultMaxUnverifiedHandshakes
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

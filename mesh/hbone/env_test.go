@@ -84,6 +84,7 @@ type env struct {
 	echo     netip.AddrPort // the destination behind it
 	client   *Client
 	handler  Handler
+	proto    Protocol // what target() asks for; ProtocolH3 also serves HTTP/3 on UDP
 }
 
 type envOption func(*env, *ServerConfig, *ClientConfig)
@@ -125,6 +126,13 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	go srv.Serve(ln)
 	e.server = srv
 	e.addr = ln.Addr().(*net.TCPAddr).AddrPort()
+	if e.proto == ProtocolH3 {
+		pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(e.addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		go srv.ServeH3(pc)
+	}
 	cl, err := NewClient(ccfg)
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +146,21 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 }
 
 func (e *env) target() Target {
-	return Target{Source: e.clientID, Address: e.addr, Identities: []spiffeid.ID{e.serverID}, Authority: e.echo}
+	return Target{Source: e.clientID, Address: e.addr, Identities: []spiffeid.ID{e.serverID}, Authority: e.echo, Protocol: e.proto}
+}
+
+// withProto makes the env speak p: for ProtocolH3 the server also serves HTTP/3 on the UDP
+// port of the same number and targets ask for HTTP/3.
+func withProto(p Protocol) envOption {
+	return func(e *env, _ *ServerConfig, _ *ClientConfig) { e.proto = p }
+}
+
+// eachProtocol runs f once over HTTP/2 and once over HTTP/3: the two transports share one
+// API and one contract.
+func eachProtocol(t *testing.T, f func(t *testing.T, proto envOption)) {
+	for _, p := range []Protocol{ProtocolH2, ProtocolH3} {
+		t.Run(p.String(), func(t *testing.T) { f(t, withProto(p)) })
+	}
 }
 
 func dialTCP(ctx context.Context, dst netip.AddrPort) (HalfCloser, error) {

@@ -29,6 +29,8 @@ type Request struct {
 	Peer spiffeid.ID
 	// Local is the address the TLS connection arrived at; Remote the peer's address.
 	Local, Remote netip.AddrPort
+	// Protocol is the tunnel protocol the request arrived on.
+	Protocol Protocol
 
 	stream    *Stream
 	responded bool

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 )
 
@@ -50,6 +51,8 @@ type Server struct {
 	mu        sync.Mutex
 	conns     map[*conn]struct{}
 	listeners map[net.Listener]struct{}
+	h3conns   map[*h3conn]struct{}
+	h3lns     map[*quic.Listener]struct{}
 	closing   bool
 	wg        sync.WaitGroup
 }
@@ -80,6 +83,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cancel:    cancel,
 		conns:     make(map[*conn]struct{}),
 		listeners: make(map[net.Listener]struct{}),
+		h3conns:   make(map[*h3conn]struct{}),
+		h3lns:     make(map[*quic.Listener]struct{}),
 	}, nil
 }
 
@@ -156,7 +161,7 @@ func (s *Server) ServeConn(nc net.Conn) {
 	defer cancelConn()
 	local, remote := addrPortOf(nc.LocalAddr()), addrPortOf(nc.RemoteAddr())
 	c.newStream = func(st *Stream, r *Request) {
-		r.Peer, r.Local, r.Remote = peer, local, remote
+		r.Peer, r.Local, r.Remote, r.Protocol = peer, local, remote, ProtocolH2
 		s.serveStream(ctx, c, st, r)
 	}
 	done := make(chan struct{})
@@ -209,9 +214,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for ln := range s.listeners {
 		ln.Close()
 	}
+	for ln := range s.h3lns {
+		ln.Close()
+	}
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
+	}
+	h3conns := make([]*h3conn, 0, len(s.h3conns))
+	for c := range s.h3conns {
+		h3conns = append(h3conns, c)
 	}
 	s.mu.Unlock()
 	var wg sync.WaitGroup
@@ -221,6 +233,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			defer wg.Done()
 			c.shutdown(ctx.Done())
 		}()
+	}
+	for _, c := range h3conns {
+		wg.Go(func() { c.shutdown(ctx.Done()) })
 	}
 	wg.Wait()
 	s.cancel()

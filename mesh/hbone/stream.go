@@ -18,6 +18,9 @@ import (
 type Stream struct {
 	c  *conn
 	id uint32
+	// q, when set, carries the stream over HTTP/3 instead; every method hands over to it
+	// first, and the HTTP/2 fields below stay unused.
+	q *h3stream
 
 	// Receive side, under mu.
 	mu      sync.Mutex
@@ -69,19 +72,60 @@ func newStream(c *conn, id uint32) *Stream {
 
 // PeerIdentity is the SPIFFE identity the other end of the tunnel proved in its TLS
 // handshake.
-func (s *Stream) PeerIdentity() spiffeid.ID { return s.c.peer }
+func (s *Stream) PeerIdentity() spiffeid.ID {
+	if s.q != nil {
+		return s.q.c.peer
+	}
+	return s.c.peer
+}
 
-// LocalAddr and RemoteAddr are those of the underlying TLS connection.
-func (s *Stream) LocalAddr() net.Addr  { return s.c.nc.LocalAddr() }
-func (s *Stream) RemoteAddr() net.Addr { return s.c.nc.RemoteAddr() }
+// Protocol is the tunnel protocol the stream travels on.
+func (s *Stream) Protocol() Protocol {
+	if s.q != nil {
+		return ProtocolH3
+	}
+	return ProtocolH2
+}
+
+// LocalAddr and RemoteAddr are those of the underlying TLS (or QUIC) connection.
+func (s *Stream) LocalAddr() net.Addr {
+	if s.q != nil {
+		return s.q.c.qc.LocalAddr()
+	}
+	return s.c.nc.LocalAddr()
+}
+
+func (s *Stream) RemoteAddr() net.Addr {
+	if s.q != nil {
+		return s.q.c.qc.RemoteAddr()
+	}
+	return s.c.nc.RemoteAddr()
+}
 
 func (s *Stream) SetDeadline(t time.Time) error {
+	if s.q != nil {
+		return s.q.SetDeadline(t)
+	}
 	s.rdl.set(t)
 	s.wdl.set(t)
 	return nil
 }
-func (s *Stream) SetReadDeadline(t time.Time) error  { s.rdl.set(t); return nil }
-func (s *Stream) SetWriteDeadline(t time.Time) error { s.wdl.set(t); return nil }
+
+func (s *Stream) SetReadDeadline(t time.Time) error {
+	if s.q != nil {
+		return s.q.SetReadDeadline(t)
+	}
+	s.rdl.set(t)
+	return nil
+}
+
+func (s *Stream) SetWriteDeadline(t time.Time) error {
+	if s.q != nil {
+		return s.q.SetWriteDeadline(t)
+	}
+	s.wdl.set(t)
+	return nil
+}
 
 func (s *Stream) signalReadable() {
 	select {
@@ -149,6 +193,9 @@ func (s *Stream) deliver(p []byte, end bool) error {
 
 // Read reads tunnelled bytes; it returns io.EOF after the peer's END_STREAM.
 func (s *Stream) Read(p []byte) (int, error) {
+	if s.q != nil {
+		return s.q.Read(p)
+	}
 	for {
 		s.mu.Lock()
 		if s.rq.len() > 0 {
@@ -182,6 +229,9 @@ func (s *Stream) Read(p []byte) (int, error) {
 // is a socket, the read loop may write to it directly (see deliver); WriteTo writes
 // whatever got queued, with one vectored write for all queued pages.
 func (s *Stream) WriteTo(w io.Writer) (int64, error) {
+	if s.q != nil {
+		return s.q.WriteTo(w)
+	}
 	if sc, ok := w.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			s.mu.Lock()
@@ -242,6 +292,9 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 
 // Write sends p as DATA frames, blocking on flow control.
 func (s *Stream) Write(p []byte) (int, error) {
+	if s.q != nil {
+		return s.q.Write(p)
+	}
 	s.wlock.Lock()
 	defer s.wlock.Unlock()
 	bp := frameBufs.Get().(*[]byte)
@@ -267,6 +320,9 @@ func (s *Stream) Write(p []byte) (int, error) {
 // socket into the stream uses it. From a TCP socket it holds a frame buffer only while
 // there are bytes to send: an idle keep-alive connection costs no 64 KiB buffer.
 func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
+	if s.q != nil {
+		return s.q.ReadFrom(r)
+	}
 	s.wlock.Lock()
 	defer s.wlock.Unlock()
 	// read returns a frame buffer holding m bytes at [9:], or nil when nothing was read.
@@ -354,6 +410,9 @@ func (s *Stream) onPeerReset(code http2.ErrCode) (graceful bool) {
 
 // CloseWrite sends END_STREAM: the peer reads EOF, and this side can still read.
 func (s *Stream) CloseWrite() error {
+	if s.q != nil {
+		return s.q.CloseWrite()
+	}
 	s.wlock.Lock()
 	defer s.wlock.Unlock()
 	s.mu.Lock()
@@ -376,6 +435,9 @@ func (s *Stream) CloseWrite() error {
 // (RST_STREAM CANCEL), as closing a TCP socket with unread data sends RST; otherwise the
 // write side is ended gracefully.
 func (s *Stream) Close() error {
+	if s.q != nil {
+		return s.q.Close()
+	}
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		local, remote, failed := s.localEnded, s.remoteEnded, s.rErr != nil
@@ -446,6 +508,9 @@ func (s *Stream) onResponse(f *http2.MetaHeadersFrame) {
 
 // respond writes the server's CONNECT response. A non-200 status ends the stream.
 func (s *Stream) respond(status int, reason string) error {
+	if s.q != nil {
+		return s.q.respond(status, reason)
+	}
 	fields := []hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(status)}}
 	if reason != "" {
 		fields = append(fields, hpack.HeaderField{Name: "x-hbone-reason", Value: sanitizeReason(reason)})
