@@ -2,6 +2,7 @@ package source
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	configv1 "ambit.dev/proto/config/v1"
 
 	"ambit.dev/controller/internal/model"
+	"ambit.dev/mesh/wait"
 )
 
 func TestFolderLabConfig(t *testing.T) {
@@ -162,8 +164,13 @@ func TestFolderFollowsChanges(t *testing.T) {
 	workloads := func() []string {
 		return keys(s.Index().For(model.Proxy{Kind: model.KindZtunnel})[configv1.WorkloadTypeURL])
 	}
-	eventually(t, "initial pod", func() bool { return slices.Equal(workloads(), []string{"Kubernetes//Pod/demo/web"}) })
-	eventually(t, "synced", s.Synced)
+	wait.Until(t, 5*time.Second, "initial pod", func() error {
+		if got := workloads(); !slices.Equal(got, []string{"Kubernetes//Pod/demo/web"}) {
+			return fmt.Errorf("workloads %q", got)
+		}
+		return nil
+	})
+	wait.Until(t, 5*time.Second, "synced", synced(s))
 	<-sub
 
 	steps := []struct {
@@ -186,7 +193,12 @@ func TestFolderFollowsChanges(t *testing.T) {
 	}
 	for _, st := range steps {
 		st.do()
-		eventually(t, st.name, func() bool { return slices.Equal(workloads(), st.want) })
+		wait.Until(t, 5*time.Second, st.name, func() error {
+			if got := workloads(); !slices.Equal(got, st.want) {
+				return fmt.Errorf("workloads %q, want %q", got, st.want)
+			}
+			return nil
+		})
 	}
 }
 

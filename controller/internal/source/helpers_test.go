@@ -3,11 +3,11 @@ package source
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"ambit.dev/controller/internal/model"
 )
@@ -57,15 +57,13 @@ func runStore(t *testing.T, s *Store) {
 	})
 }
 
-// eventually polls cond for up to 5 s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+// synced is a wait.Until condition: the store has synced.
+func synced(s *Store) func() error {
+	return func() error {
+		if !s.Synced() {
+			return errors.New("not synced")
 		}
-		time.Sleep(5 * time.Millisecond)
+		return nil
 	}
 }
 

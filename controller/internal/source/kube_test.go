@@ -2,8 +2,10 @@ package source
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	configv1 "ambit.dev/proto/config/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -17,6 +19,7 @@ import (
 	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 
 	"ambit.dev/controller/internal/model"
+	"ambit.dev/mesh/wait"
 )
 
 func unstructuredPolicy(name string, spec map[string]any) *unstructured.Unstructured {
@@ -63,7 +66,7 @@ func TestKubeSource(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	eventually(t, "synced", s.Synced)
+	wait.Until(t, 5*time.Second, "synced", synced(s))
 
 	for2 := func(typ string) []string {
 		return keys(s.Index().For(model.Proxy{Kind: model.KindZtunnel, Node: "node-a"})[typ])
@@ -73,10 +76,12 @@ func TestKubeSource(t *testing.T) {
 			t.Logf("workloads %v waypoints %v authz %v\nlogs:\n%s", for2(configv1.WorkloadTypeURL), for2(configv1.WaypointTypeURL), for2(configv1.AuthorizationTypeURL), logs)
 		}
 	})
-	eventually(t, "initial objects", func() bool {
-		return slices.Equal(for2(configv1.WorkloadTypeURL), []string{"Kubernetes//Pod/demo/web"}) &&
-			slices.Equal(for2(configv1.WaypointTypeURL), []string{"demo/wp"}) &&
-			slices.Equal(for2(configv1.AuthorizationTypeURL), []string{"demo/good"})
+	wait.Until(t, 5*time.Second, "initial objects", func() error {
+		wl, wp, az := for2(configv1.WorkloadTypeURL), for2(configv1.WaypointTypeURL), for2(configv1.AuthorizationTypeURL)
+		if !slices.Equal(wl, []string{"Kubernetes//Pod/demo/web"}) || !slices.Equal(wp, []string{"demo/wp"}) || !slices.Equal(az, []string{"demo/good"}) {
+			return fmt.Errorf("workloads %q, waypoints %q, policies %q", wl, wp, az)
+		}
+		return nil
 	})
 	out := logs.String()
 	if !contains(out, "unknown-field", `unknown field \"spec.actoin\"`) {
@@ -103,7 +108,12 @@ func TestKubeSource(t *testing.T) {
 		if err := st.do(); err != nil {
 			t.Fatalf("%s: %v", st.name, err)
 		}
-		eventually(t, st.name, func() bool { return slices.Equal(for2(configv1.WorkloadTypeURL), st.want) })
+		wait.Until(t, 5*time.Second, st.name, func() error {
+			if got := for2(configv1.WorkloadTypeURL); !slices.Equal(got, st.want) {
+				return fmt.Errorf("workloads %q, want %q", got, st.want)
+			}
+			return nil
+		})
 	}
 	wl := s.Index().For(model.Proxy{Kind: model.KindZtunnel})[configv1.WorkloadTypeURL]["Kubernetes//Pod/demo/api"].Message.(*configv1.Workload)
 	if wl.TunnelProtocol != configv1.TunnelProtocol_HBONE {
@@ -112,5 +122,10 @@ func TestKubeSource(t *testing.T) {
 	if err := dyn.Resource(AuthorizationPolicyGVR).Namespace("demo").Delete(ctx, "good", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "policy deleted", func() bool { return len(for2(configv1.AuthorizationTypeURL)) == 0 })
+	wait.Until(t, 5*time.Second, "policy deleted", func() error {
+		if got := for2(configv1.AuthorizationTypeURL); len(got) != 0 {
+			return fmt.Errorf("policies %q", got)
+		}
+		return nil
+	})
 }

@@ -13,6 +13,7 @@ import (
 
 	secv1 "ambit.dev/controller/apis/security/v1alpha1"
 	"ambit.dev/controller/internal/model"
+	"ambit.dev/mesh/wait"
 )
 
 func labPod(name, ip string) *corev1.Pod {
@@ -79,7 +80,7 @@ func TestStoreSynced(t *testing.T) {
 		t.Fatal("synced before any source")
 	}
 	s.MarkSynced()
-	eventually(t, "synced", s.Synced)
+	wait.Until(t, 5*time.Second, "synced", synced(s))
 }
 
 func TestObjectName(t *testing.T) {
