@@ -15,6 +15,7 @@ import (
 
 	"ambit.dev/controller/internal/caserver"
 	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/wait"
 	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
 	"github.com/prometheus/client_golang/prometheus"
@@ -369,22 +370,6 @@ func (e *env) connectAs(info xdsclient.NodeInfo, rec *recorder) *proxy {
 	return p
 }
 
-// eventually polls cond until it holds or 5s pass.
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func (e *env) proxyStatus(id string) (ProxyStatus, error) {
 	for _, p := range e.srv.Proxies() {
 		if p.ID == id {
@@ -396,7 +381,7 @@ func (e *env) proxyStatus(id string) (ProxyStatus, error) {
 
 func (e *env) waitAcked(t *testing.T, id string) {
 	t.Helper()
-	eventually(t, "proxy "+id+" acked", func() error {
+	wait.Until(t, 5*time.Second, "proxy "+id+" acked", func() error {
 		p, err := e.proxyStatus(id)
 		if err != nil {
 			return err

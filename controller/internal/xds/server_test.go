@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/wait"
 	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -38,7 +39,7 @@ func syncedEnv(t *testing.T) (*env, *proxy) {
 	// Every subscribed type is announced, empty ones too, so the proxy can tell it is synced.
 	want := map[string]map[string]string{wl: {"w1": "1", "w2": "1"}, svc: {"s1": "1"},
 		configv1.AuthorizationTypeURL: {}, configv1.WaypointTypeURL: {}, configv1.RouteConfigTypeURL: {}}
-	eventually(t, "initial sync", func() error {
+	wait.Until(t, 5*time.Second, "initial sync", func() error {
 		if got := p.rec.snapshot(); !reflect.DeepEqual(got, want) {
 			return errors.New("proxy holds " + fmtState(got))
 		}
@@ -128,7 +129,7 @@ func TestManyProxiesShareDeltas(t *testing.T) {
 		ps = append(ps, e.connect(node, "p"+strconv.Itoa(i), newRecorder()))
 	}
 	for i, p := range ps {
-		eventually(t, "sync", func() error {
+		wait.Until(t, 5*time.Second, "sync", func() error {
 			if n := len(p.rec.snapshot()[wl]); n != 50 {
 				return errors.New("holds " + strconv.Itoa(n))
 			}
@@ -212,7 +213,7 @@ func TestNack(t *testing.T) {
 	if got := p.rec.next(t); got.upserts["w1"] != "bad" {
 		t.Fatalf("Apply = %+v", got)
 	}
-	eventually(t, "nack reported", func() error {
+	wait.Until(t, 5*time.Second, "nack reported", func() error {
 		st, err := e.proxyStatus("ztunnel-a")
 		if err != nil {
 			return err
