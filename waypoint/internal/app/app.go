@@ -11,22 +11,18 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"ambit.dev/mesh/hbone"
-	"ambit.dev/mesh/health"
 	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/proxyhost"
 	"ambit.dev/mesh/state"
 	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/proto/dump"
 	"ambit.dev/waypoint/internal/proxy"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -35,6 +31,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -107,8 +104,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer shutdownTracing()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := proxyhost.NewRegistry()
 	certs := identity.NewManager(identity.ManagerOptions{Signer: xdsclient.NewCAClient(cc), Logger: log.With("component", "certs")})
 	st := state.New()
 	px, err := proxy.New(proxy.Config{
@@ -120,37 +116,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	var (
-		mu      sync.Mutex
-		pending = map[string]bool{}
-		synced  bool
-	)
-	for _, t := range configv1.TypeURLs {
-		pending[t] = true
-	}
-	client, err := xdsclient.NewClient(cc, xdsclient.Config{
-		Node: xdsclient.NodeInfo{
-			ID: "waypoint~" + cfg.Namespace + "~" + cfg.Name + "~" + cfg.Node, Node: cfg.Node, Kind: xdsclient.KindWaypoint,
-			WaypointNamespace: cfg.Namespace, WaypointName: cfg.Name,
-		},
-		TypeURLs: configv1.TypeURLs,
-		Logger:   log.With("component", "xds"),
-		Handler: xdsclient.HandlerFunc(func(typeURL string, upserts map[string]xdsclient.Resource, removals []string) error {
-			msgs := make(map[string]proto.Message, len(upserts))
-			for k, r := range upserts {
-				msgs[k] = r.Message
-			}
-			if err := px.Apply(typeURL, msgs, removals); err != nil {
-				log.Warn("config rejected", "type", typeURL, "err", err)
-				return err
-			}
-			mu.Lock()
-			delete(pending, typeURL)
-			synced = len(pending) == 0
-			mu.Unlock()
-			return nil
-		}),
-	})
+	sync := proxyhost.NewSyncTracker(configv1.TypeURLs)
+	client, err := newXDSClient(cc, cfg, log, sync.Handler(func(typeURL string, upserts map[string]proto.Message, removals []string) error {
+		if err := px.Apply(typeURL, upserts, removals); err != nil {
+			log.Warn("config rejected", "type", typeURL, "err", err)
+			return err
+		}
+		return nil
+	}))
 	if err != nil {
 		return err
 	}
@@ -158,90 +131,40 @@ func Run(ctx context.Context, cfg Config) error {
 	// the first tunnel is served without waiting for the CA.
 	certs.Prefetch(px.Identity())
 	st.OnChange(func() { certs.Prefetch(px.Identity()) })
-	ready := func() error {
-		mu.Lock()
-		ok := synced
-		mu.Unlock()
-		if !ok {
-			return errors.New("config not received from the controller yet")
-		}
-		id := px.Identity()
-		for _, c := range certs.Identities() {
-			if c.ID == id && (c.State == dump.StateValid || c.State == dump.StateRenewing || c.State == dump.StateRetrying) {
-				return nil
-			}
-		}
-		return fmt.Errorf("no certificate for %s yet", id)
-	}
 
-	srv, err := hbone.NewServer(hbone.ServerConfig{
-		ConnConfig: hbone.ConnConfig{Logger: log.With("component", "hbone")},
-		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return certs.Certificate(hello.Context(), px.Identity())
-		},
-		Bundle:         bundle,
-		CheckAuthority: px.CheckAuthority,
-		Handler:        px,
-	})
+	srv, err := newHBONEServer(px, certs, bundle, log)
 	if err != nil {
 		return err
 	}
 	// Every listener opens before anything runs, so that an address in use fails the start.
-	var lns []net.Listener
-	closeAll := func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}
 	hln, err := net.Listen("tcp", cfg.HBONEAddr)
 	if err != nil {
 		return fmt.Errorf("hbone listener: %w", err)
 	}
-	lns = append(lns, hln)
-	var servers []*http.Server
-	var httpLns []net.Listener
-	for _, s := range []struct {
-		name, addr string
-		h          http.Handler
-	}{
-		{"admin", cfg.AdminAddr, adminHandler(st, px, certs)},
-		{"metrics", cfg.MetricsAddr, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})},
-		{"ready", cfg.ReadyAddr, health.ReadyHandler(ready)},
-	} {
-		if s.addr == "" {
-			continue
-		}
-		ln, err := net.Listen("tcp", s.addr)
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("%s listener: %w", s.name, err)
-		}
-		lns = append(lns, ln)
-		httpLns = append(httpLns, ln)
-		servers = append(servers, &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second})
+	endpoints, err := proxyhost.Endpoints{
+		AdminAddr: cfg.AdminAddr, MetricsAddr: cfg.MetricsAddr, ReadyAddr: cfg.ReadyAddr,
+		Dump:    func() any { return configDump(st, px, certs) },
+		Metrics: reg,
+		Ready:   proxyhost.AllReady(sync.Ready, proxyhost.CertServing(certs.Identities, px.Identity)),
+	}.Listen(ctx)
+	if err != nil {
+		hln.Close()
+		return err
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return certs.Run(gctx) })
 	g.Go(func() error { return client.Run(gctx) })
 	g.Go(func() error { return srv.Serve(hln) })
-	for i, s := range servers {
-		g.Go(func() error {
-			if err := s.Serve(httpLns[i]); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("http %s: %w", httpLns[i].Addr(), err)
-			}
-			return nil
-		})
-	}
+	// The endpoints outlive gctx: they serve while the tunnels drain, and close after.
+	g.Go(func() error { return endpoints.Run(context.WithoutCancel(gctx)) })
 	g.Go(func() error {
 		<-gctx.Done()
 		dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainPeriod)
 		_ = srv.Shutdown(dctx)
 		cancel()
 		_ = px.Close()
-		for _, s := range servers {
-			_ = s.Close()
-		}
+		endpoints.Close()
 		return nil
 	})
 	log.Info("waypoint started", "gateway", cfg.Namespace+"/"+cfg.Name, "identity", px.Identity().String(),
@@ -252,6 +175,33 @@ func Run(ctx context.Context, cfg Config) error {
 		err = nil
 	}
 	return err
+}
+
+// newHBONEServer terminates the tunnels to the waypoint under its identity's certificate.
+func newHBONEServer(px *proxy.Proxy, certs *identity.Manager, bundle *x509bundle.Bundle, log *slog.Logger) (*hbone.Server, error) {
+	return hbone.NewServer(hbone.ServerConfig{
+		ConnConfig: hbone.ConnConfig{Logger: log.With("component", "hbone")},
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return certs.Certificate(hello.Context(), px.Identity())
+		},
+		Bundle:         bundle,
+		CheckAuthority: px.CheckAuthority,
+		Handler:        px,
+	})
+}
+
+// newXDSClient subscribes to the waypoint's config: the controller sends the routes and
+// policies of the Gateway it names.
+func newXDSClient(cc grpc.ClientConnInterface, cfg Config, log *slog.Logger, h xdsclient.Handler) (*xdsclient.Client, error) {
+	return xdsclient.NewClient(cc, xdsclient.Config{
+		Node: xdsclient.NodeInfo{
+			ID: "waypoint~" + cfg.Namespace + "~" + cfg.Name + "~" + cfg.Node, Node: cfg.Node, Kind: xdsclient.KindWaypoint,
+			WaypointNamespace: cfg.Namespace, WaypointName: cfg.Name,
+		},
+		TypeURLs: configv1.TypeURLs,
+		Logger:   log.With("component", "xds"),
+		Handler:  h,
+	})
 }
 
 // tracerProvider returns the SDK with the configured exporter, or, without one, a no-op
@@ -285,22 +235,13 @@ func tracerProvider(ctx context.Context, cfg Config) (trace.TracerProvider, func
 	}, nil
 }
 
-func adminHandler(st *state.State, px *proxy.Proxy, certs *identity.Manager) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
-		routes := map[string]json.RawMessage{}
-		for k, t := range px.Routes() {
-			if b, err := json.Marshal(t); err == nil {
-				routes[k] = b
-			}
+// configDump is the waypoint's /config_dump.
+func configDump(st *state.State, px *proxy.Proxy, certs *identity.Manager) dump.Waypoint {
+	routes := map[string]json.RawMessage{}
+	for k, t := range px.Routes() {
+		if b, err := json.Marshal(t); err == nil {
+			routes[k] = b
 		}
-		d := dump.Waypoint{Identity: px.Identity().String(), Sections: st.Sections(), Certificates: certs.Identities(), Routes: routes}
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(d)
-	})
-	// Go's profiles, for the waypoint figures in docs/benchmarks.md.
-	health.RegisterPprof(mux)
-	return mux
+	}
+	return dump.Waypoint{Identity: px.Identity().String(), Sections: st.Sections(), Certificates: certs.Identities(), Routes: routes}
 }
