@@ -37,7 +37,7 @@ FUZZTIME ?= 20000x
 # Per-binary timeout of go test; the whole of `make test` must stay well under CI's 90 minutes.
 TESTTIMEOUT ?= 10m
 
-.PHONY: bench-hbone help setup build proto proto-check lint unit compat fuzz test demo bench bench-quick e2e-k8s bench-controller clean
+.PHONY: kube-apiserver kube-node bench-hbone help setup build proto proto-check lint unit compat fuzz test demo bench bench-quick e2e-k8s bench-controller clean
 
 help: ## list the targets
 	@echo "usage: make <target>"
@@ -93,7 +93,14 @@ generate-check: ## regenerate and fail if controller/apis, deploy/crds or the bu
 	echo "generate-check: generated code and CRDs are up to date"
 
 kube-apiserver: ## build kube-apiserver from the k8s.io/kubernetes module into .cache/bin, once (for the e2e tests)
-	@hack/kube-apiserver.sh
+	@hack/kube-build.sh kube-apiserver
+
+# The node's Kubernetes commands, from the same pinned module (tools/kube/go.mod), for the tests
+# on a real kubelet.
+KUBE_NODE := kubelet kube-controller-manager kube-scheduler kubectl kube-proxy
+
+kube-node: kube-apiserver ## build the node's Kubernetes commands (kubelet, controller-manager, scheduler, kubectl, kube-proxy) into .cache/bin, once
+	@hack/kube-build.sh $(KUBE_NODE)
 
 lint: ## gofmt, go vet and staticcheck over every module
 	@hack/lint.sh
