@@ -100,11 +100,21 @@ func (u *upstreams) dial(ctx context.Context, addr, forwarded netip.AddrPort, tr
 		Forwarded:   forwarded,
 		Traceparent: traceparent,
 		Baggage:     baggage,
+		Protocol:    tunnelProtocol(w),
 	})
 	if err != nil {
 		return nil, &dialError{err: err}
 	}
 	return s, nil
+}
+
+// tunnelProtocol is how the pod's ztunnel is reached: HTTP/3 when the controller marked
+// it HBONE_H3 (the client falls back to HTTP/2 by itself), else HTTP/2.
+func tunnelProtocol(w *configv1.Workload) hbone.Protocol {
+	if w.GetTunnelProtocol() == configv1.TunnelProtocol_HBONE_H3 {
+		return hbone.ProtocolH3
+	}
+	return hbone.ProtocolH2
 }
 
 // workloadIdentities are the identities a pod may prove: its own.

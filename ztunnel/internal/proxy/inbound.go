@@ -52,7 +52,7 @@ func (p *Pod) serveHBONE(ctx context.Context, r *hbone.Request) {
 		Source:    src.Addr(),
 		Port:      uint32(r.Authority.Port()),
 	})
-	conn := p.node.Metrics.open(reporterDestination, nil, w, r.Peer.String(), p.id.String(), true)
+	conn := p.node.Metrics.open(reporterDestination, nil, w, r.Peer.String(), p.id.String(), true, r.Protocol.String())
 	if !d.Allow {
 		conn.deny()
 		p.log.Info("inbound denied", "peer", r.Peer.String(), "src", src.String(), "dst", r.Authority.String(), "policy", d.Policy, "reason", d.Reason)
@@ -75,7 +75,7 @@ func (p *Pod) serveHBONE(ctx context.Context, r *hbone.Request) {
 	}
 	toApp, fromApp, err := hbone.Splice(st, up)
 	conn.close(fromApp, toApp)
-	p.log.Info("inbound closed", "peer", r.Peer.String(), "src", src.String(), "dst", r.Authority.String(),
+	p.log.Info("inbound closed", "peer", r.Peer.String(), "src", src.String(), "dst", r.Authority.String(), "protocol", r.Protocol.String(),
 		"bytes_sent", fromApp, "bytes_received", toApp, "duration", time.Since(start).String(), "err", errString(err))
 }
 
@@ -99,7 +99,7 @@ func (p *Pod) inboundPlain(c *net.TCPConn) {
 		return
 	}
 	d := authz.Evaluate(p.node.State.Policies(w), authz.Request{Source: src.Addr(), Port: uint32(dst.Port())})
-	conn := p.node.Metrics.open(reporterDestination, nil, w, "", p.id.String(), false)
+	conn := p.node.Metrics.open(reporterDestination, nil, w, "", p.id.String(), false, tunnelNone)
 	if !d.Allow {
 		conn.deny()
 		p.log.Info("inbound plaintext denied", "src", src.String(), "dst", dst.String(), "reason", d.Reason)

@@ -16,6 +16,8 @@ var tcpLabels = []string{
 	"source_workload", "source_workload_namespace", "source_principal",
 	"destination_workload", "destination_workload_namespace", "destination_principal",
 	"connection_security_policy", "response_flags",
+	// tunnel_protocol is ambit's: HBONE (HTTP/2), HBONE_H3 (HTTP/3), or none for plain TCP.
+	"tunnel_protocol",
 }
 
 // Metrics are Istio's standard TCP metrics, so existing dashboards work.
@@ -52,7 +54,10 @@ func workloadLabels(w *configv1.Workload) (name, ns string) {
 	return name, w.GetNamespace()
 }
 
-func (m *Metrics) open(reporter string, src, dst *configv1.Workload, srcPrincipal, dstPrincipal string, mtls bool) connMetrics {
+// tunnelNone is the tunnel_protocol of a connection that is not tunnelled.
+const tunnelNone = "none"
+
+func (m *Metrics) open(reporter string, src, dst *configv1.Workload, srcPrincipal, dstPrincipal string, mtls bool, tunnel string) connMetrics {
 	if m == nil {
 		return connMetrics{}
 	}
@@ -71,7 +76,7 @@ func (m *Metrics) open(reporter string, src, dst *configv1.Workload, srcPrincipa
 	c := connMetrics{m: m, labels: prometheus.Labels{
 		"reporter": reporter, "source_workload": sw, "source_workload_namespace": sns, "source_principal": srcPrincipal,
 		"destination_workload": dw, "destination_workload_namespace": dns, "destination_principal": dstPrincipal,
-		"connection_security_policy": policy, "response_flags": "-",
+		"connection_security_policy": policy, "response_flags": "-", "tunnel_protocol": tunnel,
 	}}
 	m.opened.With(c.labels).Inc()
 	return c

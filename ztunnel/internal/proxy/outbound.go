@@ -35,6 +35,7 @@ func (p *Pod) resolve(dst netip.AddrPort, src netip.AddrPort) (route, error) {
 			Identities: ids,
 			Authority:  authority,
 			Forwarded:  src,
+			Protocol:   p.tunnelTo(addr),
 		}
 	}
 	viaWaypoint := func(gw *configv1.GatewayAddress, authority netip.AddrPort, w *configv1.Workload) (route, error) {
@@ -127,7 +128,14 @@ func (p *Pod) outbound(c *net.TCPConn) {
 		up, err = p.net.Dial(ctx, r.dst.String(), DialOptions{})
 	}
 	cancel()
-	conn := p.node.Metrics.open(reporterSource, p.w, r.dstWorkload, p.id.String(), peerID(r), r.hbone != nil)
+	tunnel := tunnelNone
+	if r.hbone != nil {
+		tunnel = r.hbone.Protocol.String()
+	}
+	if st, ok := up.(*hbone.Stream); ok && err == nil {
+		tunnel = st.Protocol().String()
+	}
+	conn := p.node.Metrics.open(reporterSource, p.w, r.dstWorkload, p.id.String(), peerID(r), r.hbone != nil, tunnel)
 	if err != nil {
 		conn.close(0, 0)
 		p.log.Info("outbound dial failed", "dst", dst.String(), "via", r.via, "err", err)
@@ -141,8 +149,21 @@ func (p *Pod) outbound(c *net.TCPConn) {
 	p.log.Debug("outbound open", "src", src.String(), "dst", dst.String(), "via", r.via)
 	sent, received, err := hbone.Splice(c, up)
 	conn.close(sent, received)
-	p.log.Info("outbound closed", "src", src.String(), "dst", dst.String(), "via", r.via,
+	p.log.Info("outbound closed", "src", src.String(), "dst", dst.String(), "via", r.via, "protocol", tunnel,
 		"bytes_sent", sent, "bytes_received", received, "duration", time.Since(start).String(), "err", errString(err))
+}
+
+// tunnelTo is the tunnel protocol the proxy at addr (a workload's ztunnel or a waypoint)
+// speaks, from pushed config: HTTP/3 only when the controller marked the workload
+// HBONE_H3 and this pod can open UDP sockets. The client falls back to HTTP/2 by itself.
+func (p *Pod) tunnelTo(addr netip.Addr) hbone.Protocol {
+	if p.net.ListenPacket == nil {
+		return hbone.ProtocolH2
+	}
+	if w, ok := p.node.State.Workload(addr); ok && w.GetTunnelProtocol() == configv1.TunnelProtocol_HBONE_H3 {
+		return hbone.ProtocolH3
+	}
+	return hbone.ProtocolH2
 }
 
 func peerID(r route) string {

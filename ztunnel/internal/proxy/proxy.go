@@ -59,6 +59,10 @@ type Net struct {
 	Dial   func(ctx context.Context, addr string, o DialOptions) (*net.TCPConn, error)
 	// OriginalDst recovers where a redirected connection was going.
 	OriginalDst func(*net.TCPConn) (netip.AddrPort, error)
+	// ListenPacket, when set, opens a UDP socket in the pod's namespace ("" for an
+	// ephemeral port): the pod then serves HBONE over HTTP/3 on UDP 15008 and dials HTTP/3
+	// to peers the controller marks HBONE_H3. Nil keeps the pod on HTTP/2.
+	ListenPacket func(addr string) (net.PacketConn, error)
 }
 
 // DialOptions shape the connection ztunnel opens to an application in its pod.
@@ -93,6 +97,7 @@ type Pod struct {
 	lns    []*drainListener
 	ports  []uint16       // the listeners' ports, for the self-call check (selfcall.go)
 	accept sync.WaitGroup // accept loops
+	h3     sync.WaitGroup // the HTTP/3 listener, which ends with the server's Shutdown
 	wg     sync.WaitGroup // TCP connection handlers
 	lb     *balancer
 	ctx    context.Context
@@ -128,6 +133,7 @@ func (n *Node) StartPod(w *configv1.Workload, nw Net, ports Ports) (*Pod, error)
 		Certificate: n.Certs,
 		Bundle:      n.Bundle,
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return nw.Dial(ctx, addr, DialOptions{}) },
+		ListenPacket: listenPacket(nw),
 	})
 	if err != nil {
 		cancel()
@@ -167,7 +173,29 @@ func (n *Node) StartPod(w *configv1.Workload, nw Net, ports Ports) (*Pod, error)
 			serve[i](ln)
 		}()
 	}
+	if nw.ListenPacket != nil {
+		// HTTP/3 on the UDP port of the same number as the HBONE listener's.
+		host, _, _ := net.SplitHostPort(ports.HBONE)
+		pc, err := nw.ListenPacket(net.JoinHostPort(host, fmt.Sprint(listenerPort(p.lns[0]))))
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("pod %s/%s: hbone udp: %w", w.GetNamespace(), w.GetName(), err)
+		}
+		p.h3.Add(1)
+		go func() {
+			defer p.h3.Done()
+			_ = p.server.ServeH3(pc)
+		}()
+	}
 	return p, nil
+}
+
+// listenPacket adapts Net.ListenPacket to the hbone client's hook.
+func listenPacket(nw Net) func(ctx context.Context, network, addr string) (net.PacketConn, error) {
+	if nw.ListenPacket == nil {
+		return nil
+	}
+	return func(_ context.Context, _, addr string) (net.PacketConn, error) { return nw.ListenPacket(addr) }
 }
 
 // Addrs returns the listeners' addresses: outbound, inbound, HBONE order as in Ports.
@@ -192,6 +220,7 @@ func (p *Pod) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	_ = p.server.Shutdown(ctx)
+	p.h3.Wait()
 	p.wg.Wait()
 	return nil
 }

@@ -37,6 +37,7 @@ type mesh struct {
 	client *Pod
 	server *Pod
 	dst    netip.AddrPort // original destination the client's connections are "redirected" from
+	h3     bool           // pods get UDP sockets and the server workload is marked HBONE_H3
 	mu     sync.Mutex
 }
 
@@ -59,6 +60,13 @@ func newMesh(t *testing.T) *mesh { t.Helper(); return newMeshWith(t, nil) }
 // newMeshWith lets tune change the node before the pods start.
 func newMeshWith(t *testing.T, tune func(*Node)) *mesh {
 	t.Helper()
+	return newMeshProto(t, tune, false)
+}
+
+// newMeshProto, with h3, gives the pods UDP sockets and has the controller mark the
+// server workload HBONE_H3.
+func newMeshProto(t *testing.T, tune func(*Node), h3 bool) *mesh {
+	t.Helper()
 	ca, err := identity.NewCA(identity.CAOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +77,7 @@ func newMeshWith(t *testing.T, tune func(*Node)) *mesh {
 	go func() { _ = mgr.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 
-	m := &mesh{t: t, state: state.New(), reg: prometheus.NewRegistry()}
+	m := &mesh{t: t, state: state.New(), reg: prometheus.NewRegistry(), h3: h3}
 	m.node = &Node{
 		State: m.state, Certs: mgr.Certificate, Bundle: ca.Bundle(),
 		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
@@ -80,6 +88,9 @@ func newMeshWith(t *testing.T, tune func(*Node)) *mesh {
 	}
 	cw, sw := workloadFor("client", clientIP, "client"), workloadFor("server", serverIP, "server")
 	cw.Services = nil
+	if h3 {
+		sw.TunnelProtocol = configv1.TunnelProtocol_HBONE_H3
+	}
 	m.apply(configv1.WorkloadTypeURL, map[string]proto.Message{"c//Pod/shop/client": cw, "c//Pod/shop/server": sw})
 	m.apply(configv1.ServiceTypeURL, map[string]proto.Message{"shop/web.shop.svc.cluster.local": &configv1.Service{
 		Name: "web", Namespace: "shop", Hostname: "web.shop.svc.cluster.local",
@@ -100,7 +111,18 @@ func (m *mesh) apply(typeURL string, res map[string]proto.Message, removals ...s
 
 // loopbackNet binds listeners and dials to the pod's own loopback address.
 func (m *mesh) loopbackNet(ip string) Net {
+	var listenPacket func(string) (net.PacketConn, error)
+	if m.h3 {
+		listenPacket = func(addr string) (net.PacketConn, error) {
+			port := "0"
+			if addr != "" {
+				_, port, _ = net.SplitHostPort(addr)
+			}
+			return net.ListenPacket("udp", net.JoinHostPort(ip, port))
+		}
+	}
 	return Net{
+		ListenPacket: listenPacket,
 		Listen: func(addr string) (net.Listener, error) {
 			_, port, _ := net.SplitHostPort(addr)
 			return net.Listen("tcp", net.JoinHostPort(ip, port))
@@ -178,11 +200,38 @@ func TestPodToPodOverHBONE(t *testing.T) {
 		t.Fatalf("call = %q, %v", got, err)
 	}
 	// Both ends counted the connection as mutual TLS with the right principals.
-	want := `istio_tcp_connections_opened_total{connection_security_policy="mutual_tls",destination_principal="spiffe://cluster.local/ns/shop/sa/server",destination_workload="server",destination_workload_namespace="shop",reporter="source",response_flags="-",source_principal="spiffe://cluster.local/ns/shop/sa/client",source_workload="client",source_workload_namespace="shop"} 1`
+	want := `istio_tcp_connections_opened_total{connection_security_policy="mutual_tls",destination_principal="spiffe://cluster.local/ns/shop/sa/server",destination_workload="server",destination_workload_namespace="shop",reporter="source",response_flags="-",source_principal="spiffe://cluster.local/ns/shop/sa/client",source_workload="client",source_workload_namespace="shop",tunnel_protocol="HBONE"} 1`
 	if err := testutil.GatherAndCompare(m.reg, strings.NewReader("# HELP istio_tcp_connections_opened_total TCP connections opened.\n# TYPE istio_tcp_connections_opened_total counter\n"+want+"\n"+
-		`istio_tcp_connections_opened_total{connection_security_policy="mutual_tls",destination_principal="spiffe://cluster.local/ns/shop/sa/server",destination_workload="server",destination_workload_namespace="shop",reporter="destination",response_flags="-",source_principal="spiffe://cluster.local/ns/shop/sa/client",source_workload="unknown",source_workload_namespace="unknown"} 1`+"\n"),
+		`istio_tcp_connections_opened_total{connection_security_policy="mutual_tls",destination_principal="spiffe://cluster.local/ns/shop/sa/server",destination_workload="server",destination_workload_namespace="shop",reporter="destination",response_flags="-",source_principal="spiffe://cluster.local/ns/shop/sa/client",source_workload="unknown",source_workload_namespace="unknown",tunnel_protocol="HBONE"} 1`+"\n"),
 		"istio_tcp_connections_opened_total"); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestPodToPodOverH3: a destination the controller marks HBONE_H3 is reached over HTTP/3,
+// with the same identities and policy, and both ends label the connection with it.
+func TestPodToPodOverH3(t *testing.T) {
+	m := newMeshProto(t, nil, true)
+	startApp(t)
+	got, err := m.call(serverIP + ":8080")
+	if err != nil || got != "from "+serverIP+": hello" {
+		t.Fatalf("call = %q, %v", got, err)
+	}
+	if m.client.client.FallbackH2(netip.MustParseAddrPort(serverIP + ":15008")) {
+		t.Fatal("client fell back to HTTP/2")
+	}
+	for _, reporter := range []string{"source", "destination"} {
+		n := testutil.ToFloat64(m.node.Metrics.opened.With(prometheus.Labels{
+			"reporter": reporter, "connection_security_policy": "mutual_tls", "tunnel_protocol": "HBONE_H3",
+			"destination_principal": "spiffe://cluster.local/ns/shop/sa/server", "destination_workload": "server",
+			"destination_workload_namespace": "shop", "response_flags": "-",
+			"source_principal": "spiffe://cluster.local/ns/shop/sa/client",
+			"source_workload": map[string]string{"source": "client", "destination": "unknown"}[reporter],
+			"source_workload_namespace": map[string]string{"source": "shop", "destination": "unknown"}[reporter],
+		}))
+		if n != 1 {
+			t.Errorf("%s: %v connections with tunnel_protocol=HBONE_H3, want 1", reporter, n)
+		}
 	}
 }
 
