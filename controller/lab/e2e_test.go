@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"ambit.dev/controller/internal/configdir"
+	"ambit.dev/mesh/wait"
 )
 
 // The end-to-end tests run one lab (testdata/lab.yaml) with the real binaries: controller,
@@ -137,13 +138,9 @@ func tcpEcho(from *PodState, addr string) error {
 	return nil
 }
 
-// eventually retries check for up to 15 s: config reaches the ztunnels within a second or two.
-func eventually(t *testing.T, what string, check func() error) {
-	t.Helper()
-	if err := waitFor(context.Background(), 15*time.Second, what, check); err != nil {
-		t.Fatal(err)
-	}
-}
+// settle bounds the wait for a change to take effect: config reaches the ztunnels within a
+// second or two.
+const settle = 15 * time.Second
 
 func refused(err error) error {
 	if err == nil {
@@ -173,7 +170,7 @@ func setEnrolled(t *testing.T, st *State, ns string, on bool) {
 func settled(t *testing.T, st *State) {
 	t.Helper()
 	client, server := pod(t, st, "demo", "client"), pod(t, st, "demo", "server")
-	eventually(t, "no policy left in the way", func() error {
+	wait.Until(t, settle, "no policy left in the way", func() error {
 		if _, err := get(client, "http://"+server.IP+":8080/"); err != nil {
 			return err
 		}
@@ -224,7 +221,7 @@ func TestLabEnrolmentLeavesPodAsBefore(t *testing.T) {
 	}
 	setEnrolled(t, st, "demo", false)
 	var after string
-	eventually(t, "pod namespace as before enrolment", func() error {
+	wait.Until(t, settle, "pod namespace as before enrolment", func() error {
 		if after = netState(t, server.NetNS); after != before {
 			return fmt.Errorf("differs:\n%s", lineDiff(before, after))
 		}
@@ -303,14 +300,14 @@ func TestLabStrictAndPermissive(t *testing.T) {
 		t.Fatalf("PERMISSIVE: outsider arrived as %+v, want plaintext", e)
 	}
 	apply(t, "../../examples/policies/strict.yaml")
-	eventually(t, "STRICT refuses plaintext", func() error { _, err := get(outsider, url); return refused(err) })
+	wait.Until(t, settle, "STRICT refuses plaintext", func() error { _, err := get(outsider, url); return refused(err) })
 	if _, err := get(client, url); err != nil {
 		t.Fatalf("STRICT: the client over HBONE: %v", err)
 	}
 	if err := Delete(e2eOpts.Dir, "../../examples/policies/strict.yaml"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "PERMISSIVE again", func() error { _, err := get(outsider, url); return err })
+	wait.Until(t, settle, "PERMISSIVE again", func() error { _, err := get(outsider, url); return err })
 }
 
 func TestLabAllowAndDeny(t *testing.T) {
@@ -320,7 +317,7 @@ func TestLabAllowAndDeny(t *testing.T) {
 	client, other, server := pod(t, st, "demo", "client"), pod(t, st, "demo", "other"), pod(t, st, "demo", "server")
 	url := "http://" + server.IP + ":8080/"
 	apply(t, "../../examples/policies/allow-client-http.yaml")
-	eventually(t, "ALLOW leaves out other", func() error { _, err := get(other, url); return refused(err) })
+	wait.Until(t, settle, "ALLOW leaves out other", func() error { _, err := get(other, url); return refused(err) })
 	if _, err := get(client, url); err != nil {
 		t.Fatalf("ALLOW: client on 8080: %v", err)
 	}
@@ -328,14 +325,14 @@ func TestLabAllowAndDeny(t *testing.T) {
 		t.Fatalf("ALLOW names port 8080 only: client on 9000: %v", err)
 	}
 	apply(t, "../../examples/policies/deny-client.yaml")
-	eventually(t, "DENY wins over ALLOW", func() error { _, err := get(client, url); return refused(err) })
+	wait.Until(t, settle, "DENY wins over ALLOW", func() error { _, err := get(client, url); return refused(err) })
 	if err := Delete(e2eOpts.Dir, "../../examples/policies/deny-client.yaml"); err != nil {
 		t.Fatal(err)
 	}
 	if err := Delete(e2eOpts.Dir, "../../examples/policies/allow-client-http.yaml"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "open again", func() error {
+	wait.Until(t, settle, "open again", func() error {
 		if _, err := get(other, url); err != nil {
 			return err
 		}
@@ -387,7 +384,7 @@ func TestLabControllerAway(t *testing.T) {
 	}
 	// The controller is back in charge: a new policy reaches the ztunnels.
 	apply(t, "../../examples/policies/deny-client.yaml")
-	eventually(t, "policy after the controller came back", func() error {
+	wait.Until(t, settle, "policy after the controller came back", func() error {
 		_, err := get(client, "http://"+server.IP+":8080/")
 		return refused(err)
 	})

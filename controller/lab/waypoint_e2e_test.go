@@ -25,6 +25,7 @@ import (
 	"ambit.dev/mesh/hbone"
 	"ambit.dev/mesh/identity"
 	"ambit.dev/mesh/identity/identitytest"
+	"ambit.dev/mesh/wait"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -60,7 +61,7 @@ func webWaypoint(t *testing.T) *State {
 	}
 	client := pod(t, st, "demo", "client")
 	// Bound: the web pods see the waypoint as their caller.
-	eventually(t, "traffic to web through the waypoint", func() error {
+	wait.Until(t, settle, "traffic to web through the waypoint", func() error {
 		e, err := get(client, "http://"+webVIP+"/")
 		if err != nil {
 			return err
@@ -148,10 +149,10 @@ func TestLabWaypointSplit(t *testing.T) {
 	apply(t, "testdata/policies/web-split.yaml")
 	// The waypoint holds the 90/10 rule before any request counts: a sample of calls alone
 	// cannot tell a 50/50 balance from the split often enough.
-	eventually(t, "the split in the waypoint's config", func() error {
+	wait.Until(t, settle, "the split in the waypoint's config", func() error {
 		return waypointHasWeights("demo/web", 90, 10)
 	})
-	eventually(t, "the split in force", func() error {
+	wait.Until(t, settle, "the split in force", func() error {
 		n := map[string]int{}
 		for i := 0; i < 20; i++ {
 			_, p, err := call(client, "GET", "http://"+webVIP+"/")
@@ -208,7 +209,7 @@ func TestLabWaypointRetriesAndTimeout(t *testing.T) {
 	apply(t, "testdata/policies/web-retry.yaml")
 	// web-v1 answers 503 to 30% of requests; with 3 retries the client sees ≥ 99.9% success.
 	flaky := "http://" + webVIP + "/flaky/30?pods=demo/web-v1"
-	eventually(t, "retries in force", func() error {
+	wait.Until(t, settle, "retries in force", func() error {
 		for i := 0; i < 30; i++ {
 			if code, _, err := call(client, "GET", flaky); err != nil || code != 200 {
 				return fmt.Errorf("status %d, %v", code, err)
@@ -241,7 +242,7 @@ func TestLabWaypointL7Authorization(t *testing.T) {
 	st := webWaypoint(t)
 	client, other := pod(t, st, "demo", "client"), pod(t, st, "demo", "other")
 	apply(t, "testdata/policies/web-l7-authz.yaml")
-	eventually(t, "L7 policy in force", func() error {
+	wait.Until(t, settle, "L7 policy in force", func() error {
 		if code, _, err := call(other, "POST", "http://"+webVIP+"/admin"); err != nil || code != http.StatusForbidden {
 			return fmt.Errorf("POST /admin from other: %d, %v; want 403", code, err)
 		}
@@ -344,12 +345,10 @@ func TestLabControllerRunsWaypoints(t *testing.T) {
 	}
 	applied := filepath.Join(st.ConfigDir, appliedName(file))
 	var wp *WaypointState
+	// The controller re-runs the lab every 10 s; a restart can take one period.
 	waitLong := func(what string, check func() error) {
 		t.Helper()
-		// The controller re-runs the lab every 10 s; a restart can take one period.
-		if err := waitFor(context.Background(), 40*time.Second, what, check); err != nil {
-			t.Fatal(err)
-		}
+		wait.Until(t, 40*time.Second, what, check)
 	}
 	waitLong("the controller to run demo/spare-wp", func() error {
 		var err error
