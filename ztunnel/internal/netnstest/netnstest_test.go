@@ -7,12 +7,16 @@ import (
 	"testing"
 )
 
-// TestPairIsIPv4Only: no IPv6 address or route exists, nor can appear later, in either
-// namespace, so before/after snapshots of a namespace do not race the kernel.
-func TestPairIsIPv4Only(t *testing.T) {
+// TestPairIsSettled: Pair returns namespaces whose addresses and routes no longer change on
+// their own, so before/after snapshots of a namespace do not race the kernel: the links are
+// up with their carrier, and no IPv6 address or route exists, nor can appear later.
+func TestPairIsSettled(t *testing.T) {
 	a, b := Pair(t)
 	for _, ns := range []string{a, b} {
 		name := filepath.Base(ns)
+		if err := carrier(name); err != nil {
+			t.Errorf("%s: eth0 without carrier when Pair returned: %v", name, err)
+		}
 		for _, k := range []string{"all", "default", "lo", "eth0"} {
 			out, err := exec.Command("ip", "netns", "exec", name, "sysctl", "-n", "net.ipv6.conf."+k+".disable_ipv6").CombinedOutput()
 			if err != nil || strings.TrimSpace(string(out)) != "1" {
