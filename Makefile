@@ -24,6 +24,8 @@ export PROTOC_VERSION := 3.21.12
 FUZZ :=
 FUZZ += ./mesh/identity:FuzzParseCSR:300000x
 FUZZ += ./mesh/hbone:FuzzConnectRequest:200000x
+FUZZ += ./mesh/hbone:FuzzH3Request:200000x
+FUZZ += ./mesh/hbone:FuzzH3Control:200000x
 # Each execution decodes through the Kubernetes scheme and is slow under the fuzzer.
 FUZZ += ./controller/internal/source:FuzzFolderDecode:50x
 FUZZ += ./controller/internal/configdir:FuzzSetLabel:10000x

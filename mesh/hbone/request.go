@@ -85,6 +85,9 @@ func parseFields(fields []hpack.HeaderField) (*Request, error) {
 		seenMethod, seenAuth bool
 	)
 	for _, f := range fields {
+		if err := checkFieldValue(f); err != nil {
+			return nil, err
+		}
 		if f.IsPseudo() {
 			switch f.Name {
 			case ":method":
@@ -122,7 +125,7 @@ func parseFields(fields []hpack.HeaderField) (*Request, error) {
 			if len(f.Value) > maxBaggageLen {
 				return nil, errors.New("baggage header too long")
 			}
-			r.Baggage = f.Value
+			r.Baggage = cleanBaggage(f.Value)
 		}
 	}
 	if method != "CONNECT" {
@@ -174,9 +177,10 @@ func parseForwarded(v string) (netip.AddrPort, error) {
 }
 
 // validTraceparent checks the W3C version-00 shape: 00-<32 hex>-<16 hex>-<2 hex>, with
-// non-zero trace and span IDs.
+// non-zero trace and span IDs. Version 00 is exactly 55 characters; a later version may
+// append "-" and more, which must be printable ASCII since it is forwarded as is.
 func validTraceparent(s string) bool {
-	if len(s) < 55 || (len(s) > 55 && s[55] != '-') {
+	if len(s) < 55 || (len(s) > 55 && (s[55] != '-' || strings.HasPrefix(s, "00") || !printableASCII(s))) {
 		return false
 	}
 	parts := strings.Split(s[:55], "-")
