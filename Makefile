@@ -26,6 +26,9 @@ FUZZ += ./mesh/identity:FuzzParseCSR:300000x
 FUZZ += ./mesh/hbone:FuzzConnectRequest:200000x
 FUZZ += ./mesh/hbone:FuzzH3Request:200000x
 FUZZ += ./mesh/hbone:FuzzH3Control:200000x
+FUZZ += ./mesh/hbone:FuzzForwarded:70000x
+FUZZ += ./mesh/hbone:FuzzTraceparent:100000x
+FUZZ += ./mesh/hbone:FuzzBaggage:50000x
 # Each execution decodes through the Kubernetes scheme and is slow under the fuzzer.
 FUZZ += ./controller/internal/source:FuzzFolderDecode:50x
 FUZZ += ./controller/internal/configdir:FuzzSetLabel:10000x
