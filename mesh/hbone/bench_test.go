@@ -16,6 +16,7 @@ import (
 //	direct: client → server
 //	mtls:   client → proxy A → TLS 1.3 (mutual, SPIFFE-verified) → proxy B → server
 //	hbone:  client → proxy A → HBONE (our Client and Server)      → proxy B → server
+//	hbone-h3: the same over HTTP/3 (QUIC on UDP) instead of HTTP/2 on TCP
 //
 // mtls is the floor a tunnelling proxy can reach with Go's TLS; hbone's cost over it is
 // what HTTP/2 framing, streams and flow control add.
@@ -29,8 +30,12 @@ func benchPath(b *testing.B, mode string, dst netip.AddrPort) netip.AddrPort {
 		return dst
 	case "mtls":
 		return startMTLSPath(b, dst)
-	case "hbone":
-		e := newEnv(b)
+	case "hbone", "hbone-h3":
+		var opts []envOption
+		if mode == "hbone-h3" {
+			opts = append(opts, withProto(ProtocolH3))
+		}
+		e := newEnv(b, opts...)
 		return startTCP(b, func(c *net.TCPConn) {
 			tgt := e.target()
 			tgt.Authority = dst
@@ -84,7 +89,7 @@ func startMTLSPath(b *testing.B, dst netip.AddrPort) netip.AddrPort {
 // BenchmarkRoundTrip sends a 1 KB request and reads a 1 KB response per op, on one
 // connection.
 func BenchmarkRoundTrip(b *testing.B) {
-	for _, mode := range []string{"direct", "mtls", "hbone"} {
+	for _, mode := range []string{"direct", "mtls", "hbone", "hbone-h3"} {
 		b.Run(mode, func(b *testing.B) {
 			echo := startEcho(b)
 			c, err := net.Dial("tcp", benchPath(b, mode, echo).String())
@@ -115,7 +120,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 // BenchmarkThroughput pushes bulk data one way over one connection; MB/s is the figure.
 func BenchmarkThroughput(b *testing.B) {
 	const chunk = 64 << 10
-	for _, mode := range []string{"direct", "mtls", "hbone"} {
+	for _, mode := range []string{"direct", "mtls", "hbone", "hbone-h3"} {
 		b.Run(mode, func(b *testing.B) {
 			sink := startTCP(b, func(c *net.TCPConn) {
 				io.Copy(io.Discard, c)
