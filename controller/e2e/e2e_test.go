@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/wait"
 	configv1 "ambit.dev/proto/config/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -16,7 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-const wait = 15 * time.Second
+const settle = 15 * time.Second
 
 // Labelling a namespace ambient turns its pods' Workloads to HBONE in a connected proxy;
 // removing the label turns them back to NONE (the model keeps every Running pod with an IP
@@ -37,11 +38,11 @@ func TestNamespaceEnrolment(t *testing.T) {
 	expect := func(want configv1.TunnelProtocol) {
 		t.Helper()
 		for _, name := range []string{"web", "db"} {
-			eventually(t, wait, func() bool {
-				w := p.workload("apps", name)
-				return w != nil && w.GetTunnelProtocol() == want
-			}, func() string {
-				return fmt.Sprintf("proxy holds Workload apps/%s = %v, want tunnel protocol %v", name, p.workload("apps", name), want)
+			wait.Until(t, settle, fmt.Sprintf("Workload apps/%s with tunnel protocol %v", name, want), func() error {
+				if w := p.workload("apps", name); w == nil || w.GetTunnelProtocol() != want {
+					return fmt.Errorf("proxy holds %v", w)
+				}
+				return nil
 			})
 		}
 	}
@@ -71,8 +72,12 @@ func TestCertificatesFollowNodes(t *testing.T) {
 
 	// Once a proxy sees both pods, so does the CA (same index).
 	p := startProxy(t, e.addr, tok, "node-a", bundle)
-	eventually(t, wait, func() bool { return p.workload("shop", "cart") != nil && p.workload("shop", "pay") != nil },
-		func() string { return "the controller never published shop/cart and shop/pay" })
+	wait.Until(t, settle, "the controller to publish shop/cart and shop/pay", func() error {
+		if cart, pay := p.workload("shop", "cart"), p.workload("shop", "pay"); cart == nil || pay == nil {
+			return fmt.Errorf("proxy holds cart %v, pay %v", cart, pay)
+		}
+		return nil
+	})
 
 	conn := dial(t, e.addr, tok, bundle)
 	alice, bob := workloadID(t, "shop", "alice"), workloadID(t, "shop", "bob")
@@ -139,10 +144,13 @@ func TestRestartKeepsRootAndConfig(t *testing.T) {
 	}
 	bundle, root := e.bundle()
 	p := startProxy(t, e.addr, tok, "node-a", bundle)
-	eventually(t, wait, func() bool {
-		w := p.workload("mesh", "api")
-		return w != nil && w.GetTunnelProtocol() == configv1.TunnelProtocol_HBONE && p.client.Connected()
-	}, func() string { return fmt.Sprintf("proxy holds mesh/api = %v", p.workload("mesh", "api")) })
+	wait.Until(t, settle, "mesh/api with HBONE at a connected proxy", func() error {
+		w, connected := p.workload("mesh", "api"), p.client.Connected()
+		if w == nil || w.GetTunnelProtocol() != configv1.TunnelProtocol_HBONE || !connected {
+			return fmt.Errorf("proxy (connected %v) holds mesh/api = %v", connected, w)
+		}
+		return nil
+	})
 	// Let the first stream settle (every type announced, no push in flight).
 	time.Sleep(300 * time.Millisecond)
 
@@ -156,8 +164,12 @@ func TestRestartKeepsRootAndConfig(t *testing.T) {
 	calls, nonEmpty := p.calls, p.nonEmpty
 	p.mu.Unlock()
 	before := p.versions()
-	eventually(t, 5*time.Second, func() bool { return !p.client.Connected() },
-		func() string { return "proxy still connected after the controller stopped" })
+	wait.Until(t, 5*time.Second, "the proxy to disconnect after the controller stopped", func() error {
+		if p.client.Connected() {
+			return errors.New("still connected")
+		}
+		return nil
+	})
 
 	e.startController()
 	e.waitReady()
@@ -170,11 +182,14 @@ func TestRestartKeepsRootAndConfig(t *testing.T) {
 
 	// The reconnect announces the types the proxy held nothing of (as on every stream); the
 	// types it holds resources of are current, so they get nothing.
-	eventually(t, wait, func() bool {
+	wait.Until(t, settle, "the proxy to reconnect to the restarted controller", func() error {
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		return p.calls > calls && p.client.Connected()
-	}, func() string { return "proxy did not reconnect to the restarted controller" })
+		if connected := p.client.Connected(); p.calls <= calls || !connected {
+			return fmt.Errorf("%d calls since, connected %v", p.calls-calls, connected)
+		}
+		return nil
+	})
 	// Allow for late pushes (a second commit after the informers synced).
 	time.Sleep(time.Second)
 
@@ -217,13 +232,15 @@ func TestReplicasShareRoot(t *testing.T) {
 	}
 	bundle, _ := e.bundle()
 	p := startProxy(t, e.addr, tok, "node-a", bundle)
-	eventually(t, wait, func() bool { return p.workload("shop", "cart") != nil },
-		func() string { return "the controller never published shop/cart" })
+	wait.Until(t, settle, "the controller to publish shop/cart", func() error {
+		if p.workload("shop", "cart") == nil {
+			return errors.New("not published")
+		}
+		return nil
+	})
 	for _, addr := range addrs {
-		eventually(t, wait, func() bool {
-			return certify(ctx, dial(t, addr, tok, bundle), workloadID(t, "shop", "alice"), bundle) == nil
-		}, func() string {
-			return fmt.Sprintf("replica at %s: %v", addr, certify(ctx, dial(t, addr, tok, bundle), workloadID(t, "shop", "alice"), bundle))
+		wait.Until(t, settle, "a certificate from the replica at "+addr, func() error {
+			return certify(ctx, dial(t, addr, tok, bundle), workloadID(t, "shop", "alice"), bundle)
 		})
 	}
 }

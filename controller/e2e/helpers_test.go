@@ -25,6 +25,7 @@ import (
 	"ambit.dev/controller/internal/app"
 	"ambit.dev/controller/internal/kubetest"
 	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/wait"
 	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -170,14 +171,22 @@ func (e *env) waitServing(ctl *controller, addr string) {
 // the initial state is committed.
 func (e *env) waitReady() {
 	e.t.Helper()
-	eventually(e.t, wait, func() bool {
-		resp, err := http.Get("http://" + e.mon + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, func() string { return "controller never became ready" })
+	wait.Until(e.t, settle, "the controller to become ready", func() error {
+		return getOK("http://" + e.mon + "/readyz")
+	})
+}
+
+// getOK is nil when a GET of url answers 200 OK.
+func getOK(url string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return errors.New(resp.Status)
+	}
+	return nil
 }
 
 func (c *controller) stop() {
@@ -430,18 +439,6 @@ func (p *proxy) versions() map[string]map[string]string {
 		}
 	}
 	return out
-}
-
-// eventually polls cond until it holds or d passes, then fails with what().
-func eventually(t *testing.T, d time.Duration, cond func() bool, what func() string) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", d, what())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // certify asks for a certificate for id through conn and checks the chain against bundle.

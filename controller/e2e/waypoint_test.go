@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 
 	"ambit.dev/controller/internal/kubetest"
 	"ambit.dev/controller/internal/waypointdeploy"
+	"ambit.dev/mesh/wait"
 	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -115,8 +115,12 @@ func (o waypointObjects) none() bool { return o.sa == nil && o.dep == nil && o.s
 func (e *env) waitWaypointObjects(ns, name string) waypointObjects {
 	e.t.Helper()
 	var o waypointObjects
-	eventually(e.t, wait, func() bool { o = e.waypointObjects(ns, name); return o.all() },
-		func() string { return fmt.Sprintf("waypoint objects of %s/%s: %+v", ns, name, o) })
+	wait.Until(e.t, settle, fmt.Sprintf("every waypoint object of %s/%s", ns, name), func() error {
+		if o = e.waypointObjects(ns, name); !o.all() {
+			return fmt.Errorf("objects %+v", o)
+		}
+		return nil
+	})
 	return o
 }
 
@@ -124,12 +128,12 @@ func (e *env) waitWaypointObjects(ns, name string) waypointObjects {
 func (e *env) waitCondition(ns, name, typ string, status metav1.ConditionStatus, reason string) *gatewayv1.Gateway {
 	e.t.Helper()
 	var gw *gatewayv1.Gateway
-	eventually(e.t, wait, func() bool {
+	wait.Until(e.t, settle, fmt.Sprintf("Gateway %s/%s condition %s=%s (%s)", ns, name, typ, status, reason), func() error {
 		gw = e.gateway(ns, name)
-		c := meta.FindStatusCondition(gw.Status.Conditions, typ)
-		return c != nil && c.Status == status && c.Reason == reason && c.ObservedGeneration == gw.Generation
-	}, func() string {
-		return fmt.Sprintf("Gateway %s/%s conditions %+v, want %s=%s (%s)", ns, name, gw.Status.Conditions, typ, status, reason)
+		if c := meta.FindStatusCondition(gw.Status.Conditions, typ); c == nil || c.Status != status || c.Reason != reason || c.ObservedGeneration != gw.Generation {
+			return fmt.Errorf("conditions %+v", gw.Status.Conditions)
+		}
+		return nil
 	})
 	return gw
 }
@@ -203,15 +207,12 @@ func TestWaypointDeployment(t *testing.T) {
 	e.waitCondition("shop", "wp", "Programmed", metav1.ConditionTrue, "Programmed")
 
 	// A connected proxy sees the Waypoint at the Service's address.
-	eventually(t, wait, func() bool {
+	wait.Until(t, settle, "Waypoint shop/wp at address "+o.svc.Spec.ClusterIP, func() error {
 		w := p.waypoint("shop", "wp")
-		if w == nil {
-			return false
+		if a, ok := netip.AddrFromSlice(w.GetAddress().GetAddress()); w == nil || !ok || a.Unmap().String() != o.svc.Spec.ClusterIP {
+			return fmt.Errorf("proxy holds %v", w)
 		}
-		a, ok := netip.AddrFromSlice(w.GetAddress().GetAddress())
-		return ok && a.Unmap().String() == o.svc.Spec.ClusterIP
-	}, func() string {
-		return fmt.Sprintf("proxy holds Waypoint shop/wp = %v, want address %s", p.waypoint("shop", "wp"), o.svc.Spec.ClusterIP)
+		return nil
 	})
 
 	// The user scales the Deployment and annotates it: fields the controller does not own.
@@ -236,10 +237,12 @@ func TestWaypointDeployment(t *testing.T) {
 	}
 	e.startController()
 	var after waypointObjects
-	eventually(t, wait, func() bool {
-		after = e.waypointObjects("shop", "wp")
-		return after.dep != nil && after.dep.Spec.Template.Spec.Containers[0].Image == "ambit/waypoint:v2"
-	}, func() string { return fmt.Sprintf("Deployment after the restart: %+v", after.dep) })
+	wait.Until(t, settle, "the Deployment with image ambit/waypoint:v2", func() error {
+		if after = e.waypointObjects("shop", "wp"); after.dep == nil || after.dep.Spec.Template.Spec.Containers[0].Image != "ambit/waypoint:v2" {
+			return fmt.Errorf("Deployment after the restart: %+v", after.dep)
+		}
+		return nil
+	})
 	if a := after.dep.Spec.Template.Spec.Containers[0].Args; !hasArg(a, "--drain-period=9s") || hasArg(a, "--drain-period=5s") {
 		t.Errorf("args after the template change %q, want --drain-period=9s only", a)
 	}
@@ -257,10 +260,18 @@ func TestWaypointDeployment(t *testing.T) {
 	if err := e.gateways().GatewayV1().Gateways("shop").Delete(ctx, "wp", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, wait, func() bool { return e.waypointObjects("shop", "wp").none() },
-		func() string { return fmt.Sprintf("after deleting the Gateway: %+v", e.waypointObjects("shop", "wp")) })
-	eventually(t, wait, func() bool { return p.waypoint("shop", "wp") == nil },
-		func() string { return "proxy still holds Waypoint shop/wp" })
+	wait.Until(t, settle, "no waypoint objects after deleting the Gateway", func() error {
+		if o := e.waypointObjects("shop", "wp"); !o.none() {
+			return fmt.Errorf("objects %+v", o)
+		}
+		return nil
+	})
+	wait.Until(t, settle, "the proxy to drop Waypoint shop/wp", func() error {
+		if w := p.waypoint("shop", "wp"); w != nil {
+			return fmt.Errorf("proxy holds %v", w)
+		}
+		return nil
+	})
 }
 
 // Gateways the controller must not deploy: another class (nothing, not even status), an
@@ -313,8 +324,12 @@ func TestWaypointGatewaysNotDeployed(t *testing.T) {
 	if err := e.gateways().GatewayV1().Gateways("shop").Delete(ctx, "marker", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, wait, func() bool { return e.waypointObjects("shop", "marker").none() },
-		func() string { return "marker's objects outlived it" })
+	wait.Until(t, settle, "marker's objects deleted with it", func() error {
+		if o := e.waypointObjects("shop", "marker"); !o.none() {
+			return fmt.Errorf("objects %+v", o)
+		}
+		return nil
+	})
 	if e.waypointObjects("shop", "taken").sa == nil {
 		t.Error("deleting the Gateway deleted the user's ServiceAccount of the same name")
 	}
@@ -342,8 +357,12 @@ func TestWaypointOwnToken(t *testing.T) {
 	}
 	self := xdsclient.NodeInfo{ID: "waypoint~shop~wp~node-a", Node: "node-a", Kind: xdsclient.KindWaypoint, WaypointNamespace: "shop", WaypointName: "wp"}
 	p := startProxyAs(t, e.addr, tok, self, bundle)
-	eventually(t, wait, func() bool { return p.waypoint("shop", "wp") != nil && p.workload("shop", "web") != nil },
-		func() string { return "the waypoint never got its config" })
+	wait.Until(t, settle, "the waypoint's config", func() error {
+		if wp, web := p.waypoint("shop", "wp"), p.workload("shop", "web"); wp == nil || web == nil {
+			return fmt.Errorf("proxy holds Waypoint %v, Workload %v", wp, web)
+		}
+		return nil
+	})
 
 	conn := dial(t, e.addr, tok, bundle)
 	if err := certify(ctx, conn, workloadID(t, "shop", "wp"), bundle); err != nil {
@@ -380,22 +399,20 @@ func TestWaypointOwnToken(t *testing.T) {
 	// only the addresses are the test's.
 	o := e.waitWaypointObjects("shop", "wp")
 	ready := runWaypoint(t, o.dep, tok, "node-a", e.addr)
-	eventually(t, 30*time.Second, func() bool {
-		resp, err := http.Get("http://" + ready + "/healthz/ready")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, func() string { return "the waypoint binary never became ready" })
+	wait.Until(t, 30*time.Second, "the waypoint binary to become ready", func() error {
+		return getOK("http://" + ready + "/healthz/ready")
+	})
 
 	// A ServiceAccount that is no waypoint's (the Gateway is gone) is refused outright.
 	if err := e.gateways().GatewayV1().Gateways("shop").Delete(ctx, "wp", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, wait, func() bool {
-		return code(certify(ctx, dial(t, e.addr, tok, bundle), workloadID(t, "shop", "wp"), bundle)) == codes.Unauthenticated
-	}, func() string { return "the token of a deleted waypoint's ServiceAccount still gets certificates" })
+	wait.Until(t, settle, "the token of a deleted waypoint's ServiceAccount refused", func() error {
+		if err := certify(ctx, dial(t, e.addr, tok, bundle), workloadID(t, "shop", "wp"), bundle); code(err) != codes.Unauthenticated {
+			return fmt.Errorf("certificate request: %v, want Unauthenticated", err)
+		}
+		return nil
+	})
 }
 
 // runWaypoint builds waypoint/cmd/waypoint and runs it as the Deployment's container would
