@@ -265,6 +265,9 @@ func (c *Client) connect(ctx context.Context, t Target) (*conn, error) {
 		if errors.As(err, &he) {
 			return nil, he
 		}
+		if unparseableServerCert(err) {
+			return nil, &Error{Kind: KindIdentity, Reason: "verify server", Err: err}
+		}
 		return nil, &Error{Kind: KindDial, Err: fmt.Errorf("tls handshake with %s: %w", t.Address, err)}
 	}
 	peer, err := peerIdentity(tc.ConnectionState())

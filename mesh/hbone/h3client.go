@@ -232,6 +232,9 @@ func (c *Client) connectH3(t Target) (*h3conn, error) {
 // certificate is an identity failure; no handshake in time or an unreachable port means
 // HTTP/3 is unavailable there; the rest are dial failures.
 func classifyH3DialErr(addr netip.AddrPort, err error) error {
+	if unparseableServerCert(err) {
+		return &Error{Kind: KindIdentity, Reason: "verify server", Err: err}
+	}
 	if te, ok := errors.AsType[*quic.TransportError](err); ok && te.Remote && te.ErrorCode.IsCryptoError() {
 		// TLS alert 120 (no_application_protocol): the peer does not speak h3.
 		if te.ErrorCode == 0x100+120 {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"ambit.dev/mesh/identity"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -68,4 +69,12 @@ func peerIdentity(cs tls.ConnectionState) (spiffeid.ID, error) {
 		return spiffeid.ID{}, errors.New("peer certificate must carry exactly one URI SAN")
 	}
 	return spiffeid.FromURI(ids[0])
+}
+
+// unparseableServerCert reports whether a client handshake failed because crypto/tls could
+// not parse the server's certificate: a URI SAN with a control byte, for one. crypto/tls
+// refuses it before VerifyPeerCertificate runs and says so only in its message; it is an
+// identity failure all the same (the server proved no identity), not a dial failure to retry.
+func unparseableServerCert(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "tls: failed to parse certificate from server")
 }

@@ -47,6 +47,9 @@ func verifyPeerAt(rawCerts [][]byte, bundles x509bundle.Source, now time.Time) (
 		certs[i] = c
 	}
 	leaf := certs[0]
+	if err := checkURISAN(leaf); err != nil {
+		return spiffeid.ID{}, fmt.Errorf("verify peer: %w: %w", ErrNotSVID, err)
+	}
 	id, err := x509svid.IDFromCert(leaf)
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("verify peer: %w: %w", ErrNotSVID, err)
@@ -70,4 +73,23 @@ func verifyPeerAt(rawCerts [][]byte, bundles x509bundle.Source, now time.Time) (
 		}
 	}
 	return id, nil
+}
+
+// checkURISAN refuses a leaf that does not carry exactly one URI SAN, or whose URI holds a
+// control byte or space. Go's x509 parser already refuses raw control bytes in a URI and
+// go-spiffe refuses a second URI SAN and percent-escapes; this states the rule here, with
+// its own message, so that it does not rest on either library's parsing.
+func checkURISAN(leaf *x509.Certificate) error {
+	if n := len(leaf.URIs); n == 0 {
+		return errors.New("certificate contains no URI SAN")
+	} else if n > 1 {
+		return fmt.Errorf("certificate carries %d URI SANs; an SVID carries exactly one SPIFFE ID", n)
+	}
+	u := leaf.URIs[0].String()
+	for i := 0; i < len(u); i++ {
+		if u[i] <= ' ' || u[i] >= 0x7f {
+			return fmt.Errorf("URI SAN %q holds a control byte, a space or non-ASCII", u)
+		}
+	}
+	return nil
 }
