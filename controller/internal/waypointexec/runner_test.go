@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/wait"
 	configv1 "ambit.dev/proto/config/v1"
 )
 
@@ -72,19 +73,17 @@ func start(t *testing.T, m *fakeModel, synced *atomic.Bool, script string, resyn
 	}
 }
 
+// waitRuns waits until the runs so far are ok, and returns them.
 func waitRuns(t *testing.T, runs func() []string, what string, ok func([]string) bool) []string {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got := runs()
-		if ok(got) {
-			return got
+	var got []string
+	wait.Until(t, 10*time.Second, what, func() error {
+		if got = runs(); !ok(got) {
+			return fmt.Errorf("runs so far %q", got)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: runs so far %q", what, got)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
+	return got
 }
 
 func TestRunnerRunsTheListOnChange(t *testing.T) {
