@@ -3,11 +3,14 @@ package logging
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"ambit.dev/mesh/wait"
 )
 
 // syncBuffer is a bytes.Buffer safe for the flush timer's goroutine, counting writes.
@@ -40,21 +43,16 @@ func TestInfoLinesAreBatched(t *testing.T) {
 	if s, w := out.state(); w != 0 || s != "" {
 		t.Fatalf("100 INFO lines went out at once in %d writes; want them held", w)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		s, w := out.state()
-		if strings.Count(s, "\n") == 100 {
-			if w != 1 {
-				t.Fatalf("100 lines in %d writes, want 1", w)
-			}
-			break
+	wait.Until(t, 5*time.Second, "the 100 lines written", func() error {
+		if s, _ := out.state(); strings.Count(s, "\n") != 100 {
+			return fmt.Errorf("%d lines written (flush interval %v)", strings.Count(s, "\n"), FlushInterval)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v only %d lines were written", FlushInterval, strings.Count(s, "\n"))
-		}
-		time.Sleep(10 * time.Millisecond)
+		return nil
+	})
+	s, w := out.state()
+	if w != 1 {
+		t.Fatalf("100 lines in %d writes, want 1", w)
 	}
-	s, _ := out.state()
 	for i, line := range strings.Split(strings.TrimSpace(s), "\n") {
 		var rec struct{ N int }
 		if err := json.Unmarshal([]byte(line), &rec); err != nil || rec.N != i {
