@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -16,6 +17,7 @@ import (
 	configv1 "ambit.dev/proto/config/v1"
 
 	"ambit.dev/controller/internal/model"
+	"ambit.dev/mesh/wait"
 )
 
 type fakePush struct {
@@ -50,16 +52,12 @@ func TestRunFolderMode(t *testing.T) {
 	go func() { done <- Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
 
 	base := "http://" + ln.Addr().String()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if code, _ := get(base + "/readyz"); code == http.StatusOK && push.pushes.Load() > 0 {
-			break
+	wait.Until(t, 10*time.Second, "ready with a push", func() error {
+		if code, _ := get(base + "/readyz"); code != http.StatusOK || push.pushes.Load() == 0 {
+			return fmt.Errorf("/readyz %d, %d pushes", code, push.pushes.Load())
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("not ready with a push in 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	if got := len(push.deps.Index.For(model.Proxy{Kind: model.KindZtunnel})[configv1.WorkloadTypeURL]); got != 2 {
 		t.Fatalf("%d workloads, want 2", got)
 	}
