@@ -61,6 +61,7 @@ type conn struct {
 	err            error
 	idleSince      time.Time
 	resetTimes     []time.Time
+	flood          floodGuard // read loop only
 
 	framesRead atomic.Uint64
 	pingAck    chan struct{}
@@ -188,6 +189,11 @@ func (c *conn) readLoop() {
 			return
 		}
 		c.framesRead.Add(1)
+		if what := c.flood.check(f); what != "" {
+			c.goAway(http2.ErrCodeEnhanceYourCalm, what)
+			err = &Error{Kind: KindProtocol, Reason: "peer sent a " + what}
+			return
+		}
 		switch f := f.(type) {
 		case *http2.DataFrame:
 			err = c.onData(f)
