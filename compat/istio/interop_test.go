@@ -23,6 +23,7 @@ import (
 	"ambit.dev/mesh/hbone"
 	"ambit.dev/mesh/identity"
 	"ambit.dev/mesh/identity/identitytest"
+	"ambit.dev/mesh/wait"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	ihbone "istio.io/istio/pkg/hbone"
@@ -755,13 +756,12 @@ func TestOurServerRefusesUntrustedIstioClient(t *testing.T) {
 		t.Errorf("err %v; want Istio's round trip to fail", err)
 	}
 	const why = "verify client: verify peer " // then the client's ID
-	deadline := time.Now().Add(ioTimeout)
-	for !strings.Contains(srv.logs.String(), "hbone handshake refused") {
-		if time.Now().After(deadline) {
-			t.Fatalf("our server logged no refused handshake; log:\n%s", srv.logs.String())
+	wait.Until(t, ioTimeout, "our server to log the refused handshake", func() error {
+		if logs := srv.logs.String(); !strings.Contains(logs, "hbone handshake refused") {
+			return fmt.Errorf("log:\n%s", logs)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 	if logs := srv.logs.String(); !strings.Contains(logs, why+p.clientID.String()+": peer certificate chain is not trusted") {
 		t.Errorf("our server refused the handshake for another reason; log:\n%s", logs)
 	}
