@@ -8,7 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"testing"
 
@@ -326,7 +326,7 @@ func TestFolderRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sort.Strings(res.Files)
+	slices.Sort(res.Files)
 	if !res.Changed || len(res.Files) != 2 || res.Files[0] != b || res.Files[1] != a {
 		t.Fatalf("result %+v", res)
 	}
