@@ -23,7 +23,7 @@ type netns struct {
 	fd   int
 }
 
-func newNetns(t *testing.T) *netns {
+func newNetns(t testing.TB) *netns {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates a network namespace and iptables rules in it")
