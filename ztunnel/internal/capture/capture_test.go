@@ -55,7 +55,7 @@ func netState(t *testing.T, path string) string {
 
 func TestInstallRemoveLeavesNamespaceAsBefore(t *testing.T) {
 	pod, _ := testPair(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	before := netState(t, pod)
 	for range 2 { // idempotent
 		if err := Install(ctx, pod); err != nil {
@@ -113,7 +113,7 @@ func TestInstallRemoveLeavesNamespaceAsBefore(t *testing.T) {
 
 func TestRedirection(t *testing.T) {
 	pod, peer := testPair(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	if err := Install(ctx, pod); err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +206,7 @@ func TestInstallMissingNamespace(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	err := Install(context.Background(), "/var/run/netns/ambit-does-not-exist")
+	err := Install(t.Context(), "/var/run/netns/ambit-does-not-exist")
 	if err == nil || !strings.Contains(err.Error(), "ambit-does-not-exist") {
 		t.Fatalf("install into a vanished namespace: %v", err)
 	}
@@ -261,11 +261,12 @@ func dialSeen(t *testing.T, ns, addr string, o DialOptions) netip.AddrPort {
 // client's address, with the reply routed back to the dialling socket.
 func TestTransparentDial(t *testing.T) {
 	pod, _ := testPair(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	if err := Install(ctx, pod); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = Remove(ctx, pod) })
+	// Not ctx: t.Context() is done when cleanups run.
+	t.Cleanup(func() { _ = Remove(context.Background(), pod) })
 	listenApp(t, pod, "10.250.0.1:8080")
 	client := netip.MustParseAddrPort("10.250.0.2:40000")
 	for range 20 {
@@ -281,11 +282,12 @@ func TestTransparentDial(t *testing.T) {
 // pod's own address, still reported before it connects.
 func TestTransparentFallback(t *testing.T) {
 	pod, _ := testPair(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	if err := Install(ctx, pod); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = Remove(ctx, pod) })
+	// Not ctx: t.Context() is done when cleanups run.
+	t.Cleanup(func() { _ = Remove(context.Background(), pod) })
 	listenApp(t, pod, "10.250.0.1:8080")
 	orig := setTransparent
 	setTransparent = func(int, bool) error { return unix.EPERM }

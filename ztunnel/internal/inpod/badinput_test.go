@@ -81,7 +81,7 @@ func TestRegistrationWithVanishedNamespaceRefused(t *testing.T) {
 	n := newNode(t)
 	l := withLogs(n)
 	gone := "/var/run/netns/ambit-t-gone"
-	err := n.m.Add(context.Background(), nodeapi.Registration{UID: "ghost", NetNS: gone})
+	err := n.m.Add(t.Context(), nodeapi.Registration{UID: "ghost", NetNS: gone})
 	if err == nil || !strings.Contains(err.Error(), gone) {
 		t.Fatalf("registration of a vanished namespace: %v, want an error naming %s", err, gone)
 	}
@@ -96,7 +96,7 @@ func TestRegistrationWithVanishedNamespaceRefused(t *testing.T) {
 func TestCapturedPodNamespaceVanishes(t *testing.T) {
 	n := newNode(t)
 	l := withLogs(n)
-	ctx := context.Background()
+	ctx := t.Context()
 	if err := n.m.Add(ctx, nodeapi.Registration{UID: "client", NetNS: n.client}); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestCapturedPodNamespaceVanishes(t *testing.T) {
 func TestDuplicateAdd(t *testing.T) {
 	n := newNode(t)
 	l := withLogs(n)
-	ctx := context.Background()
+	ctx := t.Context()
 	if err := n.m.Add(ctx, nodeapi.Registration{UID: "server", NetNS: n.server}); err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestDuplicateAdd(t *testing.T) {
 func TestRulesChangedBehindZtunnelsBack(t *testing.T) {
 	n := newNode(t)
 	l := withLogs(n)
-	ctx := context.Background()
+	ctx := t.Context()
 	for _, r := range []nodeapi.Registration{{UID: "client", NetNS: n.client}, {UID: "server", NetNS: n.server}} {
 		if err := n.m.Add(ctx, r); err != nil {
 			t.Fatal(err)
@@ -233,7 +233,7 @@ func (neverInstalled) Installed(context.Context, string) (bool, error) { return 
 func TestRuleCheckThatNeverMatchesLogsOnce(t *testing.T) {
 	n := newNode(t)
 	l := withLogs(n)
-	ctx := context.Background()
+	ctx := t.Context()
 	n.m.recMu.Lock()
 	n.m.capture = neverInstalled{}
 	n.m.recMu.Unlock()

@@ -87,7 +87,7 @@ func (l *longConn) roundTrip(msg string) error {
 func TestHandOverKeepsEveryConnection(t *testing.T) {
 	n := newNode(t)
 	accepted := startLineEcho(t, n, "10.250.0.2:8082")
-	ctx := context.Background()
+	ctx := t.Context()
 	old, sock := serveAPI(t, n)
 	for _, r := range []nodeapi.Registration{{UID: "client", NetNS: n.client}, {UID: "server", NetNS: n.server}} {
 		if err := old.Add(ctx, r); err != nil {

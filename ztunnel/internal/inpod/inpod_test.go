@@ -133,7 +133,7 @@ func save(t *testing.T, ns string) string {
 
 func TestEnrolPodsAndCarryTraffic(t *testing.T) {
 	n := newNode(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	before := save(t, n.client)
 	if err := n.m.Add(ctx, nodeapi.Registration{UID: "client", NetNS: n.client}); err != nil {
 		t.Fatal(err)
@@ -183,7 +183,7 @@ func TestEnrolPodsAndCarryTraffic(t *testing.T) {
 
 func TestRestartRestoresPods(t *testing.T) {
 	n := newNode(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	dir := filepath.Dir(n.m.file)
 	_ = n.m.Add(ctx, nodeapi.Registration{UID: "client", NetNS: n.client})
 	_ = n.m.Add(ctx, nodeapi.Registration{UID: "server", NetNS: n.server})
@@ -212,7 +212,7 @@ func TestNodeAPI(t *testing.T) {
 	go srv.Serve(ln)
 	defer srv.Close()
 	c := nodeapi.NewClient(sock)
-	ctx := context.Background()
+	ctx := t.Context()
 	if err := c.Add(ctx, nodeapi.Registration{UID: "client", NetNS: n.client}); err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestNodeAPI(t *testing.T) {
 // nobody would listen for its redirected traffic.
 func TestRestoreReleasesPodLeftAmbient(t *testing.T) {
 	n := newNode(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	before := save(t, n.client)
 	if err := n.m.Add(ctx, nodeapi.Registration{UID: "client", NetNS: n.client}); err != nil {
 		t.Fatal(err)
@@ -245,7 +245,8 @@ func TestRestoreReleasesPodLeftAmbient(t *testing.T) {
 	cw.TunnelProtocol = configv1.TunnelProtocol_NONE
 	_ = n.st.Apply(configv1.WorkloadTypeURL, map[string]proto.Message{"c//Pod/shop/client": cw}, nil)
 	second := NewManager(n.m.node, n.st, Netns{}, filepath.Dir(n.m.file), slog.New(slog.DiscardHandler))
-	t.Cleanup(func() { _ = second.Remove(ctx, "client") })
+	// Not ctx: t.Context() is done when cleanups run.
+	t.Cleanup(func() { _ = second.Remove(context.Background(), "client") })
 	if err := second.Restore(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -84,7 +84,7 @@ func TestPeerLookup(t *testing.T) {
 	n := newNode(t)
 	api, _ := serveAPI(t, n)
 	startWhoApp(t, n, api)
-	ctx := context.Background()
+	ctx := t.Context()
 	for _, uid := range []string{"client", "server"} {
 		if err := api.Add(ctx, nodeapi.Registration{UID: uid, NetNS: map[string]string{"client": n.client, "server": n.server}[uid]}); err != nil {
 			t.Fatal(err)
