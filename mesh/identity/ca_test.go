@@ -2,7 +2,6 @@ package identity_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -202,7 +201,7 @@ func TestCAImplementsSigner(t *testing.T) {
 	ca := newCA(t, identity.CAOptions{})
 	var s identity.Signer = ca
 	id := mustID(t, "ns1", "sa1")
-	chain, err := s.CreateCertificate(context.Background(), id, csrFor(t, id), 0)
+	chain, err := s.CreateCertificate(t.Context(), id, csrFor(t, id), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -514,7 +514,7 @@ func TestManagerRunStops(t *testing.T) {
 		t.Fatal("Certificate waiting on a stopped manager returned no error")
 	}
 	// Still served from memory after stop.
-	if _, err := m.Certificate(context.Background(), id); err != nil {
+	if _, err := m.Certificate(t.Context(), id); err != nil {
 		t.Fatalf("Certificate after stop: %v", err)
 	}
 }

@@ -1,7 +1,6 @@
 package xdsclient
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -72,7 +71,7 @@ func TestTokenFile(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			got, err := TokenFile(p)(context.Background())
+			got, err := TokenFile(p)(t.Context())
 			if (err == nil) != tc.ok || got != tc.want {
 				t.Errorf("TokenFile = %q, %v", got, err)
 			}

@@ -1,7 +1,6 @@
 package load
 
 import (
-	"context"
 	"net"
 	"net/http/httptest"
 	"testing"
@@ -28,7 +27,7 @@ func TestValidate(t *testing.T) {
 func TestRunLoopback(t *testing.T) {
 	srv := httptest.NewServer(server.Handler(1024))
 	defer srv.Close()
-	ctx := context.Background()
+	ctx := t.Context()
 	res, err := Run(ctx, Config{Mode: HTTP, Target: srv.URL + "/", QPS: 200, Connections: 2, Duration: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package caserver
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -40,7 +39,7 @@ func creates(cs *fake.Clientset) int {
 // The Kubernetes API is a process edge: a fake clientset here; the end-to-end tests load the
 // root from a real API server across a controller restart.
 func TestSecretCA(t *testing.T) {
-	ctx := context.Background()
+	ctx := t.Context()
 	otherCert, otherKey, err := identity.NewRootPEM(identity.CAOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -208,7 +208,7 @@ func TestFolderMissingDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Run(context.Background()); err == nil {
+	if err := f.Run(t.Context()); err == nil {
 		t.Fatal("Run on a missing directory succeeded")
 	}
 }

@@ -39,7 +39,7 @@ func TestKubeSource(t *testing.T) {
 	// Created through the typed client: the fake's object tracker files objects passed to the constructors
 	// under v1beta1, whose Gateway is an alias of v1's.
 	gw := gatewayfake.NewSimpleClientset() //nolint:staticcheck // NewClientset has no Gateway v1 type mapping in v1.6.3
-	if _, err := gw.GatewayV1().Gateways("demo").Create(context.Background(), &gatewayv1.Gateway{
+	if _, err := gw.GatewayV1().Gateways("demo").Create(t.Context(), &gatewayv1.Gateway{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "wp"},
 		Spec:       gatewayv1.GatewaySpec{GatewayClassName: model.WaypointClass},
 	}, metav1.CreateOptions{}); err != nil {

@@ -157,7 +157,7 @@ func TestArgs(t *testing.T) {
 	if strings.Join(got, " ") != want {
 		t.Fatalf("Args = %q, want %q", got, want)
 	}
-	if r := (&Runner{}).Run(context.Background()); r == nil {
+	if r := (&Runner{}).Run(t.Context()); r == nil {
 		t.Fatal("a Runner without a command ran")
 	}
 }

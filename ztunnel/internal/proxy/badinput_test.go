@@ -133,7 +133,7 @@ func TestClientStuckInConnectHeaders(t *testing.T) {
 		n.HBONE.PingTimeout = 200 * time.Millisecond
 	})
 	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/client")
-	cert, err := m.node.Certs(context.Background(), id)
+	cert, err := m.node.Certs(t.Context(), id)
 	if err != nil {
 		t.Fatal(err)
 	}
