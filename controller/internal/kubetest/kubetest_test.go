@@ -2,10 +2,12 @@ package kubetest
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/wait"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -156,17 +158,12 @@ func TestCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The API server's authenticator reads pods from its informer cache: allow it a moment.
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			got := review(ctx, t, c.Client, unseen)
-			if !got.Authenticated {
-				break
+		wait.Until(t, 10*time.Second, "the token bound to a deleted pod refused", func() error {
+			if got := review(ctx, t, c.Client, unseen); got.Authenticated {
+				return fmt.Errorf("still authenticates as %q", got.User.Username)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("token bound to a deleted pod still authenticates as %q", got.User.Username)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+			return nil
+		})
 	})
 
 	t.Run("RBACDeniesServiceAccount", func(t *testing.T) {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/wait"
 	configv1 "ambit.dev/proto/config/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -439,9 +441,12 @@ func TestTraceparentPropagated(t *testing.T) {
 	}
 	// The span ends once the response is written, just after the client has it.
 	spans := e.spans.GetSpans()
-	for deadline := time.Now().Add(2 * time.Second); len(spans) == 0 && time.Now().Before(deadline); spans = e.spans.GetSpans() {
-		time.Sleep(5 * time.Millisecond)
-	}
+	wait.Until(t, 2*time.Second, "the request's span", func() error {
+		if spans = e.spans.GetSpans(); len(spans) == 0 {
+			return errors.New("no span ended")
+		}
+		return nil
+	})
 	if len(spans) != 1 || spans[0].SpanContext.TraceID().String() != "4bf92f3577b34da6a3ce929d0e0e4736" || spans[0].Parent.SpanID().String() != "00f067aa0ba902b7" {
 		t.Fatalf("spans %+v", spans)
 	}
