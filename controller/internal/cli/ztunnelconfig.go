@@ -15,6 +15,8 @@ import (
 
 	"ambit.dev/mesh/identity"
 	configv1 "ambit.dev/proto/config/v1"
+	"ambit.dev/proto/dump"
+	"ambit.dev/proto/nodeapi"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -27,44 +29,33 @@ import (
 // DefaultZtunnelAdmin is ztunnel's admin address (loopback only).
 const DefaultZtunnelAdmin = "127.0.0.1:15000"
 
-// configDump is ztunnel's GET /config_dump (ztunnel/internal/app.ConfigDump). The resources
-// are protojson of the ambit.dev/proto/config/v1 messages; certificates and pods are plain
-// JSON. Sections stay raw so that -o json and -o yaml print exactly what ztunnel said.
-type configDump struct {
-	Workloads    []json.RawMessage `json:"workloads"`
-	Services     []json.RawMessage `json:"services"`
-	Policies     []json.RawMessage `json:"policies"`
-	Waypoints    []json.RawMessage `json:"waypoints"`
-	Certificates []json.RawMessage `json:"certificates"`
-	Pods         []json.RawMessage `json:"pods"`
+// ztunnel's GET /config_dump is a dump.Ztunnel, the contract ztunnel writes: the resource
+// sections stay raw protojson, so that -o json and -o yaml print exactly what ztunnel said.
+
+// certOutput is one certificate as `ztunnel-config certificates -o json|yaml` prints it: a
+// dump.CertInfo with camelCase keys like every other JSON ambitctl prints (the dump's
+// not_before… are the proxies' wire format, not the CLI's).
+type certOutput struct {
+	ID        string         `json:"id"`
+	Serial    string         `json:"serial,omitempty"`
+	NotBefore time.Time      `json:"notBefore,omitzero"`
+	NotAfter  time.Time      `json:"notAfter,omitzero"`
+	NextFetch time.Time      `json:"nextFetch,omitzero"`
+	State     dump.CertState `json:"state"`
+	LastError string         `json:"lastError,omitempty"`
 }
 
-// certInfo is one entry of config_dump's certificates (proto/dump.CertInfo).
-type certInfo struct {
-	ID        string    `json:"id"`
-	Serial    string    `json:"serial"`
-	NotBefore time.Time `json:"not_before"`
-	NotAfter  time.Time `json:"not_after"`
-	NextFetch time.Time `json:"next_fetch"`
-	State     string    `json:"state"`
-	LastError string    `json:"last_error"`
+func newCertOutput(c dump.CertInfo) certOutput {
+	return certOutput{ID: c.ID.String(), Serial: c.Serial, NotBefore: c.NotBefore, NotAfter: c.NotAfter,
+		NextFetch: c.NextFetch, State: c.State, LastError: c.LastError}
 }
 
-// podInfo is one entry of config_dump's pods (proto/nodeapi.PodStatus).
-type podInfo struct {
-	UID       string `json:"uid"`
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	NetNS     string `json:"netns"`
-	Captured  bool   `json:"captured"`
-	Reason    string `json:"reason"`
-}
-
-// section is one kind of thing ztunnel-config lists.
+// section is one kind of thing ztunnel-config lists: raw gives its entries as JSON for -o
+// json and yaml, print writes its table.
 type section struct {
 	name, short string
-	raw         func(*configDump) []json.RawMessage
-	print       func(w io.Writer, d *configDump, f filter) error
+	raw         func(*dump.Ztunnel) ([]json.RawMessage, error)
+	print       func(w io.Writer, d *dump.Ztunnel, f filter) error
 }
 
 // filter narrows a listing to a namespace.
@@ -74,17 +65,36 @@ func (f filter) keep(ns string) bool { return f.namespace == "" || f.namespace =
 
 var sections = []section{
 	{"workloads", "Workloads (pods) the ztunnel knows: addresses, node, identity, tunnel protocol, waypoint",
-		func(d *configDump) []json.RawMessage { return d.Workloads }, printWorkloads},
+		func(d *dump.Ztunnel) ([]json.RawMessage, error) { return d.Workloads, nil }, printWorkloads},
 	{"services", "Services the ztunnel knows: VIPs, ports and how many workloads back them",
-		func(d *configDump) []json.RawMessage { return d.Services }, printServices},
+		func(d *dump.Ztunnel) ([]json.RawMessage, error) { return d.Services, nil }, printServices},
 	{"policies", "Authorization policies the ztunnel enforces",
-		func(d *configDump) []json.RawMessage { return d.Policies }, printPolicies},
+		func(d *dump.Ztunnel) ([]json.RawMessage, error) { return d.Policies, nil }, printPolicies},
 	{"certificates", "Workload certificates the ztunnel holds, with their state and expiry",
-		func(d *configDump) []json.RawMessage { return d.Certificates }, printCertificates},
+		func(d *dump.Ztunnel) ([]json.RawMessage, error) {
+			certs := make([]certOutput, 0, len(d.Certificates))
+			for _, c := range d.Certificates {
+				certs = append(certs, newCertOutput(c))
+			}
+			return marshalEach(certs)
+		}, printCertificates},
 	{"waypoints", "Waypoints the ztunnel knows",
-		func(d *configDump) []json.RawMessage { return d.Waypoints }, printWaypoints},
+		func(d *dump.Ztunnel) ([]json.RawMessage, error) { return d.Waypoints, nil }, printWaypoints},
 	{"pods", "Pods on the ztunnel's node and whether their traffic is captured",
-		func(d *configDump) []json.RawMessage { return d.Pods }, printPods},
+		func(d *dump.Ztunnel) ([]json.RawMessage, error) { return marshalEach(d.Pods) }, printPods},
+}
+
+// marshalEach encodes each entry of a typed section, so that it prints as the raw ones do.
+func marshalEach[T any](v []T) ([]json.RawMessage, error) {
+	out := make([]json.RawMessage, 0, len(v))
+	for i := range v {
+		b, err := json.Marshal(v[i])
+		if err != nil {
+			return nil, fmt.Errorf("config_dump: entry %d: %w", i, err)
+		}
+		out = append(out, b)
+	}
+	return out, nil
 }
 
 func ztunnelConfigCommand(o Options) *cobra.Command {
@@ -100,7 +110,8 @@ func ztunnelConfigCommand(o Options) *cobra.Command {
 (GET http://<admin-addr>/config_dump, loopback port 15000 on the ztunnel's node).
 
 -o json and -o yaml print the entries as ztunnel sent them (protojson of the config API),
-except that IP addresses are written as IPs instead of base64 bytes.
+except that IP addresses are written as IPs instead of base64 bytes, and that certificates
+have camelCase keys (notAfter, nextFetch, lastError) like all JSON ambitctl prints.
 
 In the local lab every node's ztunnel has its own admin address: name the node with --node
 and the address is looked up in the lab's state (--lab-dir).`,
@@ -146,7 +157,11 @@ and the address is looked up in the lab's state (--lab-dir).`,
 					return err
 				}
 				if *output != outShort {
-					return printSection(cmd.OutOrStdout(), *output, s.raw(d), filter{namespace})
+					raw, err := s.raw(d)
+					if err != nil {
+						return err
+					}
+					return printSection(cmd.OutOrStdout(), *output, raw, filter{namespace})
 				}
 				return s.print(cmd.OutOrStdout(), d, filter{namespace})
 			},
@@ -163,7 +178,7 @@ and the address is looked up in the lab's state (--lab-dir).`,
 	return cmd
 }
 
-func fetchConfigDump(ctx context.Context, o Options, addr, hint string) (*configDump, error) {
+func fetchConfigDump(ctx context.Context, o Options, addr, hint string) (*dump.Ztunnel, error) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -171,7 +186,7 @@ func fetchConfigDump(ctx context.Context, o Options, addr, hint string) (*config
 	if err != nil {
 		return nil, err
 	}
-	var d configDump
+	var d dump.Ztunnel
 	if err := json.Unmarshal(body, &d); err != nil {
 		return nil, fmt.Errorf("ztunnel admin at %s: decode /config_dump: %w", addr, err)
 	}
@@ -277,7 +292,7 @@ func netAddr(a *configv1.NetworkAddress) string {
 	return s
 }
 
-func printWorkloads(w io.Writer, d *configDump, f filter) error {
+func printWorkloads(w io.Writer, d *dump.Ztunnel, f filter) error {
 	ws, err := decode[configv1.Workload](d.Workloads, "workload")
 	if err != nil {
 		return err
@@ -338,7 +353,7 @@ func waypointName(g *configv1.GatewayAddress, wps []*configv1.Waypoint) string {
 	return netAddr(g.GetAddress())
 }
 
-func printServices(w io.Writer, d *configDump, f filter) error {
+func printServices(w io.Writer, d *dump.Ztunnel, f filter) error {
 	ss, err := decode[configv1.Service](d.Services, "service")
 	if err != nil {
 		return err
@@ -386,7 +401,7 @@ func portString(p *configv1.Port) string {
 	return s + "/" + p.GetAppProtocol().String()
 }
 
-func printPolicies(w io.Writer, d *configDump, f filter) error {
+func printPolicies(w io.Writer, d *dump.Ztunnel, f filter) error {
 	ps, err := decode[configv1.Authorization](d.Policies, "policy")
 	if err != nil {
 		return err
@@ -404,7 +419,7 @@ func printPolicies(w io.Writer, d *configDump, f filter) error {
 	return t.flush()
 }
 
-func printWaypoints(w io.Writer, d *configDump, f filter) error {
+func printWaypoints(w io.Writer, d *dump.Ztunnel, f filter) error {
 	wps, err := decode[configv1.Waypoint](d.Waypoints, "waypoint")
 	if err != nil {
 		return err
@@ -426,33 +441,19 @@ func printWaypoints(w io.Writer, d *configDump, f filter) error {
 	return t.flush()
 }
 
-func printCertificates(w io.Writer, d *configDump, _ filter) error {
-	certs := make([]certInfo, 0, len(d.Certificates))
-	for i, r := range d.Certificates {
-		var c certInfo
-		if err := json.Unmarshal(r, &c); err != nil {
-			return fmt.Errorf("config_dump: certificate %d: %w", i, err)
-		}
-		certs = append(certs, c)
-	}
-	slices.SortFunc(certs, func(a, b certInfo) int { return cmp.Compare(a.ID, b.ID) })
+func printCertificates(w io.Writer, d *dump.Ztunnel, _ filter) error {
+	certs := slices.Clone(d.Certificates)
+	slices.SortFunc(certs, func(a, b dump.CertInfo) int { return cmp.Compare(a.ID.String(), b.ID.String()) })
 	t := newTable(w, "IDENTITY", "SERIAL", "NOT-AFTER", "STATE", "NEXT-FETCH", "LAST-ERROR")
 	for _, c := range certs {
-		t.row(c.ID, c.Serial, timeString(c.NotAfter), c.State, timeString(c.NextFetch), c.LastError)
+		t.row(c.ID.String(), c.Serial, timeString(c.NotAfter), string(c.State), timeString(c.NextFetch), c.LastError)
 	}
 	return t.flush()
 }
 
-func printPods(w io.Writer, d *configDump, f filter) error {
-	pods := make([]podInfo, 0, len(d.Pods))
-	for i, r := range d.Pods {
-		var p podInfo
-		if err := json.Unmarshal(r, &p); err != nil {
-			return fmt.Errorf("config_dump: pod %d: %w", i, err)
-		}
-		pods = append(pods, p)
-	}
-	slices.SortFunc(pods, func(a, b podInfo) int {
+func printPods(w io.Writer, d *dump.Ztunnel, f filter) error {
+	pods := slices.Clone(d.Pods)
+	slices.SortFunc(pods, func(a, b nodeapi.PodStatus) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.UID, b.UID))
 	})
 	t := newTable(w, "NAMESPACE", "NAME", "UID", "NETNS", "CAPTURED", "REASON")

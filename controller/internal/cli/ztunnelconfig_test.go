@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -21,17 +22,6 @@ import (
 	"ambit.dev/controller/lab"
 )
 
-// ztunnelDump mirrors ztunnel/internal/app.ConfigDump, which the controller module cannot
-// import; the entries are built from the same types ztunnel marshals, the same way.
-type ztunnelDump struct {
-	Workloads    []json.RawMessage   `json:"workloads"`
-	Services     []json.RawMessage   `json:"services"`
-	Policies     []json.RawMessage   `json:"policies"`
-	Waypoints    []json.RawMessage   `json:"waypoints"`
-	Certificates []dump.CertInfo     `json:"certificates"`
-	Pods         []nodeapi.PodStatus `json:"pods"`
-}
-
 func ip(s string) []byte { return netip.MustParseAddr(s).AsSlice() }
 
 func pj(t testing.TB, msgs ...proto.Message) []json.RawMessage {
@@ -47,12 +37,13 @@ func pj(t testing.TB, msgs ...proto.Message) []json.RawMessage {
 	return out
 }
 
+// sampleDump is a ztunnel /config_dump, built from the contract's types as ztunnel builds it.
 func sampleDump(t testing.TB) []byte {
 	t.Helper()
 	svcKey := "demo/server.demo.svc.cluster.local"
 	wpAddr := &configv1.NetworkAddress{Address: ip("10.10.3.5")}
 	notAfter := time.Date(2026, 11, 24, 14, 0, 0, 0, time.UTC)
-	d := ztunnelDump{
+	sections := dump.Sections{
 		Workloads: pj(t,
 			&configv1.Workload{Uid: "u2", Name: "server", Namespace: "demo", Node: "node-b", Addresses: [][]byte{ip("10.10.2.2")},
 				ServiceAccount: "server", TunnelProtocol: configv1.TunnelProtocol_HBONE,
@@ -79,6 +70,9 @@ func sampleDump(t testing.TB) []byte {
 		Waypoints: pj(t,
 			&configv1.Waypoint{Name: "waypoint", Namespace: "demo", Address: wpAddr, HbonePort: 15008, Identity: "spiffe://cluster.local/ns/demo/sa/waypoint"},
 		),
+	}
+	d := dump.Ztunnel{
+		Sections: sections,
 		Certificates: []dump.CertInfo{
 			{ID: spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/server"), Serial: "ab12", NotBefore: notAfter.Add(-24 * time.Hour),
 				NotAfter: notAfter, NextFetch: notAfter.Add(-12 * time.Hour), State: dump.StateValid},
@@ -205,14 +199,45 @@ func TestZtunnelConfigJSONYAML(t *testing.T) {
 			}
 		})
 	}
-	// Certificates are passed through as ztunnel wrote them.
+	// Certificates have camelCase keys, like every JSON the CLI prints (the dump's are
+	// snake_case), in ztunnel's order, keys sorted as in every section; empty fields are left out as in the dump.
 	out, err := run(t, Options{}, "zc", "certificates", "-o", "json", "--admin-addr", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var certs []dump.CertInfo
-	if err := json.Unmarshal([]byte(out), &certs); err != nil || len(certs) != 2 || certs[0].Serial != "ab12" || certs[1].State != dump.StateFailed {
-		t.Fatalf("certificates: %v %+v\n%s", err, certs, out)
+	wantCerts := `[
+  {
+    "id": "spiffe://cluster.local/ns/demo/sa/server",
+    "nextFetch": "2026-11-24T02:00:00Z",
+    "notAfter": "2026-11-24T14:00:00Z",
+    "notBefore": "2026-11-23T14:00:00Z",
+    "serial": "ab12",
+    "state": "valid"
+  },
+  {
+    "id": "spiffe://cluster.local/ns/demo/sa/client",
+    "lastError": "permission denied",
+    "state": "failed"
+  }
+]
+`
+	if out != wantCerts {
+		t.Fatalf("certificates -o json:\n%s\nwant:\n%s", out, wantCerts)
+	}
+	out, err = run(t, Options{}, "zc", "certificates", "-o", "yaml", "--admin-addr", addr)
+	if err != nil || !strings.Contains(out, "\n  notAfter: \"2026-11-24T14:00:00Z\"\n") || !strings.Contains(out, "\n  lastError: permission denied\n") {
+		t.Fatalf("certificates -o yaml: %v\n%s", err, out)
+	}
+	// Pods are printed as ztunnel wrote them (nodeapi.PodStatus), filtered by namespace.
+	out, err = run(t, Options{}, "zc", "pods", "-n", "demo", "-o", "json", "--admin-addr", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pods []map[string]any
+	if err := json.Unmarshal([]byte(out), &pods); err != nil || len(pods) != 2 ||
+		fmt.Sprint(pods[0]) != "map[captured:true name:client namespace:demo netns:/var/run/netns/client uid:u1]" ||
+		fmt.Sprint(pods[1]) != "map[captured:false name:off namespace:demo netns:/var/run/netns/off reason:not enrolled uid:u4]" {
+		t.Fatalf("pods: %v\n%s", err, out)
 	}
 	// An empty section is an empty list, not null.
 	empty := ztunnelAdmin(t, []byte(`{"workloads":[],"services":[],"policies":[],"waypoints":[],"certificates":[],"pods":[]}`))
@@ -307,15 +332,19 @@ func FuzzConfigDump(f *testing.F) {
 	f.Add([]byte(`{"certificates":[{"id":7}],"pods":[null]}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		var d configDump
+		var d dump.Ztunnel
 		if json.Unmarshal(body, &d) != nil {
 			return
 		}
 		for _, s := range sections {
 			_ = s.print(io.Discard, &d, filter{})
 			_ = s.print(io.Discard, &d, filter{namespace: "demo"})
+			raw, err := s.raw(&d)
+			if err != nil {
+				continue
+			}
 			for _, format := range []string{outJSON, outYAML} {
-				_ = printSection(io.Discard, format, s.raw(&d), filter{namespace: "demo"})
+				_ = printSection(io.Discard, format, raw, filter{namespace: "demo"})
 			}
 		}
 	})
