@@ -36,6 +36,7 @@ FUZZ += ./controller/internal/cli:FuzzConfigDump:5000x
 FUZZ += ./ztunnel/internal/localconfig:FuzzParse:100000x
 FUZZ += ./waypoint/internal/proxy:FuzzCheckHead:100000x
 FUZZ += ./waypoint/internal/proxy:FuzzSniff:100000x
+FUZZ += ./waypoint/internal/proxy:FuzzTraceContext:40000x
 
 FUZZTIME ?= 20000x
 

@@ -16,7 +16,7 @@ import (
 // stream goes through the same pipeline as an HTTP/1 request, and upstream over HTTP/2, so
 // that trailers (grpc-status) and full-duplex streaming survive.
 func (p *Proxy) serveH2(ctx context.Context, d *downstream, c hbone.HalfCloser) {
-	ln := newConnListener(c)
+	ln := newConnListener(newH2FloodConn(c)) // bounds PING, SETTINGS and empty-DATA floods
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			p.serveH2Request(w, r, d)
