@@ -17,6 +17,11 @@ tools=(
 	tcpdump:tcpdump
 	nft:nftables
 	nsenter:util-linux
+	# The test cluster's node (controller/internal/clustertest): container runtime, OCI runtime
+	# and the CNI bridge, host-local and loopback plugins.
+	containerd:containerd
+	runc:runc
+	/usr/lib/cni/bridge:containernetworking-plugins
 )
 
 have() {
@@ -54,7 +59,8 @@ if [[ $(id -u) -ne 0 ]]; then
 	sudo=(sudo)
 fi
 
-# Keep the packages' maintainer scripts from starting etcd and haproxy as system services.
+# Keep the packages' maintainer scripts from starting etcd, haproxy and containerd as system
+# services.
 policy=/usr/sbin/policy-rc.d
 if [[ ! -e $policy ]]; then
 	printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# images.sh builds ambit's container images as OCI image tarballs, without Docker or a
+# registry (`make images`): each part's static binary (CGO_ENABLED=0, -trimpath, no build id)
+# on an empty base, named ambit.dev/<part>:<version>, in <out>/<part>.tar, and <out>/images.txt
+# listing "<ref> <manifest digest> <file>" per image. The same commit gives the same digests.
+# Load one into containerd with `ctr -n k8s.io images import <out>/<part>.tar`.
+#
+#   hack/images.sh [--out DIR] [--version V]   (defaults: .cache/images, `git describe --always --dirty`)
+#
+# The builder is tools/images, a module of its own outside go.work (go-containerregistry stays
+# out of the product modules).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+# The images, one a line: name, the main package (a directory; one under tools/images is built
+# in that module), and the user it runs as (65532 = nonroot; 0 where the part needs root).
+images=(
+	"controller ./controller/cmd/controller 65532"
+	"ztunnel ./ztunnel/cmd/ztunnel 0"
+	"waypoint ./waypoint/cmd/waypoint 65532"
+	"testapp ./controller/internal/clustertest/testapp 65532"
+	"pause ./tools/images/pause 65532"
+)
+
+out=.cache/images
+version=
+while [[ $# -gt 0 ]]; do
+	case $1 in
+	--out) out=$2; shift 2 ;;
+	--version) version=$2; shift 2 ;;
+	*) echo "usage: $0 [--out DIR] [--version V]" >&2; exit 2 ;;
+	esac
+done
+if [[ -z $version ]]; then
+	version=$(git describe --always --dirty 2>/dev/null || echo dev)
+fi
+mkdir -p "$out/bin" .cache/bin
+out=$(cd "$out" && pwd)
+
+export CGO_ENABLED=0
+flags=(-trimpath -buildvcs=false -ldflags=-s\ -w\ -buildid=)
+
+(cd tools/images && GOWORK=off go build "${flags[@]}" -o "$root/.cache/bin/images" .)
+
+args=()
+for line in "${images[@]}"; do
+	read -r name pkg uid <<<"$line"
+	bin=$out/bin/$name
+	if [[ $pkg == ./tools/images/* ]]; then
+		(cd tools/images && GOWORK=off go build "${flags[@]}" -o "$bin" "./${pkg#./tools/images/}")
+	else
+		go build "${flags[@]}" -o "$bin" "$pkg"
+	fi
+	args+=("$name=$bin:$uid")
+done
+
+.cache/bin/images -out "$out" -version "$version" "${args[@]}" >/dev/null
+echo "images: ambit.dev/{$(IFS=,; for l in "${images[@]}"; do printf '%s,' "${l%% *}"; done | sed 's/,$//')}:$version in $out ($(du -sh --exclude=bin "$out" | cut -f1))"
