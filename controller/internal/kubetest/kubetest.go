@@ -17,6 +17,11 @@
 // of a custom resource within 2 s of its CRD becoming Established takes those 2 s (the API
 // server's own delay, for HA), so the first AuthorizationPolicy of a test may be slow.
 //
+// StartWith takes Options: the address and port the API server listens on, its scratch
+// directory, flags to add or replace, and a hook that sees every process start; the cluster
+// harness on a real kubelet (controller/internal/clustertest) is built on it. Stop ends the
+// processes before the test does.
+//
 // Binaries: kube-apiserver from $AMBIT_KUBE_APISERVER or <repo>/.cache/bin/kube-apiserver;
 // etcd from $AMBIT_ETCD, $PATH or /usr/bin/etcd (Debian's etcd-server, `make setup`).
 package kubetest
@@ -30,6 +35,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,8 +85,46 @@ type Cluster struct {
 	APIServerLog string
 
 	t      testing.TB
+	opts   Options
 	pki    *pki
 	mapper *mapper
+
+	mu      sync.Mutex
+	stops   []func() // in start order; Stop runs them backwards
+	stopped bool
+}
+
+// Options change how StartWith starts the control plane; the zero value is what Start does.
+type Options struct {
+	// Dir is the scratch directory (certificates, logs, etcd data); default t.TempDir().
+	Dir string
+	// Address is the IP the API server binds and advertises; default 127.0.0.1. Its serving
+	// certificate names it, and the kubernetes Service's ClusterIP.
+	Address string
+	// Port is the API server's port; default a free one.
+	Port int
+	// ServiceCIDR is the range of ClusterIPs; default ServiceCIDR.
+	ServiceCIDR string
+	// APIServerArgs are added to kube-apiserver's flags; one of the form --name=value replaces
+	// the default flag of that name (e.g. --authorization-mode=Node,RBAC,
+	// --endpoint-reconciler-type=lease).
+	APIServerArgs []string
+	// Started, if set, is called with the name and pid of each process right after it started
+	// (etcd, kube-apiserver).
+	Started func(name string, pid int)
+}
+
+func (o Options) withDefaults(t testing.TB) Options {
+	if o.Dir == "" {
+		o.Dir = t.TempDir()
+	}
+	if o.Address == "" {
+		o.Address = "127.0.0.1"
+	}
+	if o.ServiceCIDR == "" {
+		o.ServiceCIDR = ServiceCIDR
+	}
+	return o
 }
 
 // Start starts etcd and kube-apiserver, waits until the API server is ready, and applies and
@@ -89,14 +133,20 @@ type Cluster struct {
 // stopped by t.Cleanup.
 func Start(t testing.TB) *Cluster {
 	t.Helper()
-	c, err := start(t)
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, o Options) *Cluster {
+	t.Helper()
+	c, err := start(t, o.withDefaults(t))
 	if err != nil {
 		t.Fatalf("kubetest: %v", err)
 	}
 	return c
 }
 
-func start(t testing.TB) (*Cluster, error) {
+func start(t testing.TB, o Options) (*Cluster, error) {
 	begin := time.Now()
 	root, err := RepoRoot()
 	if err != nil {
@@ -106,12 +156,24 @@ func start(t testing.TB) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir := t.TempDir()
-	p, err := newPKI(dir)
+	dir := o.Dir
+	addr := net.ParseIP(o.Address)
+	if addr == nil {
+		return nil, fmt.Errorf("address %q is not an IP", o.Address)
+	}
+	_, svc, err := net.ParseCIDR(o.ServiceCIDR)
+	if err != nil {
+		return nil, fmt.Errorf("service CIDR: %w", err)
+	}
+	// The first address of the range is the kubernetes Service's ClusterIP, which pods dial.
+	first := slices.Clone(svc.IP.To4())
+	first[3]++
+	p, err := newPKI(dir, []net.IP{addr, first})
 	if err != nil {
 		return nil, fmt.Errorf("generating certificates: %w", err)
 	}
-	c := &Cluster{Root: root, Dir: dir, t: t, pki: p, APIServerLog: filepath.Join(dir, "kube-apiserver.log")}
+	c := &Cluster{Root: root, Dir: dir, t: t, opts: o, pki: p, APIServerLog: filepath.Join(dir, "kube-apiserver.log")}
+	t.Cleanup(c.Stop)
 
 	ctx, cancel := context.WithTimeout(context.Background(), StartTimeout)
 	defer cancel()
@@ -151,6 +213,9 @@ func (c *Cluster) startProcesses(ctx context.Context, apiserverBin, etcdBin stri
 		return false, err
 	}
 	etcdClient, etcdPeer, apiPort := ports[0], ports[1], ports[2]
+	if c.opts.Port != 0 {
+		apiPort = c.opts.Port
+	}
 	suffix := ""
 	if attempt > 0 {
 		suffix = "." + strconv.Itoa(attempt)
@@ -179,33 +244,33 @@ func (c *Cluster) startProcesses(ctx context.Context, apiserverBin, etcdBin stri
 
 	c.APIServerLog = filepath.Join(c.Dir, "kube-apiserver"+suffix+".log")
 	p := c.pki
-	apiserver, err := c.startProcess("kube-apiserver", apiserverBin, c.APIServerLog,
-		"--etcd-servers="+etcdURL,
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
-		"--secure-port="+strconv.Itoa(apiPort),
-		"--tls-cert-file="+p.path("apiserver.crt"),
-		"--tls-private-key-file="+p.path("apiserver.key"),
-		"--client-ca-file="+p.path("ca.crt"),
-		"--service-account-issuer="+Issuer,
-		"--service-account-key-file="+p.path("sa.pub"),
-		"--service-account-signing-key-file="+p.path("sa.key"),
-		"--api-audiences="+Issuer,
+	apiserver, err := c.startProcess("kube-apiserver", apiserverBin, c.APIServerLog, mergeFlags([]string{
+		"--etcd-servers=" + etcdURL,
+		"--bind-address=" + c.opts.Address,
+		"--advertise-address=" + c.opts.Address,
+		"--secure-port=" + strconv.Itoa(apiPort),
+		"--tls-cert-file=" + p.path("apiserver.crt"),
+		"--tls-private-key-file=" + p.path("apiserver.key"),
+		"--client-ca-file=" + p.path("ca.crt"),
+		"--service-account-issuer=" + Issuer,
+		"--service-account-key-file=" + p.path("sa.pub"),
+		"--service-account-signing-key-file=" + p.path("sa.key"),
+		"--api-audiences=" + Issuer,
 		"--authorization-mode=RBAC",
 		"--anonymous-auth=false",
-		"--service-cluster-ip-range="+ServiceCIDR,
+		"--service-cluster-ip-range=" + c.opts.ServiceCIDR,
 		"--endpoint-reconciler-type=none",
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
-		"--cert-dir="+filepath.Join(c.Dir, "apiserver-certs"),
+		"--cert-dir=" + filepath.Join(c.Dir, "apiserver-certs"),
 		"--v=1",
-	)
+	}, c.opts.APIServerArgs)...)
 	if err != nil {
 		etcd.stop(c.t)
 		return false, err
 	}
 
-	host := "https://127.0.0.1:" + strconv.Itoa(apiPort)
+	host := "https://" + net.JoinHostPort(c.opts.Address, strconv.Itoa(apiPort))
 	c.Config = &rest.Config{
 		Host: host,
 		TLSClientConfig: rest.TLSClientConfig{
@@ -234,6 +299,24 @@ func (c *Cluster) startProcesses(ctx context.Context, apiserverBin, etcdBin stri
 	}
 	c.mapper = newMapper(c.Client)
 	return false, nil
+}
+
+// mergeFlags returns defaults with extra added; an extra flag --name=value replaces every
+// default of the same name.
+func mergeFlags(defaults, extra []string) []string {
+	replaced := map[string]bool{}
+	for _, e := range extra {
+		if name, _, ok := strings.Cut(e, "="); ok {
+			replaced[name] = true
+		}
+	}
+	var out []string
+	for _, d := range defaults {
+		if name, _, _ := strings.Cut(d, "="); !replaced[name] {
+			out = append(out, d)
+		}
+	}
+	return append(out, extra...)
 }
 
 // RepoRoot is the repository root: the nearest directory above the working directory that
@@ -328,7 +411,10 @@ func (c *Cluster) startProcess(name, bin, logPath string, args ...string) (*proc
 		logFile.Close()
 		close(p.done)
 	}()
-	c.t.Cleanup(func() { p.stop(c.t) })
+	c.onStop(func() { p.stop(c.t) })
+	if c.opts.Started != nil {
+		c.opts.Started(name, cmd.Process.Pid)
+	}
 	return p, nil
 }
 
@@ -448,12 +534,62 @@ func (c *Cluster) startServiceAccountDefaults() error {
 		inf.Run(stop)
 	}()
 	// Registered after the processes, so it runs before they are stopped.
-	c.t.Cleanup(func() {
+	c.onStop(func() {
 		close(stop)
 		wg.Wait()
 	})
 	return nil
 }
+
+// onStop registers f to run at Stop, before everything registered earlier.
+func (c *Cluster) onStop(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stops = append(c.stops, f)
+}
+
+// Stop stops the API server and etcd now (they stop at the end of the test anyway). It is
+// idempotent; the clients fail afterwards.
+func (c *Cluster) Stop() {
+	c.mu.Lock()
+	if c.stopped {
+		c.mu.Unlock()
+		return
+	}
+	c.stopped = true
+	stops := c.stops
+	c.mu.Unlock()
+	for i := len(stops) - 1; i >= 0; i-- {
+		stops[i]()
+	}
+}
+
+// ClientCertificate issues a client certificate of the cluster's CA for user cn in the given
+// groups (PEM), for a component that authenticates with one: a kubelet is
+// system:node:<name> in system:nodes, the controller manager system:kube-controller-manager.
+func (c *Cluster) ClientCertificate(cn string, groups ...string) (certPEM, keyPEM []byte, err error) {
+	return c.pki.clientCert(cn, groups)
+}
+
+// ConfigFor returns a client configuration that authenticates as user cn in groups with a
+// client certificate (ClientCertificate).
+func (c *Cluster) ConfigFor(cn string, groups ...string) (*rest.Config, error) {
+	cert, key, err := c.ClientCertificate(cn, groups...)
+	if err != nil {
+		return nil, err
+	}
+	return &rest.Config{
+		Host:            c.Config.Host,
+		TLSClientConfig: rest.TLSClientConfig{CAData: c.pki.caPEM, CertData: cert, KeyData: key},
+		QPS:             c.Config.QPS,
+		Burst:           c.Config.Burst,
+	}, nil
+}
+
+// PKIFile is the path of one of the cluster's key files: "ca.crt" (the CA of every
+// certificate and of client authentication), "sa.key" and "sa.pub" (the ServiceAccount token
+// signing key and its public half).
+func (c *Cluster) PKIFile(name string) string { return c.pki.path(name) }
 
 // EnsureServiceAccount creates the namespace and the ServiceAccount in it unless they exist.
 func (c *Cluster) EnsureServiceAccount(ctx context.Context, namespace, name string) error {

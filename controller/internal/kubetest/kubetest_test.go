@@ -217,7 +217,7 @@ func TestCluster(t *testing.T) {
 // TestMissingAPIServer: without the binary the harness fails, saying how to build it.
 func TestMissingAPIServer(t *testing.T) {
 	t.Setenv("AMBIT_KUBE_APISERVER", t.TempDir()+"/no-such-kube-apiserver")
-	_, err := start(t)
+	_, err := start(t, Options{}.withDefaults(t))
 	if err == nil {
 		t.Fatal("start succeeded without a kube-apiserver binary")
 	}

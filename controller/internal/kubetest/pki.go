@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,18 +20,22 @@ import (
 //
 //	ca.crt                       signs the serving certificate and the admin client certificate;
 //	                             the API server's --client-ca-file
-//	apiserver.crt, apiserver.key serving certificate for 127.0.0.1 and localhost
+//	apiserver.crt, apiserver.key serving certificate for 127.0.0.1, localhost, the
+//	                             kubernetes Service's names and the extra IPs given
 //	admin.crt, admin.key         client certificate of the admin client (group system:masters)
 //	sa.key, sa.pub               ServiceAccount token signing key and its public half
 type pki struct {
 	dir                 string
 	caPEM               []byte
 	adminCert, adminKey []byte
+	ca                  *x509.Certificate
+	caKey               *ecdsa.PrivateKey
+	serial              atomic.Int64
 }
 
 func (p *pki) path(name string) string { return filepath.Join(p.dir, name) }
 
-func newPKI(dir string) (*pki, error) {
+func newPKI(dir string, ips []net.IP) (*pki, error) {
 	p := &pki{dir: dir}
 	now := time.Now()
 
@@ -56,6 +61,8 @@ func newPKI(dir string) (*pki, error) {
 		return nil, err
 	}
 	p.caPEM = pemBlock("CERTIFICATE", caDER)
+	p.ca, p.caKey = ca, caKey
+	p.serial.Store(100)
 
 	leaf := func(serial int64, tmpl *x509.Certificate) (certPEM, keyPEM []byte, err error) {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -80,8 +87,8 @@ func newPKI(dir string) (*pki, error) {
 	servingCert, servingKey, err := leaf(2, &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "kube-apiserver"},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
+		IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1)}, ips...),
+		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
 	})
 	if err != nil {
 		return nil, err
@@ -122,6 +129,32 @@ func newPKI(dir string) (*pki, error) {
 		}
 	}
 	return p, nil
+}
+
+// clientCert issues a client certificate of the cluster's CA for user cn in groups orgs.
+func (p *pki) clientCert(cn string, orgs []string) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(p.serial.Add(1)),
+		Subject:      pkix.Name{CommonName: cn, Organization: orgs},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pemBlock("CERTIFICATE", der), pemBlock("EC PRIVATE KEY", keyDER), nil
 }
 
 func pemBlock(typ string, der []byte) []byte {
