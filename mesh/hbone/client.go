@@ -208,6 +208,12 @@ func (c *Client) acquire(ctx context.Context, t Target) (*conn, error) {
 		select {
 		case <-pd.done:
 		case <-ctx.Done():
+			// A caller that gives up no longer counts against the dial's waiters; otherwise
+			// every abandoned wait would make a later caller start another dial, and pool
+			// one more connection, as if it were a burst.
+			c.mu.Lock()
+			pd.waiters--
+			c.mu.Unlock()
 			return nil, &Error{Kind: KindDial, Err: ctx.Err()}
 		}
 		if pd.err != nil {
