@@ -31,6 +31,11 @@ func (p *Pod) workload() *configv1.Workload {
 // serveHBONE terminates one tunnelled connection for this pod.
 func (p *Pod) serveHBONE(ctx context.Context, r *hbone.Request) {
 	start := time.Now()
+	if p.node.revoked(r.Peer) {
+		p.log.Info("inbound refused: peer identity revoked", "peer", r.Peer.String())
+		_ = r.Reject(401, "peer identity "+r.Peer.String()+" is no longer in the mesh")
+		return
+	}
 	w := p.workload()
 	src := r.Remote
 	// Only a waypoint relays for others: for its traffic the original client is in
@@ -73,6 +78,12 @@ func (p *Pod) serveHBONE(ctx context.Context, r *hbone.Request) {
 		conn.close(0, 0)
 		return
 	}
+	if !p.trackPeer(r.Peer, st) {
+		up.Close()
+		conn.close(0, 0)
+		return
+	}
+	defer p.untrackPeer(r.Peer, st)
 	toApp, fromApp, err := hbone.Splice(st, up)
 	conn.close(fromApp, toApp)
 	p.log.Info("inbound closed", "peer", r.Peer.String(), "src", src.String(), "dst", r.Authority.String(), "protocol", r.Protocol.String(),

@@ -50,6 +50,8 @@ type Node struct {
 
 	peers         peerTable
 	noTransparent sync.Once // logs, once, that the original source cannot be kept
+	rev           revocation
+	revokeOnce    sync.Once
 }
 
 // Net is how a pod's proxy touches the network: in production, inside the pod's network
@@ -105,6 +107,7 @@ type Pod struct {
 
 	mu     sync.Mutex
 	conns  map[io.Closer]struct{} // every connection of the pod's TCP handlers, closed by Close
+	byPeer map[spiffeid.ID]map[io.Closer]struct{} // inbound tunnels by verified peer (revoke.go)
 	closed bool
 }
 
@@ -120,6 +123,7 @@ func (n *Node) StartPod(w *configv1.Workload, nw Net, ports Ports) (*Pod, error)
 	if ports.Outbound == "" {
 		ports = Ports{Outbound: ":15001", Inbound: ":15006", HBONE: ":15008"}
 	}
+	n.watchRevocations()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pod{node: n, net: nw, w: w, id: id, ctx: ctx, cancel: cancel, lb: newBalancer(), conns: map[io.Closer]struct{}{},
 		log: n.Logger.With("pod", w.GetNamespace()+"/"+w.GetName())}
@@ -173,6 +177,7 @@ func (n *Node) StartPod(w *configv1.Workload, nw Net, ports Ports) (*Pod, error)
 			serve[i](ln)
 		}()
 	}
+	n.addPod(p)
 	if nw.ListenPacket != nil {
 		// HTTP/3 on the UDP port of the same number as the HBONE listener's.
 		host, _, _ := net.SplitHostPort(ports.HBONE)
@@ -205,6 +210,7 @@ func (p *Pod) Addrs() (hboneAddr, outbound, inbound net.Addr) {
 
 // Close stops the listeners and ends the pod's connections.
 func (p *Pod) Close() error {
+	p.node.removePod(p)
 	p.cancel()
 	for _, ln := range p.lns {
 		ln.Close()
