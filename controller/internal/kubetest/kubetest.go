@@ -588,7 +588,12 @@ func (c *Cluster) ConfigFor(cn string, groups ...string) (*rest.Config, error) {
 
 // PKIFile is the path of one of the cluster's key files: "ca.crt" (the CA of every
 // certificate and of client authentication), "sa.key" and "sa.pub" (the ServiceAccount token
-// signing key and its public half).
+// signing key and its public half), "kubelet-client.crt" and "kubelet-client.key" (the API
+// server's client certificate towards kubelets). PKIDir(dir, name) is the same path before
+// the cluster exists, for flags given to StartWith.
+func PKIDir(dir, name string) string { return filepath.Join(dir, name) }
+
+// PKIFile is the path of one of the cluster's key files (see PKIDir).
 func (c *Cluster) PKIFile(name string) string { return c.pki.path(name) }
 
 // EnsureServiceAccount creates the namespace and the ServiceAccount in it unless they exist.

@@ -23,6 +23,8 @@ import (
 //	apiserver.crt, apiserver.key serving certificate for 127.0.0.1, localhost, the
 //	                             kubernetes Service's names and the extra IPs given
 //	admin.crt, admin.key         client certificate of the admin client (group system:masters)
+//	kubelet-client.crt, .key     the API server's client certificate towards kubelets
+//	                             (group system:masters), for --kubelet-client-certificate
 //	sa.key, sa.pub               ServiceAccount token signing key and its public half
 type pki struct {
 	dir                 string
@@ -101,6 +103,14 @@ func newPKI(dir string, ips []net.IP) (*pki, error) {
 		return nil, err
 	}
 
+	kubeletClientCert, kubeletClientKey, err := leaf(4, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return nil, err
+	}
+
 	saKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -115,13 +125,15 @@ func newPKI(dir string, ips []net.IP) (*pki, error) {
 	}
 
 	files := map[string][]byte{
-		"ca.crt":        p.caPEM,
-		"apiserver.crt": servingCert,
-		"apiserver.key": servingKey,
-		"admin.crt":     p.adminCert,
-		"admin.key":     p.adminKey,
-		"sa.key":        pemBlock("EC PRIVATE KEY", saKeyDER),
-		"sa.pub":        pemBlock("PUBLIC KEY", saPubDER),
+		"ca.crt":             p.caPEM,
+		"apiserver.crt":      servingCert,
+		"apiserver.key":      servingKey,
+		"admin.crt":          p.adminCert,
+		"admin.key":          p.adminKey,
+		"kubelet-client.crt": kubeletClientCert,
+		"kubelet-client.key": kubeletClientKey,
+		"sa.key":             pemBlock("EC PRIVATE KEY", saKeyDER),
+		"sa.pub":             pemBlock("PUBLIC KEY", saPubDER),
 	}
 	for name, data := range files {
 		if err := os.WriteFile(p.path(name), data, 0o600); err != nil {

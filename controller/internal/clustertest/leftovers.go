@@ -1,0 +1,167 @@
+package clustertest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type syscallStat = syscall.Stat_t
+
+func statNS(pid int, kind string, st *syscall.Stat_t) error {
+	return syscall.Stat(filepath.Join("/proc", strconv.Itoa(pid), "ns", kind), st)
+}
+
+func killPid(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
+
+// unmount detaches a mount the host should not have (lazily: a busy one goes when released).
+func unmount(target string) error {
+	if err := syscall.Unmount(target, syscall.MNT_DETACH); err != nil && err != syscall.EINVAL && err != syscall.ENOENT {
+		return fmt.Errorf("unmount %s: %w", target, err)
+	}
+	return nil
+}
+
+// linksWithPrefix lists the host's network interfaces whose name starts with prefix.
+func linksWithPrefix(ctx context.Context, prefix string) []string {
+	out, err := exec.CommandContext(ctx, "ip", "-o", "link", "show").Output()
+	if err != nil {
+		return nil
+	}
+	var links []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+		if strings.HasPrefix(name, prefix) {
+			links = append(links, name)
+		}
+	}
+	return links
+}
+
+// hostSnapshot is what of the host a cluster must leave as it found it and could touch by
+// mistake: firewall chains and tables, sysctls.
+type hostSnapshot struct {
+	chains  []string // iptables and ip6tables chains, nftables tables
+	sysctls map[string]string
+	dirs    []string // the nodeMountpoints that exist
+}
+
+func snapshotHost(ctx context.Context) hostSnapshot {
+	s := hostSnapshot{sysctls: map[string]string{}}
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		out, _ := exec.CommandContext(ctx, tool).Output()
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, ":") {
+				s.chains = append(s.chains, tool+" "+strings.Fields(line[1:])[0])
+			}
+		}
+	}
+	out, _ := exec.CommandContext(ctx, "nft", "list", "tables").Output()
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if line != "" {
+			s.chains = append(s.chains, "nft "+line)
+		}
+	}
+	for _, k := range kubeletSysctls {
+		s.sysctls[k], _ = readSysctl(k)
+	}
+	for _, d := range nodeMountpoints {
+		if _, err := os.Stat(d); err == nil {
+			s.dirs = append(s.dirs, d)
+		}
+	}
+	return s
+}
+
+// Leftovers lists what the cluster left on the host after Stop, one description each; empty
+// when the host is as Start found it: no process of the cluster (in its cgroups or naming its
+// directory), no cgroup, no mount under its directory or on the nodes' mountpoints, no network
+// namespace of a node still held, no link of its bridge, no route to its pods, no firewall
+// chain or nftables table that was not there before, no state directory; and, when no other
+// cluster is running, the kubelet's sysctls back at the values before Start.
+func (c *Cluster) Leftovers() []string {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var left []string
+	for _, pid := range cgroupProcs(c.cgroup) {
+		left = append(left, "process "+describePid(pid)+" in cgroup "+c.cgroup)
+	}
+	for _, pid := range procsMentioning(c.StateDir + "/") {
+		left = append(left, "process "+describePid(pid)+" naming "+c.StateDir)
+	}
+	for _, d := range cgroupLeft(c.cgroup) {
+		left = append(left, "cgroup "+d)
+	}
+	for _, m := range mountsUnder(c.StateDir) {
+		left = append(left, "mount "+m)
+	}
+	for _, mp := range nodeMountpoints {
+		for _, m := range mountsUnder(mp) {
+			left = append(left, "mount "+m)
+		}
+	}
+	if len(c.holderIno) > 0 {
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			if ino, err := nsInode(pid, "net"); err == nil && slices.Contains(c.holderIno, ino) {
+				left = append(left, "network namespace of a node, held by process "+describePid(pid))
+			}
+		}
+	}
+	for _, l := range linksWithPrefix(ctx, c.Bridge) {
+		left = append(left, "link "+l)
+	}
+	if out, err := exec.CommandContext(ctx, "ip", "route", "show").Output(); err == nil {
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, c.Bridge) || strings.HasPrefix(line, "10.251.") && strings.Contains(line, "via 10.250."+strconv.Itoa(c.Slot)+".") {
+				left = append(left, "route "+line)
+			}
+		}
+	}
+	after := snapshotHost(ctx)
+	for _, ch := range after.chains {
+		if !slices.Contains(c.before.chains, ch) {
+			left = append(left, "firewall: "+ch)
+		}
+	}
+	if _, err := os.Stat(c.StateDir); err == nil {
+		left = append(left, "directory "+c.StateDir)
+	}
+	if _, err := os.Stat(filepath.Join(BaseDir(), "host.json")); os.IsNotExist(err) && c.recorded {
+		for k, v := range c.before.sysctls {
+			if after.sysctls[k] != v {
+				left = append(left, fmt.Sprintf("sysctl %s = %s, was %s", k, after.sysctls[k], v))
+			}
+		}
+		for _, d := range after.dirs {
+			if !slices.Contains(c.before.dirs, d) {
+				left = append(left, "directory "+d)
+			}
+		}
+	}
+	return left
+}
+
+func describePid(pid int) string {
+	b, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	cmd := strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
+	if len(cmd) > 120 {
+		cmd = cmd[:120] + "…"
+	}
+	return strconv.Itoa(pid) + " (" + cmd + ")"
+}
