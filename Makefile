@@ -43,7 +43,7 @@ FUZZTIME ?= 20000x
 # Per-binary timeout of go test; the whole of `make test` must stay well under CI's 90 minutes.
 TESTTIMEOUT ?= 10m
 
-.PHONY: kube-apiserver kube-node bench-hbone help setup build proto proto-check lint unit compat fuzz test demo bench bench-quick e2e-k8s bench-controller clean
+.PHONY: kube-apiserver kube-node images bench-hbone help setup build proto proto-check lint unit compat fuzz test demo bench bench-quick e2e-k8s bench-controller clean
 
 help: ## list the targets
 	@echo "usage: make <target>"
@@ -108,6 +108,12 @@ KUBE_NODE := kubelet kube-controller-manager kube-scheduler kubectl kube-proxy
 kube-node: kube-apiserver ## build the node's Kubernetes commands (kubelet, controller-manager, scheduler, kubectl, kube-proxy) into .cache/bin, once
 	@hack/kube-build.sh $(KUBE_NODE)
 
+# The container images (OCI tarballs in .cache/images, listed with their digests in
+# .cache/images/images.txt); the list of parts is in hack/images.sh. VERSION names the tag
+# (default: git describe --always --dirty).
+images: ## build the images of controller, ztunnel, waypoint, testapp and pause as OCI tarballs into .cache/images (no Docker, no registry)
+	@hack/images.sh $(if $(VERSION),--version $(VERSION))
+
 lint: ## gofmt, go vet and staticcheck over every module
 	@hack/lint.sh
 
@@ -122,7 +128,7 @@ compat: ## HBONE wire compatibility with Istio's Go implementation (compat/istio
 fuzz: ## run each FUZZ target for its count of executions (FUZZTIME for one without)
 	@hack/fuzz.sh -t $(FUZZTIME) $(FUZZ)
 
-test: setup kube-apiserver ## everything CI checks: proto-check, generate-check, lint, unit (with the e2e tests), compat, fuzz
+test: setup kube-apiserver kube-node images ## everything CI checks: proto-check, generate-check, lint, unit (with the e2e tests), compat, fuzz
 	@$(MAKE) proto-check
 	@$(MAKE) generate-check
 	@$(MAKE) lint
