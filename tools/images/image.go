@@ -215,7 +215,7 @@ func WriteOCI(w io.Writer, img v1.Image, ref, tag string, created time.Time) err
 			Digest:    digest,
 			Size:      int64(len(manifest)),
 			Annotations: map[string]string{
-				"io.containerd.image.name":         ref,
+				"io.containerd.image.name":          ref,
 				"org.opencontainers.image.ref.name": tag,
 			},
 		}},
