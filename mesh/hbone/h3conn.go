@@ -118,7 +118,7 @@ func (c *h3conn) serveUni(rs *quic.ReceiveStream) {
 	switch typ {
 	case streamControl:
 		err := c.serveControl(&br)
-		if err == nil || errors.Is(err, io.EOF) {
+		if errors.Is(err, io.EOF) {
 			err = connErr(h3ClosedCriticalStream, "control stream closed")
 		}
 		var he *h3Error

@@ -31,9 +31,6 @@ type h3stream struct {
 	hdr        [16]byte
 	localEnded atomic.Bool
 
-	status int // client: the CONNECT response
-	reason string
-
 	closeOnce sync.Once
 }
 

@@ -106,7 +106,7 @@ type Pod struct {
 	cancel context.CancelFunc
 
 	mu     sync.Mutex
-	conns  map[io.Closer]struct{} // every connection of the pod's TCP handlers, closed by Close
+	conns  map[io.Closer]struct{}                 // every connection of the pod's TCP handlers, closed by Close
 	byPeer map[spiffeid.ID]map[io.Closer]struct{} // inbound tunnels by verified peer (revoke.go)
 	closed bool
 }
@@ -133,10 +133,10 @@ func (n *Node) StartPod(w *configv1.Workload, nw Net, ports Ports) (*Pod, error)
 		cc.Logger = p.log
 	}
 	p.client, err = hbone.NewClient(hbone.ClientConfig{
-		ConnConfig:  cc,
-		Certificate: n.Certs,
-		Bundle:      n.Bundle,
-		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return nw.Dial(ctx, addr, DialOptions{}) },
+		ConnConfig:   cc,
+		Certificate:  n.Certs,
+		Bundle:       n.Bundle,
+		DialContext:  func(ctx context.Context, _, addr string) (net.Conn, error) { return nw.Dial(ctx, addr, DialOptions{}) },
 		ListenPacket: listenPacket(nw),
 	})
 	if err != nil {

@@ -225,8 +225,8 @@ func TestPodToPodOverH3(t *testing.T) {
 			"reporter": reporter, "connection_security_policy": "mutual_tls", "tunnel_protocol": "HBONE_H3",
 			"destination_principal": "spiffe://cluster.local/ns/shop/sa/server", "destination_workload": "server",
 			"destination_workload_namespace": "shop", "response_flags": "-",
-			"source_principal": "spiffe://cluster.local/ns/shop/sa/client",
-			"source_workload": map[string]string{"source": "client", "destination": "unknown"}[reporter],
+			"source_principal":          "spiffe://cluster.local/ns/shop/sa/client",
+			"source_workload":           map[string]string{"source": "client", "destination": "unknown"}[reporter],
 			"source_workload_namespace": map[string]string{"source": "shop", "destination": "unknown"}[reporter],
 		}))
 		if n != 1 {
