@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -47,7 +48,7 @@ func echoPod(c *Cluster, name, node string) *corev1.Pod {
 // kube-proxy, traffic from the host, kubectl exec and logs, and that teardown leaves nothing
 // behind.
 func TestCluster(t *testing.T) {
-	c := Start(t, Options{Nodes: 2})
+	c := Start(t, Options{Nodes: 2, HostPaths: []string{"/run/ambit-clustertest"}})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -135,6 +136,27 @@ func TestCluster(t *testing.T) {
 		var e echo
 		if err := json.Unmarshal([]byte(out), &e); err != nil || e.Pod != "default/echo-b" {
 			t.Errorf("through %s: got %q (%v), want an answer of default/echo-b", url, out, err)
+		}
+	})
+
+	t.Run("PrivatePaths", func(t *testing.T) {
+		// Inside a node, the standard CNI directories and the extra host path are the node's own.
+		for _, n := range c.Nodes {
+			if _, err := n.Run(ctx, "test", "-f", "/etc/cni/net.d/10-ambit.conflist", "-a", "-x", "/opt/cni/bin/bridge"); err != nil {
+				t.Errorf("CNI directories inside the node: %v", err)
+			}
+			if _, err := n.Run(ctx, "touch", "/run/ambit-clustertest/"+n.Name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, n := range c.Nodes {
+			ents, err := os.ReadDir(n.HostPath("/run/ambit-clustertest"))
+			if err != nil || len(ents) != 1 || ents[0].Name() != n.Name {
+				t.Errorf("node %s's /run/ambit-clustertest holds %v (%v), want only its own file", n.Name, ents, err)
+			}
+		}
+		if ents, _ := os.ReadDir("/run/ambit-clustertest"); len(ents) != 0 {
+			t.Errorf("the machine's /run/ambit-clustertest holds %v, want nothing", ents)
 		}
 	})
 

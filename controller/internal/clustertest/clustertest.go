@@ -25,7 +25,9 @@
 // goes with it. Its mounts (the kubelet's volumes, containerd's rootfs and netns mounts) stay
 // in its private mount namespace, where its own directories are bound onto the fixed paths
 // the kubelet, containerd and the CNI plugins use whatever their flags say (/var/lib/kubelet,
-// /var/lib/cni, /run/containerd, /var/log/pods, /var/log/containers). Every process of the
+// /var/lib/cni, /run/containerd, /var/log/pods, /var/log/containers), and onto the standard
+// CNI directories /opt/cni/bin and /etc/cni/net.d, which containerd uses: a DaemonSet that
+// installs a CNI plugin through hostPath volumes works unchanged. Every process of the
 // cluster, down to the shims and the containers, lives under the cgroup /ambit-cluster-s<s>
 // (the kubelet's cgroupRoot is /ambit-cluster-s<s>/<node>).
 //
@@ -102,6 +104,12 @@ type Options struct {
 	// controller, ztunnel, waypoint, testapp, pause); default all. pause is always imported:
 	// it is the pod sandbox.
 	Images []string
+	// HostPaths are more paths that each node gets a private, empty directory of its own
+	// bound onto, inside its mount namespace: for a DaemonSet's hostPath volumes (a node
+	// agent's socket directory, say), which would otherwise land on the machine's own
+	// filesystem and be shared by every node. /var/lib/kubelet, /var/lib/cni, /run/containerd,
+	// /var/log/pods, /var/log/containers, /opt/cni/bin and /etc/cni/net.d always are.
+	HostPaths []string
 }
 
 // Cluster is a running cluster. The embedded kubetest.Cluster gives the admin clients
@@ -131,16 +139,17 @@ type Cluster struct {
 	// Timings of the start: control plane up, nodes Ready, all of Start.
 	ControlPlaneUp, NodesReady, StartedIn time.Duration
 
-	t         testing.TB
-	bins      binaries
-	cgroup    string // ambit-cluster-s<slot>
-	lock      *os.File
-	procs     []*proc // controller manager, scheduler
-	before    hostSnapshot
-	recorded  bool // this cluster recorded the host's values (no other was live)
-	stopOnce  sync.Once
-	stopErr   error
-	holderIno []uint64 // the nodes' network namespaces, to check they are gone
+	t           testing.TB
+	bins        binaries
+	cgroup      string // ambit-cluster-s<slot>
+	lock        *os.File
+	procs       []*proc // controller manager, scheduler
+	before      hostSnapshot
+	recorded    bool     // this cluster recorded the host's values (no other was live)
+	mountpoints []string // nodeMountpoints and Options.HostPaths
+	stopOnce    sync.Once
+	stopErr     error
+	holderIno   []uint64 // the nodes' network namespaces, to check they are gone
 }
 
 // Start starts a cluster and waits until every node is Ready. It skips the test when not root

@@ -45,7 +45,7 @@ func TestCrashRecovery(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	_, hostErr := os.Stat(filepath.Join(BaseDir(), "host.json"))
-	dead := &Cluster{before: snapshotHost(ctx), recorded: errors.Is(hostErr, os.ErrNotExist)}
+	dead := &Cluster{before: snapshotHost(ctx, nodeMountpoints), mountpoints: nodeMountpoints, recorded: errors.Is(hostErr, os.ErrNotExist)}
 
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCrashChild$", "-test.v")
 	cmd.Env = append(os.Environ(), crashChildEnv+"=1")

@@ -21,9 +21,11 @@ var (
 		"kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes",
 	}
 	// nodeMountpoints are fixed paths the kubelet, containerd and the CNI plugins write to
-	// whatever their flags say. Inside a node's mount namespace each gets a directory of the
-	// node bound onto it; on the host only the empty directory is needed (and removed after).
-	nodeMountpoints = []string{"/var/lib/kubelet", "/var/lib/cni", "/run/containerd", "/var/log/pods", "/var/log/containers"}
+	// whatever their flags say, and the standard CNI directories (where a node agent installs
+	// a chained plugin). Inside a node's mount namespace each gets a directory of the node
+	// bound onto it; on the host only the empty directory is needed (and removed after).
+	nodeMountpoints = []string{"/var/lib/kubelet", "/var/lib/cni", "/run/containerd", "/var/log/pods", "/var/log/containers",
+		"/opt/cni/bin", "/etc/cni/net.d"}
 )
 
 // hostState is BaseDir/host.json: the host's values before the first live cluster changed
@@ -144,7 +146,7 @@ func withHost(f func(st *hostState) (*hostState, error)) error {
 
 // hostAcquire records the host's values (unless a live or crashed cluster already did) and
 // creates the missing mountpoints.
-func hostAcquire() error {
+func hostAcquire(mountpoints []string) error {
 	return withHost(func(st *hostState) (*hostState, error) {
 		if st == nil {
 			st = &hostState{Sysctls: map[string]string{}}
@@ -156,13 +158,18 @@ func hostAcquire() error {
 				st.Sysctls[k] = v
 			}
 		}
-		for _, d := range nodeMountpoints {
-			if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
-				if err := os.MkdirAll(d, 0o755); err != nil {
-					return nil, err
+		for _, d := range mountpoints {
+			// Record every directory made, parents first, so that release removes them all.
+			var missing []string
+			for p := d; p != "/"; p = filepath.Dir(p) {
+				if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+					missing = append([]string{p}, missing...)
 				}
-				st.Created = append(st.Created, d)
 			}
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return nil, err
+			}
+			st.Created = append(st.Created, missing...)
 		}
 		return st, nil
 	})

@@ -54,10 +54,10 @@ func linksWithPrefix(ctx context.Context, prefix string) []string {
 type hostSnapshot struct {
 	chains  []string // iptables and ip6tables chains, nftables tables
 	sysctls map[string]string
-	dirs    []string // the nodeMountpoints that exist
+	dirs    []string // the mountpoints (and their parents) that exist
 }
 
-func snapshotHost(ctx context.Context) hostSnapshot {
+func snapshotHost(ctx context.Context, mountpoints []string) hostSnapshot {
 	s := hostSnapshot{sysctls: map[string]string{}}
 	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
 		out, _ := exec.CommandContext(ctx, tool).Output()
@@ -76,9 +76,11 @@ func snapshotHost(ctx context.Context) hostSnapshot {
 	for _, k := range kubeletSysctls {
 		s.sysctls[k], _ = readSysctl(k)
 	}
-	for _, d := range nodeMountpoints {
-		if _, err := os.Stat(d); err == nil {
-			s.dirs = append(s.dirs, d)
+	for _, d := range mountpoints {
+		for p := d; p != "/"; p = filepath.Dir(p) {
+			if _, err := os.Stat(p); err == nil && !slices.Contains(s.dirs, p) {
+				s.dirs = append(s.dirs, p)
+			}
 		}
 	}
 	return s
@@ -107,7 +109,7 @@ func (c *Cluster) Leftovers() []string {
 	for _, m := range mountsUnder(c.StateDir) {
 		left = append(left, "mount "+m)
 	}
-	for _, mp := range nodeMountpoints {
+	for _, mp := range c.mountpoints {
 		for _, m := range mountsUnder(mp) {
 			left = append(left, "mount "+m)
 		}
@@ -136,7 +138,7 @@ func (c *Cluster) Leftovers() []string {
 	}
 	// Only what a node could leave: other tests on the machine may add firewall rules of
 	// their own meanwhile.
-	after := snapshotHost(ctx)
+	after := snapshotHost(ctx, c.mountpoints)
 	for _, ch := range after.chains {
 		if !slices.Contains(c.before.chains, ch) && (strings.Contains(ch, " KUBE-") || strings.Contains(ch, " CNI-") || strings.Contains(ch, "kube")) {
 			left = append(left, "firewall: "+ch)
@@ -152,6 +154,7 @@ func (c *Cluster) Leftovers() []string {
 			}
 		}
 		for _, d := range after.dirs {
+			// Present now, absent before: made by the harness and not removed.
 			if !slices.Contains(c.before.dirs, d) {
 				left = append(left, "directory "+d)
 			}

@@ -29,9 +29,10 @@ type Node struct {
 	Dir string
 	// ContainerdSocket is containerd's gRPC socket (for ctr --address, or a CRI client).
 	ContainerdSocket string
-	// CNIBinDir and CNIConfDir are the node's CNI plugin and configuration directories (the
-	// bridge, host-local and loopback plugins are linked in; the conflist is 10-ambit.conflist).
-	// A chained plugin goes into CNIBinDir and into the conflist's plugins.
+	// CNIBinDir and CNIConfDir are the node's CNI plugin and configuration directories, bound
+	// onto /opt/cni/bin and /etc/cni/net.d inside the node, where containerd looks (Debian's
+	// plugins are linked in; the conflist is 10-ambit.conflist). A chained plugin goes into
+	// the bin directory and into the conflist's plugins.
 	CNIBinDir, CNIConfDir string
 	// KubeletRootDir is the kubelet's --root-dir (bound onto /var/lib/kubelet in the node).
 	KubeletRootDir string
@@ -76,6 +77,21 @@ func (n *Node) ImportImage(ctx context.Context, tarball string) error {
 
 func (n *Node) path(elem ...string) string { return filepath.Join(append([]string{n.Dir}, elem...)...) }
 
+// HostPath is the directory on the machine that is bound onto p inside the node, for p one
+// of the node's private paths (/var/lib/kubelet, /etc/cni/net.d, /opt/cni/bin, an
+// Options.HostPaths entry, …): what a hostPath volume of p holds, seen from the test.
+func (n *Node) HostPath(p string) string {
+	switch p {
+	case "/var/lib/kubelet":
+		return n.KubeletRootDir
+	case "/opt/cni/bin":
+		return n.CNIBinDir
+	case "/etc/cni/net.d":
+		return n.CNIConfDir
+	}
+	return n.path("host", strings.TrimPrefix(p, "/"))
+}
+
 // start makes the node's namespaces and directories, starts containerd, imports the images and
 // starts the kubelet (and kube-proxy). The pod network comes later (network), once the node
 // has its pod CIDR.
@@ -86,7 +102,7 @@ func (n *Node) start(ctx context.Context, images []string, kubeProxy bool) error
 	n.CNIBinDir, n.CNIConfDir = n.path("cni", "bin"), n.path("cni", "net.d")
 	n.KubeletRootDir = n.path("kubelet")
 	for _, d := range []string{"logs", "containerd/root", "containerd/state", "containerd/opt", "runc", "kubelet",
-		"cni/bin", "cni/net.d", "cni/ipam", "var-lib-cni", "run-containerd", "log-pods", "log-containers"} {
+		"cni/bin", "cni/net.d", "cni/ipam"} {
 		if err := os.MkdirAll(n.path(d), 0o755); err != nil {
 			return err
 		}
@@ -195,15 +211,12 @@ func (n *Node) link(ctx context.Context) error {
 // makes containerd's state directory (where the pods' netns files are mounted) a shared mount
 // before containerd starts, so that a pod's HostToContainer mount of it is allowed.
 func (n *Node) mounts(ctx context.Context) error {
-	binds := map[string]string{
-		"/var/lib/kubelet":    n.KubeletRootDir,
-		"/var/lib/cni":        n.path("var-lib-cni"),
-		"/run/containerd":     n.path("run-containerd"),
-		"/var/log/pods":       n.path("log-pods"),
-		"/var/log/containers": n.path("log-containers"),
-	}
-	for _, target := range nodeMountpoints {
-		if _, err := n.Run(ctx, "mount", "--bind", binds[target], target); err != nil {
+	for _, target := range n.c.mountpoints {
+		src := n.HostPath(target)
+		if err := os.MkdirAll(src, 0o755); err != nil {
+			return err
+		}
+		if _, err := n.Run(ctx, "mount", "--bind", src, target); err != nil {
 			return err
 		}
 	}
@@ -249,7 +262,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         SystemdCgroup = false
         Root = %q
 `, n.path("containerd", "root"), n.path("containerd", "state"), n.ContainerdSocket, n.path("containerd", "opt"),
-		c.Images["pause"], n.CNIBinDir, n.CNIConfDir, n.path("runc"))
+		c.Images["pause"], "/opt/cni/bin", "/etc/cni/net.d", n.path("runc"))
 	cfgPath := n.path("containerd.toml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		return err

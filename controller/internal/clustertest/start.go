@@ -161,7 +161,16 @@ func (c *Cluster) start(ctx context.Context, root string, o Options) error {
 	}
 	slices.Sort(imports)
 
-	c.before = snapshotHost(ctx)
+	c.mountpoints = slices.Clone(nodeMountpoints)
+	for _, p := range o.HostPaths {
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p || p == "/" {
+			return fmt.Errorf("host path %q: want a clean absolute path", p)
+		}
+		if !slices.Contains(c.mountpoints, p) {
+			c.mountpoints = append(c.mountpoints, p)
+		}
+	}
+	c.before = snapshotHost(ctx, c.mountpoints)
 	slot, l, err := takeSlot()
 	if err != nil {
 		return err
@@ -174,7 +183,7 @@ func (c *Cluster) start(ctx context.Context, root string, o Options) error {
 	c.Bridge = bridgeName(slot)
 	_, hostErr := os.Stat(filepath.Join(BaseDir(), "host.json"))
 	c.recorded = errors.Is(hostErr, os.ErrNotExist)
-	if err := hostAcquire(); err != nil {
+	if err := hostAcquire(c.mountpoints); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(filepath.Join(c.StateDir, "control"), 0o755); err != nil {
