@@ -139,6 +139,16 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("APIServerFromPod", func(t *testing.T) {
+		// The kubernetes Service (10.96.0.1:443) leads through kube-proxy to the API server on
+		// the host: the TLS handshake gets as far as the certificate, which testapp's client
+		// does not trust (it has no CA), and the certificate names the ClusterIP.
+		_, err := c.Kubectl(ctx, "exec", "-n", "default", "echo-a", "--", "testapp", "--get", "https://10.96.0.1:443/readyz")
+		if err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
+			t.Errorf("GET https://10.96.0.1/readyz from a pod: %v, want the API server's certificate refused as unknown", err)
+		}
+	})
+
 	t.Run("PrivatePaths", func(t *testing.T) {
 		// Inside a node, the standard CNI directories and the extra host path are the node's own.
 		for _, n := range c.Nodes {
