@@ -3,6 +3,8 @@ package xdsclient
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -15,6 +17,17 @@ const (
 	MetaKind              = "PROXY_KIND"
 	MetaWaypointNamespace = "WAYPOINT_NAMESPACE"
 	MetaWaypointName      = "WAYPOINT_NAME"
+	// MetaTunnelProtocols lists the tunnel protocols the proxy serves, comma-separated
+	// (TunnelHBONE, TunnelHBONEH3). Absent means HBONE only: a proxy that predates HTTP/3,
+	// or Istio's. The controller marks a workload HBONE_H3 only when the proxy that
+	// terminates its tunnels reported TunnelHBONEH3.
+	MetaTunnelProtocols = "TUNNEL_PROTOCOLS"
+)
+
+// Tunnel protocols, the values of MetaTunnelProtocols: the names of configv1.TunnelProtocol.
+const (
+	TunnelHBONE   = "HBONE"
+	TunnelHBONEH3 = "HBONE_H3"
 )
 
 // Proxy kinds, the value of MetaKind.
@@ -51,6 +64,17 @@ type NodeInfo struct {
 	// WaypointNamespace and WaypointName name the Gateway a waypoint serves; empty for ztunnel.
 	WaypointNamespace string
 	WaypointName      string
+	// TunnelProtocols are the tunnel protocols the proxy serves; empty means HBONE only.
+	// Unknown names are kept (a newer proxy's), and ignored by whoever does not know them.
+	TunnelProtocols []string
+}
+
+// Serves reports whether the proxy said it serves tunnel protocol p.
+func (n NodeInfo) Serves(p string) bool {
+	if p == TunnelHBONE && len(n.TunnelProtocols) == 0 {
+		return true
+	}
+	return slices.Contains(n.TunnelProtocols, p)
 }
 
 // Validate reports the first missing or invalid field.
@@ -80,6 +104,9 @@ func (n NodeInfo) Proto() *corev3.Node {
 	if n.WaypointName != "" {
 		fields[MetaWaypointName] = structpb.NewStringValue(n.WaypointName)
 	}
+	if len(n.TunnelProtocols) > 0 {
+		fields[MetaTunnelProtocols] = structpb.NewStringValue(strings.Join(n.TunnelProtocols, ","))
+	}
 	return &corev3.Node{Id: n.ID, Metadata: &structpb.Struct{Fields: fields}}
 }
 
@@ -101,6 +128,11 @@ func ParseNode(n *corev3.Node) (NodeInfo, error) {
 		Kind:              str(MetaKind),
 		WaypointNamespace: str(MetaWaypointNamespace),
 		WaypointName:      str(MetaWaypointName),
+	}
+	for _, p := range strings.Split(str(MetaTunnelProtocols), ",") {
+		if p = strings.TrimSpace(p); p != "" && !slices.Contains(info.TunnelProtocols, p) {
+			info.TunnelProtocols = append(info.TunnelProtocols, p)
+		}
 	}
 	return info, info.Validate()
 }

@@ -3,6 +3,7 @@ package xdsclient
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -22,6 +23,9 @@ func TestNodeRoundTrip(t *testing.T) {
 		{"no node", NodeInfo{ID: "z", Kind: KindZtunnel}, false},
 		{"no id", NodeInfo{Node: "node-a", Kind: KindZtunnel}, false},
 		{"unknown kind", NodeInfo{ID: "z", Node: "node-a", Kind: "sidecar"}, false},
+		{"ztunnel with h3", NodeInfo{ID: "z", Node: "node-a", Kind: KindZtunnel, TunnelProtocols: []string{TunnelHBONE, TunnelHBONEH3}}, true},
+		{"waypoint with h3", NodeInfo{ID: "wp-1", Node: "node-a", Kind: KindWaypoint, WaypointNamespace: "shop", WaypointName: "waypoint",
+			TunnelProtocols: []string{TunnelHBONE, TunnelHBONEH3}}, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -29,7 +33,7 @@ func TestNodeRoundTrip(t *testing.T) {
 			if (err == nil) != tc.ok {
 				t.Fatalf("ParseNode: %v", err)
 			}
-			if tc.ok && got != tc.in {
+			if tc.ok && !reflect.DeepEqual(got, tc.in) {
 				t.Errorf("round trip = %+v, want %+v", got, tc.in)
 			}
 		})
@@ -42,6 +46,40 @@ func TestNodeRoundTrip(t *testing.T) {
 		MetaNodeName: structpb.NewNumberValue(1), MetaKind: structpb.NewStringValue(KindZtunnel)}}}
 	if _, err := ParseNode(n); err == nil {
 		t.Error("ParseNode accepted a numeric node name")
+	}
+}
+
+// TestTunnelProtocols: what a proxy reports it serves. No report is HBONE only (a proxy
+// that predates HTTP/3); the list is read leniently (spaces, repeats, unknown names kept).
+func TestTunnelProtocols(t *testing.T) {
+	tests := []struct {
+		meta   string // MetaTunnelProtocols; "-" for absent
+		want   []string
+		h2, h3 bool
+	}{
+		{"-", nil, true, false},
+		{"HBONE", []string{"HBONE"}, true, false},
+		{"HBONE,HBONE_H3", []string{"HBONE", "HBONE_H3"}, true, true},
+		{" HBONE_H3 , HBONE_H3,,MASQUE", []string{"HBONE_H3", "MASQUE"}, false, true},
+		{"", nil, true, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.meta, func(t *testing.T) {
+			n := NodeInfo{ID: "z", Node: "node-a", Kind: KindZtunnel}.Proto()
+			if tc.meta != "-" {
+				n.Metadata.Fields[MetaTunnelProtocols] = structpb.NewStringValue(tc.meta)
+			}
+			got, err := ParseNode(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got.TunnelProtocols, tc.want) {
+				t.Errorf("TunnelProtocols = %q, want %q", got.TunnelProtocols, tc.want)
+			}
+			if got.Serves(TunnelHBONE) != tc.h2 || got.Serves(TunnelHBONEH3) != tc.h3 {
+				t.Errorf("Serves(HBONE, HBONE_H3) = %v, %v, want %v, %v", got.Serves(TunnelHBONE), got.Serves(TunnelHBONEH3), tc.h2, tc.h3)
+			}
+		})
 	}
 }
 

@@ -39,6 +39,7 @@ func main() {
 	flag.StringVar(&cfg.WaypointImage, "waypoint-image", app.DefaultWaypointImage, "Kubernetes mode: `IMAGE` the waypoint Deployments run")
 	flag.StringVar(&cfg.WaypointController, "waypoint-controller", "", "Kubernetes mode: controller gRPC `HOST:PORT` the waypoints dial (default ambit-controller.<controller's namespace>.svc:15012)")
 	flag.BoolVar(&cfg.LeaderElect, "leader-elect", false, "run leader election on a Lease in the controller's namespace (Kubernetes mode)")
+	flag.StringVar(&cfg.TunnelProtocol, "tunnel-protocol", "hbone", "mesh-wide default of the namespace label ambit.dev/tunnel-protocol: hbone, or hbone-h3 for HBONE over HTTP/3 (UDP 15008) to the workloads of nodes whose ztunnel serves it")
 	flag.DurationVar(&cfg.Debounce, "debounce", 20*time.Millisecond, "quiet time after an object change before config is recomputed")
 	flag.TextVar(&level, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	flag.BoolVar(&logJSON, "log-json", false, "log in JSON instead of text")

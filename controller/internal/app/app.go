@@ -85,6 +85,10 @@ type Config struct {
 	Identity string
 	// Debounce between an object change and the model commit; default 20ms.
 	Debounce time.Duration
+	// TunnelProtocol is the mesh-wide default of the ambit.dev/tunnel-protocol label:
+	// "hbone" (also "") or "hbone-h3" (HBONE over HTTP/3 to the workloads whose node's
+	// ztunnel serves it; see model.LabelTunnelProtocol).
+	TunnelProtocol string
 
 	// WaypointTemplate is the file of the template the waypoints' objects are rendered from
 	// (Kubernetes mode); empty uses the built-in copy of deploy/waypoint/waypoint.yaml.
@@ -115,6 +119,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
 		return c, fmt.Errorf("trust domain %q: %w", c.TrustDomain, err)
+	}
+	if err := model.ValidTunnelMode(c.TunnelProtocol); err != nil {
+		return c, err
 	}
 	if c.ConfigDir != "" && c.Kubeconfig != "" {
 		return c, errors.New("config dir and kubeconfig are mutually exclusive")
@@ -209,7 +216,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := newMetrics(reg)
 
-	idx := model.NewIndex(model.Options{TrustDomain: cfg.TrustDomain})
+	idx := model.NewIndex(model.Options{TrustDomain: cfg.TrustDomain, TunnelProtocol: cfg.TunnelProtocol})
 	store := source.NewStore(idx, log.With("component", "store"), source.StoreOptions{Debounce: cfg.Debounce})
 	deps := Deps{Log: log, Index: idx, Store: store, CA: ca, Registry: reg, GRPCAddr: cfg.GRPCAddr}
 

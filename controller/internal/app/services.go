@@ -9,6 +9,7 @@ import (
 	"ambit.dev/controller/internal/model"
 	"ambit.dev/controller/internal/xds"
 	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -46,6 +47,7 @@ func GRPCServices(tokenDir string) (func(Deps) (PushServer, error), func(Deps) (
 			Authenticator: a,
 			Logger:        d.Log.With("component", "xds"),
 			Registry:      d.Registry,
+			Connected:     func(p xds.Proxy, info xdsclient.NodeInfo) { proxyConnected(d, p, info) },
 		})
 		if err != nil {
 			return nil, err
@@ -77,6 +79,20 @@ func GRPCServices(tokenDir string) (func(Deps) (PushServer, error), func(Deps) (
 		return afterSync{d.Store.Synced, ln}, nil
 	}
 	return newPush, newCA
+}
+
+// proxyConnected records what a ztunnel reported it serves: its node's workloads are
+// marked HBONE_H3 only while it says it serves HTTP/3 (model.SetNodeTunnelH3). A waypoint's
+// report is logged by the xDS server; its own pods are not enrolled, so no Workload carries
+// it.
+func proxyConnected(d Deps, p xds.Proxy, info xdsclient.NodeInfo) {
+	if p.Kind != model.KindZtunnel {
+		return
+	}
+	if d.Index.SetNodeTunnelH3(p.Node, info.Serves(xdsclient.TunnelHBONEH3)) {
+		d.Log.Info("node tunnel protocols changed", "node", p.Node, "tunnel_protocols", info.TunnelProtocols)
+		d.Store.Changed()
+	}
 }
 
 // afterSync starts serving only once the sources have loaded their first full state: a

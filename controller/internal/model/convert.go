@@ -39,6 +39,9 @@ type Options struct {
 	RootNamespace string
 	// Cluster is the cluster ID in workload uids; default Kubernetes (as Istio).
 	Cluster string
+	// TunnelProtocol is the mesh-wide default of the ambit.dev/tunnel-protocol label
+	// (tunnel.go): "" or TunnelModeHBONE, or TunnelModeHBONEH3.
+	TunnelProtocol string
 }
 
 // WithDefaults returns a copy of o with the empty fields filled.

@@ -77,6 +77,7 @@ type Index struct {
 	authz      map[key]*configv1.Authorization
 	peerAuths  map[key]PeerAuth
 	errs       map[string]error // "Kind ns/name" → error
+	h3Nodes    map[string]bool  // nodes whose ztunnel serves HBONE over HTTP/3 (tunnel.go)
 
 	dirtyPods      map[key]struct{}
 	dirtyNS        map[string]struct{} // every workload and Service of the namespace
@@ -106,6 +107,7 @@ func NewIndex(opts Options) *Index {
 		authz:      map[key]*configv1.Authorization{},
 		peerAuths:  map[key]PeerAuth{},
 		errs:       map[string]error{},
+		h3Nodes:    map[string]bool{},
 		res:        Resources{},
 		byNode:     map[string]map[string]*configv1.Workload{},
 		wlNode:     map[string]string{},
@@ -167,7 +169,8 @@ func (x *Index) Upsert(obj runtime.Object) error {
 	case *corev1.Namespace:
 		old := x.namespaces[o.Name]
 		x.namespaces[o.Name] = o
-		if old == nil || old.Labels[LabelDataplaneMode] != o.Labels[LabelDataplaneMode] || old.Labels[LabelUseWaypoint] != o.Labels[LabelUseWaypoint] {
+		if old == nil || old.Labels[LabelDataplaneMode] != o.Labels[LabelDataplaneMode] || old.Labels[LabelUseWaypoint] != o.Labels[LabelUseWaypoint] ||
+			old.Labels[LabelTunnelProtocol] != o.Labels[LabelTunnelProtocol] {
 			x.dirtyNS[o.Name] = struct{}{}
 		}
 	case *corev1.Pod:
@@ -590,6 +593,7 @@ func (x *Index) inputs(ns string) *WorkloadInputs {
 		Options:   x.opts,
 		Namespace: x.namespaces[ns],
 		Waypoints: x.waypoints[ns],
+		H3Nodes:   x.h3Nodes,
 	}
 	in.selectorIndex = selectorIndex{}
 	for _, s := range x.services[ns] {

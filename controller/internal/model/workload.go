@@ -46,6 +46,8 @@ type WorkloadInputs struct {
 	Policies []*configv1.Authorization
 	// PeerAuths of the pod's namespace and of the root namespace.
 	PeerAuths []PeerAuth
+	// H3Nodes are the nodes whose ztunnel serves HBONE over HTTP/3 (tunnel.go).
+	H3Nodes map[string]bool
 
 	selectorIndex selectorIndex // Index's shortcut to Services
 }
@@ -85,9 +87,8 @@ func BuildWorkload(pod *corev1.Pod, in WorkloadInputs) (*configv1.Workload, erro
 	if pod.Spec.HostNetwork {
 		w.NetworkMode = configv1.NetworkMode_HOST_NETWORK
 	}
-	if Enrolled(in.Namespace, pod) && !pod.Spec.HostNetwork {
-		w.TunnelProtocol = configv1.TunnelProtocol_HBONE
-	}
+	w.TunnelProtocol = TunnelProtocol(Enrolled(in.Namespace, pod) && !pod.Spec.HostNetwork,
+		WantsH3(in.Namespace, pod, o.TunnelProtocol), in.H3Nodes[pod.Spec.NodeName])
 	if !podReady(pod) {
 		w.Status = configv1.WorkloadStatus_UNHEALTHY
 	}
@@ -114,7 +115,7 @@ func BuildWorkload(pod *corev1.Pod, in WorkloadInputs) (*configv1.Workload, erro
 		}
 		w.Services[ServiceName(svc.Name, svc.Namespace, o.Domain)] = &configv1.PortList{Ports: pl}
 	}
-	if w.TunnelProtocol == configv1.TunnelProtocol_HBONE {
+	if w.TunnelProtocol != configv1.TunnelProtocol_NONE {
 		w.Waypoint = workloadWaypoint(pod, in)
 	}
 	for _, p := range in.Policies {

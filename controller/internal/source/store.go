@@ -96,6 +96,10 @@ func (s *Store) report(obj runtime.Object, err error) {
 	s.log.Error("invalid object, keeping its last good version", "object", k, "error", err)
 }
 
+// Changed records that the index changed other than by Upsert or Delete (a proxy's report,
+// model.Index.SetNodeTunnelH3): it is committed with the next burst, as an object would be.
+func (s *Store) Changed() { s.poke() }
+
 func (s *Store) poke() {
 	select {
 	case s.kick <- struct{}{}:

@@ -195,6 +195,8 @@ type env struct {
 	gs     *grpc.Server
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	connected chan xdsclient.NodeInfo // Options.Connected's calls
 }
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -214,7 +216,7 @@ func newEnv(t *testing.T) *env {
 	if err := caserver.EnsureNodeTokens(dir, "node-a", "node-b"); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, ca: ca, gen: newFakeGen(), tokens: dir}
+	e := &env{t: t, ca: ca, gen: newFakeGen(), tokens: dir, connected: make(chan xdsclient.NodeInfo, 16)}
 	e.start("127.0.0.1:0")
 	t.Cleanup(e.stop)
 	return e
@@ -243,6 +245,15 @@ func (e *env) start(addr string) {
 		Logger:        testLogger(t),
 		Registry:      e.reg,
 		Debounce:      time.Millisecond,
+		Connected: func(p Proxy, info xdsclient.NodeInfo) {
+			if p.Node != info.Node || p.ID != info.ID {
+				t.Errorf("Connected(%+v, %+v): proxy and node info disagree", p, info)
+			}
+			select {
+			case e.connected <- info:
+			default:
+			}
+		},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -67,6 +67,10 @@ type Options struct {
 	// Debounce is how long Run waits after a Push for more pushes to coalesce with it.
 	// Default 10ms; negative means none.
 	Debounce time.Duration
+	// Connected, if set, is called with each proxy that opens a stream, authenticated, and
+	// what it reported about itself (the tunnel protocols it serves), before its first
+	// config is computed. It must not block.
+	Connected func(p Proxy, info xdsclient.NodeInfo)
 }
 
 // DefaultDebounce is the default Options.Debounce.
@@ -83,6 +87,7 @@ type Server struct {
 	metrics  *metrics
 	cache    anyCache
 	deltas   deltaCache
+	onConn   func(Proxy, xdsclient.NodeInfo)
 
 	pushCh    chan struct{}
 	stopped   chan struct{} // closed when Run returns: streams end so GracefulStop can finish
@@ -127,6 +132,7 @@ func NewServer(opts Options) (*Server, error) {
 		pushCh:   make(chan struct{}, 1),
 		stopped:  make(chan struct{}),
 		conns:    make(map[*conn]struct{}),
+		onConn:   opts.Connected,
 	}
 	s.version.Store(&generation{start: time.Now()})
 	return s, nil
@@ -220,7 +226,10 @@ func (s *Server) DeltaAggregatedResources(st grpc.BidiStreamingServer[discoveryv
 	s.conns[c] = struct{}{}
 	s.mu.Unlock()
 	s.metrics.connected.Inc()
-	s.log.Info("proxy connected", "id", c.proxy.ID, "node", c.proxy.Node, "kind", c.proxy.Kind)
+	s.log.Info("proxy connected", "id", c.proxy.ID, "node", c.proxy.Node, "kind", c.proxy.Kind, "tunnel_protocols", info.TunnelProtocols)
+	if s.onConn != nil {
+		s.onConn(c.proxy, info)
+	}
 	defer func() {
 		s.mu.Lock()
 		delete(s.conns, c)
