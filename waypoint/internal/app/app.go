@@ -141,6 +141,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("hbone listener: %w", err)
 	}
+	// HBONE over HTTP/3 on the UDP port of the same address and number, for peers the
+	// controller tells to use it (the waypoint reports it in its node metadata).
+	hpc, err := net.ListenPacket("udp", hln.Addr().String())
+	if err != nil {
+		hln.Close()
+		return fmt.Errorf("hbone udp listener: %w", err)
+	}
 	endpoints, err := proxyhost.Endpoints{
 		AdminAddr: cfg.AdminAddr, MetricsAddr: cfg.MetricsAddr, ReadyAddr: cfg.ReadyAddr,
 		Dump:    func() any { return configDump(st, px, certs) },
@@ -149,6 +156,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}.Listen(ctx)
 	if err != nil {
 		hln.Close()
+		hpc.Close()
 		return err
 	}
 
@@ -156,6 +164,7 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go(func() error { return certs.Run(gctx) })
 	g.Go(func() error { return client.Run(gctx) })
 	g.Go(func() error { return srv.Serve(hln) })
+	g.Go(func() error { return srv.ServeH3(hpc) })
 	// The endpoints outlive gctx: they serve while the tunnels drain, and close after.
 	g.Go(func() error { return endpoints.Run(context.WithoutCancel(gctx)) })
 	g.Go(func() error {
@@ -168,7 +177,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return nil
 	})
 	log.Info("waypoint started", "gateway", cfg.Namespace+"/"+cfg.Name, "identity", px.Identity().String(),
-		"hbone", hln.Addr().String(), "controller", cfg.Controller, "node", cfg.Node)
+		"hbone", hln.Addr().String(), "hbone_udp", hpc.LocalAddr().String(), "controller", cfg.Controller, "node", cfg.Node)
 	err = g.Wait()
 	log.Info("waypoint stopped")
 	if errors.Is(err, context.Canceled) {
@@ -197,6 +206,7 @@ func newXDSClient(cc grpc.ClientConnInterface, cfg Config, log *slog.Logger, h x
 		Node: xdsclient.NodeInfo{
 			ID: "waypoint~" + cfg.Namespace + "~" + cfg.Name + "~" + cfg.Node, Node: cfg.Node, Kind: xdsclient.KindWaypoint,
 			WaypointNamespace: cfg.Namespace, WaypointName: cfg.Name,
+			TunnelProtocols: []string{xdsclient.TunnelHBONE, xdsclient.TunnelHBONEH3}, // Serve and ServeH3
 		},
 		TypeURLs: configv1.TypeURLs,
 		Logger:   log.With("component", "xds"),

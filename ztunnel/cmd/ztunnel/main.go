@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"ambit.dev/mesh/hbone"
 	"ambit.dev/mesh/logging"
 	"ambit.dev/ztunnel/internal/app"
 )
@@ -33,6 +34,7 @@ func main() {
 	flag.StringVar(&cfg.LocalConfig, "local-config", "", "standalone mode: read the mesh from this YAML/JSON file (see examples/ztunnel-local.yaml) instead of the controller, and sign certificates with a local root; --controller, --token-file and --root-cert are then unused")
 	flag.StringVar(&cfg.LocalCADir, "local-ca-dir", "", "standalone mode: directory of the self-signed root (root-cert.pem, root-key.pem), created on first start (default <state-dir>/ca); ztunnels that must trust each other share it")
 	flag.DurationVar(&cfg.CaptureCheck, "capture-check-interval", app.DefaultCaptureCheck, "how often every captured pod's iptables rules are checked and repaired if changed behind ztunnel's back; negative: never")
+	flag.DurationVar(&cfg.HBONEIdleTimeout, "hbone-idle-timeout", hbone.DefaultIdleTimeout, "close an HBONE connection (HTTP/2 or HTTP/3, to or from a peer) that has carried no stream for this long")
 	flag.TextVar(level, "log-level", new(slog.LevelVar), "log level: debug, info, warn or error")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: ztunnel [flags]\n\nambit's node proxy. Pods are handed over through the node API (--node-api);\nconfiguration and certificates come from the controller (--controller), or, standalone,\nfrom a local file and a local root (--local-config, --local-ca-dir).\n\n")

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"ambit.dev/mesh/hbone"
 	"ambit.dev/mesh/identity"
 	"ambit.dev/mesh/proxyhost"
 	"ambit.dev/mesh/state"
@@ -59,7 +60,10 @@ type Config struct {
 	// CaptureCheck is how often every captured pod's rules are compared with what ztunnel
 	// installed, and repaired; DefaultCaptureCheck when zero, never when negative.
 	CaptureCheck time.Duration
-	Logger       *slog.Logger
+	// HBONEIdleTimeout closes a tunnel connection (HTTP/2 or HTTP/3, either direction) that
+	// has carried no stream for this long; hbone.DefaultIdleTimeout (5 min) when zero.
+	HBONEIdleTimeout time.Duration
+	Logger           *slog.Logger
 }
 
 // Defaults of cmd/ztunnel's --drain-period and --handover-grace. Together with a few seconds
@@ -93,6 +97,9 @@ func (c Config) validate() error {
 	}
 	if c.HandoverGrace < 0 {
 		return fmt.Errorf("ztunnel config: --handover-grace must not be negative")
+	}
+	if c.HBONEIdleTimeout < 0 {
+		return fmt.Errorf("ztunnel config: --hbone-idle-timeout must not be negative")
 	}
 	return nil
 }
@@ -141,7 +148,8 @@ func Run(ctx context.Context, cfg Config) error {
 
 	reg := proxyhost.NewRegistry()
 	certs := identity.NewManager(identity.ManagerOptions{Signer: src.signer, Logger: log.With("component", "certs")})
-	node := &proxy.Node{State: st, Certs: certs.Certificate, Prefetch: certs.Prefetch, Bundle: src.bundle, TrustDomain: td, Logger: log, Metrics: proxy.NewMetrics(reg)}
+	node := &proxy.Node{State: st, Certs: certs.Certificate, Prefetch: certs.Prefetch, Bundle: src.bundle, TrustDomain: td, Logger: log, Metrics: proxy.NewMetrics(reg),
+		HBONE: hbone.ConnConfig{IdleTimeout: cfg.HBONEIdleTimeout}}
 	pods := inpod.NewManager(node, st, inpod.Netns{}, cfg.StateDir, log.With("component", "inpod"))
 	pods.Synced, pods.CaptureCheck = src.sync.Synced, cfg.captureCheck()
 	// A ztunnel already serving the node API is the predecessor to take over from.
@@ -245,7 +253,10 @@ func newConfigSource(cfg Config, td spiffeid.TrustDomain, st *state.State) (*con
 	}
 	sync := proxyhost.NewSyncTracker(configv1.TypeURLs)
 	client, err := xdsclient.NewClient(cc, xdsclient.Config{
-		Node:     xdsclient.NodeInfo{ID: "ztunnel~" + cfg.Node, Node: cfg.Node, Kind: xdsclient.KindZtunnel},
+		// Every pod's proxy serves HTTP/3 on UDP 15008 (inpod.Netns opens the socket): the
+		// controller may mark this node's workloads HBONE_H3.
+		Node: xdsclient.NodeInfo{ID: "ztunnel~" + cfg.Node, Node: cfg.Node, Kind: xdsclient.KindZtunnel,
+			TunnelProtocols: []string{xdsclient.TunnelHBONE, xdsclient.TunnelHBONEH3}},
 		TypeURLs: configv1.TypeURLs,
 		Logger:   log.With("component", "xds"),
 		Handler:  sync.Handler(st.Apply),

@@ -100,9 +100,51 @@ func Listen(path, addr string) (net.Listener, error) {
 	return ln, nil
 }
 
-// Steer attaches the steering program to the reuseport group of ln, which must have been
-// opened with SO_REUSEPORT: new connections go to the socket that joined the group second.
-func Steer(ln *net.TCPListener) error {
+// ListenPacket opens a marked UDP socket inside the namespace at path, for HBONE over
+// HTTP/3: the pod's UDP 15008, or (addr with port 0) the socket of one outgoing QUIC
+// connection, which then leaves from the pod's address and, marked, is never captured. A
+// listening socket (a port other than 0) joins its port's reuseport group with the steering
+// program, as the TCP listeners do: during a hand-over the successor's socket receives
+// every datagram. Unlike TCP, where an accepted connection is a socket of its own, the
+// datagrams of the QUIC connections the predecessor still serves go there too, and those
+// connections break: in-flight HTTP/3 streams into a pod do not survive a hand-over (new
+// ones reach the successor; docs/operations.md).
+func ListenPacket(path, addr string) (*net.UDPConn, error) {
+	var pc *net.UDPConn
+	err := InNetns(path, func() error {
+		lc := net.ListenConfig{Control: listenControl}
+		c, err := lc.ListenPacket(context.Background(), "udp", addr)
+		if err != nil {
+			return err
+		}
+		pc = c.(*net.UDPConn)
+		if !ephemeral(addr) {
+			if err := Steer(pc); err != nil {
+				pc.Close()
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen udp %s in %s: %w", addr, path, err)
+	}
+	return pc, nil
+}
+
+// ephemeral reports whether addr asks for a port the kernel picks ("" or port 0).
+func ephemeral(addr string) bool {
+	if addr == "" {
+		return true
+	}
+	_, port, err := net.SplitHostPort(addr)
+	return err != nil || port == "" || port == "0"
+}
+
+// Steer attaches the steering program to the reuseport group of ln (a *net.TCPListener or
+// a *net.UDPConn), which must have been opened with SO_REUSEPORT: new connections (for UDP,
+// all datagrams) go to the socket that joined the group second.
+func Steer(ln syscall.Conn) error {
 	rc, err := ln.SyscallConn()
 	if err != nil {
 		return err

@@ -25,5 +25,8 @@ func (Netns) Net(netns string) proxy.Net {
 			return capture.Dial(ctx, netns, addr, capture.DialOptions{Source: o.Source, Bound: o.Bound})
 		},
 		OriginalDst: capture.OriginalDst,
+		// HBONE over HTTP/3: the pod's UDP 15008 and its outgoing QUIC connections' sockets,
+		// marked, in the pod's namespace.
+		ListenPacket: func(addr string) (net.PacketConn, error) { return capture.ListenPacket(netns, addr) },
 	}
 }
