@@ -68,6 +68,21 @@ func (c *Client) markH3Down(addr netip.AddrPort, err error) {
 // was asked for, because a QUIC handshake to it failed (for /config_dump and tests).
 func (c *Client) FallbackH2(addr netip.AddrPort) bool { return !c.h3Usable(addr) }
 
+// FallbacksH2 returns every address the client currently reaches over HTTP/2 although
+// HTTP/3 was asked for, with when it tries QUIC again.
+func (c *Client) FallbacksH2() map[netip.AddrPort]time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	out := make(map[netip.AddrPort]time.Time, len(c.h3down))
+	for a, until := range c.h3down {
+		if now.Before(until) {
+			out[a] = until
+		}
+	}
+	return out
+}
+
 // dialH3 opens a stream over HTTP/3. A *h3UnavailableError means "use HTTP/2".
 func (c *Client) dialH3(ctx context.Context, t Target) (*Stream, error) {
 	cn, err := c.acquireH3(ctx, t)

@@ -30,6 +30,21 @@ type Ztunnel struct {
 	Sections
 	Certificates []CertInfo          `json:"certificates"`
 	Pods         []nodeapi.PodStatus `json:"pods"`
+	// TunnelFallbacks are the peers marked HBONE_H3 that a pod reaches over HTTP/2 for now,
+	// because no QUIC handshake with them completed (UDP 15008 blocked, or a peer that does
+	// not serve HTTP/3); sorted by pod, then peer. Empty when every tunnel asked to use
+	// HTTP/3 does.
+	TunnelFallbacks []TunnelFallback `json:"tunnel_fallbacks"`
+}
+
+// TunnelFallback is one pod's fallback from HTTP/3 to HTTP/2 for one peer.
+type TunnelFallback struct {
+	// Pod is the pod whose outbound tunnels fell back, "namespace/name".
+	Pod string `json:"pod"`
+	// Peer is the HBONE address (ip:15008) reached over HTTP/2.
+	Peer string `json:"peer"`
+	// Until is when the pod tries HTTP/3 to the peer again.
+	Until time.Time `json:"until"`
 }
 
 // Waypoint is the waypoint's /config_dump: the Gateway's identity, the mesh it sees, its

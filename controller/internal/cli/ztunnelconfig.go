@@ -304,17 +304,30 @@ func printWorkloads(w io.Writer, d *dump.Ztunnel, f filter) error {
 	slices.SortFunc(ws, func(a, b *configv1.Workload) int {
 		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()), cmp.Compare(a.GetUid(), b.GetUid()))
 	})
+	// Peers some pod of this node reaches over HTTP/2 although they are marked HBONE_H3.
+	fellBack := map[string]bool{}
+	for _, fb := range d.TunnelFallbacks {
+		if ap, err := netip.ParseAddrPort(fb.Peer); err == nil {
+			fellBack[ap.Addr().Unmap().String()] = true
+		}
+	}
 	t := newTable(w, "NAMESPACE", "NAME", "IP", "NODE", "IDENTITY", "PROTOCOL", "WAYPOINT")
 	for _, wl := range ws {
 		if !f.keep(wl.GetNamespace()) {
 			continue
 		}
 		ips := make([]string, 0, len(wl.GetAddresses()))
+		fb := false
 		for _, a := range wl.GetAddresses() {
 			ips = append(ips, addrString(a))
+			fb = fb || fellBack[addrString(a)]
+		}
+		proto := tunnelProtocol(wl.GetTunnelProtocol())
+		if fb && wl.GetTunnelProtocol() == configv1.TunnelProtocol_HBONE_H3 {
+			proto += "(FALLBACK-HBONE)" // UDP 15008 did not answer: HTTP/2 for now
 		}
 		t.row(wl.GetNamespace(), wl.GetName(), strings.Join(ips, ","), wl.GetNode(), workloadIdentity(wl),
-			tunnelProtocol(wl.GetTunnelProtocol()), waypointName(wl.GetWaypoint(), wps))
+			proto, waypointName(wl.GetWaypoint(), wps))
 	}
 	return t.flush()
 }

@@ -160,7 +160,8 @@ func Run(ctx context.Context, cfg Config) error {
 	endpoints, err := proxyhost.Endpoints{
 		AdminAddr: cfg.AdminAddr, MetricsAddr: cfg.MetricsAddr, ReadyAddr: cfg.ReadyAddr, ReusePort: true,
 		Dump: func() any {
-			return dump.Ztunnel{Sections: st.Sections(), Certificates: certs.Identities(), Pods: pods.Pods()}
+			return dump.Ztunnel{Sections: st.Sections(), Certificates: certs.Identities(), Pods: pods.Pods(),
+				TunnelFallbacks: node.TunnelFallbacks()}
 		},
 		Metrics: reg,
 		Ready:   proxyhost.AllReady(src.sync.Ready, handover.Ready, proxyhost.CertsServing(certs.Identities)),
