@@ -11,6 +11,8 @@ package authz
 import (
 	"fmt"
 	"net/netip"
+	"net/textproto"
+	"strconv"
 	"strings"
 
 	configv1 "ambit.dev/proto/config/v1"
@@ -33,6 +35,9 @@ type Request struct {
 // HTTP holds the L7 attributes a waypoint knows.
 type HTTP struct {
 	Method, Path string
+	// Headers are the request headers, keyed by canonical name (an http.Header), for
+	// `when` conditions on request.headers[...].
+	Headers map[string][]string
 }
 
 // Decision is the outcome and, for logs and metrics, why.
@@ -82,20 +87,31 @@ func needsL7(p *configv1.Authorization) bool {
 				return true
 			}
 		}
+		for _, c := range r.GetWhen() {
+			if strings.HasPrefix(c.GetKey(), "request.") {
+				return true
+			}
+		}
 	}
 	return false
 }
 
 func matches(p *configv1.Authorization, req Request) bool {
+	deny := p.GetAction() == configv1.Authorization_DENY
 	for _, r := range p.GetRules() {
-		if ruleMatches(r, req) {
+		if ruleMatches(r, req, deny) {
 			return true
 		}
 	}
 	return false
 }
 
-func ruleMatches(r *configv1.Rule, req Request) bool {
+func ruleMatches(r *configv1.Rule, req Request, deny bool) bool {
+	for _, c := range r.GetWhen() {
+		if !conditionHolds(c, req, deny) {
+			return false
+		}
+	}
 	from := len(r.GetFrom()) == 0
 	for _, s := range r.GetFrom() {
 		if sourceMatches(s, req) {
@@ -139,6 +155,55 @@ func operationMatches(op *configv1.Operation, req Request) bool {
 	}
 	return field(op.GetMethods(), op.GetNotMethods(), func(v string) bool { return req.HTTP != nil && v == method }) &&
 		field(op.GetPaths(), op.GetNotPaths(), func(v string) bool { return req.HTTP != nil && wildcard(v, path) })
+}
+
+// conditionHolds evaluates one `when` condition. A key it does not know fails closed: it
+// never holds in an ALLOW policy and always holds in a DENY policy.
+func conditionHolds(c *configv1.Condition, req Request, deny bool) bool {
+	key := c.GetKey()
+	str := func(v string, ok bool) bool {
+		return field(c.GetValues(), c.GetNotValues(), func(p string) bool { return ok && wildcard(p, v) })
+	}
+	switch key {
+	case "source.ip", "remote.ip":
+		in := func(p string) bool {
+			pfx, err := parseBlock(p)
+			return err == nil && req.Source.IsValid() && pfx.Contains(req.Source.Unmap())
+		}
+		return field(c.GetValues(), c.GetNotValues(), in)
+	case "source.namespace":
+		return str(req.Namespace, req.Namespace != "")
+	case "source.principal":
+		return str(strings.TrimPrefix(req.Principal, "spiffe://"), req.Principal != "")
+	case "destination.port":
+		return field(c.GetValues(), c.GetNotValues(), func(p string) bool { return p == strconv.FormatUint(uint64(req.Port), 10) })
+	}
+	if name, ok := strings.CutPrefix(key, "request.headers["); ok && strings.HasSuffix(name, "]") && req.HTTP != nil {
+		vs := req.HTTP.Headers[textproto.CanonicalMIMEHeaderKey(strings.TrimSuffix(name, "]"))]
+		// Istio matches the header's value; several values are joined as Envoy sees them.
+		return str(strings.Join(vs, ","), len(vs) > 0)
+	}
+	return deny
+}
+
+// parseBlock reads "a.b.c.d" or "a.b.c.d/n" (IPv6 alike), unmapped.
+func parseBlock(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return p, err
+		}
+		if p.Addr().Is4In6() {
+			p = netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0))
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 // field matches a positive list (empty = any) and a negative list (none may match).

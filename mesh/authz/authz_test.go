@@ -96,3 +96,44 @@ func TestWildcard(t *testing.T) {
 		}
 	}
 }
+
+func when(key string, values, notValues []string) *configv1.Rule {
+	return &configv1.Rule{When: []*configv1.Condition{{Key: key, Values: values, NotValues: notValues}}}
+}
+
+func TestEvaluateWhen(t *testing.T) {
+	web := Request{Principal: "spiffe://cluster.local/ns/shop/sa/web", Namespace: "shop", Source: netip.MustParseAddr("10.0.1.5"), Port: 8080}
+	canary := web
+	canary.HTTP = &HTTP{Method: "GET", Path: "/", Headers: map[string][]string{"X-Canary": {"true"}}}
+	plainGet := web
+	plainGet.HTTP = &HTTP{Method: "GET", Path: "/"}
+	tests := []struct {
+		name     string
+		policies []*configv1.Authorization
+		req      Request
+		allow    bool
+	}{
+		{"header value", []*configv1.Authorization{allow("a", when("request.headers[x-canary]", []string{"true"}, nil))}, canary, true},
+		{"header absent", []*configv1.Authorization{allow("a", when("request.headers[x-canary]", []string{"*"}, nil))}, plainGet, false},
+		{"header not value", []*configv1.Authorization{deny("a", when("request.headers[X-Canary]", nil, []string{"false"}))}, canary, false},
+		{"header at L4 fails closed", []*configv1.Authorization{allow("a", when("request.headers[x-canary]", []string{"true"}, nil))}, web, false},
+		{"source.ip cidr", []*configv1.Authorization{allow("a", when("source.ip", []string{"10.0.0.0/16"}, nil))}, web, true},
+		{"remote.ip other", []*configv1.Authorization{allow("a", when("remote.ip", []string{"10.9.0.0/16"}, nil))}, web, false},
+		{"source.namespace", []*configv1.Authorization{allow("a", when("source.namespace", []string{"sh*"}, nil))}, web, true},
+		{"source.principal", []*configv1.Authorization{allow("a", when("source.principal", []string{"cluster.local/ns/shop/sa/web"}, nil))}, web, true},
+		{"destination.port", []*configv1.Authorization{allow("a", when("destination.port", nil, []string{"8080"}))}, web, false},
+		{"unknown key in ALLOW never holds", []*configv1.Authorization{allow("a", when("request.auth.claims[iss]", []string{"*"}, nil))}, canary, false},
+		{"unknown key in DENY always holds", []*configv1.Authorization{deny("a", when("request.auth.claims[iss]", []string{"x"}, nil))}, canary, false},
+		{"conditions AND with from", []*configv1.Authorization{allow("a", &configv1.Rule{
+			From: []*configv1.Source{{Namespaces: []string{"shop"}}},
+			When: []*configv1.Condition{{Key: "source.ip", Values: []string{"10.0.2.0/24"}}},
+		})}, web, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if d := Evaluate(tt.policies, tt.req); d.Allow != tt.allow {
+				t.Fatalf("allow = %v (%s), want %v", d.Allow, d.Reason, tt.allow)
+			}
+		})
+	}
+}

@@ -149,7 +149,8 @@ func ConvertGateway(gw *gatewayv1.Gateway, trustDomain string) (wp *configv1.Way
 		Namespace: gw.Namespace,
 		Identity:  "spiffe://" + trustDomain + "/ns/" + gw.Namespace + "/sa/" + gw.Name,
 	}
-	switch v := gw.Labels[LabelWaypointFor]; v {
+	v, _ := label(gw.Labels, LabelWaypointFor, LabelIstioWaypointFor)
+	switch v {
 	case "", "serviceaccount":
 		out.For = configv1.Waypoint_SERVICEACCOUNT
 	case "service":

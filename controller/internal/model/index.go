@@ -18,6 +18,7 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	secv1 "ambit.dev/controller/apis/security/v1alpha1"
+	"ambit.dev/controller/internal/istioapi"
 )
 
 // Proxy kinds.
@@ -77,6 +78,7 @@ type Index struct {
 	authz      map[key]*configv1.Authorization
 	peerAuths  map[key]PeerAuth
 	errs       map[string]error // "Kind ns/name" → error
+	istio      istioIndex       // Istio's VirtualServices and DestinationRules (istio_index.go)
 	h3Nodes    map[string]bool  // nodes whose ztunnel serves HBONE over HTTP/3 (tunnel.go)
 
 	dirtyPods      map[key]struct{}
@@ -106,6 +108,7 @@ func NewIndex(opts Options) *Index {
 		byParent:   map[string]map[key]struct{}{},
 		authz:      map[key]*configv1.Authorization{},
 		peerAuths:  map[key]PeerAuth{},
+		istio:      newIstioIndex(),
 		errs:       map[string]error{},
 		h3Nodes:    map[string]bool{},
 		res:        Resources{},
@@ -170,7 +173,8 @@ func (x *Index) Upsert(obj runtime.Object) error {
 		old := x.namespaces[o.Name]
 		x.namespaces[o.Name] = o
 		if old == nil || old.Labels[LabelDataplaneMode] != o.Labels[LabelDataplaneMode] || old.Labels[LabelUseWaypoint] != o.Labels[LabelUseWaypoint] ||
-			old.Labels[LabelTunnelProtocol] != o.Labels[LabelTunnelProtocol] {
+			old.Labels[LabelTunnelProtocol] != o.Labels[LabelTunnelProtocol] ||
+			old.Labels[LabelIstioDataplaneMode] != o.Labels[LabelIstioDataplaneMode] || old.Labels[LabelIstioUseWaypoint] != o.Labels[LabelIstioUseWaypoint] {
 			x.dirtyNS[o.Name] = struct{}{}
 		}
 	case *corev1.Pod:
@@ -199,7 +203,12 @@ func (x *Index) Upsert(obj runtime.Object) error {
 		k := key{o.Namespace, o.Name}
 		old := x.sas[k]
 		x.sas[k] = o
-		if (old == nil && o.Labels[LabelUseWaypoint] != "") || (old != nil && old.Labels[LabelUseWaypoint] != o.Labels[LabelUseWaypoint]) {
+		nw, _ := useWaypointLabel(o.Labels)
+		ow := ""
+		if old != nil {
+			ow, _ = useWaypointLabel(old.Labels)
+		}
+		if (old == nil && nw != "") || (old != nil && ow != nw) {
 			x.dirtyNS[o.Namespace] = struct{}{}
 		}
 	case *gatewayv1.Gateway:
@@ -256,6 +265,9 @@ func (x *Index) Upsert(obj runtime.Object) error {
 		x.peerAuths[key{o.Namespace, o.Name}] = pa
 		x.dirtyScope(o.Namespace)
 	default:
+		if handled, err := x.upsertIstio(obj); handled {
+			return err
+		}
 		return fmt.Errorf("upsert %T: %w", obj, ErrUnsupported)
 	}
 	return nil
@@ -318,6 +330,14 @@ func (x *Index) Delete(obj runtime.Object) error {
 		kind = "AuthorizationPolicy"
 	case *secv1.PeerAuthentication:
 		kind = "PeerAuthentication"
+	case *istioapi.VirtualService:
+		kind = KindIstioVirtualService
+	case *istioapi.DestinationRule:
+		kind = KindIstioDestinationRule
+	case *istioapi.AuthorizationPolicy:
+		kind = KindIstioAuthorizationPolicy
+	case *istioapi.PeerAuthentication:
+		kind = KindIstioPeerAuthentication
 	default:
 		return fmt.Errorf("delete %T: %w", obj, ErrUnsupported)
 	}
@@ -347,7 +367,7 @@ func (x *Index) deleteLocked(kind, ns, name string) error {
 		x.dirtyRoutes[ServiceName(name, ns, x.opts.Domain)] = struct{}{}
 		x.dirtyNS[ns] = struct{}{}
 	case "ServiceAccount":
-		if old := x.sas[k]; old != nil && old.Labels[LabelUseWaypoint] != "" {
+		if old := x.sas[k]; old != nil && (old.Labels[LabelUseWaypoint] != "" || old.Labels[LabelIstioUseWaypoint] != "") {
 			x.dirtyNS[ns] = struct{}{}
 		}
 		delete(x.sas, k)
@@ -370,6 +390,8 @@ func (x *Index) deleteLocked(kind, ns, name string) error {
 	case "PeerAuthentication":
 		delete(x.peerAuths, k)
 		x.dirtyScope(ns)
+	default:
+		x.deleteIstio(kind, ns, name)
 	}
 	return nil
 }
@@ -378,10 +400,12 @@ func (x *Index) deleteLocked(kind, ns, name string) error {
 func (x *Index) Errors() []error {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	ks := slices.Sorted(maps.Keys(x.errs))
+	all := maps.Clone(x.errs)
+	maps.Copy(all, x.istio.resolveErrs)
+	ks := slices.Sorted(maps.Keys(all))
 	out := make([]error, 0, len(ks))
 	for _, k := range ks {
-		out = append(out, x.errs[k])
+		out = append(out, all[k])
 	}
 	return out
 }
@@ -532,6 +556,13 @@ func (x *Index) Commit() []Change {
 		ns, host, _ := cut(parent)
 		svcName, _, _ := strings.Cut(host, ".")
 		svc := x.services[ns][svcName]
+		if svc != nil && len(x.istio.vsByParent[parent]) > 0 {
+			// Istio's VirtualServices win over HTTPRoutes for the same host.
+			if rc := x.istioRouteConfig(parent, svc); rc != nil {
+				w.put(configv1.RouteConfigTypeURL, parent, rc)
+			}
+			continue
+		}
 		if svc == nil || len(x.byParent[parent]) == 0 {
 			w.put(configv1.RouteConfigTypeURL, parent, nil)
 			continue
@@ -549,6 +580,7 @@ func (x *Index) Commit() []Change {
 		}
 		w.put(configv1.RouteConfigTypeURL, parent, BuildRouteConfig(Hostname(svc.Name, svc.Namespace, x.opts.Domain), svc.Namespace, att))
 	}
+	x.istio.lastErrs, x.istio.newErrs = x.istio.newErrs, nil
 	x.resetDirty()
 	if len(w.changes) > 0 {
 		x.gen++

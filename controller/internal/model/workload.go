@@ -15,10 +15,14 @@ import (
 // Enrolled reports whether pod is in the mesh: its own dataplane-mode label wins, else its
 // Namespace's. ns may be nil (not known yet): then only the pod's label counts.
 func Enrolled(ns *corev1.Namespace, pod *corev1.Pod) bool {
-	if v, ok := pod.Labels[LabelDataplaneMode]; ok {
+	if v, ok := dataplaneModeLabel(pod.Labels); ok {
 		return v == ModeAmbient
 	}
-	return ns != nil && ns.Labels[LabelDataplaneMode] == ModeAmbient
+	if ns == nil {
+		return false
+	}
+	v, _ := dataplaneModeLabel(ns.Labels)
+	return v == ModeAmbient
 }
 
 // WorkloadUID is the resource name of a pod's Workload, "<cluster>//Pod/<ns>/<name>".
@@ -200,12 +204,12 @@ func matches(sel, labels map[string]string) bool {
 
 // workloadWaypoint resolves the pod's waypoint: Pod > ServiceAccount > Namespace.
 func workloadWaypoint(pod *corev1.Pod, in WorkloadInputs) *configv1.GatewayAddress {
-	name, ok := pod.Labels[LabelUseWaypoint]
+	name, ok := useWaypointLabel(pod.Labels)
 	if !ok && in.ServiceAccount != nil {
-		name, ok = in.ServiceAccount.Labels[LabelUseWaypoint]
+		name, ok = useWaypointLabel(in.ServiceAccount.Labels)
 	}
 	if !ok && in.Namespace != nil {
-		name, ok = in.Namespace.Labels[LabelUseWaypoint]
+		name, ok = useWaypointLabel(in.Namespace.Labels)
 	}
 	if !ok || name == "" || name == ModeNone {
 		return nil
@@ -218,9 +222,9 @@ func workloadWaypoint(pod *corev1.Pod, in WorkloadInputs) *configv1.GatewayAddre
 
 // ServiceWaypoint resolves a Service's waypoint: Service > Namespace.
 func ServiceWaypoint(svc *corev1.Service, ns *corev1.Namespace, waypoints map[string]*configv1.Waypoint, trustDomain string) *configv1.GatewayAddress {
-	name, ok := svc.Labels[LabelUseWaypoint]
+	name, ok := useWaypointLabel(svc.Labels)
 	if !ok && ns != nil {
-		name, ok = ns.Labels[LabelUseWaypoint]
+		name, ok = useWaypointLabel(ns.Labels)
 	}
 	if !ok || name == "" || name == ModeNone {
 		return nil

@@ -23,6 +23,7 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	secv1 "ambit.dev/controller/apis/security/v1alpha1"
+	"ambit.dev/controller/internal/istioapi"
 )
 
 // DefaultPollInterval is how often Folder looks for changed files.
@@ -223,7 +224,8 @@ func (f *Folder) decode(path string, data []byte) (map[string]runtime.Object, er
 		case *corev1.Pod:
 			defaultLabPod(o)
 		case *corev1.Service, *corev1.ServiceAccount, *gatewayv1.Gateway, *gatewayv1.HTTPRoute,
-			*secv1.AuthorizationPolicy, *secv1.PeerAuthentication:
+			*secv1.AuthorizationPolicy, *secv1.PeerAuthentication,
+			*istioapi.VirtualService, *istioapi.DestinationRule, *istioapi.AuthorizationPolicy, *istioapi.PeerAuthentication:
 		default:
 			return nil, fmt.Errorf("%s: document %d: kind %s %s is not supported", path, i, gvk.Kind, m.GetName())
 		}
@@ -233,7 +235,8 @@ func (f *Folder) decode(path string, data []byte) (map[string]runtime.Object, er
 		if _, isNS := obj.(*corev1.Namespace); !isNS && m.GetNamespace() == "" {
 			m.SetNamespace("default")
 		}
-		key := gvk.Kind + " " + m.GetNamespace() + "/" + m.GetName()
+		// The group is part of the key: ambit's and Istio's AuthorizationPolicy may share a name.
+		key := gvk.GroupKind().String() + " " + m.GetNamespace() + "/" + m.GetName()
 		if _, dup := out[key]; dup {
 			return nil, fmt.Errorf("%s: document %d: %s defined twice", path, i, key)
 		}

@@ -92,6 +92,20 @@ metadata: {name: p, namespace: demo}
 spec:
   rules: [{to: [{operation: {ports: ["http"]}}]}]
 `, []string{"AuthorizationPolicy demo/p", "spec.rules[0].to[0].operation.ports[0]"}},
+		{"a field Istio does not have", "istio.yaml", `apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: web, namespace: demo}
+spec:
+  hosts: [web]
+  http: [{route: [{destination: {host: web, subsett: v1}}]}]
+`, []string{"istio.yaml", "VirtualService", `unknown field \"spec.http[0].route[0].destination.subsett\"`}},
+		{"istio weights", "istio.yaml", `apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: web, namespace: demo}
+spec:
+  hosts: [web]
+  http: [{route: [{destination: {host: web}, weight: 70}, {destination: {host: web}, weight: 20}]}]
+`, []string{"VirtualService.networking.istio.io demo/web", "spec.http[0].route", "add up to 90, not 100"}},
 		{"bad pod ip", "pod.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: demo}\nstatus: {podIPs: [{ip: 10.1.0.300}]}\n",
 			[]string{"Pod demo/web", "status.podIPs[0].ip"}},
 	}
@@ -241,4 +255,33 @@ func countLines(s, sub string) int {
 		}
 	}
 	return n
+}
+
+func TestFolderIstioBesideAmbit(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "pod.yaml", goodPod)
+	write(t, dir, "policy.yaml", goodPolicy)
+	write(t, dir, "istio.yaml", `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: demo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {ports: ["81"]}}]}]
+`)
+	s, logs := newTestStore(t)
+	runStore(t, s)
+	f, err := NewFolder(dir, s, slogFrom(logs), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Scan(); err != nil {
+		t.Fatal(err)
+	}
+	wait.Until(t, 5*time.Second, "both policies", func() error {
+		got := keys(s.Index().For(model.Proxy{Kind: model.KindZtunnel, Node: "node-a"})[configv1.AuthorizationTypeURL])
+		if !slices.Equal(got, []string{"demo/istio:p", "demo/p"}) {
+			return fmt.Errorf("authorizations %v; logs %s", got, logs)
+		}
+		return nil
+	})
 }

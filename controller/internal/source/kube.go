@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -21,6 +22,7 @@ import (
 	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 
 	secv1 "ambit.dev/controller/apis/security/v1alpha1"
+	"ambit.dev/controller/internal/istioapi"
 )
 
 // The resources of ambit's CRDs, watched through the dynamic client.
@@ -90,20 +92,23 @@ func (k *Kube) Run(ctx context.Context) error {
 			return fromUnstructured(u, &secv1.PeerAuthentication{})
 		},
 	} {
-		inf := df.ForResource(gvr).Informer()
-		if _, err := inf.AddEventHandler(k.handler(func(o any) (runtime.Object, error) {
-			u, ok := o.(*unstructured.Unstructured)
-			if !ok {
-				return nil, fmt.Errorf("unexpected %T", o)
-			}
-			return conv(u)
-		})); err != nil {
-			return fmt.Errorf("kube source: add handler: %w", err)
+		if err := k.watchDynamic(df, gvr, conv, &synced); err != nil {
+			return err
 		}
-		synced = append(synced, inf.HasSynced)
+	}
+	// Istio's own kinds, when their CRDs are installed: one served version of each (the API
+	// server converts between versions, which share one schema).
+	for kind, gvr := range k.istioResources() {
+		conv := func(u *unstructured.Unstructured) (runtime.Object, error) {
+			return fromUnstructured(u, istioapi.New(kind))
+		}
+		if err := k.watchDynamic(df, gvr, conv, &synced); err != nil {
+			return err
+		}
 	}
 
 	kf.Start(ctx.Done())
+
 	gf.Start(ctx.Done())
 	df.Start(ctx.Done())
 	defer func() {
@@ -121,6 +126,58 @@ func (k *Kube) Run(ctx context.Context) error {
 	k.store.MarkSynced()
 	<-ctx.Done()
 	return nil
+}
+
+func (k *Kube) watchDynamic(df dynamicinformer.DynamicSharedInformerFactory, gvr schema.GroupVersionResource,
+	conv func(*unstructured.Unstructured) (runtime.Object, error), synced *[]cache.InformerSynced) error {
+	inf := df.ForResource(gvr).Informer()
+	if _, err := inf.AddEventHandler(k.handler(func(o any) (runtime.Object, error) {
+		u, ok := o.(*unstructured.Unstructured)
+		if !ok {
+			return nil, fmt.Errorf("unexpected %T", o)
+		}
+		return conv(u)
+	})); err != nil {
+		return fmt.Errorf("kube source: add handler: %w", err)
+	}
+	*synced = append(*synced, inf.HasSynced)
+	return nil
+}
+
+// istioResources finds, by discovery, the Istio kinds the API server serves and the newest
+// version of each. A cluster without Istio's CRDs serves none, and watching them would never
+// sync; such a kind is skipped (logged), so a CRD installed later needs a controller restart.
+func (k *Kube) istioResources() map[string]schema.GroupVersionResource {
+	out := map[string]schema.GroupVersionResource{}
+	served := map[string]bool{} // "<group>/<version> <resource>"
+	for _, g := range []string{istioapi.NetworkingGroup, istioapi.SecurityGroup} {
+		vs := istioapi.NetworkingVersions
+		if g == istioapi.SecurityGroup {
+			vs = istioapi.SecurityVersions
+		}
+		for _, v := range vs {
+			list, err := k.clients.Kube.Discovery().ServerResourcesForGroupVersion(g + "/" + v)
+			if err != nil || list == nil {
+				continue
+			}
+			for _, r := range list.APIResources {
+				served[g+"/"+v+" "+r.Name] = true
+			}
+		}
+	}
+	for kind, res := range istioapi.Resources {
+		g := istioapi.GroupOf(kind)
+		for _, v := range istioapi.VersionsOf(kind) {
+			if served[g+"/"+v+" "+res] {
+				out[kind] = schema.GroupVersionResource{Group: g, Version: v, Resource: res}
+				break
+			}
+		}
+		if _, ok := out[kind]; !ok {
+			k.log.Info("Istio kind not served by the API server, not watched", "kind", kind, "group", g)
+		}
+	}
+	return out
 }
 
 // fromUnstructured converts strictly: an unknown field is an error that names it.
@@ -173,10 +230,14 @@ func metaOnly(o any) (runtime.Object, error) {
 		return nil, fmt.Errorf("unexpected %T", o)
 	}
 	var out runtime.Object
-	switch u.GetKind() {
-	case "AuthorizationPolicy":
+	if strings.HasSuffix(u.GroupVersionKind().Group, ".istio.io") {
+		out = istioapi.New(u.GetKind())
+	}
+	switch {
+	case out != nil:
+	case u.GetKind() == "AuthorizationPolicy":
 		out = &secv1.AuthorizationPolicy{}
-	case "PeerAuthentication":
+	case u.GetKind() == "PeerAuthentication":
 		out = &secv1.PeerAuthentication{}
 	default:
 		return nil, fmt.Errorf("unexpected kind %q", u.GetKind())

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	fakediscovery "k8s.io/client-go/discovery/fake"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -124,6 +125,71 @@ func TestKubeSource(t *testing.T) {
 	}
 	wait.Until(t, 5*time.Second, "policy deleted", func() error {
 		if got := for2(configv1.AuthorizationTypeURL); len(got) != 0 {
+			return fmt.Errorf("policies %q", got)
+		}
+		return nil
+	})
+}
+
+// TestKubeSourceIstio: Istio's kinds are watched in the version the API server serves, those
+// it does not serve are skipped (the caches still sync), and an Istio object is checked as
+// strictly as ambit's.
+func TestKubeSourceIstio(t *testing.T) {
+	kube := kubefake.NewClientset(
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo", Labels: map[string]string{model.LabelIstioDataplaneMode: model.ModeAmbient}}},
+		labPod("web", "10.1.0.1"),
+	)
+	kube.Discovery().(*fakediscovery.FakeDiscovery).Resources = []*metav1.APIResourceList{
+		{GroupVersion: "security.istio.io/v1beta1", APIResources: []metav1.APIResource{{Name: "authorizationpolicies", Kind: "AuthorizationPolicy"}}},
+		{GroupVersion: "networking.istio.io/v1alpha3", APIResources: []metav1.APIResource{{Name: "virtualservices", Kind: "VirtualService"}}},
+	}
+	apGVR := schema.GroupVersionResource{Group: "security.istio.io", Version: "v1beta1", Resource: "authorizationpolicies"}
+	vsGVR := schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1alpha3", Resource: "virtualservices"}
+	istioPolicy := func(name string, spec map[string]any) *unstructured.Unstructured {
+		u := unstructuredPolicy(name, spec)
+		u.SetAPIVersion("security.istio.io/v1beta1")
+		return u
+	}
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+		AuthorizationPolicyGVR: "AuthorizationPolicyList",
+		PeerAuthenticationGVR:  "PeerAuthenticationList",
+		apGVR:                  "AuthorizationPolicyList",
+		vsGVR:                  "VirtualServiceList",
+	},
+		istioPolicy("good", map[string]any{"action": "DENY", "rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{"principals": []any{"cluster.local/ns/demo/sa/bad"}}}}}}}),
+		istioPolicy("unknown-field", map[string]any{"rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{"principal": []any{"x"}}}}}}}),
+	)
+	s, logs := newTestStore(t)
+	runStore(t, s)
+	k := NewKube(KubeClients{Kube: kube, Gateway: gatewayfake.NewSimpleClientset(), Dynamic: dyn}, s, slogFrom(logs), 0) //nolint:staticcheck // as in TestKubeSource
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- k.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	wait.Until(t, 5*time.Second, "synced", synced(s))
+	authz := func() []string {
+		return keys(s.Index().For(model.Proxy{Kind: model.KindZtunnel, Node: "node-a"})[configv1.AuthorizationTypeURL])
+	}
+	wait.Until(t, 5*time.Second, "the Istio policy", func() error {
+		if got := authz(); !slices.Equal(got, []string{"demo/istio:good"}) {
+			return fmt.Errorf("policies %q; logs:\n%s", got, logs)
+		}
+		return nil
+	})
+	if out := logs.String(); !contains(out, "AuthorizationPolicy", "unknown-field", `unknown field \"spec.rules[0].from[0].source.principal\"`) ||
+		!contains(out, "DestinationRule", "not watched") {
+		t.Fatalf("logs do not name the unknown field and the kinds not served:\n%s", out)
+	}
+	if err := dyn.Resource(apGVR).Namespace("demo").Delete(ctx, "good", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait.Until(t, 5*time.Second, "policy deleted", func() error {
+		if got := authz(); len(got) != 0 {
 			return fmt.Errorf("policies %q", got)
 		}
 		return nil

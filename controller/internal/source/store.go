@@ -2,6 +2,7 @@ package source
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -74,6 +75,9 @@ func objectName(obj runtime.Object) string {
 	}
 	if gvk := obj.GetObjectKind().GroupVersionKind(); gvk.Kind != "" {
 		kind = gvk.Kind
+		if strings.HasSuffix(gvk.Group, ".istio.io") {
+			kind = gvk.GroupKind().String() // apart from ambit's kinds of the same name
+		}
 	}
 	if m, err := meta.Accessor(obj); err == nil {
 		return kind + " " + m.GetNamespace() + "/" + m.GetName()
@@ -89,6 +93,23 @@ func (s *Store) report(obj runtime.Object, err error) {
 		delete(s.logged, k)
 		return
 	}
+	if s.logged[k] == err.Error() {
+		return
+	}
+	s.logged[k] = err.Error()
+	s.log.Error("invalid object, keeping its last good version", "object", k, "error", err)
+}
+
+// logCommitError logs an error the model found while committing (a VirtualService's subset
+// that no DestinationRule defines), once per object and message.
+func (s *Store) logCommitError(err error) {
+	k := err.Error()
+	var oe *model.ObjectError
+	if errors.As(err, &oe) {
+		k = oe.Kind + " " + oe.Namespace + "/" + oe.Name
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.logged[k] == err.Error() {
 		return
 	}
@@ -154,6 +175,9 @@ func (s *Store) Run(ctx context.Context) error {
 func (s *Store) commit() {
 	start := time.Now()
 	changes := s.idx.Commit()
+	for _, err := range s.idx.CommitErrors() {
+		s.logCommitError(err)
+	}
 	if s.syncReq.Load() {
 		s.synced.Store(true)
 	}

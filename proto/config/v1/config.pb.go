@@ -524,7 +524,7 @@ func (x Waypoint_For) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Waypoint_For.Descriptor instead.
 func (Waypoint_For) EnumDescriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{13, 0}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{14, 0}
 }
 
 // Workload is one enrolled pod (or, in the local lab, one network namespace).
@@ -1342,7 +1342,9 @@ type Rule struct {
 	// from are the sources, ORed.
 	From []*Source `protobuf:"bytes,1,rep,name=from,proto3" json:"from,omitempty"`
 	// to are the operations, ORed.
-	To            []*Operation `protobuf:"bytes,2,rep,name=to,proto3" json:"to,omitempty"`
+	To []*Operation `protobuf:"bytes,2,rep,name=to,proto3" json:"to,omitempty"`
+	// when are further conditions, all of which must hold (ANDed) - Istio's `when`.
+	When          []*Condition `protobuf:"bytes,3,rep,name=when,proto3" json:"when,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1391,6 +1393,82 @@ func (x *Rule) GetTo() []*Operation {
 	return nil
 }
 
+func (x *Rule) GetWhen() []*Condition {
+	if x != nil {
+		return x.When
+	}
+	return nil
+}
+
+// Condition is one of Istio's `when` conditions: the attribute named by key must equal one of
+// values (when set) and none of not_values. Values are literal with the wildcards of Source;
+// an address attribute's values are IPBlocks written as "a.b.c.d" or "a.b.c.d/n".
+//
+// Keys: "request.headers[<name>]" (L7 only: at ztunnel a policy with one cannot be decided,
+// as with methods and paths), "source.ip" and "remote.ip" (the original client address),
+// "source.namespace", "source.principal", "destination.port". A proxy fails closed on any other
+// key: the condition never holds in an ALLOW policy and always holds in a DENY policy (the
+// controller refuses such keys before they get here).
+type Condition struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Values        []string               `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
+	NotValues     []string               `protobuf:"bytes,3,rep,name=not_values,json=notValues,proto3" json:"not_values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Condition) Reset() {
+	*x = Condition{}
+	mi := &file_proto_config_v1_config_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Condition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Condition) ProtoMessage() {}
+
+func (x *Condition) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_v1_config_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Condition.ProtoReflect.Descriptor instead.
+func (*Condition) Descriptor() ([]byte, []int) {
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Condition) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Condition) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+func (x *Condition) GetNotValues() []string {
+	if x != nil {
+		return x.NotValues
+	}
+	return nil
+}
+
 // Source matches the peer of a connection. Every field that is set must match (the fields are
 // ANDed); within one field any value may match (ORed); a not_ field matches when none of its
 // values does.
@@ -1418,7 +1496,7 @@ type Source struct {
 
 func (x *Source) Reset() {
 	*x = Source{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[10]
+	mi := &file_proto_config_v1_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1430,7 +1508,7 @@ func (x *Source) String() string {
 func (*Source) ProtoMessage() {}
 
 func (x *Source) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[10]
+	mi := &file_proto_config_v1_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1443,7 +1521,7 @@ func (x *Source) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Source.ProtoReflect.Descriptor instead.
 func (*Source) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{10}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Source) GetPrincipals() []string {
@@ -1501,7 +1579,7 @@ type IPBlock struct {
 
 func (x *IPBlock) Reset() {
 	*x = IPBlock{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[11]
+	mi := &file_proto_config_v1_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1513,7 +1591,7 @@ func (x *IPBlock) String() string {
 func (*IPBlock) ProtoMessage() {}
 
 func (x *IPBlock) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[11]
+	mi := &file_proto_config_v1_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1526,7 +1604,7 @@ func (x *IPBlock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPBlock.ProtoReflect.Descriptor instead.
 func (*IPBlock) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{11}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *IPBlock) GetAddress() []byte {
@@ -1562,7 +1640,7 @@ type Operation struct {
 
 func (x *Operation) Reset() {
 	*x = Operation{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[12]
+	mi := &file_proto_config_v1_config_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +1652,7 @@ func (x *Operation) String() string {
 func (*Operation) ProtoMessage() {}
 
 func (x *Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[12]
+	mi := &file_proto_config_v1_config_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +1665,7 @@ func (x *Operation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operation.ProtoReflect.Descriptor instead.
 func (*Operation) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{12}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Operation) GetPorts() []uint32 {
@@ -1657,7 +1735,7 @@ type Waypoint struct {
 
 func (x *Waypoint) Reset() {
 	*x = Waypoint{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[13]
+	mi := &file_proto_config_v1_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1747,7 @@ func (x *Waypoint) String() string {
 func (*Waypoint) ProtoMessage() {}
 
 func (x *Waypoint) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[13]
+	mi := &file_proto_config_v1_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1760,7 @@ func (x *Waypoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Waypoint.ProtoReflect.Descriptor instead.
 func (*Waypoint) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{13}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Waypoint) GetName() string {
@@ -1748,7 +1826,7 @@ type RouteConfig struct {
 
 func (x *RouteConfig) Reset() {
 	*x = RouteConfig{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[14]
+	mi := &file_proto_config_v1_config_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1760,7 +1838,7 @@ func (x *RouteConfig) String() string {
 func (*RouteConfig) ProtoMessage() {}
 
 func (x *RouteConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[14]
+	mi := &file_proto_config_v1_config_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1773,7 +1851,7 @@ func (x *RouteConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteConfig.ProtoReflect.Descriptor instead.
 func (*RouteConfig) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{14}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RouteConfig) GetHostname() string {
@@ -1822,7 +1900,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[15]
+	mi := &file_proto_config_v1_config_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1834,7 +1912,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[15]
+	mi := &file_proto_config_v1_config_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1847,7 +1925,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{15}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Route) GetName() string {
@@ -1915,7 +1993,7 @@ type RouteMatch struct {
 
 func (x *RouteMatch) Reset() {
 	*x = RouteMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[16]
+	mi := &file_proto_config_v1_config_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1927,7 +2005,7 @@ func (x *RouteMatch) String() string {
 func (*RouteMatch) ProtoMessage() {}
 
 func (x *RouteMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[16]
+	mi := &file_proto_config_v1_config_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1940,7 +2018,7 @@ func (x *RouteMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
 func (*RouteMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{16}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RouteMatch) GetPath() *PathMatch {
@@ -1971,6 +2049,7 @@ type PathMatch struct {
 	//
 	//	*PathMatch_Exact
 	//	*PathMatch_Prefix
+	//	*PathMatch_StringPrefix
 	Kind          isPathMatch_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1978,7 +2057,7 @@ type PathMatch struct {
 
 func (x *PathMatch) Reset() {
 	*x = PathMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[17]
+	mi := &file_proto_config_v1_config_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1990,7 +2069,7 @@ func (x *PathMatch) String() string {
 func (*PathMatch) ProtoMessage() {}
 
 func (x *PathMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[17]
+	mi := &file_proto_config_v1_config_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2003,7 +2082,7 @@ func (x *PathMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
 func (*PathMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{17}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PathMatch) GetKind() isPathMatch_Kind {
@@ -2031,6 +2110,15 @@ func (x *PathMatch) GetPrefix() string {
 	return ""
 }
 
+func (x *PathMatch) GetStringPrefix() string {
+	if x != nil {
+		if x, ok := x.Kind.(*PathMatch_StringPrefix); ok {
+			return x.StringPrefix
+		}
+	}
+	return ""
+}
+
 type isPathMatch_Kind interface {
 	isPathMatch_Kind()
 }
@@ -2046,9 +2134,17 @@ type PathMatch_Prefix struct {
 	Prefix string `protobuf:"bytes,2,opt,name=prefix,proto3,oneof"`
 }
 
+type PathMatch_StringPrefix struct {
+	// string_prefix matches any path that starts with it: "/api" matches "/apis" too (Istio's
+	// VirtualService uri.prefix).
+	StringPrefix string `protobuf:"bytes,3,opt,name=string_prefix,json=stringPrefix,proto3,oneof"`
+}
+
 func (*PathMatch_Exact) isPathMatch_Kind() {}
 
 func (*PathMatch_Prefix) isPathMatch_Kind() {}
+
+func (*PathMatch_StringPrefix) isPathMatch_Kind() {}
 
 // HeaderMatch is an exact match on one request header.
 type HeaderMatch struct {
@@ -2063,7 +2159,7 @@ type HeaderMatch struct {
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[18]
+	mi := &file_proto_config_v1_config_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2075,7 +2171,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[18]
+	mi := &file_proto_config_v1_config_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2088,7 +2184,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{18}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -2114,14 +2210,19 @@ type Backend struct {
 	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
 	// weight is the backend's share relative to the route's other backends. A route whose
 	// backends all weigh 0 answers 500.
-	Weight        uint32 `protobuf:"varint,3,opt,name=weight,proto3" json:"weight,omitempty"`
+	Weight uint32 `protobuf:"varint,3,opt,name=weight,proto3" json:"weight,omitempty"`
+	// subset, when set, limits the backend to the Service's endpoints whose workload carries
+	// all of these labels (a DestinationRule subset). No such endpoint: 503.
+	Subset map[string]string `protobuf:"bytes,4,rep,name=subset,proto3" json:"subset,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// subset_name names the subset for config dumps and telemetry.
+	SubsetName    string `protobuf:"bytes,5,opt,name=subset_name,json=subsetName,proto3" json:"subset_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[19]
+	mi := &file_proto_config_v1_config_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2133,7 +2234,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[19]
+	mi := &file_proto_config_v1_config_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2146,7 +2247,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{19}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Backend) GetHostname() string {
@@ -2170,6 +2271,20 @@ func (x *Backend) GetWeight() uint32 {
 	return 0
 }
 
+func (x *Backend) GetSubset() map[string]string {
+	if x != nil {
+		return x.Subset
+	}
+	return nil
+}
+
+func (x *Backend) GetSubsetName() string {
+	if x != nil {
+		return x.SubsetName
+	}
+	return ""
+}
+
 // Timeouts are HTTPRoute rule timeouts.
 type Timeouts struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2183,7 +2298,7 @@ type Timeouts struct {
 
 func (x *Timeouts) Reset() {
 	*x = Timeouts{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[20]
+	mi := &file_proto_config_v1_config_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2195,7 +2310,7 @@ func (x *Timeouts) String() string {
 func (*Timeouts) ProtoMessage() {}
 
 func (x *Timeouts) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[20]
+	mi := &file_proto_config_v1_config_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2208,7 +2323,7 @@ func (x *Timeouts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timeouts.ProtoReflect.Descriptor instead.
 func (*Timeouts) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{20}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Timeouts) GetRequest() *durationpb.Duration {
@@ -2242,7 +2357,7 @@ type Retry struct {
 
 func (x *Retry) Reset() {
 	*x = Retry{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[21]
+	mi := &file_proto_config_v1_config_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2254,7 +2369,7 @@ func (x *Retry) String() string {
 func (*Retry) ProtoMessage() {}
 
 func (x *Retry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[21]
+	mi := &file_proto_config_v1_config_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2267,7 +2382,7 @@ func (x *Retry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Retry.ProtoReflect.Descriptor instead.
 func (*Retry) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{21}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Retry) GetCodes() []uint32 {
@@ -2302,7 +2417,7 @@ type Fault struct {
 
 func (x *Fault) Reset() {
 	*x = Fault{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[22]
+	mi := &file_proto_config_v1_config_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2314,7 +2429,7 @@ func (x *Fault) String() string {
 func (*Fault) ProtoMessage() {}
 
 func (x *Fault) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[22]
+	mi := &file_proto_config_v1_config_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2327,7 +2442,7 @@ func (x *Fault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault.ProtoReflect.Descriptor instead.
 func (*Fault) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{22}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Fault) GetAbort() *Fault_Abort {
@@ -2357,7 +2472,7 @@ type Fault_Abort struct {
 
 func (x *Fault_Abort) Reset() {
 	*x = Fault_Abort{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[26]
+	mi := &file_proto_config_v1_config_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2484,7 @@ func (x *Fault_Abort) String() string {
 func (*Fault_Abort) ProtoMessage() {}
 
 func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[26]
+	mi := &file_proto_config_v1_config_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2497,7 @@ func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault_Abort.ProtoReflect.Descriptor instead.
 func (*Fault_Abort) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{22, 0}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{23, 0}
 }
 
 func (x *Fault_Abort) GetPercentage() float64 {
@@ -2412,7 +2527,7 @@ type Fault_Delay struct {
 
 func (x *Fault_Delay) Reset() {
 	*x = Fault_Delay{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[27]
+	mi := &file_proto_config_v1_config_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2424,7 +2539,7 @@ func (x *Fault_Delay) String() string {
 func (*Fault_Delay) ProtoMessage() {}
 
 func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[27]
+	mi := &file_proto_config_v1_config_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2437,7 +2552,7 @@ func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault_Delay.ProtoReflect.Descriptor instead.
 func (*Fault_Delay) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{22, 1}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{23, 1}
 }
 
 func (x *Fault_Delay) GetPercentage() float64 {
@@ -2541,10 +2656,16 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\tTargetRef\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
-	"\x04name\x18\x03 \x01(\tR\x04name\"_\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\"\x8f\x01\n" +
 	"\x04Rule\x12+\n" +
 	"\x04from\x18\x01 \x03(\v2\x17.ambit.config.v1.SourceR\x04from\x12*\n" +
-	"\x02to\x18\x02 \x03(\v2\x1a.ambit.config.v1.OperationR\x02to\"\x8b\x02\n" +
+	"\x02to\x18\x02 \x03(\v2\x1a.ambit.config.v1.OperationR\x02to\x12.\n" +
+	"\x04when\x18\x03 \x03(\v2\x1a.ambit.config.v1.ConditionR\x04when\"T\n" +
+	"\tCondition\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\x12\x1d\n" +
+	"\n" +
+	"not_values\x18\x03 \x03(\tR\tnotValues\"\x8b\x02\n" +
 	"\x06Source\x12\x1e\n" +
 	"\n" +
 	"principals\x18\x01 \x03(\tR\n" +
@@ -2595,18 +2716,25 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"RouteMatch\x12.\n" +
 	"\x04path\x18\x01 \x01(\v2\x1a.ambit.config.v1.PathMatchR\x04path\x126\n" +
 	"\aheaders\x18\x02 \x03(\v2\x1c.ambit.config.v1.HeaderMatchR\aheaders\x12\x16\n" +
-	"\x06method\x18\x03 \x01(\tR\x06method\"E\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\"l\n" +
 	"\tPathMatch\x12\x16\n" +
 	"\x05exact\x18\x01 \x01(\tH\x00R\x05exact\x12\x18\n" +
-	"\x06prefix\x18\x02 \x01(\tH\x00R\x06prefixB\x06\n" +
+	"\x06prefix\x18\x02 \x01(\tH\x00R\x06prefix\x12%\n" +
+	"\rstring_prefix\x18\x03 \x01(\tH\x00R\fstringPrefixB\x06\n" +
 	"\x04kind\"7\n" +
 	"\vHeaderMatch\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"Q\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xeb\x01\n" +
 	"\aBackend\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n" +
-	"\x06weight\x18\x03 \x01(\rR\x06weight\"\x83\x01\n" +
+	"\x06weight\x18\x03 \x01(\rR\x06weight\x12<\n" +
+	"\x06subset\x18\x04 \x03(\v2$.ambit.config.v1.Backend.SubsetEntryR\x06subset\x12\x1f\n" +
+	"\vsubset_name\x18\x05 \x01(\tR\n" +
+	"subsetName\x1a9\n" +
+	"\vSubsetEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x83\x01\n" +
 	"\bTimeouts\x123\n" +
 	"\arequest\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\arequest\x12B\n" +
 	"\x0fbackend_request\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0ebackendRequest\"n\n" +
@@ -2662,7 +2790,7 @@ func file_proto_config_v1_config_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_config_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_proto_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_proto_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_proto_config_v1_config_proto_goTypes = []any{
 	(NetworkMode)(0),            // 0: ambit.config.v1.NetworkMode
 	(TunnelProtocol)(0),         // 1: ambit.config.v1.TunnelProtocol
@@ -2683,29 +2811,31 @@ var file_proto_config_v1_config_proto_goTypes = []any{
 	(*Authorization)(nil),       // 16: ambit.config.v1.Authorization
 	(*TargetRef)(nil),           // 17: ambit.config.v1.TargetRef
 	(*Rule)(nil),                // 18: ambit.config.v1.Rule
-	(*Source)(nil),              // 19: ambit.config.v1.Source
-	(*IPBlock)(nil),             // 20: ambit.config.v1.IPBlock
-	(*Operation)(nil),           // 21: ambit.config.v1.Operation
-	(*Waypoint)(nil),            // 22: ambit.config.v1.Waypoint
-	(*RouteConfig)(nil),         // 23: ambit.config.v1.RouteConfig
-	(*Route)(nil),               // 24: ambit.config.v1.Route
-	(*RouteMatch)(nil),          // 25: ambit.config.v1.RouteMatch
-	(*PathMatch)(nil),           // 26: ambit.config.v1.PathMatch
-	(*HeaderMatch)(nil),         // 27: ambit.config.v1.HeaderMatch
-	(*Backend)(nil),             // 28: ambit.config.v1.Backend
-	(*Timeouts)(nil),            // 29: ambit.config.v1.Timeouts
-	(*Retry)(nil),               // 30: ambit.config.v1.Retry
-	(*Fault)(nil),               // 31: ambit.config.v1.Fault
-	nil,                         // 32: ambit.config.v1.Workload.LabelsEntry
-	nil,                         // 33: ambit.config.v1.Workload.ServicesEntry
-	nil,                         // 34: ambit.config.v1.Authorization.SelectorEntry
-	(*Fault_Abort)(nil),         // 35: ambit.config.v1.Fault.Abort
-	(*Fault_Delay)(nil),         // 36: ambit.config.v1.Fault.Delay
-	(*durationpb.Duration)(nil), // 37: google.protobuf.Duration
+	(*Condition)(nil),           // 19: ambit.config.v1.Condition
+	(*Source)(nil),              // 20: ambit.config.v1.Source
+	(*IPBlock)(nil),             // 21: ambit.config.v1.IPBlock
+	(*Operation)(nil),           // 22: ambit.config.v1.Operation
+	(*Waypoint)(nil),            // 23: ambit.config.v1.Waypoint
+	(*RouteConfig)(nil),         // 24: ambit.config.v1.RouteConfig
+	(*Route)(nil),               // 25: ambit.config.v1.Route
+	(*RouteMatch)(nil),          // 26: ambit.config.v1.RouteMatch
+	(*PathMatch)(nil),           // 27: ambit.config.v1.PathMatch
+	(*HeaderMatch)(nil),         // 28: ambit.config.v1.HeaderMatch
+	(*Backend)(nil),             // 29: ambit.config.v1.Backend
+	(*Timeouts)(nil),            // 30: ambit.config.v1.Timeouts
+	(*Retry)(nil),               // 31: ambit.config.v1.Retry
+	(*Fault)(nil),               // 32: ambit.config.v1.Fault
+	nil,                         // 33: ambit.config.v1.Workload.LabelsEntry
+	nil,                         // 34: ambit.config.v1.Workload.ServicesEntry
+	nil,                         // 35: ambit.config.v1.Authorization.SelectorEntry
+	nil,                         // 36: ambit.config.v1.Backend.SubsetEntry
+	(*Fault_Abort)(nil),         // 37: ambit.config.v1.Fault.Abort
+	(*Fault_Delay)(nil),         // 38: ambit.config.v1.Fault.Delay
+	(*durationpb.Duration)(nil), // 39: google.protobuf.Duration
 }
 var file_proto_config_v1_config_proto_depIdxs = []int32{
-	32, // 0: ambit.config.v1.Workload.labels:type_name -> ambit.config.v1.Workload.LabelsEntry
-	33, // 1: ambit.config.v1.Workload.services:type_name -> ambit.config.v1.Workload.ServicesEntry
+	33, // 0: ambit.config.v1.Workload.labels:type_name -> ambit.config.v1.Workload.LabelsEntry
+	34, // 1: ambit.config.v1.Workload.services:type_name -> ambit.config.v1.Workload.ServicesEntry
 	13, // 2: ambit.config.v1.Workload.waypoint:type_name -> ambit.config.v1.GatewayAddress
 	0,  // 3: ambit.config.v1.Workload.network_mode:type_name -> ambit.config.v1.NetworkMode
 	1,  // 4: ambit.config.v1.Workload.tunnel_protocol:type_name -> ambit.config.v1.TunnelProtocol
@@ -2720,36 +2850,38 @@ var file_proto_config_v1_config_proto_depIdxs = []int32{
 	15, // 13: ambit.config.v1.Service.load_balancing:type_name -> ambit.config.v1.LoadBalancing
 	5,  // 14: ambit.config.v1.LoadBalancing.mode:type_name -> ambit.config.v1.LoadBalancing.Mode
 	6,  // 15: ambit.config.v1.Authorization.scope:type_name -> ambit.config.v1.Authorization.Scope
-	34, // 16: ambit.config.v1.Authorization.selector:type_name -> ambit.config.v1.Authorization.SelectorEntry
+	35, // 16: ambit.config.v1.Authorization.selector:type_name -> ambit.config.v1.Authorization.SelectorEntry
 	17, // 17: ambit.config.v1.Authorization.target_refs:type_name -> ambit.config.v1.TargetRef
 	7,  // 18: ambit.config.v1.Authorization.action:type_name -> ambit.config.v1.Authorization.Action
 	18, // 19: ambit.config.v1.Authorization.rules:type_name -> ambit.config.v1.Rule
-	19, // 20: ambit.config.v1.Rule.from:type_name -> ambit.config.v1.Source
-	21, // 21: ambit.config.v1.Rule.to:type_name -> ambit.config.v1.Operation
-	20, // 22: ambit.config.v1.Source.ip_blocks:type_name -> ambit.config.v1.IPBlock
-	20, // 23: ambit.config.v1.Source.not_ip_blocks:type_name -> ambit.config.v1.IPBlock
-	8,  // 24: ambit.config.v1.Waypoint.for:type_name -> ambit.config.v1.Waypoint.For
-	12, // 25: ambit.config.v1.Waypoint.address:type_name -> ambit.config.v1.NetworkAddress
-	24, // 26: ambit.config.v1.RouteConfig.routes:type_name -> ambit.config.v1.Route
-	25, // 27: ambit.config.v1.Route.matches:type_name -> ambit.config.v1.RouteMatch
-	28, // 28: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
-	29, // 29: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
-	30, // 30: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
-	31, // 31: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
-	26, // 32: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
-	27, // 33: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
-	37, // 34: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
-	37, // 35: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
-	37, // 36: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
-	35, // 37: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
-	36, // 38: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
-	10, // 39: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
-	37, // 40: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
-	41, // [41:41] is the sub-list for method output_type
-	41, // [41:41] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	20, // 20: ambit.config.v1.Rule.from:type_name -> ambit.config.v1.Source
+	22, // 21: ambit.config.v1.Rule.to:type_name -> ambit.config.v1.Operation
+	19, // 22: ambit.config.v1.Rule.when:type_name -> ambit.config.v1.Condition
+	21, // 23: ambit.config.v1.Source.ip_blocks:type_name -> ambit.config.v1.IPBlock
+	21, // 24: ambit.config.v1.Source.not_ip_blocks:type_name -> ambit.config.v1.IPBlock
+	8,  // 25: ambit.config.v1.Waypoint.for:type_name -> ambit.config.v1.Waypoint.For
+	12, // 26: ambit.config.v1.Waypoint.address:type_name -> ambit.config.v1.NetworkAddress
+	25, // 27: ambit.config.v1.RouteConfig.routes:type_name -> ambit.config.v1.Route
+	26, // 28: ambit.config.v1.Route.matches:type_name -> ambit.config.v1.RouteMatch
+	29, // 29: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
+	30, // 30: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
+	31, // 31: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
+	32, // 32: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
+	27, // 33: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
+	28, // 34: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
+	36, // 35: ambit.config.v1.Backend.subset:type_name -> ambit.config.v1.Backend.SubsetEntry
+	39, // 36: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
+	39, // 37: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
+	39, // 38: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
+	37, // 39: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
+	38, // 40: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
+	10, // 41: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
+	39, // 42: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
+	43, // [43:43] is the sub-list for method output_type
+	43, // [43:43] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_proto_config_v1_config_proto_init() }
@@ -2757,9 +2889,10 @@ func file_proto_config_v1_config_proto_init() {
 	if File_proto_config_v1_config_proto != nil {
 		return
 	}
-	file_proto_config_v1_config_proto_msgTypes[17].OneofWrappers = []any{
+	file_proto_config_v1_config_proto_msgTypes[18].OneofWrappers = []any{
 		(*PathMatch_Exact)(nil),
 		(*PathMatch_Prefix)(nil),
+		(*PathMatch_StringPrefix)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2767,7 +2900,7 @@ func file_proto_config_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_config_v1_config_proto_rawDesc), len(file_proto_config_v1_config_proto_rawDesc)),
 			NumEnums:      9,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

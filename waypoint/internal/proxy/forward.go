@@ -93,7 +93,7 @@ func (p *Proxy) handle(ctx context.Context, d *downstream, req *http.Request, h2
 	}
 	dec := authz.Evaluate(pols, authz.Request{
 		Principal: d.peer.String(), Namespace: d.peerNS, Source: d.client.Addr(), Port: port,
-		HTTP: &authz.HTTP{Method: req.Method, Path: req.URL.Path},
+		HTTP: &authz.HTTP{Method: req.Method, Path: req.URL.Path, Headers: req.Header},
 	})
 	if !dec.Allow {
 		ex.flags = flagDenied
@@ -136,6 +136,7 @@ func (p *Proxy) handle(ctx context.Context, d *downstream, req *http.Request, h2
 			if t.port == 0 {
 				t.port = parentPort
 			}
+			t.subset, t.subsetName = b.Subset, b.SubsetName
 		}
 	}
 	if t.svcKey == "" {
@@ -153,6 +154,9 @@ type target struct {
 	svcKey string
 	port   uint16
 	direct endpoint
+	// subset limits the Service's endpoints to workloads with these labels.
+	subset     map[string]string
+	subsetName string
 }
 
 // parentRoutes finds the Service whose routes apply: the destination Service, or for a
@@ -367,11 +371,36 @@ func (ex *exchange) endpoint(t target, tried []netip.AddrPort) (endpoint, []stat
 		}
 	}
 	eps := p.cfg.State.Endpoints(svc, t.port)
+	if len(t.subset) > 0 {
+		eps = inSubset(eps, t.subset)
+		if len(eps) == 0 {
+			ex.flags = flagNoHealthy
+			return endpoint{}, nil, ex.local(http.StatusServiceUnavailable, fmt.Sprintf("no healthy upstream: subset %s of service %s has no endpoint for port %d", t.subsetName, host, t.port))
+		}
+	}
 	if len(eps) == 0 {
 		ex.flags = flagNoHealthy
 		return endpoint{}, nil, ex.local(http.StatusServiceUnavailable, fmt.Sprintf("no healthy upstream: service %s has no endpoint for port %d", host, t.port))
 	}
 	return p.lb.pick(eps, tried), eps, nil
+}
+
+// inSubset keeps the endpoints whose workload carries every label of subset.
+func inSubset(eps []state.Endpoint, subset map[string]string) []state.Endpoint {
+	out := make([]state.Endpoint, 0, len(eps))
+	for _, e := range eps {
+		ok := true
+		for k, v := range subset {
+			if lv, has := e.Workload.GetLabels()[k]; !has || lv != v {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // outRequest makes the request for one attempt to ep.

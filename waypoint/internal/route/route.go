@@ -51,9 +51,11 @@ type Route struct {
 // Match is one RouteMatch: every set field must match.
 type Match struct {
 	PathExact, PathPrefix string
-	hasPath               bool
-	Headers               []Header
-	Method                string
+	// PathStringPrefix matches any path starting with it (Istio's uri.prefix).
+	PathStringPrefix string
+	hasPath          bool
+	Headers          []Header
+	Method           string
 }
 
 // Header is an exact header match; Name is canonical.
@@ -66,6 +68,10 @@ type Backend struct {
 	// Port is the Service port; 0 means the port the request arrived on.
 	Port   uint32
 	Weight uint32
+	// Subset, when not empty, limits the endpoints to workloads with all these labels;
+	// SubsetName names it.
+	Subset     map[string]string
+	SubsetName string
 }
 
 // Retry is a compiled retry policy.
@@ -106,10 +112,14 @@ func Compile(name string, rc *configv1.RouteConfig) (*Table, error) {
 			if p := m.GetPath(); p != nil {
 				cm.hasPath = true
 				v := p.GetExact()
-				if _, ok := p.GetKind().(*configv1.PathMatch_Prefix); ok {
+				switch p.GetKind().(type) {
+				case *configv1.PathMatch_Prefix:
 					v = p.GetPrefix()
 					cm.PathPrefix = strings.TrimSuffix(v, "/")
-				} else {
+				case *configv1.PathMatch_StringPrefix:
+					v = p.GetStringPrefix()
+					cm.PathStringPrefix = v
+				default:
 					cm.PathExact = v
 				}
 				if !strings.HasPrefix(v, "/") || strings.ContainsAny(v, "?# \t") {
@@ -147,7 +157,7 @@ func Compile(name string, rc *configv1.RouteConfig) (*Table, error) {
 			out.total += uint64(b.GetWeight())
 			out.Backends = append(out.Backends, Backend{
 				Service: ServiceKey(b.GetHostname(), rc.GetNamespace()), Hostname: b.GetHostname(),
-				Port: b.GetPort(), Weight: b.GetWeight(),
+				Port: b.GetPort(), Weight: b.GetWeight(), Subset: b.GetSubset(), SubsetName: b.GetSubsetName(),
 			})
 		}
 		if to := r.GetTimeouts(); to != nil {
@@ -288,6 +298,9 @@ func (m *Match) matches(r *http.Request) bool {
 		}
 		if m.PathExact == "" && m.PathPrefix != "" &&
 			!(path == m.PathPrefix || strings.HasPrefix(path, m.PathPrefix+"/")) {
+			return false
+		}
+		if m.PathStringPrefix != "" && !strings.HasPrefix(path, m.PathStringPrefix) {
 			return false
 		}
 	}

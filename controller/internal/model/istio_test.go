@@ -1,0 +1,304 @@
+package model
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	configv1 "ambit.dev/proto/config/v1"
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"k8s.io/apimachinery/pkg/runtime"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	"sigs.k8s.io/yaml"
+
+	secv1 "ambit.dev/controller/apis/security/v1alpha1"
+	"ambit.dev/controller/internal/istioapi"
+)
+
+func wantProto(t *testing.T, what string, want, got proto.Message) {
+	t.Helper()
+	if !proto.Equal(want, got) {
+		t.Fatalf("%s:\n got %s\nwant %s", what, prototext.Format(got), prototext.Format(want))
+	}
+}
+
+func durationOf(s string) *durationpb.Duration {
+	d, err := istioDuration(s)
+	if err != nil {
+		panic(err)
+	}
+	return durationpb.New(d)
+}
+
+// webRoute is an HTTPRoute on Service demo/web, 90/10 to web-v1 and web-v2.
+func webRoute() *gatewayv1.HTTPRoute {
+	hr := httpRoute("demo", "web-route", gatewayv1.HTTPRouteRule{BackendRefs: []gatewayv1.HTTPBackendRef{backend("web-v1", 80, ptr(int32(90))), backend("web-v2", 80, ptr(int32(10)))}})
+	hr.Spec.ParentRefs = []gatewayv1.ParentReference{{Group: ptr(gatewayv1.Group("")), Kind: ptr(gatewayv1.Kind("Service")), Name: "web"}}
+	return hr
+}
+
+func ambitPolicy(ns, name string) *secv1.AuthorizationPolicy {
+	return &secv1.AuthorizationPolicy{ObjectMeta: meta(ns, name, nil), Spec: secv1.AuthorizationPolicySpec{
+		Selector: &secv1.WorkloadSelector{MatchLabels: map[string]string{"app": "web"}}}}
+}
+
+// istioObj decodes one Istio object written as YAML.
+func istioObj[T runtime.Object](t *testing.T, doc string) T {
+	t.Helper()
+	out := istioapi.New(strings.TrimSpace(strings.SplitN(strings.SplitN(doc, "kind:", 2)[1], "\n", 2)[0])).(T)
+	if err := yaml.UnmarshalStrict([]byte(doc), out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+const webDR = `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: demo}
+spec:
+  host: web
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+`
+
+const webVS = `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: demo}
+spec:
+  hosts: [web]
+  http:
+  - name: canary
+    match:
+    - headers: {x-canary: {exact: "true"}}
+    route:
+    - destination: {host: web, subset: v2}
+  - route:
+    - {destination: {host: web, subset: v1}, weight: 80}
+    - {destination: {host: web.demo.svc.cluster.local, subset: v2, port: {number: 80}}, weight: 20}
+    retries: {attempts: 3, retryOn: "gateway-error,connect-failure,409", perTryTimeout: 2s}
+    timeout: 5s
+`
+
+const webRC = "demo/web.demo.svc.cluster.local"
+
+func routeConfig(x *Index) *configv1.RouteConfig {
+	r, ok := x.For(Proxy{Kind: KindWaypoint, Namespace: "demo", Name: "wp"})[configv1.RouteConfigTypeURL][webRC]
+	if !ok {
+		return nil
+	}
+	return r.Message.(*configv1.RouteConfig)
+}
+
+func istioTestIndex(t *testing.T, objs ...runtime.Object) *Index {
+	t.Helper()
+	base := []runtime.Object{
+		namespace("demo", map[string]string{LabelIstioDataplaneMode: ModeAmbient}),
+		waypointGW("demo", "wp", "service", "10.0.0.9"),
+		service("demo", "web", "10.96.0.1", map[string]string{LabelIstioUseWaypoint: "wp"}, map[string]string{"app": "web"}),
+	}
+	x, errs := Build(Options{}, append(base, objs...))
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	return x
+}
+
+func TestVirtualServiceSubsets(t *testing.T) {
+	x := istioTestIndex(t, istioObj[*istioapi.DestinationRule](t, webDR), istioObj[*istioapi.VirtualService](t, webVS))
+	rc := routeConfig(x)
+	if rc == nil {
+		t.Fatal("no RouteConfig for web (is the Service bound through istio.io/use-waypoint?)")
+	}
+	v1, v2 := map[string]string{"version": "v1"}, map[string]string{"version": "v2"}
+	want := &configv1.RouteConfig{Hostname: "web.demo.svc.cluster.local", Namespace: "demo", Routes: []*configv1.Route{
+		{Name: "canary", Matches: []*configv1.RouteMatch{{Headers: []*configv1.HeaderMatch{{Name: "x-canary", Value: "true"}}}},
+			Backends: []*configv1.Backend{{Hostname: "web.demo.svc.cluster.local", Weight: 100, Subset: v2, SubsetName: "v2"}}},
+		{Name: "demo/web/1", Matches: []*configv1.RouteMatch{{}},
+			Backends: []*configv1.Backend{
+				{Hostname: "web.demo.svc.cluster.local", Weight: 80, Subset: v1, SubsetName: "v1"},
+				{Hostname: "web.demo.svc.cluster.local", Port: 80, Weight: 20, Subset: v2, SubsetName: "v2"}},
+			Timeouts: &configv1.Timeouts{Request: durationOf("5s"), BackendRequest: durationOf("2s")},
+			Retry:    &configv1.Retry{Attempts: 3, Codes: []uint32{409, 502, 503, 504}}},
+	}}
+	wantProto(t, "RouteConfig", want, rc)
+}
+
+func TestVirtualServiceWinsOverHTTPRoute(t *testing.T) {
+	hr := webRoute()
+	x := istioTestIndex(t, hr, istioObj[*istioapi.DestinationRule](t, webDR))
+	if rc := routeConfig(x); rc == nil || rc.Routes[0].Name != "demo/web-route/0" {
+		t.Fatalf("before the VirtualService: %v", rc)
+	}
+	vs := istioObj[*istioapi.VirtualService](t, webVS)
+	if err := x.Upsert(vs); err != nil {
+		t.Fatal(err)
+	}
+	x.Commit()
+	if rc := routeConfig(x); rc.Routes[0].Name != "canary" {
+		t.Fatalf("with the VirtualService: %v", rc)
+	}
+	if err := x.Delete(vs); err != nil {
+		t.Fatal(err)
+	}
+	x.Commit()
+	if rc := routeConfig(x); rc == nil || rc.Routes[0].Name != "demo/web-route/0" {
+		t.Fatalf("after the VirtualService: %v", rc)
+	}
+}
+
+func TestVirtualServiceUndefinedSubsetKeepsLastGood(t *testing.T) {
+	x := istioTestIndex(t, istioObj[*istioapi.DestinationRule](t, webDR), istioObj[*istioapi.VirtualService](t, webVS))
+	good := routeConfig(x)
+	bad := istioObj[*istioapi.VirtualService](t, strings.Replace(webVS, "subset: v1", "subset: v3", 1))
+	if err := x.Upsert(bad); err != nil {
+		t.Fatal(err) // valid alone: the subset is checked against the DestinationRules at commit
+	}
+	x.Commit()
+	if !proto.Equal(routeConfig(x), good) {
+		t.Fatal("the RouteConfig changed; want the last good one")
+	}
+	errs := x.CommitErrors()
+	if len(errs) != 1 {
+		t.Fatalf("commit errors %v, want one", errs)
+	}
+	wantObjErr(t, errs[0], KindIstioVirtualService, "demo", "web", "spec.http[1].route[0].destination.subset")
+	if !strings.Contains(errs[0].Error(), `"v3" is not a subset`) || len(x.Errors()) != 1 {
+		t.Fatalf("error %v; Errors() = %v", errs[0], x.Errors())
+	}
+	// The DestinationRule gains v3: the VirtualService resolves, the error goes.
+	if err := x.Upsert(istioObj[*istioapi.DestinationRule](t, webDR+"  - {name: v3, labels: {version: v3}}\n")); err != nil {
+		t.Fatal(err)
+	}
+	x.Commit()
+	if len(x.Errors()) != 0 || routeConfig(x).Routes[1].Backends[0].SubsetName != "v3" {
+		t.Fatalf("after defining v3: errors %v, routes %v", x.Errors(), routeConfig(x))
+	}
+}
+
+func TestVirtualServiceErrors(t *testing.T) {
+	tests := []struct {
+		name, from, to, field, msg string
+	}{
+		{"weights", "weight: 20}", "weight: 10}", "spec.http[1].route", "add up to 90, not 100"},
+		{"regex", `{exact: "true"}`, `{regex: "t.*"}`, "spec.http[0].match[0].headers[x-canary]", "only exact"},
+		{"uri regex", `- headers: {x-canary: {exact: "true"}}`, `- uri: {regex: "/a.*"}`, "spec.http[0].match[0].uri.regex", "regular expressions"},
+		{"mirror", "  - name: canary\n", "  - name: canary\n    mirror: {host: web}\n", "spec.http[0].mirror", "not supported"},
+		{"retryOn", "gateway-error,", "retriable-4xx,", "spec.http[1].retries.retryOn", `"retriable-4xx"`},
+		{"wildcard host", "hosts: [web]", `hosts: ["*.demo.svc.cluster.local"]`, "spec.hosts[0]", "wildcard"},
+		{"tcp", "  hosts: [web]\n", "  hosts: [web]\n  tcp: [{route: [{destination: {host: web}}]}]\n", "spec.tcp", "not supported"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc := strings.Replace(webVS, tt.from, tt.to, 1)
+			if doc == webVS {
+				t.Fatalf("%q not in the VirtualService", tt.from)
+			}
+			_, err := ConvertVirtualService(istioObj[*istioapi.VirtualService](t, doc), Options{}.WithDefaults())
+			if err == nil {
+				t.Fatal("no error")
+			}
+			wantObjErr(t, err, KindIstioVirtualService, "demo", "web", tt.field)
+			if !strings.Contains(err.Error(), tt.msg) {
+				t.Fatalf("error %q does not say %q", err, tt.msg)
+			}
+		})
+	}
+	_, err := ConvertDestinationRule(istioObj[*istioapi.DestinationRule](t, webDR+"  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n"), Options{}.WithDefaults())
+	wantObjErr(t, err, KindIstioDestinationRule, "demo", "web", "spec.trafficPolicy.tls")
+}
+
+func TestIstioAuthorizationPolicy(t *testing.T) {
+	opts := Options{}.WithDefaults()
+	ap := istioObj[*istioapi.AuthorizationPolicy](t, `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web, namespace: demo}
+spec:
+  targetRefs: [{kind: Service, group: "", name: web}]
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/demo/sa/client"], ipBlocks: ["10.0.0.0/8"]}
+    - source: {serviceAccounts: ["demo/other"]}
+    to:
+    - operation: {methods: [GET], paths: ["/api/*", "*.css"], ports: ["8080"]}
+    when:
+    - {key: "request.headers[x-canary]", values: ["true"]}
+    - {key: source.ip, notValues: ["10.0.0.66"]}
+  - from: [{source: {requestPrincipals: ["*"]}}]
+`)
+	a, err := ConvertIstioAuthorizationPolicy(ap, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &configv1.Authorization{Name: "istio:web", Namespace: "demo", Scope: configv1.Authorization_WORKLOAD_SELECTOR,
+		TargetRefs: []*configv1.TargetRef{{Kind: "Service", Name: "web"}},
+		Rules: []*configv1.Rule{{ // the JWT rule is dropped: an ALLOW policy allows less
+			From: []*configv1.Source{
+				{Principals: []string{"cluster.local/ns/demo/sa/client"}, IpBlocks: []*configv1.IPBlock{{Address: []byte{10, 0, 0, 0}, Length: 8}}},
+				{Principals: []string{"cluster.local/ns/demo/sa/other"}},
+			},
+			To: []*configv1.Operation{{Methods: []string{"GET"}, Paths: []string{"/api/*", "*.css"}, Ports: []uint32{8080}}},
+			When: []*configv1.Condition{
+				{Key: "request.headers[x-canary]", Values: []string{"true"}},
+				{Key: "source.ip", NotValues: []string{"10.0.0.66"}},
+			},
+		}},
+	}
+	wantProto(t, "Authorization", want, a)
+	// The same unsupported rule in a DENY policy denies everything.
+	ap.Spec.Action = "DENY"
+	a, err = ConvertIstioAuthorizationPolicy(ap, opts)
+	if err != nil || len(a.Rules) != 2 || !proto.Equal(a.Rules[1], &configv1.Rule{}) {
+		t.Fatalf("DENY: %v %v", a, err)
+	}
+	ap.Spec.Action = "CUSTOM"
+	if a, _ = ConvertIstioAuthorizationPolicy(ap, opts); a.Action != configv1.Authorization_DENY || len(a.Rules) != 1 {
+		t.Fatalf("CUSTOM: %v", a)
+	}
+	ap.Spec.Action = "ALLOW"
+	ap.Spec.Rules[0].From[0].Source.IPBlocks = []string{"10.0.0.0/33"}
+	_, err = ConvertIstioAuthorizationPolicy(ap, opts)
+	wantObjErr(t, err, KindIstioAuthorizationPolicy, "demo", "web", "spec.rules[0].from[0].source.ipBlocks[0]")
+}
+
+func TestIstioPolicyBesideAmbits(t *testing.T) {
+	ap := istioObj[*istioapi.AuthorizationPolicy](t, "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: demo}\nspec: {action: DENY, selector: {matchLabels: {app: web}}, rules: [{}]}\n")
+	pa := istioObj[*istioapi.PeerAuthentication](t, `
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {matchLabels: {app: web}}
+  mtls: {mode: STRICT}
+  portLevelMtls: {"9090": {mode: PERMISSIVE}}
+`)
+	x := istioTestIndex(t, ambitPolicy("demo", "p"), ap, pa, pod("demo", "web-1", "node-a", "10.1.0.1", map[string]string{"app": "web"}))
+	res := x.For(Proxy{Kind: KindZtunnel, Node: "node-a"})
+	wl := res[configv1.WorkloadTypeURL][WorkloadUID(DefaultCluster, "demo", "web-1")].Message.(*configv1.Workload)
+	if wl.TunnelProtocol != configv1.TunnelProtocol_HBONE {
+		t.Fatalf("pod of an istio.io/dataplane-mode=ambient namespace not enrolled: %v", wl)
+	}
+	if want := []string{"demo/istio-peerauthn:web", "demo/istio:p", "demo/p"}; !slices.Equal(wl.AuthorizationPolicies, want) {
+		t.Fatalf("policies %v, want %v", wl.AuthorizationPolicies, want)
+	}
+	if wl.PeerAuthentication != configv1.PeerAuthenticationMode_PERMISSIVE {
+		t.Fatalf("mode %v: portLevelMtls makes the workload PERMISSIVE and a policy refuses plaintext", wl.PeerAuthentication)
+	}
+	deny := res[configv1.AuthorizationTypeURL]["demo/istio-peerauthn:web"].Message.(*configv1.Authorization)
+	want := []*configv1.Rule{{From: []*configv1.Source{{NotPrincipals: []string{"*"}}}, To: []*configv1.Operation{{NotPorts: []uint32{9090}}}}}
+	if deny.Action != configv1.Authorization_DENY || !slices.EqualFunc(deny.Rules, want, func(a, b *configv1.Rule) bool { return proto.Equal(a, b) }) {
+		t.Fatalf("plaintext policy %v", deny)
+	}
+	if err := x.Delete(pa); err != nil {
+		t.Fatal(err)
+	}
+	x.Commit()
+	if _, ok := x.For(Proxy{Kind: KindZtunnel, Node: "node-a"})[configv1.AuthorizationTypeURL]["demo/istio-peerauthn:web"]; ok {
+		t.Fatal("the plaintext policy outlived its PeerAuthentication")
+	}
+}
