@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
@@ -15,6 +16,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"ambit.dev/mesh/wait"
 )
 
 // rawClient speaks HTTP/2 frames to the server by hand over a verified mTLS connection,
@@ -132,21 +135,17 @@ func (rc *rawClient) expectGoAway(want http2.ErrCode) {
 	}
 }
 
-// settleGoroutines waits for the goroutine count to come back to within slack of base.
+// settleGoroutines waits for the goroutine count to come back to within slack of base; it
+// fails with every goroutine's stack.
 func settleGoroutines(t *testing.T, base, slack int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		n := runtime.NumGoroutine()
-		if n <= base+slack {
-			return
-		}
-		if time.Now().After(deadline) {
+	wait.Until(t, 10*time.Second, "the goroutines to end", func() error {
+		if n := runtime.NumGoroutine(); n > base+slack {
 			buf := make([]byte, 1<<20)
-			t.Fatalf("goroutines: %d, baseline %d\n%s", n, base, buf[:runtime.Stack(buf, true)])
+			return fmt.Errorf("goroutines: %d, baseline %d\n%s", n, base, buf[:runtime.Stack(buf, true)])
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestMalformedRequests400(t *testing.T) {
@@ -375,13 +374,12 @@ func TestIdleConnectionClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	st.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for e.client.Conns() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("idle pooled connection was never released")
+	wait.Until(t, 5*time.Second, "the idle pooled connection to be released", func() error {
+		if n := e.client.Conns(); n != 0 {
+			return fmt.Errorf("%d pooled connections", n)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // FuzzConnectRequest feeds arbitrary HPACK header blocks to the CONNECT request parser.

@@ -92,23 +92,6 @@ func closedWith(t *testing.T, qc *quic.Conn) uint64 {
 	return 0
 }
 
-// settledGoroutines waits for the goroutine count to come back near base.
-func settledGoroutines(t *testing.T, base, slack int) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		n := runtime.NumGoroutine()
-		if n <= base+slack {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines, started with %d:\n%s", n, base, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestH3MalformedRequests400(t *testing.T) {
 	e := newEnv(t, withProto(ProtocolH3))
 	auth := e.echo.String()
@@ -192,7 +175,7 @@ func TestH3MalformedFramesCloseConnection(t *testing.T) {
 			}
 		})
 	}
-	settledGoroutines(t, base, 10)
+	settleGoroutines(t, base, 10)
 }
 
 // TestH3AbandonedStreamFlood: a client that opens streams and abandons them before sending
@@ -214,7 +197,7 @@ func TestH3AbandonedStreamFlood(t *testing.T) {
 	if code := closedWith(t, qc); code != h3ExcessiveLoad {
 		t.Fatalf("closed with 0x%x, want H3_EXCESSIVE_LOAD", code)
 	}
-	settledGoroutines(t, base, 10)
+	settleGoroutines(t, base, 10)
 	// The server still serves others.
 	st, err := e.client.Dial(context.Background(), e.target())
 	if err != nil {
@@ -256,7 +239,7 @@ func TestH3StreamCountBounded(t *testing.T) {
 		t.Fatalf("no stream credit after the stalled requests timed out: %v", err)
 	}
 	qc.CloseWithError(0, "")
-	settledGoroutines(t, base, 10)
+	settleGoroutines(t, base, 10)
 }
 
 // TestH3InitialFlood sends QUIC Initial packets from many source addresses that never

@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"ambit.dev/mesh/wait"
 )
 
 // netns is a network namespace the test owns; do runs f on a thread inside it, so that
@@ -140,12 +143,11 @@ func TestH3FallbackWhenUDPDropped(t *testing.T) {
 	}
 
 	run(t, append([]string{"ip", "netns", "exec", ns.name, "iptables", "-D"}, rule...)...)
-	deadline := time.Now().Add(10 * time.Second)
-	for e.client.FallbackH2(e.addr) {
-		if time.Now().After(deadline) {
-			t.Fatal("fallback never expired")
+	wait.Until(t, 10*time.Second, "the remembered fallback to expire", func() error {
+		if e.client.FallbackH2(e.addr) {
+			return errors.New("the client still falls back to HTTP/2")
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	echo(ProtocolH3)
 }

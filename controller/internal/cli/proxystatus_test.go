@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/wait"
 	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -61,14 +63,16 @@ func TestProxyStatusRealController(t *testing.T) {
 			t.Errorf("controller: %v", err)
 		}
 	})
-	eventually(t, func() bool {
-		_, statErr := os.Stat(filepath.Join(caDir, "root-cert.pem"))
-		c, dialErr := net.DialTimeout("tcp", grpcAddr, time.Second)
-		if dialErr == nil {
-			c.Close()
+	wait.Until(t, 20*time.Second, "controller serving gRPC", func() error {
+		if _, err := os.Stat(filepath.Join(caDir, "root-cert.pem")); err != nil {
+			return err
 		}
-		return statErr == nil && dialErr == nil
-	}, "controller serving gRPC")
+		c, err := net.DialTimeout("tcp", grpcAddr, time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
 
 	// Before any proxy: the listing says so.
 	out, err := run(t, Options{}, "proxy-status", "--controller-debug", debugAddr, "--lab-dir", noLab(t))
@@ -83,10 +87,13 @@ func TestProxyStatusRealController(t *testing.T) {
 
 	synced := regexp.MustCompile(`(?m)^ztunnel~node-a +node-a +ztunnel +- +SYNCED +[1-9]\d* +\d+s +-$`)
 	nacked := regexp.MustCompile(`(?m)^ztunnel~node-b +node-b +ztunnel +- +NACKED +\d+ +\d+s +.*bad workload.*$`)
-	eventually(t, func() bool {
+	wait.Until(t, 20*time.Second, "proxy-status shows node-a SYNCED and node-b NACKED", func() error {
 		out, err = run(t, Options{}, "proxy-status", "--controller-debug", debugAddr, "--lab-dir", noLab(t))
-		return err == nil && synced.MatchString(out) && nacked.MatchString(out)
-	}, "proxy-status shows node-a SYNCED and node-b NACKED")
+		if err == nil && !(synced.MatchString(out) && nacked.MatchString(out)) {
+			err = fmt.Errorf("listing:\n%s", out)
+		}
+		return err
+	})
 	if !strings.HasPrefix(out, "NAME ") || strings.Count(out, "\n") != 3 {
 		t.Fatalf("table:\n%s", out)
 	}
@@ -115,10 +122,13 @@ func TestProxyStatusRealController(t *testing.T) {
 
 	// A proxy that goes away leaves the listing.
 	stopA()
-	eventually(t, func() bool {
+	wait.Until(t, 20*time.Second, "node-a gone from proxy-status", func() error {
 		out, err = run(t, Options{}, "proxy-status", "--controller-debug", debugAddr, "--lab-dir", noLab(t))
-		return err == nil && !strings.Contains(out, "node-a")
-	}, "node-a gone from proxy-status")
+		if err == nil && strings.Contains(out, "node-a") {
+			err = fmt.Errorf("listing:\n%s", out)
+		}
+		return err
+	})
 
 	// In lab mode the lab's debug address is used.
 	labDir := fakeLab(t, lab.State{Name: "test-lab", DebugAddr: debugAddr})
@@ -207,17 +217,6 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return "127.0.0.1:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-}
-
-func eventually(t *testing.T, cond func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for: %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func loadBundle(t *testing.T, path string) *x509bundle.Bundle {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/wait"
 )
 
 // lifecycleConfig is a waypoint whose controller never answers: it starts, is not ready,
@@ -63,20 +64,16 @@ func TestRunNotReadyThenStops(t *testing.T) {
 		code int
 		body string
 	)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	wait.Until(t, 10*time.Second, "the ready endpoint to answer", func() error {
 		resp, err := http.Get("http://" + cfg.ReadyAddr + "/healthz/ready")
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			code, body = resp.StatusCode, string(b)
-			break
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ready endpoint: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		code, body = resp.StatusCode, string(b)
+		return nil
+	})
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "config not received from the controller yet") {
 		t.Fatalf("ready without config: %d %q", code, body)
 	}

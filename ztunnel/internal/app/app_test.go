@@ -20,6 +20,7 @@ import (
 
 	"ambit.dev/mesh/identity"
 	"ambit.dev/mesh/identity/identitytest"
+	"ambit.dev/mesh/wait"
 	"ambit.dev/mesh/xdsclient"
 	cav1 "ambit.dev/proto/ca/v1"
 	configv1 "ambit.dev/proto/config/v1"
@@ -289,7 +290,7 @@ func TestReplaceZtunnel(t *testing.T) {
 	stopA, doneA := run("old ztunnel", cfg, hA)
 	api := nodeapi.NewClient(cfg.NodeAPI)
 	ctx := context.Background()
-	waitFor(t, "node API", func() bool { _, err := api.Pods(ctx); return err == nil })
+	wait.Until(t, 20*time.Second, "node API", func() error { _, err := api.Pods(ctx); return err })
 	for _, r := range []nodeapi.Registration{{UID: "client", NetNS: clientNS}, {UID: "server", NetNS: serverNS}} {
 		if err := api.Add(ctx, r); err != nil {
 			t.Fatal(err)
@@ -301,10 +302,7 @@ func TestReplaceZtunnel(t *testing.T) {
 			_ = api.Remove(context.Background(), uid)
 		}
 	})
-	waitFor(t, "pods captured", func() bool {
-		pods, err := api.Pods(ctx)
-		return err == nil && len(pods) == 2 && pods[0].Captured && pods[1].Captured
-	})
+	wait.Until(t, 20*time.Second, "pods captured", func() error { return bothCaptured(api.Pods(ctx)) })
 	if err := call(); err != nil {
 		t.Fatalf("call through the first ztunnel: %v", err)
 	}
@@ -414,15 +412,17 @@ func TestReplaceZtunnel(t *testing.T) {
 	doneB <- nil // for the cleanup
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
+// bothCaptured says why the node API's pods are not the two test pods, both captured.
+func bothCaptured(pods []nodeapi.PodStatus, err error) error {
+	switch {
+	case err != nil:
+		return err
+	case len(pods) != 2:
+		return fmt.Errorf("%d pods, want 2", len(pods))
+	case !pods[0].Captured || !pods[1].Captured:
+		return fmt.Errorf("pods %+v: not both captured", pods)
 	}
+	return nil
 }
 
 // TestStopNow: a ztunnel stopped with ErrStopNow (cmd/ztunnel: SIGINT) does not wait for a

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/wait"
 	"ambit.dev/proto/nodeapi"
 	"ambit.dev/ztunnel/internal/capture"
 	"ambit.dev/ztunnel/internal/netnstest"
@@ -91,10 +93,7 @@ func TestStandalone(t *testing.T) {
 			_ = api.Remove(bg, uid)
 		}
 	}()
-	waitFor(t, "pods captured", func() bool {
-		pods, err := api.Pods(bg)
-		return err == nil && len(pods) == 2 && pods[0].Captured && pods[1].Captured
-	})
+	wait.Until(t, 20*time.Second, "pods captured", func() error { return bothCaptured(api.Pods(bg)) })
 	call := func() (string, error) {
 		var c net.Conn
 		err := capture.InNetns(clientNS, func() error {
@@ -133,7 +132,12 @@ func TestStandalone(t *testing.T) {
 	}
 	// The intended edit: the server denies the client.
 	write(strings.Replace(localMesh, "%s", ", authorizationPolicies: [shop/deny-client]", 1))
-	waitFor(t, "deny policy applied", func() bool { got, _ := call(); return got == "" })
+	wait.Until(t, 20*time.Second, "deny policy applied", func() error {
+		if got, _ := call(); got != "" {
+			return fmt.Errorf("the call still answered %q", got)
+		}
+		return nil
+	})
 }
 
 // A local config file that does not parse stops ztunnel at start, naming the field.
