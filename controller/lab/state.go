@@ -102,11 +102,30 @@ func (s *State) Pod(namespace, name string) (*PodState, error) {
 	return nil, fmt.Errorf("lab %q has no pod %s/%s", s.Name, namespace, name)
 }
 
-// LoadState reads the state.json of the lab in dir.
+// NotUpError is LoadState's error when no lab is up. It says how to start one, naming
+// ambitctl as Invoked: the command line sets it to how the user ran ambitctl, since the bare
+// name is often not on the PATH; the default is bin/ambitctl, where `make build` puts it.
+type NotUpError struct {
+	State   string // the state.json that does not exist
+	Invoked string
+}
+
+func (e *NotUpError) Error() string {
+	invoked := e.Invoked
+	if invoked == "" {
+		invoked = "bin/ambitctl"
+	}
+	return fmt.Sprintf("no lab is up (no %s); run `%s lab up -f examples/lab.yaml`", e.State, invoked)
+}
+
+func (e *NotUpError) Unwrap() error { return os.ErrNotExist }
+
+// LoadState reads the state.json of the lab in dir; with no lab up, the error is a
+// *NotUpError.
 func LoadState(dir string) (*State, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("no lab is up (no %s); run `ambitctl lab up -f examples/lab.yaml`", filepath.Join(dir, "state.json"))
+		return nil, &NotUpError{State: filepath.Join(dir, "state.json")}
 	}
 	if err != nil {
 		return nil, err

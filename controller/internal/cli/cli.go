@@ -66,6 +66,26 @@ func (o Options) withDefaults() Options {
 func AddCommands(root *cobra.Command, o Options) {
 	o = o.withDefaults()
 	root.AddCommand(namespaceCommand(o), proxyStatusCommand(o), ztunnelConfigCommand(o), waypointCommand(o), labCommand(o))
+	for _, c := range root.Commands() {
+		nameInvoked(c, o.Invoked)
+	}
+}
+
+// nameInvoked makes the "no lab is up" error of cmd and its subcommands name ambitctl as the
+// user ran it, in the command it tells them to run.
+func nameInvoked(cmd *cobra.Command, invoked string) {
+	if run := cmd.RunE; run != nil {
+		cmd.RunE = func(c *cobra.Command, args []string) error {
+			err := run(c, args)
+			if nu, ok := errors.AsType[*lab.NotUpError](err); ok {
+				nu.Invoked = invoked
+			}
+			return err
+		}
+	}
+	for _, c := range cmd.Commands() {
+		nameInvoked(c, invoked)
+	}
 }
 
 // labFlags are the flags every command has for finding a running lab.

@@ -166,4 +166,19 @@ func TestHintsNameInvoked(t *testing.T) {
 			t.Errorf("%v: %v, want a hint naming bin/ambitctl", args, err)
 		}
 	}
+	// With no lab up, every command that needs one says how to start it, by the same name.
+	none := noLab(t)
+	for _, args := range [][]string{
+		{"lab", "status", "--lab-dir", none},
+		{"lab", "call", "demo/client", "http://10.77.2.2:8080/", "--lab-dir", none},
+		{"ztunnel-config", "workloads", "--node", "node-a", "--lab-dir", none},
+		{"proxy-status", "--lab", "--lab-dir", none},
+		{"namespace", "enable", "demo", "--lab", "--lab-dir", none},
+		{"waypoint", "status", "--lab", "--lab-dir", none},
+	} {
+		_, err := run(t, o, args...)
+		if err == nil || !strings.Contains(err.Error(), "no lab is up") || !strings.Contains(err.Error(), "run `bin/ambitctl lab up -f examples/lab.yaml`") {
+			t.Errorf("%v: %v, want the lab up command naming bin/ambitctl", args, err)
+		}
+	}
 }
