@@ -20,7 +20,7 @@ import (
 )
 
 // AllScenarios in the order a run measures them.
-var AllScenarios = []string{report.Direct, report.AmbitL4, report.AmbitL7, report.HAProxyMTLS}
+var AllScenarios = []string{report.Direct, report.AmbitL4, report.AmbitL4H3, report.AmbitL7, report.HAProxyMTLS}
 
 // Ports of the benchmark's own server in the server pod, and of the HAProxy pair.
 const (
@@ -65,6 +65,24 @@ func (r *runner) setup(ctx context.Context, name string) (endpoints, error) {
 			e.proxies = append(e.proxies, n.Ztunnel.PID)
 		}
 		e.teardown = func(ctx context.Context) error { return r.enrol(ctx, false) }
+		return e, nil
+	case report.AmbitL4H3:
+		if err := r.enrol(ctx, true); err != nil {
+			return endpoints{}, err
+		}
+		if err := r.useH3(ctx, direct.url, true); err != nil {
+			return endpoints{}, err
+		}
+		e := direct
+		for _, n := range r.state.Nodes {
+			e.proxies = append(e.proxies, n.Ztunnel.PID)
+		}
+		e.teardown = func(ctx context.Context) error {
+			if err := r.useH3(ctx, direct.url, false); err != nil {
+				return err
+			}
+			return r.enrol(ctx, false)
+		}
 		return e, nil
 	case report.AmbitL7:
 		if err := r.enrol(ctx, true); err != nil {

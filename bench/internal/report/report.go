@@ -13,8 +13,10 @@ import (
 
 // Scenario names, in the order a run measures and the report lists them.
 const (
-	Direct      = "direct"
-	AmbitL4     = "ambit-l4"
+	Direct  = "direct"
+	AmbitL4 = "ambit-l4"
+	// AmbitL4H3 is ambit-l4 with HBONE over HTTP/3 (QUIC on UDP 15008) between the ztunnels.
+	AmbitL4H3   = "ambit-l4-h3"
 	AmbitL7     = "ambit-l7"
 	HAProxyMTLS = "haproxy-mtls"
 )
