@@ -142,7 +142,7 @@ demo: setup build ## the mesh on the local lab, step by step: plaintext, enrol, 
 bench-hbone: ## HBONE micro-benchmarks: round trip and throughput of direct, raw mTLS and HBONE paths, with ratios
 	@hack/bench-hbone.sh
 
-bench: setup ## data plane on the lab, one run: direct, ambit-l4, haproxy-mtls in 3 interleaved rounds; bench/results and docs/benchmarks.md (root, ~7 min)
+bench: setup ## data plane on the lab, one run: direct, ambit-l4, ambit-l4-h3, ambit-l7, haproxy-mtls in 3 interleaved rounds; bench/results and docs/benchmarks.md (root, ~7 min)
 	@hack/bench.sh
 
 bench-quick: setup ## the same in under two minutes (shorter runs, 1 and 16 connections); bench/results/quick only (root)
