@@ -1,0 +1,92 @@
+package lab
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"ambit.dev/mesh/wait"
+)
+
+// callWith makes one request from pod with extra headers and returns the status and the
+// echo's pod.
+func callWith(from *PodState, url string, header http.Header) (int, string, error) {
+	req, err := http.NewRequest("GET", url+"?format=json", nil)
+	if err != nil {
+		return 0, "", err
+	}
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
+	resp, err := Client(from.NetNS, 5*time.Second).Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, resp.Header.Get("X-Ambit-Pod"), nil
+}
+
+// TestLabWaypointIstioSplit: Istio's VirtualService and DestinationRule, as a user of Istio
+// writes them, split Service web 80/20 between the subsets v1 and v2 (the pods' version
+// label) and send every request with x-canary: true to v2.
+func TestLabWaypointIstioSplit(t *testing.T) {
+	st := webWaypoint(t)
+	client := pod(t, st, "demo", "client")
+	apply(t, "testdata/policies/web-istio-split.yaml")
+	wait.Until(t, settle, "the VirtualService in the waypoint's config", func() error {
+		return waypointHasWeights("demo/web", 80, 20)
+	})
+	const total = 2000
+	n := map[string]int{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	errs := make(chan error, total)
+	sem := make(chan struct{}, 8)
+	for i := 0; i < total; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			code, p, err := callWith(client, "http://"+webVIP+"/", nil)
+			if err == nil && code != 200 {
+				err = fmt.Errorf("status %d", code)
+			}
+			if err != nil {
+				errs <- err
+				return
+			}
+			mu.Lock()
+			n[p]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("a request of the split failed: %v", err)
+	}
+	v1 := float64(n["demo/web-v1"]) / total * 100
+	if v1 < 77 || v1 > 83 || n["demo/web-v1"]+n["demo/web-v2"] != total {
+		t.Fatalf("80/20 split over %d requests: %v = %.1f%% to v1, want 80 ± 3", total, n, v1)
+	}
+	t.Logf("80/20 split over %d requests: %.1f%% v1 (%v)", total, v1, n)
+
+	canary := http.Header{"X-Canary": {"true"}}
+	c := map[string]int{}
+	for i := 0; i < 200; i++ {
+		code, p, err := callWith(client, "http://"+webVIP+"/", canary)
+		if err != nil || code != 200 {
+			t.Fatalf("canary request %d: status %d, %v", i, code, err)
+		}
+		c[p]++
+	}
+	if c["demo/web-v2"] != 200 {
+		t.Fatalf("200 requests with x-canary: true went to %v, want all to demo/web-v2", c)
+	}
+	t.Logf("x-canary: true: %v", c)
+}
