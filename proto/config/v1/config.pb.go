@@ -527,6 +527,59 @@ func (Waypoint_For) EnumDescriptor() ([]byte, []int) {
 	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{14, 0}
 }
 
+type TrafficPolicy_LoadBalancer_Simple int32
+
+const (
+	// DEFAULT: least outstanding requests, ties at random.
+	TrafficPolicy_LoadBalancer_DEFAULT       TrafficPolicy_LoadBalancer_Simple = 0
+	TrafficPolicy_LoadBalancer_ROUND_ROBIN   TrafficPolicy_LoadBalancer_Simple = 1
+	TrafficPolicy_LoadBalancer_LEAST_REQUEST TrafficPolicy_LoadBalancer_Simple = 2
+	TrafficPolicy_LoadBalancer_RANDOM        TrafficPolicy_LoadBalancer_Simple = 3
+)
+
+// Enum value maps for TrafficPolicy_LoadBalancer_Simple.
+var (
+	TrafficPolicy_LoadBalancer_Simple_name = map[int32]string{
+		0: "DEFAULT",
+		1: "ROUND_ROBIN",
+		2: "LEAST_REQUEST",
+		3: "RANDOM",
+	}
+	TrafficPolicy_LoadBalancer_Simple_value = map[string]int32{
+		"DEFAULT":       0,
+		"ROUND_ROBIN":   1,
+		"LEAST_REQUEST": 2,
+		"RANDOM":        3,
+	}
+)
+
+func (x TrafficPolicy_LoadBalancer_Simple) Enum() *TrafficPolicy_LoadBalancer_Simple {
+	p := new(TrafficPolicy_LoadBalancer_Simple)
+	*p = x
+	return p
+}
+
+func (x TrafficPolicy_LoadBalancer_Simple) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TrafficPolicy_LoadBalancer_Simple) Descriptor() protoreflect.EnumDescriptor {
+	return file_proto_config_v1_config_proto_enumTypes[9].Descriptor()
+}
+
+func (TrafficPolicy_LoadBalancer_Simple) Type() protoreflect.EnumType {
+	return &file_proto_config_v1_config_proto_enumTypes[9]
+}
+
+func (x TrafficPolicy_LoadBalancer_Simple) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TrafficPolicy_LoadBalancer_Simple.Descriptor instead.
+func (TrafficPolicy_LoadBalancer_Simple) EnumDescriptor() ([]byte, []int) {
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25, 0, 0}
+}
+
 // Workload is one enrolled pod (or, in the local lab, one network namespace).
 //
 // Resource name: the uid.
@@ -1893,7 +1946,19 @@ type Route struct {
 	// retry, when set, retries failed requests.
 	Retry *Retry `protobuf:"bytes,6,opt,name=retry,proto3" json:"retry,omitempty"`
 	// fault, when set, injects failures (for testing resilience).
-	Fault         *Fault `protobuf:"bytes,7,opt,name=fault,proto3" json:"fault,omitempty"`
+	Fault *Fault `protobuf:"bytes,7,opt,name=fault,proto3" json:"fault,omitempty"`
+	// request_headers are applied to the request before it is forwarded (and mirrored);
+	// response_headers to the response before it is returned.
+	RequestHeaders  *HeaderOps `protobuf:"bytes,8,opt,name=request_headers,json=requestHeaders,proto3" json:"request_headers,omitempty"`
+	ResponseHeaders *HeaderOps `protobuf:"bytes,9,opt,name=response_headers,json=responseHeaders,proto3" json:"response_headers,omitempty"`
+	// rewrite, when set, changes the request's path or authority before it is forwarded.
+	Rewrite *Rewrite `protobuf:"bytes,10,opt,name=rewrite,proto3" json:"rewrite,omitempty"`
+	// redirect, when set, answers the request with a redirect instead of forwarding it
+	// (backends are then empty).
+	Redirect *Redirect `protobuf:"bytes,11,opt,name=redirect,proto3" json:"redirect,omitempty"`
+	// mirrors receive a copy of a share of the requests, fire and forget: their answers are
+	// discarded and never delay or fail the request.
+	Mirrors       []*Mirror `protobuf:"bytes,12,rep,name=mirrors,proto3" json:"mirrors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1977,6 +2042,321 @@ func (x *Route) GetFault() *Fault {
 	return nil
 }
 
+func (x *Route) GetRequestHeaders() *HeaderOps {
+	if x != nil {
+		return x.RequestHeaders
+	}
+	return nil
+}
+
+func (x *Route) GetResponseHeaders() *HeaderOps {
+	if x != nil {
+		return x.ResponseHeaders
+	}
+	return nil
+}
+
+func (x *Route) GetRewrite() *Rewrite {
+	if x != nil {
+		return x.Rewrite
+	}
+	return nil
+}
+
+func (x *Route) GetRedirect() *Redirect {
+	if x != nil {
+		return x.Redirect
+	}
+	return nil
+}
+
+func (x *Route) GetMirrors() []*Mirror {
+	if x != nil {
+		return x.Mirrors
+	}
+	return nil
+}
+
+// HeaderOps edits headers: set replaces, add appends, remove deletes (names case-insensitive).
+// They apply in that order: remove, set, add.
+type HeaderOps struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Set           map[string]string      `protobuf:"bytes,1,rep,name=set,proto3" json:"set,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Add           map[string]string      `protobuf:"bytes,2,rep,name=add,proto3" json:"add,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Remove        []string               `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderOps) Reset() {
+	*x = HeaderOps{}
+	mi := &file_proto_config_v1_config_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderOps) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderOps) ProtoMessage() {}
+
+func (x *HeaderOps) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_v1_config_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderOps.ProtoReflect.Descriptor instead.
+func (*HeaderOps) Descriptor() ([]byte, []int) {
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *HeaderOps) GetSet() map[string]string {
+	if x != nil {
+		return x.Set
+	}
+	return nil
+}
+
+func (x *HeaderOps) GetAdd() map[string]string {
+	if x != nil {
+		return x.Add
+	}
+	return nil
+}
+
+func (x *HeaderOps) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+// Rewrite changes the forwarded request.
+type Rewrite struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// path, when set, replaces the path prefix the route's match named (a prefix match), or the
+	// whole path (any other match).
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// authority, when set, replaces the Host header.
+	Authority     string `protobuf:"bytes,2,opt,name=authority,proto3" json:"authority,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rewrite) Reset() {
+	*x = Rewrite{}
+	mi := &file_proto_config_v1_config_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rewrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rewrite) ProtoMessage() {}
+
+func (x *Rewrite) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_v1_config_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rewrite.ProtoReflect.Descriptor instead.
+func (*Rewrite) Descriptor() ([]byte, []int) {
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *Rewrite) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Rewrite) GetAuthority() string {
+	if x != nil {
+		return x.Authority
+	}
+	return ""
+}
+
+// Redirect answers with a redirect to the same URL with the fields that are set replaced.
+type Redirect struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// path replaces the path (the whole of it).
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// authority replaces the host (and port).
+	Authority string `protobuf:"bytes,2,opt,name=authority,proto3" json:"authority,omitempty"`
+	// port replaces the port; 0 keeps it.
+	Port uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	// scheme replaces the scheme ("http" or "https"); empty keeps http.
+	Scheme string `protobuf:"bytes,4,opt,name=scheme,proto3" json:"scheme,omitempty"`
+	// code is the status, 301 (the default when 0), 302, 303, 307 or 308.
+	Code          uint32 `protobuf:"varint,5,opt,name=code,proto3" json:"code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Redirect) Reset() {
+	*x = Redirect{}
+	mi := &file_proto_config_v1_config_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Redirect) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Redirect) ProtoMessage() {}
+
+func (x *Redirect) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_v1_config_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
+func (*Redirect) Descriptor() ([]byte, []int) {
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Redirect) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Redirect) GetAuthority() string {
+	if x != nil {
+		return x.Authority
+	}
+	return ""
+}
+
+func (x *Redirect) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Redirect) GetScheme() string {
+	if x != nil {
+		return x.Scheme
+	}
+	return ""
+}
+
+func (x *Redirect) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+// Mirror is where a copy of the requests goes.
+type Mirror struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// hostname and port name the Service (port 0: the port the request arrived on).
+	Hostname string `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Port     uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// subset limits the endpoints as in Backend.
+	Subset     map[string]string `protobuf:"bytes,3,rep,name=subset,proto3" json:"subset,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	SubsetName string            `protobuf:"bytes,4,opt,name=subset_name,json=subsetName,proto3" json:"subset_name,omitempty"`
+	// percentage of requests mirrored, 0 to 100.
+	Percentage    float64 `protobuf:"fixed64,5,opt,name=percentage,proto3" json:"percentage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Mirror) Reset() {
+	*x = Mirror{}
+	mi := &file_proto_config_v1_config_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Mirror) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Mirror) ProtoMessage() {}
+
+func (x *Mirror) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_v1_config_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Mirror.ProtoReflect.Descriptor instead.
+func (*Mirror) Descriptor() ([]byte, []int) {
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Mirror) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *Mirror) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Mirror) GetSubset() map[string]string {
+	if x != nil {
+		return x.Subset
+	}
+	return nil
+}
+
+func (x *Mirror) GetSubsetName() string {
+	if x != nil {
+		return x.SubsetName
+	}
+	return ""
+}
+
+func (x *Mirror) GetPercentage() float64 {
+	if x != nil {
+		return x.Percentage
+	}
+	return 0
+}
+
 // RouteMatch matches a request when every field that is set matches (ANDed). Matching is
 // literal: no regular expressions.
 type RouteMatch struct {
@@ -1993,7 +2373,7 @@ type RouteMatch struct {
 
 func (x *RouteMatch) Reset() {
 	*x = RouteMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[17]
+	mi := &file_proto_config_v1_config_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2005,7 +2385,7 @@ func (x *RouteMatch) String() string {
 func (*RouteMatch) ProtoMessage() {}
 
 func (x *RouteMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[17]
+	mi := &file_proto_config_v1_config_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2018,7 +2398,7 @@ func (x *RouteMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
 func (*RouteMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{17}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RouteMatch) GetPath() *PathMatch {
@@ -2057,7 +2437,7 @@ type PathMatch struct {
 
 func (x *PathMatch) Reset() {
 	*x = PathMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[18]
+	mi := &file_proto_config_v1_config_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2069,7 +2449,7 @@ func (x *PathMatch) String() string {
 func (*PathMatch) ProtoMessage() {}
 
 func (x *PathMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[18]
+	mi := &file_proto_config_v1_config_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2082,7 +2462,7 @@ func (x *PathMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
 func (*PathMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{18}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PathMatch) GetKind() isPathMatch_Kind {
@@ -2159,7 +2539,7 @@ type HeaderMatch struct {
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[19]
+	mi := &file_proto_config_v1_config_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2171,7 +2551,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[19]
+	mi := &file_proto_config_v1_config_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2184,7 +2564,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{19}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -2215,14 +2595,17 @@ type Backend struct {
 	// all of these labels (a DestinationRule subset). No such endpoint: 503.
 	Subset map[string]string `protobuf:"bytes,4,rep,name=subset,proto3" json:"subset,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// subset_name names the subset for config dumps and telemetry.
-	SubsetName    string `protobuf:"bytes,5,opt,name=subset_name,json=subsetName,proto3" json:"subset_name,omitempty"`
+	SubsetName string `protobuf:"bytes,5,opt,name=subset_name,json=subsetName,proto3" json:"subset_name,omitempty"`
+	// policy, when set, is how the waypoint treats this destination (a DestinationRule's
+	// trafficPolicy, the subset's merged over the host's).
+	Policy        *TrafficPolicy `protobuf:"bytes,6,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[20]
+	mi := &file_proto_config_v1_config_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2234,7 +2617,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[20]
+	mi := &file_proto_config_v1_config_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2247,7 +2630,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{20}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Backend) GetHostname() string {
@@ -2285,6 +2668,82 @@ func (x *Backend) GetSubsetName() string {
 	return ""
 }
 
+func (x *Backend) GetPolicy() *TrafficPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+// TrafficPolicy is per destination: a Service, or one subset of it.
+type TrafficPolicy struct {
+	state            protoimpl.MessageState          `protogen:"open.v1"`
+	LoadBalancer     *TrafficPolicy_LoadBalancer     `protobuf:"bytes,1,opt,name=load_balancer,json=loadBalancer,proto3" json:"load_balancer,omitempty"`
+	ConnectionPool   *TrafficPolicy_ConnectionPool   `protobuf:"bytes,2,opt,name=connection_pool,json=connectionPool,proto3" json:"connection_pool,omitempty"`
+	OutlierDetection *TrafficPolicy_OutlierDetection `protobuf:"bytes,3,opt,name=outlier_detection,json=outlierDetection,proto3" json:"outlier_detection,omitempty"`
+	RetryBudget      *TrafficPolicy_RetryBudget      `protobuf:"bytes,4,opt,name=retry_budget,json=retryBudget,proto3" json:"retry_budget,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *TrafficPolicy) Reset() {
+	*x = TrafficPolicy{}
+	mi := &file_proto_config_v1_config_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficPolicy) ProtoMessage() {}
+
+func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_v1_config_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficPolicy.ProtoReflect.Descriptor instead.
+func (*TrafficPolicy) Descriptor() ([]byte, []int) {
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *TrafficPolicy) GetLoadBalancer() *TrafficPolicy_LoadBalancer {
+	if x != nil {
+		return x.LoadBalancer
+	}
+	return nil
+}
+
+func (x *TrafficPolicy) GetConnectionPool() *TrafficPolicy_ConnectionPool {
+	if x != nil {
+		return x.ConnectionPool
+	}
+	return nil
+}
+
+func (x *TrafficPolicy) GetOutlierDetection() *TrafficPolicy_OutlierDetection {
+	if x != nil {
+		return x.OutlierDetection
+	}
+	return nil
+}
+
+func (x *TrafficPolicy) GetRetryBudget() *TrafficPolicy_RetryBudget {
+	if x != nil {
+		return x.RetryBudget
+	}
+	return nil
+}
+
 // Timeouts are HTTPRoute rule timeouts.
 type Timeouts struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2298,7 +2757,7 @@ type Timeouts struct {
 
 func (x *Timeouts) Reset() {
 	*x = Timeouts{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[21]
+	mi := &file_proto_config_v1_config_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2310,7 +2769,7 @@ func (x *Timeouts) String() string {
 func (*Timeouts) ProtoMessage() {}
 
 func (x *Timeouts) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[21]
+	mi := &file_proto_config_v1_config_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2323,7 +2782,7 @@ func (x *Timeouts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timeouts.ProtoReflect.Descriptor instead.
 func (*Timeouts) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{21}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Timeouts) GetRequest() *durationpb.Duration {
@@ -2350,14 +2809,18 @@ type Retry struct {
 	// attempts is the number of retries after the first attempt.
 	Attempts uint32 `protobuf:"varint,2,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// backoff is the wait before each retry; unset means 25ms.
-	Backoff       *durationpb.Duration `protobuf:"bytes,3,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	Backoff *durationpb.Duration `protobuf:"bytes,3,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	// on, when not empty, names the failures besides codes that are retried: "reset" (the
+	// connection ended before a response) and "connect-failure". Empty keeps the HTTPRoute
+	// behaviour: both are retried.
+	On            []string `protobuf:"bytes,4,rep,name=on,proto3" json:"on,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Retry) Reset() {
 	*x = Retry{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[22]
+	mi := &file_proto_config_v1_config_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2832,7 @@ func (x *Retry) String() string {
 func (*Retry) ProtoMessage() {}
 
 func (x *Retry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[22]
+	mi := &file_proto_config_v1_config_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2845,7 @@ func (x *Retry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Retry.ProtoReflect.Descriptor instead.
 func (*Retry) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{22}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Retry) GetCodes() []uint32 {
@@ -2406,6 +2869,13 @@ func (x *Retry) GetBackoff() *durationpb.Duration {
 	return nil
 }
 
+func (x *Retry) GetOn() []string {
+	if x != nil {
+		return x.On
+	}
+	return nil
+}
+
 // Fault injects failures into a fraction of requests, before they are routed.
 type Fault struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2417,7 +2887,7 @@ type Fault struct {
 
 func (x *Fault) Reset() {
 	*x = Fault{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[23]
+	mi := &file_proto_config_v1_config_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2429,7 +2899,7 @@ func (x *Fault) String() string {
 func (*Fault) ProtoMessage() {}
 
 func (x *Fault) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[23]
+	mi := &file_proto_config_v1_config_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2442,7 +2912,7 @@ func (x *Fault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault.ProtoReflect.Descriptor instead.
 func (*Fault) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{23}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Fault) GetAbort() *Fault_Abort {
@@ -2459,6 +2929,278 @@ func (x *Fault) GetDelay() *Fault_Delay {
 	return nil
 }
 
+// LoadBalancer picks an endpoint.
+type TrafficPolicy_LoadBalancer struct {
+	state  protoimpl.MessageState            `protogen:"open.v1"`
+	Simple TrafficPolicy_LoadBalancer_Simple `protobuf:"varint,1,opt,name=simple,proto3,enum=ambit.config.v1.TrafficPolicy_LoadBalancer_Simple" json:"simple,omitempty"`
+	// hash_header, when set, picks by consistent (rendezvous) hashing of this request
+	// header: a key keeps its endpoint while that endpoint is healthy, and removing one of N
+	// endpoints moves only the keys it held. A request without the header is balanced by
+	// simple.
+	HashHeader string `protobuf:"bytes,2,opt,name=hash_header,json=hashHeader,proto3" json:"hash_header,omitempty"`
+	// hash_source_ip hashes the client's address instead.
+	HashSourceIp  bool `protobuf:"varint,3,opt,name=hash_source_ip,json=hashSourceIp,proto3" json:"hash_source_ip,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrafficPolicy_LoadBalancer) Reset() {
+	*x = TrafficPolicy_LoadBalancer{}
+	mi := &file_proto_config_v1_config_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficPolicy_LoadBalancer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficPolicy_LoadBalancer) ProtoMessage() {}
+
+func (x *TrafficPolicy_LoadBalancer) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_v1_config_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficPolicy_LoadBalancer.ProtoReflect.Descriptor instead.
+func (*TrafficPolicy_LoadBalancer) Descriptor() ([]byte, []int) {
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25, 0}
+}
+
+func (x *TrafficPolicy_LoadBalancer) GetSimple() TrafficPolicy_LoadBalancer_Simple {
+	if x != nil {
+		return x.Simple
+	}
+	return TrafficPolicy_LoadBalancer_DEFAULT
+}
+
+func (x *TrafficPolicy_LoadBalancer) GetHashHeader() string {
+	if x != nil {
+		return x.HashHeader
+	}
+	return ""
+}
+
+func (x *TrafficPolicy_LoadBalancer) GetHashSourceIp() bool {
+	if x != nil {
+		return x.HashSourceIp
+	}
+	return false
+}
+
+// ConnectionPool bounds what the waypoint sends to the destination.
+type TrafficPolicy_ConnectionPool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// max_connections bounds the requests in flight (an HTTP/1.1 connection carries one at a
+	// time); 0 means no bound.
+	MaxConnections uint32 `protobuf:"varint,1,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
+	// max_pending_requests bounds the requests waiting for one of those; one more is answered
+	// 503 at once (response flag UO, counted in ambit_waypoint_upstream_overflow_total). 0
+	// means no bound.
+	MaxPendingRequests uint32 `protobuf:"varint,2,opt,name=max_pending_requests,json=maxPendingRequests,proto3" json:"max_pending_requests,omitempty"`
+	// max_requests bounds the requests in flight whatever the protocol; 0 means no bound.
+	MaxRequests uint32 `protobuf:"varint,3,opt,name=max_requests,json=maxRequests,proto3" json:"max_requests,omitempty"`
+	// max_retries bounds the retries in flight; 0 means no bound.
+	MaxRetries    uint32 `protobuf:"varint,4,opt,name=max_retries,json=maxRetries,proto3" json:"max_retries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrafficPolicy_ConnectionPool) Reset() {
+	*x = TrafficPolicy_ConnectionPool{}
+	mi := &file_proto_config_v1_config_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficPolicy_ConnectionPool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficPolicy_ConnectionPool) ProtoMessage() {}
+
+func (x *TrafficPolicy_ConnectionPool) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_v1_config_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficPolicy_ConnectionPool.ProtoReflect.Descriptor instead.
+func (*TrafficPolicy_ConnectionPool) Descriptor() ([]byte, []int) {
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25, 1}
+}
+
+func (x *TrafficPolicy_ConnectionPool) GetMaxConnections() uint32 {
+	if x != nil {
+		return x.MaxConnections
+	}
+	return 0
+}
+
+func (x *TrafficPolicy_ConnectionPool) GetMaxPendingRequests() uint32 {
+	if x != nil {
+		return x.MaxPendingRequests
+	}
+	return 0
+}
+
+func (x *TrafficPolicy_ConnectionPool) GetMaxRequests() uint32 {
+	if x != nil {
+		return x.MaxRequests
+	}
+	return 0
+}
+
+func (x *TrafficPolicy_ConnectionPool) GetMaxRetries() uint32 {
+	if x != nil {
+		return x.MaxRetries
+	}
+	return 0
+}
+
+// OutlierDetection ejects an endpoint that fails in a row.
+type TrafficPolicy_OutlierDetection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// consecutive_5xx: this many 5xx answers, connect failures or resets in a row eject.
+	Consecutive_5Xx uint32 `protobuf:"varint,1,opt,name=consecutive_5xx,json=consecutive5xx,proto3" json:"consecutive_5xx,omitempty"`
+	// consecutive_gateway_errors: this many 502, 503, 504, connect failures or resets in a
+	// row eject.
+	ConsecutiveGatewayErrors uint32 `protobuf:"varint,2,opt,name=consecutive_gateway_errors,json=consecutiveGatewayErrors,proto3" json:"consecutive_gateway_errors,omitempty"`
+	// base_ejection_time is how long the first ejection lasts (n times it for the n-th in a
+	// row); then exactly one trial request goes to the endpoint: success puts it back,
+	// failure ejects it again at once.
+	BaseEjectionTime *durationpb.Duration `protobuf:"bytes,3,opt,name=base_ejection_time,json=baseEjectionTime,proto3" json:"base_ejection_time,omitempty"`
+	// max_ejection_percent bounds the share of the destination's endpoints ejected at once.
+	MaxEjectionPercent uint32 `protobuf:"varint,4,opt,name=max_ejection_percent,json=maxEjectionPercent,proto3" json:"max_ejection_percent,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *TrafficPolicy_OutlierDetection) Reset() {
+	*x = TrafficPolicy_OutlierDetection{}
+	mi := &file_proto_config_v1_config_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficPolicy_OutlierDetection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficPolicy_OutlierDetection) ProtoMessage() {}
+
+func (x *TrafficPolicy_OutlierDetection) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_v1_config_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficPolicy_OutlierDetection.ProtoReflect.Descriptor instead.
+func (*TrafficPolicy_OutlierDetection) Descriptor() ([]byte, []int) {
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25, 2}
+}
+
+func (x *TrafficPolicy_OutlierDetection) GetConsecutive_5Xx() uint32 {
+	if x != nil {
+		return x.Consecutive_5Xx
+	}
+	return 0
+}
+
+func (x *TrafficPolicy_OutlierDetection) GetConsecutiveGatewayErrors() uint32 {
+	if x != nil {
+		return x.ConsecutiveGatewayErrors
+	}
+	return 0
+}
+
+func (x *TrafficPolicy_OutlierDetection) GetBaseEjectionTime() *durationpb.Duration {
+	if x != nil {
+		return x.BaseEjectionTime
+	}
+	return nil
+}
+
+func (x *TrafficPolicy_OutlierDetection) GetMaxEjectionPercent() uint32 {
+	if x != nil {
+		return x.MaxEjectionPercent
+	}
+	return 0
+}
+
+// RetryBudget bounds the retries in flight to the destination to percent of its requests
+// in flight, and at least min_retry_concurrency.
+type TrafficPolicy_RetryBudget struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Percent             float64                `protobuf:"fixed64,1,opt,name=percent,proto3" json:"percent,omitempty"`
+	MinRetryConcurrency uint32                 `protobuf:"varint,2,opt,name=min_retry_concurrency,json=minRetryConcurrency,proto3" json:"min_retry_concurrency,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *TrafficPolicy_RetryBudget) Reset() {
+	*x = TrafficPolicy_RetryBudget{}
+	mi := &file_proto_config_v1_config_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficPolicy_RetryBudget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficPolicy_RetryBudget) ProtoMessage() {}
+
+func (x *TrafficPolicy_RetryBudget) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_v1_config_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficPolicy_RetryBudget.ProtoReflect.Descriptor instead.
+func (*TrafficPolicy_RetryBudget) Descriptor() ([]byte, []int) {
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25, 3}
+}
+
+func (x *TrafficPolicy_RetryBudget) GetPercent() float64 {
+	if x != nil {
+		return x.Percent
+	}
+	return 0
+}
+
+func (x *TrafficPolicy_RetryBudget) GetMinRetryConcurrency() uint32 {
+	if x != nil {
+		return x.MinRetryConcurrency
+	}
+	return 0
+}
+
 // Abort answers a fraction of requests with a status code without forwarding them.
 type Fault_Abort struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2472,7 +3214,7 @@ type Fault_Abort struct {
 
 func (x *Fault_Abort) Reset() {
 	*x = Fault_Abort{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[28]
+	mi := &file_proto_config_v1_config_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2484,7 +3226,7 @@ func (x *Fault_Abort) String() string {
 func (*Fault_Abort) ProtoMessage() {}
 
 func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[28]
+	mi := &file_proto_config_v1_config_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2497,7 +3239,7 @@ func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault_Abort.ProtoReflect.Descriptor instead.
 func (*Fault_Abort) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{23, 0}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28, 0}
 }
 
 func (x *Fault_Abort) GetPercentage() float64 {
@@ -2527,7 +3269,7 @@ type Fault_Delay struct {
 
 func (x *Fault_Delay) Reset() {
 	*x = Fault_Delay{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[29]
+	mi := &file_proto_config_v1_config_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2539,7 +3281,7 @@ func (x *Fault_Delay) String() string {
 func (*Fault_Delay) ProtoMessage() {}
 
 func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[29]
+	mi := &file_proto_config_v1_config_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2552,7 +3294,7 @@ func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault_Delay.ProtoReflect.Descriptor instead.
 func (*Fault_Delay) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{23, 1}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28, 1}
 }
 
 func (x *Fault_Delay) GetPercentage() float64 {
@@ -2703,7 +3445,7 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\vRouteConfig\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12.\n" +
-	"\x06routes\x18\x03 \x03(\v2\x16.ambit.config.v1.RouteR\x06routes\"\xb1\x02\n" +
+	"\x06routes\x18\x03 \x03(\v2\x16.ambit.config.v1.RouteR\x06routes\"\xdb\x04\n" +
 	"\x05Route\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05ports\x18\x02 \x03(\rR\x05ports\x125\n" +
@@ -2711,7 +3453,44 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\bbackends\x18\x04 \x03(\v2\x18.ambit.config.v1.BackendR\bbackends\x125\n" +
 	"\btimeouts\x18\x05 \x01(\v2\x19.ambit.config.v1.TimeoutsR\btimeouts\x12,\n" +
 	"\x05retry\x18\x06 \x01(\v2\x16.ambit.config.v1.RetryR\x05retry\x12,\n" +
-	"\x05fault\x18\a \x01(\v2\x16.ambit.config.v1.FaultR\x05fault\"\x8c\x01\n" +
+	"\x05fault\x18\a \x01(\v2\x16.ambit.config.v1.FaultR\x05fault\x12C\n" +
+	"\x0frequest_headers\x18\b \x01(\v2\x1a.ambit.config.v1.HeaderOpsR\x0erequestHeaders\x12E\n" +
+	"\x10response_headers\x18\t \x01(\v2\x1a.ambit.config.v1.HeaderOpsR\x0fresponseHeaders\x122\n" +
+	"\arewrite\x18\n" +
+	" \x01(\v2\x18.ambit.config.v1.RewriteR\arewrite\x125\n" +
+	"\bredirect\x18\v \x01(\v2\x19.ambit.config.v1.RedirectR\bredirect\x121\n" +
+	"\amirrors\x18\f \x03(\v2\x17.ambit.config.v1.MirrorR\amirrors\"\x81\x02\n" +
+	"\tHeaderOps\x125\n" +
+	"\x03set\x18\x01 \x03(\v2#.ambit.config.v1.HeaderOps.SetEntryR\x03set\x125\n" +
+	"\x03add\x18\x02 \x03(\v2#.ambit.config.v1.HeaderOps.AddEntryR\x03add\x12\x16\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\x1a6\n" +
+	"\bSetEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
+	"\bAddEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\";\n" +
+	"\aRewrite\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1c\n" +
+	"\tauthority\x18\x02 \x01(\tR\tauthority\"|\n" +
+	"\bRedirect\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1c\n" +
+	"\tauthority\x18\x02 \x01(\tR\tauthority\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\x12\x16\n" +
+	"\x06scheme\x18\x04 \x01(\tR\x06scheme\x12\x12\n" +
+	"\x04code\x18\x05 \x01(\rR\x04code\"\xf1\x01\n" +
+	"\x06Mirror\x12\x1a\n" +
+	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12;\n" +
+	"\x06subset\x18\x03 \x03(\v2#.ambit.config.v1.Mirror.SubsetEntryR\x06subset\x12\x1f\n" +
+	"\vsubset_name\x18\x04 \x01(\tR\n" +
+	"subsetName\x12\x1e\n" +
+	"\n" +
+	"percentage\x18\x05 \x01(\x01R\n" +
+	"percentage\x1a9\n" +
+	"\vSubsetEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8c\x01\n" +
 	"\n" +
 	"RouteMatch\x12.\n" +
 	"\x04path\x18\x01 \x01(\v2\x1a.ambit.config.v1.PathMatchR\x04path\x126\n" +
@@ -2724,24 +3503,56 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\x04kind\"7\n" +
 	"\vHeaderMatch\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xeb\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xa3\x02\n" +
 	"\aBackend\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n" +
 	"\x06weight\x18\x03 \x01(\rR\x06weight\x12<\n" +
 	"\x06subset\x18\x04 \x03(\v2$.ambit.config.v1.Backend.SubsetEntryR\x06subset\x12\x1f\n" +
 	"\vsubset_name\x18\x05 \x01(\tR\n" +
-	"subsetName\x1a9\n" +
+	"subsetName\x126\n" +
+	"\x06policy\x18\x06 \x01(\v2\x1e.ambit.config.v1.TrafficPolicyR\x06policy\x1a9\n" +
 	"\vSubsetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x83\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd7\b\n" +
+	"\rTrafficPolicy\x12P\n" +
+	"\rload_balancer\x18\x01 \x01(\v2+.ambit.config.v1.TrafficPolicy.LoadBalancerR\floadBalancer\x12V\n" +
+	"\x0fconnection_pool\x18\x02 \x01(\v2-.ambit.config.v1.TrafficPolicy.ConnectionPoolR\x0econnectionPool\x12\\\n" +
+	"\x11outlier_detection\x18\x03 \x01(\v2/.ambit.config.v1.TrafficPolicy.OutlierDetectionR\x10outlierDetection\x12M\n" +
+	"\fretry_budget\x18\x04 \x01(\v2*.ambit.config.v1.TrafficPolicy.RetryBudgetR\vretryBudget\x1a\xe8\x01\n" +
+	"\fLoadBalancer\x12J\n" +
+	"\x06simple\x18\x01 \x01(\x0e22.ambit.config.v1.TrafficPolicy.LoadBalancer.SimpleR\x06simple\x12\x1f\n" +
+	"\vhash_header\x18\x02 \x01(\tR\n" +
+	"hashHeader\x12$\n" +
+	"\x0ehash_source_ip\x18\x03 \x01(\bR\fhashSourceIp\"E\n" +
+	"\x06Simple\x12\v\n" +
+	"\aDEFAULT\x10\x00\x12\x0f\n" +
+	"\vROUND_ROBIN\x10\x01\x12\x11\n" +
+	"\rLEAST_REQUEST\x10\x02\x12\n" +
+	"\n" +
+	"\x06RANDOM\x10\x03\x1a\xaf\x01\n" +
+	"\x0eConnectionPool\x12'\n" +
+	"\x0fmax_connections\x18\x01 \x01(\rR\x0emaxConnections\x120\n" +
+	"\x14max_pending_requests\x18\x02 \x01(\rR\x12maxPendingRequests\x12!\n" +
+	"\fmax_requests\x18\x03 \x01(\rR\vmaxRequests\x12\x1f\n" +
+	"\vmax_retries\x18\x04 \x01(\rR\n" +
+	"maxRetries\x1a\xf4\x01\n" +
+	"\x10OutlierDetection\x12'\n" +
+	"\x0fconsecutive_5xx\x18\x01 \x01(\rR\x0econsecutive5xx\x12<\n" +
+	"\x1aconsecutive_gateway_errors\x18\x02 \x01(\rR\x18consecutiveGatewayErrors\x12G\n" +
+	"\x12base_ejection_time\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x10baseEjectionTime\x120\n" +
+	"\x14max_ejection_percent\x18\x04 \x01(\rR\x12maxEjectionPercent\x1a[\n" +
+	"\vRetryBudget\x12\x18\n" +
+	"\apercent\x18\x01 \x01(\x01R\apercent\x122\n" +
+	"\x15min_retry_concurrency\x18\x02 \x01(\rR\x13minRetryConcurrency\"\x83\x01\n" +
 	"\bTimeouts\x123\n" +
 	"\arequest\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\arequest\x12B\n" +
-	"\x0fbackend_request\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0ebackendRequest\"n\n" +
+	"\x0fbackend_request\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0ebackendRequest\"~\n" +
 	"\x05Retry\x12\x14\n" +
 	"\x05codes\x18\x01 \x03(\rR\x05codes\x12\x1a\n" +
 	"\battempts\x18\x02 \x01(\rR\battempts\x123\n" +
-	"\abackoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\abackoff\"\x8a\x02\n" +
+	"\abackoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\abackoff\x12\x0e\n" +
+	"\x02on\x18\x04 \x03(\tR\x02on\"\x8a\x02\n" +
 	"\x05Fault\x122\n" +
 	"\x05abort\x18\x01 \x01(\v2\x1c.ambit.config.v1.Fault.AbortR\x05abort\x122\n" +
 	"\x05delay\x18\x02 \x01(\v2\x1c.ambit.config.v1.Fault.DelayR\x05delay\x1a?\n" +
@@ -2789,99 +3600,127 @@ func file_proto_config_v1_config_proto_rawDescGZIP() []byte {
 	return file_proto_config_v1_config_proto_rawDescData
 }
 
-var file_proto_config_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_proto_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_proto_config_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_proto_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_proto_config_v1_config_proto_goTypes = []any{
-	(NetworkMode)(0),            // 0: ambit.config.v1.NetworkMode
-	(TunnelProtocol)(0),         // 1: ambit.config.v1.TunnelProtocol
-	(WorkloadStatus)(0),         // 2: ambit.config.v1.WorkloadStatus
-	(PeerAuthenticationMode)(0), // 3: ambit.config.v1.PeerAuthenticationMode
-	(AppProtocol)(0),            // 4: ambit.config.v1.AppProtocol
-	(LoadBalancing_Mode)(0),     // 5: ambit.config.v1.LoadBalancing.Mode
-	(Authorization_Scope)(0),    // 6: ambit.config.v1.Authorization.Scope
-	(Authorization_Action)(0),   // 7: ambit.config.v1.Authorization.Action
-	(Waypoint_For)(0),           // 8: ambit.config.v1.Waypoint.For
-	(*Workload)(nil),            // 9: ambit.config.v1.Workload
-	(*PortList)(nil),            // 10: ambit.config.v1.PortList
-	(*Port)(nil),                // 11: ambit.config.v1.Port
-	(*NetworkAddress)(nil),      // 12: ambit.config.v1.NetworkAddress
-	(*GatewayAddress)(nil),      // 13: ambit.config.v1.GatewayAddress
-	(*Service)(nil),             // 14: ambit.config.v1.Service
-	(*LoadBalancing)(nil),       // 15: ambit.config.v1.LoadBalancing
-	(*Authorization)(nil),       // 16: ambit.config.v1.Authorization
-	(*TargetRef)(nil),           // 17: ambit.config.v1.TargetRef
-	(*Rule)(nil),                // 18: ambit.config.v1.Rule
-	(*Condition)(nil),           // 19: ambit.config.v1.Condition
-	(*Source)(nil),              // 20: ambit.config.v1.Source
-	(*IPBlock)(nil),             // 21: ambit.config.v1.IPBlock
-	(*Operation)(nil),           // 22: ambit.config.v1.Operation
-	(*Waypoint)(nil),            // 23: ambit.config.v1.Waypoint
-	(*RouteConfig)(nil),         // 24: ambit.config.v1.RouteConfig
-	(*Route)(nil),               // 25: ambit.config.v1.Route
-	(*RouteMatch)(nil),          // 26: ambit.config.v1.RouteMatch
-	(*PathMatch)(nil),           // 27: ambit.config.v1.PathMatch
-	(*HeaderMatch)(nil),         // 28: ambit.config.v1.HeaderMatch
-	(*Backend)(nil),             // 29: ambit.config.v1.Backend
-	(*Timeouts)(nil),            // 30: ambit.config.v1.Timeouts
-	(*Retry)(nil),               // 31: ambit.config.v1.Retry
-	(*Fault)(nil),               // 32: ambit.config.v1.Fault
-	nil,                         // 33: ambit.config.v1.Workload.LabelsEntry
-	nil,                         // 34: ambit.config.v1.Workload.ServicesEntry
-	nil,                         // 35: ambit.config.v1.Authorization.SelectorEntry
-	nil,                         // 36: ambit.config.v1.Backend.SubsetEntry
-	(*Fault_Abort)(nil),         // 37: ambit.config.v1.Fault.Abort
-	(*Fault_Delay)(nil),         // 38: ambit.config.v1.Fault.Delay
-	(*durationpb.Duration)(nil), // 39: google.protobuf.Duration
+	(NetworkMode)(0),                       // 0: ambit.config.v1.NetworkMode
+	(TunnelProtocol)(0),                    // 1: ambit.config.v1.TunnelProtocol
+	(WorkloadStatus)(0),                    // 2: ambit.config.v1.WorkloadStatus
+	(PeerAuthenticationMode)(0),            // 3: ambit.config.v1.PeerAuthenticationMode
+	(AppProtocol)(0),                       // 4: ambit.config.v1.AppProtocol
+	(LoadBalancing_Mode)(0),                // 5: ambit.config.v1.LoadBalancing.Mode
+	(Authorization_Scope)(0),               // 6: ambit.config.v1.Authorization.Scope
+	(Authorization_Action)(0),              // 7: ambit.config.v1.Authorization.Action
+	(Waypoint_For)(0),                      // 8: ambit.config.v1.Waypoint.For
+	(TrafficPolicy_LoadBalancer_Simple)(0), // 9: ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
+	(*Workload)(nil),                       // 10: ambit.config.v1.Workload
+	(*PortList)(nil),                       // 11: ambit.config.v1.PortList
+	(*Port)(nil),                           // 12: ambit.config.v1.Port
+	(*NetworkAddress)(nil),                 // 13: ambit.config.v1.NetworkAddress
+	(*GatewayAddress)(nil),                 // 14: ambit.config.v1.GatewayAddress
+	(*Service)(nil),                        // 15: ambit.config.v1.Service
+	(*LoadBalancing)(nil),                  // 16: ambit.config.v1.LoadBalancing
+	(*Authorization)(nil),                  // 17: ambit.config.v1.Authorization
+	(*TargetRef)(nil),                      // 18: ambit.config.v1.TargetRef
+	(*Rule)(nil),                           // 19: ambit.config.v1.Rule
+	(*Condition)(nil),                      // 20: ambit.config.v1.Condition
+	(*Source)(nil),                         // 21: ambit.config.v1.Source
+	(*IPBlock)(nil),                        // 22: ambit.config.v1.IPBlock
+	(*Operation)(nil),                      // 23: ambit.config.v1.Operation
+	(*Waypoint)(nil),                       // 24: ambit.config.v1.Waypoint
+	(*RouteConfig)(nil),                    // 25: ambit.config.v1.RouteConfig
+	(*Route)(nil),                          // 26: ambit.config.v1.Route
+	(*HeaderOps)(nil),                      // 27: ambit.config.v1.HeaderOps
+	(*Rewrite)(nil),                        // 28: ambit.config.v1.Rewrite
+	(*Redirect)(nil),                       // 29: ambit.config.v1.Redirect
+	(*Mirror)(nil),                         // 30: ambit.config.v1.Mirror
+	(*RouteMatch)(nil),                     // 31: ambit.config.v1.RouteMatch
+	(*PathMatch)(nil),                      // 32: ambit.config.v1.PathMatch
+	(*HeaderMatch)(nil),                    // 33: ambit.config.v1.HeaderMatch
+	(*Backend)(nil),                        // 34: ambit.config.v1.Backend
+	(*TrafficPolicy)(nil),                  // 35: ambit.config.v1.TrafficPolicy
+	(*Timeouts)(nil),                       // 36: ambit.config.v1.Timeouts
+	(*Retry)(nil),                          // 37: ambit.config.v1.Retry
+	(*Fault)(nil),                          // 38: ambit.config.v1.Fault
+	nil,                                    // 39: ambit.config.v1.Workload.LabelsEntry
+	nil,                                    // 40: ambit.config.v1.Workload.ServicesEntry
+	nil,                                    // 41: ambit.config.v1.Authorization.SelectorEntry
+	nil,                                    // 42: ambit.config.v1.HeaderOps.SetEntry
+	nil,                                    // 43: ambit.config.v1.HeaderOps.AddEntry
+	nil,                                    // 44: ambit.config.v1.Mirror.SubsetEntry
+	nil,                                    // 45: ambit.config.v1.Backend.SubsetEntry
+	(*TrafficPolicy_LoadBalancer)(nil),     // 46: ambit.config.v1.TrafficPolicy.LoadBalancer
+	(*TrafficPolicy_ConnectionPool)(nil),   // 47: ambit.config.v1.TrafficPolicy.ConnectionPool
+	(*TrafficPolicy_OutlierDetection)(nil), // 48: ambit.config.v1.TrafficPolicy.OutlierDetection
+	(*TrafficPolicy_RetryBudget)(nil),      // 49: ambit.config.v1.TrafficPolicy.RetryBudget
+	(*Fault_Abort)(nil),                    // 50: ambit.config.v1.Fault.Abort
+	(*Fault_Delay)(nil),                    // 51: ambit.config.v1.Fault.Delay
+	(*durationpb.Duration)(nil),            // 52: google.protobuf.Duration
 }
 var file_proto_config_v1_config_proto_depIdxs = []int32{
-	33, // 0: ambit.config.v1.Workload.labels:type_name -> ambit.config.v1.Workload.LabelsEntry
-	34, // 1: ambit.config.v1.Workload.services:type_name -> ambit.config.v1.Workload.ServicesEntry
-	13, // 2: ambit.config.v1.Workload.waypoint:type_name -> ambit.config.v1.GatewayAddress
+	39, // 0: ambit.config.v1.Workload.labels:type_name -> ambit.config.v1.Workload.LabelsEntry
+	40, // 1: ambit.config.v1.Workload.services:type_name -> ambit.config.v1.Workload.ServicesEntry
+	14, // 2: ambit.config.v1.Workload.waypoint:type_name -> ambit.config.v1.GatewayAddress
 	0,  // 3: ambit.config.v1.Workload.network_mode:type_name -> ambit.config.v1.NetworkMode
 	1,  // 4: ambit.config.v1.Workload.tunnel_protocol:type_name -> ambit.config.v1.TunnelProtocol
 	2,  // 5: ambit.config.v1.Workload.status:type_name -> ambit.config.v1.WorkloadStatus
 	3,  // 6: ambit.config.v1.Workload.peer_authentication:type_name -> ambit.config.v1.PeerAuthenticationMode
-	11, // 7: ambit.config.v1.PortList.ports:type_name -> ambit.config.v1.Port
+	12, // 7: ambit.config.v1.PortList.ports:type_name -> ambit.config.v1.Port
 	4,  // 8: ambit.config.v1.Port.app_protocol:type_name -> ambit.config.v1.AppProtocol
-	12, // 9: ambit.config.v1.GatewayAddress.address:type_name -> ambit.config.v1.NetworkAddress
-	12, // 10: ambit.config.v1.Service.addresses:type_name -> ambit.config.v1.NetworkAddress
-	11, // 11: ambit.config.v1.Service.ports:type_name -> ambit.config.v1.Port
-	13, // 12: ambit.config.v1.Service.waypoint:type_name -> ambit.config.v1.GatewayAddress
-	15, // 13: ambit.config.v1.Service.load_balancing:type_name -> ambit.config.v1.LoadBalancing
+	13, // 9: ambit.config.v1.GatewayAddress.address:type_name -> ambit.config.v1.NetworkAddress
+	13, // 10: ambit.config.v1.Service.addresses:type_name -> ambit.config.v1.NetworkAddress
+	12, // 11: ambit.config.v1.Service.ports:type_name -> ambit.config.v1.Port
+	14, // 12: ambit.config.v1.Service.waypoint:type_name -> ambit.config.v1.GatewayAddress
+	16, // 13: ambit.config.v1.Service.load_balancing:type_name -> ambit.config.v1.LoadBalancing
 	5,  // 14: ambit.config.v1.LoadBalancing.mode:type_name -> ambit.config.v1.LoadBalancing.Mode
 	6,  // 15: ambit.config.v1.Authorization.scope:type_name -> ambit.config.v1.Authorization.Scope
-	35, // 16: ambit.config.v1.Authorization.selector:type_name -> ambit.config.v1.Authorization.SelectorEntry
-	17, // 17: ambit.config.v1.Authorization.target_refs:type_name -> ambit.config.v1.TargetRef
+	41, // 16: ambit.config.v1.Authorization.selector:type_name -> ambit.config.v1.Authorization.SelectorEntry
+	18, // 17: ambit.config.v1.Authorization.target_refs:type_name -> ambit.config.v1.TargetRef
 	7,  // 18: ambit.config.v1.Authorization.action:type_name -> ambit.config.v1.Authorization.Action
-	18, // 19: ambit.config.v1.Authorization.rules:type_name -> ambit.config.v1.Rule
-	20, // 20: ambit.config.v1.Rule.from:type_name -> ambit.config.v1.Source
-	22, // 21: ambit.config.v1.Rule.to:type_name -> ambit.config.v1.Operation
-	19, // 22: ambit.config.v1.Rule.when:type_name -> ambit.config.v1.Condition
-	21, // 23: ambit.config.v1.Source.ip_blocks:type_name -> ambit.config.v1.IPBlock
-	21, // 24: ambit.config.v1.Source.not_ip_blocks:type_name -> ambit.config.v1.IPBlock
+	19, // 19: ambit.config.v1.Authorization.rules:type_name -> ambit.config.v1.Rule
+	21, // 20: ambit.config.v1.Rule.from:type_name -> ambit.config.v1.Source
+	23, // 21: ambit.config.v1.Rule.to:type_name -> ambit.config.v1.Operation
+	20, // 22: ambit.config.v1.Rule.when:type_name -> ambit.config.v1.Condition
+	22, // 23: ambit.config.v1.Source.ip_blocks:type_name -> ambit.config.v1.IPBlock
+	22, // 24: ambit.config.v1.Source.not_ip_blocks:type_name -> ambit.config.v1.IPBlock
 	8,  // 25: ambit.config.v1.Waypoint.for:type_name -> ambit.config.v1.Waypoint.For
-	12, // 26: ambit.config.v1.Waypoint.address:type_name -> ambit.config.v1.NetworkAddress
-	25, // 27: ambit.config.v1.RouteConfig.routes:type_name -> ambit.config.v1.Route
-	26, // 28: ambit.config.v1.Route.matches:type_name -> ambit.config.v1.RouteMatch
-	29, // 29: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
-	30, // 30: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
-	31, // 31: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
-	32, // 32: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
-	27, // 33: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
-	28, // 34: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
-	36, // 35: ambit.config.v1.Backend.subset:type_name -> ambit.config.v1.Backend.SubsetEntry
-	39, // 36: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
-	39, // 37: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
-	39, // 38: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
-	37, // 39: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
-	38, // 40: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
-	10, // 41: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
-	39, // 42: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
-	43, // [43:43] is the sub-list for method output_type
-	43, // [43:43] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	13, // 26: ambit.config.v1.Waypoint.address:type_name -> ambit.config.v1.NetworkAddress
+	26, // 27: ambit.config.v1.RouteConfig.routes:type_name -> ambit.config.v1.Route
+	31, // 28: ambit.config.v1.Route.matches:type_name -> ambit.config.v1.RouteMatch
+	34, // 29: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
+	36, // 30: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
+	37, // 31: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
+	38, // 32: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
+	27, // 33: ambit.config.v1.Route.request_headers:type_name -> ambit.config.v1.HeaderOps
+	27, // 34: ambit.config.v1.Route.response_headers:type_name -> ambit.config.v1.HeaderOps
+	28, // 35: ambit.config.v1.Route.rewrite:type_name -> ambit.config.v1.Rewrite
+	29, // 36: ambit.config.v1.Route.redirect:type_name -> ambit.config.v1.Redirect
+	30, // 37: ambit.config.v1.Route.mirrors:type_name -> ambit.config.v1.Mirror
+	42, // 38: ambit.config.v1.HeaderOps.set:type_name -> ambit.config.v1.HeaderOps.SetEntry
+	43, // 39: ambit.config.v1.HeaderOps.add:type_name -> ambit.config.v1.HeaderOps.AddEntry
+	44, // 40: ambit.config.v1.Mirror.subset:type_name -> ambit.config.v1.Mirror.SubsetEntry
+	32, // 41: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
+	33, // 42: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
+	45, // 43: ambit.config.v1.Backend.subset:type_name -> ambit.config.v1.Backend.SubsetEntry
+	35, // 44: ambit.config.v1.Backend.policy:type_name -> ambit.config.v1.TrafficPolicy
+	46, // 45: ambit.config.v1.TrafficPolicy.load_balancer:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer
+	47, // 46: ambit.config.v1.TrafficPolicy.connection_pool:type_name -> ambit.config.v1.TrafficPolicy.ConnectionPool
+	48, // 47: ambit.config.v1.TrafficPolicy.outlier_detection:type_name -> ambit.config.v1.TrafficPolicy.OutlierDetection
+	49, // 48: ambit.config.v1.TrafficPolicy.retry_budget:type_name -> ambit.config.v1.TrafficPolicy.RetryBudget
+	52, // 49: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
+	52, // 50: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
+	52, // 51: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
+	50, // 52: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
+	51, // 53: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
+	11, // 54: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
+	9,  // 55: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
+	52, // 56: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	52, // 57: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
+	58, // [58:58] is the sub-list for method output_type
+	58, // [58:58] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_proto_config_v1_config_proto_init() }
@@ -2889,7 +3728,7 @@ func file_proto_config_v1_config_proto_init() {
 	if File_proto_config_v1_config_proto != nil {
 		return
 	}
-	file_proto_config_v1_config_proto_msgTypes[18].OneofWrappers = []any{
+	file_proto_config_v1_config_proto_msgTypes[22].OneofWrappers = []any{
 		(*PathMatch_Exact)(nil),
 		(*PathMatch_Prefix)(nil),
 		(*PathMatch_StringPrefix)(nil),
@@ -2899,8 +3738,8 @@ func file_proto_config_v1_config_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_config_v1_config_proto_rawDesc), len(file_proto_config_v1_config_proto_rawDesc)),
-			NumEnums:      9,
-			NumMessages:   30,
+			NumEnums:      10,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

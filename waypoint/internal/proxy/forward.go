@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -38,6 +39,7 @@ const (
 	flagFaultAbort     = "FI"   // aborted by fault injection
 	flagFaultDelay     = "DI"   // delayed by fault injection
 	flagDownstream     = "DC"   // the client went away
+	flagOverflow       = "UO"   // the destination's connection pool or retry budget is full
 	flagBadRequest     = "DPE"  // the request was malformed
 	defaultDialRetries = 2      // retries of connect failures on a route without a retry policy
 )
@@ -53,7 +55,8 @@ type exchange struct {
 	grpc    bool
 	h2      bool
 	route   string
-	backend string // destination service hostname
+	rt      *route.Route // the route that matched, if any
+	backend string       // destination service hostname
 	ep      endpoint
 	hasEP   bool
 	attempt int
@@ -109,7 +112,7 @@ func (p *Proxy) handle(ctx context.Context, d *downstream, req *http.Request, h2
 			ex.flags = flagNoRoute
 			return ex.local(http.StatusNotFound, "no route matched: "+parent+" has no HTTPRoute rule for "+req.Method+" "+req.URL.Path), ex
 		}
-		ex.route = rt.Name
+		ex.route, ex.rt = rt.Name, rt
 	}
 	if rt != nil && rt.Fault != nil {
 		if f := rt.Fault; f.DelayPercent > 0 && rand.Float64()*100 < f.DelayPercent {
@@ -124,6 +127,9 @@ func (p *Proxy) handle(ctx context.Context, d *downstream, req *http.Request, h2
 			return ex.local(f.AbortStatus, "fault filter abort"), ex
 		}
 	}
+	if rt != nil && rt.Redirect != nil {
+		return ex.redirect(rt.Redirect), ex
+	}
 	t := target{svcKey: parent, port: parentPort}
 	if rt != nil {
 		b, ok := rt.PickBackend()
@@ -137,6 +143,7 @@ func (p *Proxy) handle(ctx context.Context, d *downstream, req *http.Request, h2
 				t.port = parentPort
 			}
 			t.subset, t.subsetName = b.Subset, b.SubsetName
+			t.pol = b.Policy
 		}
 	}
 	if t.svcKey == "" {
@@ -157,6 +164,16 @@ type target struct {
 	// subset limits the Service's endpoints to workloads with these labels.
 	subset     map[string]string
 	subsetName string
+	// pol is the destination's traffic policy; nil for the defaults.
+	pol *route.Policy
+}
+
+// dest is the waypoint's state for the target's destination; nil for a pod.
+func (p *Proxy) dest(t target) *destination {
+	if t.svcKey == "" {
+		return nil
+	}
+	return p.dests.get(t.svcKey + "|" + t.subsetName)
 }
 
 // parentRoutes finds the Service whose routes apply: the destination Service, or for a
@@ -251,6 +268,41 @@ func (ex *exchange) attempts(ctx context.Context, rt *route.Route, t target) (*h
 	if ex.req.Body != nil && ex.req.Body != http.NoBody && ex.req.ContentLength != 0 {
 		body = &replayBody{src: ex.req.Body, limit: p.cfg.RetryBodyBytes}
 	}
+	dest := p.dest(t)
+	if dest != nil {
+		release, err := dest.acquire(rctx, t.pol)
+		switch {
+		case errors.Is(err, errOverflow):
+			ex.flags = flagOverflow
+			p.cfg.Metrics.overflow(t.svcKey, "pending")
+			return ex.local(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: overflow"), ex
+		case err != nil:
+			return ex.timeoutOrGone(ctx)
+		}
+		ex.cleanup = append(ex.cleanup, release)
+	}
+	// retrying reports whether the budget lets a retry start; inRetry is a retry in flight.
+	inRetry := false
+	defer func() {
+		if inRetry {
+			dest.endRetry()
+		}
+	}()
+	retrying := func() bool {
+		if inRetry {
+			dest.endRetry()
+			inRetry = false
+		}
+		if dest == nil {
+			return true
+		}
+		if !dest.tryRetry(t.pol) {
+			p.cfg.Metrics.overflow(t.svcKey, "retry_budget")
+			return false
+		}
+		inRetry = true
+		return true
+	}
 	var tried []netip.AddrPort
 	for attempt := 1; ; attempt++ {
 		ex.attempt = attempt
@@ -277,7 +329,7 @@ func (ex *exchange) attempts(ctx context.Context, rt *route.Route, t target) (*h
 		if err != nil {
 			acancel()
 			p.lb.release(ep.addr)
-			if ejected := p.lb.result(ep.addr, true, peers); ejected {
+			if ejected := p.lb.result(ep.addr, 0, peers, t.pol); ejected {
 				p.log.Info("endpoint ejected", "endpoint", ep.addr.String(), "service", t.svcKey)
 			}
 			ex.span.AddEvent("attempt failed", trace.WithAttributes(attribute.Int("attempt", attempt), attribute.String("endpoint", ep.addr.String()), attribute.String("error", err.Error())))
@@ -293,20 +345,20 @@ func (ex *exchange) attempts(ctx context.Context, rt *route.Route, t target) (*h
 			case rctx.Err() != nil:
 				ex.flags = flagTimeout
 				return ex.local(http.StatusGatewayTimeout, "upstream request timeout"), ex
-			case actx.Err() != nil:
+			case errors.Is(actx.Err(), context.DeadlineExceeded): // acancel above makes Err non-nil whatever happened
 				ex.flags = flagTimeout
 				code, reason = http.StatusGatewayTimeout, "upstream request timeout"
 				again = retry != nil && retry.Codes[http.StatusGatewayTimeout] && replayable
 			case isDialError(err):
 				ex.flags = flagConnect
 				code, reason = http.StatusServiceUnavailable, "upstream connect error: "+err.Error()
-				again = replayable
+				again = replayable && (retry == nil || retry.ConnectFailure)
 			default:
 				ex.flags = flagReset
 				code, reason = http.StatusServiceUnavailable, "upstream reset before response: "+err.Error()
-				again = retry != nil && replayable
+				again = retry != nil && retry.Reset && replayable
 			}
-			if again && canRetry {
+			if again && canRetry && retrying() {
 				tried = append(tried, ep.addr)
 				if sleep(rctx, backoff) != nil {
 					return ex.timeoutOrGone(ctx)
@@ -316,11 +368,10 @@ func (ex *exchange) attempts(ctx context.Context, rt *route.Route, t target) (*h
 			ex.ep, ex.hasEP = ep, true
 			return ex.local(code, reason), ex
 		}
-		failed := res.StatusCode >= 500
-		if ejected := p.lb.result(ep.addr, failed, peers); ejected {
+		if ejected := p.lb.result(ep.addr, res.StatusCode, peers, t.pol); ejected {
 			p.log.Info("endpoint ejected", "endpoint", ep.addr.String(), "service", t.svcKey)
 		}
-		if retry != nil && retry.Codes[res.StatusCode] && canRetry && replayable {
+		if retry != nil && retry.Codes[res.StatusCode] && canRetry && replayable && retrying() {
 			ex.span.AddEvent("retry", trace.WithAttributes(attribute.Int("attempt", attempt), attribute.Int("status", res.StatusCode)))
 			_, _ = io.Copy(io.Discard, io.LimitReader(res.Body, 64<<10))
 			res.Body.Close()
@@ -337,6 +388,12 @@ func (ex *exchange) attempts(ctx context.Context, rt *route.Route, t target) (*h
 		ex.code = res.StatusCode
 		ex.cleanup = append(ex.cleanup, acancel, func() { p.lb.release(ep.addr) })
 		stripHopByHop(res.Header)
+		if rt != nil {
+			rt.ResponseHeaders.Apply(res.Header)
+			if len(rt.Mirrors) > 0 {
+				ex.mirror(rt, body, t.port)
+			}
+		}
 		return res, ex
 	}
 }
@@ -354,7 +411,7 @@ func (ex *exchange) timeoutOrGone(ctx context.Context) (*http.Response, *exchang
 func (ex *exchange) endpoint(t target, tried []netip.AddrPort) (endpoint, []state.Endpoint, *http.Response) {
 	p := ex.p
 	if t.svcKey == "" {
-		p.lb.pick([]state.Endpoint{{Workload: t.direct.wl, Addr: t.direct.addr}}, nil)
+		p.lb.pick([]state.Endpoint{{Workload: t.direct.wl, Addr: t.direct.addr}}, nil, pickReq{})
 		ex.backend = ""
 		return t.direct, nil, nil
 	}
@@ -382,7 +439,21 @@ func (ex *exchange) endpoint(t target, tried []netip.AddrPort) (endpoint, []stat
 		ex.flags = flagNoHealthy
 		return endpoint{}, nil, ex.local(http.StatusServiceUnavailable, fmt.Sprintf("no healthy upstream: service %s has no endpoint for port %d", host, t.port))
 	}
-	return p.lb.pick(eps, tried), eps, nil
+	pr := pickReq{pol: t.pol}
+	if pol := t.pol; pol != nil {
+		switch {
+		case pol.HashHeader != "":
+			if v := ex.req.Header.Values(pol.HashHeader); len(v) > 0 {
+				pr.hashKey, pr.hasKey = strings.Join(v, ","), true
+			}
+		case pol.HashSourceIP:
+			pr.hashKey, pr.hasKey = ex.d.client.Addr().String(), true
+		}
+		if pol.LB == configv1.TrafficPolicy_LoadBalancer_ROUND_ROBIN {
+			pr.rr = &p.dest(t).rr
+		}
+	}
+	return p.lb.pick(eps, tried, pr), eps, nil
 }
 
 // inSubset keeps the endpoints whose workload carries every label of subset.
@@ -411,6 +482,17 @@ func (ex *exchange) outRequest(ctx context.Context, ep endpoint, body *replayBod
 	if out.Host == "" {
 		out.Host = in.URL.Host
 	}
+	if rt := ex.rt; rt != nil {
+		if rw := rt.Rewrite; rw != nil {
+			if rw.Path != "" {
+				out.URL.Path, out.URL.RawPath = rewritePath(rt, in.URL.Path, rw.Path), ""
+			}
+			if rw.Authority != "" {
+				out.Host = rw.Authority
+			}
+		}
+		rt.RequestHeaders.Apply(out.Header)
+	}
 	out.RequestURI = ""
 	out.Close = false
 	te := in.Header.Get("Te")
@@ -436,6 +518,46 @@ func (ex *exchange) outRequest(ctx context.Context, ep endpoint, body *replayBod
 	}
 	out.GetBody = nil
 	return out
+}
+
+// rewritePath replaces the prefix the route matched path by, or the whole path.
+func rewritePath(rt *route.Route, path, to string) string {
+	for _, m := range rt.Matches {
+		for _, pfx := range []string{m.PathStringPrefix, m.PathPrefix} {
+			if pfx != "" && strings.HasPrefix(path, pfx) {
+				rest := path[len(pfx):]
+				if strings.HasSuffix(to, "/") && strings.HasPrefix(rest, "/") {
+					rest = rest[1:]
+				}
+				return to + rest
+			}
+		}
+	}
+	return to
+}
+
+// redirect answers with rd's Location: the request's URL with rd's parts replaced.
+func (ex *exchange) redirect(rd *route.Redirect) *http.Response {
+	u := url.URL{Scheme: "http", Host: ex.req.Host, Path: ex.req.URL.Path, RawQuery: ex.req.URL.RawQuery}
+	if rd.Scheme != "" {
+		u.Scheme = rd.Scheme
+	}
+	if rd.Authority != "" {
+		u.Host = rd.Authority
+	}
+	if rd.Port != 0 {
+		host := u.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		u.Host = net.JoinHostPort(host, strconv.Itoa(int(rd.Port)))
+	}
+	if rd.Path != "" {
+		u.Path = rd.Path
+	}
+	resp := ex.local(rd.Code, "")
+	resp.Header.Set("Location", u.String())
+	return resp
 }
 
 // hopByHop are the headers that belong to one connection (RFC 9110 §7.6.1).

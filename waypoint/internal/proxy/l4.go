@@ -24,7 +24,7 @@ func (p *Proxy) serveL4(ctx context.Context, d *downstream, c hbone.HalfCloser) 
 		if len(eps) == 0 {
 			err = errors.New("service has no endpoint for the port")
 		} else {
-			ep = p.lb.pick(eps, nil)
+			ep = p.lb.pick(eps, nil, pickReq{})
 			defer p.lb.release(ep.addr)
 		}
 	} else if d.wl != nil {

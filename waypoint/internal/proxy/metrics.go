@@ -34,6 +34,10 @@ type Metrics struct {
 	duration, reqSize, rspSize *prometheus.HistogramVec
 	tcpOpened, tcpClosed       *prometheus.CounterVec
 	tcpSent, tcpReceived       *prometheus.CounterVec
+	// overflows counts requests refused because a destination's connection pool queue was
+	// full (reason "pending") and retries not made because its retry budget was spent
+	// (reason "retry_budget"); mirrored counts the copies sent (or dropped) by mirroring.
+	overflows, mirrored *prometheus.CounterVec
 }
 
 // NewMetrics registers the metrics on reg.
@@ -50,7 +54,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		tcpSent:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_sent_bytes_total", Help: "Bytes sent towards the destination."}, tcpLabels),
 		tcpReceived: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_received_bytes_total", Help: "Bytes received from the destination."}, tcpLabels),
 	}
-	reg.MustRegister(m.requests, m.duration, m.reqSize, m.rspSize, m.tcpOpened, m.tcpClosed, m.tcpSent, m.tcpReceived)
+	m.overflows = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ambit_waypoint_upstream_overflow_total",
+		Help: "Requests refused because a destination's connection pool was full (reason pending), and retries not made because its retry budget was spent (reason retry_budget)."},
+		[]string{"destination_service", "reason"})
+	m.mirrored = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ambit_waypoint_mirrored_requests_total",
+		Help: "Copies of requests sent to mirrors (result sent, failed or dropped)."}, []string{"destination_service", "result"})
+	reg.MustRegister(m.requests, m.duration, m.reqSize, m.rspSize, m.tcpOpened, m.tcpClosed, m.tcpSent, m.tcpReceived, m.overflows, m.mirrored)
 	return m
 }
 
@@ -156,3 +165,8 @@ func (m *Metrics) tcp(d *downstream, ep endpoint, sent, received int64, failed b
 func spiffeTD(d *downstream) spiffeid.TrustDomain { return d.peer.TrustDomain() }
 
 func splitHost(h string) []string { return strings.Split(h, ".") }
+
+func (m *Metrics) overflow(svcKey, reason string) {
+	_, host, _ := strings.Cut(svcKey, "/")
+	m.overflows.WithLabelValues(host, reason).Inc()
+}

@@ -159,6 +159,11 @@ type Proxy struct {
 	client *hbone.Client
 	up     *upstreams
 	lb     *balancer
+	dests  destinations
+	// mirrors bounds the mirrored requests in flight; bg ends them on Close.
+	mirrors  chan struct{}
+	bg       context.Context
+	bgCancel context.CancelFunc
 
 	mu     sync.Mutex // serializes Apply
 	routes atomic.Pointer[map[string]*route.Table]
@@ -193,6 +198,8 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.up = newUpstreams(p)
 	p.lb = newBalancer(cfg.Consecutive5xx, cfg.EjectionTime, cfg.MaxEjectedPercent, cfg.Now)
+	p.mirrors = make(chan struct{}, maxMirrorsInFlight)
+	p.bg, p.bgCancel = context.WithCancel(context.Background())
 	empty := map[string]*route.Table{}
 	p.routes.Store(&empty)
 	p.rebuild()
@@ -368,6 +375,7 @@ func (p *Proxy) Close() error {
 		s.Close()
 	}
 	p.connMu.Unlock()
+	p.bgCancel()
 	p.wg.Wait()
 	p.up.close()
 	return p.client.Close()

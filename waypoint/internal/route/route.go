@@ -46,6 +46,55 @@ type Route struct {
 	RequestTimeout, BackendTimeout time.Duration
 	Retry                          *Retry
 	Fault                          *Fault
+	// RequestHeaders and ResponseHeaders edit the request forwarded and the response
+	// returned; nil for none.
+	RequestHeaders, ResponseHeaders *HeaderOps
+	Rewrite                         *Rewrite
+	Redirect                        *Redirect
+	Mirrors                         []Mirror
+}
+
+// HeaderOps edits headers: Remove, then Set, then Add; names canonical.
+type HeaderOps struct {
+	Set, Add map[string]string
+	Remove   []string
+}
+
+// Apply edits h.
+func (o *HeaderOps) Apply(h http.Header) {
+	if o == nil {
+		return
+	}
+	for _, k := range o.Remove {
+		h.Del(k)
+	}
+	for k, v := range o.Set {
+		h.Set(k, v)
+	}
+	for k, v := range o.Add {
+		h.Add(k, v)
+	}
+}
+
+// Rewrite replaces the matched path prefix (or the whole path) and the authority.
+type Rewrite struct {
+	Path, Authority string
+}
+
+// Redirect is a redirect answer's Location parts and status.
+type Redirect struct {
+	Path, Authority, Scheme string
+	Port                    uint32
+	Code                    int
+}
+
+// Mirror receives a copy of Percent % of the requests.
+type Mirror struct {
+	Service, Hostname string
+	Port              uint32
+	Subset            map[string]string
+	SubsetName        string
+	Percent           float64
 }
 
 // Match is one RouteMatch: every set field must match.
@@ -72,6 +121,38 @@ type Backend struct {
 	// SubsetName names it.
 	Subset     map[string]string
 	SubsetName string
+	// Policy is the destination's traffic policy; nil for the defaults.
+	Policy *Policy
+}
+
+// Policy is a compiled TrafficPolicy.
+type Policy struct {
+	LB           configv1.TrafficPolicy_LoadBalancer_Simple
+	HashHeader   string // canonical
+	HashSourceIP bool
+	// MaxConnections, MaxPending, MaxRequests, MaxRetries: 0 means no bound.
+	MaxConnections, MaxPending, MaxRequests, MaxRetries int
+	// Outlier detection; Consecutive5xx and ConsecutiveGateway 0 mean off.
+	Consecutive5xx, ConsecutiveGateway int
+	BaseEjection                       time.Duration
+	MaxEjectionPercent                 int
+	// Retry budget; BudgetPercent 0 means none.
+	BudgetPercent  float64
+	BudgetMinRetry int
+}
+
+// MaxInFlight is the bound on requests in flight to the destination, 0 for none.
+func (p *Policy) MaxInFlight() int {
+	if p == nil {
+		return 0
+	}
+	switch {
+	case p.MaxConnections == 0:
+		return p.MaxRequests
+	case p.MaxRequests == 0:
+		return p.MaxConnections
+	}
+	return min(p.MaxConnections, p.MaxRequests)
 }
 
 // Retry is a compiled retry policy.
@@ -79,6 +160,8 @@ type Retry struct {
 	Codes    map[int]bool
 	Attempts int
 	Backoff  time.Duration
+	// Reset and ConnectFailure say whether those failures are retried.
+	Reset, ConnectFailure bool
 }
 
 // Fault is a compiled fault-injection filter.
@@ -155,9 +238,14 @@ func Compile(name string, rc *configv1.RouteConfig) (*Table, error) {
 				return nil, bad(bf+".weight", "%d exceeds %d", b.GetWeight(), MaxWeight)
 			}
 			out.total += uint64(b.GetWeight())
+			pol, err := compilePolicy(b.GetPolicy(), bf+".policy")
+			if err != nil {
+				return nil, fmt.Errorf("routeconfig %s: %w", name, err)
+			}
 			out.Backends = append(out.Backends, Backend{
 				Service: ServiceKey(b.GetHostname(), rc.GetNamespace()), Hostname: b.GetHostname(),
 				Port: b.GetPort(), Weight: b.GetWeight(), Subset: b.GetSubset(), SubsetName: b.GetSubsetName(),
+				Policy: pol,
 			})
 		}
 		if to := r.GetTimeouts(); to != nil {
@@ -173,7 +261,17 @@ func Compile(name string, rc *configv1.RouteConfig) (*Table, error) {
 			}
 		}
 		if rt := r.GetRetry(); rt != nil {
-			cr := &Retry{Codes: map[int]bool{}, Attempts: int(rt.GetAttempts()), Backoff: DefaultBackoff}
+			cr := &Retry{Codes: map[int]bool{}, Attempts: int(rt.GetAttempts()), Backoff: DefaultBackoff, Reset: len(rt.GetOn()) == 0, ConnectFailure: len(rt.GetOn()) == 0}
+			for k, on := range rt.GetOn() {
+				switch on {
+				case "reset":
+					cr.Reset = true
+				case "connect-failure":
+					cr.ConnectFailure = true
+				default:
+					return nil, bad(fmt.Sprintf("%s.retry.on[%d]", f, k), "%q is not reset or connect-failure", on)
+				}
+			}
 			if rt.GetAttempts() > MaxRetries {
 				return nil, bad(f+".retry.attempts", "%d exceeds %d", rt.GetAttempts(), MaxRetries)
 			}
@@ -217,6 +315,9 @@ func Compile(name string, rc *configv1.RouteConfig) (*Table, error) {
 				cf.DelayPercent, cf.Delay = d.GetPercentage(), dd
 			}
 			out.Fault = cf
+		}
+		if err := compileL7(r, out, f); err != nil {
+			return nil, fmt.Errorf("routeconfig %s: %w", name, err)
 		}
 		t.Routes = append(t.Routes, out)
 	}
@@ -338,4 +439,151 @@ func (r *Route) PickBackend() (Backend, bool) {
 		n -= uint64(b.Weight)
 	}
 	return r.Backends[len(r.Backends)-1], true
+}
+
+func compileHeaderOps(o *configv1.HeaderOps, field string) (*HeaderOps, error) {
+	if o == nil {
+		return nil, nil
+	}
+	out := &HeaderOps{Set: map[string]string{}, Add: map[string]string{}}
+	for _, m := range []struct {
+		name string
+		in   map[string]string
+		out  map[string]string
+	}{{"set", o.GetSet(), out.Set}, {"add", o.GetAdd(), out.Add}} {
+		for k, v := range m.in {
+			if !httpguts.ValidHeaderFieldName(k) {
+				return nil, fmt.Errorf("%s.%s: %q is not a header name", field, m.name, k)
+			}
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return nil, fmt.Errorf("%s.%s[%s]: not a valid header value", field, m.name, k)
+			}
+			m.out[http.CanonicalHeaderKey(k)] = v
+		}
+	}
+	for i, k := range o.GetRemove() {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return nil, fmt.Errorf("%s.remove[%d]: %q is not a header name", field, i, k)
+		}
+		out.Remove = append(out.Remove, http.CanonicalHeaderKey(k))
+	}
+	return out, nil
+}
+
+// compileL7 compiles a route's header edits, rewrite, redirect and mirrors.
+func compileL7(r *configv1.Route, out *Route, f string) error {
+	var err error
+	if out.RequestHeaders, err = compileHeaderOps(r.GetRequestHeaders(), f+".request_headers"); err != nil {
+		return err
+	}
+	if out.ResponseHeaders, err = compileHeaderOps(r.GetResponseHeaders(), f+".response_headers"); err != nil {
+		return err
+	}
+	if rw := r.GetRewrite(); rw != nil {
+		if rw.GetPath() != "" && (!strings.HasPrefix(rw.GetPath(), "/") || strings.ContainsAny(rw.GetPath(), "?# \t")) {
+			return fmt.Errorf("%s.rewrite.path: %q must start with / and hold no query, fragment or space", f, rw.GetPath())
+		}
+		if rw.GetAuthority() != "" && !httpguts.ValidHostHeader(rw.GetAuthority()) {
+			return fmt.Errorf("%s.rewrite.authority: %q is not a host", f, rw.GetAuthority())
+		}
+		out.Rewrite = &Rewrite{Path: rw.GetPath(), Authority: rw.GetAuthority()}
+	}
+	if rd := r.GetRedirect(); rd != nil {
+		c := int(rd.GetCode())
+		switch c {
+		case 0:
+			c = http.StatusMovedPermanently
+		case 301, 302, 303, 307, 308:
+		default:
+			return fmt.Errorf("%s.redirect.code: %d is not 301, 302, 303, 307 or 308", f, c)
+		}
+		if rd.GetScheme() != "" && rd.GetScheme() != "http" && rd.GetScheme() != "https" {
+			return fmt.Errorf("%s.redirect.scheme: %q is not http or https", f, rd.GetScheme())
+		}
+		if rd.GetPort() > 65535 {
+			return fmt.Errorf("%s.redirect.port: %d out of range", f, rd.GetPort())
+		}
+		if rd.GetPath() != "" && (!strings.HasPrefix(rd.GetPath(), "/") || strings.ContainsAny(rd.GetPath(), " \t")) {
+			return fmt.Errorf("%s.redirect.path: %q must start with / and hold no space", f, rd.GetPath())
+		}
+		if rd.GetAuthority() != "" && !httpguts.ValidHostHeader(rd.GetAuthority()) {
+			return fmt.Errorf("%s.redirect.authority: %q is not a host", f, rd.GetAuthority())
+		}
+		out.Redirect = &Redirect{Path: rd.GetPath(), Authority: rd.GetAuthority(), Scheme: rd.GetScheme(), Port: rd.GetPort(), Code: c}
+	}
+	for i, m := range r.GetMirrors() {
+		mf := fmt.Sprintf("%s.mirrors[%d]", f, i)
+		if m.GetHostname() == "" {
+			return fmt.Errorf("%s.hostname: empty", mf)
+		}
+		if m.GetPort() > 65535 {
+			return fmt.Errorf("%s.port: %d out of range", mf, m.GetPort())
+		}
+		if p := m.GetPercentage(); p < 0 || p > 100 || p != p {
+			return fmt.Errorf("%s.percentage: %v is not between 0 and 100", mf, p)
+		}
+		out.Mirrors = append(out.Mirrors, Mirror{Service: ServiceKey(m.GetHostname(), ""), Hostname: m.GetHostname(), Port: m.GetPort(),
+			Subset: m.GetSubset(), SubsetName: m.GetSubsetName(), Percent: m.GetPercentage()})
+	}
+	return nil
+}
+
+func compilePolicy(p *configv1.TrafficPolicy, f string) (*Policy, error) {
+	if p == nil {
+		return nil, nil
+	}
+	out := &Policy{}
+	if lb := p.GetLoadBalancer(); lb != nil {
+		switch lb.GetSimple() {
+		case configv1.TrafficPolicy_LoadBalancer_DEFAULT, configv1.TrafficPolicy_LoadBalancer_ROUND_ROBIN,
+			configv1.TrafficPolicy_LoadBalancer_LEAST_REQUEST, configv1.TrafficPolicy_LoadBalancer_RANDOM:
+		default:
+			return nil, fmt.Errorf("%s.load_balancer.simple: unknown value %d", f, lb.GetSimple())
+		}
+		out.LB = lb.GetSimple()
+		if h := lb.GetHashHeader(); h != "" {
+			if !httpguts.ValidHeaderFieldName(h) {
+				return nil, fmt.Errorf("%s.load_balancer.hash_header: %q is not a header name", f, h)
+			}
+			out.HashHeader = http.CanonicalHeaderKey(h)
+		}
+		out.HashSourceIP = lb.GetHashSourceIp()
+	}
+	if cp := p.GetConnectionPool(); cp != nil {
+		out.MaxConnections, out.MaxPending = int(cp.GetMaxConnections()), int(cp.GetMaxPendingRequests())
+		out.MaxRequests, out.MaxRetries = int(cp.GetMaxRequests()), int(cp.GetMaxRetries())
+	}
+	if od := p.GetOutlierDetection(); od != nil {
+		out.Consecutive5xx, out.ConsecutiveGateway = int(od.GetConsecutive_5Xx()), int(od.GetConsecutiveGatewayErrors())
+		out.BaseEjection = 30 * time.Second
+		if b := od.GetBaseEjectionTime(); b != nil {
+			d, err := duration(true, b.AsDuration(), b.CheckValid(), time.Hour)
+			if err != nil {
+				return nil, fmt.Errorf("%s.outlier_detection.base_ejection_time: %v", f, err)
+			}
+			if d > 0 {
+				out.BaseEjection = d
+			}
+		}
+		if od.GetMaxEjectionPercent() > 100 {
+			return nil, fmt.Errorf("%s.outlier_detection.max_ejection_percent: %d exceeds 100", f, od.GetMaxEjectionPercent())
+		}
+		out.MaxEjectionPercent = int(od.GetMaxEjectionPercent())
+		if out.MaxEjectionPercent == 0 {
+			out.MaxEjectionPercent = 10 // Istio's default
+		}
+	}
+	if rb := p.GetRetryBudget(); rb != nil {
+		if rb.GetPercent() < 0 || rb.GetPercent() > 100 || rb.GetPercent() != rb.GetPercent() {
+			return nil, fmt.Errorf("%s.retry_budget.percent: %v is not between 0 and 100", f, rb.GetPercent())
+		}
+		out.BudgetPercent, out.BudgetMinRetry = rb.GetPercent(), int(rb.GetMinRetryConcurrency())
+		if out.BudgetPercent == 0 {
+			out.BudgetPercent = 20 // Envoy's default
+		}
+		if out.BudgetMinRetry == 0 {
+			out.BudgetMinRetry = 3
+		}
+	}
+	return out, nil
 }

@@ -3,6 +3,7 @@ package route
 import (
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	configv1 "ambit.dev/proto/config/v1"
@@ -69,5 +70,44 @@ func TestServiceKey(t *testing.T) {
 	}
 	if got := ServiceKey("web", "x"); got != "x/web" {
 		t.Fatal(got)
+	}
+}
+
+func TestStringPrefixMatch(t *testing.T) {
+	tbl, err := Compile("shop/web", &configv1.RouteConfig{Routes: []*configv1.Route{
+		{Name: "api", Matches: []*configv1.RouteMatch{{Path: &configv1.PathMatch{Kind: &configv1.PathMatch_StringPrefix{StringPrefix: "/api"}}}}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]bool{"/api": true, "/apis": true, "/api/v1": true, "/ap": false, "/x/api": false} {
+		if got := tbl.Match(80, httptest.NewRequest("GET", path, nil)) != nil; got != want {
+			t.Errorf("%s: matched %v, want %v (Istio's uri.prefix is a string prefix)", path, got, want)
+		}
+	}
+}
+
+func TestCompileRefusesBadTrafficFields(t *testing.T) {
+	be := func(p *configv1.TrafficPolicy) []*configv1.Backend {
+		return []*configv1.Backend{{Hostname: "web.shop.svc.cluster.local", Weight: 1, Policy: p}}
+	}
+	for _, tc := range []struct {
+		r     *configv1.Route
+		field string
+	}{
+		{&configv1.Route{Redirect: &configv1.Redirect{Code: 200}}, "routes[0].redirect.code"},
+		{&configv1.Route{Redirect: &configv1.Redirect{Scheme: "ftp"}}, "routes[0].redirect.scheme"},
+		{&configv1.Route{Rewrite: &configv1.Rewrite{Path: "no-slash"}}, "routes[0].rewrite.path"},
+		{&configv1.Route{RequestHeaders: &configv1.HeaderOps{Set: map[string]string{"bad name": "x"}}}, "routes[0].request_headers.set"},
+		{&configv1.Route{Mirrors: []*configv1.Mirror{{Hostname: "m", Percentage: 101}}}, "routes[0].mirrors[0].percentage"},
+		{&configv1.Route{Retry: &configv1.Retry{On: []string{"5xx"}}}, "routes[0].retry.on[0]"},
+		{&configv1.Route{Backends: be(&configv1.TrafficPolicy{OutlierDetection: &configv1.TrafficPolicy_OutlierDetection{MaxEjectionPercent: 101}})}, "routes[0].backends[0].policy.outlier_detection.max_ejection_percent"},
+		{&configv1.Route{Backends: be(&configv1.TrafficPolicy{RetryBudget: &configv1.TrafficPolicy_RetryBudget{Percent: -1}})}, "routes[0].backends[0].policy.retry_budget.percent"},
+		{&configv1.Route{Backends: be(&configv1.TrafficPolicy{LoadBalancer: &configv1.TrafficPolicy_LoadBalancer{Simple: 42}})}, "routes[0].backends[0].policy.load_balancer.simple"},
+	} {
+		_, err := Compile("shop/web", &configv1.RouteConfig{Routes: []*configv1.Route{tc.r}})
+		if err == nil || !strings.Contains(err.Error(), tc.field) {
+			t.Errorf("%v: error %v, want one naming %s", tc.r, err, tc.field)
+		}
 	}
 }
