@@ -559,12 +559,17 @@ func (x *Index) Commit() []Change {
 		if svc != nil && len(x.istio.vsByParent[parent]) > 0 {
 			// Istio's VirtualServices win over HTTPRoutes for the same host.
 			if rc := x.istioRouteConfig(parent, svc); rc != nil {
-				w.put(configv1.RouteConfigTypeURL, parent, rc)
+				w.put(configv1.RouteConfigTypeURL, parent, applyDestinationRules(rc, x.istio.dr))
 			}
 			continue
 		}
-		if svc == nil || len(x.byParent[parent]) == 0 {
+		if svc == nil {
 			w.put(configv1.RouteConfigTypeURL, parent, nil)
+			continue
+		}
+		if len(x.byParent[parent]) == 0 {
+			// No route, but maybe a DestinationRule's policy for the Service itself.
+			w.put(configv1.RouteConfigTypeURL, parent, x.destinationRuleRouteConfig(svc))
 			continue
 		}
 		rks := slices.SortedFunc(maps.Keys(x.byParent[parent]), func(a, b key) int {
@@ -578,7 +583,7 @@ func (x *Index) Commit() []Change {
 				}
 			}
 		}
-		w.put(configv1.RouteConfigTypeURL, parent, BuildRouteConfig(Hostname(svc.Name, svc.Namespace, x.opts.Domain), svc.Namespace, att))
+		w.put(configv1.RouteConfigTypeURL, parent, applyDestinationRules(BuildRouteConfig(Hostname(svc.Name, svc.Namespace, x.opts.Domain), svc.Namespace, att), x.istio.dr))
 	}
 	x.istio.lastErrs, x.istio.newErrs = x.istio.newErrs, nil
 	x.resetDirty()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	configv1 "ambit.dev/proto/config/v1"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"ambit.dev/controller/internal/istioapi"
@@ -384,9 +385,9 @@ func ConvertIstioPeerAuthentication(pa *istioapi.PeerAuthentication) (PeerAuth, 
 type IstioRoute struct {
 	Route *configv1.Route
 	// subsets[i] is the subset name of Route.Backends[i] ("" for none) and subsetField the
-	// field that names it.
-	subsets     []string
-	subsetField []string
+	// field that names it; mirrorSubsets and mirrorFields the same for Route.Mirrors.
+	subsets, subsetField       []string
+	mirrorSubsets, mirrorField []string
 }
 
 // IstioVS is a validated VirtualService: the routes it gives each Service host.
@@ -456,29 +457,35 @@ func istioHTTPRoute(h istioapi.HTTPRoute, i int, vs *istioapi.VirtualService, op
 		field string
 		set   bool
 	}{
-		{"redirect", h.Redirect != nil}, {"directResponse", len(h.DirectResponse) > 0}, {"delegate", len(h.Delegate) > 0},
-		{"rewrite", h.Rewrite != nil}, {"mirror", h.Mirror != nil}, {"mirrors", len(h.Mirrors) > 0},
-		{"mirrorPercent", h.MirrorPercent != nil}, {"mirrorPercentage", h.MirrorPercentage != nil},
-		{"corsPolicy", len(h.CorsPolicy) > 0}, {"headers", h.Headers != nil},
+		{"directResponse", len(h.DirectResponse) > 0}, {"delegate", len(h.Delegate) > 0}, {"corsPolicy", len(h.CorsPolicy) > 0},
 	} {
 		if err := unsupported(u.field, u.set); err != nil {
 			return nil, err
 		}
-	}
-	if len(h.Route) == 0 {
-		return nil, &fieldErr{base + ".route", fmt.Errorf("empty: a rule needs a route")}
 	}
 	name := h.Name
 	if name == "" {
 		name = fmt.Sprintf("%s/%s/%d", vs.Namespace, vs.Name, i)
 	}
 	r := &configv1.Route{Name: name}
+	var ir IstioRoute
+	if err := istioL7(h, base, vs.Namespace, opts, r, &ir); err != nil {
+		return nil, err
+	}
+	if len(h.Route) == 0 && r.Redirect == nil {
+		return nil, &fieldErr{base + ".route", fmt.Errorf("empty: a rule needs a route or a redirect")}
+	}
 	var subsets, subsetFields []string
 	sum := int32(0)
 	for j, d := range h.Route {
 		f := fmt.Sprintf("%s.route[%d]", base, j)
 		if d.Headers != nil {
-			return nil, &fieldErr{f + ".headers", fmt.Errorf("not supported")}
+			if len(h.Route) > 1 {
+				return nil, &fieldErr{f + ".headers", fmt.Errorf("not supported with more than one destination (put them on the rule)")}
+			}
+			if err := mergeHeaders(r, d.Headers, f+".headers"); err != nil {
+				return nil, err
+			}
 		}
 		if d.Destination.Host == "" {
 			return nil, &fieldErr{f + ".destination.host", fmt.Errorf("empty")}
@@ -502,6 +509,7 @@ func istioHTTPRoute(h istioapi.HTTPRoute, i int, vs *istioapi.VirtualService, op
 		subsetFields = append(subsetFields, f+".destination.subset")
 	}
 	switch {
+	case len(h.Route) == 0: // a redirect
 	case len(h.Route) == 1 && sum == 0:
 		r.Backends[0].Weight = 100 // one destination takes everything
 	case sum != 100:
@@ -549,12 +557,12 @@ func istioHTTPRoute(h istioapi.HTTPRoute, i int, vs *istioapi.VirtualService, op
 		if err != nil {
 			return nil, err
 		}
-		rr := cloneRoute(r)
+		rr := proto.Clone(r).(*configv1.Route)
 		rr.Matches = []*configv1.RouteMatch{mr}
 		if port != 0 {
 			rr.Ports = []uint32{port}
 		}
-		out = append(out, IstioRoute{Route: rr, subsets: subsets, subsetField: subsetFields})
+		out = append(out, IstioRoute{Route: rr, subsets: subsets, subsetField: subsetFields, mirrorSubsets: ir.mirrorSubsets, mirrorField: ir.mirrorField})
 	}
 	return out, nil
 }
@@ -642,6 +650,7 @@ func istioRetry(rt *istioapi.HTTPRetry, base string) (*configv1.Retry, time.Dura
 		on = "connect-failure,refused-stream,retriable-status-codes" // Istio's default, less gRPC's
 	}
 	seen := map[uint32]bool{}
+	var reset, connect bool
 	add := func(c uint32) {
 		if !seen[c] {
 			seen[c] = true
@@ -650,6 +659,12 @@ func istioRetry(rt *istioapi.HTTPRetry, base string) (*configv1.Retry, time.Dura
 	}
 	for _, c := range strings.Split(on, ",") {
 		c = strings.TrimSpace(c)
+		switch c {
+		case "5xx", "gateway-error", "reset", "refused-stream":
+			reset, connect = true, true // Envoy counts resets and connect failures among these
+		case "connect-failure":
+			connect = true
+		}
 		if codes, ok := istioRetryOn[c]; ok {
 			for _, x := range codes {
 				add(x)
@@ -666,6 +681,13 @@ func istioRetry(rt *istioapi.HTTPRetry, base string) (*configv1.Retry, time.Dura
 		return nil, 0, &fieldErr{base + ".retryOn", fmt.Errorf("%q is not supported (5xx, gateway-error, reset, connect-failure, refused-stream, retriable-status-codes, or a status code)", c)}
 	}
 	slices.Sort(out.Codes)
+	// Connect failures are always retried under a retry policy (nothing was sent); resets
+	// only when a condition asks for them.
+	_ = connect
+	out.On = []string{"connect-failure"}
+	if reset {
+		out.On = []string{"connect-failure", "reset"}
+	}
 	var perTry time.Duration
 	if rt.PerTryTimeout != "" {
 		d, err := istioDuration(rt.PerTryTimeout)
@@ -758,6 +780,9 @@ type IstioDR struct {
 	// Host is the Service hostname the rule is for.
 	Host    string
 	Subsets map[string]map[string]string // name → labels
+	// Policy is the host's trafficPolicy, SubsetPolicy each subset's merged over it.
+	Policy       *configv1.TrafficPolicy
+	SubsetPolicy map[string]*configv1.TrafficPolicy
 }
 
 // ConvertDestinationRule validates a DestinationRule. Traffic policies the waypoint does not
@@ -777,8 +802,10 @@ func ConvertDestinationRule(dr *istioapi.DestinationRule, opts Options) (*IstioD
 		return nil, bad("spec.workloadSelector", "not supported")
 	}
 	out := &IstioDR{Namespace: dr.Namespace, Name: dr.Name, Created: dr.CreationTimestamp.Time,
-		Host: ResolveHost(sp.Host, dr.Namespace, opts.Domain), Subsets: map[string]map[string]string{}}
-	if err := istioTrafficPolicy(sp.TrafficPolicy, "spec.trafficPolicy"); err != nil {
+		Host: ResolveHost(sp.Host, dr.Namespace, opts.Domain), Subsets: map[string]map[string]string{},
+		SubsetPolicy: map[string]*configv1.TrafficPolicy{}}
+	var err error
+	if out.Policy, err = istioTrafficPolicy(sp.TrafficPolicy, "spec.trafficPolicy"); err != nil {
 		e := err.(*fieldErr)
 		return nil, bad(e.field, "%w", e.err)
 	}
@@ -790,36 +817,18 @@ func ConvertDestinationRule(dr *istioapi.DestinationRule, opts Options) (*IstioD
 		if _, dup := out.Subsets[s.Name]; dup {
 			return nil, bad(f+".name", "%q is defined twice", s.Name)
 		}
-		if err := istioTrafficPolicy(s.TrafficPolicy, f+".trafficPolicy"); err != nil {
+		sp, err := istioTrafficPolicy(s.TrafficPolicy, f+".trafficPolicy")
+		if err != nil {
 			e := err.(*fieldErr)
 			return nil, bad(e.field, "%w", e.err)
 		}
+		out.SubsetPolicy[s.Name] = mergePolicy(out.Policy, sp)
 		out.Subsets[s.Name] = maps.Clone(s.Labels)
 		if out.Subsets[s.Name] == nil {
 			out.Subsets[s.Name] = map[string]string{}
 		}
 	}
 	return out, nil
-}
-
-func istioTrafficPolicy(tp *istioapi.TrafficPolicy, base string) error {
-	if tp == nil {
-		return nil
-	}
-	for _, u := range []struct {
-		field string
-		set   bool
-	}{
-		{"loadBalancer", tp.LoadBalancer != nil}, {"connectionPool", tp.ConnectionPool != nil},
-		{"outlierDetection", tp.OutlierDetection != nil}, {"tls", len(tp.TLS) > 0},
-		{"portLevelSettings", len(tp.PortLevelSettings) > 0}, {"tunnel", len(tp.Tunnel) > 0},
-		{"proxyProtocol", len(tp.ProxyProtocol) > 0}, {"retryBudget", tp.RetryBudget != nil},
-	} {
-		if u.set {
-			return &fieldErr{base + "." + u.field, fmt.Errorf("not supported")}
-		}
-	}
-	return nil
 }
 
 // resolveIstioRoutes gives the routes of the VirtualServices attached to one parent their
@@ -835,21 +844,26 @@ func resolveIstioRoutes(vss []*IstioVS, parent string, drs map[key]*IstioDR) ([]
 	var out []*configv1.Route
 	for _, vs := range vss {
 		for _, ir := range vs.Parents[parent] {
-			r := cloneRoute(ir.Route)
-			r.Ports, r.Backends = ir.Route.Ports, nil
-			for i, b := range ir.Route.Backends {
-				sub := ir.subsets[i]
-				if sub == "" {
-					r.Backends = append(r.Backends, b)
-					continue
+			r := proto.Clone(ir.Route).(*configv1.Route)
+			for i, b := range r.Backends {
+				if sub := ir.subsets[i]; sub != "" {
+					labels, ok := findSubset(drs, b.Hostname, sub)
+					if !ok {
+						return nil, objErr(KindIstioVirtualService, vs.Namespace, vs.Name, ir.subsetField[i],
+							"%q is not a subset of any DestinationRule for host %s", sub, b.Hostname)
+					}
+					b.Subset, b.SubsetName = labels, sub
 				}
-				labels, ok := findSubset(drs, b.Hostname, sub)
-				if !ok {
-					return nil, objErr(KindIstioVirtualService, vs.Namespace, vs.Name, ir.subsetField[i],
-						"%q is not a subset of any DestinationRule for host %s", sub, b.Hostname)
+			}
+			for i, m := range r.Mirrors {
+				if sub := ir.mirrorSubsets[i]; sub != "" {
+					labels, ok := findSubset(drs, m.Hostname, sub)
+					if !ok {
+						return nil, objErr(KindIstioVirtualService, vs.Namespace, vs.Name, ir.mirrorField[i],
+							"%q is not a subset of any DestinationRule for host %s", sub, m.Hostname)
+					}
+					m.Subset, m.SubsetName = labels, sub
 				}
-				nb := &configv1.Backend{Hostname: b.Hostname, Port: b.Port, Weight: b.Weight, Subset: labels, SubsetName: sub}
-				r.Backends = append(r.Backends, nb)
 			}
 			out = append(out, r)
 		}
@@ -860,6 +874,16 @@ func resolveIstioRoutes(vss []*IstioVS, parent string, drs map[key]*IstioDR) ([]
 // findSubset looks the subset up in the DestinationRules of host: the one in the host's
 // namespace first, then the oldest, then by namespace/name.
 func findSubset(drs map[key]*IstioDR, host, subset string) (map[string]string, bool) {
+	best := findDR(drs, host)
+	if best == nil {
+		return nil, false
+	}
+	l, ok := best.Subsets[subset]
+	return l, ok
+}
+
+// findDR returns the DestinationRule that applies to host, or nil.
+func findDR(drs map[key]*IstioDR, host string) *IstioDR {
 	hostNS := ""
 	if parts := strings.SplitN(host, ".", 3); len(parts) == 3 {
 		hostNS = parts[1]
@@ -890,9 +914,37 @@ func findSubset(drs map[key]*IstioDR, host, subset string) (map[string]string, b
 			best = dr
 		}
 	}
-	if best == nil {
-		return nil, false
+	return best
+}
+
+// applyDestinationRules gives each backend of rc the traffic policy of its host's
+// DestinationRule (its subset's, merged over the host's). rc is not modified: routes that
+// change are copies.
+func applyDestinationRules(rc *configv1.RouteConfig, drs map[key]*IstioDR) *configv1.RouteConfig {
+	if len(drs) == 0 || rc == nil {
+		return rc
 	}
-	l, ok := best.Subsets[subset]
-	return l, ok
+	out := &configv1.RouteConfig{Hostname: rc.Hostname, Namespace: rc.Namespace, Routes: slices.Clone(rc.Routes)}
+	for i, r := range out.Routes {
+		var cloned *configv1.Route
+		for j, b := range r.Backends {
+			dr := findDR(drs, b.Hostname)
+			if dr == nil {
+				continue
+			}
+			pol := dr.Policy
+			if b.SubsetName != "" {
+				pol = dr.SubsetPolicy[b.SubsetName]
+			}
+			if pol == nil {
+				continue
+			}
+			if cloned == nil {
+				cloned = proto.Clone(r).(*configv1.Route)
+				out.Routes[i] = cloned
+			}
+			cloned.Backends[j].Policy = pol
+		}
+	}
+	return out
 }

@@ -55,8 +55,12 @@ func (x *Index) upsertIstio(obj runtime.Object) (handled bool, err error) {
 			return true, x.setErr(KindIstioDestinationRule, o.Namespace, o.Name, err)
 		}
 		x.setErr(KindIstioDestinationRule, o.Namespace, o.Name, nil)
+		if old := x.istio.dr[key{o.Namespace, o.Name}]; old != nil {
+			x.dirtyHost(old.Host)
+		}
 		x.istio.dr[key{o.Namespace, o.Name}] = dr
 		x.dirtyAllIstioRoutes()
+		x.dirtyHost(dr.Host)
 	case *istioapi.AuthorizationPolicy:
 		a, err := ConvertIstioAuthorizationPolicy(o, x.opts)
 		if err != nil {
@@ -96,10 +100,37 @@ func (x *Index) putAuthz(k key, a *configv1.Authorization) {
 	}
 }
 
+// dirtyAllIstioRoutes marks every RouteConfig a DestinationRule can change: those of
+// VirtualServices (subsets) and of HTTPRoutes (traffic policies).
 func (x *Index) dirtyAllIstioRoutes() {
 	for p := range x.istio.vsByParent {
 		x.dirtyRoutes[p] = struct{}{}
 	}
+	for p := range x.byParent {
+		x.dirtyRoutes[p] = struct{}{}
+	}
+}
+
+// dirtyHost marks the RouteConfig of the Service with hostname host, if it is one.
+func (x *Index) dirtyHost(host string) {
+	if p, ok := serviceOfHost(host, x.opts.Domain); ok {
+		x.dirtyRoutes[p] = struct{}{}
+	}
+}
+
+// destinationRuleRouteConfig is the RouteConfig of a Service no route names: one route to
+// the Service itself with its DestinationRule's policy, or nil when no rule sets one.
+func (x *Index) destinationRuleRouteConfig(svc *corev1.Service) *configv1.RouteConfig {
+	host := Hostname(svc.Name, svc.Namespace, x.opts.Domain)
+	dr := findDR(x.istio.dr, host)
+	if dr == nil || dr.Policy == nil {
+		return nil
+	}
+	return &configv1.RouteConfig{Hostname: host, Namespace: svc.Namespace, Routes: []*configv1.Route{{
+		Name:     dr.Namespace + "/" + dr.Name,
+		Matches:  []*configv1.RouteMatch{{}},
+		Backends: []*configv1.Backend{{Hostname: host, Weight: 1, Policy: dr.Policy}},
+	}}}
 }
 
 func (x *Index) unlinkVS(k key) {
@@ -121,9 +152,10 @@ func (x *Index) deleteIstio(kind, ns, name string) {
 	case KindIstioVirtualService:
 		x.unlinkVS(key{ns, name})
 	case KindIstioDestinationRule:
-		if _, ok := x.istio.dr[key{ns, name}]; ok {
+		if old, ok := x.istio.dr[key{ns, name}]; ok {
 			delete(x.istio.dr, key{ns, name})
 			x.dirtyAllIstioRoutes()
+			x.dirtyHost(old.Host)
 		}
 	case KindIstioAuthorizationPolicy:
 		x.putAuthz(key{ns, istioPrefix + name}, nil)

@@ -123,7 +123,7 @@ func TestVirtualServiceSubsets(t *testing.T) {
 				{Hostname: "web.demo.svc.cluster.local", Weight: 80, Subset: v1, SubsetName: "v1"},
 				{Hostname: "web.demo.svc.cluster.local", Port: 80, Weight: 20, Subset: v2, SubsetName: "v2"}},
 			Timeouts: &configv1.Timeouts{Request: durationOf("5s"), BackendRequest: durationOf("2s")},
-			Retry:    &configv1.Retry{Attempts: 3, Codes: []uint32{409, 502, 503, 504}}},
+			Retry:    &configv1.Retry{Attempts: 3, Codes: []uint32{409, 502, 503, 504}, On: []string{"connect-failure", "reset"}}},
 	}}
 	wantProto(t, "RouteConfig", want, rc)
 }
@@ -187,7 +187,8 @@ func TestVirtualServiceErrors(t *testing.T) {
 		{"weights", "weight: 20}", "weight: 10}", "spec.http[1].route", "add up to 90, not 100"},
 		{"regex", `{exact: "true"}`, `{regex: "t.*"}`, "spec.http[0].match[0].headers[x-canary]", "only exact"},
 		{"uri regex", `- headers: {x-canary: {exact: "true"}}`, `- uri: {regex: "/a.*"}`, "spec.http[0].match[0].uri.regex", "regular expressions"},
-		{"mirror", "  - name: canary\n", "  - name: canary\n    mirror: {host: web}\n", "spec.http[0].mirror", "not supported"},
+		{"cors", "  - name: canary\n", "  - name: canary\n    corsPolicy: {allowOrigins: [{exact: x}]}\n", "spec.http[0].corsPolicy", "not supported"},
+		{"redirect with route", "  - name: canary\n", "  - name: canary\n    redirect: {uri: /x}\n", "spec.http[0].redirect", "mutually exclusive"},
 		{"retryOn", "gateway-error,", "retriable-4xx,", "spec.http[1].retries.retryOn", `"retriable-4xx"`},
 		{"wildcard host", "hosts: [web]", `hosts: ["*.demo.svc.cluster.local"]`, "spec.hosts[0]", "wildcard"},
 		{"tcp", "  hosts: [web]\n", "  hosts: [web]\n  tcp: [{route: [{destination: {host: web}}]}]\n", "spec.tcp", "not supported"},
@@ -208,8 +209,10 @@ func TestVirtualServiceErrors(t *testing.T) {
 			}
 		})
 	}
-	_, err := ConvertDestinationRule(istioObj[*istioapi.DestinationRule](t, webDR+"  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n"), Options{}.WithDefaults())
-	wantObjErr(t, err, KindIstioDestinationRule, "demo", "web", "spec.trafficPolicy.tls")
+	_, err := ConvertDestinationRule(istioObj[*istioapi.DestinationRule](t, webDR+"  trafficPolicy: {tls: {mode: SIMPLE}}\n"), Options{}.WithDefaults())
+	wantObjErr(t, err, KindIstioDestinationRule, "demo", "web", "spec.trafficPolicy.tls.mode")
+	_, err = ConvertDestinationRule(istioObj[*istioapi.DestinationRule](t, webDR+"  trafficPolicy: {connectionPool: {tcp: {connectTimeout: 1s}}}\n"), Options{}.WithDefaults())
+	wantObjErr(t, err, KindIstioDestinationRule, "demo", "web", "spec.trafficPolicy.connectionPool.tcp.connectTimeout")
 }
 
 func TestIstioAuthorizationPolicy(t *testing.T) {
@@ -301,4 +304,112 @@ spec:
 	if _, ok := x.For(Proxy{Kind: KindZtunnel, Node: "node-a"})[configv1.AuthorizationTypeURL]["demo/istio-peerauthn:web"]; ok {
 		t.Fatal("the plaintext policy outlived its PeerAuthentication")
 	}
+}
+
+const policyDR = `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: demo}
+spec:
+  host: web.demo.svc.cluster.local
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+    connectionPool:
+      tcp: {maxConnections: 10}
+      http: {http1MaxPendingRequests: 5, maxRetries: 3}
+    outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 15s, maxEjectionPercent: 50, interval: 5s}
+    retryBudget: {percent: 25, minRetryConcurrency: 2}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN}
+`
+
+func TestDestinationRulePolicies(t *testing.T) {
+	dr := istioObj[*istioapi.DestinationRule](t, policyDR)
+	hostPol := &configv1.TrafficPolicy{
+		LoadBalancer:     &configv1.TrafficPolicy_LoadBalancer{HashHeader: "x-user"},
+		ConnectionPool:   &configv1.TrafficPolicy_ConnectionPool{MaxConnections: 10, MaxPendingRequests: 5, MaxRetries: 3},
+		OutlierDetection: &configv1.TrafficPolicy_OutlierDetection{Consecutive_5Xx: 2, BaseEjectionTime: durationOf("15s"), MaxEjectionPercent: 50},
+		RetryBudget:      &configv1.TrafficPolicy_RetryBudget{Percent: 25, MinRetryConcurrency: 2},
+	}
+	v2Pol := proto.Clone(hostPol).(*configv1.TrafficPolicy)
+	v2Pol.LoadBalancer = &configv1.TrafficPolicy_LoadBalancer{Simple: configv1.TrafficPolicy_LoadBalancer_ROUND_ROBIN}
+
+	// The Service alone: a route to itself with the host's policy.
+	x := istioTestIndex(t, dr)
+	wantProto(t, "RouteConfig of a DestinationRule alone", &configv1.RouteConfig{Hostname: "web.demo.svc.cluster.local", Namespace: "demo", Routes: []*configv1.Route{{
+		Name: "demo/web", Matches: []*configv1.RouteMatch{{}}, Backends: []*configv1.Backend{{Hostname: "web.demo.svc.cluster.local", Weight: 1, Policy: hostPol}},
+	}}}, routeConfig(x))
+
+	// An HTTPRoute's backends get their hosts' policies (web-v1 has no DestinationRule).
+	hr := webRoute()
+	hr.Spec.Rules[0].BackendRefs[1].Name = "web"
+	if err := x.Upsert(hr); err != nil {
+		t.Fatal(err)
+	}
+	x.Commit()
+	bs := routeConfig(x).Routes[0].Backends
+	if bs[0].Policy != nil || !proto.Equal(bs[1].Policy, hostPol) {
+		t.Fatalf("HTTPRoute backends %v", bs)
+	}
+
+	// A VirtualService's subsets get the subset's policy merged over the host's.
+	if err := x.Upsert(istioObj[*istioapi.VirtualService](t, webVS)); err != nil {
+		t.Fatal(err)
+	}
+	x.Commit()
+	split := routeConfig(x).Routes[1]
+	wantProto(t, "v1", hostPol, split.Backends[0].Policy)
+	wantProto(t, "v2", v2Pol, split.Backends[1].Policy)
+
+	// Deleting the DestinationRule takes the policies away (and the subsets: last good kept).
+	if err := x.Delete(dr); err != nil {
+		t.Fatal(err)
+	}
+	x.Commit()
+	if len(x.Errors()) != 1 {
+		t.Fatalf("errors %v; want the VirtualService's subsets reported", x.Errors())
+	}
+}
+
+func TestVirtualServiceL7(t *testing.T) {
+	vs := istioObj[*istioapi.VirtualService](t, `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: demo}
+spec:
+  hosts: [web]
+  http:
+  - name: moved
+    match: [{uri: {exact: /old}}]
+    redirect: {uri: /new, authority: www.example.com, redirectCode: 308}
+  - name: api
+    match: [{uri: {prefix: /v1/}}]
+    rewrite: {uri: /api/, authority: api.internal}
+    headers:
+      request: {set: {x-env: prod}, remove: [x-debug]}
+      response: {add: {x-served-by: waypoint}}
+    route: [{destination: {host: web, subset: v1}, headers: {request: {set: {x-subset: v1}}}}]
+    mirror: {host: web, subset: v2}
+    mirrorPercentage: {value: 12.5}
+`)
+	x := istioTestIndex(t, istioObj[*istioapi.DestinationRule](t, webDR), vs)
+	rc := routeConfig(x)
+	if rc == nil || len(rc.Routes) != 2 {
+		t.Fatalf("RouteConfig %v (errors %v)", rc, x.Errors())
+	}
+	wantProto(t, "redirect", &configv1.Route{Name: "moved", Matches: []*configv1.RouteMatch{{Path: &configv1.PathMatch{Kind: &configv1.PathMatch_Exact{Exact: "/old"}}}},
+		Redirect: &configv1.Redirect{Path: "/new", Authority: "www.example.com", Code: 308}}, rc.Routes[0])
+	wantProto(t, "api", &configv1.Route{Name: "api", Matches: []*configv1.RouteMatch{{Path: &configv1.PathMatch{Kind: &configv1.PathMatch_StringPrefix{StringPrefix: "/v1/"}}}},
+		Backends:        []*configv1.Backend{{Hostname: "web.demo.svc.cluster.local", Weight: 100, Subset: map[string]string{"version": "v1"}, SubsetName: "v1"}},
+		Rewrite:         &configv1.Rewrite{Path: "/api/", Authority: "api.internal"},
+		RequestHeaders:  &configv1.HeaderOps{Set: map[string]string{"x-env": "prod", "x-subset": "v1"}, Remove: []string{"x-debug"}},
+		ResponseHeaders: &configv1.HeaderOps{Add: map[string]string{"x-served-by": "waypoint"}},
+		Mirrors:         []*configv1.Mirror{{Hostname: "web.demo.svc.cluster.local", Percentage: 12.5, Subset: map[string]string{"version": "v2"}, SubsetName: "v2"}},
+	}, rc.Routes[1])
 }
