@@ -44,6 +44,8 @@ func TestControllerRBAC(t *testing.T) {
 		{"apps", "deployments", true},
 		{"gateway.networking.k8s.io", "gateways", false}, {"gateway.networking.k8s.io", "httproutes", false},
 		{"security.ambit.dev", "authorizationpolicies", false}, {"security.ambit.dev", "peerauthentications", false},
+		{"networking.istio.io", "virtualservices", false}, {"networking.istio.io", "destinationrules", false},
+		{"security.istio.io", "authorizationpolicies", false}, {"security.istio.io", "peerauthentications", false},
 	} {
 		for _, verb := range []string{"get", "list", "watch"} {
 			allow(verb, r.group, r.resource, "")     // cluster-wide

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -284,4 +285,48 @@ spec:
 		}
 		return nil
 	})
+}
+
+// TestExamplePoliciesValid: every policy in examples/policies decodes strictly and converts
+// without an error (the docs point users at them).
+func TestExamplePoliciesValid(t *testing.T) {
+	files, err := filepath.Glob("../../../examples/policies/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("examples: %v %v", files, err)
+	}
+	dir := t.TempDir()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(t, dir, filepath.Base(f), string(b))
+	}
+	write(t, dir, "services.yaml", `apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: demo}
+spec: {selector: {app: server}, ports: [{name: http, port: 80}]}
+`)
+	s, logs := newTestStore(t)
+	runStore(t, s)
+	f, err := NewFolder(dir, s, slogFrom(logs), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Scan(); err != nil {
+		t.Fatal(err)
+	}
+	// The model has committed once the Service's RouteConfig (from istio-canary.yaml) exists.
+	wait.Until(t, 5*time.Second, "committed", func() error {
+		if s.Index().Generation() == 0 {
+			return fmt.Errorf("nothing committed yet")
+		}
+		return nil
+	})
+	if errs := s.Index().Errors(); len(errs) > 0 {
+		t.Fatalf("invalid: %v", errs)
+	}
+	if out := logs.String(); strings.Contains(out, "level=ERROR") || strings.Contains(out, "level=WARN") {
+		t.Fatalf("logs:\n%s", out)
+	}
 }
