@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,7 +15,11 @@ import (
 // callWith makes one request from pod with extra headers and returns the status and the
 // echo's pod.
 func callWith(from *PodState, url string, header http.Header) (int, string, error) {
-	req, err := http.NewRequest("GET", url+"?format=json", nil)
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	req, err := http.NewRequest("GET", url+sep+"format=json", nil)
 	if err != nil {
 		return 0, "", err
 	}
@@ -89,4 +94,82 @@ func TestLabWaypointIstioSplit(t *testing.T) {
 		t.Fatalf("200 requests with x-canary: true went to %v, want all to demo/web-v2", c)
 	}
 	t.Logf("x-canary: true: %v", c)
+}
+
+// TestLabWaypointIstioAuthorization: Istio's AuthorizationPolicy, with a serviceAccounts
+// source, a path wildcard and a when condition on a request header, enforced by the
+// waypoint.
+func TestLabWaypointIstioAuthorization(t *testing.T) {
+	st := webWaypoint(t)
+	client, other := pod(t, st, "demo", "client"), pod(t, st, "demo", "other")
+	apply(t, "testdata/policies/web-istio-authz.yaml")
+	post := func(from *PodState, token string) int {
+		req, _ := http.NewRequest("POST", "http://"+webVIP+"/admin", nil)
+		if token != "" {
+			req.Header.Set("X-Token", token)
+		}
+		resp, err := Client(from.NetNS, 5*time.Second).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	wait.Until(t, settle, "the policy in force", func() error {
+		if code := post(client, ""); code != http.StatusForbidden {
+			return fmt.Errorf("POST /admin from client without the token: %d, want 403", code)
+		}
+		return nil
+	})
+	for _, from := range []*PodState{client, other} {
+		if code, _, err := callWith(from, "http://"+webVIP+"/public/index.html", nil); err != nil || code != 200 {
+			t.Fatalf("GET /public/index.html from %s: %d, %v", from.Name, code, err)
+		}
+	}
+	if code, _, err := callWith(client, "http://"+webVIP+"/private", nil); err != nil || code != http.StatusForbidden {
+		t.Fatalf("GET /private: %d, %v; want 403", code, err)
+	}
+	if code := post(client, "letmein"); code != 200 {
+		t.Fatalf("POST /admin from client with the token: %d, want 200", code)
+	}
+	if code := post(other, "letmein"); code != http.StatusForbidden {
+		t.Fatalf("POST /admin from other with the token: %d, want 403", code)
+	}
+}
+
+// TestLabWaypointIstioOutlierDetection: a DestinationRule's outlierDetection on a Service no
+// route names: the waypoint ejects the endpoint that fails and the rest succeed.
+func TestLabWaypointIstioOutlierDetection(t *testing.T) {
+	st := webWaypoint(t)
+	client := pod(t, st, "demo", "client")
+	apply(t, "testdata/policies/web-istio-outlier.yaml")
+	wait.Until(t, settle, "the DestinationRule in the waypoint's config", func() error {
+		return waypointHasWeights("demo/web", 1)
+	})
+	bad := "http://" + webVIP + "/flaky/100"
+	failures := 0
+	for i := 0; i < 60; i++ {
+		code, p, err := callWith(client, bad+"?pods=demo/web-v1", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code != 200 {
+			failures++
+			if p != "demo/web-v1" {
+				t.Fatalf("a failure from %q", p)
+			}
+		}
+	}
+	// The requests are sequential and not retried: web-v1 fails exactly 3 in a row (the
+	// DestinationRule's threshold, not the waypoint's default of 5), then every request goes
+	// to web-v2.
+	if failures != 3 {
+		t.Fatalf("%d of 60 requests failed; want 3, the ejection threshold", failures)
+	}
+	for i := 0; i < 30; i++ {
+		if code, p, err := callWith(client, bad+"?pods=demo/web-v1", nil); err != nil || code != 200 || p != "demo/web-v2" {
+			t.Fatalf("after the ejection: %d from %q, %v", code, p, err)
+		}
+	}
+	t.Logf("web-v1 failed %d requests before it was ejected", failures)
 }

@@ -569,7 +569,11 @@ func (x *Index) Commit() []Change {
 		}
 		if len(x.byParent[parent]) == 0 {
 			// No route, but maybe a DestinationRule's policy for the Service itself.
-			w.put(configv1.RouteConfigTypeURL, parent, x.destinationRuleRouteConfig(svc))
+			if rc := x.destinationRuleRouteConfig(svc); rc != nil {
+				w.put(configv1.RouteConfigTypeURL, parent, rc)
+			} else {
+				w.put(configv1.RouteConfigTypeURL, parent, nil) // not a typed nil
+			}
 			continue
 		}
 		rks := slices.SortedFunc(maps.Keys(x.byParent[parent]), func(a, b key) int {

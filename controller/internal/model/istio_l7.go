@@ -272,11 +272,9 @@ func istioTrafficPolicy(tp *istioapi.TrafficPolicy, base string) (*configv1.Traf
 			}
 		}
 		o := &configv1.TrafficPolicy_OutlierDetection{}
-		switch {
-		case od.Consecutive5xxErrors != nil:
+		o.Consecutive_5Xx = 5 // Istio's default; 0 turns it off
+		if od.Consecutive5xxErrors != nil {
 			o.Consecutive_5Xx = *od.Consecutive5xxErrors
-		case od.ConsecutiveGatewayErrors == nil && od.ConsecutiveErrors == 0:
-			o.Consecutive_5Xx = 5 // Istio's default
 		}
 		if od.ConsecutiveGatewayErrors != nil {
 			o.ConsecutiveGatewayErrors = *od.ConsecutiveGatewayErrors

@@ -413,3 +413,15 @@ spec:
 		Mirrors:         []*configv1.Mirror{{Hostname: "web.demo.svc.cluster.local", Percentage: 12.5, Subset: map[string]string{"version": "v2"}, SubsetName: "v2"}},
 	}, rc.Routes[1])
 }
+
+// TestNoRouteNoRouteConfig: a Service without routes or a DestinationRule policy has no
+// RouteConfig (an empty one would answer 404 to everything).
+func TestNoRouteNoRouteConfig(t *testing.T) {
+	x := istioTestIndex(t, istioObj[*istioapi.DestinationRule](t, webDR))
+	if rc := routeConfig(x); rc != nil {
+		t.Fatalf("RouteConfig %v for a Service without routes", rc)
+	}
+	if _, ok := x.For(Proxy{Kind: KindWaypoint, Namespace: "demo", Name: "wp"})[configv1.RouteConfigTypeURL][webRC]; ok {
+		t.Fatal("a RouteConfig resource exists")
+	}
+}
