@@ -183,7 +183,11 @@ func (k *Kube) istioResources() map[string]schema.GroupVersionResource {
 // fromUnstructured converts strictly: an unknown field is an error that names it.
 func fromUnstructured[T runtime.Object](u *unstructured.Unstructured, out T) (runtime.Object, error) {
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(u.Object, out, true); err != nil {
-		return nil, fmt.Errorf("%s %s/%s: %w", u.GetKind(), u.GetNamespace(), u.GetName(), err)
+		kind := u.GetKind()
+		if gk := u.GroupVersionKind().GroupKind(); strings.HasSuffix(gk.Group, ".istio.io") {
+			kind = gk.String() // apart from ambit's kinds of the same name
+		}
+		return nil, fmt.Errorf("%s %s/%s: %w", kind, u.GetNamespace(), u.GetName(), err)
 	}
 	return out, nil
 }

@@ -181,7 +181,7 @@ func TestKubeSourceIstio(t *testing.T) {
 		}
 		return nil
 	})
-	if out := logs.String(); !contains(out, "AuthorizationPolicy", "unknown-field", `unknown field \"spec.rules[0].from[0].source.principal\"`) ||
+	if out := logs.String(); !contains(out, "AuthorizationPolicy.security.istio.io demo/unknown-field", `unknown field \"spec.rules[0].from[0].source.principal\"`) ||
 		!contains(out, "DestinationRule", "not watched") {
 		t.Fatalf("logs do not name the unknown field and the kinds not served:\n%s", out)
 	}
