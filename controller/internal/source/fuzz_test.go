@@ -14,6 +14,9 @@ import (
 // may panic, and whatever decodes must be accepted or refused with an error.
 func FuzzFolderDecode(f *testing.F) {
 	seeds, _ := filepath.Glob("../../../examples/lab-config/*.yaml")
+	policies, _ := filepath.Glob("../../../examples/policies/*.yaml") // Istio's kinds among them
+	labPolicies, _ := filepath.Glob("../../lab/testdata/policies/*.yaml")
+	seeds = append(append(seeds, policies...), labPolicies...)
 	for _, p := range seeds {
 		if b, err := os.ReadFile(p); err == nil {
 			f.Add(b)
