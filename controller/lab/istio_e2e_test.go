@@ -173,3 +173,25 @@ func TestLabWaypointIstioOutlierDetection(t *testing.T) {
 	}
 	t.Logf("web-v1 failed %d requests before it was ejected", failures)
 }
+
+// TestLabIstioPeerAuthenticationPortLevel: Istio's PeerAuthentication STRICT with one port
+// PERMISSIVE: plaintext from outside the mesh is refused on 8080 and let in on 9000, and
+// mesh traffic flows on both.
+func TestLabIstioPeerAuthenticationPortLevel(t *testing.T) {
+	st := e2eLab(t)
+	setEnrolled(t, st, "demo", true)
+	settled(t, st)
+	outsider, client, server := pod(t, st, "outside", "outsider"), pod(t, st, "demo", "client"), pod(t, st, "demo", "server")
+	url := "http://" + server.IP + ":8080/"
+	apply(t, "testdata/policies/server-istio-peerauthn.yaml")
+	wait.Until(t, settle, "plaintext refused on 8080", func() error { _, err := get(outsider, url); return refused(err) })
+	if err := tcpEcho(outsider, server.IP+":9000"); err != nil {
+		t.Fatalf("plaintext on the PERMISSIVE port 9000: %v", err)
+	}
+	if _, err := get(client, url); err != nil {
+		t.Fatalf("the client over HBONE on 8080: %v", err)
+	}
+	if err := tcpEcho(client, server.IP+":9000"); err != nil {
+		t.Fatalf("the client over HBONE on 9000: %v", err)
+	}
+}
