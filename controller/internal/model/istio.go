@@ -632,6 +632,12 @@ var istioRetryOn = map[string][]uint32{
 	"reset":                  nil,
 	"retriable-status-codes": nil, // the codes are the numbers listed beside it
 	"refused-stream":         nil, // an HTTP/2 REFUSED_STREAM is a reset
+	"retriable-4xx":          {409},
+}
+
+// istioRetryOnGRPC maps retryOn's gRPC conditions to the status codes retried.
+var istioRetryOnGRPC = map[string]uint32{
+	"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8, "internal": 13, "unavailable": 14,
 }
 
 func istioRetry(rt *istioapi.HTTPRetry, base string) (*configv1.Retry, time.Duration, error) {
@@ -647,7 +653,7 @@ func istioRetry(rt *istioapi.HTTPRetry, base string) (*configv1.Retry, time.Dura
 	}
 	on := rt.RetryOn
 	if on == "" {
-		on = "connect-failure,refused-stream,retriable-status-codes" // Istio's default, less gRPC's
+		on = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes" // Istio's default
 	}
 	seen := map[uint32]bool{}
 	var reset, connect bool
@@ -665,6 +671,12 @@ func istioRetry(rt *istioapi.HTTPRetry, base string) (*configv1.Retry, time.Dura
 		case "connect-failure":
 			connect = true
 		}
+		if g, ok := istioRetryOnGRPC[c]; ok {
+			if !slices.Contains(out.GrpcCodes, g) {
+				out.GrpcCodes = append(out.GrpcCodes, g)
+			}
+			continue
+		}
 		if codes, ok := istioRetryOn[c]; ok {
 			for _, x := range codes {
 				add(x)
@@ -678,9 +690,10 @@ func istioRetry(rt *istioapi.HTTPRetry, base string) (*configv1.Retry, time.Dura
 			add(uint32(n))
 			continue
 		}
-		return nil, 0, &fieldErr{base + ".retryOn", fmt.Errorf("%q is not supported (5xx, gateway-error, reset, connect-failure, refused-stream, retriable-status-codes, or a status code)", c)}
+		return nil, 0, &fieldErr{base + ".retryOn", fmt.Errorf("%q is not supported (5xx, gateway-error, reset, connect-failure, refused-stream, retriable-4xx, retriable-status-codes, a status code, or the gRPC cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)", c)}
 	}
 	slices.Sort(out.Codes)
+	slices.Sort(out.GrpcCodes)
 	// Connect failures are always retried under a retry policy (nothing was sent); resets
 	// only when a condition asks for them.
 	_ = connect

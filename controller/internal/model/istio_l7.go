@@ -198,23 +198,23 @@ func istioTrafficPolicy(tp *istioapi.TrafficPolicy, base string) (*configv1.Traf
 				field string
 				set   bool
 			}{
-				{"httpCookie", len(ch.HTTPCookie) > 0}, {"httpQueryParameterName", ch.HTTPQueryParameterName != ""},
+				{"httpCookie", len(ch.HTTPCookie) > 0},
 				{"ringHash", len(ch.RingHash) > 0}, {"maglev", len(ch.Maglev) > 0}, {"minimumRingSize", ch.MinimumRingSize != 0},
 			} {
 				if u.set {
-					return nil, bad("loadBalancer.consistentHash."+u.field, "not supported (httpHeaderName, useSourceIp; ambit hashes by rendezvous)")
+					return nil, bad("loadBalancer.consistentHash."+u.field, "not supported (httpHeaderName, httpQueryParameterName, useSourceIp; ambit hashes by rendezvous)")
 				}
 			}
-			switch {
-			case ch.HTTPHeaderName != "" && ch.UseSourceIP:
-				return nil, bad("loadBalancer.consistentHash", "httpHeaderName and useSourceIp are mutually exclusive")
-			case ch.HTTPHeaderName != "":
-				o.HashHeader = ch.HTTPHeaderName
-			case ch.UseSourceIP:
-				o.HashSourceIp = true
-			default:
-				return nil, bad("loadBalancer.consistentHash", "needs httpHeaderName or useSourceIp")
+			n := 0
+			for _, set := range []bool{ch.HTTPHeaderName != "", ch.UseSourceIP, ch.HTTPQueryParameterName != ""} {
+				if set {
+					n++
+				}
 			}
+			if n != 1 {
+				return nil, bad("loadBalancer.consistentHash", "needs exactly one of httpHeaderName, httpQueryParameterName, useSourceIp")
+			}
+			o.HashHeader, o.HashSourceIp, o.HashQueryParameter = ch.HTTPHeaderName, ch.UseSourceIP, ch.HTTPQueryParameterName
 		}
 		out.LoadBalancer = o
 	}
@@ -225,7 +225,7 @@ func istioTrafficPolicy(tp *istioapi.TrafficPolicy, base string) (*configv1.Traf
 				field string
 				set   bool
 			}{
-				{"connectTimeout", t.ConnectTimeout != ""}, {"tcpKeepalive", len(t.TCPKeepalive) > 0},
+				{"tcpKeepalive", len(t.TCPKeepalive) > 0},
 				{"maxConnectionDuration", t.MaxConnectionDuration != ""}, {"idleTimeout", t.IdleTimeout != ""},
 			} {
 				if u.set {
@@ -236,6 +236,16 @@ func istioTrafficPolicy(tp *istioapi.TrafficPolicy, base string) (*configv1.Traf
 				return nil, bad("connectionPool.tcp.maxConnections", "%d is negative", t.MaxConnections)
 			}
 			o.MaxConnections = uint32(t.MaxConnections)
+			if t.ConnectTimeout != "" {
+				d, err := istioDuration(t.ConnectTimeout)
+				if err != nil || d > 24*time.Hour {
+					if err == nil {
+						err = fmt.Errorf("%s exceeds 24h", d)
+					}
+					return nil, &fieldErr{base + ".connectionPool.tcp.connectTimeout", err}
+				}
+				o.ConnectTimeout = durationpb.New(d)
+			}
 		}
 		if h := cp.HTTP; h != nil {
 			for _, u := range []struct {

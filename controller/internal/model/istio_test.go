@@ -80,7 +80,7 @@ spec:
   - route:
     - {destination: {host: web, subset: v1}, weight: 80}
     - {destination: {host: web.demo.svc.cluster.local, subset: v2, port: {number: 80}}, weight: 20}
-    retries: {attempts: 3, retryOn: "gateway-error,connect-failure,409", perTryTimeout: 2s}
+    retries: {attempts: 3, retryOn: "gateway-error,connect-failure,409,unavailable", perTryTimeout: 2s}
     timeout: 5s
 `
 
@@ -123,7 +123,7 @@ func TestVirtualServiceSubsets(t *testing.T) {
 				{Hostname: "web.demo.svc.cluster.local", Weight: 80, Subset: v1, SubsetName: "v1"},
 				{Hostname: "web.demo.svc.cluster.local", Port: 80, Weight: 20, Subset: v2, SubsetName: "v2"}},
 			Timeouts: &configv1.Timeouts{Request: durationOf("5s"), BackendRequest: durationOf("2s")},
-			Retry:    &configv1.Retry{Attempts: 3, Codes: []uint32{409, 502, 503, 504}, On: []string{"connect-failure", "reset"}}},
+			Retry:    &configv1.Retry{Attempts: 3, Codes: []uint32{409, 502, 503, 504}, On: []string{"connect-failure", "reset"}, GrpcCodes: []uint32{14}}},
 	}}
 	wantProto(t, "RouteConfig", want, rc)
 }
@@ -189,7 +189,7 @@ func TestVirtualServiceErrors(t *testing.T) {
 		{"uri regex", `- headers: {x-canary: {exact: "true"}}`, `- uri: {regex: "/a.*"}`, "spec.http[0].match[0].uri.regex", "regular expressions"},
 		{"cors", "  - name: canary\n", "  - name: canary\n    corsPolicy: {allowOrigins: [{exact: x}]}\n", "spec.http[0].corsPolicy", "not supported"},
 		{"redirect with route", "  - name: canary\n", "  - name: canary\n    redirect: {uri: /x}\n", "spec.http[0].redirect", "mutually exclusive"},
-		{"retryOn", "gateway-error,", "retriable-4xx,", "spec.http[1].retries.retryOn", `"retriable-4xx"`},
+		{"retryOn", "gateway-error,", "retriable-headers,", "spec.http[1].retries.retryOn", `"retriable-headers"`},
 		{"wildcard host", "hosts: [web]", `hosts: ["*.demo.svc.cluster.local"]`, "spec.hosts[0]", "wildcard"},
 		{"tcp", "  hosts: [web]\n", "  hosts: [web]\n  tcp: [{route: [{destination: {host: web}}]}]\n", "spec.tcp", "not supported"},
 	}
@@ -211,8 +211,8 @@ func TestVirtualServiceErrors(t *testing.T) {
 	}
 	_, err := ConvertDestinationRule(istioObj[*istioapi.DestinationRule](t, webDR+"  trafficPolicy: {tls: {mode: SIMPLE}}\n"), Options{}.WithDefaults())
 	wantObjErr(t, err, KindIstioDestinationRule, "demo", "web", "spec.trafficPolicy.tls.mode")
-	_, err = ConvertDestinationRule(istioObj[*istioapi.DestinationRule](t, webDR+"  trafficPolicy: {connectionPool: {tcp: {connectTimeout: 1s}}}\n"), Options{}.WithDefaults())
-	wantObjErr(t, err, KindIstioDestinationRule, "demo", "web", "spec.trafficPolicy.connectionPool.tcp.connectTimeout")
+	_, err = ConvertDestinationRule(istioObj[*istioapi.DestinationRule](t, webDR+"  trafficPolicy: {connectionPool: {tcp: {idleTimeout: 1h}}}\n"), Options{}.WithDefaults())
+	wantObjErr(t, err, KindIstioDestinationRule, "demo", "web", "spec.trafficPolicy.connectionPool.tcp.idleTimeout")
 }
 
 func TestIstioAuthorizationPolicy(t *testing.T) {
@@ -317,7 +317,7 @@ spec:
     loadBalancer:
       consistentHash: {httpHeaderName: x-user}
     connectionPool:
-      tcp: {maxConnections: 10}
+      tcp: {maxConnections: 10, connectTimeout: 250ms}
       http: {http1MaxPendingRequests: 5, maxRetries: 3}
     outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 15s, maxEjectionPercent: 50, interval: 5s}
     retryBudget: {percent: 25, minRetryConcurrency: 2}
@@ -333,7 +333,7 @@ func TestDestinationRulePolicies(t *testing.T) {
 	dr := istioObj[*istioapi.DestinationRule](t, policyDR)
 	hostPol := &configv1.TrafficPolicy{
 		LoadBalancer:     &configv1.TrafficPolicy_LoadBalancer{HashHeader: "x-user"},
-		ConnectionPool:   &configv1.TrafficPolicy_ConnectionPool{MaxConnections: 10, MaxPendingRequests: 5, MaxRetries: 3},
+		ConnectionPool:   &configv1.TrafficPolicy_ConnectionPool{MaxConnections: 10, MaxPendingRequests: 5, MaxRetries: 3, ConnectTimeout: durationOf("250ms")},
 		OutlierDetection: &configv1.TrafficPolicy_OutlierDetection{Consecutive_5Xx: 2, BaseEjectionTime: durationOf("15s"), MaxEjectionPercent: 50},
 		RetryBudget:      &configv1.TrafficPolicy_RetryBudget{Percent: 25, MinRetryConcurrency: 2},
 	}

@@ -2813,7 +2813,10 @@ type Retry struct {
 	// on, when not empty, names the failures besides codes that are retried: "reset" (the
 	// connection ended before a response) and "connect-failure". Empty keeps the HTTPRoute
 	// behaviour: both are retried.
-	On            []string `protobuf:"bytes,4,rep,name=on,proto3" json:"on,omitempty"`
+	On []string `protobuf:"bytes,4,rep,name=on,proto3" json:"on,omitempty"`
+	// grpc_codes are gRPC status codes that are retried when a response carries one in its
+	// headers (a trailers-only answer), e.g. 14 UNAVAILABLE.
+	GrpcCodes     []uint32 `protobuf:"varint,5,rep,packed,name=grpc_codes,json=grpcCodes,proto3" json:"grpc_codes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2872,6 +2875,13 @@ func (x *Retry) GetBackoff() *durationpb.Duration {
 func (x *Retry) GetOn() []string {
 	if x != nil {
 		return x.On
+	}
+	return nil
+}
+
+func (x *Retry) GetGrpcCodes() []uint32 {
+	if x != nil {
+		return x.GrpcCodes
 	}
 	return nil
 }
@@ -2939,9 +2949,11 @@ type TrafficPolicy_LoadBalancer struct {
 	// simple.
 	HashHeader string `protobuf:"bytes,2,opt,name=hash_header,json=hashHeader,proto3" json:"hash_header,omitempty"`
 	// hash_source_ip hashes the client's address instead.
-	HashSourceIp  bool `protobuf:"varint,3,opt,name=hash_source_ip,json=hashSourceIp,proto3" json:"hash_source_ip,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	HashSourceIp bool `protobuf:"varint,3,opt,name=hash_source_ip,json=hashSourceIp,proto3" json:"hash_source_ip,omitempty"`
+	// hash_query_parameter hashes the value of this query parameter instead.
+	HashQueryParameter string `protobuf:"bytes,4,opt,name=hash_query_parameter,json=hashQueryParameter,proto3" json:"hash_query_parameter,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *TrafficPolicy_LoadBalancer) Reset() {
@@ -2995,6 +3007,13 @@ func (x *TrafficPolicy_LoadBalancer) GetHashSourceIp() bool {
 	return false
 }
 
+func (x *TrafficPolicy_LoadBalancer) GetHashQueryParameter() string {
+	if x != nil {
+		return x.HashQueryParameter
+	}
+	return ""
+}
+
 // ConnectionPool bounds what the waypoint sends to the destination.
 type TrafficPolicy_ConnectionPool struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3008,9 +3027,12 @@ type TrafficPolicy_ConnectionPool struct {
 	// max_requests bounds the requests in flight whatever the protocol; 0 means no bound.
 	MaxRequests uint32 `protobuf:"varint,3,opt,name=max_requests,json=maxRequests,proto3" json:"max_requests,omitempty"`
 	// max_retries bounds the retries in flight; 0 means no bound.
-	MaxRetries    uint32 `protobuf:"varint,4,opt,name=max_retries,json=maxRetries,proto3" json:"max_retries,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxRetries uint32 `protobuf:"varint,4,opt,name=max_retries,json=maxRetries,proto3" json:"max_retries,omitempty"`
+	// connect_timeout bounds opening a connection (the HBONE stream) to an endpoint; a
+	// timeout is a connect failure. Unset: the waypoint's default.
+	ConnectTimeout *durationpb.Duration `protobuf:"bytes,5,opt,name=connect_timeout,json=connectTimeout,proto3" json:"connect_timeout,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *TrafficPolicy_ConnectionPool) Reset() {
@@ -3069,6 +3091,13 @@ func (x *TrafficPolicy_ConnectionPool) GetMaxRetries() uint32 {
 		return x.MaxRetries
 	}
 	return 0
+}
+
+func (x *TrafficPolicy_ConnectionPool) GetConnectTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.ConnectTimeout
+	}
+	return nil
 }
 
 // OutlierDetection ejects an endpoint that fails in a row.
@@ -3514,29 +3543,31 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\x06policy\x18\x06 \x01(\v2\x1e.ambit.config.v1.TrafficPolicyR\x06policy\x1a9\n" +
 	"\vSubsetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd7\b\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcd\t\n" +
 	"\rTrafficPolicy\x12P\n" +
 	"\rload_balancer\x18\x01 \x01(\v2+.ambit.config.v1.TrafficPolicy.LoadBalancerR\floadBalancer\x12V\n" +
 	"\x0fconnection_pool\x18\x02 \x01(\v2-.ambit.config.v1.TrafficPolicy.ConnectionPoolR\x0econnectionPool\x12\\\n" +
 	"\x11outlier_detection\x18\x03 \x01(\v2/.ambit.config.v1.TrafficPolicy.OutlierDetectionR\x10outlierDetection\x12M\n" +
-	"\fretry_budget\x18\x04 \x01(\v2*.ambit.config.v1.TrafficPolicy.RetryBudgetR\vretryBudget\x1a\xe8\x01\n" +
+	"\fretry_budget\x18\x04 \x01(\v2*.ambit.config.v1.TrafficPolicy.RetryBudgetR\vretryBudget\x1a\x9a\x02\n" +
 	"\fLoadBalancer\x12J\n" +
 	"\x06simple\x18\x01 \x01(\x0e22.ambit.config.v1.TrafficPolicy.LoadBalancer.SimpleR\x06simple\x12\x1f\n" +
 	"\vhash_header\x18\x02 \x01(\tR\n" +
 	"hashHeader\x12$\n" +
-	"\x0ehash_source_ip\x18\x03 \x01(\bR\fhashSourceIp\"E\n" +
+	"\x0ehash_source_ip\x18\x03 \x01(\bR\fhashSourceIp\x120\n" +
+	"\x14hash_query_parameter\x18\x04 \x01(\tR\x12hashQueryParameter\"E\n" +
 	"\x06Simple\x12\v\n" +
 	"\aDEFAULT\x10\x00\x12\x0f\n" +
 	"\vROUND_ROBIN\x10\x01\x12\x11\n" +
 	"\rLEAST_REQUEST\x10\x02\x12\n" +
 	"\n" +
-	"\x06RANDOM\x10\x03\x1a\xaf\x01\n" +
+	"\x06RANDOM\x10\x03\x1a\xf3\x01\n" +
 	"\x0eConnectionPool\x12'\n" +
 	"\x0fmax_connections\x18\x01 \x01(\rR\x0emaxConnections\x120\n" +
 	"\x14max_pending_requests\x18\x02 \x01(\rR\x12maxPendingRequests\x12!\n" +
 	"\fmax_requests\x18\x03 \x01(\rR\vmaxRequests\x12\x1f\n" +
 	"\vmax_retries\x18\x04 \x01(\rR\n" +
-	"maxRetries\x1a\xf4\x01\n" +
+	"maxRetries\x12B\n" +
+	"\x0fconnect_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0econnectTimeout\x1a\xf4\x01\n" +
 	"\x10OutlierDetection\x12'\n" +
 	"\x0fconsecutive_5xx\x18\x01 \x01(\rR\x0econsecutive5xx\x12<\n" +
 	"\x1aconsecutive_gateway_errors\x18\x02 \x01(\rR\x18consecutiveGatewayErrors\x12G\n" +
@@ -3547,12 +3578,14 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\x15min_retry_concurrency\x18\x02 \x01(\rR\x13minRetryConcurrency\"\x83\x01\n" +
 	"\bTimeouts\x123\n" +
 	"\arequest\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\arequest\x12B\n" +
-	"\x0fbackend_request\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0ebackendRequest\"~\n" +
+	"\x0fbackend_request\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0ebackendRequest\"\x9d\x01\n" +
 	"\x05Retry\x12\x14\n" +
 	"\x05codes\x18\x01 \x03(\rR\x05codes\x12\x1a\n" +
 	"\battempts\x18\x02 \x01(\rR\battempts\x123\n" +
 	"\abackoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\abackoff\x12\x0e\n" +
-	"\x02on\x18\x04 \x03(\tR\x02on\"\x8a\x02\n" +
+	"\x02on\x18\x04 \x03(\tR\x02on\x12\x1d\n" +
+	"\n" +
+	"grpc_codes\x18\x05 \x03(\rR\tgrpcCodes\"\x8a\x02\n" +
 	"\x05Fault\x122\n" +
 	"\x05abort\x18\x01 \x01(\v2\x1c.ambit.config.v1.Fault.AbortR\x05abort\x122\n" +
 	"\x05delay\x18\x02 \x01(\v2\x1c.ambit.config.v1.Fault.DelayR\x05delay\x1a?\n" +
@@ -3714,13 +3747,14 @@ var file_proto_config_v1_config_proto_depIdxs = []int32{
 	51, // 53: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
 	11, // 54: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
 	9,  // 55: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
-	52, // 56: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	52, // 57: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
-	58, // [58:58] is the sub-list for method output_type
-	58, // [58:58] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	52, // 56: ambit.config.v1.TrafficPolicy.ConnectionPool.connect_timeout:type_name -> google.protobuf.Duration
+	52, // 57: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	52, // 58: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
+	59, // [59:59] is the sub-list for method output_type
+	59, // [59:59] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_proto_config_v1_config_proto_init() }

@@ -314,6 +314,9 @@ func (ex *exchange) attempts(ctx context.Context, rt *route.Route, t target) (*h
 		if beTimout > 0 {
 			actx, acancel = context.WithTimeout(rctx, beTimout)
 		}
+		if t.pol != nil && t.pol.ConnectTimeout > 0 {
+			actx = context.WithValue(actx, connectTimeoutKey{}, t.pol.ConnectTimeout)
+		}
 		out := ex.outRequest(actx, ep, body)
 		var (
 			res *http.Response
@@ -371,7 +374,8 @@ func (ex *exchange) attempts(ctx context.Context, rt *route.Route, t target) (*h
 		if ejected := p.lb.result(ep.addr, res.StatusCode, peers, t.pol); ejected {
 			p.log.Info("endpoint ejected", "endpoint", ep.addr.String(), "service", t.svcKey)
 		}
-		if retry != nil && retry.Codes[res.StatusCode] && canRetry && replayable && retrying() {
+		retriable := retry != nil && (retry.Codes[res.StatusCode] || (len(retry.GRPCCodes) > 0 && retry.GRPCCodes[res.Header.Get("Grpc-Status")]))
+		if retriable && canRetry && replayable && retrying() {
 			ex.span.AddEvent("retry", trace.WithAttributes(attribute.Int("attempt", attempt), attribute.Int("status", res.StatusCode)))
 			_, _ = io.Copy(io.Discard, io.LimitReader(res.Body, 64<<10))
 			res.Body.Close()
@@ -448,6 +452,10 @@ func (ex *exchange) endpoint(t target, tried []netip.AddrPort) (endpoint, []stat
 			}
 		case pol.HashSourceIP:
 			pr.hashKey, pr.hasKey = ex.d.client.Addr().String(), true
+		case pol.HashQuery != "":
+			if q := ex.req.URL.Query(); q.Has(pol.HashQuery) {
+				pr.hashKey, pr.hasKey = q.Get(pol.HashQuery), true
+			}
 		}
 		if pol.LB == configv1.TrafficPolicy_LoadBalancer_ROUND_ROBIN {
 			pr.rr = &p.dest(t).rr

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/waypoint/internal/route"
 )
 
@@ -49,10 +50,11 @@ func (ex *exchange) mirror(rt *route.Route, body *replayBody, port uint16) {
 			continue
 		}
 		req := ex.mirrorRequest(payload)
+		h2 := ex.h2 || ex.grpc
 		if !p.background(func() {
 			defer func() { <-p.mirrors }()
 			result := "sent"
-			if err := p.sendMirror(m, req, port); err != nil {
+			if err := p.sendMirror(m, req, port, h2); err != nil {
 				result = "failed"
 				p.log.Debug("mirror failed", "mirror", m.Hostname, "error", err)
 			}
@@ -92,8 +94,9 @@ func (ex *exchange) mirrorRequest(payload []byte) *http.Request {
 	return out
 }
 
-// sendMirror sends req to one endpoint of the mirror's Service.
-func (p *Proxy) sendMirror(m route.Mirror, req *http.Request, reqPort uint16) error {
+// sendMirror sends req to one endpoint of the mirror's Service, over h2c when the client spoke
+// HTTP/2 or the mirror's port declares HTTP2 or GRPC, else HTTP/1.1.
+func (p *Proxy) sendMirror(m route.Mirror, req *http.Request, reqPort uint16, h2 bool) error {
 	ctx, cancel := context.WithTimeout(p.bg, mirrorTimeout)
 	defer cancel()
 	svc, ok := p.cfg.State.ServiceByName(m.Service)
@@ -103,6 +106,16 @@ func (p *Proxy) sendMirror(m route.Mirror, req *http.Request, reqPort uint16) er
 	port := uint16(m.Port)
 	if port == 0 {
 		port = reqPort
+	}
+	for _, pt := range svc.GetPorts() {
+		if pt.GetServicePort() == uint32(port) {
+			switch pt.GetAppProtocol() {
+			case configv1.AppProtocol_HTTP2, configv1.AppProtocol_GRPC:
+				h2 = true
+			case configv1.AppProtocol_HTTP:
+				h2 = h2 && strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc")
+			}
+		}
 	}
 	eps := p.cfg.State.Endpoints(svc, port)
 	if len(m.Subset) > 0 {
@@ -115,7 +128,11 @@ func (p *Proxy) sendMirror(m route.Mirror, req *http.Request, reqPort uint16) er
 	defer p.lb.release(ep.addr)
 	req = req.WithContext(ctx)
 	req.URL.Host = ep.addr.String()
-	res, err := p.up.h1.RoundTrip(req)
+	tr := p.up.h1
+	if h2 {
+		tr = p.up.h2
+	}
+	res, err := tr.RoundTrip(req)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -446,5 +447,101 @@ func TestMirror(t *testing.T) {
 	defer mu.Unlock()
 	if hosts[0] != "web-shadow" || !strings.HasPrefix(bodies[0], "order-") {
 		t.Fatalf("mirror saw host %q body %q; want web-shadow and the request's body", hosts[0], bodies[0])
+	}
+}
+
+func TestRetryGRPCStatus(t *testing.T) {
+	for _, codes := range [][]uint32{{14}, nil} {
+		t.Run(fmt.Sprint(codes), func(t *testing.T) {
+			e := newEnv(t, func(c *Config) { c.Consecutive5xx = 1000 })
+			web := e.service("web", "10.96.0.10")
+			e.pod("web-1", "10.244.0.11", web, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("Content-Type", "application/grpc")
+				w.Header().Set("Grpc-Status", "14") // trailers-only UNAVAILABLE
+			}))
+			e.pod("web-2", "10.244.0.12", web, http.HandlerFunc(ok))
+			if err := routes(e, web, &configv1.Route{Name: "r", Retry: &configv1.Retry{Attempts: 2, GrpcCodes: codes, Backoff: durationpb.New(time.Millisecond)}}); err != nil {
+				t.Fatal(err)
+			}
+			c := e.httpClient(sa("client"), webVIP, false)
+			unavailable := 0
+			for i := 0; i < 40; i++ {
+				if _, _, h := get(t, c, "GET", "http://web/"); h.Get("Grpc-Status") == "14" {
+					unavailable++
+				}
+			}
+			if (unavailable == 0) != (len(codes) > 0) {
+				t.Fatalf("retrying gRPC codes %v: %d of 40 answers UNAVAILABLE", codes, unavailable)
+			}
+		})
+	}
+}
+
+func TestConnectTimeout(t *testing.T) {
+	e := newEnv(t)
+	web := e.service("web", "10.96.0.10")
+	e.pod("web-1", "10.244.0.11", web, http.HandlerFunc(ok))
+	e.pod("web-2", "10.244.0.12", web, http.HandlerFunc(ok))
+	// web-1's ztunnel accepts connections and never answers the handshake.
+	hole, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hole.Close() })
+	go func() {
+		for {
+			c, err := hole.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	e.mu.Lock()
+	e.hboneFor[netip.MustParseAddr("10.244.0.11")] = netip.MustParseAddrPort(hole.Addr().String())
+	e.mu.Unlock()
+	pol := &configv1.TrafficPolicy{ConnectionPool: &configv1.TrafficPolicy_ConnectionPool{ConnectTimeout: durationpb.New(200 * time.Millisecond)},
+		LoadBalancer: &configv1.TrafficPolicy_LoadBalancer{Simple: configv1.TrafficPolicy_LoadBalancer_ROUND_ROBIN}}
+	if err := routes(e, web, &configv1.Route{Name: "r", Backends: toWeb(pol)}); err != nil {
+		t.Fatal(err)
+	}
+	c := e.httpClient(sa("client"), webVIP, false)
+	for i := 0; i < 6; i++ {
+		start := time.Now()
+		code, _, h := get(t, c, "GET", "http://web/")
+		if code != 200 || h.Get("X-Pod") != "web-2" {
+			t.Fatalf("request %d: %d from %q", i, code, h.Get("X-Pod"))
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("request %d took %v: the 200 ms connect timeout did not cut the silent endpoint", i, d)
+		}
+	}
+}
+
+func TestConsistentHashByQueryParameter(t *testing.T) {
+	e := newEnv(t)
+	web := e.service("web", "10.96.0.10")
+	for i := 1; i <= 4; i++ {
+		e.pod(fmt.Sprint("web-", i), fmt.Sprint("10.244.0.1", i), web, http.HandlerFunc(ok))
+	}
+	pol := &configv1.TrafficPolicy{LoadBalancer: &configv1.TrafficPolicy_LoadBalancer{HashQueryParameter: "user"}}
+	if err := routes(e, web, &configv1.Route{Name: "r", Backends: toWeb(pol)}); err != nil {
+		t.Fatal(err)
+	}
+	c := e.httpClient(sa("client"), webVIP, false)
+	all := map[string]bool{}
+	for u := 0; u < 8; u++ {
+		pods := map[string]bool{}
+		for i := 0; i < 5; i++ {
+			_, _, h := get(t, c, "GET", fmt.Sprintf("http://web/?user=u%d&i=%d", u, i))
+			pods[h.Get("X-Pod")] = true
+			all[h.Get("X-Pod")] = true
+		}
+		if len(pods) != 1 {
+			t.Fatalf("user u%d went to %v; want one pod", u, pods)
+		}
+	}
+	if len(all) < 2 {
+		t.Fatalf("8 users all on %v", all)
 	}
 }

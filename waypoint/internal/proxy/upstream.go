@@ -35,6 +35,13 @@ func newUpstreams(p *Proxy) *upstreams {
 		if err != nil {
 			return nil, &dialError{err: err}
 		}
+		// The transport dials with a context that keeps the request's values: a
+		// destination's connectTimeout travels in one.
+		if d, ok := ctx.Value(connectTimeoutKey{}).(time.Duration); ok && d > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
 		return u.dial(ctx, ap, netip.AddrPort{}, "", "")
 	}
 	u.h1 = &http.Transport{
@@ -59,6 +66,9 @@ func newUpstreams(p *Proxy) *upstreams {
 	u.h2.Protocols.SetUnencryptedHTTP2(true)
 	return u
 }
+
+// connectTimeoutKey carries a destination's connect timeout in a request's context.
+type connectTimeoutKey struct{}
 
 func (u *upstreams) close() {
 	u.h1.CloseIdleConnections()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -130,6 +131,9 @@ type Policy struct {
 	LB           configv1.TrafficPolicy_LoadBalancer_Simple
 	HashHeader   string // canonical
 	HashSourceIP bool
+	HashQuery    string
+	// ConnectTimeout bounds opening a connection to an endpoint; 0 for the default.
+	ConnectTimeout time.Duration
 	// MaxConnections, MaxPending, MaxRequests, MaxRetries: 0 means no bound.
 	MaxConnections, MaxPending, MaxRequests, MaxRetries int
 	// Outlier detection; Consecutive5xx and ConsecutiveGateway 0 mean off.
@@ -162,6 +166,8 @@ type Retry struct {
 	Backoff  time.Duration
 	// Reset and ConnectFailure say whether those failures are retried.
 	Reset, ConnectFailure bool
+	// GRPCCodes are the gRPC statuses retried (a trailers-only answer's grpc-status).
+	GRPCCodes map[string]bool
 }
 
 // Fault is a compiled fault-injection filter.
@@ -262,6 +268,15 @@ func Compile(name string, rc *configv1.RouteConfig) (*Table, error) {
 		}
 		if rt := r.GetRetry(); rt != nil {
 			cr := &Retry{Codes: map[int]bool{}, Attempts: int(rt.GetAttempts()), Backoff: DefaultBackoff, Reset: len(rt.GetOn()) == 0, ConnectFailure: len(rt.GetOn()) == 0}
+			for k, c := range rt.GetGrpcCodes() {
+				if c > 16 {
+					return nil, bad(fmt.Sprintf("%s.retry.grpc_codes[%d]", f, k), "%d is not a gRPC status code", c)
+				}
+				if cr.GRPCCodes == nil {
+					cr.GRPCCodes = map[string]bool{}
+				}
+				cr.GRPCCodes[strconv.Itoa(int(c))] = true
+			}
 			for k, on := range rt.GetOn() {
 				switch on {
 				case "reset":
@@ -548,10 +563,18 @@ func compilePolicy(p *configv1.TrafficPolicy, f string) (*Policy, error) {
 			out.HashHeader = http.CanonicalHeaderKey(h)
 		}
 		out.HashSourceIP = lb.GetHashSourceIp()
+		out.HashQuery = lb.GetHashQueryParameter()
 	}
 	if cp := p.GetConnectionPool(); cp != nil {
 		out.MaxConnections, out.MaxPending = int(cp.GetMaxConnections()), int(cp.GetMaxPendingRequests())
 		out.MaxRequests, out.MaxRetries = int(cp.GetMaxRequests()), int(cp.GetMaxRetries())
+		if ct := cp.GetConnectTimeout(); ct != nil {
+			d, err := duration(true, ct.AsDuration(), ct.CheckValid(), MaxTimeout)
+			if err != nil {
+				return nil, fmt.Errorf("%s.connection_pool.connect_timeout: %v", f, err)
+			}
+			out.ConnectTimeout = d
+		}
 	}
 	if od := p.GetOutlierDetection(); od != nil {
 		out.Consecutive5xx, out.ConsecutiveGateway = int(od.GetConsecutive_5Xx()), int(od.GetConsecutiveGatewayErrors())
