@@ -553,6 +553,9 @@ func istioHTTPRoute(h istioapi.HTTPRoute, i int, vs *istioapi.VirtualService, op
 	}
 	var out []IstioRoute
 	for k, m := range matches {
+		if len(m.Gateways) > 0 && !slices.Contains(m.Gateways, "mesh") {
+			continue // this match is for ingress gateways only
+		}
 		mr, port, err := istioMatch(m, fmt.Sprintf("%s.match[%d]", base, k))
 		if err != nil {
 			return nil, err
@@ -567,20 +570,49 @@ func istioHTTPRoute(h istioapi.HTTPRoute, i int, vs *istioapi.VirtualService, op
 	return out, nil
 }
 
-func istioMatch(m istioapi.HTTPMatchRequest, base string) (*configv1.RouteMatch, uint32, error) {
-	for _, u := range []struct {
-		field string
-		set   bool
-	}{
-		{"scheme", m.Scheme != nil}, {"authority", m.Authority != nil}, {"sourceLabels", len(m.SourceLabels) > 0},
-		{"gateways", len(m.Gateways) > 0}, {"queryParams", len(m.QueryParams) > 0}, {"ignoreUriCase", m.IgnoreURICase},
-		{"withoutHeaders", len(m.WithoutHeaders) > 0}, {"sourceNamespace", m.SourceNamespace != ""},
-	} {
-		if u.set {
-			return nil, 0, &fieldErr{base + "." + u.field, fmt.Errorf("not supported")}
-		}
+// istioHeaderMatch compiles a header's StringMatch: exact, prefix, or (empty) presence.
+func istioHeaderMatch(name string, h istioapi.StringMatch, invert bool, field string) (*configv1.HeaderMatch, error) {
+	if h.Regex != "" {
+		return nil, &fieldErr{field + ".regex", fmt.Errorf("regular expressions are not supported")}
 	}
-	out := &configv1.RouteMatch{}
+	if h.Exact != "" && h.Prefix != "" {
+		return nil, &fieldErr{field, fmt.Errorf("exact and prefix are mutually exclusive")}
+	}
+	return &configv1.HeaderMatch{Name: name, Value: h.Exact, Prefix: h.Prefix, Present: h.Exact == "" && h.Prefix == "", Invert: invert}, nil
+}
+
+// istioMatch compiles one HTTPMatchRequest (its port apart).
+func istioMatch(m istioapi.HTTPMatchRequest, base string) (*configv1.RouteMatch, uint32, error) {
+	if m.Scheme != nil {
+		return nil, 0, &fieldErr{base + ".scheme", fmt.Errorf("not supported")}
+	}
+	out := &configv1.RouteMatch{SourceNamespace: m.SourceNamespace, SourceLabels: maps2(m.SourceLabels), PathIgnoreCase: m.IgnoreURICase}
+	for _, name := range slices.Sorted(maps.Keys(m.WithoutHeaders)) {
+		f := base + ".withoutHeaders[" + name + "]"
+		if name == "" {
+			return nil, 0, &fieldErr{f, fmt.Errorf("empty header name")}
+		}
+		hm, err := istioHeaderMatch(name, m.WithoutHeaders[name], true, f)
+		if err != nil {
+			return nil, 0, err
+		}
+		out.Headers = append(out.Headers, hm)
+	}
+	if a := m.Authority; a != nil {
+		hm, err := istioHeaderMatch("", *a, false, base+".authority")
+		if err != nil {
+			return nil, 0, err
+		}
+		out.Authority = hm
+	}
+	for _, name := range slices.Sorted(maps.Keys(m.QueryParams)) {
+		q := m.QueryParams[name]
+		f := base + ".queryParams[" + name + "]"
+		if q.Regex != "" || q.Prefix != "" {
+			return nil, 0, &fieldErr{f, fmt.Errorf("only exact is supported")}
+		}
+		out.QueryParams = append(out.QueryParams, &configv1.QueryMatch{Name: name, Value: q.Exact})
+	}
 	if u := m.URI; u != nil {
 		switch {
 		case u.Regex != "":
@@ -606,15 +638,15 @@ func istioMatch(m istioapi.HTTPMatchRequest, base string) (*configv1.RouteMatch,
 		out.Method = mm.Exact
 	}
 	for _, name := range slices.Sorted(maps.Keys(m.Headers)) {
-		h := m.Headers[name]
 		f := base + ".headers[" + name + "]"
-		if h.Prefix != "" || h.Regex != "" {
-			return nil, 0, &fieldErr{f, fmt.Errorf("only exact is supported")}
-		}
 		if name == "" {
 			return nil, 0, &fieldErr{f, fmt.Errorf("empty header name")}
 		}
-		out.Headers = append(out.Headers, &configv1.HeaderMatch{Name: name, Value: h.Exact})
+		hm, err := istioHeaderMatch(name, m.Headers[name], false, f)
+		if err != nil {
+			return nil, 0, err
+		}
+		out.Headers = append(out.Headers, hm)
 	}
 	if m.Port > 65535 {
 		return nil, 0, &fieldErr{base + ".port", fmt.Errorf("%d out of range", m.Port)}

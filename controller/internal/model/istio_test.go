@@ -128,6 +128,48 @@ func TestVirtualServiceSubsets(t *testing.T) {
 	wantProto(t, "RouteConfig", want, rc)
 }
 
+func TestVirtualServiceMatches(t *testing.T) {
+	vs := istioObj[*istioapi.VirtualService](t, `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: demo}
+spec:
+  hosts: [web]
+  http:
+  - match:
+    - headers: {x-user: {prefix: admin-}, x-debug: {}}
+      withoutHeaders: {x-bot: {exact: "yes"}}
+      queryParams: {v: {exact: "2"}}
+      authority: {prefix: web}
+      sourceNamespace: demo
+      sourceLabels: {app: client}
+      ignoreUriCase: true
+      uri: {prefix: /Api}
+    - gateways: [ingress]            # for ingress only: no route at the waypoint
+      uri: {prefix: /ingress}
+    route: [{destination: {host: web}}]
+`)
+	got, err := ConvertVirtualService(vs, Options{}.WithDefaults())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := got.Parents[webRC]
+	if len(rs) != 1 {
+		t.Fatalf("%d routes, want 1 (the ingress-only match left out)", len(rs))
+	}
+	wantProto(t, "match", &configv1.RouteMatch{
+		Path: &configv1.PathMatch{Kind: &configv1.PathMatch_StringPrefix{StringPrefix: "/Api"}}, PathIgnoreCase: true,
+		Headers: []*configv1.HeaderMatch{
+			{Name: "x-bot", Value: "yes", Invert: true},
+			{Name: "x-debug", Present: true},
+			{Name: "x-user", Prefix: "admin-"},
+		},
+		QueryParams:     []*configv1.QueryMatch{{Name: "v", Value: "2"}},
+		Authority:       &configv1.HeaderMatch{Prefix: "web"},
+		SourceNamespace: "demo", SourceLabels: map[string]string{"app": "client"},
+	}, rs[0].Route.Matches[0])
+}
+
 func TestVirtualServiceWinsOverHTTPRoute(t *testing.T) {
 	hr := webRoute()
 	x := istioTestIndex(t, hr, istioObj[*istioapi.DestinationRule](t, webDR))
@@ -185,7 +227,9 @@ func TestVirtualServiceErrors(t *testing.T) {
 		name, from, to, field, msg string
 	}{
 		{"weights", "weight: 20}", "weight: 10}", "spec.http[1].route", "add up to 90, not 100"},
-		{"regex", `{exact: "true"}`, `{regex: "t.*"}`, "spec.http[0].match[0].headers[x-canary]", "only exact"},
+		{"regex", `{exact: "true"}`, `{regex: "t.*"}`, "spec.http[0].match[0].headers[x-canary].regex", "regular expressions"},
+		{"scheme", `- headers: {x-canary: {exact: "true"}}`, `- scheme: {exact: https}`, "spec.http[0].match[0].scheme", "not supported"},
+		{"query prefix", `- headers: {x-canary: {exact: "true"}}`, `- queryParams: {v: {prefix: "2"}}`, "spec.http[0].match[0].queryParams[v]", "only exact"},
 		{"uri regex", `- headers: {x-canary: {exact: "true"}}`, `- uri: {regex: "/a.*"}`, "spec.http[0].match[0].uri.regex", "regular expressions"},
 		{"cors", "  - name: canary\n", "  - name: canary\n    corsPolicy: {allowOrigins: [{exact: x}]}\n", "spec.http[0].corsPolicy", "not supported"},
 		{"redirect with route", "  - name: canary\n", "  - name: canary\n    redirect: {uri: /x}\n", "spec.http[0].redirect", "mutually exclusive"},

@@ -577,7 +577,7 @@ func (x TrafficPolicy_LoadBalancer_Simple) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TrafficPolicy_LoadBalancer_Simple.Descriptor instead.
 func (TrafficPolicy_LoadBalancer_Simple) EnumDescriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25, 0, 0}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26, 0, 0}
 }
 
 // Workload is one enrolled pod (or, in the local lab, one network namespace).
@@ -2366,9 +2366,19 @@ type RouteMatch struct {
 	// headers must all be present with exactly these values (names are case-insensitive).
 	Headers []*HeaderMatch `protobuf:"bytes,2,rep,name=headers,proto3" json:"headers,omitempty"`
 	// method, when not empty, is the exact HTTP method.
-	Method        string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	// query_params must all be present with exactly these values.
+	QueryParams []*QueryMatch `protobuf:"bytes,4,rep,name=query_params,json=queryParams,proto3" json:"query_params,omitempty"`
+	// authority, when set, matches the Host header (without the port); its name is unused.
+	Authority *HeaderMatch `protobuf:"bytes,5,opt,name=authority,proto3" json:"authority,omitempty"`
+	// source_namespace, when not empty, is the namespace of the client's identity.
+	SourceNamespace string `protobuf:"bytes,6,opt,name=source_namespace,json=sourceNamespace,proto3" json:"source_namespace,omitempty"`
+	// source_labels must all be labels of the client's workload (found by its address).
+	SourceLabels map[string]string `protobuf:"bytes,7,rep,name=source_labels,json=sourceLabels,proto3" json:"source_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// path_ignore_case makes the path match case-insensitive.
+	PathIgnoreCase bool `protobuf:"varint,8,opt,name=path_ignore_case,json=pathIgnoreCase,proto3" json:"path_ignore_case,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RouteMatch) Reset() {
@@ -2422,6 +2432,94 @@ func (x *RouteMatch) GetMethod() string {
 	return ""
 }
 
+func (x *RouteMatch) GetQueryParams() []*QueryMatch {
+	if x != nil {
+		return x.QueryParams
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetAuthority() *HeaderMatch {
+	if x != nil {
+		return x.Authority
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetSourceNamespace() string {
+	if x != nil {
+		return x.SourceNamespace
+	}
+	return ""
+}
+
+func (x *RouteMatch) GetSourceLabels() map[string]string {
+	if x != nil {
+		return x.SourceLabels
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetPathIgnoreCase() bool {
+	if x != nil {
+		return x.PathIgnoreCase
+	}
+	return false
+}
+
+// QueryMatch is an exact match on one query parameter.
+type QueryMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryMatch) Reset() {
+	*x = QueryMatch{}
+	mi := &file_proto_config_v1_config_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryMatch) ProtoMessage() {}
+
+func (x *QueryMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_v1_config_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryMatch.ProtoReflect.Descriptor instead.
+func (*QueryMatch) Descriptor() ([]byte, []int) {
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *QueryMatch) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *QueryMatch) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
 // PathMatch is an exact or prefix match on the path.
 type PathMatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2437,7 +2535,7 @@ type PathMatch struct {
 
 func (x *PathMatch) Reset() {
 	*x = PathMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[22]
+	mi := &file_proto_config_v1_config_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2449,7 +2547,7 @@ func (x *PathMatch) String() string {
 func (*PathMatch) ProtoMessage() {}
 
 func (x *PathMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[22]
+	mi := &file_proto_config_v1_config_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2462,7 +2560,7 @@ func (x *PathMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
 func (*PathMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{22}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PathMatch) GetKind() isPathMatch_Kind {
@@ -2532,14 +2630,21 @@ type HeaderMatch struct {
 	// name is the header's name, case-insensitive.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// value is the exact value.
-	Value         string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Value string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// prefix, when set, matches a value that starts with it (value is then unused).
+	Prefix string `protobuf:"bytes,3,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// present, when true, matches any value of a header that is present (value and prefix
+	// are then unused).
+	Present bool `protobuf:"varint,4,opt,name=present,proto3" json:"present,omitempty"`
+	// invert matches when the header does not match as above (Istio's withoutHeaders).
+	Invert        bool `protobuf:"varint,5,opt,name=invert,proto3" json:"invert,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[23]
+	mi := &file_proto_config_v1_config_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2551,7 +2656,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[23]
+	mi := &file_proto_config_v1_config_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2564,7 +2669,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{23}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -2579,6 +2684,27 @@ func (x *HeaderMatch) GetValue() string {
 		return x.Value
 	}
 	return ""
+}
+
+func (x *HeaderMatch) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *HeaderMatch) GetPresent() bool {
+	if x != nil {
+		return x.Present
+	}
+	return false
+}
+
+func (x *HeaderMatch) GetInvert() bool {
+	if x != nil {
+		return x.Invert
+	}
+	return false
 }
 
 // Backend is a Service a route sends requests to.
@@ -2605,7 +2731,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[24]
+	mi := &file_proto_config_v1_config_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2617,7 +2743,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[24]
+	mi := &file_proto_config_v1_config_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2630,7 +2756,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{24}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Backend) GetHostname() string {
@@ -2688,7 +2814,7 @@ type TrafficPolicy struct {
 
 func (x *TrafficPolicy) Reset() {
 	*x = TrafficPolicy{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[25]
+	mi := &file_proto_config_v1_config_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2700,7 +2826,7 @@ func (x *TrafficPolicy) String() string {
 func (*TrafficPolicy) ProtoMessage() {}
 
 func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[25]
+	mi := &file_proto_config_v1_config_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2713,7 +2839,7 @@ func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TrafficPolicy) GetLoadBalancer() *TrafficPolicy_LoadBalancer {
@@ -2757,7 +2883,7 @@ type Timeouts struct {
 
 func (x *Timeouts) Reset() {
 	*x = Timeouts{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[26]
+	mi := &file_proto_config_v1_config_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2769,7 +2895,7 @@ func (x *Timeouts) String() string {
 func (*Timeouts) ProtoMessage() {}
 
 func (x *Timeouts) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[26]
+	mi := &file_proto_config_v1_config_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2782,7 +2908,7 @@ func (x *Timeouts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timeouts.ProtoReflect.Descriptor instead.
 func (*Timeouts) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Timeouts) GetRequest() *durationpb.Duration {
@@ -2823,7 +2949,7 @@ type Retry struct {
 
 func (x *Retry) Reset() {
 	*x = Retry{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[27]
+	mi := &file_proto_config_v1_config_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2835,7 +2961,7 @@ func (x *Retry) String() string {
 func (*Retry) ProtoMessage() {}
 
 func (x *Retry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[27]
+	mi := &file_proto_config_v1_config_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2848,7 +2974,7 @@ func (x *Retry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Retry.ProtoReflect.Descriptor instead.
 func (*Retry) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Retry) GetCodes() []uint32 {
@@ -2897,7 +3023,7 @@ type Fault struct {
 
 func (x *Fault) Reset() {
 	*x = Fault{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[28]
+	mi := &file_proto_config_v1_config_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2909,7 +3035,7 @@ func (x *Fault) String() string {
 func (*Fault) ProtoMessage() {}
 
 func (x *Fault) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[28]
+	mi := &file_proto_config_v1_config_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2922,7 +3048,7 @@ func (x *Fault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault.ProtoReflect.Descriptor instead.
 func (*Fault) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Fault) GetAbort() *Fault_Abort {
@@ -2958,7 +3084,7 @@ type TrafficPolicy_LoadBalancer struct {
 
 func (x *TrafficPolicy_LoadBalancer) Reset() {
 	*x = TrafficPolicy_LoadBalancer{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[36]
+	mi := &file_proto_config_v1_config_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2970,7 +3096,7 @@ func (x *TrafficPolicy_LoadBalancer) String() string {
 func (*TrafficPolicy_LoadBalancer) ProtoMessage() {}
 
 func (x *TrafficPolicy_LoadBalancer) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[36]
+	mi := &file_proto_config_v1_config_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2983,7 +3109,7 @@ func (x *TrafficPolicy_LoadBalancer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy_LoadBalancer.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy_LoadBalancer) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25, 0}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26, 0}
 }
 
 func (x *TrafficPolicy_LoadBalancer) GetSimple() TrafficPolicy_LoadBalancer_Simple {
@@ -3037,7 +3163,7 @@ type TrafficPolicy_ConnectionPool struct {
 
 func (x *TrafficPolicy_ConnectionPool) Reset() {
 	*x = TrafficPolicy_ConnectionPool{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[37]
+	mi := &file_proto_config_v1_config_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3049,7 +3175,7 @@ func (x *TrafficPolicy_ConnectionPool) String() string {
 func (*TrafficPolicy_ConnectionPool) ProtoMessage() {}
 
 func (x *TrafficPolicy_ConnectionPool) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[37]
+	mi := &file_proto_config_v1_config_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3062,7 +3188,7 @@ func (x *TrafficPolicy_ConnectionPool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy_ConnectionPool.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy_ConnectionPool) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25, 1}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26, 1}
 }
 
 func (x *TrafficPolicy_ConnectionPool) GetMaxConnections() uint32 {
@@ -3120,7 +3246,7 @@ type TrafficPolicy_OutlierDetection struct {
 
 func (x *TrafficPolicy_OutlierDetection) Reset() {
 	*x = TrafficPolicy_OutlierDetection{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[38]
+	mi := &file_proto_config_v1_config_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3132,7 +3258,7 @@ func (x *TrafficPolicy_OutlierDetection) String() string {
 func (*TrafficPolicy_OutlierDetection) ProtoMessage() {}
 
 func (x *TrafficPolicy_OutlierDetection) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[38]
+	mi := &file_proto_config_v1_config_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3145,7 +3271,7 @@ func (x *TrafficPolicy_OutlierDetection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy_OutlierDetection.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy_OutlierDetection) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25, 2}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26, 2}
 }
 
 func (x *TrafficPolicy_OutlierDetection) GetConsecutive_5Xx() uint32 {
@@ -3188,7 +3314,7 @@ type TrafficPolicy_RetryBudget struct {
 
 func (x *TrafficPolicy_RetryBudget) Reset() {
 	*x = TrafficPolicy_RetryBudget{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[39]
+	mi := &file_proto_config_v1_config_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3200,7 +3326,7 @@ func (x *TrafficPolicy_RetryBudget) String() string {
 func (*TrafficPolicy_RetryBudget) ProtoMessage() {}
 
 func (x *TrafficPolicy_RetryBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[39]
+	mi := &file_proto_config_v1_config_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3213,7 +3339,7 @@ func (x *TrafficPolicy_RetryBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy_RetryBudget.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy_RetryBudget) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25, 3}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26, 3}
 }
 
 func (x *TrafficPolicy_RetryBudget) GetPercent() float64 {
@@ -3243,7 +3369,7 @@ type Fault_Abort struct {
 
 func (x *Fault_Abort) Reset() {
 	*x = Fault_Abort{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[40]
+	mi := &file_proto_config_v1_config_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3255,7 +3381,7 @@ func (x *Fault_Abort) String() string {
 func (*Fault_Abort) ProtoMessage() {}
 
 func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[40]
+	mi := &file_proto_config_v1_config_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3268,7 +3394,7 @@ func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault_Abort.ProtoReflect.Descriptor instead.
 func (*Fault_Abort) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28, 0}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{29, 0}
 }
 
 func (x *Fault_Abort) GetPercentage() float64 {
@@ -3298,7 +3424,7 @@ type Fault_Delay struct {
 
 func (x *Fault_Delay) Reset() {
 	*x = Fault_Delay{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[41]
+	mi := &file_proto_config_v1_config_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3310,7 +3436,7 @@ func (x *Fault_Delay) String() string {
 func (*Fault_Delay) ProtoMessage() {}
 
 func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[41]
+	mi := &file_proto_config_v1_config_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3323,7 +3449,7 @@ func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault_Delay.ProtoReflect.Descriptor instead.
 func (*Fault_Delay) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28, 1}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{29, 1}
 }
 
 func (x *Fault_Delay) GetPercentage() float64 {
@@ -3519,20 +3645,35 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"percentage\x1a9\n" +
 	"\vSubsetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8c\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf2\x03\n" +
 	"\n" +
 	"RouteMatch\x12.\n" +
 	"\x04path\x18\x01 \x01(\v2\x1a.ambit.config.v1.PathMatchR\x04path\x126\n" +
 	"\aheaders\x18\x02 \x03(\v2\x1c.ambit.config.v1.HeaderMatchR\aheaders\x12\x16\n" +
-	"\x06method\x18\x03 \x01(\tR\x06method\"l\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12>\n" +
+	"\fquery_params\x18\x04 \x03(\v2\x1b.ambit.config.v1.QueryMatchR\vqueryParams\x12:\n" +
+	"\tauthority\x18\x05 \x01(\v2\x1c.ambit.config.v1.HeaderMatchR\tauthority\x12)\n" +
+	"\x10source_namespace\x18\x06 \x01(\tR\x0fsourceNamespace\x12R\n" +
+	"\rsource_labels\x18\a \x03(\v2-.ambit.config.v1.RouteMatch.SourceLabelsEntryR\fsourceLabels\x12(\n" +
+	"\x10path_ignore_case\x18\b \x01(\bR\x0epathIgnoreCase\x1a?\n" +
+	"\x11SourceLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"6\n" +
+	"\n" +
+	"QueryMatch\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"l\n" +
 	"\tPathMatch\x12\x16\n" +
 	"\x05exact\x18\x01 \x01(\tH\x00R\x05exact\x12\x18\n" +
 	"\x06prefix\x18\x02 \x01(\tH\x00R\x06prefix\x12%\n" +
 	"\rstring_prefix\x18\x03 \x01(\tH\x00R\fstringPrefixB\x06\n" +
-	"\x04kind\"7\n" +
+	"\x04kind\"\x81\x01\n" +
 	"\vHeaderMatch\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xa3\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +
+	"\x06prefix\x18\x03 \x01(\tR\x06prefix\x12\x18\n" +
+	"\apresent\x18\x04 \x01(\bR\apresent\x12\x16\n" +
+	"\x06invert\x18\x05 \x01(\bR\x06invert\"\xa3\x02\n" +
 	"\aBackend\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n" +
@@ -3634,7 +3775,7 @@ func file_proto_config_v1_config_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_config_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_proto_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_proto_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_proto_config_v1_config_proto_goTypes = []any{
 	(NetworkMode)(0),                       // 0: ambit.config.v1.NetworkMode
 	(TunnelProtocol)(0),                    // 1: ambit.config.v1.TunnelProtocol
@@ -3668,31 +3809,33 @@ var file_proto_config_v1_config_proto_goTypes = []any{
 	(*Redirect)(nil),                       // 29: ambit.config.v1.Redirect
 	(*Mirror)(nil),                         // 30: ambit.config.v1.Mirror
 	(*RouteMatch)(nil),                     // 31: ambit.config.v1.RouteMatch
-	(*PathMatch)(nil),                      // 32: ambit.config.v1.PathMatch
-	(*HeaderMatch)(nil),                    // 33: ambit.config.v1.HeaderMatch
-	(*Backend)(nil),                        // 34: ambit.config.v1.Backend
-	(*TrafficPolicy)(nil),                  // 35: ambit.config.v1.TrafficPolicy
-	(*Timeouts)(nil),                       // 36: ambit.config.v1.Timeouts
-	(*Retry)(nil),                          // 37: ambit.config.v1.Retry
-	(*Fault)(nil),                          // 38: ambit.config.v1.Fault
-	nil,                                    // 39: ambit.config.v1.Workload.LabelsEntry
-	nil,                                    // 40: ambit.config.v1.Workload.ServicesEntry
-	nil,                                    // 41: ambit.config.v1.Authorization.SelectorEntry
-	nil,                                    // 42: ambit.config.v1.HeaderOps.SetEntry
-	nil,                                    // 43: ambit.config.v1.HeaderOps.AddEntry
-	nil,                                    // 44: ambit.config.v1.Mirror.SubsetEntry
-	nil,                                    // 45: ambit.config.v1.Backend.SubsetEntry
-	(*TrafficPolicy_LoadBalancer)(nil),     // 46: ambit.config.v1.TrafficPolicy.LoadBalancer
-	(*TrafficPolicy_ConnectionPool)(nil),   // 47: ambit.config.v1.TrafficPolicy.ConnectionPool
-	(*TrafficPolicy_OutlierDetection)(nil), // 48: ambit.config.v1.TrafficPolicy.OutlierDetection
-	(*TrafficPolicy_RetryBudget)(nil),      // 49: ambit.config.v1.TrafficPolicy.RetryBudget
-	(*Fault_Abort)(nil),                    // 50: ambit.config.v1.Fault.Abort
-	(*Fault_Delay)(nil),                    // 51: ambit.config.v1.Fault.Delay
-	(*durationpb.Duration)(nil),            // 52: google.protobuf.Duration
+	(*QueryMatch)(nil),                     // 32: ambit.config.v1.QueryMatch
+	(*PathMatch)(nil),                      // 33: ambit.config.v1.PathMatch
+	(*HeaderMatch)(nil),                    // 34: ambit.config.v1.HeaderMatch
+	(*Backend)(nil),                        // 35: ambit.config.v1.Backend
+	(*TrafficPolicy)(nil),                  // 36: ambit.config.v1.TrafficPolicy
+	(*Timeouts)(nil),                       // 37: ambit.config.v1.Timeouts
+	(*Retry)(nil),                          // 38: ambit.config.v1.Retry
+	(*Fault)(nil),                          // 39: ambit.config.v1.Fault
+	nil,                                    // 40: ambit.config.v1.Workload.LabelsEntry
+	nil,                                    // 41: ambit.config.v1.Workload.ServicesEntry
+	nil,                                    // 42: ambit.config.v1.Authorization.SelectorEntry
+	nil,                                    // 43: ambit.config.v1.HeaderOps.SetEntry
+	nil,                                    // 44: ambit.config.v1.HeaderOps.AddEntry
+	nil,                                    // 45: ambit.config.v1.Mirror.SubsetEntry
+	nil,                                    // 46: ambit.config.v1.RouteMatch.SourceLabelsEntry
+	nil,                                    // 47: ambit.config.v1.Backend.SubsetEntry
+	(*TrafficPolicy_LoadBalancer)(nil),     // 48: ambit.config.v1.TrafficPolicy.LoadBalancer
+	(*TrafficPolicy_ConnectionPool)(nil),   // 49: ambit.config.v1.TrafficPolicy.ConnectionPool
+	(*TrafficPolicy_OutlierDetection)(nil), // 50: ambit.config.v1.TrafficPolicy.OutlierDetection
+	(*TrafficPolicy_RetryBudget)(nil),      // 51: ambit.config.v1.TrafficPolicy.RetryBudget
+	(*Fault_Abort)(nil),                    // 52: ambit.config.v1.Fault.Abort
+	(*Fault_Delay)(nil),                    // 53: ambit.config.v1.Fault.Delay
+	(*durationpb.Duration)(nil),            // 54: google.protobuf.Duration
 }
 var file_proto_config_v1_config_proto_depIdxs = []int32{
-	39, // 0: ambit.config.v1.Workload.labels:type_name -> ambit.config.v1.Workload.LabelsEntry
-	40, // 1: ambit.config.v1.Workload.services:type_name -> ambit.config.v1.Workload.ServicesEntry
+	40, // 0: ambit.config.v1.Workload.labels:type_name -> ambit.config.v1.Workload.LabelsEntry
+	41, // 1: ambit.config.v1.Workload.services:type_name -> ambit.config.v1.Workload.ServicesEntry
 	14, // 2: ambit.config.v1.Workload.waypoint:type_name -> ambit.config.v1.GatewayAddress
 	0,  // 3: ambit.config.v1.Workload.network_mode:type_name -> ambit.config.v1.NetworkMode
 	1,  // 4: ambit.config.v1.Workload.tunnel_protocol:type_name -> ambit.config.v1.TunnelProtocol
@@ -3707,7 +3850,7 @@ var file_proto_config_v1_config_proto_depIdxs = []int32{
 	16, // 13: ambit.config.v1.Service.load_balancing:type_name -> ambit.config.v1.LoadBalancing
 	5,  // 14: ambit.config.v1.LoadBalancing.mode:type_name -> ambit.config.v1.LoadBalancing.Mode
 	6,  // 15: ambit.config.v1.Authorization.scope:type_name -> ambit.config.v1.Authorization.Scope
-	41, // 16: ambit.config.v1.Authorization.selector:type_name -> ambit.config.v1.Authorization.SelectorEntry
+	42, // 16: ambit.config.v1.Authorization.selector:type_name -> ambit.config.v1.Authorization.SelectorEntry
 	18, // 17: ambit.config.v1.Authorization.target_refs:type_name -> ambit.config.v1.TargetRef
 	7,  // 18: ambit.config.v1.Authorization.action:type_name -> ambit.config.v1.Authorization.Action
 	19, // 19: ambit.config.v1.Authorization.rules:type_name -> ambit.config.v1.Rule
@@ -3720,41 +3863,44 @@ var file_proto_config_v1_config_proto_depIdxs = []int32{
 	13, // 26: ambit.config.v1.Waypoint.address:type_name -> ambit.config.v1.NetworkAddress
 	26, // 27: ambit.config.v1.RouteConfig.routes:type_name -> ambit.config.v1.Route
 	31, // 28: ambit.config.v1.Route.matches:type_name -> ambit.config.v1.RouteMatch
-	34, // 29: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
-	36, // 30: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
-	37, // 31: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
-	38, // 32: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
+	35, // 29: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
+	37, // 30: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
+	38, // 31: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
+	39, // 32: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
 	27, // 33: ambit.config.v1.Route.request_headers:type_name -> ambit.config.v1.HeaderOps
 	27, // 34: ambit.config.v1.Route.response_headers:type_name -> ambit.config.v1.HeaderOps
 	28, // 35: ambit.config.v1.Route.rewrite:type_name -> ambit.config.v1.Rewrite
 	29, // 36: ambit.config.v1.Route.redirect:type_name -> ambit.config.v1.Redirect
 	30, // 37: ambit.config.v1.Route.mirrors:type_name -> ambit.config.v1.Mirror
-	42, // 38: ambit.config.v1.HeaderOps.set:type_name -> ambit.config.v1.HeaderOps.SetEntry
-	43, // 39: ambit.config.v1.HeaderOps.add:type_name -> ambit.config.v1.HeaderOps.AddEntry
-	44, // 40: ambit.config.v1.Mirror.subset:type_name -> ambit.config.v1.Mirror.SubsetEntry
-	32, // 41: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
-	33, // 42: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
-	45, // 43: ambit.config.v1.Backend.subset:type_name -> ambit.config.v1.Backend.SubsetEntry
-	35, // 44: ambit.config.v1.Backend.policy:type_name -> ambit.config.v1.TrafficPolicy
-	46, // 45: ambit.config.v1.TrafficPolicy.load_balancer:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer
-	47, // 46: ambit.config.v1.TrafficPolicy.connection_pool:type_name -> ambit.config.v1.TrafficPolicy.ConnectionPool
-	48, // 47: ambit.config.v1.TrafficPolicy.outlier_detection:type_name -> ambit.config.v1.TrafficPolicy.OutlierDetection
-	49, // 48: ambit.config.v1.TrafficPolicy.retry_budget:type_name -> ambit.config.v1.TrafficPolicy.RetryBudget
-	52, // 49: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
-	52, // 50: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
-	52, // 51: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
-	50, // 52: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
-	51, // 53: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
-	11, // 54: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
-	9,  // 55: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
-	52, // 56: ambit.config.v1.TrafficPolicy.ConnectionPool.connect_timeout:type_name -> google.protobuf.Duration
-	52, // 57: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	52, // 58: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
-	59, // [59:59] is the sub-list for method output_type
-	59, // [59:59] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	43, // 38: ambit.config.v1.HeaderOps.set:type_name -> ambit.config.v1.HeaderOps.SetEntry
+	44, // 39: ambit.config.v1.HeaderOps.add:type_name -> ambit.config.v1.HeaderOps.AddEntry
+	45, // 40: ambit.config.v1.Mirror.subset:type_name -> ambit.config.v1.Mirror.SubsetEntry
+	33, // 41: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
+	34, // 42: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
+	32, // 43: ambit.config.v1.RouteMatch.query_params:type_name -> ambit.config.v1.QueryMatch
+	34, // 44: ambit.config.v1.RouteMatch.authority:type_name -> ambit.config.v1.HeaderMatch
+	46, // 45: ambit.config.v1.RouteMatch.source_labels:type_name -> ambit.config.v1.RouteMatch.SourceLabelsEntry
+	47, // 46: ambit.config.v1.Backend.subset:type_name -> ambit.config.v1.Backend.SubsetEntry
+	36, // 47: ambit.config.v1.Backend.policy:type_name -> ambit.config.v1.TrafficPolicy
+	48, // 48: ambit.config.v1.TrafficPolicy.load_balancer:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer
+	49, // 49: ambit.config.v1.TrafficPolicy.connection_pool:type_name -> ambit.config.v1.TrafficPolicy.ConnectionPool
+	50, // 50: ambit.config.v1.TrafficPolicy.outlier_detection:type_name -> ambit.config.v1.TrafficPolicy.OutlierDetection
+	51, // 51: ambit.config.v1.TrafficPolicy.retry_budget:type_name -> ambit.config.v1.TrafficPolicy.RetryBudget
+	54, // 52: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
+	54, // 53: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
+	54, // 54: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
+	52, // 55: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
+	53, // 56: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
+	11, // 57: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
+	9,  // 58: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
+	54, // 59: ambit.config.v1.TrafficPolicy.ConnectionPool.connect_timeout:type_name -> google.protobuf.Duration
+	54, // 60: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	54, // 61: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
+	62, // [62:62] is the sub-list for method output_type
+	62, // [62:62] is the sub-list for method input_type
+	62, // [62:62] is the sub-list for extension type_name
+	62, // [62:62] is the sub-list for extension extendee
+	0,  // [0:62] is the sub-list for field type_name
 }
 
 func init() { file_proto_config_v1_config_proto_init() }
@@ -3762,7 +3908,7 @@ func file_proto_config_v1_config_proto_init() {
 	if File_proto_config_v1_config_proto != nil {
 		return
 	}
-	file_proto_config_v1_config_proto_msgTypes[22].OneofWrappers = []any{
+	file_proto_config_v1_config_proto_msgTypes[23].OneofWrappers = []any{
 		(*PathMatch_Exact)(nil),
 		(*PathMatch_Prefix)(nil),
 		(*PathMatch_StringPrefix)(nil),
@@ -3773,7 +3919,7 @@ func file_proto_config_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_config_v1_config_proto_rawDesc), len(file_proto_config_v1_config_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   42,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

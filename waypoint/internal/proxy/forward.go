@@ -108,7 +108,7 @@ func (p *Proxy) handle(ctx context.Context, d *downstream, req *http.Request, h2
 	parent, parentPort, table := p.parentRoutes(d)
 	var rt *route.Route
 	if table != nil {
-		if rt = table.Match(parentPort, req); rt == nil {
+		if rt = table.MatchFrom(parentPort, req, p.source(d)); rt == nil {
 			ex.flags = flagNoRoute
 			return ex.local(http.StatusNotFound, "no route matched: "+parent+" has no HTTPRoute rule for "+req.Method+" "+req.URL.Path), ex
 		}
@@ -208,6 +208,19 @@ func (p *Proxy) parentRoutes(d *downstream) (string, uint16, *route.Table) {
 		}
 	}
 	return "", 0, nil
+}
+
+// source is what a route match may know of the client: its identity's namespace, and its
+// workload's labels when the mesh knows its address.
+func (p *Proxy) source(d *downstream) route.Source {
+	src := route.Source{Namespace: d.peerNS}
+	// The labels count only when the workload at the client's address has the identity the
+	// client proved, so that an address alone cannot borrow another workload's labels.
+	if w, ok := p.cfg.State.Workload(d.client.Addr()); ok && w.GetNamespace() == d.peerNS &&
+		d.peer.Path() == "/ns/"+w.GetNamespace()+"/sa/"+w.GetServiceAccount() {
+		src.Labels = w.GetLabels()
+	}
+	return src
 }
 
 func targetPort(svc *configv1.Service, port uint16) uint32 {

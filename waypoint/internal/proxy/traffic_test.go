@@ -149,9 +149,13 @@ func TestConnectionPoolOverflow(t *testing.T) {
 	if n := counter(t, e, "ambit_waypoint_upstream_overflow_total", map[string]string{"reason": "pending"}); n != 1 {
 		t.Fatalf("overflow metric %v, want 1", n)
 	}
-	if n := counter(t, e, "istio_requests_total", map[string]string{"response_flags": "UO"}); n != 1 {
-		t.Fatalf("requests with flag UO: %v, want 1", n)
-	}
+	// The request metric is recorded once the answer is written, after the client has it.
+	wait.Until(t, 5*time.Second, "the request counted with flag UO", func() error {
+		if n := counter(t, e, "istio_requests_total", map[string]string{"response_flags": "UO"}); n != 1 {
+			return fmt.Errorf("requests with flag UO: %v, want 1", n)
+		}
+		return nil
+	})
 	close(unblock)
 	for i := 0; i < 2; i++ {
 		if code := <-codes; code != 200 {

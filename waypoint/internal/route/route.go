@@ -7,7 +7,9 @@ package route
 import (
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -104,12 +106,33 @@ type Match struct {
 	// PathStringPrefix matches any path starting with it (Istio's uri.prefix).
 	PathStringPrefix string
 	hasPath          bool
-	Headers          []Header
-	Method           string
+	// PathIgnoreCase compares paths case-insensitively.
+	PathIgnoreCase bool
+	Headers        []Header
+	Method         string
+	Query          []Query
+	// Authority, when set, matches the Host header without its port.
+	Authority *Header
+	// SourceNamespace and SourceLabels match the client.
+	SourceNamespace string
+	SourceLabels    map[string]string
 }
 
-// Header is an exact header match; Name is canonical.
-type Header struct{ Name, Value string }
+// Header is a header match; Name is canonical. It matches a value equal to Value, or
+// starting with Prefix when that is set, or any value when Present; Invert negates it.
+type Header struct {
+	Name, Value, Prefix string
+	Present, Invert     bool
+}
+
+// Query is an exact query parameter match.
+type Query struct{ Name, Value string }
+
+// Source is what a match may know of the client.
+type Source struct {
+	Namespace string
+	Labels    map[string]string
+}
 
 // Backend is a Service that receives a share of the route's requests.
 type Backend struct {
@@ -222,7 +245,21 @@ func Compile(name string, rc *configv1.RouteConfig) (*Table, error) {
 				if !httpguts.ValidHeaderFieldValue(h.GetValue()) {
 					return nil, bad(fmt.Sprintf("%s.headers[%d].value", mf, k), "not a valid header value")
 				}
-				cm.Headers = append(cm.Headers, Header{Name: http.CanonicalHeaderKey(h.GetName()), Value: h.GetValue()})
+				cm.Headers = append(cm.Headers, Header{Name: http.CanonicalHeaderKey(h.GetName()), Value: h.GetValue(),
+					Prefix: h.GetPrefix(), Present: h.GetPresent(), Invert: h.GetInvert()})
+			}
+			for k, q := range m.GetQueryParams() {
+				if q.GetName() == "" {
+					return nil, bad(fmt.Sprintf("%s.query_params[%d].name", mf, k), "empty")
+				}
+				cm.Query = append(cm.Query, Query{Name: q.GetName(), Value: q.GetValue()})
+			}
+			if a := m.GetAuthority(); a != nil {
+				cm.Authority = &Header{Value: a.GetValue(), Prefix: a.GetPrefix(), Present: a.GetPresent(), Invert: a.GetInvert()}
+			}
+			cm.SourceNamespace, cm.SourceLabels, cm.PathIgnoreCase = m.GetSourceNamespace(), m.GetSourceLabels(), m.GetPathIgnoreCase()
+			if cm.PathIgnoreCase {
+				cm.PathExact, cm.PathPrefix, cm.PathStringPrefix = strings.ToLower(cm.PathExact), strings.ToLower(cm.PathPrefix), strings.ToLower(cm.PathStringPrefix)
 			}
 			if meth := m.GetMethod(); meth != "" {
 				if !validToken(meth) {
@@ -376,8 +413,13 @@ func ServiceKey(hostname, fallback string) string {
 }
 
 // Match returns the first route whose ports and matches fit the request arriving on port,
-// or nil.
+// or nil. A match on the source never fits.
 func (t *Table) Match(port uint16, r *http.Request) *Route {
+	return t.MatchFrom(port, r, Source{})
+}
+
+// MatchFrom is Match for a request from src.
+func (t *Table) MatchFrom(port uint16, r *http.Request, src Source) *Route {
 	for _, rt := range t.Routes {
 		if len(rt.Ports) > 0 && !contains(rt.Ports, uint32(port)) {
 			continue
@@ -386,7 +428,7 @@ func (t *Table) Match(port uint16, r *http.Request) *Route {
 			return rt
 		}
 		for i := range rt.Matches {
-			if rt.Matches[i].matches(r) {
+			if rt.Matches[i].matches(r, src) {
 				return rt
 			}
 		}
@@ -403,12 +445,40 @@ func contains(ports []uint32, p uint32) bool {
 	return false
 }
 
-func (m *Match) matches(r *http.Request) bool {
+func (m *Match) matches(r *http.Request, src Source) bool {
 	if m.Method != "" && r.Method != m.Method {
 		return false
 	}
+	if m.SourceNamespace != "" && m.SourceNamespace != src.Namespace {
+		return false
+	}
+	for k, v := range m.SourceLabels {
+		if lv, ok := src.Labels[k]; !ok || lv != v {
+			return false
+		}
+	}
+	if m.Authority != nil {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		if !m.Authority.matchValues([]string{host}) {
+			return false
+		}
+	}
+	if len(m.Query) > 0 {
+		q := r.URL.Query()
+		for _, qm := range m.Query {
+			if vs, ok := q[qm.Name]; !ok || !slices.Contains(vs, qm.Value) {
+				return false
+			}
+		}
+	}
 	if m.hasPath {
 		path := r.URL.Path
+		if m.PathIgnoreCase {
+			path = strings.ToLower(path)
+		}
 		if m.PathExact != "" && path != m.PathExact {
 			return false
 		}
@@ -421,19 +491,30 @@ func (m *Match) matches(r *http.Request) bool {
 		}
 	}
 	for _, h := range m.Headers {
-		vs := r.Header[h.Name]
-		ok := false
-		for _, v := range vs {
-			if v == h.Value {
-				ok = true
-				break
-			}
-		}
-		if !ok {
+		if !h.matchValues(r.Header[h.Name]) {
 			return false
 		}
 	}
 	return true
+}
+
+// matchValues reports whether one of a header's values matches h (or, inverted, none does).
+func (h *Header) matchValues(vs []string) bool {
+	ok := false
+	for _, v := range vs {
+		switch {
+		case h.Present:
+			ok = true
+		case h.Prefix != "":
+			ok = strings.HasPrefix(v, h.Prefix)
+		default:
+			ok = v == h.Value
+		}
+		if ok {
+			break
+		}
+	}
+	return ok != h.Invert
 }
 
 // PickBackend chooses a backend in proportion to the weights. ok is false when the route

@@ -111,3 +111,51 @@ func TestCompileRefusesBadTrafficFields(t *testing.T) {
 		}
 	}
 }
+
+func TestIstioMatches(t *testing.T) {
+	tbl, err := Compile("shop/web", &configv1.RouteConfig{Routes: []*configv1.Route{{Name: "m", Matches: []*configv1.RouteMatch{{
+		Path: &configv1.PathMatch{Kind: &configv1.PathMatch_StringPrefix{StringPrefix: "/Api"}}, PathIgnoreCase: true,
+		Headers: []*configv1.HeaderMatch{
+			{Name: "x-bot", Value: "yes", Invert: true},
+			{Name: "x-debug", Present: true},
+			{Name: "x-user", Prefix: "admin-"},
+		},
+		QueryParams:     []*configv1.QueryMatch{{Name: "v", Value: "2"}},
+		Authority:       &configv1.HeaderMatch{Prefix: "web"},
+		SourceNamespace: "demo", SourceLabels: map[string]string{"app": "client"},
+	}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := Source{Namespace: "demo", Labels: map[string]string{"app": "client", "version": "v1"}}
+	req := func(mod func(*http.Request)) *http.Request {
+		r := httptest.NewRequest("GET", "http://web.shop:80/API/users?v=2", nil)
+		r.Header.Set("X-Debug", "")
+		r.Header.Set("X-User", "admin-ann")
+		if mod != nil {
+			mod(r)
+		}
+		return r
+	}
+	if tbl.MatchFrom(80, req(nil), client) == nil {
+		t.Fatal("the request that fits every condition did not match")
+	}
+	for name, tc := range map[string]struct {
+		mod func(*http.Request)
+		src Source
+	}{
+		"without header present": {func(r *http.Request) { r.Header.Set("X-Bot", "yes") }, client},
+		"header absent":          {func(r *http.Request) { r.Header.Del("X-Debug") }, client},
+		"prefix differs":         {func(r *http.Request) { r.Header.Set("X-User", "guest") }, client},
+		"query differs":          {func(r *http.Request) { r.URL.RawQuery = "v=1" }, client},
+		"authority differs":      {func(r *http.Request) { r.Host = "api.shop" }, client},
+		"path differs":           {func(r *http.Request) { r.URL.Path = "/other" }, client},
+		"other source namespace": {nil, Source{Namespace: "shop", Labels: client.Labels}},
+		"source lacks the label": {nil, Source{Namespace: "demo"}},
+		"no source (Match)":      {nil, Source{}},
+	} {
+		if tbl.MatchFrom(80, req(tc.mod), tc.src) != nil {
+			t.Errorf("%s: matched", name)
+		}
+	}
+}
