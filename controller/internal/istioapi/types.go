@@ -49,7 +49,7 @@ type HTTPRoute struct {
 	Match            []HTTPMatchRequest     `json:"match,omitempty"`
 	Route            []HTTPRouteDestination `json:"route,omitempty"`
 	Redirect         *HTTPRedirect          `json:"redirect,omitempty"`
-	DirectResponse   json.RawMessage        `json:"directResponse,omitempty"`
+	DirectResponse   *HTTPDirectResponse    `json:"directResponse,omitempty"`
 	Delegate         json.RawMessage        `json:"delegate,omitempty"`
 	Rewrite          *HTTPRewrite           `json:"rewrite,omitempty"`
 	Timeout          string                 `json:"timeout,omitempty"`
@@ -126,6 +126,17 @@ type HTTPRedirect struct {
 	Scheme        string `json:"scheme,omitempty"`
 	RedirectCode  uint32 `json:"redirectCode,omitempty"`
 	PrefixRewrite string `json:"prefixRewrite,omitempty"`
+}
+
+type HTTPDirectResponse struct {
+	Status uint32    `json:"status"`
+	Body   *HTTPBody `json:"body,omitempty"`
+}
+
+// HTTPBody is one of string, bytes (base64 in JSON).
+type HTTPBody struct {
+	String string `json:"string,omitempty"`
+	Bytes  []byte `json:"bytes,omitempty"`
 }
 
 type HTTPRewrite struct {

@@ -457,7 +457,7 @@ func istioHTTPRoute(h istioapi.HTTPRoute, i int, vs *istioapi.VirtualService, op
 		field string
 		set   bool
 	}{
-		{"directResponse", len(h.DirectResponse) > 0}, {"delegate", len(h.Delegate) > 0}, {"corsPolicy", len(h.CorsPolicy) > 0},
+		{"delegate", len(h.Delegate) > 0}, {"corsPolicy", len(h.CorsPolicy) > 0},
 	} {
 		if err := unsupported(u.field, u.set); err != nil {
 			return nil, err
@@ -472,18 +472,16 @@ func istioHTTPRoute(h istioapi.HTTPRoute, i int, vs *istioapi.VirtualService, op
 	if err := istioL7(h, base, vs.Namespace, opts, r, &ir); err != nil {
 		return nil, err
 	}
-	if len(h.Route) == 0 && r.Redirect == nil {
-		return nil, &fieldErr{base + ".route", fmt.Errorf("empty: a rule needs a route or a redirect")}
+	if len(h.Route) == 0 && r.Redirect == nil && r.DirectResponse == nil {
+		return nil, &fieldErr{base + ".route", fmt.Errorf("empty: a rule needs a route, a redirect or a directResponse")}
 	}
 	var subsets, subsetFields []string
 	sum := int32(0)
 	for j, d := range h.Route {
 		f := fmt.Sprintf("%s.route[%d]", base, j)
+		var dh configv1.Route // the destination's own header edits, applied after the rule's
 		if d.Headers != nil {
-			if len(h.Route) > 1 {
-				return nil, &fieldErr{f + ".headers", fmt.Errorf("not supported with more than one destination (put them on the rule)")}
-			}
-			if err := mergeHeaders(r, d.Headers, f+".headers"); err != nil {
+			if err := mergeHeaders(&dh, d.Headers, f+".headers"); err != nil {
 				return nil, err
 			}
 		}
@@ -497,7 +495,8 @@ func istioHTTPRoute(h istioapi.HTTPRoute, i int, vs *istioapi.VirtualService, op
 			return nil, &fieldErr{f + ".weight", fmt.Errorf("%d is not in [0, 100]", d.Weight)}
 		}
 		sum += d.Weight
-		be := &configv1.Backend{Hostname: ResolveHost(d.Destination.Host, vs.Namespace, opts.Domain), Weight: uint32(d.Weight)}
+		be := &configv1.Backend{Hostname: ResolveHost(d.Destination.Host, vs.Namespace, opts.Domain), Weight: uint32(d.Weight),
+			RequestHeaders: dh.RequestHeaders, ResponseHeaders: dh.ResponseHeaders}
 		if d.Destination.Port != nil {
 			if d.Destination.Port.Number < 1 || d.Destination.Port.Number > 65535 {
 				return nil, &fieldErr{f + ".destination.port.number", fmt.Errorf("%d out of range", d.Destination.Port.Number)}
@@ -509,7 +508,7 @@ func istioHTTPRoute(h istioapi.HTTPRoute, i int, vs *istioapi.VirtualService, op
 		subsetFields = append(subsetFields, f+".destination.subset")
 	}
 	switch {
-	case len(h.Route) == 0: // a redirect
+	case len(h.Route) == 0: // a redirect or a direct response
 	case len(h.Route) == 1 && sum == 0:
 		r.Backends[0].Weight = 100 // one destination takes everything
 	case sum != 100:

@@ -53,6 +53,26 @@ func istioL7(h istioapi.HTTPRoute, base, ns string, opts Options, r *configv1.Ro
 		}
 		r.Redirect = &configv1.Redirect{Path: rd.URI, Authority: rd.Authority, Port: rd.Port, Scheme: rd.Scheme, Code: rd.RedirectCode}
 	}
+	if dr := h.DirectResponse; dr != nil {
+		f := base + ".directResponse"
+		switch {
+		case len(h.Route) > 0 || h.Redirect != nil:
+			return &fieldErr{f, fmt.Errorf("directResponse, route and redirect are mutually exclusive")}
+		case dr.Status < 200 || dr.Status > 599:
+			return &fieldErr{f + ".status", fmt.Errorf("%d is not in [200, 599]", dr.Status)}
+		}
+		out := &configv1.DirectResponse{Status: dr.Status}
+		if b := dr.Body; b != nil {
+			if b.String != "" && len(b.Bytes) > 0 {
+				return &fieldErr{f + ".body", fmt.Errorf("string and bytes are mutually exclusive")}
+			}
+			out.Body = append([]byte(b.String), b.Bytes...)
+			if len(out.Body) > 64<<10 {
+				return &fieldErr{f + ".body", fmt.Errorf("%d bytes exceeds 64 KiB", len(out.Body))}
+			}
+		}
+		r.DirectResponse = out
+	}
 	type mirror struct {
 		d     istioapi.Destination
 		pct   float64

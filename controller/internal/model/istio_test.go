@@ -432,6 +432,9 @@ spec:
   - name: moved
     match: [{uri: {exact: /old}}]
     redirect: {uri: /new, authority: www.example.com, redirectCode: 308}
+  - name: gone
+    match: [{uri: {exact: /gone}}]
+    directResponse: {status: 410, body: {string: "gone for good"}}
   - name: api
     match: [{uri: {prefix: /v1/}}]
     rewrite: {uri: /api/, authority: api.internal}
@@ -444,18 +447,20 @@ spec:
 `)
 	x := istioTestIndex(t, istioObj[*istioapi.DestinationRule](t, webDR), vs)
 	rc := routeConfig(x)
-	if rc == nil || len(rc.Routes) != 2 {
+	if rc == nil || len(rc.Routes) != 3 {
 		t.Fatalf("RouteConfig %v (errors %v)", rc, x.Errors())
 	}
 	wantProto(t, "redirect", &configv1.Route{Name: "moved", Matches: []*configv1.RouteMatch{{Path: &configv1.PathMatch{Kind: &configv1.PathMatch_Exact{Exact: "/old"}}}},
 		Redirect: &configv1.Redirect{Path: "/new", Authority: "www.example.com", Code: 308}}, rc.Routes[0])
+	wantProto(t, "direct", &configv1.DirectResponse{Status: 410, Body: []byte("gone for good")}, rc.Routes[1].DirectResponse)
 	wantProto(t, "api", &configv1.Route{Name: "api", Matches: []*configv1.RouteMatch{{Path: &configv1.PathMatch{Kind: &configv1.PathMatch_StringPrefix{StringPrefix: "/v1/"}}}},
-		Backends:        []*configv1.Backend{{Hostname: "web.demo.svc.cluster.local", Weight: 100, Subset: map[string]string{"version": "v1"}, SubsetName: "v1"}},
+		Backends: []*configv1.Backend{{Hostname: "web.demo.svc.cluster.local", Weight: 100, Subset: map[string]string{"version": "v1"}, SubsetName: "v1",
+			RequestHeaders: &configv1.HeaderOps{Set: map[string]string{"x-subset": "v1"}}}},
 		Rewrite:         &configv1.Rewrite{Path: "/api/", Authority: "api.internal"},
-		RequestHeaders:  &configv1.HeaderOps{Set: map[string]string{"x-env": "prod", "x-subset": "v1"}, Remove: []string{"x-debug"}},
+		RequestHeaders:  &configv1.HeaderOps{Set: map[string]string{"x-env": "prod"}, Remove: []string{"x-debug"}},
 		ResponseHeaders: &configv1.HeaderOps{Add: map[string]string{"x-served-by": "waypoint"}},
 		Mirrors:         []*configv1.Mirror{{Hostname: "web.demo.svc.cluster.local", Percentage: 12.5, Subset: map[string]string{"version": "v2"}, SubsetName: "v2"}},
-	}, rc.Routes[1])
+	}, rc.Routes[2])
 }
 
 // TestNoRouteNoRouteConfig: a Service without routes or a DestinationRule policy has no

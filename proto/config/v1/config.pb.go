@@ -577,7 +577,7 @@ func (x TrafficPolicy_LoadBalancer_Simple) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TrafficPolicy_LoadBalancer_Simple.Descriptor instead.
 func (TrafficPolicy_LoadBalancer_Simple) EnumDescriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26, 0, 0}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27, 0, 0}
 }
 
 // Workload is one enrolled pod (or, in the local lab, one network namespace).
@@ -1958,9 +1958,12 @@ type Route struct {
 	Redirect *Redirect `protobuf:"bytes,11,opt,name=redirect,proto3" json:"redirect,omitempty"`
 	// mirrors receive a copy of a share of the requests, fire and forget: their answers are
 	// discarded and never delay or fail the request.
-	Mirrors       []*Mirror `protobuf:"bytes,12,rep,name=mirrors,proto3" json:"mirrors,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Mirrors []*Mirror `protobuf:"bytes,12,rep,name=mirrors,proto3" json:"mirrors,omitempty"`
+	// direct_response, when set, answers the request with this status and body instead of
+	// forwarding it (backends are then empty).
+	DirectResponse *DirectResponse `protobuf:"bytes,13,opt,name=direct_response,json=directResponse,proto3" json:"direct_response,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Route) Reset() {
@@ -2077,6 +2080,68 @@ func (x *Route) GetMirrors() []*Mirror {
 	return nil
 }
 
+func (x *Route) GetDirectResponse() *DirectResponse {
+	if x != nil {
+		return x.DirectResponse
+	}
+	return nil
+}
+
+// DirectResponse is a fixed answer.
+type DirectResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// status is the HTTP status, 200 to 599.
+	Status uint32 `protobuf:"varint,1,opt,name=status,proto3" json:"status,omitempty"`
+	// body is sent as is, at most 64 KiB.
+	Body          []byte `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DirectResponse) Reset() {
+	*x = DirectResponse{}
+	mi := &file_proto_config_v1_config_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DirectResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DirectResponse) ProtoMessage() {}
+
+func (x *DirectResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_v1_config_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DirectResponse.ProtoReflect.Descriptor instead.
+func (*DirectResponse) Descriptor() ([]byte, []int) {
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DirectResponse) GetStatus() uint32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *DirectResponse) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
 // HeaderOps edits headers: set replaces, add appends, remove deletes (names case-insensitive).
 // They apply in that order: remove, set, add.
 type HeaderOps struct {
@@ -2090,7 +2155,7 @@ type HeaderOps struct {
 
 func (x *HeaderOps) Reset() {
 	*x = HeaderOps{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[17]
+	mi := &file_proto_config_v1_config_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2102,7 +2167,7 @@ func (x *HeaderOps) String() string {
 func (*HeaderOps) ProtoMessage() {}
 
 func (x *HeaderOps) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[17]
+	mi := &file_proto_config_v1_config_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2115,7 +2180,7 @@ func (x *HeaderOps) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderOps.ProtoReflect.Descriptor instead.
 func (*HeaderOps) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{17}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *HeaderOps) GetSet() map[string]string {
@@ -2153,7 +2218,7 @@ type Rewrite struct {
 
 func (x *Rewrite) Reset() {
 	*x = Rewrite{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[18]
+	mi := &file_proto_config_v1_config_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2230,7 @@ func (x *Rewrite) String() string {
 func (*Rewrite) ProtoMessage() {}
 
 func (x *Rewrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[18]
+	mi := &file_proto_config_v1_config_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2243,7 @@ func (x *Rewrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rewrite.ProtoReflect.Descriptor instead.
 func (*Rewrite) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{18}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Rewrite) GetPath() string {
@@ -2214,7 +2279,7 @@ type Redirect struct {
 
 func (x *Redirect) Reset() {
 	*x = Redirect{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[19]
+	mi := &file_proto_config_v1_config_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2226,7 +2291,7 @@ func (x *Redirect) String() string {
 func (*Redirect) ProtoMessage() {}
 
 func (x *Redirect) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[19]
+	mi := &file_proto_config_v1_config_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2239,7 +2304,7 @@ func (x *Redirect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
 func (*Redirect) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{19}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Redirect) GetPath() string {
@@ -2294,7 +2359,7 @@ type Mirror struct {
 
 func (x *Mirror) Reset() {
 	*x = Mirror{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[20]
+	mi := &file_proto_config_v1_config_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2306,7 +2371,7 @@ func (x *Mirror) String() string {
 func (*Mirror) ProtoMessage() {}
 
 func (x *Mirror) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[20]
+	mi := &file_proto_config_v1_config_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2319,7 +2384,7 @@ func (x *Mirror) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mirror.ProtoReflect.Descriptor instead.
 func (*Mirror) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{20}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Mirror) GetHostname() string {
@@ -2383,7 +2448,7 @@ type RouteMatch struct {
 
 func (x *RouteMatch) Reset() {
 	*x = RouteMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[21]
+	mi := &file_proto_config_v1_config_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2395,7 +2460,7 @@ func (x *RouteMatch) String() string {
 func (*RouteMatch) ProtoMessage() {}
 
 func (x *RouteMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[21]
+	mi := &file_proto_config_v1_config_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2408,7 +2473,7 @@ func (x *RouteMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
 func (*RouteMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{21}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RouteMatch) GetPath() *PathMatch {
@@ -2478,7 +2543,7 @@ type QueryMatch struct {
 
 func (x *QueryMatch) Reset() {
 	*x = QueryMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[22]
+	mi := &file_proto_config_v1_config_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2490,7 +2555,7 @@ func (x *QueryMatch) String() string {
 func (*QueryMatch) ProtoMessage() {}
 
 func (x *QueryMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[22]
+	mi := &file_proto_config_v1_config_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2503,7 +2568,7 @@ func (x *QueryMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryMatch.ProtoReflect.Descriptor instead.
 func (*QueryMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{22}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *QueryMatch) GetName() string {
@@ -2535,7 +2600,7 @@ type PathMatch struct {
 
 func (x *PathMatch) Reset() {
 	*x = PathMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[23]
+	mi := &file_proto_config_v1_config_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2547,7 +2612,7 @@ func (x *PathMatch) String() string {
 func (*PathMatch) ProtoMessage() {}
 
 func (x *PathMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[23]
+	mi := &file_proto_config_v1_config_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2560,7 +2625,7 @@ func (x *PathMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
 func (*PathMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{23}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PathMatch) GetKind() isPathMatch_Kind {
@@ -2644,7 +2709,7 @@ type HeaderMatch struct {
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[24]
+	mi := &file_proto_config_v1_config_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2656,7 +2721,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[24]
+	mi := &file_proto_config_v1_config_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2669,7 +2734,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{24}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -2724,14 +2789,18 @@ type Backend struct {
 	SubsetName string `protobuf:"bytes,5,opt,name=subset_name,json=subsetName,proto3" json:"subset_name,omitempty"`
 	// policy, when set, is how the waypoint treats this destination (a DestinationRule's
 	// trafficPolicy, the subset's merged over the host's).
-	Policy        *TrafficPolicy `protobuf:"bytes,6,opt,name=policy,proto3" json:"policy,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Policy *TrafficPolicy `protobuf:"bytes,6,opt,name=policy,proto3" json:"policy,omitempty"`
+	// request_headers and response_headers edit the requests sent to this backend and their
+	// responses, after the route's own edits.
+	RequestHeaders  *HeaderOps `protobuf:"bytes,7,opt,name=request_headers,json=requestHeaders,proto3" json:"request_headers,omitempty"`
+	ResponseHeaders *HeaderOps `protobuf:"bytes,8,opt,name=response_headers,json=responseHeaders,proto3" json:"response_headers,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[25]
+	mi := &file_proto_config_v1_config_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2743,7 +2812,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[25]
+	mi := &file_proto_config_v1_config_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2756,7 +2825,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Backend) GetHostname() string {
@@ -2801,6 +2870,20 @@ func (x *Backend) GetPolicy() *TrafficPolicy {
 	return nil
 }
 
+func (x *Backend) GetRequestHeaders() *HeaderOps {
+	if x != nil {
+		return x.RequestHeaders
+	}
+	return nil
+}
+
+func (x *Backend) GetResponseHeaders() *HeaderOps {
+	if x != nil {
+		return x.ResponseHeaders
+	}
+	return nil
+}
+
 // TrafficPolicy is per destination: a Service, or one subset of it.
 type TrafficPolicy struct {
 	state            protoimpl.MessageState          `protogen:"open.v1"`
@@ -2814,7 +2897,7 @@ type TrafficPolicy struct {
 
 func (x *TrafficPolicy) Reset() {
 	*x = TrafficPolicy{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[26]
+	mi := &file_proto_config_v1_config_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2826,7 +2909,7 @@ func (x *TrafficPolicy) String() string {
 func (*TrafficPolicy) ProtoMessage() {}
 
 func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[26]
+	mi := &file_proto_config_v1_config_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2839,7 +2922,7 @@ func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TrafficPolicy) GetLoadBalancer() *TrafficPolicy_LoadBalancer {
@@ -2883,7 +2966,7 @@ type Timeouts struct {
 
 func (x *Timeouts) Reset() {
 	*x = Timeouts{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[27]
+	mi := &file_proto_config_v1_config_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2895,7 +2978,7 @@ func (x *Timeouts) String() string {
 func (*Timeouts) ProtoMessage() {}
 
 func (x *Timeouts) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[27]
+	mi := &file_proto_config_v1_config_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2908,7 +2991,7 @@ func (x *Timeouts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timeouts.ProtoReflect.Descriptor instead.
 func (*Timeouts) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Timeouts) GetRequest() *durationpb.Duration {
@@ -2949,7 +3032,7 @@ type Retry struct {
 
 func (x *Retry) Reset() {
 	*x = Retry{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[28]
+	mi := &file_proto_config_v1_config_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2961,7 +3044,7 @@ func (x *Retry) String() string {
 func (*Retry) ProtoMessage() {}
 
 func (x *Retry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[28]
+	mi := &file_proto_config_v1_config_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2974,7 +3057,7 @@ func (x *Retry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Retry.ProtoReflect.Descriptor instead.
 func (*Retry) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Retry) GetCodes() []uint32 {
@@ -3023,7 +3106,7 @@ type Fault struct {
 
 func (x *Fault) Reset() {
 	*x = Fault{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[29]
+	mi := &file_proto_config_v1_config_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3035,7 +3118,7 @@ func (x *Fault) String() string {
 func (*Fault) ProtoMessage() {}
 
 func (x *Fault) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[29]
+	mi := &file_proto_config_v1_config_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3048,7 +3131,7 @@ func (x *Fault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault.ProtoReflect.Descriptor instead.
 func (*Fault) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{29}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Fault) GetAbort() *Fault_Abort {
@@ -3084,7 +3167,7 @@ type TrafficPolicy_LoadBalancer struct {
 
 func (x *TrafficPolicy_LoadBalancer) Reset() {
 	*x = TrafficPolicy_LoadBalancer{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[38]
+	mi := &file_proto_config_v1_config_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3096,7 +3179,7 @@ func (x *TrafficPolicy_LoadBalancer) String() string {
 func (*TrafficPolicy_LoadBalancer) ProtoMessage() {}
 
 func (x *TrafficPolicy_LoadBalancer) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[38]
+	mi := &file_proto_config_v1_config_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3109,7 +3192,7 @@ func (x *TrafficPolicy_LoadBalancer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy_LoadBalancer.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy_LoadBalancer) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26, 0}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27, 0}
 }
 
 func (x *TrafficPolicy_LoadBalancer) GetSimple() TrafficPolicy_LoadBalancer_Simple {
@@ -3163,7 +3246,7 @@ type TrafficPolicy_ConnectionPool struct {
 
 func (x *TrafficPolicy_ConnectionPool) Reset() {
 	*x = TrafficPolicy_ConnectionPool{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[39]
+	mi := &file_proto_config_v1_config_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3175,7 +3258,7 @@ func (x *TrafficPolicy_ConnectionPool) String() string {
 func (*TrafficPolicy_ConnectionPool) ProtoMessage() {}
 
 func (x *TrafficPolicy_ConnectionPool) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[39]
+	mi := &file_proto_config_v1_config_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3188,7 +3271,7 @@ func (x *TrafficPolicy_ConnectionPool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy_ConnectionPool.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy_ConnectionPool) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26, 1}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27, 1}
 }
 
 func (x *TrafficPolicy_ConnectionPool) GetMaxConnections() uint32 {
@@ -3246,7 +3329,7 @@ type TrafficPolicy_OutlierDetection struct {
 
 func (x *TrafficPolicy_OutlierDetection) Reset() {
 	*x = TrafficPolicy_OutlierDetection{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[40]
+	mi := &file_proto_config_v1_config_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3258,7 +3341,7 @@ func (x *TrafficPolicy_OutlierDetection) String() string {
 func (*TrafficPolicy_OutlierDetection) ProtoMessage() {}
 
 func (x *TrafficPolicy_OutlierDetection) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[40]
+	mi := &file_proto_config_v1_config_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3271,7 +3354,7 @@ func (x *TrafficPolicy_OutlierDetection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy_OutlierDetection.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy_OutlierDetection) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26, 2}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27, 2}
 }
 
 func (x *TrafficPolicy_OutlierDetection) GetConsecutive_5Xx() uint32 {
@@ -3314,7 +3397,7 @@ type TrafficPolicy_RetryBudget struct {
 
 func (x *TrafficPolicy_RetryBudget) Reset() {
 	*x = TrafficPolicy_RetryBudget{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[41]
+	mi := &file_proto_config_v1_config_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3326,7 +3409,7 @@ func (x *TrafficPolicy_RetryBudget) String() string {
 func (*TrafficPolicy_RetryBudget) ProtoMessage() {}
 
 func (x *TrafficPolicy_RetryBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[41]
+	mi := &file_proto_config_v1_config_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3339,7 +3422,7 @@ func (x *TrafficPolicy_RetryBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy_RetryBudget.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy_RetryBudget) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26, 3}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27, 3}
 }
 
 func (x *TrafficPolicy_RetryBudget) GetPercent() float64 {
@@ -3369,7 +3452,7 @@ type Fault_Abort struct {
 
 func (x *Fault_Abort) Reset() {
 	*x = Fault_Abort{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[42]
+	mi := &file_proto_config_v1_config_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3381,7 +3464,7 @@ func (x *Fault_Abort) String() string {
 func (*Fault_Abort) ProtoMessage() {}
 
 func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[42]
+	mi := &file_proto_config_v1_config_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3394,7 +3477,7 @@ func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault_Abort.ProtoReflect.Descriptor instead.
 func (*Fault_Abort) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{29, 0}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{30, 0}
 }
 
 func (x *Fault_Abort) GetPercentage() float64 {
@@ -3424,7 +3507,7 @@ type Fault_Delay struct {
 
 func (x *Fault_Delay) Reset() {
 	*x = Fault_Delay{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[43]
+	mi := &file_proto_config_v1_config_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3436,7 +3519,7 @@ func (x *Fault_Delay) String() string {
 func (*Fault_Delay) ProtoMessage() {}
 
 func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[43]
+	mi := &file_proto_config_v1_config_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3449,7 +3532,7 @@ func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault_Delay.ProtoReflect.Descriptor instead.
 func (*Fault_Delay) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{29, 1}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{30, 1}
 }
 
 func (x *Fault_Delay) GetPercentage() float64 {
@@ -3600,7 +3683,7 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\vRouteConfig\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12.\n" +
-	"\x06routes\x18\x03 \x03(\v2\x16.ambit.config.v1.RouteR\x06routes\"\xdb\x04\n" +
+	"\x06routes\x18\x03 \x03(\v2\x16.ambit.config.v1.RouteR\x06routes\"\xa5\x05\n" +
 	"\x05Route\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05ports\x18\x02 \x03(\rR\x05ports\x125\n" +
@@ -3614,7 +3697,11 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\arewrite\x18\n" +
 	" \x01(\v2\x18.ambit.config.v1.RewriteR\arewrite\x125\n" +
 	"\bredirect\x18\v \x01(\v2\x19.ambit.config.v1.RedirectR\bredirect\x121\n" +
-	"\amirrors\x18\f \x03(\v2\x17.ambit.config.v1.MirrorR\amirrors\"\x81\x02\n" +
+	"\amirrors\x18\f \x03(\v2\x17.ambit.config.v1.MirrorR\amirrors\x12H\n" +
+	"\x0fdirect_response\x18\r \x01(\v2\x1f.ambit.config.v1.DirectResponseR\x0edirectResponse\"<\n" +
+	"\x0eDirectResponse\x12\x16\n" +
+	"\x06status\x18\x01 \x01(\rR\x06status\x12\x12\n" +
+	"\x04body\x18\x02 \x01(\fR\x04body\"\x81\x02\n" +
 	"\tHeaderOps\x125\n" +
 	"\x03set\x18\x01 \x03(\v2#.ambit.config.v1.HeaderOps.SetEntryR\x03set\x125\n" +
 	"\x03add\x18\x02 \x03(\v2#.ambit.config.v1.HeaderOps.AddEntryR\x03add\x12\x16\n" +
@@ -3673,7 +3760,7 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +
 	"\x06prefix\x18\x03 \x01(\tR\x06prefix\x12\x18\n" +
 	"\apresent\x18\x04 \x01(\bR\apresent\x12\x16\n" +
-	"\x06invert\x18\x05 \x01(\bR\x06invert\"\xa3\x02\n" +
+	"\x06invert\x18\x05 \x01(\bR\x06invert\"\xaf\x03\n" +
 	"\aBackend\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n" +
@@ -3681,7 +3768,9 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\x06subset\x18\x04 \x03(\v2$.ambit.config.v1.Backend.SubsetEntryR\x06subset\x12\x1f\n" +
 	"\vsubset_name\x18\x05 \x01(\tR\n" +
 	"subsetName\x126\n" +
-	"\x06policy\x18\x06 \x01(\v2\x1e.ambit.config.v1.TrafficPolicyR\x06policy\x1a9\n" +
+	"\x06policy\x18\x06 \x01(\v2\x1e.ambit.config.v1.TrafficPolicyR\x06policy\x12C\n" +
+	"\x0frequest_headers\x18\a \x01(\v2\x1a.ambit.config.v1.HeaderOpsR\x0erequestHeaders\x12E\n" +
+	"\x10response_headers\x18\b \x01(\v2\x1a.ambit.config.v1.HeaderOpsR\x0fresponseHeaders\x1a9\n" +
 	"\vSubsetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcd\t\n" +
@@ -3775,7 +3864,7 @@ func file_proto_config_v1_config_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_config_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_proto_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_proto_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_proto_config_v1_config_proto_goTypes = []any{
 	(NetworkMode)(0),                       // 0: ambit.config.v1.NetworkMode
 	(TunnelProtocol)(0),                    // 1: ambit.config.v1.TunnelProtocol
@@ -3804,38 +3893,39 @@ var file_proto_config_v1_config_proto_goTypes = []any{
 	(*Waypoint)(nil),                       // 24: ambit.config.v1.Waypoint
 	(*RouteConfig)(nil),                    // 25: ambit.config.v1.RouteConfig
 	(*Route)(nil),                          // 26: ambit.config.v1.Route
-	(*HeaderOps)(nil),                      // 27: ambit.config.v1.HeaderOps
-	(*Rewrite)(nil),                        // 28: ambit.config.v1.Rewrite
-	(*Redirect)(nil),                       // 29: ambit.config.v1.Redirect
-	(*Mirror)(nil),                         // 30: ambit.config.v1.Mirror
-	(*RouteMatch)(nil),                     // 31: ambit.config.v1.RouteMatch
-	(*QueryMatch)(nil),                     // 32: ambit.config.v1.QueryMatch
-	(*PathMatch)(nil),                      // 33: ambit.config.v1.PathMatch
-	(*HeaderMatch)(nil),                    // 34: ambit.config.v1.HeaderMatch
-	(*Backend)(nil),                        // 35: ambit.config.v1.Backend
-	(*TrafficPolicy)(nil),                  // 36: ambit.config.v1.TrafficPolicy
-	(*Timeouts)(nil),                       // 37: ambit.config.v1.Timeouts
-	(*Retry)(nil),                          // 38: ambit.config.v1.Retry
-	(*Fault)(nil),                          // 39: ambit.config.v1.Fault
-	nil,                                    // 40: ambit.config.v1.Workload.LabelsEntry
-	nil,                                    // 41: ambit.config.v1.Workload.ServicesEntry
-	nil,                                    // 42: ambit.config.v1.Authorization.SelectorEntry
-	nil,                                    // 43: ambit.config.v1.HeaderOps.SetEntry
-	nil,                                    // 44: ambit.config.v1.HeaderOps.AddEntry
-	nil,                                    // 45: ambit.config.v1.Mirror.SubsetEntry
-	nil,                                    // 46: ambit.config.v1.RouteMatch.SourceLabelsEntry
-	nil,                                    // 47: ambit.config.v1.Backend.SubsetEntry
-	(*TrafficPolicy_LoadBalancer)(nil),     // 48: ambit.config.v1.TrafficPolicy.LoadBalancer
-	(*TrafficPolicy_ConnectionPool)(nil),   // 49: ambit.config.v1.TrafficPolicy.ConnectionPool
-	(*TrafficPolicy_OutlierDetection)(nil), // 50: ambit.config.v1.TrafficPolicy.OutlierDetection
-	(*TrafficPolicy_RetryBudget)(nil),      // 51: ambit.config.v1.TrafficPolicy.RetryBudget
-	(*Fault_Abort)(nil),                    // 52: ambit.config.v1.Fault.Abort
-	(*Fault_Delay)(nil),                    // 53: ambit.config.v1.Fault.Delay
-	(*durationpb.Duration)(nil),            // 54: google.protobuf.Duration
+	(*DirectResponse)(nil),                 // 27: ambit.config.v1.DirectResponse
+	(*HeaderOps)(nil),                      // 28: ambit.config.v1.HeaderOps
+	(*Rewrite)(nil),                        // 29: ambit.config.v1.Rewrite
+	(*Redirect)(nil),                       // 30: ambit.config.v1.Redirect
+	(*Mirror)(nil),                         // 31: ambit.config.v1.Mirror
+	(*RouteMatch)(nil),                     // 32: ambit.config.v1.RouteMatch
+	(*QueryMatch)(nil),                     // 33: ambit.config.v1.QueryMatch
+	(*PathMatch)(nil),                      // 34: ambit.config.v1.PathMatch
+	(*HeaderMatch)(nil),                    // 35: ambit.config.v1.HeaderMatch
+	(*Backend)(nil),                        // 36: ambit.config.v1.Backend
+	(*TrafficPolicy)(nil),                  // 37: ambit.config.v1.TrafficPolicy
+	(*Timeouts)(nil),                       // 38: ambit.config.v1.Timeouts
+	(*Retry)(nil),                          // 39: ambit.config.v1.Retry
+	(*Fault)(nil),                          // 40: ambit.config.v1.Fault
+	nil,                                    // 41: ambit.config.v1.Workload.LabelsEntry
+	nil,                                    // 42: ambit.config.v1.Workload.ServicesEntry
+	nil,                                    // 43: ambit.config.v1.Authorization.SelectorEntry
+	nil,                                    // 44: ambit.config.v1.HeaderOps.SetEntry
+	nil,                                    // 45: ambit.config.v1.HeaderOps.AddEntry
+	nil,                                    // 46: ambit.config.v1.Mirror.SubsetEntry
+	nil,                                    // 47: ambit.config.v1.RouteMatch.SourceLabelsEntry
+	nil,                                    // 48: ambit.config.v1.Backend.SubsetEntry
+	(*TrafficPolicy_LoadBalancer)(nil),     // 49: ambit.config.v1.TrafficPolicy.LoadBalancer
+	(*TrafficPolicy_ConnectionPool)(nil),   // 50: ambit.config.v1.TrafficPolicy.ConnectionPool
+	(*TrafficPolicy_OutlierDetection)(nil), // 51: ambit.config.v1.TrafficPolicy.OutlierDetection
+	(*TrafficPolicy_RetryBudget)(nil),      // 52: ambit.config.v1.TrafficPolicy.RetryBudget
+	(*Fault_Abort)(nil),                    // 53: ambit.config.v1.Fault.Abort
+	(*Fault_Delay)(nil),                    // 54: ambit.config.v1.Fault.Delay
+	(*durationpb.Duration)(nil),            // 55: google.protobuf.Duration
 }
 var file_proto_config_v1_config_proto_depIdxs = []int32{
-	40, // 0: ambit.config.v1.Workload.labels:type_name -> ambit.config.v1.Workload.LabelsEntry
-	41, // 1: ambit.config.v1.Workload.services:type_name -> ambit.config.v1.Workload.ServicesEntry
+	41, // 0: ambit.config.v1.Workload.labels:type_name -> ambit.config.v1.Workload.LabelsEntry
+	42, // 1: ambit.config.v1.Workload.services:type_name -> ambit.config.v1.Workload.ServicesEntry
 	14, // 2: ambit.config.v1.Workload.waypoint:type_name -> ambit.config.v1.GatewayAddress
 	0,  // 3: ambit.config.v1.Workload.network_mode:type_name -> ambit.config.v1.NetworkMode
 	1,  // 4: ambit.config.v1.Workload.tunnel_protocol:type_name -> ambit.config.v1.TunnelProtocol
@@ -3850,7 +3940,7 @@ var file_proto_config_v1_config_proto_depIdxs = []int32{
 	16, // 13: ambit.config.v1.Service.load_balancing:type_name -> ambit.config.v1.LoadBalancing
 	5,  // 14: ambit.config.v1.LoadBalancing.mode:type_name -> ambit.config.v1.LoadBalancing.Mode
 	6,  // 15: ambit.config.v1.Authorization.scope:type_name -> ambit.config.v1.Authorization.Scope
-	42, // 16: ambit.config.v1.Authorization.selector:type_name -> ambit.config.v1.Authorization.SelectorEntry
+	43, // 16: ambit.config.v1.Authorization.selector:type_name -> ambit.config.v1.Authorization.SelectorEntry
 	18, // 17: ambit.config.v1.Authorization.target_refs:type_name -> ambit.config.v1.TargetRef
 	7,  // 18: ambit.config.v1.Authorization.action:type_name -> ambit.config.v1.Authorization.Action
 	19, // 19: ambit.config.v1.Authorization.rules:type_name -> ambit.config.v1.Rule
@@ -3862,45 +3952,48 @@ var file_proto_config_v1_config_proto_depIdxs = []int32{
 	8,  // 25: ambit.config.v1.Waypoint.for:type_name -> ambit.config.v1.Waypoint.For
 	13, // 26: ambit.config.v1.Waypoint.address:type_name -> ambit.config.v1.NetworkAddress
 	26, // 27: ambit.config.v1.RouteConfig.routes:type_name -> ambit.config.v1.Route
-	31, // 28: ambit.config.v1.Route.matches:type_name -> ambit.config.v1.RouteMatch
-	35, // 29: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
-	37, // 30: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
-	38, // 31: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
-	39, // 32: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
-	27, // 33: ambit.config.v1.Route.request_headers:type_name -> ambit.config.v1.HeaderOps
-	27, // 34: ambit.config.v1.Route.response_headers:type_name -> ambit.config.v1.HeaderOps
-	28, // 35: ambit.config.v1.Route.rewrite:type_name -> ambit.config.v1.Rewrite
-	29, // 36: ambit.config.v1.Route.redirect:type_name -> ambit.config.v1.Redirect
-	30, // 37: ambit.config.v1.Route.mirrors:type_name -> ambit.config.v1.Mirror
-	43, // 38: ambit.config.v1.HeaderOps.set:type_name -> ambit.config.v1.HeaderOps.SetEntry
-	44, // 39: ambit.config.v1.HeaderOps.add:type_name -> ambit.config.v1.HeaderOps.AddEntry
-	45, // 40: ambit.config.v1.Mirror.subset:type_name -> ambit.config.v1.Mirror.SubsetEntry
-	33, // 41: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
-	34, // 42: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
-	32, // 43: ambit.config.v1.RouteMatch.query_params:type_name -> ambit.config.v1.QueryMatch
-	34, // 44: ambit.config.v1.RouteMatch.authority:type_name -> ambit.config.v1.HeaderMatch
-	46, // 45: ambit.config.v1.RouteMatch.source_labels:type_name -> ambit.config.v1.RouteMatch.SourceLabelsEntry
-	47, // 46: ambit.config.v1.Backend.subset:type_name -> ambit.config.v1.Backend.SubsetEntry
-	36, // 47: ambit.config.v1.Backend.policy:type_name -> ambit.config.v1.TrafficPolicy
-	48, // 48: ambit.config.v1.TrafficPolicy.load_balancer:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer
-	49, // 49: ambit.config.v1.TrafficPolicy.connection_pool:type_name -> ambit.config.v1.TrafficPolicy.ConnectionPool
-	50, // 50: ambit.config.v1.TrafficPolicy.outlier_detection:type_name -> ambit.config.v1.TrafficPolicy.OutlierDetection
-	51, // 51: ambit.config.v1.TrafficPolicy.retry_budget:type_name -> ambit.config.v1.TrafficPolicy.RetryBudget
-	54, // 52: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
-	54, // 53: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
-	54, // 54: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
-	52, // 55: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
-	53, // 56: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
-	11, // 57: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
-	9,  // 58: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
-	54, // 59: ambit.config.v1.TrafficPolicy.ConnectionPool.connect_timeout:type_name -> google.protobuf.Duration
-	54, // 60: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	54, // 61: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
-	62, // [62:62] is the sub-list for method output_type
-	62, // [62:62] is the sub-list for method input_type
-	62, // [62:62] is the sub-list for extension type_name
-	62, // [62:62] is the sub-list for extension extendee
-	0,  // [0:62] is the sub-list for field type_name
+	32, // 28: ambit.config.v1.Route.matches:type_name -> ambit.config.v1.RouteMatch
+	36, // 29: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
+	38, // 30: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
+	39, // 31: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
+	40, // 32: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
+	28, // 33: ambit.config.v1.Route.request_headers:type_name -> ambit.config.v1.HeaderOps
+	28, // 34: ambit.config.v1.Route.response_headers:type_name -> ambit.config.v1.HeaderOps
+	29, // 35: ambit.config.v1.Route.rewrite:type_name -> ambit.config.v1.Rewrite
+	30, // 36: ambit.config.v1.Route.redirect:type_name -> ambit.config.v1.Redirect
+	31, // 37: ambit.config.v1.Route.mirrors:type_name -> ambit.config.v1.Mirror
+	27, // 38: ambit.config.v1.Route.direct_response:type_name -> ambit.config.v1.DirectResponse
+	44, // 39: ambit.config.v1.HeaderOps.set:type_name -> ambit.config.v1.HeaderOps.SetEntry
+	45, // 40: ambit.config.v1.HeaderOps.add:type_name -> ambit.config.v1.HeaderOps.AddEntry
+	46, // 41: ambit.config.v1.Mirror.subset:type_name -> ambit.config.v1.Mirror.SubsetEntry
+	34, // 42: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
+	35, // 43: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
+	33, // 44: ambit.config.v1.RouteMatch.query_params:type_name -> ambit.config.v1.QueryMatch
+	35, // 45: ambit.config.v1.RouteMatch.authority:type_name -> ambit.config.v1.HeaderMatch
+	47, // 46: ambit.config.v1.RouteMatch.source_labels:type_name -> ambit.config.v1.RouteMatch.SourceLabelsEntry
+	48, // 47: ambit.config.v1.Backend.subset:type_name -> ambit.config.v1.Backend.SubsetEntry
+	37, // 48: ambit.config.v1.Backend.policy:type_name -> ambit.config.v1.TrafficPolicy
+	28, // 49: ambit.config.v1.Backend.request_headers:type_name -> ambit.config.v1.HeaderOps
+	28, // 50: ambit.config.v1.Backend.response_headers:type_name -> ambit.config.v1.HeaderOps
+	49, // 51: ambit.config.v1.TrafficPolicy.load_balancer:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer
+	50, // 52: ambit.config.v1.TrafficPolicy.connection_pool:type_name -> ambit.config.v1.TrafficPolicy.ConnectionPool
+	51, // 53: ambit.config.v1.TrafficPolicy.outlier_detection:type_name -> ambit.config.v1.TrafficPolicy.OutlierDetection
+	52, // 54: ambit.config.v1.TrafficPolicy.retry_budget:type_name -> ambit.config.v1.TrafficPolicy.RetryBudget
+	55, // 55: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
+	55, // 56: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
+	55, // 57: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
+	53, // 58: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
+	54, // 59: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
+	11, // 60: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
+	9,  // 61: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
+	55, // 62: ambit.config.v1.TrafficPolicy.ConnectionPool.connect_timeout:type_name -> google.protobuf.Duration
+	55, // 63: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	55, // 64: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
+	65, // [65:65] is the sub-list for method output_type
+	65, // [65:65] is the sub-list for method input_type
+	65, // [65:65] is the sub-list for extension type_name
+	65, // [65:65] is the sub-list for extension extendee
+	0,  // [0:65] is the sub-list for field type_name
 }
 
 func init() { file_proto_config_v1_config_proto_init() }
@@ -3908,7 +4001,7 @@ func file_proto_config_v1_config_proto_init() {
 	if File_proto_config_v1_config_proto != nil {
 		return
 	}
-	file_proto_config_v1_config_proto_msgTypes[23].OneofWrappers = []any{
+	file_proto_config_v1_config_proto_msgTypes[24].OneofWrappers = []any{
 		(*PathMatch_Exact)(nil),
 		(*PathMatch_Prefix)(nil),
 		(*PathMatch_StringPrefix)(nil),
@@ -3919,7 +4012,7 @@ func file_proto_config_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_config_v1_config_proto_rawDesc), len(file_proto_config_v1_config_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   44,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -130,6 +131,9 @@ func (p *Proxy) handle(ctx context.Context, d *downstream, req *http.Request, h2
 	if rt != nil && rt.Redirect != nil {
 		return ex.redirect(rt.Redirect), ex
 	}
+	if rt != nil && rt.DirectResponse != nil {
+		return ex.direct(rt.DirectResponse), ex
+	}
 	t := target{svcKey: parent, port: parentPort}
 	if rt != nil {
 		b, ok := rt.PickBackend()
@@ -144,6 +148,7 @@ func (p *Proxy) handle(ctx context.Context, d *downstream, req *http.Request, h2
 			}
 			t.subset, t.subsetName = b.Subset, b.SubsetName
 			t.pol = b.Policy
+			t.reqHeaders, t.respHeaders = b.RequestHeaders, b.ResponseHeaders
 		}
 	}
 	if t.svcKey == "" {
@@ -166,6 +171,8 @@ type target struct {
 	subsetName string
 	// pol is the destination's traffic policy; nil for the defaults.
 	pol *route.Policy
+	// reqHeaders and respHeaders are the backend's own header edits.
+	reqHeaders, respHeaders *route.HeaderOps
 }
 
 // dest is the waypoint's state for the target's destination; nil for a pod.
@@ -331,6 +338,7 @@ func (ex *exchange) attempts(ctx context.Context, rt *route.Route, t target) (*h
 			actx = context.WithValue(actx, connectTimeoutKey{}, t.pol.ConnectTimeout)
 		}
 		out := ex.outRequest(actx, ep, body)
+		t.reqHeaders.Apply(out.Header)
 		var (
 			res *http.Response
 			err error
@@ -407,6 +415,7 @@ func (ex *exchange) attempts(ctx context.Context, rt *route.Route, t target) (*h
 		stripHopByHop(res.Header)
 		if rt != nil {
 			rt.ResponseHeaders.Apply(res.Header)
+			t.respHeaders.Apply(res.Header)
 			if len(rt.Mirrors) > 0 {
 				ex.mirror(rt, body, t.port)
 			}
@@ -555,6 +564,18 @@ func rewritePath(rt *route.Route, path, to string) string {
 		}
 	}
 	return to
+}
+
+// direct answers with a route's fixed response.
+func (ex *exchange) direct(dr *route.DirectResponse) *http.Response {
+	ex.code = dr.Status
+	h := http.Header{}
+	h.Set("Content-Length", strconv.Itoa(len(dr.Body)))
+	if len(dr.Body) > 0 {
+		h.Set("Content-Type", "text/plain; charset=utf-8")
+	}
+	return &http.Response{StatusCode: dr.Status, ProtoMajor: 1, ProtoMinor: 1, Header: h,
+		Body: io.NopCloser(bytes.NewReader(dr.Body)), ContentLength: int64(len(dr.Body)), Request: ex.req}
 }
 
 // redirect answers with rd's Location: the request's URL with rd's parts replaced.

@@ -549,3 +549,40 @@ func TestConsistentHashByQueryParameter(t *testing.T) {
 		t.Fatalf("8 users all on %v", all)
 	}
 }
+
+func TestDirectResponseAndBackendHeaders(t *testing.T) {
+	e := newEnv(t)
+	web := e.service("web", "10.96.0.10")
+	v1 := e.service("web-v1", "10.96.0.11")
+	v2 := e.service("web-v2", "10.96.0.12")
+	echo := func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.Header.Get("X-Version")) }
+	e.pod("web-v1", "10.244.0.21", v1, http.HandlerFunc(echo))
+	e.pod("web-v2", "10.244.0.22", v2, http.HandlerFunc(echo))
+	err := routes(e, web,
+		&configv1.Route{Name: "gone", Matches: []*configv1.RouteMatch{{Path: &configv1.PathMatch{Kind: &configv1.PathMatch_Exact{Exact: "/gone"}}}},
+			DirectResponse: &configv1.DirectResponse{Status: 410, Body: []byte("gone for good\n")}},
+		&configv1.Route{Name: "split", Backends: []*configv1.Backend{
+			{Hostname: "web-v1.shop.svc.cluster.local", Port: 80, Weight: 1,
+				RequestHeaders: &configv1.HeaderOps{Set: map[string]string{"x-version": "v1"}}, ResponseHeaders: &configv1.HeaderOps{Set: map[string]string{"x-from": "v1"}}},
+			{Hostname: "web-v2.shop.svc.cluster.local", Port: 80, Weight: 1,
+				RequestHeaders: &configv1.HeaderOps{Set: map[string]string{"x-version": "v2"}}, ResponseHeaders: &configv1.HeaderOps{Set: map[string]string{"x-from": "v2"}}},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e.httpClient(sa("client"), webVIP, false)
+	if code, body, _ := get(t, c, "GET", "http://web/gone"); code != 410 || body != "gone for good\n" {
+		t.Fatalf("direct response: %d %q", code, body)
+	}
+	seen := map[string]int{}
+	for i := 0; i < 40; i++ {
+		_, body, h := get(t, c, "GET", "http://web/")
+		if body != h.Get("X-From") || h.Get("X-Pod") != "web-"+body {
+			t.Fatalf("pod %s got x-version %q and answered x-from %q", h.Get("X-Pod"), body, h.Get("X-From"))
+		}
+		seen[body]++
+	}
+	if seen["v1"] == 0 || seen["v2"] == 0 {
+		t.Fatalf("split %v", seen)
+	}
+}

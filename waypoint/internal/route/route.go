@@ -55,7 +55,18 @@ type Route struct {
 	Rewrite                         *Rewrite
 	Redirect                        *Redirect
 	Mirrors                         []Mirror
+	// DirectResponse, when set, is the answer, unforwarded.
+	DirectResponse *DirectResponse
 }
+
+// DirectResponse is a fixed answer.
+type DirectResponse struct {
+	Status int
+	Body   []byte
+}
+
+// MaxDirectBody bounds a direct response's body.
+const MaxDirectBody = 64 << 10
 
 // HeaderOps edits headers: Remove, then Set, then Add; names canonical.
 type HeaderOps struct {
@@ -147,6 +158,9 @@ type Backend struct {
 	SubsetName string
 	// Policy is the destination's traffic policy; nil for the defaults.
 	Policy *Policy
+	// RequestHeaders and ResponseHeaders edit this backend's requests and responses, after
+	// the route's.
+	RequestHeaders, ResponseHeaders *HeaderOps
 }
 
 // Policy is a compiled TrafficPolicy.
@@ -285,10 +299,18 @@ func Compile(name string, rc *configv1.RouteConfig) (*Table, error) {
 			if err != nil {
 				return nil, fmt.Errorf("routeconfig %s: %w", name, err)
 			}
+			reqH, err := compileHeaderOps(b.GetRequestHeaders(), bf+".request_headers")
+			if err != nil {
+				return nil, fmt.Errorf("routeconfig %s: %w", name, err)
+			}
+			respH, err := compileHeaderOps(b.GetResponseHeaders(), bf+".response_headers")
+			if err != nil {
+				return nil, fmt.Errorf("routeconfig %s: %w", name, err)
+			}
 			out.Backends = append(out.Backends, Backend{
 				Service: ServiceKey(b.GetHostname(), rc.GetNamespace()), Hostname: b.GetHostname(),
 				Port: b.GetPort(), Weight: b.GetWeight(), Subset: b.GetSubset(), SubsetName: b.GetSubsetName(),
-				Policy: pol,
+				Policy: pol, RequestHeaders: reqH, ResponseHeaders: respH,
 			})
 		}
 		if to := r.GetTimeouts(); to != nil {
@@ -606,6 +628,15 @@ func compileL7(r *configv1.Route, out *Route, f string) error {
 			return fmt.Errorf("%s.redirect.authority: %q is not a host", f, rd.GetAuthority())
 		}
 		out.Redirect = &Redirect{Path: rd.GetPath(), Authority: rd.GetAuthority(), Scheme: rd.GetScheme(), Port: rd.GetPort(), Code: c}
+	}
+	if dr := r.GetDirectResponse(); dr != nil {
+		if dr.GetStatus() < 200 || dr.GetStatus() > 599 {
+			return fmt.Errorf("%s.direct_response.status: %d is not in [200, 599]", f, dr.GetStatus())
+		}
+		if len(dr.GetBody()) > MaxDirectBody {
+			return fmt.Errorf("%s.direct_response.body: %d bytes exceeds %d", f, len(dr.GetBody()), MaxDirectBody)
+		}
+		out.DirectResponse = &DirectResponse{Status: int(dr.GetStatus()), Body: dr.GetBody()}
 	}
 	for i, m := range r.GetMirrors() {
 		mf := fmt.Sprintf("%s.mirrors[%d]", f, i)
