@@ -59,7 +59,7 @@ type HTTPRoute struct {
 	Mirrors          []HTTPMirrorPolicy     `json:"mirrors,omitempty"`
 	MirrorPercent    *uint32                `json:"mirrorPercent,omitempty"`
 	MirrorPercentage *Percent               `json:"mirrorPercentage,omitempty"`
-	CorsPolicy       json.RawMessage        `json:"corsPolicy,omitempty"`
+	CorsPolicy       *CorsPolicy            `json:"corsPolicy,omitempty"`
 	Headers          *Headers               `json:"headers,omitempty"`
 }
 
@@ -126,6 +126,17 @@ type HTTPRedirect struct {
 	Scheme        string `json:"scheme,omitempty"`
 	RedirectCode  uint32 `json:"redirectCode,omitempty"`
 	PrefixRewrite string `json:"prefixRewrite,omitempty"`
+}
+
+type CorsPolicy struct {
+	AllowOrigin         []string      `json:"allowOrigin,omitempty"`
+	AllowOrigins        []StringMatch `json:"allowOrigins,omitempty"`
+	AllowMethods        []string      `json:"allowMethods,omitempty"`
+	AllowHeaders        []string      `json:"allowHeaders,omitempty"`
+	ExposeHeaders       []string      `json:"exposeHeaders,omitempty"`
+	MaxAge              string        `json:"maxAge,omitempty"`
+	AllowCredentials    *bool         `json:"allowCredentials,omitempty"`
+	UnmatchedPreflights string        `json:"unmatchedPreflights,omitempty"`
 }
 
 type HTTPDirectResponse struct {

@@ -457,7 +457,7 @@ func istioHTTPRoute(h istioapi.HTTPRoute, i int, vs *istioapi.VirtualService, op
 		field string
 		set   bool
 	}{
-		{"delegate", len(h.Delegate) > 0}, {"corsPolicy", len(h.CorsPolicy) > 0},
+		{"delegate", len(h.Delegate) > 0},
 	} {
 		if err := unsupported(u.field, u.set); err != nil {
 			return nil, err

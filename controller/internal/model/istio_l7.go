@@ -3,6 +3,7 @@ package model
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -72,6 +73,37 @@ func istioL7(h istioapi.HTTPRoute, base, ns string, opts Options, r *configv1.Ro
 			}
 		}
 		r.DirectResponse = out
+	}
+	if c := h.CorsPolicy; c != nil {
+		f := base + ".corsPolicy"
+		out := &configv1.CorsPolicy{AllowOriginsExact: slices.Clone(c.AllowOrigin), AllowMethods: slices.Clone(c.AllowMethods),
+			AllowHeaders: slices.Clone(c.AllowHeaders), ExposeHeaders: slices.Clone(c.ExposeHeaders),
+			AllowCredentials: c.AllowCredentials != nil && *c.AllowCredentials}
+		for i, o := range c.AllowOrigins {
+			switch {
+			case o.Regex != "":
+				return &fieldErr{fmt.Sprintf("%s.allowOrigins[%d].regex", f, i), fmt.Errorf("regular expressions are not supported")}
+			case o.Exact != "":
+				out.AllowOriginsExact = append(out.AllowOriginsExact, o.Exact)
+			case o.Prefix != "":
+				out.AllowOriginsPrefix = append(out.AllowOriginsPrefix, o.Prefix)
+			}
+		}
+		if c.MaxAge != "" {
+			d, err := istioDuration(c.MaxAge)
+			if err != nil {
+				return &fieldErr{f + ".maxAge", err}
+			}
+			out.MaxAge = durationpb.New(d)
+		}
+		switch c.UnmatchedPreflights {
+		case "", "UNSPECIFIED", "FORWARD":
+		case "IGNORE":
+			out.IgnoreUnmatchedPreflights = true
+		default:
+			return &fieldErr{f + ".unmatchedPreflights", fmt.Errorf("%q is not FORWARD or IGNORE", c.UnmatchedPreflights)}
+		}
+		r.Cors = out
 	}
 	type mirror struct {
 		d     istioapi.Destination

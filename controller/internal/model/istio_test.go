@@ -231,7 +231,8 @@ func TestVirtualServiceErrors(t *testing.T) {
 		{"scheme", `- headers: {x-canary: {exact: "true"}}`, `- scheme: {exact: https}`, "spec.http[0].match[0].scheme", "not supported"},
 		{"query prefix", `- headers: {x-canary: {exact: "true"}}`, `- queryParams: {v: {prefix: "2"}}`, "spec.http[0].match[0].queryParams[v]", "only exact"},
 		{"uri regex", `- headers: {x-canary: {exact: "true"}}`, `- uri: {regex: "/a.*"}`, "spec.http[0].match[0].uri.regex", "regular expressions"},
-		{"cors", "  - name: canary\n", "  - name: canary\n    corsPolicy: {allowOrigins: [{exact: x}]}\n", "spec.http[0].corsPolicy", "not supported"},
+		{"cors regex", "  - name: canary\n", "  - name: canary\n    corsPolicy: {allowOrigins: [{regex: x}]}\n", "spec.http[0].corsPolicy.allowOrigins[0].regex", "regular expressions"},
+		{"delegate", "  - name: canary\n", "  - name: canary\n    delegate: {name: other}\n", "spec.http[0].delegate", "not supported"},
 		{"redirect with route", "  - name: canary\n", "  - name: canary\n    redirect: {uri: /x}\n", "spec.http[0].redirect", "mutually exclusive"},
 		{"retryOn", "gateway-error,", "retriable-headers,", "spec.http[1].retries.retryOn", `"retriable-headers"`},
 		{"wildcard host", "hosts: [web]", `hosts: ["*.demo.svc.cluster.local"]`, "spec.hosts[0]", "wildcard"},
@@ -444,6 +445,12 @@ spec:
     route: [{destination: {host: web, subset: v1}, headers: {request: {set: {x-subset: v1}}}}]
     mirror: {host: web, subset: v2}
     mirrorPercentage: {value: 12.5}
+    corsPolicy:
+      allowOrigins: [{exact: "https://app.example.com"}, {prefix: "https://dev-"}]
+      allowMethods: [GET]
+      maxAge: 24h
+      allowCredentials: true
+      unmatchedPreflights: IGNORE
 `)
 	x := istioTestIndex(t, istioObj[*istioapi.DestinationRule](t, webDR), vs)
 	rc := routeConfig(x)
@@ -460,6 +467,8 @@ spec:
 		RequestHeaders:  &configv1.HeaderOps{Set: map[string]string{"x-env": "prod"}, Remove: []string{"x-debug"}},
 		ResponseHeaders: &configv1.HeaderOps{Add: map[string]string{"x-served-by": "waypoint"}},
 		Mirrors:         []*configv1.Mirror{{Hostname: "web.demo.svc.cluster.local", Percentage: 12.5, Subset: map[string]string{"version": "v2"}, SubsetName: "v2"}},
+		Cors: &configv1.CorsPolicy{AllowOriginsExact: []string{"https://app.example.com"}, AllowOriginsPrefix: []string{"https://dev-"},
+			AllowMethods: []string{"GET"}, MaxAge: durationOf("24h"), AllowCredentials: true, IgnoreUnmatchedPreflights: true},
 	}, rc.Routes[2])
 }
 

@@ -577,7 +577,7 @@ func (x TrafficPolicy_LoadBalancer_Simple) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TrafficPolicy_LoadBalancer_Simple.Descriptor instead.
 func (TrafficPolicy_LoadBalancer_Simple) EnumDescriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27, 0, 0}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28, 0, 0}
 }
 
 // Workload is one enrolled pod (or, in the local lab, one network namespace).
@@ -1962,8 +1962,11 @@ type Route struct {
 	// direct_response, when set, answers the request with this status and body instead of
 	// forwarding it (backends are then empty).
 	DirectResponse *DirectResponse `protobuf:"bytes,13,opt,name=direct_response,json=directResponse,proto3" json:"direct_response,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// cors, when set, answers CORS preflights from allowed origins at the waypoint and adds
+	// the CORS headers to the responses to their other requests.
+	Cors          *CorsPolicy `protobuf:"bytes,14,opt,name=cors,proto3" json:"cors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Route) Reset() {
@@ -2087,6 +2090,121 @@ func (x *Route) GetDirectResponse() *DirectResponse {
 	return nil
 }
 
+func (x *Route) GetCors() *CorsPolicy {
+	if x != nil {
+		return x.Cors
+	}
+	return nil
+}
+
+// CorsPolicy is a route's Cross-Origin Resource Sharing policy (Istio's corsPolicy).
+type CorsPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An Origin is allowed when it equals one of allow_origins_exact or starts with one of
+	// allow_origins_prefix; "*" in allow_origins_exact allows any.
+	AllowOriginsExact  []string `protobuf:"bytes,1,rep,name=allow_origins_exact,json=allowOriginsExact,proto3" json:"allow_origins_exact,omitempty"`
+	AllowOriginsPrefix []string `protobuf:"bytes,2,rep,name=allow_origins_prefix,json=allowOriginsPrefix,proto3" json:"allow_origins_prefix,omitempty"`
+	// allow_methods, allow_headers, expose_headers become the Access-Control-* headers.
+	AllowMethods  []string `protobuf:"bytes,3,rep,name=allow_methods,json=allowMethods,proto3" json:"allow_methods,omitempty"`
+	AllowHeaders  []string `protobuf:"bytes,4,rep,name=allow_headers,json=allowHeaders,proto3" json:"allow_headers,omitempty"`
+	ExposeHeaders []string `protobuf:"bytes,5,rep,name=expose_headers,json=exposeHeaders,proto3" json:"expose_headers,omitempty"`
+	// max_age is how long a preflight's answer may be cached.
+	MaxAge *durationpb.Duration `protobuf:"bytes,6,opt,name=max_age,json=maxAge,proto3" json:"max_age,omitempty"`
+	// allow_credentials sets Access-Control-Allow-Credentials: true.
+	AllowCredentials bool `protobuf:"varint,7,opt,name=allow_credentials,json=allowCredentials,proto3" json:"allow_credentials,omitempty"`
+	// ignore_unmatched_preflights answers a preflight from an origin not allowed with 200 and
+	// no CORS headers; otherwise (Istio's FORWARD, the default) it is forwarded as any request.
+	IgnoreUnmatchedPreflights bool `protobuf:"varint,8,opt,name=ignore_unmatched_preflights,json=ignoreUnmatchedPreflights,proto3" json:"ignore_unmatched_preflights,omitempty"`
+	unknownFields             protoimpl.UnknownFields
+	sizeCache                 protoimpl.SizeCache
+}
+
+func (x *CorsPolicy) Reset() {
+	*x = CorsPolicy{}
+	mi := &file_proto_config_v1_config_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CorsPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CorsPolicy) ProtoMessage() {}
+
+func (x *CorsPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_v1_config_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CorsPolicy.ProtoReflect.Descriptor instead.
+func (*CorsPolicy) Descriptor() ([]byte, []int) {
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *CorsPolicy) GetAllowOriginsExact() []string {
+	if x != nil {
+		return x.AllowOriginsExact
+	}
+	return nil
+}
+
+func (x *CorsPolicy) GetAllowOriginsPrefix() []string {
+	if x != nil {
+		return x.AllowOriginsPrefix
+	}
+	return nil
+}
+
+func (x *CorsPolicy) GetAllowMethods() []string {
+	if x != nil {
+		return x.AllowMethods
+	}
+	return nil
+}
+
+func (x *CorsPolicy) GetAllowHeaders() []string {
+	if x != nil {
+		return x.AllowHeaders
+	}
+	return nil
+}
+
+func (x *CorsPolicy) GetExposeHeaders() []string {
+	if x != nil {
+		return x.ExposeHeaders
+	}
+	return nil
+}
+
+func (x *CorsPolicy) GetMaxAge() *durationpb.Duration {
+	if x != nil {
+		return x.MaxAge
+	}
+	return nil
+}
+
+func (x *CorsPolicy) GetAllowCredentials() bool {
+	if x != nil {
+		return x.AllowCredentials
+	}
+	return false
+}
+
+func (x *CorsPolicy) GetIgnoreUnmatchedPreflights() bool {
+	if x != nil {
+		return x.IgnoreUnmatchedPreflights
+	}
+	return false
+}
+
 // DirectResponse is a fixed answer.
 type DirectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2100,7 +2218,7 @@ type DirectResponse struct {
 
 func (x *DirectResponse) Reset() {
 	*x = DirectResponse{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[17]
+	mi := &file_proto_config_v1_config_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2112,7 +2230,7 @@ func (x *DirectResponse) String() string {
 func (*DirectResponse) ProtoMessage() {}
 
 func (x *DirectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[17]
+	mi := &file_proto_config_v1_config_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2125,7 +2243,7 @@ func (x *DirectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectResponse.ProtoReflect.Descriptor instead.
 func (*DirectResponse) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{17}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DirectResponse) GetStatus() uint32 {
@@ -2155,7 +2273,7 @@ type HeaderOps struct {
 
 func (x *HeaderOps) Reset() {
 	*x = HeaderOps{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[18]
+	mi := &file_proto_config_v1_config_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2167,7 +2285,7 @@ func (x *HeaderOps) String() string {
 func (*HeaderOps) ProtoMessage() {}
 
 func (x *HeaderOps) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[18]
+	mi := &file_proto_config_v1_config_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2180,7 +2298,7 @@ func (x *HeaderOps) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderOps.ProtoReflect.Descriptor instead.
 func (*HeaderOps) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{18}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HeaderOps) GetSet() map[string]string {
@@ -2218,7 +2336,7 @@ type Rewrite struct {
 
 func (x *Rewrite) Reset() {
 	*x = Rewrite{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[19]
+	mi := &file_proto_config_v1_config_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2230,7 +2348,7 @@ func (x *Rewrite) String() string {
 func (*Rewrite) ProtoMessage() {}
 
 func (x *Rewrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[19]
+	mi := &file_proto_config_v1_config_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2243,7 +2361,7 @@ func (x *Rewrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rewrite.ProtoReflect.Descriptor instead.
 func (*Rewrite) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{19}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Rewrite) GetPath() string {
@@ -2279,7 +2397,7 @@ type Redirect struct {
 
 func (x *Redirect) Reset() {
 	*x = Redirect{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[20]
+	mi := &file_proto_config_v1_config_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2291,7 +2409,7 @@ func (x *Redirect) String() string {
 func (*Redirect) ProtoMessage() {}
 
 func (x *Redirect) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[20]
+	mi := &file_proto_config_v1_config_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2304,7 +2422,7 @@ func (x *Redirect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
 func (*Redirect) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{20}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Redirect) GetPath() string {
@@ -2359,7 +2477,7 @@ type Mirror struct {
 
 func (x *Mirror) Reset() {
 	*x = Mirror{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[21]
+	mi := &file_proto_config_v1_config_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2371,7 +2489,7 @@ func (x *Mirror) String() string {
 func (*Mirror) ProtoMessage() {}
 
 func (x *Mirror) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[21]
+	mi := &file_proto_config_v1_config_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2384,7 +2502,7 @@ func (x *Mirror) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mirror.ProtoReflect.Descriptor instead.
 func (*Mirror) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{21}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Mirror) GetHostname() string {
@@ -2448,7 +2566,7 @@ type RouteMatch struct {
 
 func (x *RouteMatch) Reset() {
 	*x = RouteMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[22]
+	mi := &file_proto_config_v1_config_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2460,7 +2578,7 @@ func (x *RouteMatch) String() string {
 func (*RouteMatch) ProtoMessage() {}
 
 func (x *RouteMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[22]
+	mi := &file_proto_config_v1_config_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2473,7 +2591,7 @@ func (x *RouteMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
 func (*RouteMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{22}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RouteMatch) GetPath() *PathMatch {
@@ -2543,7 +2661,7 @@ type QueryMatch struct {
 
 func (x *QueryMatch) Reset() {
 	*x = QueryMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[23]
+	mi := &file_proto_config_v1_config_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2555,7 +2673,7 @@ func (x *QueryMatch) String() string {
 func (*QueryMatch) ProtoMessage() {}
 
 func (x *QueryMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[23]
+	mi := &file_proto_config_v1_config_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2568,7 +2686,7 @@ func (x *QueryMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryMatch.ProtoReflect.Descriptor instead.
 func (*QueryMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{23}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *QueryMatch) GetName() string {
@@ -2600,7 +2718,7 @@ type PathMatch struct {
 
 func (x *PathMatch) Reset() {
 	*x = PathMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[24]
+	mi := &file_proto_config_v1_config_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2612,7 +2730,7 @@ func (x *PathMatch) String() string {
 func (*PathMatch) ProtoMessage() {}
 
 func (x *PathMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[24]
+	mi := &file_proto_config_v1_config_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2625,7 +2743,7 @@ func (x *PathMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
 func (*PathMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{24}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PathMatch) GetKind() isPathMatch_Kind {
@@ -2709,7 +2827,7 @@ type HeaderMatch struct {
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[25]
+	mi := &file_proto_config_v1_config_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2721,7 +2839,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[25]
+	mi := &file_proto_config_v1_config_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2734,7 +2852,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{25}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -2800,7 +2918,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[26]
+	mi := &file_proto_config_v1_config_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2812,7 +2930,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[26]
+	mi := &file_proto_config_v1_config_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2825,7 +2943,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{26}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Backend) GetHostname() string {
@@ -2897,7 +3015,7 @@ type TrafficPolicy struct {
 
 func (x *TrafficPolicy) Reset() {
 	*x = TrafficPolicy{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[27]
+	mi := &file_proto_config_v1_config_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2909,7 +3027,7 @@ func (x *TrafficPolicy) String() string {
 func (*TrafficPolicy) ProtoMessage() {}
 
 func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[27]
+	mi := &file_proto_config_v1_config_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2922,7 +3040,7 @@ func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TrafficPolicy) GetLoadBalancer() *TrafficPolicy_LoadBalancer {
@@ -2966,7 +3084,7 @@ type Timeouts struct {
 
 func (x *Timeouts) Reset() {
 	*x = Timeouts{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[28]
+	mi := &file_proto_config_v1_config_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2978,7 +3096,7 @@ func (x *Timeouts) String() string {
 func (*Timeouts) ProtoMessage() {}
 
 func (x *Timeouts) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[28]
+	mi := &file_proto_config_v1_config_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2991,7 +3109,7 @@ func (x *Timeouts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timeouts.ProtoReflect.Descriptor instead.
 func (*Timeouts) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Timeouts) GetRequest() *durationpb.Duration {
@@ -3032,7 +3150,7 @@ type Retry struct {
 
 func (x *Retry) Reset() {
 	*x = Retry{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[29]
+	mi := &file_proto_config_v1_config_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3044,7 +3162,7 @@ func (x *Retry) String() string {
 func (*Retry) ProtoMessage() {}
 
 func (x *Retry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[29]
+	mi := &file_proto_config_v1_config_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3057,7 +3175,7 @@ func (x *Retry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Retry.ProtoReflect.Descriptor instead.
 func (*Retry) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{29}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Retry) GetCodes() []uint32 {
@@ -3106,7 +3224,7 @@ type Fault struct {
 
 func (x *Fault) Reset() {
 	*x = Fault{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[30]
+	mi := &file_proto_config_v1_config_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3118,7 +3236,7 @@ func (x *Fault) String() string {
 func (*Fault) ProtoMessage() {}
 
 func (x *Fault) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[30]
+	mi := &file_proto_config_v1_config_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3131,7 +3249,7 @@ func (x *Fault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault.ProtoReflect.Descriptor instead.
 func (*Fault) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{30}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Fault) GetAbort() *Fault_Abort {
@@ -3167,7 +3285,7 @@ type TrafficPolicy_LoadBalancer struct {
 
 func (x *TrafficPolicy_LoadBalancer) Reset() {
 	*x = TrafficPolicy_LoadBalancer{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[39]
+	mi := &file_proto_config_v1_config_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3179,7 +3297,7 @@ func (x *TrafficPolicy_LoadBalancer) String() string {
 func (*TrafficPolicy_LoadBalancer) ProtoMessage() {}
 
 func (x *TrafficPolicy_LoadBalancer) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[39]
+	mi := &file_proto_config_v1_config_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3192,7 +3310,7 @@ func (x *TrafficPolicy_LoadBalancer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy_LoadBalancer.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy_LoadBalancer) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27, 0}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28, 0}
 }
 
 func (x *TrafficPolicy_LoadBalancer) GetSimple() TrafficPolicy_LoadBalancer_Simple {
@@ -3246,7 +3364,7 @@ type TrafficPolicy_ConnectionPool struct {
 
 func (x *TrafficPolicy_ConnectionPool) Reset() {
 	*x = TrafficPolicy_ConnectionPool{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[40]
+	mi := &file_proto_config_v1_config_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3258,7 +3376,7 @@ func (x *TrafficPolicy_ConnectionPool) String() string {
 func (*TrafficPolicy_ConnectionPool) ProtoMessage() {}
 
 func (x *TrafficPolicy_ConnectionPool) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[40]
+	mi := &file_proto_config_v1_config_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3271,7 +3389,7 @@ func (x *TrafficPolicy_ConnectionPool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy_ConnectionPool.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy_ConnectionPool) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27, 1}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28, 1}
 }
 
 func (x *TrafficPolicy_ConnectionPool) GetMaxConnections() uint32 {
@@ -3329,7 +3447,7 @@ type TrafficPolicy_OutlierDetection struct {
 
 func (x *TrafficPolicy_OutlierDetection) Reset() {
 	*x = TrafficPolicy_OutlierDetection{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[41]
+	mi := &file_proto_config_v1_config_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3341,7 +3459,7 @@ func (x *TrafficPolicy_OutlierDetection) String() string {
 func (*TrafficPolicy_OutlierDetection) ProtoMessage() {}
 
 func (x *TrafficPolicy_OutlierDetection) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[41]
+	mi := &file_proto_config_v1_config_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3354,7 +3472,7 @@ func (x *TrafficPolicy_OutlierDetection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy_OutlierDetection.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy_OutlierDetection) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27, 2}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28, 2}
 }
 
 func (x *TrafficPolicy_OutlierDetection) GetConsecutive_5Xx() uint32 {
@@ -3397,7 +3515,7 @@ type TrafficPolicy_RetryBudget struct {
 
 func (x *TrafficPolicy_RetryBudget) Reset() {
 	*x = TrafficPolicy_RetryBudget{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[42]
+	mi := &file_proto_config_v1_config_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3409,7 +3527,7 @@ func (x *TrafficPolicy_RetryBudget) String() string {
 func (*TrafficPolicy_RetryBudget) ProtoMessage() {}
 
 func (x *TrafficPolicy_RetryBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[42]
+	mi := &file_proto_config_v1_config_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3422,7 +3540,7 @@ func (x *TrafficPolicy_RetryBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy_RetryBudget.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy_RetryBudget) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{27, 3}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{28, 3}
 }
 
 func (x *TrafficPolicy_RetryBudget) GetPercent() float64 {
@@ -3452,7 +3570,7 @@ type Fault_Abort struct {
 
 func (x *Fault_Abort) Reset() {
 	*x = Fault_Abort{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[43]
+	mi := &file_proto_config_v1_config_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3464,7 +3582,7 @@ func (x *Fault_Abort) String() string {
 func (*Fault_Abort) ProtoMessage() {}
 
 func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[43]
+	mi := &file_proto_config_v1_config_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3477,7 +3595,7 @@ func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault_Abort.ProtoReflect.Descriptor instead.
 func (*Fault_Abort) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{30, 0}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{31, 0}
 }
 
 func (x *Fault_Abort) GetPercentage() float64 {
@@ -3507,7 +3625,7 @@ type Fault_Delay struct {
 
 func (x *Fault_Delay) Reset() {
 	*x = Fault_Delay{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[44]
+	mi := &file_proto_config_v1_config_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3519,7 +3637,7 @@ func (x *Fault_Delay) String() string {
 func (*Fault_Delay) ProtoMessage() {}
 
 func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[44]
+	mi := &file_proto_config_v1_config_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3532,7 +3650,7 @@ func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault_Delay.ProtoReflect.Descriptor instead.
 func (*Fault_Delay) Descriptor() ([]byte, []int) {
-	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{30, 1}
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{31, 1}
 }
 
 func (x *Fault_Delay) GetPercentage() float64 {
@@ -3683,7 +3801,7 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\vRouteConfig\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12.\n" +
-	"\x06routes\x18\x03 \x03(\v2\x16.ambit.config.v1.RouteR\x06routes\"\xa5\x05\n" +
+	"\x06routes\x18\x03 \x03(\v2\x16.ambit.config.v1.RouteR\x06routes\"\xd6\x05\n" +
 	"\x05Route\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05ports\x18\x02 \x03(\rR\x05ports\x125\n" +
@@ -3698,7 +3816,18 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	" \x01(\v2\x18.ambit.config.v1.RewriteR\arewrite\x125\n" +
 	"\bredirect\x18\v \x01(\v2\x19.ambit.config.v1.RedirectR\bredirect\x121\n" +
 	"\amirrors\x18\f \x03(\v2\x17.ambit.config.v1.MirrorR\amirrors\x12H\n" +
-	"\x0fdirect_response\x18\r \x01(\v2\x1f.ambit.config.v1.DirectResponseR\x0edirectResponse\"<\n" +
+	"\x0fdirect_response\x18\r \x01(\v2\x1f.ambit.config.v1.DirectResponseR\x0edirectResponse\x12/\n" +
+	"\x04cors\x18\x0e \x01(\v2\x1b.ambit.config.v1.CorsPolicyR\x04cors\"\x80\x03\n" +
+	"\n" +
+	"CorsPolicy\x12.\n" +
+	"\x13allow_origins_exact\x18\x01 \x03(\tR\x11allowOriginsExact\x120\n" +
+	"\x14allow_origins_prefix\x18\x02 \x03(\tR\x12allowOriginsPrefix\x12#\n" +
+	"\rallow_methods\x18\x03 \x03(\tR\fallowMethods\x12#\n" +
+	"\rallow_headers\x18\x04 \x03(\tR\fallowHeaders\x12%\n" +
+	"\x0eexpose_headers\x18\x05 \x03(\tR\rexposeHeaders\x122\n" +
+	"\amax_age\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x06maxAge\x12+\n" +
+	"\x11allow_credentials\x18\a \x01(\bR\x10allowCredentials\x12>\n" +
+	"\x1bignore_unmatched_preflights\x18\b \x01(\bR\x19ignoreUnmatchedPreflights\"<\n" +
 	"\x0eDirectResponse\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\rR\x06status\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\fR\x04body\"\x81\x02\n" +
@@ -3864,7 +3993,7 @@ func file_proto_config_v1_config_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_config_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_proto_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_proto_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_proto_config_v1_config_proto_goTypes = []any{
 	(NetworkMode)(0),                       // 0: ambit.config.v1.NetworkMode
 	(TunnelProtocol)(0),                    // 1: ambit.config.v1.TunnelProtocol
@@ -3893,39 +4022,40 @@ var file_proto_config_v1_config_proto_goTypes = []any{
 	(*Waypoint)(nil),                       // 24: ambit.config.v1.Waypoint
 	(*RouteConfig)(nil),                    // 25: ambit.config.v1.RouteConfig
 	(*Route)(nil),                          // 26: ambit.config.v1.Route
-	(*DirectResponse)(nil),                 // 27: ambit.config.v1.DirectResponse
-	(*HeaderOps)(nil),                      // 28: ambit.config.v1.HeaderOps
-	(*Rewrite)(nil),                        // 29: ambit.config.v1.Rewrite
-	(*Redirect)(nil),                       // 30: ambit.config.v1.Redirect
-	(*Mirror)(nil),                         // 31: ambit.config.v1.Mirror
-	(*RouteMatch)(nil),                     // 32: ambit.config.v1.RouteMatch
-	(*QueryMatch)(nil),                     // 33: ambit.config.v1.QueryMatch
-	(*PathMatch)(nil),                      // 34: ambit.config.v1.PathMatch
-	(*HeaderMatch)(nil),                    // 35: ambit.config.v1.HeaderMatch
-	(*Backend)(nil),                        // 36: ambit.config.v1.Backend
-	(*TrafficPolicy)(nil),                  // 37: ambit.config.v1.TrafficPolicy
-	(*Timeouts)(nil),                       // 38: ambit.config.v1.Timeouts
-	(*Retry)(nil),                          // 39: ambit.config.v1.Retry
-	(*Fault)(nil),                          // 40: ambit.config.v1.Fault
-	nil,                                    // 41: ambit.config.v1.Workload.LabelsEntry
-	nil,                                    // 42: ambit.config.v1.Workload.ServicesEntry
-	nil,                                    // 43: ambit.config.v1.Authorization.SelectorEntry
-	nil,                                    // 44: ambit.config.v1.HeaderOps.SetEntry
-	nil,                                    // 45: ambit.config.v1.HeaderOps.AddEntry
-	nil,                                    // 46: ambit.config.v1.Mirror.SubsetEntry
-	nil,                                    // 47: ambit.config.v1.RouteMatch.SourceLabelsEntry
-	nil,                                    // 48: ambit.config.v1.Backend.SubsetEntry
-	(*TrafficPolicy_LoadBalancer)(nil),     // 49: ambit.config.v1.TrafficPolicy.LoadBalancer
-	(*TrafficPolicy_ConnectionPool)(nil),   // 50: ambit.config.v1.TrafficPolicy.ConnectionPool
-	(*TrafficPolicy_OutlierDetection)(nil), // 51: ambit.config.v1.TrafficPolicy.OutlierDetection
-	(*TrafficPolicy_RetryBudget)(nil),      // 52: ambit.config.v1.TrafficPolicy.RetryBudget
-	(*Fault_Abort)(nil),                    // 53: ambit.config.v1.Fault.Abort
-	(*Fault_Delay)(nil),                    // 54: ambit.config.v1.Fault.Delay
-	(*durationpb.Duration)(nil),            // 55: google.protobuf.Duration
+	(*CorsPolicy)(nil),                     // 27: ambit.config.v1.CorsPolicy
+	(*DirectResponse)(nil),                 // 28: ambit.config.v1.DirectResponse
+	(*HeaderOps)(nil),                      // 29: ambit.config.v1.HeaderOps
+	(*Rewrite)(nil),                        // 30: ambit.config.v1.Rewrite
+	(*Redirect)(nil),                       // 31: ambit.config.v1.Redirect
+	(*Mirror)(nil),                         // 32: ambit.config.v1.Mirror
+	(*RouteMatch)(nil),                     // 33: ambit.config.v1.RouteMatch
+	(*QueryMatch)(nil),                     // 34: ambit.config.v1.QueryMatch
+	(*PathMatch)(nil),                      // 35: ambit.config.v1.PathMatch
+	(*HeaderMatch)(nil),                    // 36: ambit.config.v1.HeaderMatch
+	(*Backend)(nil),                        // 37: ambit.config.v1.Backend
+	(*TrafficPolicy)(nil),                  // 38: ambit.config.v1.TrafficPolicy
+	(*Timeouts)(nil),                       // 39: ambit.config.v1.Timeouts
+	(*Retry)(nil),                          // 40: ambit.config.v1.Retry
+	(*Fault)(nil),                          // 41: ambit.config.v1.Fault
+	nil,                                    // 42: ambit.config.v1.Workload.LabelsEntry
+	nil,                                    // 43: ambit.config.v1.Workload.ServicesEntry
+	nil,                                    // 44: ambit.config.v1.Authorization.SelectorEntry
+	nil,                                    // 45: ambit.config.v1.HeaderOps.SetEntry
+	nil,                                    // 46: ambit.config.v1.HeaderOps.AddEntry
+	nil,                                    // 47: ambit.config.v1.Mirror.SubsetEntry
+	nil,                                    // 48: ambit.config.v1.RouteMatch.SourceLabelsEntry
+	nil,                                    // 49: ambit.config.v1.Backend.SubsetEntry
+	(*TrafficPolicy_LoadBalancer)(nil),     // 50: ambit.config.v1.TrafficPolicy.LoadBalancer
+	(*TrafficPolicy_ConnectionPool)(nil),   // 51: ambit.config.v1.TrafficPolicy.ConnectionPool
+	(*TrafficPolicy_OutlierDetection)(nil), // 52: ambit.config.v1.TrafficPolicy.OutlierDetection
+	(*TrafficPolicy_RetryBudget)(nil),      // 53: ambit.config.v1.TrafficPolicy.RetryBudget
+	(*Fault_Abort)(nil),                    // 54: ambit.config.v1.Fault.Abort
+	(*Fault_Delay)(nil),                    // 55: ambit.config.v1.Fault.Delay
+	(*durationpb.Duration)(nil),            // 56: google.protobuf.Duration
 }
 var file_proto_config_v1_config_proto_depIdxs = []int32{
-	41, // 0: ambit.config.v1.Workload.labels:type_name -> ambit.config.v1.Workload.LabelsEntry
-	42, // 1: ambit.config.v1.Workload.services:type_name -> ambit.config.v1.Workload.ServicesEntry
+	42, // 0: ambit.config.v1.Workload.labels:type_name -> ambit.config.v1.Workload.LabelsEntry
+	43, // 1: ambit.config.v1.Workload.services:type_name -> ambit.config.v1.Workload.ServicesEntry
 	14, // 2: ambit.config.v1.Workload.waypoint:type_name -> ambit.config.v1.GatewayAddress
 	0,  // 3: ambit.config.v1.Workload.network_mode:type_name -> ambit.config.v1.NetworkMode
 	1,  // 4: ambit.config.v1.Workload.tunnel_protocol:type_name -> ambit.config.v1.TunnelProtocol
@@ -3940,7 +4070,7 @@ var file_proto_config_v1_config_proto_depIdxs = []int32{
 	16, // 13: ambit.config.v1.Service.load_balancing:type_name -> ambit.config.v1.LoadBalancing
 	5,  // 14: ambit.config.v1.LoadBalancing.mode:type_name -> ambit.config.v1.LoadBalancing.Mode
 	6,  // 15: ambit.config.v1.Authorization.scope:type_name -> ambit.config.v1.Authorization.Scope
-	43, // 16: ambit.config.v1.Authorization.selector:type_name -> ambit.config.v1.Authorization.SelectorEntry
+	44, // 16: ambit.config.v1.Authorization.selector:type_name -> ambit.config.v1.Authorization.SelectorEntry
 	18, // 17: ambit.config.v1.Authorization.target_refs:type_name -> ambit.config.v1.TargetRef
 	7,  // 18: ambit.config.v1.Authorization.action:type_name -> ambit.config.v1.Authorization.Action
 	19, // 19: ambit.config.v1.Authorization.rules:type_name -> ambit.config.v1.Rule
@@ -3952,48 +4082,50 @@ var file_proto_config_v1_config_proto_depIdxs = []int32{
 	8,  // 25: ambit.config.v1.Waypoint.for:type_name -> ambit.config.v1.Waypoint.For
 	13, // 26: ambit.config.v1.Waypoint.address:type_name -> ambit.config.v1.NetworkAddress
 	26, // 27: ambit.config.v1.RouteConfig.routes:type_name -> ambit.config.v1.Route
-	32, // 28: ambit.config.v1.Route.matches:type_name -> ambit.config.v1.RouteMatch
-	36, // 29: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
-	38, // 30: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
-	39, // 31: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
-	40, // 32: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
-	28, // 33: ambit.config.v1.Route.request_headers:type_name -> ambit.config.v1.HeaderOps
-	28, // 34: ambit.config.v1.Route.response_headers:type_name -> ambit.config.v1.HeaderOps
-	29, // 35: ambit.config.v1.Route.rewrite:type_name -> ambit.config.v1.Rewrite
-	30, // 36: ambit.config.v1.Route.redirect:type_name -> ambit.config.v1.Redirect
-	31, // 37: ambit.config.v1.Route.mirrors:type_name -> ambit.config.v1.Mirror
-	27, // 38: ambit.config.v1.Route.direct_response:type_name -> ambit.config.v1.DirectResponse
-	44, // 39: ambit.config.v1.HeaderOps.set:type_name -> ambit.config.v1.HeaderOps.SetEntry
-	45, // 40: ambit.config.v1.HeaderOps.add:type_name -> ambit.config.v1.HeaderOps.AddEntry
-	46, // 41: ambit.config.v1.Mirror.subset:type_name -> ambit.config.v1.Mirror.SubsetEntry
-	34, // 42: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
-	35, // 43: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
-	33, // 44: ambit.config.v1.RouteMatch.query_params:type_name -> ambit.config.v1.QueryMatch
-	35, // 45: ambit.config.v1.RouteMatch.authority:type_name -> ambit.config.v1.HeaderMatch
-	47, // 46: ambit.config.v1.RouteMatch.source_labels:type_name -> ambit.config.v1.RouteMatch.SourceLabelsEntry
-	48, // 47: ambit.config.v1.Backend.subset:type_name -> ambit.config.v1.Backend.SubsetEntry
-	37, // 48: ambit.config.v1.Backend.policy:type_name -> ambit.config.v1.TrafficPolicy
-	28, // 49: ambit.config.v1.Backend.request_headers:type_name -> ambit.config.v1.HeaderOps
-	28, // 50: ambit.config.v1.Backend.response_headers:type_name -> ambit.config.v1.HeaderOps
-	49, // 51: ambit.config.v1.TrafficPolicy.load_balancer:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer
-	50, // 52: ambit.config.v1.TrafficPolicy.connection_pool:type_name -> ambit.config.v1.TrafficPolicy.ConnectionPool
-	51, // 53: ambit.config.v1.TrafficPolicy.outlier_detection:type_name -> ambit.config.v1.TrafficPolicy.OutlierDetection
-	52, // 54: ambit.config.v1.TrafficPolicy.retry_budget:type_name -> ambit.config.v1.TrafficPolicy.RetryBudget
-	55, // 55: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
-	55, // 56: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
-	55, // 57: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
-	53, // 58: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
-	54, // 59: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
-	11, // 60: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
-	9,  // 61: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
-	55, // 62: ambit.config.v1.TrafficPolicy.ConnectionPool.connect_timeout:type_name -> google.protobuf.Duration
-	55, // 63: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	55, // 64: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
-	65, // [65:65] is the sub-list for method output_type
-	65, // [65:65] is the sub-list for method input_type
-	65, // [65:65] is the sub-list for extension type_name
-	65, // [65:65] is the sub-list for extension extendee
-	0,  // [0:65] is the sub-list for field type_name
+	33, // 28: ambit.config.v1.Route.matches:type_name -> ambit.config.v1.RouteMatch
+	37, // 29: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
+	39, // 30: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
+	40, // 31: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
+	41, // 32: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
+	29, // 33: ambit.config.v1.Route.request_headers:type_name -> ambit.config.v1.HeaderOps
+	29, // 34: ambit.config.v1.Route.response_headers:type_name -> ambit.config.v1.HeaderOps
+	30, // 35: ambit.config.v1.Route.rewrite:type_name -> ambit.config.v1.Rewrite
+	31, // 36: ambit.config.v1.Route.redirect:type_name -> ambit.config.v1.Redirect
+	32, // 37: ambit.config.v1.Route.mirrors:type_name -> ambit.config.v1.Mirror
+	28, // 38: ambit.config.v1.Route.direct_response:type_name -> ambit.config.v1.DirectResponse
+	27, // 39: ambit.config.v1.Route.cors:type_name -> ambit.config.v1.CorsPolicy
+	56, // 40: ambit.config.v1.CorsPolicy.max_age:type_name -> google.protobuf.Duration
+	45, // 41: ambit.config.v1.HeaderOps.set:type_name -> ambit.config.v1.HeaderOps.SetEntry
+	46, // 42: ambit.config.v1.HeaderOps.add:type_name -> ambit.config.v1.HeaderOps.AddEntry
+	47, // 43: ambit.config.v1.Mirror.subset:type_name -> ambit.config.v1.Mirror.SubsetEntry
+	35, // 44: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
+	36, // 45: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
+	34, // 46: ambit.config.v1.RouteMatch.query_params:type_name -> ambit.config.v1.QueryMatch
+	36, // 47: ambit.config.v1.RouteMatch.authority:type_name -> ambit.config.v1.HeaderMatch
+	48, // 48: ambit.config.v1.RouteMatch.source_labels:type_name -> ambit.config.v1.RouteMatch.SourceLabelsEntry
+	49, // 49: ambit.config.v1.Backend.subset:type_name -> ambit.config.v1.Backend.SubsetEntry
+	38, // 50: ambit.config.v1.Backend.policy:type_name -> ambit.config.v1.TrafficPolicy
+	29, // 51: ambit.config.v1.Backend.request_headers:type_name -> ambit.config.v1.HeaderOps
+	29, // 52: ambit.config.v1.Backend.response_headers:type_name -> ambit.config.v1.HeaderOps
+	50, // 53: ambit.config.v1.TrafficPolicy.load_balancer:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer
+	51, // 54: ambit.config.v1.TrafficPolicy.connection_pool:type_name -> ambit.config.v1.TrafficPolicy.ConnectionPool
+	52, // 55: ambit.config.v1.TrafficPolicy.outlier_detection:type_name -> ambit.config.v1.TrafficPolicy.OutlierDetection
+	53, // 56: ambit.config.v1.TrafficPolicy.retry_budget:type_name -> ambit.config.v1.TrafficPolicy.RetryBudget
+	56, // 57: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
+	56, // 58: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
+	56, // 59: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
+	54, // 60: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
+	55, // 61: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
+	11, // 62: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
+	9,  // 63: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
+	56, // 64: ambit.config.v1.TrafficPolicy.ConnectionPool.connect_timeout:type_name -> google.protobuf.Duration
+	56, // 65: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	56, // 66: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
+	67, // [67:67] is the sub-list for method output_type
+	67, // [67:67] is the sub-list for method input_type
+	67, // [67:67] is the sub-list for extension type_name
+	67, // [67:67] is the sub-list for extension extendee
+	0,  // [0:67] is the sub-list for field type_name
 }
 
 func init() { file_proto_config_v1_config_proto_init() }
@@ -4001,7 +4133,7 @@ func file_proto_config_v1_config_proto_init() {
 	if File_proto_config_v1_config_proto != nil {
 		return
 	}
-	file_proto_config_v1_config_proto_msgTypes[24].OneofWrappers = []any{
+	file_proto_config_v1_config_proto_msgTypes[25].OneofWrappers = []any{
 		(*PathMatch_Exact)(nil),
 		(*PathMatch_Prefix)(nil),
 		(*PathMatch_StringPrefix)(nil),
@@ -4012,7 +4144,7 @@ func file_proto_config_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_config_v1_config_proto_rawDesc), len(file_proto_config_v1_config_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   45,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

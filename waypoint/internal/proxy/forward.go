@@ -48,23 +48,25 @@ const (
 // exchange is one HTTP request's way through the waypoint, and what telemetry reports
 // about it once the response is written.
 type exchange struct {
-	p       *Proxy
-	d       *downstream
-	req     *http.Request
-	start   time.Time
-	span    trace.Span
-	grpc    bool
-	h2      bool
-	route   string
-	rt      *route.Route // the route that matched, if any
-	backend string       // destination service hostname
-	ep      endpoint
-	hasEP   bool
-	attempt int
-	flags   string
-	code    int
-	reason  string
-	reqBody *countingReader
+	p     *Proxy
+	d     *downstream
+	req   *http.Request
+	start time.Time
+	span  trace.Span
+	grpc  bool
+	h2    bool
+	route string
+	rt    *route.Route // the route that matched, if any
+	// corsOrigin: the request comes from an origin the route's CORS policy allows.
+	corsOrigin bool
+	backend    string // destination service hostname
+	ep         endpoint
+	hasEP      bool
+	attempt    int
+	flags      string
+	code       int
+	reason     string
+	reqBody    *countingReader
 	// backendProto is what the backend Service declares for its port; it can override
 	// the client's protocol towards the pod.
 	backendProto configv1.AppProtocol
@@ -127,6 +129,13 @@ func (p *Proxy) handle(ctx context.Context, d *downstream, req *http.Request, h2
 			ex.flags = flagFaultAbort
 			return ex.local(f.AbortStatus, "fault filter abort"), ex
 		}
+	}
+	if rt != nil && rt.Cors != nil {
+		resp, allowed := ex.cors(rt.Cors)
+		if resp != nil {
+			return resp, ex
+		}
+		ex.corsOrigin = allowed
 	}
 	if rt != nil && rt.Redirect != nil {
 		return ex.redirect(rt.Redirect), ex
@@ -416,6 +425,9 @@ func (ex *exchange) attempts(ctx context.Context, rt *route.Route, t target) (*h
 		if rt != nil {
 			rt.ResponseHeaders.Apply(res.Header)
 			t.respHeaders.Apply(res.Header)
+			if ex.corsOrigin {
+				corsHeaders(res.Header, rt.Cors, ex.req.Header.Get("Origin"))
+			}
 			if len(rt.Mirrors) > 0 {
 				ex.mirror(rt, body, t.port)
 			}

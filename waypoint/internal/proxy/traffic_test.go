@@ -586,3 +586,46 @@ func TestDirectResponseAndBackendHeaders(t *testing.T) {
 		t.Fatalf("split %v", seen)
 	}
 }
+
+func TestCORS(t *testing.T) {
+	e := newEnv(t)
+	web := e.service("web", "10.96.0.10")
+	hits := e.pod("web-1", "10.244.0.11", web, http.HandlerFunc(ok))
+	if err := routes(e, web, &configv1.Route{Name: "r", Cors: &configv1.CorsPolicy{
+		AllowOriginsExact: []string{"https://app.example.com"}, AllowOriginsPrefix: []string{"https://dev-"},
+		AllowMethods: []string{"GET", "POST"}, AllowHeaders: []string{"x-token"}, ExposeHeaders: []string{"x-request-id"},
+		MaxAge: durationpb.New(time.Hour), AllowCredentials: true, IgnoreUnmatchedPreflights: true,
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	c := e.httpClient(sa("client"), webVIP, false)
+	do := func(method, origin string) (int, http.Header) {
+		req, _ := http.NewRequest(method, "http://web/api", nil)
+		req.Header.Set("Origin", origin)
+		if method == http.MethodOptions {
+			req.Header.Set("Access-Control-Request-Method", "POST")
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, resp.Header
+	}
+	code, h := do(http.MethodOptions, "https://dev-42.example.com")
+	if code != 200 || h.Get("Access-Control-Allow-Origin") != "https://dev-42.example.com" || h.Get("Access-Control-Allow-Methods") != "GET,POST" ||
+		h.Get("Access-Control-Allow-Headers") != "x-token" || h.Get("Access-Control-Max-Age") != "3600" || h.Get("Access-Control-Allow-Credentials") != "true" || hits.Load() != 0 {
+		t.Fatalf("preflight from an allowed origin: %d %v, app saw %d", code, h, hits.Load())
+	}
+	if code, h = do(http.MethodOptions, "https://evil.example.com"); code != 200 || h.Get("Access-Control-Allow-Origin") != "" || hits.Load() != 0 {
+		t.Fatalf("preflight from another origin: %d %v", code, h)
+	}
+	if code, h = do(http.MethodGet, "https://app.example.com"); code != 200 || h.Get("Access-Control-Allow-Origin") != "https://app.example.com" ||
+		h.Get("Access-Control-Expose-Headers") != "x-request-id" || hits.Load() != 1 {
+		t.Fatalf("request from an allowed origin: %d %v", code, h)
+	}
+	if code, h = do(http.MethodGet, "https://evil.example.com"); code != 200 || h.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatalf("request from another origin: %d %v", code, h)
+	}
+}

@@ -57,6 +57,32 @@ type Route struct {
 	Mirrors                         []Mirror
 	// DirectResponse, when set, is the answer, unforwarded.
 	DirectResponse *DirectResponse
+	// Cors, when set, is the route's CORS policy.
+	Cors *Cors
+}
+
+// Cors is a compiled CORS policy.
+type Cors struct {
+	OriginsExact, OriginsPrefix               []string
+	AllowMethods, AllowHeaders, ExposeHeaders []string
+	MaxAge                                    time.Duration
+	AllowCredentials                          bool
+	IgnoreUnmatchedPreflights                 bool
+}
+
+// Allows reports whether origin may make cross-origin requests.
+func (c *Cors) Allows(origin string) bool {
+	for _, o := range c.OriginsExact {
+		if o == "*" || o == origin {
+			return true
+		}
+	}
+	for _, p := range c.OriginsPrefix {
+		if strings.HasPrefix(origin, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // DirectResponse is a fixed answer.
@@ -637,6 +663,31 @@ func compileL7(r *configv1.Route, out *Route, f string) error {
 			return fmt.Errorf("%s.direct_response.body: %d bytes exceeds %d", f, len(dr.GetBody()), MaxDirectBody)
 		}
 		out.DirectResponse = &DirectResponse{Status: int(dr.GetStatus()), Body: dr.GetBody()}
+	}
+	if c := r.GetCors(); c != nil {
+		oc := &Cors{OriginsExact: c.GetAllowOriginsExact(), OriginsPrefix: c.GetAllowOriginsPrefix(),
+			AllowMethods: c.GetAllowMethods(), AllowHeaders: c.GetAllowHeaders(), ExposeHeaders: c.GetExposeHeaders(),
+			AllowCredentials: c.GetAllowCredentials(), IgnoreUnmatchedPreflights: c.GetIgnoreUnmatchedPreflights()}
+		for i, m := range oc.AllowMethods {
+			if !validToken(m) {
+				return fmt.Errorf("%s.cors.allow_methods[%d]: %q is not an HTTP method", f, i, m)
+			}
+		}
+		for _, l := range [][]string{oc.AllowHeaders, oc.ExposeHeaders} {
+			for _, h := range l {
+				if h != "*" && !httpguts.ValidHeaderFieldName(h) {
+					return fmt.Errorf("%s.cors: %q is not a header name", f, h)
+				}
+			}
+		}
+		if ma := c.GetMaxAge(); ma != nil {
+			d, err := duration(true, ma.AsDuration(), ma.CheckValid(), MaxTimeout)
+			if err != nil {
+				return fmt.Errorf("%s.cors.max_age: %v", f, err)
+			}
+			oc.MaxAge = d
+		}
+		out.Cors = oc
 	}
 	for i, m := range r.GetMirrors() {
 		mf := fmt.Sprintf("%s.mirrors[%d]", f, i)
