@@ -223,10 +223,18 @@ type TrafficPolicy struct {
 	ConnectionPool    *ConnectionPoolSettings `json:"connectionPool,omitempty"`
 	OutlierDetection  *OutlierDetection       `json:"outlierDetection,omitempty"`
 	TLS               json.RawMessage         `json:"tls,omitempty"`
-	PortLevelSettings []json.RawMessage       `json:"portLevelSettings,omitempty"`
+	PortLevelSettings []PortTrafficPolicy     `json:"portLevelSettings,omitempty"`
 	Tunnel            json.RawMessage         `json:"tunnel,omitempty"`
 	ProxyProtocol     json.RawMessage         `json:"proxyProtocol,omitempty"`
 	RetryBudget       *RetryBudget            `json:"retryBudget,omitempty"`
+}
+
+type PortTrafficPolicy struct {
+	Port             *PortSelector           `json:"port,omitempty"`
+	LoadBalancer     *LoadBalancerSettings   `json:"loadBalancer,omitempty"`
+	ConnectionPool   *ConnectionPoolSettings `json:"connectionPool,omitempty"`
+	OutlierDetection *OutlierDetection       `json:"outlierDetection,omitempty"`
+	TLS              json.RawMessage         `json:"tls,omitempty"`
 }
 
 type LoadBalancerSettings struct {

@@ -666,6 +666,13 @@ var istioRetryOn = map[string][]uint32{
 	"retriable-4xx":          {409},
 }
 
+// grpcCodes are gRPC's status names.
+var grpcCodes = map[string]uint32{
+	"OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
+	"ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "ABORTED": 10,
+	"OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
+}
+
 // istioRetryOnGRPC maps retryOn's gRPC conditions to the status codes retried.
 var istioRetryOnGRPC = map[string]uint32{
 	"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8, "internal": 13, "unavailable": 14,
@@ -787,20 +794,28 @@ func istioFault(ft *istioapi.HTTPFaultInjection, base string) (*configv1.Fault, 
 		out.Delay = &configv1.Fault_Delay{Percentage: p, Delay: durationpb.New(dd)}
 	}
 	if a := ft.Abort; a != nil {
-		if a.GRPCStatus != "" {
-			return nil, &fieldErr{base + ".abort.grpcStatus", fmt.Errorf("not supported")}
-		}
 		if a.HTTP2Error != "" {
 			return nil, &fieldErr{base + ".abort.http2Error", fmt.Errorf("not supported")}
-		}
-		if a.HTTPStatus < 200 || a.HTTPStatus > 599 {
-			return nil, &fieldErr{base + ".abort.httpStatus", fmt.Errorf("%d is not in [200, 599]", a.HTTPStatus)}
 		}
 		p, err := pct(base+".abort.percentage.value", a.Percentage, 0)
 		if err != nil {
 			return nil, err
 		}
-		out.Abort = &configv1.Fault_Abort{Percentage: p, Status: uint32(a.HTTPStatus)}
+		if a.GRPCStatus != "" {
+			if a.HTTPStatus != 0 {
+				return nil, &fieldErr{base + ".abort", fmt.Errorf("httpStatus and grpcStatus are mutually exclusive")}
+			}
+			code, ok := grpcCodes[a.GRPCStatus]
+			if !ok {
+				return nil, &fieldErr{base + ".abort.grpcStatus", fmt.Errorf("%q is not a gRPC status name (UNAVAILABLE, …)", a.GRPCStatus)}
+			}
+			out.Abort = &configv1.Fault_Abort{Percentage: p, Grpc: true, GrpcStatus: code}
+		} else {
+			if a.HTTPStatus < 200 || a.HTTPStatus > 599 {
+				return nil, &fieldErr{base + ".abort.httpStatus", fmt.Errorf("%d is not in [200, 599]", a.HTTPStatus)}
+			}
+			out.Abort = &configv1.Fault_Abort{Percentage: p, Status: uint32(a.HTTPStatus)}
+		}
 	}
 	return out, nil
 }

@@ -197,15 +197,34 @@ func istioTrafficPolicy(tp *istioapi.TrafficPolicy, base string) (*configv1.Traf
 	bad := func(field string, format string, args ...any) error {
 		return &fieldErr{base + "." + field, fmt.Errorf(format, args...)}
 	}
+	var portLevel map[uint32]*configv1.TrafficPolicy
 	for _, u := range []struct {
 		field string
 		set   bool
 	}{
-		{"portLevelSettings", len(tp.PortLevelSettings) > 0}, {"tunnel", len(tp.Tunnel) > 0}, {"proxyProtocol", len(tp.ProxyProtocol) > 0},
+		{"tunnel", len(tp.Tunnel) > 0}, {"proxyProtocol", len(tp.ProxyProtocol) > 0},
 	} {
 		if u.set {
 			return nil, bad(u.field, "not supported")
 		}
+	}
+	for i, pl := range tp.PortLevelSettings {
+		f := fmt.Sprintf("portLevelSettings[%d]", i)
+		if pl.Port == nil || pl.Port.Number == 0 || pl.Port.Number > 65535 {
+			return nil, bad(f+".port.number", "a port from 1 to 65535 is required")
+		}
+		pp, err := istioTrafficPolicy(&istioapi.TrafficPolicy{LoadBalancer: pl.LoadBalancer, ConnectionPool: pl.ConnectionPool,
+			OutlierDetection: pl.OutlierDetection, TLS: pl.TLS}, base+"."+f)
+		if err != nil {
+			return nil, err
+		}
+		if portLevel == nil {
+			portLevel = map[uint32]*configv1.TrafficPolicy{}
+		}
+		if _, dup := portLevel[pl.Port.Number]; dup {
+			return nil, bad(f+".port.number", "%d is set twice", pl.Port.Number)
+		}
+		portLevel[pl.Port.Number] = pp
 	}
 	if len(tp.TLS) > 0 {
 		// Between proxies the mesh always speaks mutual TLS (HBONE): ISTIO_MUTUAL, and DISABLE
@@ -217,7 +236,7 @@ func istioTrafficPolicy(tp *istioapi.TrafficPolicy, base string) (*configv1.Traf
 			return nil, bad("tls.mode", "%q is not supported (ISTIO_MUTUAL or DISABLE: the mesh's own mutual TLS)", t.Mode)
 		}
 	}
-	out := &configv1.TrafficPolicy{}
+	out := &configv1.TrafficPolicy{PortLevel: portLevel}
 	if lb := tp.LoadBalancer; lb != nil {
 		for _, u := range []struct {
 			field string
@@ -390,7 +409,10 @@ func mergePolicy(host, subset *configv1.TrafficPolicy) *configv1.TrafficPolicy {
 		return subset
 	}
 	out := &configv1.TrafficPolicy{LoadBalancer: host.LoadBalancer, ConnectionPool: host.ConnectionPool,
-		OutlierDetection: host.OutlierDetection, RetryBudget: host.RetryBudget}
+		OutlierDetection: host.OutlierDetection, RetryBudget: host.RetryBudget, PortLevel: host.PortLevel}
+	if len(subset.PortLevel) > 0 {
+		out.PortLevel = subset.PortLevel
+	}
 	if subset.LoadBalancer != nil {
 		out.LoadBalancer = subset.LoadBalancer
 	}

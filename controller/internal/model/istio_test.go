@@ -366,6 +366,9 @@ spec:
       http: {http1MaxPendingRequests: 5, maxRetries: 3}
     outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 15s, maxEjectionPercent: 50, interval: 5s}
     retryBudget: {percent: 25, minRetryConcurrency: 2}
+    portLevelSettings:
+    - port: {number: 8080}
+      connectionPool: {tcp: {maxConnections: 1}}
   subsets:
   - {name: v1, labels: {version: v1}}
   - name: v2
@@ -382,6 +385,7 @@ func TestDestinationRulePolicies(t *testing.T) {
 		OutlierDetection: &configv1.TrafficPolicy_OutlierDetection{Consecutive_5Xx: 2, BaseEjectionTime: durationOf("15s"), MaxEjectionPercent: 50},
 		RetryBudget:      &configv1.TrafficPolicy_RetryBudget{Percent: 25, MinRetryConcurrency: 2},
 	}
+	hostPol.PortLevel = map[uint32]*configv1.TrafficPolicy{8080: {ConnectionPool: &configv1.TrafficPolicy_ConnectionPool{MaxConnections: 1}}}
 	v2Pol := proto.Clone(hostPol).(*configv1.TrafficPolicy)
 	v2Pol.LoadBalancer = &configv1.TrafficPolicy_LoadBalancer{Simple: configv1.TrafficPolicy_LoadBalancer_ROUND_ROBIN}
 
@@ -433,6 +437,10 @@ spec:
   - name: moved
     match: [{uri: {exact: /old}}]
     redirect: {uri: /new, authority: www.example.com, redirectCode: 308}
+  - name: grpc-fault
+    match: [{headers: {x-fault: {exact: "1"}}}]
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 50}}}
+    route: [{destination: {host: web}}]
   - name: gone
     match: [{uri: {exact: /gone}}]
     directResponse: {status: 410, body: {string: "gone for good"}}
@@ -454,12 +462,13 @@ spec:
 `)
 	x := istioTestIndex(t, istioObj[*istioapi.DestinationRule](t, webDR), vs)
 	rc := routeConfig(x)
-	if rc == nil || len(rc.Routes) != 3 {
+	if rc == nil || len(rc.Routes) != 4 {
 		t.Fatalf("RouteConfig %v (errors %v)", rc, x.Errors())
 	}
 	wantProto(t, "redirect", &configv1.Route{Name: "moved", Matches: []*configv1.RouteMatch{{Path: &configv1.PathMatch{Kind: &configv1.PathMatch_Exact{Exact: "/old"}}}},
 		Redirect: &configv1.Redirect{Path: "/new", Authority: "www.example.com", Code: 308}}, rc.Routes[0])
-	wantProto(t, "direct", &configv1.DirectResponse{Status: 410, Body: []byte("gone for good")}, rc.Routes[1].DirectResponse)
+	wantProto(t, "gRPC abort", &configv1.Fault{Abort: &configv1.Fault_Abort{Percentage: 50, Grpc: true, GrpcStatus: 14}}, rc.Routes[1].Fault)
+	wantProto(t, "direct", &configv1.DirectResponse{Status: 410, Body: []byte("gone for good")}, rc.Routes[2].DirectResponse)
 	wantProto(t, "api", &configv1.Route{Name: "api", Matches: []*configv1.RouteMatch{{Path: &configv1.PathMatch{Kind: &configv1.PathMatch_StringPrefix{StringPrefix: "/v1/"}}}},
 		Backends: []*configv1.Backend{{Hostname: "web.demo.svc.cluster.local", Weight: 100, Subset: map[string]string{"version": "v1"}, SubsetName: "v1",
 			RequestHeaders: &configv1.HeaderOps{Set: map[string]string{"x-subset": "v1"}}}},
@@ -469,7 +478,7 @@ spec:
 		Mirrors:         []*configv1.Mirror{{Hostname: "web.demo.svc.cluster.local", Percentage: 12.5, Subset: map[string]string{"version": "v2"}, SubsetName: "v2"}},
 		Cors: &configv1.CorsPolicy{AllowOriginsExact: []string{"https://app.example.com"}, AllowOriginsPrefix: []string{"https://dev-"},
 			AllowMethods: []string{"GET"}, MaxAge: durationOf("24h"), AllowCredentials: true, IgnoreUnmatchedPreflights: true},
-	}, rc.Routes[2])
+	}, rc.Routes[3])
 }
 
 // TestNoRouteNoRouteConfig: a Service without routes or a DestinationRule policy has no

@@ -3009,8 +3009,12 @@ type TrafficPolicy struct {
 	ConnectionPool   *TrafficPolicy_ConnectionPool   `protobuf:"bytes,2,opt,name=connection_pool,json=connectionPool,proto3" json:"connection_pool,omitempty"`
 	OutlierDetection *TrafficPolicy_OutlierDetection `protobuf:"bytes,3,opt,name=outlier_detection,json=outlierDetection,proto3" json:"outlier_detection,omitempty"`
 	RetryBudget      *TrafficPolicy_RetryBudget      `protobuf:"bytes,4,opt,name=retry_budget,json=retryBudget,proto3" json:"retry_budget,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// port_level replaces, for requests to one port of the destination (the Service port),
+	// the parts its policy sets (a DestinationRule's portLevelSettings). Its own port_level is
+	// unused.
+	PortLevel     map[uint32]*TrafficPolicy `protobuf:"bytes,5,rep,name=port_level,json=portLevel,proto3" json:"port_level,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TrafficPolicy) Reset() {
@@ -3067,6 +3071,13 @@ func (x *TrafficPolicy) GetOutlierDetection() *TrafficPolicy_OutlierDetection {
 func (x *TrafficPolicy) GetRetryBudget() *TrafficPolicy_RetryBudget {
 	if x != nil {
 		return x.RetryBudget
+	}
+	return nil
+}
+
+func (x *TrafficPolicy) GetPortLevel() map[uint32]*TrafficPolicy {
+	if x != nil {
+		return x.PortLevel
 	}
 	return nil
 }
@@ -3563,14 +3574,18 @@ type Fault_Abort struct {
 	// percentage of requests aborted, 0 to 100.
 	Percentage float64 `protobuf:"fixed64,1,opt,name=percentage,proto3" json:"percentage,omitempty"`
 	// status is the HTTP status code of the answer.
-	Status        uint32 `protobuf:"varint,2,opt,name=status,proto3" json:"status,omitempty"`
+	Status uint32 `protobuf:"varint,2,opt,name=status,proto3" json:"status,omitempty"`
+	// grpc_status, when grpc is set, makes the answer a gRPC one with this status code
+	// (status is then unused).
+	GrpcStatus    uint32 `protobuf:"varint,3,opt,name=grpc_status,json=grpcStatus,proto3" json:"grpc_status,omitempty"`
+	Grpc          bool   `protobuf:"varint,4,opt,name=grpc,proto3" json:"grpc,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Fault_Abort) Reset() {
 	*x = Fault_Abort{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[44]
+	mi := &file_proto_config_v1_config_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3582,7 +3597,7 @@ func (x *Fault_Abort) String() string {
 func (*Fault_Abort) ProtoMessage() {}
 
 func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[44]
+	mi := &file_proto_config_v1_config_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3612,6 +3627,20 @@ func (x *Fault_Abort) GetStatus() uint32 {
 	return 0
 }
 
+func (x *Fault_Abort) GetGrpcStatus() uint32 {
+	if x != nil {
+		return x.GrpcStatus
+	}
+	return 0
+}
+
+func (x *Fault_Abort) GetGrpc() bool {
+	if x != nil {
+		return x.Grpc
+	}
+	return false
+}
+
 // Delay holds a fraction of requests for a while before forwarding them.
 type Fault_Delay struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3625,7 +3654,7 @@ type Fault_Delay struct {
 
 func (x *Fault_Delay) Reset() {
 	*x = Fault_Delay{}
-	mi := &file_proto_config_v1_config_proto_msgTypes[45]
+	mi := &file_proto_config_v1_config_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3637,7 +3666,7 @@ func (x *Fault_Delay) String() string {
 func (*Fault_Delay) ProtoMessage() {}
 
 func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_config_v1_config_proto_msgTypes[45]
+	mi := &file_proto_config_v1_config_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3902,12 +3931,15 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\x10response_headers\x18\b \x01(\v2\x1a.ambit.config.v1.HeaderOpsR\x0fresponseHeaders\x1a9\n" +
 	"\vSubsetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcd\t\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf9\n" +
+	"\n" +
 	"\rTrafficPolicy\x12P\n" +
 	"\rload_balancer\x18\x01 \x01(\v2+.ambit.config.v1.TrafficPolicy.LoadBalancerR\floadBalancer\x12V\n" +
 	"\x0fconnection_pool\x18\x02 \x01(\v2-.ambit.config.v1.TrafficPolicy.ConnectionPoolR\x0econnectionPool\x12\\\n" +
 	"\x11outlier_detection\x18\x03 \x01(\v2/.ambit.config.v1.TrafficPolicy.OutlierDetectionR\x10outlierDetection\x12M\n" +
-	"\fretry_budget\x18\x04 \x01(\v2*.ambit.config.v1.TrafficPolicy.RetryBudgetR\vretryBudget\x1a\x9a\x02\n" +
+	"\fretry_budget\x18\x04 \x01(\v2*.ambit.config.v1.TrafficPolicy.RetryBudgetR\vretryBudget\x12L\n" +
+	"\n" +
+	"port_level\x18\x05 \x03(\v2-.ambit.config.v1.TrafficPolicy.PortLevelEntryR\tportLevel\x1a\x9a\x02\n" +
 	"\fLoadBalancer\x12J\n" +
 	"\x06simple\x18\x01 \x01(\x0e22.ambit.config.v1.TrafficPolicy.LoadBalancer.SimpleR\x06simple\x12\x1f\n" +
 	"\vhash_header\x18\x02 \x01(\tR\n" +
@@ -3934,7 +3966,10 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\x14max_ejection_percent\x18\x04 \x01(\rR\x12maxEjectionPercent\x1a[\n" +
 	"\vRetryBudget\x12\x18\n" +
 	"\apercent\x18\x01 \x01(\x01R\apercent\x122\n" +
-	"\x15min_retry_concurrency\x18\x02 \x01(\rR\x13minRetryConcurrency\"\x83\x01\n" +
+	"\x15min_retry_concurrency\x18\x02 \x01(\rR\x13minRetryConcurrency\x1a\\\n" +
+	"\x0ePortLevelEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\rR\x03key\x124\n" +
+	"\x05value\x18\x02 \x01(\v2\x1e.ambit.config.v1.TrafficPolicyR\x05value:\x028\x01\"\x83\x01\n" +
 	"\bTimeouts\x123\n" +
 	"\arequest\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\arequest\x12B\n" +
 	"\x0fbackend_request\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0ebackendRequest\"\x9d\x01\n" +
@@ -3944,15 +3979,18 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\abackoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\abackoff\x12\x0e\n" +
 	"\x02on\x18\x04 \x03(\tR\x02on\x12\x1d\n" +
 	"\n" +
-	"grpc_codes\x18\x05 \x03(\rR\tgrpcCodes\"\x8a\x02\n" +
+	"grpc_codes\x18\x05 \x03(\rR\tgrpcCodes\"\xbf\x02\n" +
 	"\x05Fault\x122\n" +
 	"\x05abort\x18\x01 \x01(\v2\x1c.ambit.config.v1.Fault.AbortR\x05abort\x122\n" +
-	"\x05delay\x18\x02 \x01(\v2\x1c.ambit.config.v1.Fault.DelayR\x05delay\x1a?\n" +
+	"\x05delay\x18\x02 \x01(\v2\x1c.ambit.config.v1.Fault.DelayR\x05delay\x1at\n" +
 	"\x05Abort\x12\x1e\n" +
 	"\n" +
 	"percentage\x18\x01 \x01(\x01R\n" +
 	"percentage\x12\x16\n" +
-	"\x06status\x18\x02 \x01(\rR\x06status\x1aX\n" +
+	"\x06status\x18\x02 \x01(\rR\x06status\x12\x1f\n" +
+	"\vgrpc_status\x18\x03 \x01(\rR\n" +
+	"grpcStatus\x12\x12\n" +
+	"\x04grpc\x18\x04 \x01(\bR\x04grpc\x1aX\n" +
 	"\x05Delay\x12\x1e\n" +
 	"\n" +
 	"percentage\x18\x01 \x01(\x01R\n" +
@@ -3993,7 +4031,7 @@ func file_proto_config_v1_config_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_config_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_proto_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_proto_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_proto_config_v1_config_proto_goTypes = []any{
 	(NetworkMode)(0),                       // 0: ambit.config.v1.NetworkMode
 	(TunnelProtocol)(0),                    // 1: ambit.config.v1.TunnelProtocol
@@ -4049,9 +4087,10 @@ var file_proto_config_v1_config_proto_goTypes = []any{
 	(*TrafficPolicy_ConnectionPool)(nil),   // 51: ambit.config.v1.TrafficPolicy.ConnectionPool
 	(*TrafficPolicy_OutlierDetection)(nil), // 52: ambit.config.v1.TrafficPolicy.OutlierDetection
 	(*TrafficPolicy_RetryBudget)(nil),      // 53: ambit.config.v1.TrafficPolicy.RetryBudget
-	(*Fault_Abort)(nil),                    // 54: ambit.config.v1.Fault.Abort
-	(*Fault_Delay)(nil),                    // 55: ambit.config.v1.Fault.Delay
-	(*durationpb.Duration)(nil),            // 56: google.protobuf.Duration
+	nil,                                    // 54: ambit.config.v1.TrafficPolicy.PortLevelEntry
+	(*Fault_Abort)(nil),                    // 55: ambit.config.v1.Fault.Abort
+	(*Fault_Delay)(nil),                    // 56: ambit.config.v1.Fault.Delay
+	(*durationpb.Duration)(nil),            // 57: google.protobuf.Duration
 }
 var file_proto_config_v1_config_proto_depIdxs = []int32{
 	42, // 0: ambit.config.v1.Workload.labels:type_name -> ambit.config.v1.Workload.LabelsEntry
@@ -4094,7 +4133,7 @@ var file_proto_config_v1_config_proto_depIdxs = []int32{
 	32, // 37: ambit.config.v1.Route.mirrors:type_name -> ambit.config.v1.Mirror
 	28, // 38: ambit.config.v1.Route.direct_response:type_name -> ambit.config.v1.DirectResponse
 	27, // 39: ambit.config.v1.Route.cors:type_name -> ambit.config.v1.CorsPolicy
-	56, // 40: ambit.config.v1.CorsPolicy.max_age:type_name -> google.protobuf.Duration
+	57, // 40: ambit.config.v1.CorsPolicy.max_age:type_name -> google.protobuf.Duration
 	45, // 41: ambit.config.v1.HeaderOps.set:type_name -> ambit.config.v1.HeaderOps.SetEntry
 	46, // 42: ambit.config.v1.HeaderOps.add:type_name -> ambit.config.v1.HeaderOps.AddEntry
 	47, // 43: ambit.config.v1.Mirror.subset:type_name -> ambit.config.v1.Mirror.SubsetEntry
@@ -4111,21 +4150,23 @@ var file_proto_config_v1_config_proto_depIdxs = []int32{
 	51, // 54: ambit.config.v1.TrafficPolicy.connection_pool:type_name -> ambit.config.v1.TrafficPolicy.ConnectionPool
 	52, // 55: ambit.config.v1.TrafficPolicy.outlier_detection:type_name -> ambit.config.v1.TrafficPolicy.OutlierDetection
 	53, // 56: ambit.config.v1.TrafficPolicy.retry_budget:type_name -> ambit.config.v1.TrafficPolicy.RetryBudget
-	56, // 57: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
-	56, // 58: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
-	56, // 59: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
-	54, // 60: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
-	55, // 61: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
-	11, // 62: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
-	9,  // 63: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
-	56, // 64: ambit.config.v1.TrafficPolicy.ConnectionPool.connect_timeout:type_name -> google.protobuf.Duration
-	56, // 65: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	56, // 66: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
-	67, // [67:67] is the sub-list for method output_type
-	67, // [67:67] is the sub-list for method input_type
-	67, // [67:67] is the sub-list for extension type_name
-	67, // [67:67] is the sub-list for extension extendee
-	0,  // [0:67] is the sub-list for field type_name
+	54, // 57: ambit.config.v1.TrafficPolicy.port_level:type_name -> ambit.config.v1.TrafficPolicy.PortLevelEntry
+	57, // 58: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
+	57, // 59: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
+	57, // 60: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
+	55, // 61: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
+	56, // 62: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
+	11, // 63: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
+	9,  // 64: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
+	57, // 65: ambit.config.v1.TrafficPolicy.ConnectionPool.connect_timeout:type_name -> google.protobuf.Duration
+	57, // 66: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	38, // 67: ambit.config.v1.TrafficPolicy.PortLevelEntry.value:type_name -> ambit.config.v1.TrafficPolicy
+	57, // 68: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
+	69, // [69:69] is the sub-list for method output_type
+	69, // [69:69] is the sub-list for method input_type
+	69, // [69:69] is the sub-list for extension type_name
+	69, // [69:69] is the sub-list for extension extendee
+	0,  // [0:69] is the sub-list for field type_name
 }
 
 func init() { file_proto_config_v1_config_proto_init() }
@@ -4144,7 +4185,7 @@ func file_proto_config_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_config_v1_config_proto_rawDesc), len(file_proto_config_v1_config_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   46,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

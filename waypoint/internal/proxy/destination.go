@@ -20,7 +20,8 @@ type destination struct {
 	rr      uint64
 }
 
-// destinations holds one destination per key ("<service>|<subset>"), made on first use.
+// destinations holds one destination per key ("<service>|<port>|<subset>"), made on first
+// use.
 type destinations struct{ m sync.Map }
 
 func (ds *destinations) get(key string) *destination {

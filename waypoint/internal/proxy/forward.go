@@ -127,6 +127,9 @@ func (p *Proxy) handle(ctx context.Context, d *downstream, req *http.Request, h2
 		}
 		if f := rt.Fault; f.AbortPercent > 0 && rand.Float64()*100 < f.AbortPercent {
 			ex.flags = flagFaultAbort
+			if f.AbortGRPC {
+				return ex.grpcStatus(f.AbortGRPCStatus, "fault filter abort"), ex
+			}
 			return ex.local(f.AbortStatus, "fault filter abort"), ex
 		}
 	}
@@ -156,7 +159,7 @@ func (p *Proxy) handle(ctx context.Context, d *downstream, req *http.Request, h2
 				t.port = parentPort
 			}
 			t.subset, t.subsetName = b.Subset, b.SubsetName
-			t.pol = b.Policy
+			t.pol = b.Policy.ForPort(t.port)
 			t.reqHeaders, t.respHeaders = b.RequestHeaders, b.ResponseHeaders
 		}
 	}
@@ -189,7 +192,8 @@ func (p *Proxy) dest(t target) *destination {
 	if t.svcKey == "" {
 		return nil
 	}
-	return p.dests.get(t.svcKey + "|" + t.subsetName)
+	// One per Service port and subset, as Envoy has a cluster per port and subset.
+	return p.dests.get(t.svcKey + "|" + strconv.Itoa(int(t.port)) + "|" + t.subsetName)
 }
 
 // parentRoutes finds the Service whose routes apply: the destination Service, or for a
@@ -576,6 +580,20 @@ func rewritePath(rt *route.Route, path, to string) string {
 		}
 	}
 	return to
+}
+
+// grpcStatus answers with a trailers-only gRPC status.
+func (ex *exchange) grpcStatus(code int, msg string) *http.Response {
+	ex.code = http.StatusOK
+	if ex.reason == "" {
+		ex.reason = msg
+	}
+	h := http.Header{}
+	h.Set("Content-Type", "application/grpc")
+	h.Set("Grpc-Status", strconv.Itoa(code))
+	h.Set("Grpc-Message", url.PathEscape(msg))
+	h.Set("Content-Length", "0")
+	return &http.Response{StatusCode: http.StatusOK, ProtoMajor: 2, Header: h, Body: http.NoBody, Request: ex.req}
 }
 
 // direct answers with a route's fixed response.

@@ -133,7 +133,7 @@ func TestConnectionPoolOverflow(t *testing.T) {
 		}()
 	}
 	wait.Until(t, 5*time.Second, "one request in the app, one pending", func() error {
-		d := e.proxy.dests.get("shop/" + webHost + "|")
+		d := e.proxy.dests.get("shop/" + webHost + "|80|")
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		if inApp.Load() != 1 || d.active != 1 || len(d.waiters) != 1 {
@@ -627,5 +627,35 @@ func TestCORS(t *testing.T) {
 	}
 	if code, h = do(http.MethodGet, "https://evil.example.com"); code != 200 || h.Get("Access-Control-Allow-Origin") != "" {
 		t.Fatalf("request from another origin: %d %v", code, h)
+	}
+}
+
+func TestGRPCAbortAndPortLevelPolicy(t *testing.T) {
+	e := newEnv(t)
+	web := e.service("web", "10.96.0.10")
+	e.pod("web-1", "10.244.0.11", web, http.HandlerFunc(ok))
+	if err := routes(e, web, &configv1.Route{Name: "r", Fault: &configv1.Fault{Abort: &configv1.Fault_Abort{Percentage: 100, Grpc: true, GrpcStatus: 14}}}); err != nil {
+		t.Fatal(err)
+	}
+	c := e.httpClient(sa("client"), webVIP, false)
+	if code, _, h := get(t, c, "GET", "http://web/"); code != 200 || h.Get("Grpc-Status") != "14" {
+		t.Fatalf("gRPC abort: %d, grpc-status %q", code, h.Get("Grpc-Status"))
+	}
+	tbl, err := route.Compile("shop/web", &configv1.RouteConfig{Routes: []*configv1.Route{{Backends: toWeb(&configv1.TrafficPolicy{
+		ConnectionPool: &configv1.TrafficPolicy_ConnectionPool{MaxConnections: 10},
+		LoadBalancer:   &configv1.TrafficPolicy_LoadBalancer{Simple: configv1.TrafficPolicy_LoadBalancer_RANDOM},
+		PortLevel: map[uint32]*configv1.TrafficPolicy{8080: {
+			ConnectionPool: &configv1.TrafficPolicy_ConnectionPool{MaxConnections: 1},
+		}},
+	})}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := tbl.Routes[0].Backends[0].Policy
+	if p := pol.ForPort(80); p.MaxConnections != 10 || p.LB != configv1.TrafficPolicy_LoadBalancer_RANDOM {
+		t.Fatalf("port 80: %+v", p)
+	}
+	if p := pol.ForPort(8080); p.MaxConnections != 1 || p.LB != configv1.TrafficPolicy_LoadBalancer_RANDOM {
+		t.Fatalf("port 8080: %+v; want its connection pool over the destination's load balancer", p)
 	}
 }

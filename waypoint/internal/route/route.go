@@ -206,6 +206,19 @@ type Policy struct {
 	// Retry budget; BudgetPercent 0 means none.
 	BudgetPercent  float64
 	BudgetMinRetry int
+	// PortLevel are the policies for requests to one Service port.
+	PortLevel map[uint32]*Policy
+}
+
+// ForPort is the policy for requests to Service port port.
+func (p *Policy) ForPort(port uint16) *Policy {
+	if p == nil {
+		return nil
+	}
+	if pp, ok := p.PortLevel[uint32(port)]; ok {
+		return pp
+	}
+	return p
 }
 
 // MaxInFlight is the bound on requests in flight to the destination, 0 for none.
@@ -237,8 +250,11 @@ type Retry struct {
 type Fault struct {
 	AbortPercent float64
 	AbortStatus  int
-	DelayPercent float64
-	Delay        time.Duration
+	// AbortGRPC answers with gRPC status AbortGRPCStatus instead.
+	AbortGRPC       bool
+	AbortGRPCStatus int
+	DelayPercent    float64
+	Delay           time.Duration
 }
 
 // Compile validates rc and compiles it. name is the resource name; errors name the field.
@@ -396,10 +412,16 @@ func Compile(name string, rc *configv1.RouteConfig) (*Table, error) {
 				if a.GetPercentage() < 0 || a.GetPercentage() > 100 || a.GetPercentage() != a.GetPercentage() {
 					return nil, bad(f+".fault.abort.percentage", "%v is not between 0 and 100", a.GetPercentage())
 				}
-				if a.GetStatus() < 200 || a.GetStatus() > 599 {
+				switch {
+				case a.GetGrpc() && a.GetGrpcStatus() > 16:
+					return nil, bad(f+".fault.abort.grpc_status", "%d is not a gRPC status code", a.GetGrpcStatus())
+				case !a.GetGrpc() && (a.GetStatus() < 200 || a.GetStatus() > 599):
 					return nil, bad(f+".fault.abort.status", "%d is not an HTTP status from 200 to 599", a.GetStatus())
 				}
 				cf.AbortPercent, cf.AbortStatus = a.GetPercentage(), int(a.GetStatus())
+				if a.GetGrpc() {
+					cf.AbortGRPC, cf.AbortGRPCStatus = true, int(a.GetGrpcStatus())
+				}
 			}
 			if d := ft.GetDelay(); d != nil {
 				if d.GetPercentage() < 0 || d.GetPercentage() > 100 || d.GetPercentage() != d.GetPercentage() {
@@ -710,6 +732,42 @@ func compilePolicy(p *configv1.TrafficPolicy, f string) (*Policy, error) {
 	if p == nil {
 		return nil, nil
 	}
+	out, err := compileOnePolicy(p, f)
+	if err != nil {
+		return nil, err
+	}
+	for port, pp := range p.GetPortLevel() {
+		pf := fmt.Sprintf("%s.port_level[%d]", f, port)
+		if port == 0 || port > 65535 {
+			return nil, fmt.Errorf("%s: port out of range", pf)
+		}
+		merged := &configv1.TrafficPolicy{LoadBalancer: p.GetLoadBalancer(), ConnectionPool: p.GetConnectionPool(),
+			OutlierDetection: p.GetOutlierDetection(), RetryBudget: p.GetRetryBudget()}
+		if pp.GetLoadBalancer() != nil {
+			merged.LoadBalancer = pp.GetLoadBalancer()
+		}
+		if pp.GetConnectionPool() != nil {
+			merged.ConnectionPool = pp.GetConnectionPool()
+		}
+		if pp.GetOutlierDetection() != nil {
+			merged.OutlierDetection = pp.GetOutlierDetection()
+		}
+		if pp.GetRetryBudget() != nil {
+			merged.RetryBudget = pp.GetRetryBudget()
+		}
+		c, err := compileOnePolicy(merged, pf)
+		if err != nil {
+			return nil, err
+		}
+		if out.PortLevel == nil {
+			out.PortLevel = map[uint32]*Policy{}
+		}
+		out.PortLevel[port] = c
+	}
+	return out, nil
+}
+
+func compileOnePolicy(p *configv1.TrafficPolicy, f string) (*Policy, error) {
 	out := &Policy{}
 	if lb := p.GetLoadBalancer(); lb != nil {
 		switch lb.GetSimple() {
