@@ -40,8 +40,27 @@ type VirtualServiceSpec struct {
 	Gateways []string          `json:"gateways,omitempty"`
 	HTTP     []HTTPRoute       `json:"http,omitempty"`
 	TLS      []json.RawMessage `json:"tls,omitempty"`
-	TCP      []json.RawMessage `json:"tcp,omitempty"`
+	TCP      []TCPRoute        `json:"tcp,omitempty"`
 	ExportTo []string          `json:"exportTo,omitempty"`
+}
+
+type TCPRoute struct {
+	Match []L4MatchAttributes `json:"match,omitempty"`
+	Route []RouteDestination  `json:"route,omitempty"`
+}
+
+type L4MatchAttributes struct {
+	DestinationSubnets []string          `json:"destinationSubnets,omitempty"`
+	Port               uint32            `json:"port,omitempty"`
+	SourceSubnet       string            `json:"sourceSubnet,omitempty"`
+	SourceLabels       map[string]string `json:"sourceLabels,omitempty"`
+	Gateways           []string          `json:"gateways,omitempty"`
+	SourceNamespace    string            `json:"sourceNamespace,omitempty"`
+}
+
+type RouteDestination struct {
+	Destination Destination `json:"destination"`
+	Weight      int32       `json:"weight,omitempty"`
 }
 
 type HTTPRoute struct {

@@ -395,8 +395,9 @@ type IstioVS struct {
 	Namespace, Name string
 	Created         time.Time
 	// Parents maps a parent Service's resource name ("<ns>/<hostname>") to its routes, in
-	// the VirtualService's order.
+	// the VirtualService's order; TCP to its TCP routes.
 	Parents map[string][]IstioRoute
+	TCP     map[string][]IstioRoute
 }
 
 // ConvertVirtualService validates a VirtualService as Istio reads it for the mesh (the
@@ -407,13 +408,10 @@ func ConvertVirtualService(vs *istioapi.VirtualService, opts Options) (*IstioVS,
 	bad := func(field, format string, args ...any) error {
 		return objErr(KindIstioVirtualService, vs.Namespace, vs.Name, field, format, args...)
 	}
-	out := &IstioVS{Namespace: vs.Namespace, Name: vs.Name, Created: vs.CreationTimestamp.Time, Parents: map[string][]IstioRoute{}}
+	out := &IstioVS{Namespace: vs.Namespace, Name: vs.Name, Created: vs.CreationTimestamp.Time, Parents: map[string][]IstioRoute{}, TCP: map[string][]IstioRoute{}}
 	sp := vs.Spec
 	if len(sp.TLS) > 0 {
 		return nil, bad("spec.tls", "TLS routes are not supported")
-	}
-	if len(sp.TCP) > 0 {
-		return nil, bad("spec.tcp", "TCP routes are not supported")
 	}
 	if len(sp.Hosts) == 0 {
 		return nil, bad("spec.hosts", "empty")
@@ -439,8 +437,85 @@ func ConvertVirtualService(vs *istioapi.VirtualService, opts Options) (*IstioVS,
 		}
 		routes = append(routes, rs...)
 	}
+	var tcp []IstioRoute
+	for i, tr := range sp.TCP {
+		rs, err := istioTCPRoute(tr, i, vs, opts)
+		if err != nil {
+			e := err.(*fieldErr)
+			return nil, bad(e.field, "%w", e.err)
+		}
+		tcp = append(tcp, rs...)
+	}
 	for _, p := range parents {
 		out.Parents[p] = routes
+		out.TCP[p] = tcp
+	}
+	return out, nil
+}
+
+// istioTCPRoute compiles one tcp rule: one route per matched port (Istio's L4 match).
+func istioTCPRoute(tr istioapi.TCPRoute, i int, vs *istioapi.VirtualService, opts Options) ([]IstioRoute, error) {
+	base := fmt.Sprintf("spec.tcp[%d]", i)
+	if len(tr.Route) == 0 {
+		return nil, &fieldErr{base + ".route", fmt.Errorf("empty")}
+	}
+	r := &configv1.Route{Name: fmt.Sprintf("%s/%s/tcp/%d", vs.Namespace, vs.Name, i)}
+	var subsets, fields []string
+	sum := int32(0)
+	for j, d := range tr.Route {
+		f := fmt.Sprintf("%s.route[%d]", base, j)
+		if d.Destination.Host == "" || strings.Contains(d.Destination.Host, "*") {
+			return nil, &fieldErr{f + ".destination.host", fmt.Errorf("%q is not a Service host", d.Destination.Host)}
+		}
+		if d.Weight < 0 || d.Weight > 100 {
+			return nil, &fieldErr{f + ".weight", fmt.Errorf("%d is not in [0, 100]", d.Weight)}
+		}
+		sum += d.Weight
+		be := &configv1.Backend{Hostname: ResolveHost(d.Destination.Host, vs.Namespace, opts.Domain), Weight: uint32(d.Weight)}
+		if d.Destination.Port != nil {
+			if d.Destination.Port.Number < 1 || d.Destination.Port.Number > 65535 {
+				return nil, &fieldErr{f + ".destination.port.number", fmt.Errorf("%d out of range", d.Destination.Port.Number)}
+			}
+			be.Port = d.Destination.Port.Number
+		}
+		r.Backends = append(r.Backends, be)
+		subsets, fields = append(subsets, d.Destination.Subset), append(fields, f+".destination.subset")
+	}
+	switch {
+	case len(tr.Route) == 1 && sum == 0:
+		r.Backends[0].Weight = 100
+	case sum != 100:
+		return nil, &fieldErr{base + ".route", fmt.Errorf("weights add up to %d, not 100", sum)}
+	}
+	matches := tr.Match
+	if len(matches) == 0 {
+		matches = []istioapi.L4MatchAttributes{{}}
+	}
+	var out []IstioRoute
+	for k, m := range matches {
+		mf := fmt.Sprintf("%s.match[%d]", base, k)
+		if len(m.Gateways) > 0 && !slices.Contains(m.Gateways, "mesh") {
+			continue
+		}
+		for _, u := range []struct {
+			field string
+			set   bool
+		}{
+			{"destinationSubnets", len(m.DestinationSubnets) > 0}, {"sourceSubnet", m.SourceSubnet != ""},
+			{"sourceLabels", len(m.SourceLabels) > 0}, {"sourceNamespace", m.SourceNamespace != ""},
+		} {
+			if u.set {
+				return nil, &fieldErr{mf + "." + u.field, fmt.Errorf("not supported")}
+			}
+		}
+		if m.Port > 65535 {
+			return nil, &fieldErr{mf + ".port", fmt.Errorf("%d out of range", m.Port)}
+		}
+		rr := proto.Clone(r).(*configv1.Route)
+		if m.Port != 0 {
+			rr.Ports = []uint32{m.Port}
+		}
+		out = append(out, IstioRoute{Route: rr, subsets: subsets, subsetField: fields})
 	}
 	return out, nil
 }
@@ -893,7 +968,7 @@ func ConvertDestinationRule(dr *istioapi.DestinationRule, opts Options) (*IstioD
 // resolveIstioRoutes gives the routes of the VirtualServices attached to one parent their
 // subsets' labels. A subset no DestinationRule of its host defines is an error naming the
 // VirtualService and the field.
-func resolveIstioRoutes(vss []*IstioVS, parent string, drs map[key]*IstioDR) ([]*configv1.Route, error) {
+func resolveIstioRoutes(vss []*IstioVS, parent string, drs map[key]*IstioDR, tcp bool) ([]*configv1.Route, error) {
 	slices.SortStableFunc(vss, func(a, b *IstioVS) int {
 		if c := a.Created.Compare(b.Created); c != 0 {
 			return c
@@ -902,7 +977,11 @@ func resolveIstioRoutes(vss []*IstioVS, parent string, drs map[key]*IstioDR) ([]
 	})
 	var out []*configv1.Route
 	for _, vs := range vss {
-		for _, ir := range vs.Parents[parent] {
+		irs := vs.Parents[parent]
+		if tcp {
+			irs = vs.TCP[parent]
+		}
+		for _, ir := range irs {
 			r := proto.Clone(ir.Route).(*configv1.Route)
 			for i, b := range r.Backends {
 				if sub := ir.subsets[i]; sub != "" {
@@ -983,26 +1062,28 @@ func applyDestinationRules(rc *configv1.RouteConfig, drs map[key]*IstioDR) *conf
 	if len(drs) == 0 || rc == nil {
 		return rc
 	}
-	out := &configv1.RouteConfig{Hostname: rc.Hostname, Namespace: rc.Namespace, Routes: slices.Clone(rc.Routes)}
-	for i, r := range out.Routes {
-		var cloned *configv1.Route
-		for j, b := range r.Backends {
-			dr := findDR(drs, b.Hostname)
-			if dr == nil {
-				continue
+	out := &configv1.RouteConfig{Hostname: rc.Hostname, Namespace: rc.Namespace, Routes: slices.Clone(rc.Routes), TcpRoutes: slices.Clone(rc.TcpRoutes)}
+	for _, routes := range [][]*configv1.Route{out.Routes, out.TcpRoutes} {
+		for i, r := range routes {
+			var cloned *configv1.Route
+			for j, b := range r.Backends {
+				dr := findDR(drs, b.Hostname)
+				if dr == nil {
+					continue
+				}
+				pol := dr.Policy
+				if b.SubsetName != "" {
+					pol = dr.SubsetPolicy[b.SubsetName]
+				}
+				if pol == nil {
+					continue
+				}
+				if cloned == nil {
+					cloned = proto.Clone(r).(*configv1.Route)
+					routes[i] = cloned
+				}
+				cloned.Backends[j].Policy = pol
 			}
-			pol := dr.Policy
-			if b.SubsetName != "" {
-				pol = dr.SubsetPolicy[b.SubsetName]
-			}
-			if pol == nil {
-				continue
-			}
-			if cloned == nil {
-				cloned = proto.Clone(r).(*configv1.Route)
-				out.Routes[i] = cloned
-			}
-			cloned.Backends[j].Policy = pol
 		}
 	}
 	return out

@@ -175,14 +175,18 @@ func (x *Index) istioRouteConfig(parent string, svc *corev1.Service) *configv1.R
 		vss = append(vss, x.istio.vs[k])
 		delete(x.istio.resolveErrs, errKey(KindIstioVirtualService, k.ns, k.name))
 	}
-	routes, err := resolveIstioRoutes(vss, parent, x.istio.dr)
+	routes, err := resolveIstioRoutes(vss, parent, x.istio.dr, false)
+	var tcp []*configv1.Route
+	if err == nil {
+		tcp, err = resolveIstioRoutes(vss, parent, x.istio.dr, true)
+	}
 	if err != nil {
 		e := err.(*ObjectError)
 		x.istio.resolveErrs[errKey(KindIstioVirtualService, e.Namespace, e.Name)] = err
 		x.istio.newErrs = append(x.istio.newErrs, err)
 		return nil
 	}
-	return &configv1.RouteConfig{Hostname: Hostname(svc.Name, svc.Namespace, x.opts.Domain), Namespace: svc.Namespace, Routes: routes}
+	return &configv1.RouteConfig{Hostname: Hostname(svc.Name, svc.Namespace, x.opts.Domain), Namespace: svc.Namespace, Routes: routes, TcpRoutes: tcp}
 }
 
 // CommitErrors returns the errors found by the last Commit (a VirtualService subset that no

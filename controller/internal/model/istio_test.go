@@ -236,7 +236,8 @@ func TestVirtualServiceErrors(t *testing.T) {
 		{"redirect with route", "  - name: canary\n", "  - name: canary\n    redirect: {uri: /x}\n", "spec.http[0].redirect", "mutually exclusive"},
 		{"retryOn", "gateway-error,", "retriable-headers,", "spec.http[1].retries.retryOn", `"retriable-headers"`},
 		{"wildcard host", "hosts: [web]", `hosts: ["*.demo.svc.cluster.local"]`, "spec.hosts[0]", "wildcard"},
-		{"tcp", "  hosts: [web]\n", "  hosts: [web]\n  tcp: [{route: [{destination: {host: web}}]}]\n", "spec.tcp", "not supported"},
+		{"tcp source", "  hosts: [web]\n", "  hosts: [web]\n  tcp: [{match: [{sourceSubnet: 10.0.0.0/8}], route: [{destination: {host: web}}]}]\n", "spec.tcp[0].match[0].sourceSubnet", "not supported"},
+		{"tls", "  hosts: [web]\n", "  hosts: [web]\n  tls: [{match: [{sniHosts: [web]}], route: [{destination: {host: web}}]}]\n", "spec.tls", "not supported"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -491,4 +492,29 @@ func TestNoRouteNoRouteConfig(t *testing.T) {
 	if _, ok := x.For(Proxy{Kind: KindWaypoint, Namespace: "demo", Name: "wp"})[configv1.RouteConfigTypeURL][webRC]; ok {
 		t.Fatal("a RouteConfig resource exists")
 	}
+}
+
+func TestVirtualServiceTCP(t *testing.T) {
+	vs := istioObj[*istioapi.VirtualService](t, `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: demo}
+spec:
+  hosts: [web]
+  tcp:
+  - match: [{port: 5432}]
+    route:
+    - {destination: {host: web, subset: v1}, weight: 80}
+    - {destination: {host: web, subset: v2}, weight: 20}
+`)
+	x := istioTestIndex(t, istioObj[*istioapi.DestinationRule](t, webDR+"  trafficPolicy: {connectionPool: {tcp: {maxConnections: 7}}}\n"), vs)
+	rc := routeConfig(x)
+	if rc == nil || len(rc.Routes) != 0 || len(rc.TcpRoutes) != 1 {
+		t.Fatalf("RouteConfig %v (errors %v)", rc, x.Errors())
+	}
+	pol := &configv1.TrafficPolicy{ConnectionPool: &configv1.TrafficPolicy_ConnectionPool{MaxConnections: 7}}
+	wantProto(t, "tcp route", &configv1.Route{Name: "demo/web/tcp/0", Ports: []uint32{5432}, Backends: []*configv1.Backend{
+		{Hostname: "web.demo.svc.cluster.local", Weight: 80, Subset: map[string]string{"version": "v1"}, SubsetName: "v1", Policy: pol},
+		{Hostname: "web.demo.svc.cluster.local", Weight: 20, Subset: map[string]string{"version": "v2"}, SubsetName: "v2", Policy: pol},
+	}}, rc.TcpRoutes[0])
 }

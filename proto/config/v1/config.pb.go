@@ -1872,7 +1872,11 @@ type RouteConfig struct {
 	// routes are tried in order and the first whose ports and matches fit the request wins. The
 	// controller has already merged the HTTPRoutes and sorted their rules by Gateway API
 	// precedence. A request no route fits gets 404.
-	Routes        []*Route `protobuf:"bytes,3,rep,name=routes,proto3" json:"routes,omitempty"`
+	Routes []*Route `protobuf:"bytes,3,rep,name=routes,proto3" json:"routes,omitempty"`
+	// tcp_routes route the connections that are not HTTP (opaque TCP): the first whose ports
+	// fit the connection's port wins; its backends share the connections by weight. Only
+	// ports, backends and their policies are read. None fits: the Service itself.
+	TcpRoutes     []*Route `protobuf:"bytes,4,rep,name=tcp_routes,json=tcpRoutes,proto3" json:"tcp_routes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1924,6 +1928,13 @@ func (x *RouteConfig) GetNamespace() string {
 func (x *RouteConfig) GetRoutes() []*Route {
 	if x != nil {
 		return x.Routes
+	}
+	return nil
+}
+
+func (x *RouteConfig) GetTcpRoutes() []*Route {
+	if x != nil {
+		return x.TcpRoutes
 	}
 	return nil
 }
@@ -3826,11 +3837,13 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\x03For\x12\x12\n" +
 	"\x0eSERVICEACCOUNT\x10\x00\x12\v\n" +
 	"\aSERVICE\x10\x01\x12\r\n" +
-	"\tNAMESPACE\x10\x02\"w\n" +
+	"\tNAMESPACE\x10\x02\"\xae\x01\n" +
 	"\vRouteConfig\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12.\n" +
-	"\x06routes\x18\x03 \x03(\v2\x16.ambit.config.v1.RouteR\x06routes\"\xd6\x05\n" +
+	"\x06routes\x18\x03 \x03(\v2\x16.ambit.config.v1.RouteR\x06routes\x125\n" +
+	"\n" +
+	"tcp_routes\x18\x04 \x03(\v2\x16.ambit.config.v1.RouteR\ttcpRoutes\"\xd6\x05\n" +
 	"\x05Route\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05ports\x18\x02 \x03(\rR\x05ports\x125\n" +
@@ -4121,52 +4134,53 @@ var file_proto_config_v1_config_proto_depIdxs = []int32{
 	8,  // 25: ambit.config.v1.Waypoint.for:type_name -> ambit.config.v1.Waypoint.For
 	13, // 26: ambit.config.v1.Waypoint.address:type_name -> ambit.config.v1.NetworkAddress
 	26, // 27: ambit.config.v1.RouteConfig.routes:type_name -> ambit.config.v1.Route
-	33, // 28: ambit.config.v1.Route.matches:type_name -> ambit.config.v1.RouteMatch
-	37, // 29: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
-	39, // 30: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
-	40, // 31: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
-	41, // 32: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
-	29, // 33: ambit.config.v1.Route.request_headers:type_name -> ambit.config.v1.HeaderOps
-	29, // 34: ambit.config.v1.Route.response_headers:type_name -> ambit.config.v1.HeaderOps
-	30, // 35: ambit.config.v1.Route.rewrite:type_name -> ambit.config.v1.Rewrite
-	31, // 36: ambit.config.v1.Route.redirect:type_name -> ambit.config.v1.Redirect
-	32, // 37: ambit.config.v1.Route.mirrors:type_name -> ambit.config.v1.Mirror
-	28, // 38: ambit.config.v1.Route.direct_response:type_name -> ambit.config.v1.DirectResponse
-	27, // 39: ambit.config.v1.Route.cors:type_name -> ambit.config.v1.CorsPolicy
-	57, // 40: ambit.config.v1.CorsPolicy.max_age:type_name -> google.protobuf.Duration
-	45, // 41: ambit.config.v1.HeaderOps.set:type_name -> ambit.config.v1.HeaderOps.SetEntry
-	46, // 42: ambit.config.v1.HeaderOps.add:type_name -> ambit.config.v1.HeaderOps.AddEntry
-	47, // 43: ambit.config.v1.Mirror.subset:type_name -> ambit.config.v1.Mirror.SubsetEntry
-	35, // 44: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
-	36, // 45: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
-	34, // 46: ambit.config.v1.RouteMatch.query_params:type_name -> ambit.config.v1.QueryMatch
-	36, // 47: ambit.config.v1.RouteMatch.authority:type_name -> ambit.config.v1.HeaderMatch
-	48, // 48: ambit.config.v1.RouteMatch.source_labels:type_name -> ambit.config.v1.RouteMatch.SourceLabelsEntry
-	49, // 49: ambit.config.v1.Backend.subset:type_name -> ambit.config.v1.Backend.SubsetEntry
-	38, // 50: ambit.config.v1.Backend.policy:type_name -> ambit.config.v1.TrafficPolicy
-	29, // 51: ambit.config.v1.Backend.request_headers:type_name -> ambit.config.v1.HeaderOps
-	29, // 52: ambit.config.v1.Backend.response_headers:type_name -> ambit.config.v1.HeaderOps
-	50, // 53: ambit.config.v1.TrafficPolicy.load_balancer:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer
-	51, // 54: ambit.config.v1.TrafficPolicy.connection_pool:type_name -> ambit.config.v1.TrafficPolicy.ConnectionPool
-	52, // 55: ambit.config.v1.TrafficPolicy.outlier_detection:type_name -> ambit.config.v1.TrafficPolicy.OutlierDetection
-	53, // 56: ambit.config.v1.TrafficPolicy.retry_budget:type_name -> ambit.config.v1.TrafficPolicy.RetryBudget
-	54, // 57: ambit.config.v1.TrafficPolicy.port_level:type_name -> ambit.config.v1.TrafficPolicy.PortLevelEntry
-	57, // 58: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
-	57, // 59: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
-	57, // 60: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
-	55, // 61: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
-	56, // 62: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
-	11, // 63: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
-	9,  // 64: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
-	57, // 65: ambit.config.v1.TrafficPolicy.ConnectionPool.connect_timeout:type_name -> google.protobuf.Duration
-	57, // 66: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	38, // 67: ambit.config.v1.TrafficPolicy.PortLevelEntry.value:type_name -> ambit.config.v1.TrafficPolicy
-	57, // 68: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
-	69, // [69:69] is the sub-list for method output_type
-	69, // [69:69] is the sub-list for method input_type
-	69, // [69:69] is the sub-list for extension type_name
-	69, // [69:69] is the sub-list for extension extendee
-	0,  // [0:69] is the sub-list for field type_name
+	26, // 28: ambit.config.v1.RouteConfig.tcp_routes:type_name -> ambit.config.v1.Route
+	33, // 29: ambit.config.v1.Route.matches:type_name -> ambit.config.v1.RouteMatch
+	37, // 30: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
+	39, // 31: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
+	40, // 32: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
+	41, // 33: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
+	29, // 34: ambit.config.v1.Route.request_headers:type_name -> ambit.config.v1.HeaderOps
+	29, // 35: ambit.config.v1.Route.response_headers:type_name -> ambit.config.v1.HeaderOps
+	30, // 36: ambit.config.v1.Route.rewrite:type_name -> ambit.config.v1.Rewrite
+	31, // 37: ambit.config.v1.Route.redirect:type_name -> ambit.config.v1.Redirect
+	32, // 38: ambit.config.v1.Route.mirrors:type_name -> ambit.config.v1.Mirror
+	28, // 39: ambit.config.v1.Route.direct_response:type_name -> ambit.config.v1.DirectResponse
+	27, // 40: ambit.config.v1.Route.cors:type_name -> ambit.config.v1.CorsPolicy
+	57, // 41: ambit.config.v1.CorsPolicy.max_age:type_name -> google.protobuf.Duration
+	45, // 42: ambit.config.v1.HeaderOps.set:type_name -> ambit.config.v1.HeaderOps.SetEntry
+	46, // 43: ambit.config.v1.HeaderOps.add:type_name -> ambit.config.v1.HeaderOps.AddEntry
+	47, // 44: ambit.config.v1.Mirror.subset:type_name -> ambit.config.v1.Mirror.SubsetEntry
+	35, // 45: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
+	36, // 46: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
+	34, // 47: ambit.config.v1.RouteMatch.query_params:type_name -> ambit.config.v1.QueryMatch
+	36, // 48: ambit.config.v1.RouteMatch.authority:type_name -> ambit.config.v1.HeaderMatch
+	48, // 49: ambit.config.v1.RouteMatch.source_labels:type_name -> ambit.config.v1.RouteMatch.SourceLabelsEntry
+	49, // 50: ambit.config.v1.Backend.subset:type_name -> ambit.config.v1.Backend.SubsetEntry
+	38, // 51: ambit.config.v1.Backend.policy:type_name -> ambit.config.v1.TrafficPolicy
+	29, // 52: ambit.config.v1.Backend.request_headers:type_name -> ambit.config.v1.HeaderOps
+	29, // 53: ambit.config.v1.Backend.response_headers:type_name -> ambit.config.v1.HeaderOps
+	50, // 54: ambit.config.v1.TrafficPolicy.load_balancer:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer
+	51, // 55: ambit.config.v1.TrafficPolicy.connection_pool:type_name -> ambit.config.v1.TrafficPolicy.ConnectionPool
+	52, // 56: ambit.config.v1.TrafficPolicy.outlier_detection:type_name -> ambit.config.v1.TrafficPolicy.OutlierDetection
+	53, // 57: ambit.config.v1.TrafficPolicy.retry_budget:type_name -> ambit.config.v1.TrafficPolicy.RetryBudget
+	54, // 58: ambit.config.v1.TrafficPolicy.port_level:type_name -> ambit.config.v1.TrafficPolicy.PortLevelEntry
+	57, // 59: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
+	57, // 60: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
+	57, // 61: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
+	55, // 62: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
+	56, // 63: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
+	11, // 64: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
+	9,  // 65: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
+	57, // 66: ambit.config.v1.TrafficPolicy.ConnectionPool.connect_timeout:type_name -> google.protobuf.Duration
+	57, // 67: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	38, // 68: ambit.config.v1.TrafficPolicy.PortLevelEntry.value:type_name -> ambit.config.v1.TrafficPolicy
+	57, // 69: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
+	70, // [70:70] is the sub-list for method output_type
+	70, // [70:70] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_proto_config_v1_config_proto_init() }

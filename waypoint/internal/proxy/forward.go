@@ -110,7 +110,7 @@ func (p *Proxy) handle(ctx context.Context, d *downstream, req *http.Request, h2
 	// (b) routing: the destination Service's routes, else the Service itself.
 	parent, parentPort, table := p.parentRoutes(d)
 	var rt *route.Route
-	if table != nil {
+	if table != nil && len(table.Routes) > 0 { // a table of TCP routes only leaves HTTP alone
 		if rt = table.MatchFrom(parentPort, req, p.source(d)); rt == nil {
 			ex.flags = flagNoRoute
 			return ex.local(http.StatusNotFound, "no route matched: "+parent+" has no HTTPRoute rule for "+req.Method+" "+req.URL.Path), ex

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"ambit.dev/mesh/hbone"
+	"ambit.dev/mesh/state"
+	configv1 "ambit.dev/proto/config/v1"
 )
 
 // serveL4 passes a connection that is not HTTP through to its destination: a pod of the
@@ -18,14 +20,38 @@ func (p *Proxy) serveL4(ctx context.Context, d *downstream, c hbone.HalfCloser) 
 		err error
 	)
 	svcName := ""
+	var (
+		t   target
+		eps []state.Endpoint
+	)
 	if d.svc != nil {
 		svcName = d.svc.GetNamespace() + "/" + d.svc.GetHostname()
-		eps := p.cfg.State.Endpoints(d.svc, d.authority.Port())
-		if len(eps) == 0 {
-			err = errors.New("service has no endpoint for the port")
-		} else {
-			ep = p.lb.pick(eps, nil, pickReq{})
-			defer p.lb.release(ep.addr)
+		t, err = p.tcpTarget(svcName, d.authority.Port())
+		if err == nil {
+			svcName = t.svcKey
+			eps, err = p.tcpEndpoints(t)
+		}
+		if err == nil {
+			dest := p.dest(t)
+			release, aerr := dest.acquire(ctx, t.pol)
+			if errors.Is(aerr, errOverflow) {
+				p.cfg.Metrics.overflow(t.svcKey, "pending")
+			}
+			err = aerr
+			if err == nil {
+				defer release()
+				pr := pickReq{pol: t.pol}
+				if t.pol != nil {
+					if t.pol.HashSourceIP {
+						pr.hashKey, pr.hasKey = d.client.Addr().String(), true
+					}
+					if t.pol.LB == configv1.TrafficPolicy_LoadBalancer_ROUND_ROBIN {
+						pr.rr = &dest.rr
+					}
+				}
+				ep = p.lb.pick(eps, nil, pr)
+				defer p.lb.release(ep.addr)
+			}
 		}
 	} else if d.wl != nil {
 		ep = endpoint{addr: d.authority, wl: d.wl}
@@ -34,9 +60,20 @@ func (p *Proxy) serveL4(ctx context.Context, d *downstream, c hbone.HalfCloser) 
 	}
 	var up hbone.HalfCloser
 	if err == nil {
-		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		timeout := 10 * time.Second
+		if t.pol != nil && t.pol.ConnectTimeout > 0 {
+			timeout = t.pol.ConnectTimeout
+		}
+		dctx, cancel := context.WithTimeout(ctx, timeout)
 		up, err = p.up.dial(dctx, ep.addr, d.client, d.trace, d.baggage)
 		cancel()
+		if len(eps) > 0 {
+			status := 200 // a connection that opens counts as a success for outlier detection
+			if err != nil {
+				status = 0
+			}
+			p.lb.result(ep.addr, status, eps, t.pol)
+		}
 	}
 	if err != nil {
 		p.cfg.Metrics.tcp(d, ep, 0, 0, true)
@@ -56,4 +93,47 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// tcpTarget is where an opaque TCP connection to Service svcKey's port goes: the backend of
+// the Service's first TCP route for the port, picked by weight, else the Service itself.
+func (p *Proxy) tcpTarget(svcKey string, port uint16) (target, error) {
+	t := target{svcKey: svcKey, port: port}
+	tbl := (*p.routes.Load())[svcKey]
+	if tbl == nil {
+		return t, nil
+	}
+	rt := tbl.MatchTCP(port)
+	if rt == nil {
+		return t, nil
+	}
+	b, ok := rt.PickBackend()
+	if !ok {
+		return t, errors.New("tcp route " + rt.Name + " has no backend with a weight above 0")
+	}
+	if b.Service != "" {
+		t.svcKey, t.port = b.Service, uint16(b.Port)
+		if t.port == 0 {
+			t.port = port
+		}
+		t.subset, t.subsetName = b.Subset, b.SubsetName
+		t.pol = b.Policy.ForPort(t.port)
+	}
+	return t, nil
+}
+
+// tcpEndpoints are the endpoints of t's Service port (and subset).
+func (p *Proxy) tcpEndpoints(t target) ([]state.Endpoint, error) {
+	svc, ok := p.cfg.State.ServiceByName(t.svcKey)
+	if !ok {
+		return nil, errors.New("service " + t.svcKey + " does not exist")
+	}
+	eps := p.cfg.State.Endpoints(svc, t.port)
+	if len(t.subset) > 0 {
+		eps = inSubset(eps, t.subset)
+	}
+	if len(eps) == 0 {
+		return nil, errors.New("service has no endpoint for the port")
+	}
+	return eps, nil
 }

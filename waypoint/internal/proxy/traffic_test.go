@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"ambit.dev/mesh/wait"
 	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/waypoint/internal/route"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -657,5 +659,75 @@ func TestGRPCAbortAndPortLevelPolicy(t *testing.T) {
 	}
 	if p := pol.ForPort(8080); p.MaxConnections != 1 || p.LB != configv1.TrafficPolicy_LoadBalancer_RANDOM {
 		t.Fatalf("port 8080: %+v; want its connection pool over the destination's load balancer", p)
+	}
+}
+
+// tcpNamer is a TCP app that reads one byte, writes its name and closes.
+func tcpNamer(t *testing.T, name string) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Read(make([]byte, 1))
+			_, _ = io.WriteString(c, name)
+			c.Close()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func TestTCPRouteSplit(t *testing.T) {
+	e := newEnv(t)
+	web := e.service("db", "10.96.0.10")
+	e.podListener("db-v1", "10.244.0.21", web, tcpNamer(t, "v1"))
+	e.podListener("db-v2", "10.244.0.22", web, tcpNamer(t, "v2"))
+	// Subsets by the pods' labels: label them through their workloads.
+	for _, w := range []struct{ name, ip, version string }{{"db-v1", "10.244.0.21", "v1"}, {"db-v2", "10.244.0.22", "v2"}} {
+		wl := &configv1.Workload{Uid: "c//Pod/shop/" + w.name, Name: w.name, Namespace: "shop", ServiceAccount: w.name, WorkloadName: w.name,
+			Addresses: [][]byte{netip.MustParseAddr(w.ip).AsSlice()}, TunnelProtocol: configv1.TunnelProtocol_HBONE,
+			Labels:   map[string]string{"version": w.version},
+			Services: map[string]*configv1.PortList{web: {Ports: []*configv1.Port{{ServicePort: 80, TargetPort: 8080}}}}}
+		e.apply(configv1.WorkloadTypeURL, map[string]proto.Message{wl.Uid: wl})
+	}
+	host := "db.shop.svc.cluster.local"
+	if err := e.proxy.Apply(configv1.RouteConfigTypeURL, map[string]proto.Message{web: &configv1.RouteConfig{Hostname: host, Namespace: "shop",
+		TcpRoutes: []*configv1.Route{{Name: "shift", Ports: []uint32{80}, Backends: []*configv1.Backend{
+			{Hostname: host, Weight: 80, Subset: map[string]string{"version": "v1"}, SubsetName: "v1"},
+			{Hostname: host, Weight: 20, Subset: map[string]string{"version": "v2"}, SubsetName: "v2"},
+		}}}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	n := map[string]int{}
+	for i := 0; i < 400; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := e.dial(ctx, sa("client"), webVIP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		// Client-first and not HTTP: the waypoint passes it through at once, without waiting
+		// out the sniffing timeout.
+		if _, err := c.Write([]byte{0}); err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(c)
+		c.Close()
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n[string(b)]++
+	}
+	share := float64(n["v1"]) / 400 * 100
+	t.Logf("TCP 80/20 over 400 connections: %v (%.1f%% v1)", n, share)
+	if n["v1"]+n["v2"] != 400 || share < 72 || share > 88 {
+		t.Fatalf("TCP split %v (%.1f%% v1), want 80 ± 8", n, share)
 	}
 }

@@ -5,6 +5,7 @@
 package route
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -34,6 +35,8 @@ type Table struct {
 	// Service is the parent Service's resource name, "<namespace>/<hostname>".
 	Service string
 	Routes  []*Route
+	// TCPRoutes route opaque TCP connections (ports and backends only).
+	TCPRoutes []*Route
 }
 
 // Route is one compiled HTTPRoute rule.
@@ -443,7 +446,24 @@ func Compile(name string, rc *configv1.RouteConfig) (*Table, error) {
 		}
 		t.Routes = append(t.Routes, out)
 	}
+	if len(rc.GetTcpRoutes()) > 0 {
+		tt, err := Compile(name, &configv1.RouteConfig{Namespace: rc.GetNamespace(), Routes: rc.GetTcpRoutes()})
+		if err != nil {
+			return nil, errors.New(strings.Replace(err.Error(), ": routes[", ": tcp_routes[", 1))
+		}
+		t.TCPRoutes = tt.Routes
+	}
 	return t, nil
+}
+
+// MatchTCP returns the first TCP route whose ports fit port, or nil.
+func (t *Table) MatchTCP(port uint16) *Route {
+	for _, rt := range t.TCPRoutes {
+		if len(rt.Ports) == 0 || contains(rt.Ports, uint32(port)) {
+			return rt
+		}
+	}
+	return nil
 }
 
 func duration(set bool, d time.Duration, valid error, limit time.Duration) (time.Duration, error) {
