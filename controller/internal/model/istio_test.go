@@ -518,3 +518,16 @@ spec:
 		{Hostname: "web.demo.svc.cluster.local", Weight: 20, Subset: map[string]string{"version": "v2"}, SubsetName: "v2", Policy: pol},
 	}}, rc.TcpRoutes[0])
 }
+
+func TestIstioWaypointForLabel(t *testing.T) {
+	gw := waypointGW("demo", "wp", "", "10.0.0.9")
+	gw.Labels = map[string]string{LabelIstioWaypointFor: "service"}
+	wp, ok, err := ConvertGateway(gw, "cluster.local")
+	if err != nil || !ok || wp.For != configv1.Waypoint_SERVICE {
+		t.Fatalf("istio.io/waypoint-for: %v %v %v", wp, ok, err)
+	}
+	gw.Labels[LabelWaypointFor] = "namespace" // ambit's label wins
+	if wp, _, _ = ConvertGateway(gw, "cluster.local"); wp.For != configv1.Waypoint_NAMESPACE {
+		t.Fatalf("both labels: %v", wp.For)
+	}
+}
