@@ -126,9 +126,13 @@ func (x *Index) destinationRuleRouteConfig(svc *corev1.Service) *configv1.RouteC
 	if dr == nil || dr.Policy == nil {
 		return nil
 	}
+	// The same for opaque TCP, so that its connections get the pool and outlier detection too.
 	return &configv1.RouteConfig{Hostname: host, Namespace: svc.Namespace, Routes: []*configv1.Route{{
 		Name:     dr.Namespace + "/" + dr.Name,
 		Matches:  []*configv1.RouteMatch{{}},
+		Backends: []*configv1.Backend{{Hostname: host, Weight: 1, Policy: dr.Policy}},
+	}}, TcpRoutes: []*configv1.Route{{
+		Name:     dr.Namespace + "/" + dr.Name + "/tcp",
 		Backends: []*configv1.Backend{{Hostname: host, Weight: 1, Policy: dr.Policy}},
 	}}}
 }

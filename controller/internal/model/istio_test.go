@@ -394,6 +394,8 @@ func TestDestinationRulePolicies(t *testing.T) {
 	x := istioTestIndex(t, dr)
 	wantProto(t, "RouteConfig of a DestinationRule alone", &configv1.RouteConfig{Hostname: "web.demo.svc.cluster.local", Namespace: "demo", Routes: []*configv1.Route{{
 		Name: "demo/web", Matches: []*configv1.RouteMatch{{}}, Backends: []*configv1.Backend{{Hostname: "web.demo.svc.cluster.local", Weight: 1, Policy: hostPol}},
+	}}, TcpRoutes: []*configv1.Route{{
+		Name: "demo/web/tcp", Backends: []*configv1.Backend{{Hostname: "web.demo.svc.cluster.local", Weight: 1, Policy: hostPol}},
 	}}}, routeConfig(x))
 
 	// An HTTPRoute's backends get their hosts' policies (web-v1 has no DestinationRule).
