@@ -27,6 +27,7 @@ var allowed = map[string][]string{
 	"ambit.dev/compat/istio":  {"ambit.dev/proto", "ambit.dev/mesh"},
 	"ambit.dev/tools/codegen": {},
 	"ambit.dev/tools/kube":    {},
+	"ambit.dev/tools/images":  {},
 }
 
 // TestModuleRules checks every Go file of the repository against the module rules.
