@@ -37,6 +37,7 @@ FUZZ += ./ztunnel/internal/localconfig:FuzzParse:100000x
 FUZZ += ./waypoint/internal/proxy:FuzzCheckHead:100000x
 FUZZ += ./waypoint/internal/proxy:FuzzSniff:100000x
 FUZZ += ./waypoint/internal/proxy:FuzzTraceContext:40000x
+FUZZ += ./waypoint/internal/proxy:FuzzPeekSNI:1500x
 
 FUZZTIME ?= 20000x
 

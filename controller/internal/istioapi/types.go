@@ -36,12 +36,26 @@ type VirtualServiceList struct {
 }
 
 type VirtualServiceSpec struct {
-	Hosts    []string          `json:"hosts,omitempty"`
-	Gateways []string          `json:"gateways,omitempty"`
-	HTTP     []HTTPRoute       `json:"http,omitempty"`
-	TLS      []json.RawMessage `json:"tls,omitempty"`
-	TCP      []TCPRoute        `json:"tcp,omitempty"`
-	ExportTo []string          `json:"exportTo,omitempty"`
+	Hosts    []string    `json:"hosts,omitempty"`
+	Gateways []string    `json:"gateways,omitempty"`
+	HTTP     []HTTPRoute `json:"http,omitempty"`
+	TLS      []TLSRoute  `json:"tls,omitempty"`
+	TCP      []TCPRoute  `json:"tcp,omitempty"`
+	ExportTo []string    `json:"exportTo,omitempty"`
+}
+
+type TLSRoute struct {
+	Match []TLSMatchAttributes `json:"match"`
+	Route []RouteDestination   `json:"route,omitempty"`
+}
+
+type TLSMatchAttributes struct {
+	SniHosts           []string          `json:"sniHosts"`
+	DestinationSubnets []string          `json:"destinationSubnets,omitempty"`
+	Port               uint32            `json:"port,omitempty"`
+	SourceLabels       map[string]string `json:"sourceLabels,omitempty"`
+	Gateways           []string          `json:"gateways,omitempty"`
+	SourceNamespace    string            `json:"sourceNamespace,omitempty"`
 }
 
 type TCPRoute struct {

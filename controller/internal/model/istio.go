@@ -410,9 +410,6 @@ func ConvertVirtualService(vs *istioapi.VirtualService, opts Options) (*IstioVS,
 	}
 	out := &IstioVS{Namespace: vs.Namespace, Name: vs.Name, Created: vs.CreationTimestamp.Time, Parents: map[string][]IstioRoute{}, TCP: map[string][]IstioRoute{}}
 	sp := vs.Spec
-	if len(sp.TLS) > 0 {
-		return nil, bad("spec.tls", "TLS routes are not supported")
-	}
 	if len(sp.Hosts) == 0 {
 		return nil, bad("spec.hosts", "empty")
 	}
@@ -438,6 +435,46 @@ func ConvertVirtualService(vs *istioapi.VirtualService, opts Options) (*IstioVS,
 		routes = append(routes, rs...)
 	}
 	var tcp []IstioRoute
+	// TLS routes first: they are the more specific (a server name), as in Istio.
+	for i, tr := range sp.TLS {
+		var l4 []istioapi.L4MatchAttributes
+		var sni [][]string
+		for k, m := range tr.Match {
+			mf := fmt.Sprintf("spec.tls[%d].match[%d]", i, k)
+			if len(m.SniHosts) == 0 {
+				return nil, bad(mf+".sniHosts", "empty")
+			}
+			for j, h := range m.SniHosts {
+				if h == "" || (strings.Contains(h, "*") && (h != "*" && !strings.HasPrefix(h, "*.") || strings.Count(h, "*") > 1)) {
+					return nil, bad(fmt.Sprintf("%s.sniHosts[%d]", mf, j), "%q is not a server name or *.domain", h)
+				}
+			}
+			l4 = append(l4, istioapi.L4MatchAttributes{DestinationSubnets: m.DestinationSubnets, Port: m.Port, SourceLabels: m.SourceLabels,
+				Gateways: m.Gateways, SourceNamespace: m.SourceNamespace})
+			sni = append(sni, m.SniHosts)
+		}
+		if len(l4) == 0 {
+			return nil, bad(fmt.Sprintf("spec.tls[%d].match", i), "empty: a TLS route needs sniHosts")
+		}
+		for k := range l4 {
+			rs, err := istioTCPRoute(istioapi.TCPRoute{Match: l4[k : k+1], Route: tr.Route}, i, vs, opts)
+			if err != nil {
+				e := err.(*fieldErr)
+				return nil, bad(strings.Replace(strings.Replace(e.field, "spec.tcp[", "spec.tls[", 1), ".match[0]", fmt.Sprintf(".match[%d]", k), 1), "%w", e.err)
+			}
+			for _, r := range rs {
+				r.Route.Name = fmt.Sprintf("%s/%s/tls/%d", vs.Namespace, vs.Name, i)
+				for _, h := range sni[k] {
+					if h == "*" {
+						r.Route.SniHosts = nil // any name: no limit
+						break
+					}
+					r.Route.SniHosts = append(r.Route.SniHosts, h)
+				}
+				tcp = append(tcp, r)
+			}
+		}
+	}
 	for i, tr := range sp.TCP {
 		rs, err := istioTCPRoute(tr, i, vs, opts)
 		if err != nil {

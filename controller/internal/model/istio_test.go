@@ -237,7 +237,8 @@ func TestVirtualServiceErrors(t *testing.T) {
 		{"retryOn", "gateway-error,", "retriable-headers,", "spec.http[1].retries.retryOn", `"retriable-headers"`},
 		{"wildcard host", "hosts: [web]", `hosts: ["*.demo.svc.cluster.local"]`, "spec.hosts[0]", "wildcard"},
 		{"tcp source", "  hosts: [web]\n", "  hosts: [web]\n  tcp: [{match: [{sourceSubnet: 10.0.0.0/8}], route: [{destination: {host: web}}]}]\n", "spec.tcp[0].match[0].sourceSubnet", "not supported"},
-		{"tls", "  hosts: [web]\n", "  hosts: [web]\n  tls: [{match: [{sniHosts: [web]}], route: [{destination: {host: web}}]}]\n", "spec.tls", "not supported"},
+		{"tls source", "  hosts: [web]\n", "  hosts: [web]\n  tls: [{match: [{sniHosts: [web], sourceNamespace: x}], route: [{destination: {host: web}}]}]\n", "spec.tls[0].match[0].sourceNamespace", "not supported"},
+		{"tls sni", "  hosts: [web]\n", "  hosts: [web]\n  tls: [{match: [{sniHosts: [a.*.com]}], route: [{destination: {host: web}}]}]\n", "spec.tls[0].match[0].sniHosts[0]", "not a server name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -503,6 +504,9 @@ kind: VirtualService
 metadata: {name: web, namespace: demo}
 spec:
   hosts: [web]
+  tls:
+  - match: [{port: 443, sniHosts: [db.example.com, "*.db.example.com"]}]
+    route: [{destination: {host: web, subset: v2}}]
   tcp:
   - match: [{port: 5432}]
     route:
@@ -511,13 +515,16 @@ spec:
 `)
 	x := istioTestIndex(t, istioObj[*istioapi.DestinationRule](t, webDR+"  trafficPolicy: {connectionPool: {tcp: {maxConnections: 7}}}\n"), vs)
 	rc := routeConfig(x)
-	if rc == nil || len(rc.Routes) != 0 || len(rc.TcpRoutes) != 1 {
+	if rc == nil || len(rc.Routes) != 0 || len(rc.TcpRoutes) != 2 {
 		t.Fatalf("RouteConfig %v (errors %v)", rc, x.Errors())
 	}
 	pol := &configv1.TrafficPolicy{ConnectionPool: &configv1.TrafficPolicy_ConnectionPool{MaxConnections: 7}}
 	wantProto(t, "tcp route", &configv1.Route{Name: "demo/web/tcp/0", Ports: []uint32{5432}, Backends: []*configv1.Backend{
 		{Hostname: "web.demo.svc.cluster.local", Weight: 80, Subset: map[string]string{"version": "v1"}, SubsetName: "v1", Policy: pol},
 		{Hostname: "web.demo.svc.cluster.local", Weight: 20, Subset: map[string]string{"version": "v2"}, SubsetName: "v2", Policy: pol},
+	}}, rc.TcpRoutes[1])
+	wantProto(t, "tls route", &configv1.Route{Name: "demo/web/tls/0", Ports: []uint32{443}, SniHosts: []string{"db.example.com", "*.db.example.com"}, Backends: []*configv1.Backend{
+		{Hostname: "web.demo.svc.cluster.local", Weight: 100, Subset: map[string]string{"version": "v2"}, SubsetName: "v2", Policy: pol},
 	}}, rc.TcpRoutes[0])
 }
 

@@ -1975,7 +1975,11 @@ type Route struct {
 	DirectResponse *DirectResponse `protobuf:"bytes,13,opt,name=direct_response,json=directResponse,proto3" json:"direct_response,omitempty"`
 	// cors, when set, answers CORS preflights from allowed origins at the waypoint and adds
 	// the CORS headers to the responses to their other requests.
-	Cors          *CorsPolicy `protobuf:"bytes,14,opt,name=cors,proto3" json:"cors,omitempty"`
+	Cors *CorsPolicy `protobuf:"bytes,14,opt,name=cors,proto3" json:"cors,omitempty"`
+	// sni_hosts, in a TCP route, limits it to TLS connections whose ClientHello names one of
+	// these server names: exact, or "*.example.com" for any name under example.com (Istio's
+	// tls routes). Empty: any connection.
+	SniHosts      []string `protobuf:"bytes,15,rep,name=sni_hosts,json=sniHosts,proto3" json:"sni_hosts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2104,6 +2108,13 @@ func (x *Route) GetDirectResponse() *DirectResponse {
 func (x *Route) GetCors() *CorsPolicy {
 	if x != nil {
 		return x.Cors
+	}
+	return nil
+}
+
+func (x *Route) GetSniHosts() []string {
+	if x != nil {
+		return x.SniHosts
 	}
 	return nil
 }
@@ -3843,7 +3854,7 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12.\n" +
 	"\x06routes\x18\x03 \x03(\v2\x16.ambit.config.v1.RouteR\x06routes\x125\n" +
 	"\n" +
-	"tcp_routes\x18\x04 \x03(\v2\x16.ambit.config.v1.RouteR\ttcpRoutes\"\xd6\x05\n" +
+	"tcp_routes\x18\x04 \x03(\v2\x16.ambit.config.v1.RouteR\ttcpRoutes\"\xf3\x05\n" +
 	"\x05Route\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05ports\x18\x02 \x03(\rR\x05ports\x125\n" +
@@ -3859,7 +3870,8 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\bredirect\x18\v \x01(\v2\x19.ambit.config.v1.RedirectR\bredirect\x121\n" +
 	"\amirrors\x18\f \x03(\v2\x17.ambit.config.v1.MirrorR\amirrors\x12H\n" +
 	"\x0fdirect_response\x18\r \x01(\v2\x1f.ambit.config.v1.DirectResponseR\x0edirectResponse\x12/\n" +
-	"\x04cors\x18\x0e \x01(\v2\x1b.ambit.config.v1.CorsPolicyR\x04cors\"\x80\x03\n" +
+	"\x04cors\x18\x0e \x01(\v2\x1b.ambit.config.v1.CorsPolicyR\x04cors\x12\x1b\n" +
+	"\tsni_hosts\x18\x0f \x03(\tR\bsniHosts\"\x80\x03\n" +
 	"\n" +
 	"CorsPolicy\x12.\n" +
 	"\x13allow_origins_exact\x18\x01 \x03(\tR\x11allowOriginsExact\x120\n" +

@@ -26,7 +26,19 @@ func (p *Proxy) serveL4(ctx context.Context, d *downstream, c hbone.HalfCloser) 
 	)
 	if d.svc != nil {
 		svcName = d.svc.GetNamespace() + "/" + d.svc.GetHostname()
-		t, err = p.tcpTarget(svcName, d.authority.Port())
+		sni := func() string {
+			bc, ok := c.(*bufConn)
+			if !ok {
+				return ""
+			}
+			// A client that sends part of a hello and stalls must not hold the stream.
+			if dl, ok := bc.HalfCloser.(interface{ SetReadDeadline(time.Time) error }); ok {
+				_ = dl.SetReadDeadline(time.Now().Add(p.cfg.SniffTimeout))
+				defer dl.SetReadDeadline(time.Time{})
+			}
+			return peekSNI(bc.r)
+		}
+		t, err = p.tcpTarget(svcName, d.authority.Port(), sni)
 		if err == nil {
 			svcName = t.svcKey
 			eps, err = p.tcpEndpoints(t)
@@ -96,14 +108,22 @@ func errString(err error) string {
 }
 
 // tcpTarget is where an opaque TCP connection to Service svcKey's port goes: the backend of
-// the Service's first TCP route for the port, picked by weight, else the Service itself.
-func (p *Proxy) tcpTarget(svcKey string, port uint16) (target, error) {
+// the Service's first TCP route for the port (and the TLS server name sni, when the route
+// names some; sni reads it), picked by weight, else the Service itself.
+func (p *Proxy) tcpTarget(svcKey string, port uint16, sni func() string) (target, error) {
 	t := target{svcKey: svcKey, port: port}
 	tbl := (*p.routes.Load())[svcKey]
 	if tbl == nil {
 		return t, nil
 	}
-	rt := tbl.MatchTCP(port)
+	name := ""
+	for _, r := range tbl.TCPRoutes {
+		if len(r.SNIHosts) > 0 { // read the server name only when a route asks for it
+			name = sni()
+			break
+		}
+	}
+	rt := tbl.MatchTCP(port, name)
 	if rt == nil {
 		return t, nil
 	}

@@ -731,3 +731,40 @@ func TestTCPRouteSplit(t *testing.T) {
 		t.Fatalf("TCP split %v (%.1f%% v1), want 80 ± 8", n, share)
 	}
 }
+
+func TestTLSRouteBySNI(t *testing.T) {
+	e := newEnv(t)
+	web := e.service("db", "10.96.0.10")
+	e.podListener("db-a", "10.244.0.21", web, tcpNamer(t, "a"))
+	e.podListener("db-b", "10.244.0.22", web, tcpNamer(t, "b"))
+	a := e.service("db-a", "10.96.0.11")
+	b := e.service("db-b", "10.96.0.12")
+	e.podListener("db-a", "10.244.0.21", a, tcpNamer(t, "a"))
+	e.podListener("db-b", "10.244.0.22", b, tcpNamer(t, "b"))
+	if err := e.proxy.Apply(configv1.RouteConfigTypeURL, map[string]proto.Message{web: &configv1.RouteConfig{Hostname: "db.shop.svc.cluster.local", Namespace: "shop",
+		TcpRoutes: []*configv1.Route{
+			{Name: "a", SniHosts: []string{"a.example.com"}, Backends: []*configv1.Backend{{Hostname: "db-a.shop.svc.cluster.local", Port: 80, Weight: 1}}},
+			{Name: "b", SniHosts: []string{"*.b.example.com"}, Backends: []*configv1.Backend{{Hostname: "db-b.shop.svc.cluster.local", Port: 80, Weight: 1}}},
+		}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for sni, want := range map[string]string{"a.example.com": "a", "x.b.example.com": "b"} {
+		for i := 0; i < 5; i++ {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			c, err := e.dial(ctx, sa("client"), webVIP)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write(clientHello(t, sni)); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(c)
+			c.Close()
+			cancel()
+			if string(got) != want {
+				t.Fatalf("SNI %s went to %q, want %q", sni, got, want)
+			}
+		}
+	}
+}

@@ -62,6 +62,8 @@ type Route struct {
 	DirectResponse *DirectResponse
 	// Cors, when set, is the route's CORS policy.
 	Cors *Cors
+	// SNIHosts limit a TCP route to TLS connections naming one of them.
+	SNIHosts []string
 }
 
 // Cors is a compiled CORS policy.
@@ -456,14 +458,31 @@ func Compile(name string, rc *configv1.RouteConfig) (*Table, error) {
 	return t, nil
 }
 
-// MatchTCP returns the first TCP route whose ports fit port, or nil.
-func (t *Table) MatchTCP(port uint16) *Route {
+// MatchTCP returns the first TCP route whose ports fit port and whose SNI hosts, if any, fit
+// sni (the TLS server name, "" for none), or nil.
+func (t *Table) MatchTCP(port uint16, sni string) *Route {
 	for _, rt := range t.TCPRoutes {
-		if len(rt.Ports) == 0 || contains(rt.Ports, uint32(port)) {
+		if len(rt.Ports) > 0 && !contains(rt.Ports, uint32(port)) {
+			continue
+		}
+		if len(rt.SNIHosts) == 0 || matchSNI(rt.SNIHosts, sni) {
 			return rt
 		}
 	}
 	return nil
+}
+
+func matchSNI(hosts []string, sni string) bool {
+	sni = strings.ToLower(sni)
+	for _, h := range hosts {
+		if h == sni && sni != "" {
+			return true
+		}
+		if suffix, ok := strings.CutPrefix(h, "*"); ok && strings.HasSuffix(sni, suffix) && len(sni) > len(suffix) {
+			return true
+		}
+	}
+	return false
 }
 
 func duration(set bool, d time.Duration, valid error, limit time.Duration) (time.Duration, error) {
@@ -705,6 +724,12 @@ func compileL7(r *configv1.Route, out *Route, f string) error {
 			return fmt.Errorf("%s.direct_response.body: %d bytes exceeds %d", f, len(dr.GetBody()), MaxDirectBody)
 		}
 		out.DirectResponse = &DirectResponse{Status: int(dr.GetStatus()), Body: dr.GetBody()}
+	}
+	for i, h := range r.GetSniHosts() {
+		if h == "" || strings.ContainsAny(h, " /:") || (strings.Contains(h, "*") && !strings.HasPrefix(h, "*.")) || strings.Count(h, "*") > 1 {
+			return fmt.Errorf("%s.sni_hosts[%d]: %q is not a server name or *.domain", f, i, h)
+		}
+		out.SNIHosts = append(out.SNIHosts, strings.ToLower(h))
 	}
 	if c := r.GetCors(); c != nil {
 		oc := &Cors{OriginsExact: c.GetAllowOriginsExact(), OriginsPrefix: c.GetAllowOriginsPrefix(),
