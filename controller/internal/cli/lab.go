@@ -42,6 +42,15 @@ also after a crash.`,
 	}
 	labCmd.PersistentFlags().StringVar(&dir, "lab-dir", lab.DefaultStateDir, "state dir of the lab")
 
+	labCmd.AddCommand(
+		labUp(o, &dir), labDown(&dir), labStatus(&dir), labApply(&dir), labDelete(&dir),
+		labCall(&dir), labServe(), labWait(&dir), labRestart(&dir), labSyncWaypoints(&dir),
+	)
+	return labCmd
+}
+
+// labUp is `ambitctl lab up`.
+func labUp(o Options, dir *string) *cobra.Command {
 	var file, binDir, prefix string
 	var portBase int
 	up := &cobra.Command{
@@ -55,7 +64,7 @@ also after a crash.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			_, err = lab.Up(ctx, t, lab.Options{Dir: dir, BinDir: binDir, Prefix: prefix, PortBase: portBase, Invoked: o.Invoked, Out: cmd.OutOrStdout()})
+			_, err = lab.Up(ctx, t, lab.Options{Dir: *dir, BinDir: binDir, Prefix: prefix, PortBase: portBase, Invoked: o.Invoked, Out: cmd.OutOrStdout()})
 			return err
 		},
 	}
@@ -63,24 +72,33 @@ also after a crash.`,
 	up.Flags().StringVar(&binDir, "bin-dir", "", "directory holding the controller and ztunnel binaries (default: beside ambitctl)")
 	up.Flags().StringVar(&prefix, "prefix", lab.DefaultPrefix, "prefix of the lab's bridge, links and namespaces")
 	up.Flags().IntVar(&portBase, "port-base", 15000, "host ports: controller at +12/+14, node i's ztunnel at +100*(i+1)")
+	return up
+}
 
+// labDown is `ambitctl lab down`.
+func labDown(dir *string) *cobra.Command {
+	var prefix string
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Remove every process, namespace, link and file of the lab, also after a crash",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return lab.Down(cmd.Context(), lab.Options{Dir: dir, Prefix: prefix, Out: cmd.OutOrStdout()})
+			return lab.Down(cmd.Context(), lab.Options{Dir: *dir, Prefix: prefix, Out: cmd.OutOrStdout()})
 		},
 	}
 	down.Flags().StringVar(&prefix, "prefix", lab.DefaultPrefix, "prefix of the lab's bridge, links and namespaces (used when no record is left)")
+	return down
+}
 
+// labStatus is `ambitctl lab status`.
+func labStatus(dir *string) *cobra.Command {
 	var output string
 	status := &cobra.Command{
 		Use:   "status",
 		Short: "Show the lab's processes and pods; exit status 1 when something is down",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := lab.GetStatus(cmd.Context(), dir)
+			s, err := lab.GetStatus(cmd.Context(), *dir)
 			if err != nil {
 				return err
 			}
@@ -94,16 +112,18 @@ also after a crash.`,
 		},
 	}
 	status.Flags().StringVarP(&output, "output", "o", "short", "output format: short, json or yaml")
+	return status
+}
 
-	// apply's and delete's own variable: sharing up's would reset up's default
-	// (examples/lab.yaml) to "".
+// labApply is `ambitctl lab apply`.
+func labApply(dir *string) *cobra.Command {
 	var objFile string
 	apply := &cobra.Command{
 		Use:   "apply -f FILE",
 		Short: "Give the lab's controller the Kubernetes objects of FILE (checked first)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			objs, err := lab.Apply(dir, objFile)
+			objs, err := lab.Apply(*dir, objFile)
 			if err != nil {
 				return err
 			}
@@ -115,13 +135,18 @@ also after a crash.`,
 	}
 	apply.Flags().StringVarP(&objFile, "file", "f", "", "YAML file of Kubernetes objects")
 	_ = apply.MarkFlagRequired("file")
+	return apply
+}
 
+// labDelete is `ambitctl lab delete`.
+func labDelete(dir *string) *cobra.Command {
+	var objFile string
 	del := &cobra.Command{
 		Use:   "delete -f FILE",
 		Short: "Take the objects of a file applied with 'lab apply' away again",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := lab.Delete(dir, objFile); err != nil {
+			if err := lab.Delete(*dir, objFile); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s deleted\n", objFile)
@@ -130,7 +155,11 @@ also after a crash.`,
 	}
 	del.Flags().StringVarP(&objFile, "file", "f", "", "YAML file given to 'lab apply'")
 	_ = del.MarkFlagRequired("file")
+	return del
+}
 
+// labCall is `ambitctl lab call`.
+func labCall(dir *string) *cobra.Command {
 	var timeout time.Duration
 	var method string
 	var count int
@@ -144,12 +173,12 @@ as its own traffic would, through its ztunnel when the pod is in the mesh. The e
 With --count N, make N requests, one connection each, and print how many each pod answered
 (the sample apps name themselves in X-Ambit-Pod) and with which status: how a traffic split
 shows. The exit status is then 1 only if a request got no answer at all.`,
-		Example: `  ambitctl lab call demo/client http://10.77.2.2:8080/
-  ambitctl lab call demo/client http://10.96.0.10/ --count 100
-  ambitctl lab call demo/client http://10.96.0.10/admin --method DELETE`,
+		Example: `  bin/ambitctl lab call demo/client http://10.77.2.2:8080/
+  bin/ambitctl lab call demo/client http://10.96.0.10/ --count 100
+  bin/ambitctl lab call demo/client http://10.96.0.10/admin --method DELETE`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := lab.LoadState(dir)
+			st, err := lab.LoadState(*dir)
 			if err != nil {
 				return err
 			}
@@ -201,7 +230,11 @@ shows. The exit status is then 1 only if a request got no answer at all.`,
 	call.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "give up after this long")
 	call.Flags().StringVarP(&method, "method", "X", http.MethodGet, "HTTP method")
 	call.Flags().IntVar(&count, "count", 0, "make this many requests and print a tally of who answered")
+	return call
+}
 
+// labServe is `ambitctl lab serve (hidden)`.
+func labServe() *cobra.Command {
 	var kind, pod, nodeAPI string
 	var port int
 	serve := &cobra.Command{
@@ -220,17 +253,22 @@ shows. The exit status is then 1 only if a request got no answer at all.`,
 	serve.Flags().IntVar(&port, "port", 8080, "port to listen on")
 	serve.Flags().StringVar(&pod, "pod", "", "namespace/name of the pod, reported by the HTTP echo")
 	serve.Flags().StringVar(&nodeAPI, "node-api", "", "node API socket of the pod's ztunnel (caller identity lookup)")
+	return serve
+}
 
+// labWait is `ambitctl lab wait`.
+func labWait(dir *string) *cobra.Command {
+	var timeout time.Duration
 	var waitNS string
 	var released bool
 	wait := &cobra.Command{
 		Use:   "wait --namespace NS [--released]",
 		Short: "Wait until every pod of a namespace is captured by its ztunnel (or released)",
-		Example: `  ambitctl namespace enable demo && ambitctl lab wait --namespace demo
-  ambitctl namespace disable demo && ambitctl lab wait --namespace demo --released`,
+		Example: `  bin/ambitctl namespace enable demo && bin/ambitctl lab wait --namespace demo
+  bin/ambitctl namespace disable demo && bin/ambitctl lab wait --namespace demo --released`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := lab.WaitCaptured(cmd.Context(), dir, waitNS, !released, timeout); err != nil {
+			if err := lab.WaitCaptured(cmd.Context(), *dir, waitNS, !released, timeout); err != nil {
 				return err
 			}
 			state := "captured by their ztunnels"
@@ -245,22 +283,32 @@ shows. The exit status is then 1 only if a request got no answer at all.`,
 	wait.Flags().BoolVar(&released, "released", false, "wait until the pods are released instead")
 	wait.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "give up after this long")
 	_ = wait.MarkFlagRequired("namespace")
+	return wait
+}
 
+// labRestart is `ambitctl lab restart-ztunnel`.
+func labRestart(dir *string) *cobra.Command {
+	var binDir string
 	restart := &cobra.Command{
 		Use:   "restart-ztunnel NODE",
 		Short: "Replace a node's ztunnel without dropping connections (hand-over, then drain)",
 		Long: `Start a new ztunnel for NODE beside the running one; the new one takes the pods over
 (SO_REUSEPORT hand-over, see docs/operations.md), and once it is ready the old one gets SIGTERM,
 drains its open connections and exits.`,
-		Example: `  ambitctl lab restart-ztunnel node-b`,
+		Example: `  bin/ambitctl lab restart-ztunnel node-b`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, err := lab.RestartZtunnel(cmd.Context(), lab.Options{Dir: dir, BinDir: binDir, Out: cmd.OutOrStdout()}, args[0], nil)
+			_, err := lab.RestartZtunnel(cmd.Context(), lab.Options{Dir: *dir, BinDir: binDir, Out: cmd.OutOrStdout()}, args[0], nil)
 			return err
 		},
 	}
 	restart.Flags().StringVar(&binDir, "bin-dir", "", "directory holding the ztunnel binary (default: beside ambitctl)")
+	return restart
+}
 
+// labSyncWaypoints is `ambitctl lab waypoints-sync (hidden)`.
+func labSyncWaypoints(dir *string) *cobra.Command {
+	var binDir string
 	syncWP := &cobra.Command{
 		Use:   "waypoints-sync [NAMESPACE/NAME=FOR ...]",
 		Short: "Make the lab's waypoint pods exactly the ones listed (the controller's --waypoint-exec runs this)",
@@ -278,13 +326,11 @@ whose Gateway is gone, and records each waypoint's address in its Gateway's stat
 				}
 				want = append(want, w)
 			}
-			return lab.SyncWaypoints(cmd.Context(), lab.Options{Dir: dir, BinDir: binDir, Out: cmd.OutOrStdout()}, want)
+			return lab.SyncWaypoints(cmd.Context(), lab.Options{Dir: *dir, BinDir: binDir, Out: cmd.OutOrStdout()}, want)
 		},
 	}
 	syncWP.Flags().StringVar(&binDir, "bin-dir", "", "directory holding the waypoint binary (default: beside ambitctl)")
-
-	labCmd.AddCommand(up, down, status, apply, del, call, wait, restart, serve, syncWP)
-	return labCmd
+	return syncWP
 }
 
 // tally makes n requests with do and prints how many each pod answered, by status.
