@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"hash/fnv"
 	"math/rand/v2"
 	"net/netip"
 	"sync"
@@ -76,7 +75,8 @@ func (b *balancer) pick(eps []state.Endpoint, tried []netip.AddrPort, pr pickReq
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.now()
-	cand := make([]int, 0, len(eps))
+	var buf [32]int // candidates on the stack for the usual endpoint counts
+	cand := buf[:0]
 	for pass := 0; pass < 3 && len(cand) == 0; pass++ {
 		for i, e := range eps {
 			s := b.eps[e.Addr]
@@ -144,13 +144,24 @@ func (b *balancer) choose(eps []state.Endpoint, cand []int, pr pickReq) int {
 	return best
 }
 
-// hrw is the rendezvous weight of key on endpoint a.
+// hrw is the rendezvous weight of key on endpoint a: FNV-1a over the key, the address and
+// the port, inline so that it does not allocate.
 func hrw(key string, a netip.AddrPort) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(key))
-	b, _ := a.MarshalBinary()
-	h.Write(b)
-	x := h.Sum64()
+	const offset, prime = 14695981039346656037, 1099511628211
+	x := uint64(offset)
+	for i := 0; i < len(key); i++ {
+		x ^= uint64(key[i])
+		x *= prime
+	}
+	ip := a.Addr().As16()
+	for _, c := range ip {
+		x ^= uint64(c)
+		x *= prime
+	}
+	x ^= uint64(a.Port() >> 8)
+	x *= prime
+	x ^= uint64(a.Port() & 0xff)
+	x *= prime
 	// splitmix64's finalizer: FNV's low-entropy outputs for similar inputs spread out.
 	x ^= x >> 30
 	x *= 0xbf58476d1ce4e5b9
