@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"fmt"
 	"testing"
+	"time"
 
+	"ambit.dev/mesh/wait"
 	configv1 "ambit.dev/proto/config/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -59,8 +62,12 @@ func TestPodAddressReusedByOtherIdentity(t *testing.T) {
 	if n != calls {
 		t.Fatalf("%v connections verified for the new identity, want %d", n, calls)
 	}
-	// And the server saw them from the client's identity, over its own tunnels.
-	if got := m.server.peerTunnels(); got != 0 {
-		t.Fatalf("%d inbound tunnels still open", got)
-	}
+	// And the server saw them from the client's identity, over its own tunnels, each closed
+	// once its call ended (the last one's teardown may trail the client's read of EOF).
+	wait.Until(t, 5*time.Second, "the server's inbound tunnels closed", func() error {
+		if got := m.server.peerTunnels(); got != 0 {
+			return fmt.Errorf("%d inbound tunnels still open", got)
+		}
+		return nil
+	})
 }
