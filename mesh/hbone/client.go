@@ -142,6 +142,15 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Stream, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A caller whose deadline passed gets no stream, even when a pooled connection had a
+	// slot at once (acquire's select could pick either way); the dial it started, if any,
+	// still pools its connection for the callers after it.
+	if err := ctx.Err(); err != nil {
+		cn.mu.Lock()
+		cn.reserved--
+		cn.mu.Unlock()
+		return nil, &Error{Kind: KindDial, Err: err}
+	}
 	st, err := cn.openStream(requestFields(t))
 	if err != nil {
 		return nil, err
