@@ -130,6 +130,10 @@ func (c *Client) acquireH3(ctx context.Context, t Target) (*h3conn, error) {
 		select {
 		case <-pd.done:
 		case <-ctx.Done():
+			// As in acquire: a caller that gives up stops counting as the dial's waiter.
+			c.mu.Lock()
+			pd.waiters--
+			c.mu.Unlock()
 			return nil, &Error{Kind: KindDial, Err: ctx.Err()}
 		}
 		if pd.err != nil {
