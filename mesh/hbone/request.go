@@ -165,7 +165,7 @@ func parseForwarded(v string) (netip.AddrPort, error) {
 			continue
 		}
 		val = strings.Trim(val, `"`)
-		if ap, err := netip.ParseAddrPort(val); err == nil {
+		if ap, err := netip.ParseAddrPort(val); err == nil && ap.Addr().Zone() == "" {
 			return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 		}
 		if a, err := netip.ParseAddr(strings.Trim(val, "[]")); err == nil && a.Zone() == "" {
