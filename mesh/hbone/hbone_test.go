@@ -23,10 +23,12 @@ import (
 func TestRoundTripCarriesIdentityAndHeaders(t *testing.T) {
 	eachProtocol(t, func(t *testing.T, proto envOption) {
 		e := newEnv(t, proto)
-		var got *Request
+		// The handler runs on the server's goroutine; a channel, not a shared variable,
+		// hands its view of the request to the test (the echo through a socket is no
+		// happens-before edge the race detector can see).
+		gotc := make(chan Request, 1)
 		e.handler = HandlerFunc(func(ctx context.Context, r *Request) {
-			cp := *r
-			got = &cp
+			gotc <- *r
 			_ = Forward(ctx, r, dialTCP)
 		})
 		tgt := e.target()
@@ -55,7 +57,10 @@ func TestRoundTripCarriesIdentityAndHeaders(t *testing.T) {
 		if !bytes.Equal(buf, msg) {
 			t.Fatalf("echo = %q", buf)
 		}
-		if got == nil {
+		var got Request
+		select {
+		case got = <-gotc:
+		case <-time.After(5 * time.Second):
 			t.Fatal("handler not called")
 		}
 		if got.Protocol != e.proto {
