@@ -20,6 +20,7 @@ images=(
 	"controller ./controller/cmd/controller 65532"
 	"ztunnel ./ztunnel/cmd/ztunnel 0"
 	"waypoint ./waypoint/cmd/waypoint 65532"
+	"node-agent ./node/cmd/ambit-node-agent 0"
 	"testapp ./controller/internal/clustertest/testapp 65532"
 	"pause ./tools/images/pause 65532"
 )

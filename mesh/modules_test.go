@@ -23,6 +23,7 @@ var allowed = map[string][]string{
 	"ambit.dev/ztunnel":       {"ambit.dev/proto", "ambit.dev/mesh"},
 	"ambit.dev/waypoint":      {"ambit.dev/proto", "ambit.dev/mesh"},
 	"ambit.dev/controller":    {"ambit.dev/proto", "ambit.dev/mesh"},
+	"ambit.dev/node":          {"ambit.dev/proto", "ambit.dev/mesh"},
 	"ambit.dev/bench":         {"ambit.dev/proto", "ambit.dev/mesh", "ambit.dev/controller", "ambit.dev/ztunnel", "ambit.dev/waypoint"},
 	"ambit.dev/compat/istio":  {"ambit.dev/proto", "ambit.dev/mesh"},
 	"ambit.dev/tools/codegen": {},

@@ -25,7 +25,7 @@ var (
 	// a chained plugin). Inside a node's mount namespace each gets a directory of the node
 	// bound onto it; on the host only the empty directory is needed (and removed after).
 	nodeMountpoints = []string{"/var/lib/kubelet", "/var/lib/cni", "/run/containerd", "/var/log/pods", "/var/log/containers",
-		"/opt/cni/bin", "/etc/cni/net.d"}
+		"/opt/cni/bin", "/etc/cni/net.d", "/run/netns"}
 )
 
 // hostState is BaseDir/host.json: the host's values before the first live cluster changed

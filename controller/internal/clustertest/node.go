@@ -198,6 +198,9 @@ func (n *Node) link(ctx context.Context) error {
 		{"ip", "link", "set", "lo", "up"},
 		{"ip", "addr", "add", n.IP.String() + "/24", "dev", "eth0"},
 		{"ip", "link", "set", "eth0", "up"},
+		// As on a real node, a default route: a process on the node (a CNI plugin calling
+		// the API server) reaches a ClusterIP, which kube-proxy translates after routing.
+		{"ip", "route", "add", "default", "via", c.HostIP.String()},
 		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
 	} {
 		if _, err := n.Run(ctx, args...); err != nil {
@@ -208,9 +211,17 @@ func (n *Node) link(ctx context.Context) error {
 }
 
 // mounts binds the node's directories onto the fixed paths inside its mount namespace, and
-// makes containerd's state directory (where the pods' netns files are mounted) a shared mount
-// before containerd starts, so that a pod's HostToContainer mount of it is allowed.
+// makes /run/netns (where containerd mounts the pods' netns files) a shared mount before
+// containerd starts, so that a pod's HostToContainer mount of it is allowed.
 func (n *Node) mounts(ctx context.Context) error {
+	// The host's /run/netns is often a mount of its own (`ip netns add` makes it one), copied
+	// into the node private: one mount on another at the same path, the runtime would check
+	// the lower one's propagation. The node needs none of the host's network namespaces.
+	for range 8 {
+		if _, err := n.Run(ctx, "umount", "-l", "/run/netns"); err != nil {
+			break
+		}
+	}
 	for _, target := range n.c.mountpoints {
 		src := n.HostPath(target)
 		if err := os.MkdirAll(src, 0o755); err != nil {
@@ -220,11 +231,10 @@ func (n *Node) mounts(ctx context.Context) error {
 			return err
 		}
 	}
-	state := n.path("containerd", "state")
-	if _, err := n.Run(ctx, "mount", "--rbind", state, state); err != nil {
-		return err
-	}
-	_, err := n.Run(ctx, "mount", "--make-rshared", state)
+	// The pods' netns files: /var/run/netns, where containerd keeps them by default and a
+	// node agent or ztunnel DaemonSet mounts them from (HostToContainer), the same path on
+	// every node.
+	_, err := n.Run(ctx, "mount", "--make-rshared", "/run/netns")
 	return err
 }
 
@@ -247,7 +257,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   # oom_score_adj and every sandbox fails.
   restrict_oom_score_adj = true
   disable_apparmor = true
-  netns_mounts_under_state_dir = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   [plugins."io.containerd.grpc.v1.cri".cni]
