@@ -78,14 +78,18 @@ $(CONTROLLER_GEN): tools/codegen/go.mod tools/codegen/go.sum
 # The controller's built-in waypoint template is a copy of deploy/waypoint/waypoint.yaml, the
 # one source (a module cannot go:embed a file outside its directory).
 WAYPOINT_TEMPLATE := controller/internal/waypointdeploy/waypoint.yaml
+# `ambitctl install` applies the manifests of deploy/ it embeds: a copy of their YAML files.
+MANIFESTS := controller/internal/manifests/deploy
+MANIFEST_SOURCES := deploy/namespace.yaml deploy/crds deploy/rbac deploy/controller deploy/ztunnel deploy/node-agent
 
-generate: $(CONTROLLER_GEN) ## regenerate the CRD types' deepcopy code and the CRDs in deploy/crds (controller-gen); copy the waypoint template into the controller
+generate: $(CONTROLLER_GEN) ## regenerate the CRD types' deepcopy code and the CRDs in deploy/crds (controller-gen); copy the waypoint template and the install manifests into the controller
 	cd controller && ../$(CONTROLLER_GEN) object paths=./apis/... crd paths=./apis/... output:crd:artifacts:config=../deploy/crds
 	cp deploy/waypoint/waypoint.yaml $(WAYPOINT_TEMPLATE)
+	rm -rf $(MANIFESTS) && mkdir -p $(MANIFESTS) && cp -r $(MANIFEST_SOURCES) $(MANIFESTS)/ && find $(MANIFESTS) -type f ! -name '*.yaml' -delete
 
-generate-check: ## regenerate and fail if controller/apis, deploy/crds or the built-in waypoint template differ from what is committed
+generate-check: ## regenerate and fail if controller/apis, deploy/crds, the built-in waypoint template or ambitctl's manifests differ from what is committed
 	@$(MAKE) generate
-	@gen=(controller/apis deploy/crds $(WAYPOINT_TEMPLATE)); fail=0; \
+	@gen=(controller/apis deploy/crds $(WAYPOINT_TEMPLATE) $(MANIFESTS)); fail=0; \
 	if ! git diff --quiet -- "$${gen[@]}"; then \
 		echo "generate-check: generated code differs from what is committed:" >&2; \
 		git --no-pager diff --stat -- "$${gen[@]}" >&2; fail=1; \
