@@ -110,6 +110,11 @@ func (c *Cluster) Leftovers() []string {
 		left = append(left, "mount "+m)
 	}
 	for _, mp := range c.mountpoints {
+		if mp == "/run/netns" {
+			// The host's own network namespaces (`ip netns add`, the lab's) are mounts there;
+			// the nodes' pods' are in the nodes' private mount namespaces and go with them.
+			continue
+		}
 		for _, m := range mountsUnder(mp) {
 			left = append(left, "mount "+m)
 		}
