@@ -161,7 +161,7 @@ Running it again applies the same objects: nothing changes unless the options di
 			if err := f.applySet(); err != nil {
 				return err
 			}
-			return runInstall(cmd.Context(), cmd.OutOrStdout(), &f)
+			return runInstall(cmd.Context(), cmd.OutOrStdout(), &f, o.Invoked)
 		},
 	}
 	f.kubeFlags.register(cmd, 5*time.Minute)
@@ -177,7 +177,7 @@ Running it again applies the same objects: nothing changes unless the options di
 	return cmd
 }
 
-func runInstall(ctx context.Context, w io.Writer, f *installOptions) error {
+func runInstall(ctx context.Context, w io.Writer, f *installOptions, invoked string) error {
 	objs, err := manifests.Objects(f.Options)
 	if err != nil {
 		return err
@@ -250,7 +250,7 @@ func runInstall(ctx context.Context, w io.Writer, f *installOptions) error {
 			return err
 		}
 	}
-	fmt.Fprintf(w, "ambit installed in %s. Enrol a namespace: ambitctl namespace enable <namespace>\n", time.Since(begin).Round(100*time.Millisecond))
+	fmt.Fprintf(w, "ambit installed in %s. Enrol a namespace: %s namespace enable <namespace>\n", time.Since(begin).Round(100*time.Millisecond), invoked)
 	return nil
 }
 
