@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 
 	"ambit.dev/node/internal/cniplugin"
 )
@@ -154,9 +153,4 @@ func fileEqual(path string, data []byte) bool {
 	defer f.Close()
 	cur, err := io.ReadAll(f)
 	return err == nil && bytes.Equal(cur, data)
-}
-
-// isAmbitFile reports whether a name in the CNI dirs is one of the agent's.
-func isAmbitFile(name string) bool {
-	return name == cniplugin.Type || name == KubeconfigName || strings.HasPrefix(name, "."+cniplugin.Type)
 }
