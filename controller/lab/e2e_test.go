@@ -525,7 +525,11 @@ func TestLabZtunnelRestart(t *testing.T) {
 	}
 	t.Logf("%d new connections across two ztunnel restarts, all passed (%d identity lookups missed)", r.n, r.lookupMisses)
 	// After each restart the state file names the new processes, so lab down stops them.
-	if s, err := LoadState(e2eOpts.Dir); err != nil || !healthy(s) {
-		t.Fatalf("lab after the restarts: healthy=%v err=%v", s != nil && healthy(s), err)
+	s, err := LoadState(e2eOpts.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if why := unhealthy(s); why != "" {
+		t.Fatalf("lab after the restarts: %s", why)
 	}
 }

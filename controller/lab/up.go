@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"ambit.dev/controller/internal/model"
@@ -225,31 +226,51 @@ func httpOK(url string) error {
 }
 
 // healthy says whether every process of a recorded lab still runs.
-func healthy(s *State) bool {
-	if !alive(s.Controller.PID) || len(s.Nodes) == 0 {
-		return false
+func healthy(s *State) bool { return unhealthy(s) == "" }
+
+// unhealthy says what of the lab in s is gone (with the last lines of a dead process's log),
+// or "" when every process runs and every pod's namespace exists.
+func unhealthy(s *State) string {
+	if len(s.Nodes) == 0 {
+		return "the lab has no nodes"
+	}
+	dead := func(what string, p ProcState) string {
+		return fmt.Sprintf("%s (pid %d) is not running; the end of %s:\n%s", what, p.PID, p.Log, logTail(p.Log, 15))
+	}
+	if !alive(s.Controller.PID) {
+		return dead("the controller", s.Controller)
 	}
 	for _, n := range s.Nodes {
 		if !alive(n.Ztunnel.PID) {
-			return false
+			return dead("ztunnel "+n.Name, n.Ztunnel)
 		}
 	}
 	for _, w := range s.Waypoints {
 		if !alive(w.Proc.PID) {
-			return false
+			return dead("waypoint "+w.Namespace+"/"+w.Name, w.Proc)
 		}
 	}
 	for _, p := range s.Pods {
 		if _, err := os.Stat(p.NetNS); err != nil {
-			return false
+			return fmt.Sprintf("pod %s/%s: %v", p.Namespace, p.Name, err)
 		}
 		for _, a := range p.Apps {
 			if !alive(a.Proc.PID) {
-				return false
+				return dead(fmt.Sprintf("app %s :%d of pod %s/%s", a.Kind, a.Port, p.Namespace, p.Name), a.Proc)
 			}
 		}
 	}
-	return true
+	return ""
+}
+
+// logTail is the last n lines of the log at path, or why it cannot be read.
+func logTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 func (s *State) save(dir string) error {

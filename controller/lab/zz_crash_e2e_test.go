@@ -19,6 +19,9 @@ func TestLabUpIsIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if why := unhealthy(st); why != "" {
+		t.Fatalf("the lab is not healthy before lab up: %s", why)
+	}
 	topo, err := LoadTopology("testdata/lab.yaml")
 	if err != nil {
 		t.Fatal(err)
