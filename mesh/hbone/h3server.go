@@ -50,12 +50,12 @@ func (s *Server) ServeH3(pc net.PacketConn) error {
 		return fmt.Errorf("hbone http3 listen: %w", err)
 	}
 	s.mu.Lock()
-	if s.closing {
+	if s.closing { // shut down before it started: as after a shutdown, nil
 		s.mu.Unlock()
 		ln.Close()
 		tr.Close()
 		pc.Close()
-		return net.ErrClosed
+		return nil
 	}
 	s.h3lns[ln] = struct{}{}
 	s.mu.Unlock()

@@ -533,3 +533,34 @@ func TestShutdownDrains(t *testing.T) {
 		}
 	})
 }
+
+// TestServeAfterShutdown: a shutdown that comes before Serve or ServeH3 started (a process
+// told to stop while it starts) makes them return nil, as after any shutdown, and close what
+// they were given.
+func TestServeAfterShutdown(t *testing.T) {
+	e := newEnv(t)
+	if err := e.server.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.server.Serve(ln); err != nil {
+		t.Errorf("Serve after Shutdown: %v, want nil", err)
+	}
+	if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+		c.Close()
+		t.Error("Serve after Shutdown left its listener open")
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.server.ServeH3(pc); err != nil {
+		t.Errorf("ServeH3 after Shutdown: %v, want nil", err)
+	}
+	if _, err := pc.WriteTo([]byte("x"), pc.LocalAddr()); err == nil {
+		t.Error("ServeH3 after Shutdown left its socket open")
+	}
+}

@@ -88,12 +88,15 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}, nil
 }
 
-// Serve accepts connections on ln until ln fails or the server shuts down.
+// Serve accepts connections on ln until ln fails or the server shuts down; it returns nil
+// after a shutdown, also one that came before it started (then it closes ln at once, as
+// Shutdown closes the listeners it knows).
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		return net.ErrClosed
+		ln.Close()
+		return nil
 	}
 	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()
