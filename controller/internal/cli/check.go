@@ -160,6 +160,20 @@ func nodeReady(n *corev1.Node) bool {
 	return false
 }
 
+// gatewayChannelCheck warns when the HTTPRoute CRD is the Gateway API's standard channel: the
+// API server then prunes a rule's retry, which ambit reads (deploy/crds/gateway-api/README.md).
+func gatewayChannelCheck(ctx context.Context, c *cluster, crds schema.GroupVersionResource) checkResult {
+	const name = "Gateway API CRDs are the experimental channel (HTTPRoute retry is kept)"
+	u, err := c.dyn.Resource(crds).Get(ctx, "httproutes.gateway.networking.k8s.io", metav1.GetOptions{})
+	if err != nil {
+		return checkResult{name: name, err: err, warn: true}
+	}
+	if ch := u.GetAnnotations()["gateway.networking.k8s.io/channel"]; ch != "experimental" {
+		return checkResult{name: name, err: fmt.Errorf("the HTTPRoute CRD is the %q channel: the API server drops an HTTPRoute's retry; ambitctl install applies the experimental one", ch), warn: true}
+	}
+	return checkResult{name: name}
+}
+
 func installChecks(ctx context.Context, c *cluster) []checkResult {
 	var out []checkResult
 	objs, err := manifests.Objects(manifests.Options{})
@@ -184,6 +198,9 @@ func installChecks(ctx context.Context, c *cluster) []checkResult {
 		crdErr = fmt.Errorf("missing or not Established: %s", strings.Join(missing, ", "))
 	}
 	out = append(out, checkResult{name: fmt.Sprintf("%d CRDs are Established", n), err: crdErr})
+	if crdErr == nil {
+		out = append(out, gatewayChannelCheck(ctx, c, gvr))
+	}
 
 	d, err := c.kube.AppsV1().Deployments(systemNamespace).Get(ctx, controllerName, metav1.GetOptions{})
 	if err == nil {

@@ -14,8 +14,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
 var authorizationPolicies = schema.GroupVersionResource{Group: "security.ambit.dev", Version: "v1alpha1", Resource: "authorizationpolicies"}
@@ -56,6 +58,47 @@ func TestCluster(t *testing.T) {
 			if _, err := c.Mapping(ctx, gvk); err != nil {
 				t.Errorf("kind %s not served: %v", gvk, err)
 			}
+		}
+	})
+
+	// The Gateway API CRDs are the experimental channel's: on the standard channel's the API
+	// server prunes an HTTPRoute rule's retry (GEP-1731) without a word, and the waypoint
+	// would never retry what the user asked it to.
+	t.Run("HTTPRouteRetryKept", func(t *testing.T) {
+		crd, err := c.Dynamic.Resource(crdGVR).Get(ctx, "httproutes.gateway.networking.k8s.io", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ch := crd.GetAnnotations()["gateway.networking.k8s.io/channel"]; ch != "experimental" {
+			t.Errorf("HTTPRoute CRD channel %q, want experimental", ch)
+		}
+		route := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "gateway.networking.k8s.io/v1",
+			"kind":       "HTTPRoute",
+			"metadata":   map[string]any{"name": "retrying", "namespace": "default"},
+			"spec": map[string]any{
+				"parentRefs": []any{map[string]any{"group": "", "kind": "Service", "name": "web"}},
+				"rules": []any{map[string]any{
+					"backendRefs": []any{map[string]any{"name": "web", "port": int64(80)}},
+					"retry":       map[string]any{"attempts": int64(3), "codes": []any{int64(503)}, "backoff": "25ms"},
+				}},
+			},
+		}}
+		httpRoutes := schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}
+		if _, err := c.Dynamic.Resource(httpRoutes).Namespace("default").Create(ctx, route, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		back, err := c.Dynamic.Resource(httpRoutes).Namespace("default").Get(ctx, "retrying", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var typed gatewayv1.HTTPRoute
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(back.Object, &typed); err != nil {
+			t.Fatal(err)
+		}
+		rt := typed.Spec.Rules[0].Retry
+		if rt == nil || rt.Attempts == nil || *rt.Attempts != 3 || len(rt.Codes) != 1 || rt.Codes[0] != 503 || rt.Backoff == nil || *rt.Backoff != "25ms" {
+			t.Fatalf("HTTPRoute read back with retry %+v (spec %v); want attempts 3, codes [503], backoff 25ms", rt, back.Object["spec"])
 		}
 	})
 
