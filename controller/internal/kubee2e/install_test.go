@@ -283,6 +283,9 @@ spec:
 		t.Errorf("check with two meshed pods: %v", err)
 	}
 
+	t.Run("WaypointSplit", func(t *testing.T) { testWaypointSplit(ctx, t, c, ns, dump) })
+	t.Run("ZtunnelRolloutRestart", func(t *testing.T) { testZtunnelRollout(ctx, t, c, ns, url, dump) })
+
 	// Uninstall: no rule in any pod, no CNI config on any node.
 	netns := map[string]string{}
 	for _, p := range []*corev1.Pod{client, server} {
