@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"ambit.dev/controller/internal/configdir"
+	"ambit.dev/controller/internal/e2elock"
 	"ambit.dev/mesh/wait"
 )
 
@@ -32,6 +33,8 @@ var (
 	e2eState *State
 	e2eOpts  Options
 	e2eErr   error
+	// e2eRelease gives back the exclusive e2elock taken before the lab came up.
+	e2eRelease func()
 )
 
 func TestMain(m *testing.M) {
@@ -54,6 +57,9 @@ func TestMain(m *testing.M) {
 	}
 	if e2eOpts.BinDir != "" {
 		os.RemoveAll(e2eOpts.BinDir)
+	}
+	if e2eRelease != nil {
+		e2eRelease()
 	}
 	os.Exit(code)
 }
@@ -81,6 +87,11 @@ func e2eLab(t *testing.T) *State {
 		topo, err := LoadTopology("testdata/lab.yaml")
 		if err != nil {
 			e2eErr = err
+			return
+		}
+		// Alone on the machine: no test cluster beside the lab (e2elock); released by
+		// TestMain once the lab is down.
+		if e2eRelease, e2eErr = e2elock.Exclusive(); e2eErr != nil {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

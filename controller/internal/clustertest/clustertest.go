@@ -65,6 +65,7 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/controller/internal/e2elock"
 	"ambit.dev/controller/internal/kubetest"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -116,6 +117,8 @@ type Options struct {
 // (Client, Dynamic, Config), Apply, ClientAs, ConfigFor and the rest.
 type Cluster struct {
 	*kubetest.Cluster
+
+	releaseE2E func() // the shared e2elock, held from Start to Stop
 
 	// Name is "ambit-s<Slot>"; Slot is the cluster's slot on the machine.
 	Name string
@@ -180,7 +183,12 @@ func Start(t testing.TB, o Options) *Cluster {
 		}
 		t.Skipf("clustertest: %v", err)
 	}
-	c := &Cluster{t: t, bins: bins}
+	// Not beside the local lab's end-to-end tests (e2elock): other clusters may run.
+	releaseE2E, err := e2elock.Shared()
+	if err != nil {
+		t.Fatalf("clustertest: %v", err)
+	}
+	c := &Cluster{t: t, bins: bins, releaseE2E: releaseE2E}
 	begin := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), StartTimeout)
 	defer cancel()
@@ -327,6 +335,9 @@ func (c *Cluster) Stop() error {
 func (c *Cluster) stop() error {
 	begin := time.Now()
 	var errs []error
+	if c.releaseE2E != nil {
+		defer c.releaseE2E()
+	}
 	for _, n := range c.Nodes {
 		n.stopProcesses()
 	}
