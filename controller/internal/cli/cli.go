@@ -38,6 +38,10 @@ type Options struct {
 	HTTP *http.Client
 	// Now is the clock for ages in listings.
 	Now func() time.Time
+	// KubeconfigFound reports whether a kubeconfig would be found without flags ($KUBECONFIG,
+	// ~/.kube/config): then proxy-status, ztunnel-config and waypoint status ask the cluster
+	// when nothing else is named. Default: a look at the files.
+	KubeconfigFound func() bool
 	// Invoked is how the user ran ambitctl (os.Args[0] as given, e.g. bin/ambitctl), for the
 	// commands that hints name: the bare name is often not on the PATH. Default "ambitctl".
 	Invoked string
@@ -55,6 +59,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.KubeconfigFound == nil {
+		o.KubeconfigFound = kubeconfigFound
 	}
 	if o.Invoked == "" {
 		o.Invoked = "ambitctl"

@@ -17,6 +17,10 @@ import (
 func run(t *testing.T, o Options, args ...string) (string, error) {
 	t.Helper()
 	root := &cobra.Command{Use: "ambitctl", SilenceUsage: true, SilenceErrors: true}
+	if o.KubeconfigFound == nil {
+		// A kubeconfig on the test machine must not send the commands to its cluster.
+		o.KubeconfigFound = func() bool { return false }
+	}
 	AddCommands(root, o)
 	var out bytes.Buffer
 	root.SetOut(&out)

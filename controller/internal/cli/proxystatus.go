@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -28,6 +29,7 @@ func proxyStatusCommand(o Options) *cobra.Command {
 	var (
 		addr   string
 		labF   labFlags
+		kf     kubeFlags
 		output *string
 	)
 	cmd := &cobra.Command{
@@ -42,12 +44,15 @@ Gateway a waypoint serves, and whether it has acknowledged the latest config:
   NACKED   the proxy rejected the last config of some type; the NACK column has its error
 
 The data comes from the controller's debug endpoint, GET http://<addr>/debug/proxies on its
-metrics port (15014). In the local lab the lab's controller is used unless
---controller-debug is given.`,
-		Example: `  # the controller on this host
-  ambitctl proxy-status
+metrics port (15014). Which controller, in this order: --controller-debug; the local lab's
+(--lab, or when a lab is up); a cluster's (--kubeconfig or --context, or when $KUBECONFIG or
+~/.kube/config exists), where ambitctl asks every ready replica through the API server's
+port-forward (a CONTROLLER column says which replica holds each proxy); else the controller
+on this host (127.0.0.1:15014).`,
+		Example: `  # the cluster's controllers, through the API server
+  ambitctl proxy-status --context prod
 
-  # a controller elsewhere, e.g. behind kubectl port-forward -n ambit-system deploy/ambit-controller 15014
+  # a controller at an address of its metrics port
   ambitctl proxy-status --controller-debug 127.0.0.1:15014 -o yaml
 
   # the local lab's controller
@@ -57,12 +62,26 @@ metrics port (15014). In the local lab the lab's controller is used unless
 			if err := checkOutput(*output); err != nil {
 				return err
 			}
-			if labF.use && cmd.Flags().Changed("controller-debug") {
-				return fmt.Errorf("--lab and --controller-debug are mutually exclusive")
+			explicit := cmd.Flags().Changed("controller-debug")
+			if n := count(labF.use, explicit, kf.given()); n > 1 {
+				return fmt.Errorf("--lab, --controller-debug and --kubeconfig/--context are mutually exclusive")
 			}
-			st, err := labF.state(!cmd.Flags().Changed("controller-debug"))
+			st, err := labF.state(!explicit && !kf.given())
 			if err != nil {
 				return err
+			}
+			if kf.given() || (st == nil && !explicit && o.KubeconfigFound()) {
+				c, err := kf.connect()
+				if err != nil {
+					return err
+				}
+				ctx, cancel := context.WithTimeout(cmd.Context(), forwardTimeout)
+				defer cancel()
+				proxies, err := clusterProxies(ctx, o, c)
+				if err != nil {
+					return err
+				}
+				return printProxies(cmd.OutOrStdout(), *output, proxies, "the controllers of "+c.where, o.Now())
 			}
 			hint := "is the controller running, and is --controller-debug its metrics address (port 15014)?"
 			if st != nil {
@@ -80,6 +99,7 @@ metrics port (15014). In the local lab the lab's controller is used unless
 		},
 	}
 	cmd.Flags().StringVar(&addr, "controller-debug", DefaultControllerDebug, "host:port of the controller's metrics and debug port")
+	kf.registerTarget(cmd.Flags())
 	labF.register(cmd, false, "controller")
 	output = outputFlag(cmd)
 	return cmd
@@ -111,7 +131,15 @@ func printProxies(w io.Writer, format string, proxies []xds.ProxyStatus, addr st
 		_, err := fmt.Fprintf(w, "No proxies are connected to the controller at %s.\n", addr)
 		return err
 	}
-	t := newTable(w, "NAME", "NODE", "KIND", "GATEWAY", "STATUS", "VERSION", "AGE", "NACK")
+	replicas := false
+	for _, p := range proxies {
+		replicas = replicas || p.Controller != ""
+	}
+	headers := []string{"NAME", "NODE", "KIND", "GATEWAY", "STATUS", "VERSION", "AGE", "NACK"}
+	if replicas {
+		headers = append(headers, "CONTROLLER")
+	}
+	t := newTable(w, headers...)
 	for _, p := range proxies {
 		gw := ""
 		if p.Name != "" {
@@ -121,7 +149,11 @@ func printProxies(w io.Writer, format string, proxies []xds.ProxyStatus, addr st
 		if !p.ConnectedAt.IsZero() {
 			age = duration.HumanDuration(now.Sub(p.ConnectedAt))
 		}
-		t.row(p.ID, p.Node, p.Kind, gw, proxyState(p), p.Version, age, p.LastNack)
+		cells := []string{p.ID, p.Node, p.Kind, gw, proxyState(p), p.Version, age, p.LastNack}
+		if replicas {
+			cells = append(cells, p.Controller)
+		}
+		t.row(cells...)
 	}
 	return t.flush()
 }
@@ -134,4 +166,50 @@ func proxyState(p xds.ProxyStatus) string {
 		return statusSynced
 	}
 	return statusStale
+}
+
+// clusterProxies asks every ready replica of the cluster's controller for its proxies: a proxy
+// holds one stream, to one replica, so the list is their union.
+func clusterProxies(ctx context.Context, o Options, c *cluster) ([]xds.ProxyStatus, error) {
+	pods, err := readyPods(ctx, c, systemNamespace, controllerSelector, "")
+	if err != nil {
+		return nil, err
+	}
+	if len(pods) == 0 {
+		return nil, fmt.Errorf("no ready controller pod (%s) in %s of %s: see `%s check`", controllerSelector, systemNamespace, c.where, o.Invoked)
+	}
+	all := []xds.ProxyStatus{}
+	for _, p := range pods {
+		fw, err := forward(ctx, c, systemNamespace, p.Name, controllerDebugPort)
+		if err != nil {
+			return nil, err
+		}
+		proxies, err := fetchProxies(ctx, o, fw.addr, "through the port-forward to pod "+fw.pod)
+		fw.close()
+		if err != nil {
+			return nil, err
+		}
+		for i := range proxies {
+			proxies[i].Controller = p.Name
+		}
+		all = append(all, proxies...)
+	}
+	sort.SliceStable(all, func(i, j int) bool {
+		if all[i].Node != all[j].Node {
+			return all[i].Node < all[j].Node
+		}
+		return all[i].ID < all[j].ID
+	})
+	return all, nil
+}
+
+// count is how many of bs are true.
+func count(bs ...bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
 }

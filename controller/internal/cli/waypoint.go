@@ -318,6 +318,11 @@ func listWaypoints(ctx context.Context, o Options, f *waypointFlags, status bool
 				rows = append(rows, gatewayRow(&list.Items[i]))
 			}
 		}
+		if status && len(rows) > 0 {
+			if err := clusterWaypointStatus(ctx, o, f, rows); err != nil {
+				return nil, err
+			}
+		}
 	}
 	sort.Slice(rows, func(i, j int) bool {
 		if rows[i].Namespace != rows[j].Namespace {
@@ -484,4 +489,50 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// clusterWaypointStatus fills PROCESS from each waypoint's Deployment (the controller names it
+// after the Gateway) and CONTROLLER from the controllers' proxies, asked through the API server.
+func clusterWaypointStatus(ctx context.Context, o Options, f *waypointFlags, rows []waypointRow) error {
+	kf := kubeFlags{kubeconfig: f.kubeconfig, context: f.context}
+	c, err := kf.connect()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, forwardTimeout)
+	defer cancel()
+	proxies, err := clusterProxies(ctx, o, c)
+	if err != nil {
+		return err
+	}
+	for i := range rows {
+		r := &rows[i]
+		d, err := c.kube.AppsV1().Deployments(r.Namespace).Get(ctx, r.Name, metav1.GetOptions{})
+		switch {
+		case err != nil:
+			r.Process = "no Deployment"
+		case d.Status.ReadyReplicas > 0:
+			r.Process = fmt.Sprintf("ready %d/%d", d.Status.ReadyReplicas, d.Status.Replicas)
+		default:
+			r.Process = fmt.Sprintf("not ready 0/%d", d.Status.Replicas)
+		}
+		var connected, synced int
+		for _, p := range proxies {
+			if p.Kind == "waypoint" && p.Namespace == r.Namespace && p.Name == r.Name {
+				connected++
+				if proxyState(p) == statusSynced {
+					synced++
+				}
+			}
+		}
+		switch {
+		case connected == 0:
+			r.Controller = "not connected"
+		case synced == connected:
+			r.Controller = fmt.Sprintf("%s %d/%d", statusSynced, synced, connected)
+		default:
+			r.Controller = fmt.Sprintf("%d/%d %s", synced, connected, statusSynced)
+		}
+	}
+	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -113,21 +115,25 @@ func ztunnelConfigCommand(o Options) *cobra.Command {
 except that IP addresses are written as IPs instead of base64 bytes, and that certificates
 have camelCase keys (notAfter, nextFetch, lastError) like all JSON ambitctl prints.
 
-In the local lab every node's ztunnel has its own admin address: name the node with --node
-and the address is looked up in the lab's state (--lab-dir).`,
-		Example: `  # the ztunnel on this host
-  ambitctl ztunnel-config workloads
+Which ztunnel, in this order: --admin-addr; in a cluster (--kubeconfig or --context), the
+ztunnel pod of --node (which may be left out when the cluster has one node), reached through
+the API server's port-forward; in the local lab (when a lab is up), the ztunnel of lab node
+--node, its admin address looked up in the lab's state (--lab-dir); a cluster again when
+$KUBECONFIG or ~/.kube/config exists; else the ztunnel on this host (127.0.0.1:15000).`,
+		Example: `  # the ztunnel of node worker-1 of the cluster, through the API server
+  ambitctl ztunnel-config workloads --node worker-1 --context prod
 
   # the ztunnel of lab node node-a, as YAML
   ambitctl ztunnel-config services --node node-a -o yaml
 
-  # a ztunnel in a cluster, its admin port forwarded to this host first
-  # (kubectl port-forward -n ambit-system pod/<ztunnel pod of the node> 15000)
+  # a ztunnel at an address of its admin port
   ambitctl ztunnel-config certificates --admin-addr 127.0.0.1:15000`,
 	}
+	var kf kubeFlags
+	kf.registerTarget(cmd.PersistentFlags())
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&admin, "admin-addr", DefaultZtunnelAdmin, "host:port of the ztunnel's admin endpoint")
-	pf.StringVar(&node, "node", "", "lab node whose ztunnel to ask (looks up its admin address in the lab state)")
+	pf.StringVar(&node, "node", "", "node whose ztunnel to ask: a cluster's node, or a lab node (its admin address is in the lab state)")
 	pf.StringVar(&labDir, "lab-dir", lab.DefaultStateDir, "state dir of the local lab, for --node")
 	for _, s := range sections {
 		sub := &cobra.Command{
@@ -141,18 +147,7 @@ and the address is looked up in the lab's state (--lab-dir).`,
 				if err := checkOutput(*output); err != nil {
 					return err
 				}
-				addr, hint := admin, "is ztunnel running? for the lab use --node"
-				if node != "" {
-					if cmd.Flags().Changed("admin-addr") {
-						return fmt.Errorf("--node and --admin-addr are mutually exclusive")
-					}
-					a, err := lab.NodeAdminAddr(labDir, node)
-					if err != nil {
-						return err
-					}
-					addr, hint = a, fmt.Sprintf("is the ztunnel of lab node %q running? see `%s lab status`", node, o.Invoked)
-				}
-				d, err := fetchConfigDump(cmd.Context(), o, addr, hint)
+				d, err := ztunnelDump(cmd, o, &kf, admin, node, labDir)
 				if err != nil {
 					return err
 				}
@@ -176,6 +171,40 @@ and the address is looked up in the lab's state (--lab-dir).`,
 	output = new(string)
 	pf.StringVarP(output, "output", "o", outShort, "output format: short (a table), json or yaml")
 	return cmd
+}
+
+// ztunnelDump fetches the /config_dump of the ztunnel the flags name (see the command's help
+// for the order).
+func ztunnelDump(cmd *cobra.Command, o Options, kf *kubeFlags, admin, node, labDir string) (*dump.Ztunnel, error) {
+	explicit := cmd.Flags().Changed("admin-addr")
+	if explicit && (node != "" || kf.given()) {
+		return nil, fmt.Errorf("--admin-addr is mutually exclusive with --node, --kubeconfig and --context: it names the ztunnel")
+	}
+	_, err := os.Stat(filepath.Join(labDir, "state.json"))
+	labUp := err == nil
+	if !explicit && (kf.given() || (!(node != "" && labUp) && o.KubeconfigFound())) {
+		c, err := kf.connect()
+		if err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(cmd.Context(), forwardTimeout)
+		defer cancel()
+		fw, err := forwardZtunnel(ctx, c, node)
+		if err != nil {
+			return nil, err
+		}
+		defer fw.close()
+		return fetchConfigDump(ctx, o, fw.addr, "through the port-forward to pod "+fw.pod)
+	}
+	addr, hint := admin, "is ztunnel running? for the lab use --node"
+	if node != "" {
+		a, err := lab.NodeAdminAddr(labDir, node)
+		if err != nil {
+			return nil, err
+		}
+		addr, hint = a, fmt.Sprintf("is the ztunnel of lab node %q running? see `%s lab status`", node, o.Invoked)
+	}
+	return fetchConfigDump(cmd.Context(), o, addr, hint)
 }
 
 func fetchConfigDump(ctx context.Context, o Options, addr, hint string) (*dump.Ztunnel, error) {

@@ -199,3 +199,43 @@ func testZtunnelRollout(ctx context.Context, t *testing.T, c *clustertest.Cluste
 		t.Errorf("after the rollout: %+v %v, want mTLS", e, err)
 	}
 }
+
+// testProxyDebug: proxy-status, ztunnel-config and waypoint status reach the controllers and
+// the proxies of the cluster through the API server (port-forward), with nothing forwarded by
+// hand: every ztunnel and the waypoint are connected and in sync, each node's ztunnel holds the
+// meshed pods, and the waypoint's Deployment is ready.
+func testProxyDebug(ctx context.Context, t *testing.T, c *clustertest.Cluster, ns string) {
+	// Just after a rollout a new proxy may not have acknowledged its first config yet.
+	var out string
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var err error
+		out, err = ambitctl(t, c, "proxy-status")
+		if err == nil && strings.Count(out, " SYNCED ") == len(c.Nodes)+1 && strings.Contains(out, ns+"/web-wp") &&
+			strings.Contains(out, "CONTROLLER") && !strings.Contains(out, "STALE") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy-status: %v, want %d ztunnels and waypoint %s/web-wp SYNCED:\n%s", err, len(c.Nodes), ns, out)
+		}
+		time.Sleep(time.Second)
+	}
+	for i, n := range c.Nodes {
+		out, err := ambitctl(t, c, "ztunnel-config", "workloads", "-n", ns, "--node", n.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pod := range []string{"client", "server", "web-v1", "web-v2"} {
+			if !strings.Contains(out, pod) {
+				t.Errorf("ztunnel of node %d (%s) does not list workload %s/%s:\n%s", i, n.Name, ns, pod, out)
+			}
+		}
+	}
+	if out, err := ambitctl(t, c, "ztunnel-config", "workloads"); err == nil || !strings.Contains(err.Error(), "--node") {
+		t.Errorf("ztunnel-config without --node on %d nodes: %v, want an error asking for --node:\n%s", len(c.Nodes), err, out)
+	}
+	out, err := ambitctl(t, c, "waypoint", "status", "-n", ns)
+	if err != nil || !strings.Contains(out, "web-wp") || !strings.Contains(out, "ready 1/1") || !strings.Contains(out, "SYNCED 1/1") {
+		t.Errorf("waypoint status: %v, want web-wp ready 1/1 and SYNCED 1/1:\n%s", err, out)
+	}
+}

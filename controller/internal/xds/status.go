@@ -22,6 +22,9 @@ type ProxyStatus struct {
 	Version string `json:"version"`
 	// LastNack is the proxy's error for each type whose last response it rejected.
 	LastNack string `json:"lastNack,omitempty"`
+	// Controller is the controller replica (its pod) the proxy is connected to: set by
+	// ambitctl, which asks every replica of a cluster's controller.
+	Controller string `json:"controller,omitempty"`
 }
 
 // Proxies returns every connected proxy, sorted by node, then ID.
