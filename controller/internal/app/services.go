@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"ambit.dev/controller/internal/caserver"
@@ -140,5 +141,21 @@ func nodeHasIdentity(idx *model.Index, node string, id spiffeid.ID) bool {
 			return true
 		}
 	}
-	return false
+	// A pod bound to the node that does not run yet: ztunnel captures it at the CNI ADD and
+	// fetches its certificate before its first connection.
+	ns, sa, ok := namespaceAndSA(id)
+	if !ok || id.TrustDomain().Name() != idx.Options().TrustDomain {
+		return false
+	}
+	want, err := identity.WorkloadID(id.TrustDomain(), ns, sa)
+	return err == nil && want == id && idx.ScheduledOn(node, ns, sa)
+}
+
+// namespaceAndSA splits a workload ID's path, /ns/<namespace>/sa/<service account>.
+func namespaceAndSA(id spiffeid.ID) (ns, sa string, ok bool) {
+	parts := strings.Split(id.Path(), "/")
+	if len(parts) != 5 || parts[0] != "" || parts[1] != "ns" || parts[3] != "sa" || parts[2] == "" || parts[4] == "" {
+		return "", "", false
+	}
+	return parts[2], parts[4], true
 }
