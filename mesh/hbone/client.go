@@ -73,26 +73,11 @@ func keyOf(t Target) poolKey {
 // Client opens HBONE streams over pooled connections.
 type Client struct {
 	cfg ClientConfig
+	h2  *pool[*conn]
+	h3  *pool[*h3conn]
 
-	mu      sync.Mutex
-	pools   map[poolKey]*pool
-	h3pools map[poolKey]*h3pool
-	h3down  map[netip.AddrPort]time.Time // HTTP/3 failed here: HTTP/2 until then
-	closed  bool
-}
-
-// pool holds the connections of one key, and the dials in flight for it so that a burst
-// of streams shares new connections instead of each dialling its own.
-type pool struct {
-	conns   []*conn
-	pending []*pendingDial
-}
-
-type pendingDial struct {
-	done    chan struct{}
-	c       *conn
-	err     error
-	waiters uint32 // streams promised to this dial, including the dialler's own
+	mu     sync.Mutex
+	h3down map[netip.AddrPort]time.Time // HTTP/3 failed here: HTTP/2 until then
 }
 
 // NewClient validates cfg and returns a Client.
@@ -117,7 +102,10 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 			return net.ListenUDP(network, nil)
 		}
 	}
-	return &Client{cfg: cfg, pools: make(map[poolKey]*pool), h3pools: make(map[poolKey]*h3pool)}, nil
+	c := &Client{cfg: cfg}
+	c.h2 = newPool(cfg.MaxStreams, cfg.HandshakeTimeout, c.connect)
+	c.h3 = newPool(cfg.MaxStreams, cfg.HandshakeTimeout, c.dialH3Conn)
+	return c, nil
 }
 
 // Dial opens a stream to t.Authority through the HBONE endpoint t.Address. It returns
@@ -138,7 +126,7 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Stream, error) {
 			return st, err
 		}
 	}
-	cn, err := c.acquire(ctx, t)
+	cn, err := c.h2.acquire(ctx, t)
 	if err != nil {
 		return nil, err
 	}
@@ -176,92 +164,6 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Stream, error) {
 		return nil, errorForStatus(st.status, st.reason)
 	}
 	return st, nil
-}
-
-// acquire returns a connection with a stream slot reserved for the caller.
-func (c *Client) acquire(ctx context.Context, t Target) (*conn, error) {
-	key := keyOf(t)
-	limit := c.cfg.MaxStreams
-	for {
-		c.mu.Lock()
-		if c.closed {
-			c.mu.Unlock()
-			return nil, &Error{Kind: KindDial, Reason: "client closed"}
-		}
-		p := c.pools[key]
-		if p == nil {
-			p = &pool{}
-			c.pools[key] = p
-		}
-		for _, cn := range p.conns {
-			if cn.reserve(limit) {
-				c.mu.Unlock()
-				return cn, nil
-			}
-		}
-		var pd *pendingDial
-		for _, d := range p.pending {
-			if d.waiters < limit {
-				pd = d
-				pd.waiters++
-				break
-			}
-		}
-		if pd == nil {
-			pd = &pendingDial{done: make(chan struct{}), waiters: 1}
-			p.pending = append(p.pending, pd)
-			go c.dial(key, t, pd)
-		}
-		c.mu.Unlock()
-
-		select {
-		case <-pd.done:
-		case <-ctx.Done():
-			// A caller that gives up no longer counts against the dial's waiters; otherwise
-			// every abandoned wait would make a later caller start another dial, and pool
-			// one more connection, as if it were a burst.
-			c.mu.Lock()
-			pd.waiters--
-			c.mu.Unlock()
-			return nil, &Error{Kind: KindDial, Err: ctx.Err()}
-		}
-		if pd.err != nil {
-			return nil, pd.err
-		}
-		if pd.c.reserve(limit) {
-			return pd.c, nil
-		}
-		// The new connection filled up (the peer allows fewer streams than we hoped):
-		// go round again.
-	}
-}
-
-// dial establishes one pooled connection. It runs detached from any caller's context so
-// that a cancelled caller does not fail the others waiting on the same dial.
-func (c *Client) dial(key poolKey, t Target, pd *pendingDial) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.HandshakeTimeout)
-	defer cancel()
-	cn, err := c.connect(ctx, t)
-	c.mu.Lock()
-	p := c.pools[key]
-	if p != nil {
-		p.pending = slices.DeleteFunc(p.pending, func(d *pendingDial) bool { return d == pd })
-	}
-	if err == nil {
-		if c.closed || p == nil {
-			err = &Error{Kind: KindDial, Reason: "client closed"}
-			cn.closeWithError(errConnClosed)
-		} else {
-			p.conns = append(p.conns, cn)
-			cn.onClose = func(dead *conn) { c.forget(key, dead) }
-		}
-	}
-	c.mu.Unlock()
-	if err == nil {
-		cn.run()
-	}
-	pd.c, pd.err = cn, err
-	close(pd.done)
 }
 
 func (c *Client) connect(ctx context.Context, t Target) (*conn, error) {
@@ -304,49 +206,20 @@ func (c *Client) connect(ctx context.Context, t Target) (*conn, error) {
 	return cn, nil
 }
 
-func (c *Client) forget(key poolKey, dead *conn) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	p := c.pools[key]
-	if p == nil {
-		return
-	}
-	p.conns = slices.DeleteFunc(p.conns, func(cn *conn) bool { return cn == dead })
-	if len(p.conns) == 0 && len(p.pending) == 0 {
-		delete(c.pools, key)
-	}
+// pooled starts serving a connection its pool now holds.
+func (c *conn) pooled(onClose func(*conn)) {
+	c.onClose = onClose
+	c.run()
 }
 
+func (c *conn) closeClient() { c.closeWithError(errConnClosed) }
+
 // Conns reports how many pooled connections are open, for metrics and tests.
-func (c *Client) Conns() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := 0
-	for _, p := range c.pools {
-		n += len(p.conns)
-	}
-	for _, p := range c.h3pools {
-		n += len(p.conns)
-	}
-	return n
-}
+func (c *Client) Conns() int { return c.h2.conns() + c.h3.conns() }
 
 // Close closes every pooled connection; open streams fail.
 func (c *Client) Close() error {
-	c.mu.Lock()
-	c.closed = true
-	var all []*conn
-	for _, p := range c.pools {
-		all = append(all, p.conns...)
-	}
-	var all3 []*h3conn
-	for _, p := range c.h3pools {
-		all3 = append(all3, p.conns...)
-	}
-	c.mu.Unlock()
-	for _, cn := range all {
-		cn.closeWithError(errConnClosed)
-	}
-	c.closeH3(all3)
+	c.h2.closeAll()
+	c.h3.closeAll()
 	return nil
 }

@@ -9,28 +9,14 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"slices"
-	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// The client's HTTP/3 side: a pool of QUIC connections per key, beside the HTTP/2 pool,
-// and a memory of addresses where QUIC did not get through.
-
-type h3pool struct {
-	conns   []*h3conn
-	pending []*h3pendingDial
-}
-
-type h3pendingDial struct {
-	done    chan struct{}
-	c       *h3conn
-	err     error
-	waiters uint32
-}
+// The client's HTTP/3 side: QUIC connections for the client's HTTP/3 pool, and a memory of
+// addresses where QUIC did not get through.
 
 // errH3Unavailable marks a failure that says "this peer cannot be reached over QUIC right
 // now" (no handshake in time, UDP refused): the client then uses HTTP/2.
@@ -85,95 +71,21 @@ func (c *Client) FallbacksH2() map[netip.AddrPort]time.Time {
 
 // dialH3 opens a stream over HTTP/3. A *h3UnavailableError means "use HTTP/2".
 func (c *Client) dialH3(ctx context.Context, t Target) (*Stream, error) {
-	cn, err := c.acquireH3(ctx, t)
+	cn, err := c.h3.acquire(ctx, t)
 	if err != nil {
 		return nil, err
 	}
 	return cn.openStream(ctx, t)
 }
 
-func (c *Client) acquireH3(ctx context.Context, t Target) (*h3conn, error) {
-	key := keyOf(t)
-	limit := c.cfg.MaxStreams
-	for {
-		c.mu.Lock()
-		if c.closed {
-			c.mu.Unlock()
-			return nil, &Error{Kind: KindDial, Reason: "client closed"}
-		}
-		p := c.h3pools[key]
-		if p == nil {
-			p = &h3pool{}
-			c.h3pools[key] = p
-		}
-		for _, cn := range p.conns {
-			if cn.reserve(limit) {
-				c.mu.Unlock()
-				return cn, nil
-			}
-		}
-		var pd *h3pendingDial
-		for _, d := range p.pending {
-			if d.waiters < limit {
-				pd = d
-				pd.waiters++
-				break
-			}
-		}
-		if pd == nil {
-			pd = &h3pendingDial{done: make(chan struct{}), waiters: 1}
-			p.pending = append(p.pending, pd)
-			go c.dialH3Conn(key, t, pd)
-		}
-		c.mu.Unlock()
-
-		select {
-		case <-pd.done:
-		case <-ctx.Done():
-			// As in acquire: a caller that gives up stops counting as the dial's waiter.
-			c.mu.Lock()
-			pd.waiters--
-			c.mu.Unlock()
-			return nil, &Error{Kind: KindDial, Err: ctx.Err()}
-		}
-		if pd.err != nil {
-			return nil, pd.err
-		}
-		if pd.c.reserve(limit) {
-			return pd.c, nil
-		}
+// dialH3Conn establishes one QUIC connection for the pool. A failure that says the peer
+// cannot be reached over QUIC sends t.Address to HTTP/2 for H3FallbackPeriod.
+func (c *Client) dialH3Conn(ctx context.Context, t Target) (*h3conn, error) {
+	cn, err := c.connectH3(ctx, t)
+	if _, ok := errors.AsType[*h3UnavailableError](err); ok {
+		c.markH3Down(t.Address, err)
 	}
-}
-
-// dialH3Conn establishes one pooled QUIC connection, detached from the callers' contexts.
-func (c *Client) dialH3Conn(key poolKey, t Target, pd *h3pendingDial) {
-	cn, err := c.connectH3(t)
-	if err != nil {
-		if _, ok := errors.AsType[*h3UnavailableError](err); ok {
-			c.markH3Down(t.Address, err)
-		}
-	}
-	c.mu.Lock()
-	p := c.h3pools[key]
-	if p != nil {
-		p.pending = slices.DeleteFunc(p.pending, func(d *h3pendingDial) bool { return d == pd })
-	}
-	if err == nil {
-		if c.closed || p == nil {
-			err = &Error{Kind: KindDial, Reason: "client closed"}
-			cn.close("client closed")
-		} else {
-			p.conns = append(p.conns, cn)
-			cn.mu.Lock()
-			cn.onClose = func(dead *h3conn) { c.forgetH3(key, dead) }
-			cn.mu.Unlock()
-		}
-	} else if p != nil && len(p.conns) == 0 && len(p.pending) == 0 {
-		delete(c.h3pools, key)
-	}
-	c.mu.Unlock()
-	pd.c, pd.err = cn, err
-	close(pd.done)
+	return cn, err
 }
 
 // closers closes several things as one.
@@ -186,9 +98,7 @@ func (cs closers) Close() error {
 	return nil
 }
 
-func (c *Client) connectH3(t Target) (*h3conn, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.HandshakeTimeout)
-	defer cancel()
+func (c *Client) connectH3(ctx context.Context, t Target) (*h3conn, error) {
 	cert, err := c.cfg.Certificate(ctx, t.Source)
 	if err != nil {
 		return nil, &Error{Kind: KindIdentity, Reason: "no certificate for " + t.Source.String(), Err: err}
@@ -286,27 +196,15 @@ func peerIdentityH3(cs tls.ConnectionState) (id spiffeid.ID, err error) {
 	return peerIdentity(cs)
 }
 
-func (c *Client) forgetH3(key poolKey, dead *h3conn) {
+// pooled registers the pool's onClose; the connection already serves since connectH3.
+func (c *h3conn) pooled(onClose func(*h3conn)) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	p := c.h3pools[key]
-	if p == nil {
-		return
-	}
-	p.conns = slices.DeleteFunc(p.conns, func(cn *h3conn) bool { return cn == dead })
-	if len(p.conns) == 0 && len(p.pending) == 0 {
-		delete(c.h3pools, key)
-	}
+	c.onClose = onClose
+	c.mu.Unlock()
 }
 
-// closeH3 closes every pooled QUIC connection and waits for their goroutines.
-func (c *Client) closeH3(all []*h3conn) {
-	var wg sync.WaitGroup
-	for _, cn := range all {
-		wg.Go(func() {
-			cn.close("client closed")
-			cn.wg.Wait()
-		})
-	}
-	wg.Wait()
+// closeClient closes the connection and waits for its goroutines.
+func (c *h3conn) closeClient() {
+	c.close("client closed")
+	c.wg.Wait()
 }
