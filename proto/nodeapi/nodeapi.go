@@ -39,6 +39,16 @@ type Registration struct {
 	// NetNS is the path of the pod's network namespace, e.g. /var/run/netns/x or
 	// /proc/<pid>/ns/net.
 	NetNS string `json:"netns"`
+
+	// What a CNI plugin knows of the pod before the controller does (a pod has no IP in the
+	// API until its sandbox is up, which is after the CNI ADD): its ServiceAccount and the
+	// addresses the cluster's network plugin gave it. With Ambient set (the caller checked
+	// the pod's and its namespace's labels), ztunnel captures the pod from these at once and
+	// answers Add only once the pod is captured, so that its containers never start outside
+	// the mesh; the controller's Workload takes their place when it comes.
+	ServiceAccount string   `json:"serviceAccount,omitempty"`
+	IPs            []string `json:"ips,omitempty"`
+	Ambient        bool     `json:"ambient,omitempty"`
 }
 
 // PodStatus is one pod as ztunnel sees it.

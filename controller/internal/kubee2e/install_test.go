@@ -283,6 +283,7 @@ spec:
 		t.Errorf("check with two meshed pods: %v", err)
 	}
 
+	t.Run("CapturedBeforeStart", func(t *testing.T) { testCapturedBeforeStart(ctx, t, c, ns, url, dump) })
 	t.Run("WaypointSplit", func(t *testing.T) { testWaypointSplit(ctx, t, c, ns, dump) })
 	t.Run("ZtunnelRolloutRestart", func(t *testing.T) { testZtunnelRollout(ctx, t, c, ns, url, dump) })
 	t.Run("ProxyDebugThroughAPIServer", func(t *testing.T) { testProxyDebug(ctx, t, c, ns) })

@@ -239,3 +239,57 @@ func testProxyDebug(ctx context.Context, t *testing.T, c *clustertest.Cluster, n
 		t.Errorf("waypoint status: %v, want web-wp ready 1/1 and SYNCED 1/1:\n%s", err, out)
 	}
 }
+
+// testCapturedBeforeStart: a pod whose only container makes one request the moment it starts
+// is already in the mesh then: the CNI ADD hands the pod to ztunnel with its addresses and
+// ServiceAccount, ztunnel captures it (and the CA lets the node fetch the certificate of a
+// pod bound to it but not running yet) before the ADD returns, so before the container runs.
+// Before, capture waited for the controller to push the running pod, and such a first request
+// left in plaintext.
+func testCapturedBeforeStart(ctx context.Context, t *testing.T, c *clustertest.Cluster, ns, url string, dump func()) {
+	if _, err := c.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "early"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p := testPod(c, ns, "early", "early", c.Nodes[0].Name)
+	p.Spec.RestartPolicy = corev1.RestartPolicyNever
+	ct := &p.Spec.Containers[0]
+	ct.Args = []string{"--get", url}
+	ct.ReadinessProbe, ct.Ports = nil, nil
+	begin := time.Now()
+	if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		got, err := c.Client.CoreV1().Pods(ns).Get(ctx, "early", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Status.Phase == corev1.PodSucceeded || got.Status.Phase == corev1.PodFailed {
+			break
+		}
+		if time.Now().After(deadline) {
+			dump()
+			t.Fatalf("pod early still %s after 90 s", got.Status.Phase)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	out, err := c.Kubectl(ctx, "logs", "-n", ns, "early")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e echo
+	if err := json.Unmarshal([]byte(out), &e); err != nil {
+		dump()
+		t.Fatalf("the pod's first request: %q (%v)", out, err)
+	}
+	if want := "spiffe://cluster.local/ns/" + ns + "/sa/early"; e.Identity != want || !e.MTLS {
+		dump()
+		t.Fatalf("the pod's first request, made as its container started, arrived as %+v; want identity %s over mTLS", e, want)
+	}
+	t.Logf("a pod's first request, made as its container started, was meshed (%s over mTLS); create to done %v",
+		e.Identity, time.Since(begin).Round(10*time.Millisecond))
+	if err := c.Client.CoreV1().Pods(ns).Delete(ctx, "early", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}

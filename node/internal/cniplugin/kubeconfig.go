@@ -125,7 +125,8 @@ type object struct {
 		UID    string            `json:"uid"`
 	} `json:"metadata"`
 	Spec struct {
-		HostNetwork bool `json:"hostNetwork"`
+		HostNetwork        bool   `json:"hostNetwork"`
+		ServiceAccountName string `json:"serviceAccountName"`
 	} `json:"spec"`
 }
 

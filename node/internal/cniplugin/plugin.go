@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -144,7 +145,7 @@ func (p Plugin) add(ctx context.Context, conf Config, c Call, ns, name string) e
 	if slices.Contains(conf.ExcludeNamespaces, ns) {
 		return nil
 	}
-	ambient, err := p.enrolled(ctx, conf, ns, name)
+	ambient, sa, err := p.enrolled(ctx, conf, ns, name)
 	if err != nil {
 		return &Error{Code: codeTryAgainLater, Msg: "ambit: cannot tell whether pod " + ns + "/" + name + " is in the mesh", Details: err.Error()}
 	}
@@ -154,7 +155,15 @@ func (p Plugin) add(ctx context.Context, conf Config, c Call, ns, name string) e
 	if c.Netns == "" {
 		return &Error{Code: codeInvalidEnv, Msg: "CNI_NETNS is empty"}
 	}
-	reg := nodeapi.Registration{UID: enrol.WorkloadUID(ns, name), Namespace: ns, Name: name, NetNS: c.Netns}
+	ips, err := prevIPs(conf.PrevResult)
+	if err != nil {
+		return &Error{Code: codeDecode, Msg: "decode prevResult", Details: err.Error()}
+	}
+	// With the pod's addresses ztunnel captures it before this ADD returns, so before any
+	// of its containers starts; without (a plugin first in its list), when the controller
+	// pushes the pod's Workload.
+	reg := nodeapi.Registration{UID: enrol.WorkloadUID(ns, name), Namespace: ns, Name: name, NetNS: c.Netns,
+		ServiceAccount: sa, IPs: ips, Ambient: len(ips) > 0}
 	if err := nodeapi.NewClient(conf.NodeAPI).Add(ctx, reg); err != nil {
 		p.logf("ADD pod=%s/%s netns=%s err=%v", ns, name, c.Netns, err)
 		return &Error{Code: codeTryAgainLater, Msg: "ambit: the node's ztunnel did not take pod " + ns + "/" + name, Details: err.Error()}
@@ -167,7 +176,7 @@ func (p Plugin) check(ctx context.Context, conf Config, ns, name string) error {
 	if ns == "" || name == "" || slices.Contains(conf.ExcludeNamespaces, ns) {
 		return nil
 	}
-	ambient, err := p.enrolled(ctx, conf, ns, name)
+	ambient, _, err := p.enrolled(ctx, conf, ns, name)
 	if err != nil || !ambient {
 		return nil // CHECK reports only what is known to be wrong
 	}
@@ -184,28 +193,58 @@ func (p Plugin) check(ctx context.Context, conf Config, ns, name string) error {
 	return &Error{Code: codeTryAgainLater, Msg: "ambit: pod " + ns + "/" + name + " is enrolled but not registered with the node's ztunnel"}
 }
 
-// enrolled looks the pod and its namespace up.
-func (p Plugin) enrolled(ctx context.Context, conf Config, ns, name string) (bool, error) {
+// enrolled looks the pod and its namespace up: whether the pod is in the mesh, and its
+// ServiceAccount.
+func (p Plugin) enrolled(ctx context.Context, conf Config, ns, name string) (bool, string, error) {
 	kc, err := LoadKubeconfig(conf.Kubeconfig)
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
 	kube, err := newKubeClient(kc)
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
 	pod, err := kube.pod(ctx, ns, name)
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
 	if pod.Spec.HostNetwork {
-		return false, nil
+		return false, "", nil
 	}
 	nsObj, err := kube.namespace(ctx, ns)
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
-	return enrol.IsAmbient(pod.Metadata.Labels, nsObj.Metadata.Labels), nil
+	sa := pod.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	return enrol.IsAmbient(pod.Metadata.Labels, nsObj.Metadata.Labels), sa, nil
+}
+
+// prevIPs are the pod's addresses in the previous plugin's result ("ips": [{"address":
+// "10.0.0.5/24"}]), without their prefix lengths.
+func prevIPs(prev json.RawMessage) ([]string, error) {
+	if len(prev) == 0 || string(prev) == "null" {
+		return nil, nil
+	}
+	var r struct {
+		IPs []struct {
+			Address string `json:"address"`
+		} `json:"ips"`
+	}
+	if err := json.Unmarshal(prev, &r); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, ip := range r.IPs {
+		pfx, err := netip.ParsePrefix(ip.Address)
+		if err != nil {
+			return nil, fmt.Errorf("ips: %w", err)
+		}
+		out = append(out, pfx.Addr().String())
+	}
+	return out, nil
 }
 
 // passResult writes the previous plugin's result on, in the config's version; a plugin first

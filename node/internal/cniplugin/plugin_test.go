@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -79,8 +80,10 @@ func TestAdd(t *testing.T) {
 	if err != nil || !strings.Contains(out, "10.0.0.5/24") {
 		t.Fatalf("ADD: %q, %v", out, err)
 	}
-	want := nodeapi.Registration{UID: "Kubernetes//Pod/shop/web", Namespace: "shop", Name: "web", NetNS: "/var/run/netns/cni-1"}
-	if len(*regs) != 1 || (*regs)[0] != want {
+	// With the address the previous plugin gave, for ztunnel to capture it at once.
+	want := nodeapi.Registration{UID: "Kubernetes//Pod/shop/web", Namespace: "shop", Name: "web", NetNS: "/var/run/netns/cni-1",
+		ServiceAccount: "default", IPs: []string{"10.0.0.5"}, Ambient: true}
+	if len(*regs) != 1 || !reflect.DeepEqual((*regs)[0], want) {
 		t.Fatalf("registrations %+v, want %+v", *regs, want)
 	}
 	// Opted out by its own label: nothing sent.
@@ -107,5 +110,29 @@ func TestVersion(t *testing.T) {
 	code := Main(func(k string) string { return map[string]string{"CNI_COMMAND": "BOGUS"}[k] }, strings.NewReader(`{"cniVersion":"1.0.0"}`), &out, &out)
 	if code != 1 || !strings.Contains(out.String(), `"code":4`) {
 		t.Fatalf("unknown command: exit %d, %q", code, out.String())
+	}
+}
+
+// TestPrevIPs: the pod's addresses come from the previous plugin's result; without one
+// (a plugin first in its list) there are none, and ztunnel captures the pod when the
+// controller pushes it; a malformed address fails the ADD.
+func TestPrevIPs(t *testing.T) {
+	for _, tc := range []struct {
+		prev    string
+		want    []string
+		wantErr bool
+	}{
+		{`{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.5/24"},{"address":"fd00::5/64"}]}`, []string{"10.0.0.5", "fd00::5"}, false},
+		{``, nil, false},
+		{`null`, nil, false},
+		{`{"cniVersion":"1.0.0"}`, nil, false},
+		{`{"ips":[{"address":"10.0.0.5"}]}`, nil, true}, // no prefix length: not a CNI address
+		{`{"ips":[{"address":"bogus/24"}]}`, nil, true},
+		{`{"ips":`, nil, true},
+	} {
+		got, err := prevIPs(json.RawMessage(tc.prev))
+		if (err != nil) != tc.wantErr || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("prevIPs(%s) = %v, %v; want %v, error %v", tc.prev, got, err, tc.want, tc.wantErr)
+		}
 	}
 }

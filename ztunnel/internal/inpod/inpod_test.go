@@ -257,3 +257,66 @@ func TestRestoreReleasesPodLeftAmbient(t *testing.T) {
 		t.Fatalf("call from the released pod = %q, %v", got, err)
 	}
 }
+
+// TestAmbientRegistrationCapturesAtOnce: a CNI ADD's registration (Ambient, with the pod's
+// ServiceAccount and addresses) is captured before Add returns although the controller has
+// not pushed the pod's workload yet; the controller's word then rules (here: out of ambient
+// mode, released). A registration that cannot be captured fails Add, so that the ADD fails
+// and the pod's containers do not start outside the mesh.
+func TestAmbientRegistrationCapturesAtOnce(t *testing.T) {
+	n := newNode(t)
+	ctx := t.Context()
+	if err := n.m.Add(ctx, nodeapi.Registration{UID: "server", NetNS: n.server}); err != nil {
+		t.Fatal(err)
+	}
+	early := nodeapi.Registration{UID: "c//Pod/shop/early", Namespace: "shop", Name: "early", NetNS: n.client,
+		ServiceAccount: "client", IPs: []string{"10.250.0.1"}, Ambient: true}
+	if _, ok := n.st.WorkloadByUID(early.UID); ok {
+		t.Fatal("the test wants no workload for the pod yet")
+	}
+	if err := n.m.Add(ctx, early); err != nil {
+		t.Fatalf("ambient registration before the controller knows the pod: %v", err)
+	}
+	pods := map[string]nodeapi.PodStatus{}
+	for _, p := range n.m.Pods() {
+		pods[p.UID] = p
+	}
+	if p := pods[early.UID]; !p.Captured {
+		t.Fatalf("pod not captured when Add returned: %+v", p)
+	}
+	if got, err := n.call(); err != nil || got != "echo: hi" {
+		t.Fatalf("call from the pod captured at once = %q, %v", got, err)
+	}
+	// The controller's workload says the pod is not in ambient mode: released.
+	w := workload(early.UID, "10.250.0.1", "client")
+	w.TunnelProtocol = configv1.TunnelProtocol_NONE
+	if err := n.st.Apply(configv1.WorkloadTypeURL, map[string]proto.Message{early.UID: w}, nil); err != nil {
+		t.Fatal(err)
+	}
+	n.m.Reconcile(ctx)
+	for _, p := range n.m.Pods() {
+		if p.UID == early.UID && p.Captured {
+			t.Fatalf("pod still captured after the controller took it out of ambient mode: %+v", p)
+		}
+	}
+	if err := n.m.Remove(ctx, early.UID); err != nil {
+		t.Fatal(err)
+	}
+
+	// Bad registrations change nothing.
+	for _, bad := range []nodeapi.Registration{
+		{UID: "x", Namespace: "shop", Name: "x", NetNS: n.client, IPs: []string{"10.250.0.1"}, Ambient: true}, // no ServiceAccount
+		{UID: "x", Namespace: "shop", Name: "x", NetNS: n.client, ServiceAccount: "client", Ambient: true},    // no IPs
+		{UID: "x", Namespace: "shop", Name: "x", NetNS: n.client, ServiceAccount: "client", IPs: []string{"fe80::1%eth0"}, Ambient: true},
+		{UID: "x", Namespace: "shop", Name: "x", NetNS: n.client, ServiceAccount: "client", IPs: []string{"not-an-ip"}, Ambient: true},
+	} {
+		if err := n.m.Add(ctx, bad); err == nil {
+			t.Errorf("Add(%+v) = nil, want an error", bad)
+		}
+		for _, p := range n.m.Pods() {
+			if p.UID == "x" {
+				t.Fatalf("a refused registration is listed: %+v", p)
+			}
+		}
+	}
+}

@@ -91,6 +91,10 @@ type entry struct {
 	proxy  *proxy.Pod
 	uid    string
 	reason string
+	// provisional is the pod's workload as its registration describes it (a CNI ADD with
+	// Ambient set), captured from until the controller's Workload for the pod arrives; nil
+	// once it has.
+	provisional *configv1.Workload
 	// lastCheck is when the pod's rules were last compared with what Install wrote;
 	// checkFailed keeps a failing check or repair to one log line until it succeeds.
 	lastCheck   time.Time
@@ -195,8 +199,16 @@ func (m *Manager) Add(ctx context.Context, r nodeapi.Registration) error {
 			return fmt.Errorf("pod %s: network namespace %s is registered for pod %s", r.UID, r.NetNS, e.uid)
 		}
 	}
+	prov, err := provisionalWorkload(r)
+	if err != nil {
+		m.mu.Unlock()
+		m.recMu.Unlock()
+		m.log.Warn("pod registration refused", "uid", r.UID, "netns", r.NetNS, "err", err)
+		return fmt.Errorf("pod %s: %w", r.UID, err)
+	}
 	old := m.pods[r.UID]
-	m.pods[r.UID] = &entry{reg: r, uid: r.UID}
+	e := &entry{reg: r, uid: r.UID, provisional: prov}
+	m.pods[r.UID] = e
 	m.mu.Unlock()
 	if old != nil {
 		m.stop(ctx, old)
@@ -204,7 +216,38 @@ func (m *Manager) Add(ctx context.Context, r nodeapi.Registration) error {
 	m.save()
 	m.recMu.Unlock()
 	m.reconcile(ctx, false)
+	if !r.Ambient {
+		return nil
+	}
+	// The caller (a CNI ADD) starts the pod's containers once this returns: they must not
+	// start outside the mesh.
+	m.mu.Lock()
+	captured, reason := e.proxy != nil, e.reason
+	m.mu.Unlock()
+	if !captured {
+		return fmt.Errorf("pod %s registered but not captured: %s", r.UID, reason)
+	}
 	return nil
+}
+
+// provisionalWorkload is the workload a registration with Ambient describes, or nil without.
+func provisionalWorkload(r nodeapi.Registration) (*configv1.Workload, error) {
+	if !r.Ambient {
+		return nil, nil
+	}
+	if r.Namespace == "" || r.Name == "" || r.ServiceAccount == "" || len(r.IPs) == 0 {
+		return nil, errors.New("an ambient registration needs namespace, name, serviceAccount and ips")
+	}
+	w := &configv1.Workload{Uid: r.UID, Namespace: r.Namespace, Name: r.Name, ServiceAccount: r.ServiceAccount,
+		TunnelProtocol: configv1.TunnelProtocol_HBONE}
+	for _, s := range r.IPs {
+		ip, err := netip.ParseAddr(s)
+		if err != nil || ip.Zone() != "" {
+			return nil, fmt.Errorf("ips: %q is not an IP address", s)
+		}
+		w.Addresses = append(w.Addresses, ip.Unmap().AsSlice())
+	}
+	return w, nil
 }
 
 // Remove stops serving a pod and removes its rules; removing an unknown pod is harmless.
@@ -268,6 +311,13 @@ func (m *Manager) reconcile(ctx context.Context, checkNow bool) {
 			continue
 		}
 		w, ok := m.state.WorkloadByUID(e.uid)
+		m.mu.Lock()
+		if ok {
+			e.provisional = nil // the controller's word from now on
+		} else if e.provisional != nil {
+			w, ok = e.provisional, true
+		}
+		m.mu.Unlock()
 		enrolled := ok && w.GetTunnelProtocol() != configv1.TunnelProtocol_NONE
 		m.mu.Lock()
 		running := e.proxy != nil

@@ -135,7 +135,7 @@ func (p *Pod) outbound(c *net.TCPConn) {
 	if st, ok := up.(*hbone.Stream); ok && err == nil {
 		tunnel = st.Protocol().String()
 	}
-	conn := p.node.Metrics.open(reporterSource, p.w, r.dstWorkload, p.id.String(), peerID(r), r.hbone != nil, tunnel)
+	conn := p.node.Metrics.open(reporterSource, p.workload(), r.dstWorkload, p.id.String(), peerID(r), r.hbone != nil, tunnel)
 	if err != nil {
 		conn.close(0, 0)
 		p.log.Info("outbound dial failed", "dst", dst.String(), "via", r.via, "err", err)
