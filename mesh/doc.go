@@ -1,8 +1,8 @@
 // Package mesh is the root of the shared implementation: the code that both proxies, or all
 // programs, use — HBONE (hbone), SPIFFE identity and the CA (identity), the proxies' xDS
-// client (xdsclient), a proxy's view of the mesh (state), authorization (authz), batched
-// logging (logging), the proxies' start-up (proxyhost) and the tests' polling helper (wait).
-// It holds no code of its own; its test
+// client (xdsclient), a proxy's view of the mesh (state), authorization (authz), revocation
+// of identities that leave the mesh (revoke), batched logging (logging), the proxies'
+// start-up (proxyhost) and the tests' polling helper (wait). It holds no code of its own; its test
 // enforces the module rules of the whole repository (docs/architecture.md, "Modules"):
 //
 //	proto       imports only proto          (contracts import no program)

@@ -10,12 +10,12 @@ import (
 // TunnelFallbacks lists, for /config_dump, the peers marked HBONE_H3 that the node's pods
 // reach over HTTP/2 for now because no QUIC handshake with them completed.
 func (n *Node) TunnelFallbacks() []dump.TunnelFallback {
-	n.rev.mu.Lock()
-	pods := make([]*Pod, 0, len(n.rev.pods))
-	for p := range n.rev.pods {
+	n.podsMu.Lock()
+	pods := make([]*Pod, 0, len(n.pods))
+	for p := range n.pods {
 		pods = append(pods, p)
 	}
-	n.rev.mu.Unlock()
+	n.podsMu.Unlock()
 	out := []dump.TunnelFallback{}
 	for _, p := range pods {
 		name := p.w.GetNamespace() + "/" + p.w.GetName()

@@ -31,7 +31,7 @@ func (p *Pod) workload() *configv1.Workload {
 // serveHBONE terminates one tunnelled connection for this pod.
 func (p *Pod) serveHBONE(ctx context.Context, r *hbone.Request) {
 	start := time.Now()
-	if p.node.revoked(r.Peer) {
+	if p.node.rev.Refuse(r.Peer) {
 		p.log.Info("inbound refused: peer identity revoked", "peer", r.Peer.String())
 		_ = r.Reject(401, "peer identity "+r.Peer.String()+" is no longer in the mesh")
 		return
@@ -78,12 +78,13 @@ func (p *Pod) serveHBONE(ctx context.Context, r *hbone.Request) {
 		conn.close(0, 0)
 		return
 	}
-	if !p.trackPeer(r.Peer, st) {
+	untrack, ok := p.trackPeer(r.Peer, st)
+	if !ok {
 		up.Close()
 		conn.close(0, 0)
 		return
 	}
-	defer p.untrackPeer(r.Peer, st)
+	defer untrack()
 	toApp, fromApp, err := hbone.Splice(st, up)
 	conn.close(fromApp, toApp)
 	p.log.Info("inbound closed", "peer", r.Peer.String(), "src", src.String(), "dst", r.Authority.String(), "protocol", r.Protocol.String(),

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"ambit.dev/mesh/revoke"
 	configv1 "ambit.dev/proto/config/v1"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -23,6 +24,8 @@ var tcpLabels = []string{
 // Metrics are Istio's standard TCP metrics, so existing dashboards work.
 type Metrics struct {
 	opened, closed, sent, received *prometheus.CounterVec
+	// revoked counts the tunnels of revoked identities, as the waypoint does.
+	revoked *revoke.Metrics
 }
 
 // NewMetrics registers the metrics on reg.
@@ -34,6 +37,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_received_bytes_total", Help: "Bytes received from the destination."}, tcpLabels),
 	}
 	reg.MustRegister(m.opened, m.closed, m.sent, m.received)
+	m.revoked = revoke.NewMetrics(reg)
 	return m
 }
 

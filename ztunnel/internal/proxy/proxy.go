@@ -26,6 +26,7 @@ import (
 
 	"ambit.dev/mesh/hbone"
 	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/revoke"
 	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -49,9 +50,11 @@ type Node struct {
 	HBONE hbone.ConnConfig
 
 	peers         peerTable
-	noTransparent sync.Once // logs, once, that the original source cannot be kept
-	rev           revocation
+	noTransparent sync.Once       // logs, once, that the original source cannot be kept
+	rev           *revoke.Tracker // set by the first StartPod (revoke.go)
 	revokeOnce    sync.Once
+	podsMu        sync.Mutex
+	pods          map[*Pod]struct{}
 }
 
 // Net is how a pod's proxy touches the network: in production, inside the pod's network
@@ -106,9 +109,23 @@ type Pod struct {
 	cancel context.CancelFunc
 
 	mu     sync.Mutex
-	conns  map[io.Closer]struct{}                 // every connection of the pod's TCP handlers, closed by Close
-	byPeer map[spiffeid.ID]map[io.Closer]struct{} // inbound tunnels by verified peer (revoke.go)
+	conns  map[io.Closer]struct{} // every connection of the pod's TCP handlers, closed by Close
 	closed bool
+}
+
+func (n *Node) addPod(p *Pod) {
+	n.podsMu.Lock()
+	defer n.podsMu.Unlock()
+	if n.pods == nil {
+		n.pods = map[*Pod]struct{}{}
+	}
+	n.pods[p] = struct{}{}
+}
+
+func (n *Node) removePod(p *Pod) {
+	n.podsMu.Lock()
+	delete(n.pods, p)
+	n.podsMu.Unlock()
 }
 
 // StartPod opens the pod's three listeners and serves them until Close.

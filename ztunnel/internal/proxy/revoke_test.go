@@ -8,20 +8,15 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/revoke"
+	"ambit.dev/mesh/revoke/revoketest"
 	configv1 "ambit.dev/proto/config/v1"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 )
 
-// peerTunnels counts the inbound tunnels the pod tracks by peer.
-func (p *Pod) peerTunnels() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := 0
-	for _, cs := range p.byPeer {
-		n += len(cs)
-	}
-	return n
-}
+// peerTunnels counts the inbound tunnels the node tracks by peer.
+func (p *Pod) peerTunnels() int { return p.node.rev.Live(spiffeid.ID{}) }
 
 // openCall opens a connection as the client application to dst, through the client pod's
 // outbound listener, sends hello and keeps the connection open.
@@ -81,6 +76,10 @@ func TestRevokedPeerClosed(t *testing.T) {
 	}
 	if n := m.server.peerTunnels(); n != 0 {
 		t.Fatalf("%d tunnels of a revoked peer still tracked", n)
+	}
+	client := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/client")
+	if closed, refused := revoketest.Count(m.reg, reporterDestination, client, revoke.ResultClosed), revoketest.Count(m.reg, reporterDestination, client, revoke.ResultRefused); closed != 1 || refused < 1 {
+		t.Fatalf("ambit_revoked_connections_total closed %v, refused %v; want 1, at least 1", closed, refused)
 	}
 	// The identity comes back (the pod is recreated): it is served again.
 	cw := workloadFor("client", clientIP, "client")
