@@ -202,15 +202,23 @@ func (e *env) podListener(name, ip, service, appAddr string) {
 	e.apply(configv1.WorkloadTypeURL, map[string]proto.Message{w.Uid: w})
 }
 
+// clientAddr is the original client's address the tunnels carry unless a test says.
+const clientAddr = "10.1.0.5:40000"
+
 // dial opens a tunnel to the waypoint as client id, for authority.
 func (e *env) dial(ctx context.Context, id spiffeid.ID, authority string) (net.Conn, error) {
+	return e.dialFrom(ctx, id, clientAddr, authority)
+}
+
+// dialFrom is dial with the original client's address forwarded.
+func (e *env) dialFrom(ctx context.Context, id spiffeid.ID, forwarded, authority string) (net.Conn, error) {
 	c, err := e.client(id)
 	if err != nil {
 		return nil, err
 	}
 	return c.Dial(ctx, hbone.Target{
 		Source: id, Address: e.wpAddr, Identities: []spiffeid.ID{e.wpID},
-		Authority: netip.MustParseAddrPort(authority), Forwarded: netip.MustParseAddrPort("10.1.0.5:40000"),
+		Authority: netip.MustParseAddrPort(authority), Forwarded: netip.MustParseAddrPort(forwarded),
 	})
 }
 
@@ -232,7 +240,14 @@ func (e *env) client(id spiffeid.ID) (*hbone.Client, error) {
 
 // httpClient speaks HTTP/1.1 (or h2c) through the waypoint as id, to authority.
 func (e *env) httpClient(id spiffeid.ID, authority string, h2 bool) *http.Client {
-	dial := func(ctx context.Context, _, _ string) (net.Conn, error) { return e.dial(ctx, id, authority) }
+	return e.httpClientFrom(id, clientAddr, authority, h2)
+}
+
+// httpClientFrom is httpClient with the original client's address forwarded.
+func (e *env) httpClientFrom(id spiffeid.ID, forwarded, authority string, h2 bool) *http.Client {
+	dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return e.dialFrom(ctx, id, forwarded, authority)
+	}
 	if h2 {
 		tr := &http.Transport{DialContext: dial, Protocols: new(http.Protocols)}
 		tr.Protocols.SetUnencryptedHTTP2(true)

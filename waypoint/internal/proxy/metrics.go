@@ -1,13 +1,14 @@
 package proxy
 
 import (
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"strconv"
 	"strings"
 	"time"
 
+	"ambit.dev/mesh/revoke"
 	configv1 "ambit.dev/proto/config/v1"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // reporter is Istio's value for metrics a waypoint reports.
@@ -38,6 +39,8 @@ type Metrics struct {
 	// full (reason "pending") and retries not made because its retry budget was spent
 	// (reason "retry_budget"); mirrored counts the copies sent (or dropped) by mirroring.
 	overflows, mirrored *prometheus.CounterVec
+	// revoked counts the downstream tunnels of revoked identities, as ztunnel does.
+	revoked *revoke.Metrics
 }
 
 // NewMetrics registers the metrics on reg.
@@ -60,6 +63,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.mirrored = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ambit_waypoint_mirrored_requests_total",
 		Help: "Copies of requests sent to mirrors (result sent, failed or dropped)."}, []string{"destination_service", "result"})
 	reg.MustRegister(m.requests, m.duration, m.reqSize, m.rspSize, m.tcpOpened, m.tcpClosed, m.tcpSent, m.tcpReceived, m.overflows, m.mirrored)
+	m.revoked = revoke.NewMetrics(reg)
 	return m
 }
 

@@ -25,6 +25,7 @@ import (
 
 	"ambit.dev/mesh/hbone"
 	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/revoke"
 	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/waypoint/internal/route"
@@ -169,6 +170,9 @@ type Proxy struct {
 	routes atomic.Pointer[map[string]*route.Table]
 	snap   atomic.Pointer[snapshot]
 
+	// rev closes the downstream streams of identities that leave the mesh (revoke.go).
+	rev *revoke.Tracker
+
 	// conns tracks the downstream streams being served, for Close.
 	connMu sync.Mutex
 	conns  map[*hbone.Stream]struct{}
@@ -204,6 +208,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.routes.Store(&empty)
 	p.rebuild()
 	cfg.State.OnChange(p.rebuild)
+	p.rev = p.newRevocations() // after rebuild's watcher: it reads the identity rebuild sets
 	return p, nil
 }
 
@@ -333,6 +338,13 @@ func (p *Proxy) ServeHBONE(ctx context.Context, r *hbone.Request) {
 		d.wl = w
 	}
 	d.src, _ = st.Workload(d.client.Addr())
+	ids := p.callerIdentities(d)
+	if id, revoked := p.refuseRevoked(ids); revoked {
+		p.log.Info("tunnel refused: caller identity revoked", "identity", id.String(), "peer", d.peer.String(),
+			"src", d.client.String(), "dst", d.authority.String(), "reason", "no workload or waypoint of the mesh carries it any more")
+		_ = r.Reject(401, "identity "+id.String()+" is no longer in the mesh")
+		return
+	}
 
 	// The waypoint terminates the tunnel: it answers 200 at once and reports failures
 	// further in, as HTTP statuses (or, for opaque TCP, by closing the stream).
@@ -345,6 +357,15 @@ func (p *Proxy) ServeHBONE(ctx context.Context, r *hbone.Request) {
 		return
 	}
 	defer p.untrack(s)
+	// Revocation cancels ctx as well as closing the stream, so that the requests in flight
+	// on it stop waiting for their upstreams.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	untrack, ok := p.rev.Track(closerFunc(func() error { cancel(); return s.Close() }), ids...)
+	if !ok {
+		return
+	}
+	defer untrack()
 	p.serveStream(ctx, d, s)
 }
 
