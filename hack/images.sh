@@ -57,5 +57,34 @@ for line in "${images[@]}"; do
 	args+=("$name=$bin:$uid")
 done
 
-.cache/bin/images -out "$out" -version "$version" "${args[@]}" >/dev/null
-echo "images: ambit.dev/{$(IFS=,; for l in "${images[@]}"; do printf '%s,' "${l%% *}"; done | sed 's/,$//')}:$version in $out ($(du -sh --exclude=bin "$out" | cut -f1))"
+# ztunnel's capture runs iptables (the nf_tables backend), ip, nft and nsenter inside the pods'
+# network namespaces: its image carries them, with every shared library they and iptables'
+# extensions load, copied from this machine's Debian packages (make setup installs them), at
+# the paths the dynamic loader looks in. The same packages give the same image.
+ztunnel_tools() {
+	local dir=$1 b lib
+	rm -rf "$dir"
+	local bins=(/usr/sbin/xtables-nft-multi /usr/bin/ip /usr/bin/nsenter /usr/sbin/nft)
+	local xt=/usr/lib/x86_64-linux-gnu/xtables
+	for b in "${bins[@]}"; do
+		[[ -x $b ]] || { echo "images: $b missing (make setup installs iptables, iproute2, nftables, util-linux)" >&2; exit 1; }
+		install -D -m 0755 "$b" "$dir$b"
+	done
+	for b in iptables iptables-restore iptables-save; do
+		ln -s xtables-nft-multi "$dir/usr/sbin/$b"
+	done
+	mkdir -p "$dir$xt"
+	cp "$xt"/*.so "$dir$xt/"
+	# ldd of several files heads each list with "<file>:"; the libraries are "=> /path" and
+	# the loader's own line.
+	for lib in $(ldd "${bins[@]}" "$xt"/*.so | grep -v ':$' | grep -o '/[^ ]*\.so[^ ]*' | sort -u); do
+		# the loader must be executable (the kernel runs it); libraries keep 0644
+		local mode=0644
+		[[ $lib == */ld-linux* ]] && mode=0755
+		install -D -m $mode "$(readlink -f "$lib")" "$dir$lib"
+	done
+}
+ztunnel_tools "$out/rootfs-ztunnel"
+
+.cache/bin/images -out "$out" -version "$version" -extra ztunnel="$out/rootfs-ztunnel" "${args[@]}" >/dev/null
+echo "images: ambit.dev/{$(IFS=,; for l in "${images[@]}"; do printf '%s,' "${l%% *}"; done | sed 's/,$//')}:$version in $out ($(du -sh --exclude=bin --exclude=rootfs-ztunnel "$out" | cut -f1))"

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"time"
@@ -29,6 +31,10 @@ type Spec struct {
 	// UID is the user (and group) the image runs as: 65532 (nonroot) where the part allows,
 	// 0 for a part that needs root.
 	UID int
+	// Extra, when set, is a directory whose tree (directories, files, symbolic links) goes
+	// into the image at /, owned by root: the tools a part runs (ztunnel's iptables) with the
+	// shared libraries they load.
+	Extra string
 }
 
 // Options apply to every image of a build.
@@ -53,6 +59,50 @@ type file struct {
 	mode int64
 	uid  int
 	data []byte
+	link string // a symbolic link's target
+}
+
+// extraFiles reads the tree under dir as layer entries (no times, no owners but root).
+func extraFiles(dir string) ([]file, error) {
+	var out []file
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || path == dir {
+			return err
+		}
+		rel, err := filepath.Rel(dir, path)
+		if err != nil {
+			return err
+		}
+		name := filepath.ToSlash(rel)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			out = append(out, file{name: name + "/", mode: 0o755})
+		case info.Mode()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(path)
+			if err != nil {
+				return err
+			}
+			out = append(out, file{name: name, mode: 0o777, link: target})
+		case info.Mode().IsRegular():
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			mode := int64(0o644)
+			if info.Mode()&0o111 != 0 {
+				mode = 0o755
+			}
+			out = append(out, file{name: name, mode: mode, data: data})
+		default:
+			return fmt.Errorf("%s: not a directory, file or symbolic link", path)
+		}
+		return nil
+	})
+	return out, err
 }
 
 // passwd and group name root and nonroot, so that user lookups in the image work.
@@ -77,6 +127,25 @@ func layerTar(s Spec, bin []byte, created time.Time) ([]byte, error) {
 		{name: "usr/local/bin/", mode: 0o755},
 		{name: "usr/local/bin/" + s.Name, mode: 0o755, data: bin},
 	}
+	if s.Extra != "" {
+		extra, err := extraFiles(s.Extra)
+		if err != nil {
+			return nil, err
+		}
+		have := map[string]bool{}
+		for _, f := range files {
+			have[f.name] = true
+		}
+		for _, f := range extra {
+			if have[f.name] {
+				if f.name[len(f.name)-1] == '/' {
+					continue // a directory both have
+				}
+				return nil, fmt.Errorf("extra %s: %s is in the image already", s.Extra, f.name)
+			}
+			files = append(files, f)
+		}
+	}
 	sort.Slice(files, func(i, j int) bool { return files[i].name < files[j].name })
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -89,7 +158,10 @@ func layerTar(s Spec, bin []byte, created time.Time) ([]byte, error) {
 			ModTime: created,
 			Format:  tar.FormatPAX,
 		}
-		if f.name[len(f.name)-1] == '/' {
+		if f.link != "" {
+			h.Typeflag = tar.TypeSymlink
+			h.Linkname = f.link
+		} else if f.name[len(f.name)-1] == '/' {
 			h.Typeflag = tar.TypeDir
 		} else {
 			h.Typeflag = tar.TypeReg
@@ -133,7 +205,7 @@ func Image(s Spec, o Options) (v1.Image, error) {
 		Config: v1.Config{
 			Entrypoint: []string{"/usr/local/bin/" + s.Name},
 			User:       user,
-			Env:        []string{"PATH=/usr/local/bin:/usr/bin:/bin"},
+			Env:        []string{"PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
 			WorkingDir: "/",
 			Labels: map[string]string{
 				"org.opencontainers.image.title":   "ambit " + s.Name,

@@ -70,3 +70,67 @@ func TestReproducible(t *testing.T) {
 		t.Errorf("containerd image name %q", got)
 	}
 }
+
+// TestExtraTree: an image's extra tree (a tool, a symbolic link to it, a library) goes in at
+// /, owned by root, with links kept as links; a file the image has already is an error.
+func TestExtraTree(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "app")
+	if err := os.WriteFile(bin, []byte("#!/bin/true\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	extra := filepath.Join(dir, "rootfs")
+	for _, d := range []string{"usr/sbin", "lib/x86_64-linux-gnu"} {
+		if err := os.MkdirAll(filepath.Join(extra, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(extra, "usr/sbin/tool"), []byte("elf"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(extra, "lib/x86_64-linux-gnu/libx.so.1"), []byte("lib"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("tool", filepath.Join(extra, "usr/sbin/tool-restore")); err != nil {
+		t.Fatal(err)
+	}
+	lt, err := layerTar(Spec{Name: "app", UID: 0, Extra: extra}, []byte("bin"), time.Unix(0, 0).UTC())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]*tar.Header{}
+	tr := tar.NewReader(bytes.NewReader(lt))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[h.Name] = h
+	}
+	for name, want := range map[string]byte{"usr/sbin/tool": tar.TypeReg, "usr/sbin/tool-restore": tar.TypeSymlink,
+		"lib/x86_64-linux-gnu/libx.so.1": tar.TypeReg, "usr/local/bin/app": tar.TypeReg, "usr/sbin/": tar.TypeDir} {
+		h := got[name]
+		if h == nil || h.Typeflag != want || h.Uid != 0 {
+			t.Errorf("%s: %+v, want type %c owned by root", name, h, want)
+		}
+	}
+	if h := got["usr/sbin/tool-restore"]; h != nil && h.Linkname != "tool" {
+		t.Errorf("link target %q", h.Linkname)
+	}
+	if h := got["usr/sbin/tool"]; h != nil && h.Mode != 0o755 {
+		t.Errorf("tool mode %o", h.Mode)
+	}
+	// A file the image has already (its binary) is refused.
+	if err := os.MkdirAll(filepath.Join(extra, "usr/local/bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(extra, "usr/local/bin/app"), []byte("other"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := layerTar(Spec{Name: "app", Extra: extra}, []byte("bin"), time.Unix(0, 0).UTC()); err == nil {
+		t.Error("an extra file over the image's own binary was accepted")
+	}
+}

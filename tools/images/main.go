@@ -36,6 +36,15 @@ func run(args []string) error {
 	repo := fs.String("repo", "ambit.dev", "prefix of the image names")
 	created := fs.Int64("created", 0, "Unix time written into the images (configs, history, tar headers)")
 	arch := fs.String("arch", runtime.GOARCH, "architecture of the binaries")
+	extras := map[string]string{}
+	fs.Func("extra", "NAME=DIR: put the tree under DIR into image NAME too (repeatable)", func(v string) error {
+		name, dir, ok := strings.Cut(v, "=")
+		if !ok || name == "" || dir == "" {
+			return fmt.Errorf("want NAME=DIR, not %q", v)
+		}
+		extras[name] = dir
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -45,6 +54,13 @@ func run(args []string) error {
 	specs, err := parseSpecs(fs.Args())
 	if err != nil {
 		return err
+	}
+	for i := range specs {
+		specs[i].Extra = extras[specs[i].Name]
+		delete(extras, specs[i].Name)
+	}
+	for name := range extras {
+		return fmt.Errorf("-extra %s: no such image", name)
 	}
 	o := Options{Repo: *repo, Version: *version, Created: time.Unix(*created, 0).UTC(), Arch: *arch}
 	lines, err := Build(*out, specs, o)
