@@ -534,16 +534,10 @@ func istioTCPRoute(tr istioapi.TCPRoute, i int, vs *istioapi.VirtualService, opt
 		if len(m.Gateways) > 0 && !slices.Contains(m.Gateways, "mesh") {
 			continue
 		}
-		for _, u := range []struct {
-			field string
-			set   bool
-		}{
-			{"destinationSubnets", len(m.DestinationSubnets) > 0}, {"sourceSubnet", m.SourceSubnet != ""},
-			{"sourceLabels", len(m.SourceLabels) > 0}, {"sourceNamespace", m.SourceNamespace != ""},
-		} {
-			if u.set {
-				return nil, &fieldErr{mf + "." + u.field, fmt.Errorf("not supported")}
-			}
+		if err := unsupported(mf, "",
+			setField{"destinationSubnets", len(m.DestinationSubnets) > 0}, setField{"sourceSubnet", m.SourceSubnet != ""},
+			setField{"sourceLabels", len(m.SourceLabels) > 0}, setField{"sourceNamespace", m.SourceNamespace != ""}); err != nil {
+			return nil, err
 		}
 		if m.Port > 65535 {
 			return nil, &fieldErr{mf + ".port", fmt.Errorf("%d out of range", m.Port)}
@@ -559,21 +553,8 @@ func istioTCPRoute(tr istioapi.TCPRoute, i int, vs *istioapi.VirtualService, opt
 
 func istioHTTPRoute(h istioapi.HTTPRoute, i int, vs *istioapi.VirtualService, opts Options) ([]IstioRoute, error) {
 	base := fmt.Sprintf("spec.http[%d]", i)
-	unsupported := func(field string, set bool) error {
-		if set {
-			return &fieldErr{base + "." + field, fmt.Errorf("not supported")}
-		}
-		return nil
-	}
-	for _, u := range []struct {
-		field string
-		set   bool
-	}{
-		{"delegate", len(h.Delegate) > 0},
-	} {
-		if err := unsupported(u.field, u.set); err != nil {
-			return nil, err
-		}
+	if err := unsupported(base, "", setField{"delegate", len(h.Delegate) > 0}); err != nil {
+		return nil, err
 	}
 	name := h.Name
 	if name == "" {

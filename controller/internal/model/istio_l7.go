@@ -189,32 +189,64 @@ func mergeHeaders(r *configv1.Route, h *istioapi.Headers, field string) error {
 }
 
 // istioTrafficPolicy compiles a DestinationRule's trafficPolicy; what the waypoint does not
-// implement is refused with an error naming the field.
+// implement is refused with an error naming the field. base is the policy's field path.
 func istioTrafficPolicy(tp *istioapi.TrafficPolicy, base string) (*configv1.TrafficPolicy, error) {
 	if tp == nil {
 		return nil, nil
 	}
-	bad := func(field string, format string, args ...any) error {
-		return &fieldErr{base + "." + field, fmt.Errorf(format, args...)}
+	if err := unsupported(base, "", setField{"tunnel", len(tp.Tunnel) > 0}, setField{"proxyProtocol", len(tp.ProxyProtocol) > 0}); err != nil {
+		return nil, err
 	}
-	var portLevel map[uint32]*configv1.TrafficPolicy
-	for _, u := range []struct {
-		field string
-		set   bool
-	}{
-		{"tunnel", len(tp.Tunnel) > 0}, {"proxyProtocol", len(tp.ProxyProtocol) > 0},
-	} {
-		if u.set {
-			return nil, bad(u.field, "not supported")
+	portLevel, err := istioPortLevel(tp.PortLevelSettings, base)
+	if err != nil {
+		return nil, err
+	}
+	out := &configv1.TrafficPolicy{PortLevel: portLevel}
+	if err := istioTLS(tp.TLS, base+".tls"); err != nil {
+		return nil, err
+	}
+	if out.LoadBalancer, err = istioLoadBalancer(tp.LoadBalancer, base+".loadBalancer"); err != nil {
+		return nil, err
+	}
+	if out.ConnectionPool, err = istioConnectionPool(tp.ConnectionPool, base+".connectionPool"); err != nil {
+		return nil, err
+	}
+	if out.OutlierDetection, err = istioOutlierDetection(tp.OutlierDetection, base+".outlierDetection"); err != nil {
+		return nil, err
+	}
+	if out.RetryBudget, err = istioRetryBudget(tp.RetryBudget, base+".retryBudget"); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// setField is one of Istio's fields and whether an object sets it.
+type setField struct {
+	name string
+	set  bool
+}
+
+// unsupported refuses the first of fields that is set, as a field under base that the
+// waypoint does not implement; detail, if any, follows "not supported".
+func unsupported(base, detail string, fields ...setField) error {
+	for _, f := range fields {
+		if f.set {
+			return &fieldErr{base + "." + f.name, fmt.Errorf("not supported%s", detail)}
 		}
 	}
-	for i, pl := range tp.PortLevelSettings {
-		f := fmt.Sprintf("portLevelSettings[%d]", i)
+	return nil
+}
+
+// istioPortLevel compiles portLevelSettings into the policies by Service port.
+func istioPortLevel(settings []istioapi.PortTrafficPolicy, base string) (map[uint32]*configv1.TrafficPolicy, error) {
+	var portLevel map[uint32]*configv1.TrafficPolicy
+	for i, pl := range settings {
+		f := fmt.Sprintf("%s.portLevelSettings[%d]", base, i)
 		if pl.Port == nil || pl.Port.Number == 0 || pl.Port.Number > 65535 {
-			return nil, bad(f+".port.number", "a port from 1 to 65535 is required")
+			return nil, &fieldErr{f + ".port.number", fmt.Errorf("a port from 1 to 65535 is required")}
 		}
 		pp, err := istioTrafficPolicy(&istioapi.TrafficPolicy{LoadBalancer: pl.LoadBalancer, ConnectionPool: pl.ConnectionPool,
-			OutlierDetection: pl.OutlierDetection, TLS: pl.TLS}, base+"."+f)
+			OutlierDetection: pl.OutlierDetection, TLS: pl.TLS}, f)
 		if err != nil {
 			return nil, err
 		}
@@ -222,181 +254,208 @@ func istioTrafficPolicy(tp *istioapi.TrafficPolicy, base string) (*configv1.Traf
 			portLevel = map[uint32]*configv1.TrafficPolicy{}
 		}
 		if _, dup := portLevel[pl.Port.Number]; dup {
-			return nil, bad(f+".port.number", "%d is set twice", pl.Port.Number)
+			return nil, &fieldErr{f + ".port.number", fmt.Errorf("%d is set twice", pl.Port.Number)}
 		}
 		portLevel[pl.Port.Number] = pp
 	}
-	if len(tp.TLS) > 0 {
-		// Between proxies the mesh always speaks mutual TLS (HBONE): ISTIO_MUTUAL, and DISABLE
-		// for plaintext to the pod, say nothing more. TLS origination is not supported.
-		var t struct {
-			Mode string `json:"mode"`
+	return portLevel, nil
+}
+
+// istioTLS accepts only the modes that leave the mesh's own TLS alone. field is tls's path.
+func istioTLS(tls json.RawMessage, field string) error {
+	if len(tls) == 0 {
+		return nil
+	}
+	// Between proxies the mesh always speaks mutual TLS (HBONE): ISTIO_MUTUAL, and DISABLE
+	// for plaintext to the pod, say nothing more. TLS origination is not supported.
+	var t struct {
+		Mode string `json:"mode"`
+	}
+	if err := json.Unmarshal(tls, &t); err != nil || (t.Mode != "ISTIO_MUTUAL" && t.Mode != "DISABLE" && t.Mode != "") {
+		return &fieldErr{field + ".mode", fmt.Errorf("%q is not supported (ISTIO_MUTUAL or DISABLE: the mesh's own mutual TLS)", t.Mode)}
+	}
+	return nil
+}
+
+// istioLoadBalancer compiles loadBalancer (field is its path); nil for none.
+func istioLoadBalancer(lb *istioapi.LoadBalancerSettings, field string) (*configv1.TrafficPolicy_LoadBalancer, error) {
+	if lb == nil {
+		return nil, nil
+	}
+	if err := unsupported(field, "",
+		setField{"localityLbSetting", len(lb.LocalityLbSetting) > 0}, setField{"zoneAwareLbSetting", len(lb.ZoneAwareLbSetting) > 0},
+		setField{"warmupDurationSecs", lb.WarmupDurationSecs != ""}, setField{"warmup", len(lb.Warmup) > 0}); err != nil {
+		return nil, err
+	}
+	o := &configv1.TrafficPolicy_LoadBalancer{}
+	switch lb.Simple {
+	case "", "UNSPECIFIED":
+	case "ROUND_ROBIN":
+		o.Simple = configv1.TrafficPolicy_LoadBalancer_ROUND_ROBIN
+	case "LEAST_REQUEST", "LEAST_CONN":
+		o.Simple = configv1.TrafficPolicy_LoadBalancer_LEAST_REQUEST
+	case "RANDOM":
+		o.Simple = configv1.TrafficPolicy_LoadBalancer_RANDOM
+	default:
+		return nil, &fieldErr{field + ".simple", fmt.Errorf("%q is not supported (ROUND_ROBIN, LEAST_REQUEST, LEAST_CONN, RANDOM)", lb.Simple)}
+	}
+	if ch := lb.ConsistentHash; ch != nil {
+		if lb.Simple != "" {
+			return nil, &fieldErr{field + ".consistentHash", fmt.Errorf("simple and consistentHash are mutually exclusive")}
 		}
-		if err := json.Unmarshal(tp.TLS, &t); err != nil || (t.Mode != "ISTIO_MUTUAL" && t.Mode != "DISABLE" && t.Mode != "") {
-			return nil, bad("tls.mode", "%q is not supported (ISTIO_MUTUAL or DISABLE: the mesh's own mutual TLS)", t.Mode)
+		if err := istioConsistentHash(ch, field+".consistentHash", o); err != nil {
+			return nil, err
 		}
 	}
-	out := &configv1.TrafficPolicy{PortLevel: portLevel}
-	if lb := tp.LoadBalancer; lb != nil {
-		for _, u := range []struct {
-			field string
-			set   bool
-		}{
-			{"localityLbSetting", len(lb.LocalityLbSetting) > 0}, {"zoneAwareLbSetting", len(lb.ZoneAwareLbSetting) > 0},
-			{"warmupDurationSecs", lb.WarmupDurationSecs != ""}, {"warmup", len(lb.Warmup) > 0},
-		} {
-			if u.set {
-				return nil, bad("loadBalancer."+u.field, "not supported")
-			}
-		}
-		o := &configv1.TrafficPolicy_LoadBalancer{}
-		switch lb.Simple {
-		case "", "UNSPECIFIED":
-		case "ROUND_ROBIN":
-			o.Simple = configv1.TrafficPolicy_LoadBalancer_ROUND_ROBIN
-		case "LEAST_REQUEST", "LEAST_CONN":
-			o.Simple = configv1.TrafficPolicy_LoadBalancer_LEAST_REQUEST
-		case "RANDOM":
-			o.Simple = configv1.TrafficPolicy_LoadBalancer_RANDOM
-		default:
-			return nil, bad("loadBalancer.simple", "%q is not supported (ROUND_ROBIN, LEAST_REQUEST, LEAST_CONN, RANDOM)", lb.Simple)
-		}
-		if ch := lb.ConsistentHash; ch != nil {
-			if lb.Simple != "" {
-				return nil, bad("loadBalancer.consistentHash", "simple and consistentHash are mutually exclusive")
-			}
-			for _, u := range []struct {
-				field string
-				set   bool
-			}{
-				{"httpCookie", len(ch.HTTPCookie) > 0},
-				{"ringHash", len(ch.RingHash) > 0}, {"maglev", len(ch.Maglev) > 0}, {"minimumRingSize", ch.MinimumRingSize != 0},
-			} {
-				if u.set {
-					return nil, bad("loadBalancer.consistentHash."+u.field, "not supported (httpHeaderName, httpQueryParameterName, useSourceIp; ambit hashes by rendezvous)")
-				}
-			}
-			n := 0
-			for _, set := range []bool{ch.HTTPHeaderName != "", ch.UseSourceIP, ch.HTTPQueryParameterName != ""} {
-				if set {
-					n++
-				}
-			}
-			if n != 1 {
-				return nil, bad("loadBalancer.consistentHash", "needs exactly one of httpHeaderName, httpQueryParameterName, useSourceIp")
-			}
-			o.HashHeader, o.HashSourceIp, o.HashQueryParameter = ch.HTTPHeaderName, ch.UseSourceIP, ch.HTTPQueryParameterName
-		}
-		out.LoadBalancer = o
+	return o, nil
+}
+
+// istioConsistentHash sets o's hash key from consistentHash (field is its path).
+func istioConsistentHash(ch *istioapi.ConsistentHash, field string, o *configv1.TrafficPolicy_LoadBalancer) error {
+	if err := unsupported(field, " (httpHeaderName, httpQueryParameterName, useSourceIp; ambit hashes by rendezvous)",
+		setField{"httpCookie", len(ch.HTTPCookie) > 0}, setField{"ringHash", len(ch.RingHash) > 0},
+		setField{"maglev", len(ch.Maglev) > 0}, setField{"minimumRingSize", ch.MinimumRingSize != 0}); err != nil {
+		return err
 	}
-	if cp := tp.ConnectionPool; cp != nil {
-		o := &configv1.TrafficPolicy_ConnectionPool{}
-		if t := cp.TCP; t != nil {
-			for _, u := range []struct {
-				field string
-				set   bool
-			}{
-				{"tcpKeepalive", len(t.TCPKeepalive) > 0},
-				{"maxConnectionDuration", t.MaxConnectionDuration != ""}, {"idleTimeout", t.IdleTimeout != ""},
-			} {
-				if u.set {
-					return nil, bad("connectionPool.tcp."+u.field, "not supported")
-				}
-			}
-			if t.MaxConnections < 0 {
-				return nil, bad("connectionPool.tcp.maxConnections", "%d is negative", t.MaxConnections)
-			}
-			o.MaxConnections = uint32(t.MaxConnections)
-			if t.ConnectTimeout != "" {
-				d, err := istioDuration(t.ConnectTimeout)
-				if err != nil || d > 24*time.Hour {
-					if err == nil {
-						err = fmt.Errorf("%s exceeds 24h", d)
-					}
-					return nil, &fieldErr{base + ".connectionPool.tcp.connectTimeout", err}
-				}
-				o.ConnectTimeout = durationpb.New(d)
-			}
+	n := 0
+	for _, set := range []bool{ch.HTTPHeaderName != "", ch.UseSourceIP, ch.HTTPQueryParameterName != ""} {
+		if set {
+			n++
 		}
-		if h := cp.HTTP; h != nil {
-			for _, u := range []struct {
-				field string
-				set   bool
-			}{
-				{"maxRequestsPerConnection", h.MaxRequestsPerConnection != 0}, {"idleTimeout", h.IdleTimeout != ""},
-				{"h2UpgradePolicy", h.H2UpgradePolicy != "" && h.H2UpgradePolicy != "DEFAULT"}, {"useClientProtocol", h.UseClientProtocol},
-				{"maxConcurrentStreams", h.MaxConcurrentStreams != 0}, {"http2KeepAlive", len(h.HTTP2KeepAlive) > 0},
-			} {
-				if u.set {
-					return nil, bad("connectionPool.http."+u.field, "not supported")
-				}
-			}
-			for f, v := range map[string]int32{"http1MaxPendingRequests": h.HTTP1MaxPendingRequests, "http2MaxRequests": h.HTTP2MaxRequests, "maxRetries": h.MaxRetries} {
-				if v < 0 {
-					return nil, bad("connectionPool.http."+f, "%d is negative", v)
-				}
-			}
-			o.MaxPendingRequests, o.MaxRequests, o.MaxRetries = uint32(h.HTTP1MaxPendingRequests), uint32(h.HTTP2MaxRequests), uint32(h.MaxRetries)
-		}
-		out.ConnectionPool = o
 	}
-	if od := tp.OutlierDetection; od != nil {
-		for _, u := range []struct {
-			field string
-			set   bool
-		}{
-			{"splitExternalLocalOriginErrors", od.SplitExternalLocalOriginErrors}, {"consecutiveLocalOriginFailures", od.ConsecutiveLocalOriginFailures != nil},
-			{"outlierDetectionHttpErrorCodes", len(od.OutlierDetectionHTTPErrorCodes) > 0}, {"minHealthPercent", od.MinHealthPercent != 0},
-		} {
-			if u.set {
-				return nil, bad("outlierDetection."+u.field, "not supported")
-			}
-		}
-		o := &configv1.TrafficPolicy_OutlierDetection{}
-		o.Consecutive_5Xx = 5 // Istio's default; 0 turns it off
-		if od.Consecutive5xxErrors != nil {
-			o.Consecutive_5Xx = *od.Consecutive5xxErrors
-		}
-		if od.ConsecutiveGatewayErrors != nil {
-			o.ConsecutiveGatewayErrors = *od.ConsecutiveGatewayErrors
-		} else if od.ConsecutiveErrors > 0 { // deprecated: gateway errors
-			o.ConsecutiveGatewayErrors = uint32(od.ConsecutiveErrors)
-		}
-		if od.BaseEjectionTime != "" {
-			d, err := istioDuration(od.BaseEjectionTime)
-			if err != nil || d > maxEjection {
-				if err == nil {
-					err = fmt.Errorf("%s exceeds %s", d, maxEjection)
-				}
-				return nil, &fieldErr{base + ".outlierDetection.baseEjectionTime", err}
-			}
-			o.BaseEjectionTime = durationpb.New(d)
-		}
-		if od.Interval != "" {
-			if _, err := istioDuration(od.Interval); err != nil {
-				return nil, &fieldErr{base + ".outlierDetection.interval", err}
-			}
-		}
-		if od.MaxEjectionPercent < 0 || od.MaxEjectionPercent > 100 {
-			return nil, bad("outlierDetection.maxEjectionPercent", "%d is not in [0, 100]", od.MaxEjectionPercent)
-		}
-		o.MaxEjectionPercent = uint32(od.MaxEjectionPercent)
-		out.OutlierDetection = o
+	if n != 1 {
+		return &fieldErr{field, fmt.Errorf("needs exactly one of httpHeaderName, httpQueryParameterName, useSourceIp")}
 	}
-	if rb := tp.RetryBudget; rb != nil {
-		if rb.BudgetInterval != "" {
-			return nil, bad("retryBudget.budgetInterval", "not supported")
-		}
-		o := &configv1.TrafficPolicy_RetryBudget{MinRetryConcurrency: rb.MinRetryConcurrency}
-		if rb.Percent != nil {
-			if *rb.Percent < 0 || *rb.Percent > 100 {
-				return nil, bad("retryBudget.percent", "%v is not in [0, 100]", *rb.Percent)
-			}
-			o.Percent = *rb.Percent
-		}
-		out.RetryBudget = o
+	o.HashHeader, o.HashSourceIp, o.HashQueryParameter = ch.HTTPHeaderName, ch.UseSourceIP, ch.HTTPQueryParameterName
+	return nil
+}
+
+// istioConnectionPool compiles connectionPool (field is its path); nil for none.
+func istioConnectionPool(cp *istioapi.ConnectionPoolSettings, field string) (*configv1.TrafficPolicy_ConnectionPool, error) {
+	if cp == nil {
+		return nil, nil
 	}
-	return out, nil
+	o := &configv1.TrafficPolicy_ConnectionPool{}
+	if t := cp.TCP; t != nil {
+		if err := istioTCPPool(t, field+".tcp", o); err != nil {
+			return nil, err
+		}
+	}
+	if h := cp.HTTP; h != nil {
+		if err := istioHTTPPool(h, field+".http", o); err != nil {
+			return nil, err
+		}
+	}
+	return o, nil
+}
+
+// istioTCPPool sets o's connection limit and connect timeout from connectionPool.tcp.
+func istioTCPPool(t *istioapi.TCPSettings, field string, o *configv1.TrafficPolicy_ConnectionPool) error {
+	if err := unsupported(field, "", setField{"tcpKeepalive", len(t.TCPKeepalive) > 0},
+		setField{"maxConnectionDuration", t.MaxConnectionDuration != ""}, setField{"idleTimeout", t.IdleTimeout != ""}); err != nil {
+		return err
+	}
+	if t.MaxConnections < 0 {
+		return &fieldErr{field + ".maxConnections", fmt.Errorf("%d is negative", t.MaxConnections)}
+	}
+	o.MaxConnections = uint32(t.MaxConnections)
+	if t.ConnectTimeout != "" {
+		d, err := boundedDuration(t.ConnectTimeout, 24*time.Hour, "24h")
+		if err != nil {
+			return &fieldErr{field + ".connectTimeout", err}
+		}
+		o.ConnectTimeout = durationpb.New(d)
+	}
+	return nil
+}
+
+// istioHTTPPool sets o's request limits from connectionPool.http.
+func istioHTTPPool(h *istioapi.HTTPSettings, field string, o *configv1.TrafficPolicy_ConnectionPool) error {
+	if err := unsupported(field, "",
+		setField{"maxRequestsPerConnection", h.MaxRequestsPerConnection != 0}, setField{"idleTimeout", h.IdleTimeout != ""},
+		setField{"h2UpgradePolicy", h.H2UpgradePolicy != "" && h.H2UpgradePolicy != "DEFAULT"}, setField{"useClientProtocol", h.UseClientProtocol},
+		setField{"maxConcurrentStreams", h.MaxConcurrentStreams != 0}, setField{"http2KeepAlive", len(h.HTTP2KeepAlive) > 0}); err != nil {
+		return err
+	}
+	for _, v := range []struct {
+		name string
+		n    int32
+	}{{"http1MaxPendingRequests", h.HTTP1MaxPendingRequests}, {"http2MaxRequests", h.HTTP2MaxRequests}, {"maxRetries", h.MaxRetries}} {
+		if v.n < 0 {
+			return &fieldErr{field + "." + v.name, fmt.Errorf("%d is negative", v.n)}
+		}
+	}
+	o.MaxPendingRequests, o.MaxRequests, o.MaxRetries = uint32(h.HTTP1MaxPendingRequests), uint32(h.HTTP2MaxRequests), uint32(h.MaxRetries)
+	return nil
+}
+
+// istioOutlierDetection compiles outlierDetection (field is its path); nil for none.
+func istioOutlierDetection(od *istioapi.OutlierDetection, field string) (*configv1.TrafficPolicy_OutlierDetection, error) {
+	if od == nil {
+		return nil, nil
+	}
+	if err := unsupported(field, "",
+		setField{"splitExternalLocalOriginErrors", od.SplitExternalLocalOriginErrors}, setField{"consecutiveLocalOriginFailures", od.ConsecutiveLocalOriginFailures != nil},
+		setField{"outlierDetectionHttpErrorCodes", len(od.OutlierDetectionHTTPErrorCodes) > 0}, setField{"minHealthPercent", od.MinHealthPercent != 0}); err != nil {
+		return nil, err
+	}
+	o := &configv1.TrafficPolicy_OutlierDetection{}
+	o.Consecutive_5Xx = 5 // Istio's default; 0 turns it off
+	if od.Consecutive5xxErrors != nil {
+		o.Consecutive_5Xx = *od.Consecutive5xxErrors
+	}
+	if od.ConsecutiveGatewayErrors != nil {
+		o.ConsecutiveGatewayErrors = *od.ConsecutiveGatewayErrors
+	} else if od.ConsecutiveErrors > 0 { // deprecated: gateway errors
+		o.ConsecutiveGatewayErrors = uint32(od.ConsecutiveErrors)
+	}
+	if od.BaseEjectionTime != "" {
+		d, err := boundedDuration(od.BaseEjectionTime, maxEjection, maxEjection.String())
+		if err != nil {
+			return nil, &fieldErr{field + ".baseEjectionTime", err}
+		}
+		o.BaseEjectionTime = durationpb.New(d)
+	}
+	if od.Interval != "" {
+		if _, err := istioDuration(od.Interval); err != nil {
+			return nil, &fieldErr{field + ".interval", err}
+		}
+	}
+	if od.MaxEjectionPercent < 0 || od.MaxEjectionPercent > 100 {
+		return nil, &fieldErr{field + ".maxEjectionPercent", fmt.Errorf("%d is not in [0, 100]", od.MaxEjectionPercent)}
+	}
+	o.MaxEjectionPercent = uint32(od.MaxEjectionPercent)
+	return o, nil
+}
+
+// istioRetryBudget compiles retryBudget (field is its path); nil for none.
+func istioRetryBudget(rb *istioapi.RetryBudget, field string) (*configv1.TrafficPolicy_RetryBudget, error) {
+	if rb == nil {
+		return nil, nil
+	}
+	if rb.BudgetInterval != "" {
+		return nil, &fieldErr{field + ".budgetInterval", fmt.Errorf("not supported")}
+	}
+	o := &configv1.TrafficPolicy_RetryBudget{MinRetryConcurrency: rb.MinRetryConcurrency}
+	if rb.Percent != nil {
+		if *rb.Percent < 0 || *rb.Percent > 100 {
+			return nil, &fieldErr{field + ".percent", fmt.Errorf("%v is not in [0, 100]", *rb.Percent)}
+		}
+		o.Percent = *rb.Percent
+	}
+	return o, nil
+}
+
+// boundedDuration parses an Istio duration of at most limit (named as the error says it).
+func boundedDuration(s string, limit time.Duration, limitName string) (time.Duration, error) {
+	d, err := istioDuration(s)
+	if err != nil {
+		return 0, err
+	}
+	if d > limit {
+		return 0, fmt.Errorf("%s exceeds %s", d, limitName)
+	}
+	return d, nil
 }
 
 // mergePolicy lays a subset's policy over its host's: each part the subset sets replaces the
