@@ -82,17 +82,22 @@ func GRPCServices(tokenDir string) (func(Deps) (PushServer, error), func(Deps) (
 	return newPush, newCA
 }
 
-// proxyConnected records what a ztunnel reported it serves: its node's workloads are
-// marked HBONE_H3 only while it says it serves HTTP/3 (model.SetNodeTunnelH3). A waypoint's
-// report is logged by the xDS server; its own pods are not enrolled, so no Workload carries
-// it.
+// proxyConnected records what a proxy reported it serves: a ztunnel's node's workloads, and a
+// waypoint's Waypoint and the bindings to it, are marked HBONE_H3 only while it says it serves
+// HTTP/3 (model.SetNodeTunnelH3, model.SetWaypointTunnelH3).
 func proxyConnected(d Deps, p xds.Proxy, info xdsclient.NodeInfo) {
-	if p.Kind != model.KindZtunnel {
-		return
-	}
-	if d.Index.SetNodeTunnelH3(p.Node, info.Serves(xdsclient.TunnelHBONEH3)) {
-		d.Log.Info("node tunnel protocols changed", "node", p.Node, "tunnel_protocols", info.TunnelProtocols)
-		d.Store.Changed()
+	h3 := info.Serves(xdsclient.TunnelHBONEH3)
+	switch p.Kind {
+	case model.KindZtunnel:
+		if d.Index.SetNodeTunnelH3(p.Node, h3) {
+			d.Log.Info("node tunnel protocols changed", "node", p.Node, "tunnel_protocols", info.TunnelProtocols)
+			d.Store.Changed()
+		}
+	case model.KindWaypoint:
+		if d.Index.SetWaypointTunnelH3(p.Namespace, p.Name, h3) {
+			d.Log.Info("waypoint tunnel protocols changed", "waypoint", p.Namespace+"/"+p.Name, "tunnel_protocols", info.TunnelProtocols)
+			d.Store.Changed()
+		}
 	}
 }
 

@@ -68,18 +68,19 @@ type Index struct {
 
 	mu sync.RWMutex
 
-	namespaces map[string]*corev1.Namespace
-	pods       map[string]map[string]*corev1.Pod     // ns → name
-	services   map[string]map[string]*corev1.Service // ns → name
-	sas        map[key]*corev1.ServiceAccount
-	waypoints  map[string]map[string]*configv1.Waypoint // ns → name
-	routes     map[key]routeObj
-	byParent   map[string]map[key]struct{} // parent Service resource name → HTTPRoutes
-	authz      map[key]*configv1.Authorization
-	peerAuths  map[key]PeerAuth
-	errs       map[string]error // "Kind ns/name" → error
-	istio      istioIndex       // Istio's VirtualServices and DestinationRules (istio_index.go)
-	h3Nodes    map[string]bool  // nodes whose ztunnel serves HBONE over HTTP/3 (tunnel.go)
+	namespaces  map[string]*corev1.Namespace
+	pods        map[string]map[string]*corev1.Pod     // ns → name
+	services    map[string]map[string]*corev1.Service // ns → name
+	sas         map[key]*corev1.ServiceAccount
+	waypoints   map[string]map[string]*configv1.Waypoint // ns → name
+	routes      map[key]routeObj
+	byParent    map[string]map[key]struct{} // parent Service resource name → HTTPRoutes
+	authz       map[key]*configv1.Authorization
+	peerAuths   map[key]PeerAuth
+	errs        map[string]error // "Kind ns/name" → error
+	istio       istioIndex       // Istio's VirtualServices and DestinationRules (istio_index.go)
+	h3Nodes     map[string]bool  // nodes whose ztunnel serves HBONE over HTTP/3 (tunnel.go)
+	h3Waypoints map[key]bool     // waypoints that serve HBONE over HTTP/3 (tunnel.go)
 
 	dirtyPods      map[key]struct{}
 	dirtyNS        map[string]struct{} // every workload and Service of the namespace
@@ -98,22 +99,23 @@ type Index struct {
 // NewIndex returns an empty Index.
 func NewIndex(opts Options) *Index {
 	x := &Index{
-		opts:       opts.WithDefaults(),
-		namespaces: map[string]*corev1.Namespace{},
-		pods:       map[string]map[string]*corev1.Pod{},
-		services:   map[string]map[string]*corev1.Service{},
-		sas:        map[key]*corev1.ServiceAccount{},
-		waypoints:  map[string]map[string]*configv1.Waypoint{},
-		routes:     map[key]routeObj{},
-		byParent:   map[string]map[key]struct{}{},
-		authz:      map[key]*configv1.Authorization{},
-		peerAuths:  map[key]PeerAuth{},
-		istio:      newIstioIndex(),
-		errs:       map[string]error{},
-		h3Nodes:    map[string]bool{},
-		res:        Resources{},
-		byNode:     map[string]map[string]*configv1.Workload{},
-		wlNode:     map[string]string{},
+		opts:        opts.WithDefaults(),
+		namespaces:  map[string]*corev1.Namespace{},
+		pods:        map[string]map[string]*corev1.Pod{},
+		services:    map[string]map[string]*corev1.Service{},
+		sas:         map[key]*corev1.ServiceAccount{},
+		waypoints:   map[string]map[string]*configv1.Waypoint{},
+		routes:      map[key]routeObj{},
+		byParent:    map[string]map[key]struct{}{},
+		authz:       map[key]*configv1.Authorization{},
+		peerAuths:   map[key]PeerAuth{},
+		istio:       newIstioIndex(),
+		errs:        map[string]error{},
+		h3Nodes:     map[string]bool{},
+		h3Waypoints: map[key]bool{},
+		res:         Resources{},
+		byNode:      map[string]map[string]*configv1.Workload{},
+		wlNode:      map[string]string{},
 	}
 	for _, t := range configv1.TypeURLs {
 		x.res[t] = map[string]Resource{}
@@ -176,6 +178,11 @@ func (x *Index) Upsert(obj runtime.Object) error {
 			old.Labels[LabelTunnelProtocol] != o.Labels[LabelTunnelProtocol] ||
 			old.Labels[LabelIstioDataplaneMode] != o.Labels[LabelIstioDataplaneMode] || old.Labels[LabelIstioUseWaypoint] != o.Labels[LabelIstioUseWaypoint] {
 			x.dirtyNS[o.Name] = struct{}{}
+		}
+		if old == nil || old.Labels[LabelTunnelProtocol] != o.Labels[LabelTunnelProtocol] {
+			for name := range x.waypoints[o.Name] { // their tunnel protocol
+				x.dirtyWaypoints[key{o.Name, name}] = struct{}{}
+			}
 		}
 	case *corev1.Pod:
 		for i, ip := range o.Status.PodIPs {
@@ -477,14 +484,21 @@ func (x *Index) Commit() []Change {
 			x.dirtyNS[ns] = struct{}{}
 		}
 	}
-	// Waypoints first: workloads and Services copy their addresses.
+	// Waypoints first: workloads and Services copy their addresses and tunnel protocols.
 	for k := range x.dirtyWaypoints {
 		wp := x.waypoints[k.ns][k.name]
 		if wp == nil {
 			w.put(configv1.WaypointTypeURL, k.String(), nil)
-		} else {
-			w.put(configv1.WaypointTypeURL, k.String(), wp)
+			continue
 		}
+		if tp := x.waypointTunnel(k); wp.TunnelProtocol != tp {
+			// A new message: the published one is shared with readers.
+			wp = proto.CloneOf(wp)
+			wp.TunnelProtocol = tp
+			x.waypoints[k.ns][k.name] = wp
+			x.dirtyNS[k.ns] = struct{}{}
+		}
+		w.put(configv1.WaypointTypeURL, k.String(), wp)
 	}
 	for ns := range x.dirtyNS {
 		for name := range x.services[ns] {

@@ -84,3 +84,35 @@ func (x *Index) SetNodeTunnelH3(node string, h3 bool) bool {
 	}
 	return true
 }
+
+// SetWaypointTunnelH3 records whether the waypoint of Gateway ns/name serves HBONE over
+// HTTP/3, as it reported when it connected, and reports whether that changed; the Waypoint
+// and the bindings to it are recomputed at the next Commit. As for nodes, the last report
+// stands while the waypoint is away.
+func (x *Index) SetWaypointTunnelH3(ns, name string, h3 bool) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	k := key{ns, name}
+	if x.h3Waypoints[k] == h3 {
+		return false
+	}
+	if h3 {
+		x.h3Waypoints[k] = true
+	} else {
+		delete(x.h3Waypoints, k)
+	}
+	x.dirtyWaypoints[k] = struct{}{}
+	return true
+}
+
+// waypointTunnel is the tunnel protocol of waypoint k: HBONE_H3 when its Gateway's namespace
+// (else the mesh) asks for HTTP/3 and the waypoint serves it, else HBONE. The caller holds mu.
+func (x *Index) waypointTunnel(k key) configv1.TunnelProtocol {
+	want := x.opts.TunnelProtocol == TunnelModeHBONEH3
+	if ns := x.namespaces[k.ns]; ns != nil {
+		if v, ok := ns.Labels[LabelTunnelProtocol]; ok {
+			want = v == TunnelModeHBONEH3
+		}
+	}
+	return TunnelProtocol(true, want, x.h3Waypoints[k])
+}

@@ -102,3 +102,52 @@ func TestIndexNodeTunnelH3(t *testing.T) {
 	x.SetNodeTunnelH3("node-1", false) // an older ztunnel took over
 	want("node-1 no longer serves h3", configv1.TunnelProtocol_HBONE, configv1.TunnelProtocol_HBONE, 1, x.Commit())
 }
+
+// TestIndexWaypointTunnelH3: a waypoint is tunnelled to over HTTP/3 when its Gateway's
+// namespace asks for it and the waypoint reported that it serves it; the Waypoint and the
+// binding every workload carries say so, and taking either away goes back to HBONE.
+func TestIndexWaypointTunnelH3(t *testing.T) {
+	asks := map[string]string{LabelDataplaneMode: ModeAmbient, LabelTunnelProtocol: TunnelModeHBONEH3}
+	x, errs := Build(Options{}, []runtime.Object{
+		namespace("apps", asks),
+		waypointGW("apps", "wp", "", "10.0.0.200"),
+		pod("apps", "a", "node-1", "10.0.0.1", map[string]string{LabelUseWaypoint: "wp"}),
+	})
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	got := func() (wp, binding configv1.TunnelProtocol) {
+		res := x.For(Proxy{ID: "z", Node: "node-1", Kind: KindZtunnel})
+		w := res[configv1.WaypointTypeURL]["apps/wp"].Message.(*configv1.Waypoint)
+		wl := res[configv1.WorkloadTypeURL][WorkloadUID(DefaultCluster, "apps", "a")].Message.(*configv1.Workload)
+		return w.GetTunnelProtocol(), wl.GetWaypoint().GetTunnelProtocol()
+	}
+	check := func(step string, want configv1.TunnelProtocol) {
+		t.Helper()
+		if wp, b := got(); wp != want || b != want {
+			t.Errorf("%s: waypoint %v, workload's binding %v; want %v", step, wp, b, want)
+		}
+	}
+	check("asked, not reported", configv1.TunnelProtocol_HBONE)
+	if !x.SetWaypointTunnelH3("apps", "wp", true) {
+		t.Fatal("the first report changed nothing")
+	}
+	x.Commit()
+	check("asked and served", configv1.TunnelProtocol_HBONE_H3)
+	if x.SetWaypointTunnelH3("apps", "wp", true) {
+		t.Error("the same report again counted as a change")
+	}
+	if err := x.Upsert(namespace("apps", map[string]string{LabelDataplaneMode: ModeAmbient})); err != nil {
+		t.Fatal(err)
+	}
+	x.Commit()
+	check("served, no longer asked", configv1.TunnelProtocol_HBONE)
+	if err := x.Upsert(namespace("apps", asks)); err != nil {
+		t.Fatal(err)
+	}
+	x.Commit()
+	check("asked again", configv1.TunnelProtocol_HBONE_H3)
+	x.SetWaypointTunnelH3("apps", "wp", false)
+	x.Commit()
+	check("no longer served", configv1.TunnelProtocol_HBONE)
+}

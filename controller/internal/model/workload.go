@@ -242,7 +242,7 @@ func gatewayAddress(name, ns, td string, waypoints map[string]*configv1.Waypoint
 	if wp.For != want && wp.For != configv1.Waypoint_NAMESPACE {
 		return nil
 	}
-	ga := &configv1.GatewayAddress{HbonePort: wp.HbonePort, Identity: wp.Identity}
+	ga := &configv1.GatewayAddress{HbonePort: wp.HbonePort, Identity: wp.Identity, TunnelProtocol: wp.TunnelProtocol}
 	if wp.Address != nil {
 		ga.Address = &configv1.NetworkAddress{Network: wp.Address.Network, Address: slices.Clone(wp.Address.Address)}
 	}

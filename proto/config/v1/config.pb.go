@@ -993,9 +993,12 @@ type GatewayAddress struct {
 	// spiffe://cluster.local/ns/shop/sa/shop-waypoint. A proxy that sends to the waypoint
 	// verifies it, and the destination ztunnel accepts traffic for a waypoint-bound workload only
 	// from this identity.
-	Identity      string `protobuf:"bytes,3,opt,name=identity,proto3" json:"identity,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Identity string `protobuf:"bytes,3,opt,name=identity,proto3" json:"identity,omitempty"`
+	// tunnel_protocol is how proxies tunnel to the waypoint, as the Waypoint's tunnel_protocol
+	// says. NONE (unset, an older controller) means HBONE: a waypoint is always in the mesh.
+	TunnelProtocol TunnelProtocol `protobuf:"varint,4,opt,name=tunnel_protocol,json=tunnelProtocol,proto3,enum=ambit.config.v1.TunnelProtocol" json:"tunnel_protocol,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GatewayAddress) Reset() {
@@ -1047,6 +1050,13 @@ func (x *GatewayAddress) GetIdentity() string {
 		return x.Identity
 	}
 	return ""
+}
+
+func (x *GatewayAddress) GetTunnelProtocol() TunnelProtocol {
+	if x != nil {
+		return x.TunnelProtocol
+	}
+	return TunnelProtocol_NONE
 }
 
 // Service is a Kubernetes Service (a set of workloads behind virtual IPs).
@@ -1781,9 +1791,15 @@ type Waypoint struct {
 	// hbone_port is the waypoint's HBONE port; 0 means 15008.
 	HbonePort uint32 `protobuf:"varint,5,opt,name=hbone_port,json=hbonePort,proto3" json:"hbone_port,omitempty"`
 	// identity is the SPIFFE ID the waypoint's certificate carries.
-	Identity      string `protobuf:"bytes,6,opt,name=identity,proto3" json:"identity,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Identity string `protobuf:"bytes,6,opt,name=identity,proto3" json:"identity,omitempty"`
+	// tunnel_protocol is how proxies tunnel to the waypoint: HBONE_H3 when HTTP/3 is asked for
+	// (the label ambit.dev/tunnel-protocol=hbone-h3 on the Gateway's namespace, else the mesh's
+	// default) and the waypoint reported, when it connected, that it serves HBONE over HTTP/3
+	// (node metadata TUNNEL_PROTOCOLS); else HBONE. Proxies that cannot do HTTP/3, or whose QUIC
+	// handshake does not complete, use HBONE.
+	TunnelProtocol TunnelProtocol `protobuf:"varint,7,opt,name=tunnel_protocol,json=tunnelProtocol,proto3,enum=ambit.config.v1.TunnelProtocol" json:"tunnel_protocol,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Waypoint) Reset() {
@@ -1856,6 +1872,13 @@ func (x *Waypoint) GetIdentity() string {
 		return x.Identity
 	}
 	return ""
+}
+
+func (x *Waypoint) GetTunnelProtocol() TunnelProtocol {
+	if x != nil {
+		return x.TunnelProtocol
+	}
+	return TunnelProtocol_NONE
 }
 
 // RouteConfig is the L7 routing of one Service, made from the HTTPRoutes whose parentRefs name
@@ -3759,12 +3782,13 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\fapp_protocol\x18\x03 \x01(\x0e2\x1c.ambit.config.v1.AppProtocolR\vappProtocol\"D\n" +
 	"\x0eNetworkAddress\x12\x18\n" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\fR\aaddress\"\x86\x01\n" +
+	"\aaddress\x18\x02 \x01(\fR\aaddress\"\xd0\x01\n" +
 	"\x0eGatewayAddress\x129\n" +
 	"\aaddress\x18\x01 \x01(\v2\x1f.ambit.config.v1.NetworkAddressR\aaddress\x12\x1d\n" +
 	"\n" +
 	"hbone_port\x18\x02 \x01(\rR\thbonePort\x12\x1a\n" +
-	"\bidentity\x18\x03 \x01(\tR\bidentity\"\xf3\x02\n" +
+	"\bidentity\x18\x03 \x01(\tR\bidentity\x12H\n" +
+	"\x0ftunnel_protocol\x18\x04 \x01(\x0e2\x1f.ambit.config.v1.TunnelProtocolR\x0etunnelProtocol\"\xf3\x02\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x1a\n" +
@@ -3836,7 +3860,7 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\vnot_methods\x18\x04 \x03(\tR\n" +
 	"notMethods\x12\x14\n" +
 	"\x05paths\x18\x05 \x03(\tR\x05paths\x12\x1b\n" +
-	"\tnot_paths\x18\x06 \x03(\tR\bnotPaths\"\x9a\x02\n" +
+	"\tnot_paths\x18\x06 \x03(\tR\bnotPaths\"\xe4\x02\n" +
 	"\bWaypoint\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12/\n" +
@@ -3844,7 +3868,8 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\aaddress\x18\x04 \x01(\v2\x1f.ambit.config.v1.NetworkAddressR\aaddress\x12\x1d\n" +
 	"\n" +
 	"hbone_port\x18\x05 \x01(\rR\thbonePort\x12\x1a\n" +
-	"\bidentity\x18\x06 \x01(\tR\bidentity\"5\n" +
+	"\bidentity\x18\x06 \x01(\tR\bidentity\x12H\n" +
+	"\x0ftunnel_protocol\x18\a \x01(\x0e2\x1f.ambit.config.v1.TunnelProtocolR\x0etunnelProtocol\"5\n" +
 	"\x03For\x12\x12\n" +
 	"\x0eSERVICEACCOUNT\x10\x00\x12\v\n" +
 	"\aSERVICE\x10\x01\x12\r\n" +
@@ -4128,71 +4153,73 @@ var file_proto_config_v1_config_proto_depIdxs = []int32{
 	12, // 7: ambit.config.v1.PortList.ports:type_name -> ambit.config.v1.Port
 	4,  // 8: ambit.config.v1.Port.app_protocol:type_name -> ambit.config.v1.AppProtocol
 	13, // 9: ambit.config.v1.GatewayAddress.address:type_name -> ambit.config.v1.NetworkAddress
-	13, // 10: ambit.config.v1.Service.addresses:type_name -> ambit.config.v1.NetworkAddress
-	12, // 11: ambit.config.v1.Service.ports:type_name -> ambit.config.v1.Port
-	14, // 12: ambit.config.v1.Service.waypoint:type_name -> ambit.config.v1.GatewayAddress
-	16, // 13: ambit.config.v1.Service.load_balancing:type_name -> ambit.config.v1.LoadBalancing
-	5,  // 14: ambit.config.v1.LoadBalancing.mode:type_name -> ambit.config.v1.LoadBalancing.Mode
-	6,  // 15: ambit.config.v1.Authorization.scope:type_name -> ambit.config.v1.Authorization.Scope
-	44, // 16: ambit.config.v1.Authorization.selector:type_name -> ambit.config.v1.Authorization.SelectorEntry
-	18, // 17: ambit.config.v1.Authorization.target_refs:type_name -> ambit.config.v1.TargetRef
-	7,  // 18: ambit.config.v1.Authorization.action:type_name -> ambit.config.v1.Authorization.Action
-	19, // 19: ambit.config.v1.Authorization.rules:type_name -> ambit.config.v1.Rule
-	21, // 20: ambit.config.v1.Rule.from:type_name -> ambit.config.v1.Source
-	23, // 21: ambit.config.v1.Rule.to:type_name -> ambit.config.v1.Operation
-	20, // 22: ambit.config.v1.Rule.when:type_name -> ambit.config.v1.Condition
-	22, // 23: ambit.config.v1.Source.ip_blocks:type_name -> ambit.config.v1.IPBlock
-	22, // 24: ambit.config.v1.Source.not_ip_blocks:type_name -> ambit.config.v1.IPBlock
-	8,  // 25: ambit.config.v1.Waypoint.for:type_name -> ambit.config.v1.Waypoint.For
-	13, // 26: ambit.config.v1.Waypoint.address:type_name -> ambit.config.v1.NetworkAddress
-	26, // 27: ambit.config.v1.RouteConfig.routes:type_name -> ambit.config.v1.Route
-	26, // 28: ambit.config.v1.RouteConfig.tcp_routes:type_name -> ambit.config.v1.Route
-	33, // 29: ambit.config.v1.Route.matches:type_name -> ambit.config.v1.RouteMatch
-	37, // 30: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
-	39, // 31: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
-	40, // 32: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
-	41, // 33: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
-	29, // 34: ambit.config.v1.Route.request_headers:type_name -> ambit.config.v1.HeaderOps
-	29, // 35: ambit.config.v1.Route.response_headers:type_name -> ambit.config.v1.HeaderOps
-	30, // 36: ambit.config.v1.Route.rewrite:type_name -> ambit.config.v1.Rewrite
-	31, // 37: ambit.config.v1.Route.redirect:type_name -> ambit.config.v1.Redirect
-	32, // 38: ambit.config.v1.Route.mirrors:type_name -> ambit.config.v1.Mirror
-	28, // 39: ambit.config.v1.Route.direct_response:type_name -> ambit.config.v1.DirectResponse
-	27, // 40: ambit.config.v1.Route.cors:type_name -> ambit.config.v1.CorsPolicy
-	57, // 41: ambit.config.v1.CorsPolicy.max_age:type_name -> google.protobuf.Duration
-	45, // 42: ambit.config.v1.HeaderOps.set:type_name -> ambit.config.v1.HeaderOps.SetEntry
-	46, // 43: ambit.config.v1.HeaderOps.add:type_name -> ambit.config.v1.HeaderOps.AddEntry
-	47, // 44: ambit.config.v1.Mirror.subset:type_name -> ambit.config.v1.Mirror.SubsetEntry
-	35, // 45: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
-	36, // 46: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
-	34, // 47: ambit.config.v1.RouteMatch.query_params:type_name -> ambit.config.v1.QueryMatch
-	36, // 48: ambit.config.v1.RouteMatch.authority:type_name -> ambit.config.v1.HeaderMatch
-	48, // 49: ambit.config.v1.RouteMatch.source_labels:type_name -> ambit.config.v1.RouteMatch.SourceLabelsEntry
-	49, // 50: ambit.config.v1.Backend.subset:type_name -> ambit.config.v1.Backend.SubsetEntry
-	38, // 51: ambit.config.v1.Backend.policy:type_name -> ambit.config.v1.TrafficPolicy
-	29, // 52: ambit.config.v1.Backend.request_headers:type_name -> ambit.config.v1.HeaderOps
-	29, // 53: ambit.config.v1.Backend.response_headers:type_name -> ambit.config.v1.HeaderOps
-	50, // 54: ambit.config.v1.TrafficPolicy.load_balancer:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer
-	51, // 55: ambit.config.v1.TrafficPolicy.connection_pool:type_name -> ambit.config.v1.TrafficPolicy.ConnectionPool
-	52, // 56: ambit.config.v1.TrafficPolicy.outlier_detection:type_name -> ambit.config.v1.TrafficPolicy.OutlierDetection
-	53, // 57: ambit.config.v1.TrafficPolicy.retry_budget:type_name -> ambit.config.v1.TrafficPolicy.RetryBudget
-	54, // 58: ambit.config.v1.TrafficPolicy.port_level:type_name -> ambit.config.v1.TrafficPolicy.PortLevelEntry
-	57, // 59: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
-	57, // 60: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
-	57, // 61: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
-	55, // 62: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
-	56, // 63: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
-	11, // 64: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
-	9,  // 65: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
-	57, // 66: ambit.config.v1.TrafficPolicy.ConnectionPool.connect_timeout:type_name -> google.protobuf.Duration
-	57, // 67: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	38, // 68: ambit.config.v1.TrafficPolicy.PortLevelEntry.value:type_name -> ambit.config.v1.TrafficPolicy
-	57, // 69: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
-	70, // [70:70] is the sub-list for method output_type
-	70, // [70:70] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	1,  // 10: ambit.config.v1.GatewayAddress.tunnel_protocol:type_name -> ambit.config.v1.TunnelProtocol
+	13, // 11: ambit.config.v1.Service.addresses:type_name -> ambit.config.v1.NetworkAddress
+	12, // 12: ambit.config.v1.Service.ports:type_name -> ambit.config.v1.Port
+	14, // 13: ambit.config.v1.Service.waypoint:type_name -> ambit.config.v1.GatewayAddress
+	16, // 14: ambit.config.v1.Service.load_balancing:type_name -> ambit.config.v1.LoadBalancing
+	5,  // 15: ambit.config.v1.LoadBalancing.mode:type_name -> ambit.config.v1.LoadBalancing.Mode
+	6,  // 16: ambit.config.v1.Authorization.scope:type_name -> ambit.config.v1.Authorization.Scope
+	44, // 17: ambit.config.v1.Authorization.selector:type_name -> ambit.config.v1.Authorization.SelectorEntry
+	18, // 18: ambit.config.v1.Authorization.target_refs:type_name -> ambit.config.v1.TargetRef
+	7,  // 19: ambit.config.v1.Authorization.action:type_name -> ambit.config.v1.Authorization.Action
+	19, // 20: ambit.config.v1.Authorization.rules:type_name -> ambit.config.v1.Rule
+	21, // 21: ambit.config.v1.Rule.from:type_name -> ambit.config.v1.Source
+	23, // 22: ambit.config.v1.Rule.to:type_name -> ambit.config.v1.Operation
+	20, // 23: ambit.config.v1.Rule.when:type_name -> ambit.config.v1.Condition
+	22, // 24: ambit.config.v1.Source.ip_blocks:type_name -> ambit.config.v1.IPBlock
+	22, // 25: ambit.config.v1.Source.not_ip_blocks:type_name -> ambit.config.v1.IPBlock
+	8,  // 26: ambit.config.v1.Waypoint.for:type_name -> ambit.config.v1.Waypoint.For
+	13, // 27: ambit.config.v1.Waypoint.address:type_name -> ambit.config.v1.NetworkAddress
+	1,  // 28: ambit.config.v1.Waypoint.tunnel_protocol:type_name -> ambit.config.v1.TunnelProtocol
+	26, // 29: ambit.config.v1.RouteConfig.routes:type_name -> ambit.config.v1.Route
+	26, // 30: ambit.config.v1.RouteConfig.tcp_routes:type_name -> ambit.config.v1.Route
+	33, // 31: ambit.config.v1.Route.matches:type_name -> ambit.config.v1.RouteMatch
+	37, // 32: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
+	39, // 33: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
+	40, // 34: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
+	41, // 35: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
+	29, // 36: ambit.config.v1.Route.request_headers:type_name -> ambit.config.v1.HeaderOps
+	29, // 37: ambit.config.v1.Route.response_headers:type_name -> ambit.config.v1.HeaderOps
+	30, // 38: ambit.config.v1.Route.rewrite:type_name -> ambit.config.v1.Rewrite
+	31, // 39: ambit.config.v1.Route.redirect:type_name -> ambit.config.v1.Redirect
+	32, // 40: ambit.config.v1.Route.mirrors:type_name -> ambit.config.v1.Mirror
+	28, // 41: ambit.config.v1.Route.direct_response:type_name -> ambit.config.v1.DirectResponse
+	27, // 42: ambit.config.v1.Route.cors:type_name -> ambit.config.v1.CorsPolicy
+	57, // 43: ambit.config.v1.CorsPolicy.max_age:type_name -> google.protobuf.Duration
+	45, // 44: ambit.config.v1.HeaderOps.set:type_name -> ambit.config.v1.HeaderOps.SetEntry
+	46, // 45: ambit.config.v1.HeaderOps.add:type_name -> ambit.config.v1.HeaderOps.AddEntry
+	47, // 46: ambit.config.v1.Mirror.subset:type_name -> ambit.config.v1.Mirror.SubsetEntry
+	35, // 47: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
+	36, // 48: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
+	34, // 49: ambit.config.v1.RouteMatch.query_params:type_name -> ambit.config.v1.QueryMatch
+	36, // 50: ambit.config.v1.RouteMatch.authority:type_name -> ambit.config.v1.HeaderMatch
+	48, // 51: ambit.config.v1.RouteMatch.source_labels:type_name -> ambit.config.v1.RouteMatch.SourceLabelsEntry
+	49, // 52: ambit.config.v1.Backend.subset:type_name -> ambit.config.v1.Backend.SubsetEntry
+	38, // 53: ambit.config.v1.Backend.policy:type_name -> ambit.config.v1.TrafficPolicy
+	29, // 54: ambit.config.v1.Backend.request_headers:type_name -> ambit.config.v1.HeaderOps
+	29, // 55: ambit.config.v1.Backend.response_headers:type_name -> ambit.config.v1.HeaderOps
+	50, // 56: ambit.config.v1.TrafficPolicy.load_balancer:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer
+	51, // 57: ambit.config.v1.TrafficPolicy.connection_pool:type_name -> ambit.config.v1.TrafficPolicy.ConnectionPool
+	52, // 58: ambit.config.v1.TrafficPolicy.outlier_detection:type_name -> ambit.config.v1.TrafficPolicy.OutlierDetection
+	53, // 59: ambit.config.v1.TrafficPolicy.retry_budget:type_name -> ambit.config.v1.TrafficPolicy.RetryBudget
+	54, // 60: ambit.config.v1.TrafficPolicy.port_level:type_name -> ambit.config.v1.TrafficPolicy.PortLevelEntry
+	57, // 61: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
+	57, // 62: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
+	57, // 63: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
+	55, // 64: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
+	56, // 65: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
+	11, // 66: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
+	9,  // 67: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
+	57, // 68: ambit.config.v1.TrafficPolicy.ConnectionPool.connect_timeout:type_name -> google.protobuf.Duration
+	57, // 69: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	38, // 70: ambit.config.v1.TrafficPolicy.PortLevelEntry.value:type_name -> ambit.config.v1.TrafficPolicy
+	57, // 71: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
+	72, // [72:72] is the sub-list for method output_type
+	72, // [72:72] is the sub-list for method input_type
+	72, // [72:72] is the sub-list for extension type_name
+	72, // [72:72] is the sub-list for extension extendee
+	0,  // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_proto_config_v1_config_proto_init() }

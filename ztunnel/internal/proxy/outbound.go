@@ -53,6 +53,7 @@ func (p *Pod) resolve(dst netip.AddrPort, src netip.AddrPort) (route, error) {
 		}
 		t := target(addr.Unmap(), []spiffeid.ID{id}, authority)
 		t.Address = netip.AddrPortFrom(addr.Unmap(), port)
+		t.Protocol = p.tunnelToWaypoint(gw)
 		return route{hbone: t, dst: authority, dstWorkload: w, via: "waypoint"}, nil
 	}
 	toWorkload := func(w *configv1.Workload, addr netip.AddrPort) (route, error) {
@@ -161,6 +162,16 @@ func (p *Pod) tunnelTo(addr netip.Addr) hbone.Protocol {
 		return hbone.ProtocolH2
 	}
 	if w, ok := p.node.State.Workload(addr); ok && w.GetTunnelProtocol() == configv1.TunnelProtocol_HBONE_H3 {
+		return hbone.ProtocolH3
+	}
+	return hbone.ProtocolH2
+}
+
+// tunnelToWaypoint is HTTP/3 when the controller says the waypoint takes it (the binding's
+// tunnel_protocol) and this pod can send UDP; the client falls back to HTTP/2 by itself when
+// the QUIC handshake does not complete.
+func (p *Pod) tunnelToWaypoint(gw *configv1.GatewayAddress) hbone.Protocol {
+	if p.net.ListenPacket != nil && gw.GetTunnelProtocol() == configv1.TunnelProtocol_HBONE_H3 {
 		return hbone.ProtocolH3
 	}
 	return hbone.ProtocolH2
