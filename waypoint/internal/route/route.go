@@ -264,186 +264,10 @@ type Fault struct {
 
 // Compile validates rc and compiles it. name is the resource name; errors name the field.
 func Compile(name string, rc *configv1.RouteConfig) (*Table, error) {
-	bad := func(field, format string, args ...any) error {
-		return fmt.Errorf("routeconfig %s: %s: %s", name, field, fmt.Sprintf(format, args...))
-	}
 	t := &Table{Service: name}
 	for i, r := range rc.GetRoutes() {
-		f := fmt.Sprintf("routes[%d]", i)
-		out := &Route{Name: r.GetName(), Ports: r.GetPorts()}
-		if out.Name == "" {
-			out.Name = fmt.Sprintf("%s/%d", name, i)
-		}
-		for j, p := range r.GetPorts() {
-			if p == 0 || p > 65535 {
-				return nil, bad(fmt.Sprintf("%s.ports[%d]", f, j), "%d out of range", p)
-			}
-		}
-		for j, m := range r.GetMatches() {
-			mf := fmt.Sprintf("%s.matches[%d]", f, j)
-			var cm Match
-			if p := m.GetPath(); p != nil {
-				cm.hasPath = true
-				v := p.GetExact()
-				switch p.GetKind().(type) {
-				case *configv1.PathMatch_Prefix:
-					v = p.GetPrefix()
-					cm.PathPrefix = strings.TrimSuffix(v, "/")
-				case *configv1.PathMatch_StringPrefix:
-					v = p.GetStringPrefix()
-					cm.PathStringPrefix = v
-				default:
-					cm.PathExact = v
-				}
-				if !strings.HasPrefix(v, "/") || strings.ContainsAny(v, "?# \t") {
-					return nil, bad(mf+".path", "%q must start with / and hold no query, fragment or space", v)
-				}
-			}
-			for k, h := range m.GetHeaders() {
-				if !httpguts.ValidHeaderFieldName(h.GetName()) {
-					return nil, bad(fmt.Sprintf("%s.headers[%d].name", mf, k), "%q is not a header name", h.GetName())
-				}
-				if !httpguts.ValidHeaderFieldValue(h.GetValue()) {
-					return nil, bad(fmt.Sprintf("%s.headers[%d].value", mf, k), "not a valid header value")
-				}
-				cm.Headers = append(cm.Headers, Header{Name: http.CanonicalHeaderKey(h.GetName()), Value: h.GetValue(),
-					Prefix: h.GetPrefix(), Present: h.GetPresent(), Invert: h.GetInvert()})
-			}
-			for k, q := range m.GetQueryParams() {
-				if q.GetName() == "" {
-					return nil, bad(fmt.Sprintf("%s.query_params[%d].name", mf, k), "empty")
-				}
-				cm.Query = append(cm.Query, Query{Name: q.GetName(), Value: q.GetValue()})
-			}
-			if a := m.GetAuthority(); a != nil {
-				cm.Authority = &Header{Value: a.GetValue(), Prefix: a.GetPrefix(), Present: a.GetPresent(), Invert: a.GetInvert()}
-			}
-			cm.SourceNamespace, cm.SourceLabels, cm.PathIgnoreCase = m.GetSourceNamespace(), m.GetSourceLabels(), m.GetPathIgnoreCase()
-			if cm.PathIgnoreCase {
-				cm.PathExact, cm.PathPrefix, cm.PathStringPrefix = strings.ToLower(cm.PathExact), strings.ToLower(cm.PathPrefix), strings.ToLower(cm.PathStringPrefix)
-			}
-			if meth := m.GetMethod(); meth != "" {
-				if !validToken(meth) {
-					return nil, bad(mf+".method", "%q is not an HTTP method", meth)
-				}
-				cm.Method = meth
-			}
-			out.Matches = append(out.Matches, cm)
-		}
-		for j, b := range r.GetBackends() {
-			bf := fmt.Sprintf("%s.backends[%d]", f, j)
-			if b.GetHostname() == "" {
-				return nil, bad(bf+".hostname", "empty")
-			}
-			if b.GetPort() > 65535 {
-				return nil, bad(bf+".port", "%d out of range", b.GetPort())
-			}
-			if b.GetWeight() > MaxWeight {
-				return nil, bad(bf+".weight", "%d exceeds %d", b.GetWeight(), MaxWeight)
-			}
-			out.total += uint64(b.GetWeight())
-			pol, err := compilePolicy(b.GetPolicy(), bf+".policy")
-			if err != nil {
-				return nil, fmt.Errorf("routeconfig %s: %w", name, err)
-			}
-			reqH, err := compileHeaderOps(b.GetRequestHeaders(), bf+".request_headers")
-			if err != nil {
-				return nil, fmt.Errorf("routeconfig %s: %w", name, err)
-			}
-			respH, err := compileHeaderOps(b.GetResponseHeaders(), bf+".response_headers")
-			if err != nil {
-				return nil, fmt.Errorf("routeconfig %s: %w", name, err)
-			}
-			out.Backends = append(out.Backends, Backend{
-				Service: ServiceKey(b.GetHostname(), rc.GetNamespace()), Hostname: b.GetHostname(),
-				Port: b.GetPort(), Weight: b.GetWeight(), Subset: b.GetSubset(), SubsetName: b.GetSubsetName(),
-				Policy: pol, RequestHeaders: reqH, ResponseHeaders: respH,
-			})
-		}
-		if to := r.GetTimeouts(); to != nil {
-			var err error
-			if out.RequestTimeout, err = duration(to.GetRequest() != nil, to.GetRequest().AsDuration(), to.GetRequest().CheckValid(), MaxTimeout); err != nil {
-				return nil, bad(f+".timeouts.request", "%v", err)
-			}
-			if out.BackendTimeout, err = duration(to.GetBackendRequest() != nil, to.GetBackendRequest().AsDuration(), to.GetBackendRequest().CheckValid(), MaxTimeout); err != nil {
-				return nil, bad(f+".timeouts.backend_request", "%v", err)
-			}
-			if out.RequestTimeout > 0 && out.BackendTimeout > out.RequestTimeout {
-				return nil, bad(f+".timeouts.backend_request", "%s is longer than timeouts.request %s", out.BackendTimeout, out.RequestTimeout)
-			}
-		}
-		if rt := r.GetRetry(); rt != nil {
-			cr := &Retry{Codes: map[int]bool{}, Attempts: int(rt.GetAttempts()), Backoff: DefaultBackoff, Reset: len(rt.GetOn()) == 0, ConnectFailure: len(rt.GetOn()) == 0}
-			for k, c := range rt.GetGrpcCodes() {
-				if c > 16 {
-					return nil, bad(fmt.Sprintf("%s.retry.grpc_codes[%d]", f, k), "%d is not a gRPC status code", c)
-				}
-				if cr.GRPCCodes == nil {
-					cr.GRPCCodes = map[string]bool{}
-				}
-				cr.GRPCCodes[strconv.Itoa(int(c))] = true
-			}
-			for k, on := range rt.GetOn() {
-				switch on {
-				case "reset":
-					cr.Reset = true
-				case "connect-failure":
-					cr.ConnectFailure = true
-				default:
-					return nil, bad(fmt.Sprintf("%s.retry.on[%d]", f, k), "%q is not reset or connect-failure", on)
-				}
-			}
-			if rt.GetAttempts() > MaxRetries {
-				return nil, bad(f+".retry.attempts", "%d exceeds %d", rt.GetAttempts(), MaxRetries)
-			}
-			for k, c := range rt.GetCodes() {
-				if c < 400 || c > 599 {
-					return nil, bad(fmt.Sprintf("%s.retry.codes[%d]", f, k), "%d is not a 4xx or 5xx status", c)
-				}
-				cr.Codes[int(c)] = true
-			}
-			if rt.GetBackoff() != nil {
-				d, err := duration(true, rt.GetBackoff().AsDuration(), rt.GetBackoff().CheckValid(), MaxBackoff)
-				if err != nil {
-					return nil, bad(f+".retry.backoff", "%v", err)
-				}
-				cr.Backoff = d
-			}
-			out.Retry = cr
-		}
-		if ft := r.GetFault(); ft != nil {
-			cf := &Fault{}
-			if a := ft.GetAbort(); a != nil {
-				if a.GetPercentage() < 0 || a.GetPercentage() > 100 || a.GetPercentage() != a.GetPercentage() {
-					return nil, bad(f+".fault.abort.percentage", "%v is not between 0 and 100", a.GetPercentage())
-				}
-				switch {
-				case a.GetGrpc() && a.GetGrpcStatus() > 16:
-					return nil, bad(f+".fault.abort.grpc_status", "%d is not a gRPC status code", a.GetGrpcStatus())
-				case !a.GetGrpc() && (a.GetStatus() < 200 || a.GetStatus() > 599):
-					return nil, bad(f+".fault.abort.status", "%d is not an HTTP status from 200 to 599", a.GetStatus())
-				}
-				cf.AbortPercent, cf.AbortStatus = a.GetPercentage(), int(a.GetStatus())
-				if a.GetGrpc() {
-					cf.AbortGRPC, cf.AbortGRPCStatus = true, int(a.GetGrpcStatus())
-				}
-			}
-			if d := ft.GetDelay(); d != nil {
-				if d.GetPercentage() < 0 || d.GetPercentage() > 100 || d.GetPercentage() != d.GetPercentage() {
-					return nil, bad(f+".fault.delay.percentage", "%v is not between 0 and 100", d.GetPercentage())
-				}
-				dd, err := duration(d.GetDelay() != nil, d.GetDelay().AsDuration(), d.GetDelay().CheckValid(), MaxFaultDelay)
-				if err != nil || dd == 0 {
-					if err == nil {
-						err = fmt.Errorf("missing")
-					}
-					return nil, bad(f+".fault.delay.delay", "%v", err)
-				}
-				cf.DelayPercent, cf.Delay = d.GetPercentage(), dd
-			}
-			out.Fault = cf
-		}
-		if err := compileL7(r, out, f); err != nil {
+		out, err := compileRoute(r, fmt.Sprintf("%s/%d", name, i), fmt.Sprintf("routes[%d]", i), rc.GetNamespace())
+		if err != nil {
 			return nil, fmt.Errorf("routeconfig %s: %w", name, err)
 		}
 		t.Routes = append(t.Routes, out)
@@ -456,6 +280,259 @@ func Compile(name string, rc *configv1.RouteConfig) (*Table, error) {
 		t.TCPRoutes = tt.Routes
 	}
 	return t, nil
+}
+
+// fieldError is an error in field f; Compile adds the RouteConfig's name.
+func fieldError(f, format string, args ...any) error {
+	return fmt.Errorf("%s: %s", f, fmt.Sprintf(format, args...))
+}
+
+// compileRoute compiles one rule: f is its field path, name its name when it has none, ns
+// the namespace its backends' short hostnames are in.
+func compileRoute(r *configv1.Route, name, f, ns string) (*Route, error) {
+	out := &Route{Name: r.GetName(), Ports: r.GetPorts()}
+	if out.Name == "" {
+		out.Name = name
+	}
+	for j, p := range r.GetPorts() {
+		if p == 0 || p > 65535 {
+			return nil, fieldError(fmt.Sprintf("%s.ports[%d]", f, j), "%d out of range", p)
+		}
+	}
+	for j, m := range r.GetMatches() {
+		cm, err := compileMatch(m, fmt.Sprintf("%s.matches[%d]", f, j))
+		if err != nil {
+			return nil, err
+		}
+		out.Matches = append(out.Matches, cm)
+	}
+	for j, b := range r.GetBackends() {
+		cb, err := compileBackend(b, fmt.Sprintf("%s.backends[%d]", f, j), ns)
+		if err != nil {
+			return nil, err
+		}
+		out.total += uint64(cb.Weight)
+		out.Backends = append(out.Backends, cb)
+	}
+	var err error
+	if out.RequestTimeout, out.BackendTimeout, err = compileTimeouts(r.GetTimeouts(), f+".timeouts"); err != nil {
+		return nil, err
+	}
+	if out.Retry, err = compileRetry(r.GetRetry(), f+".retry"); err != nil {
+		return nil, err
+	}
+	if out.Fault, err = compileFault(r.GetFault(), f+".fault"); err != nil {
+		return nil, err
+	}
+	if err := compileL7(r, out, f); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// compileMatch compiles one match (mf is its field path).
+func compileMatch(m *configv1.RouteMatch, mf string) (Match, error) {
+	var cm Match
+	if p := m.GetPath(); p != nil {
+		if err := compilePathMatch(p, mf+".path", &cm); err != nil {
+			return Match{}, err
+		}
+	}
+	for k, h := range m.GetHeaders() {
+		if !httpguts.ValidHeaderFieldName(h.GetName()) {
+			return Match{}, fieldError(fmt.Sprintf("%s.headers[%d].name", mf, k), "%q is not a header name", h.GetName())
+		}
+		if !httpguts.ValidHeaderFieldValue(h.GetValue()) {
+			return Match{}, fieldError(fmt.Sprintf("%s.headers[%d].value", mf, k), "not a valid header value")
+		}
+		cm.Headers = append(cm.Headers, Header{Name: http.CanonicalHeaderKey(h.GetName()), Value: h.GetValue(),
+			Prefix: h.GetPrefix(), Present: h.GetPresent(), Invert: h.GetInvert()})
+	}
+	for k, q := range m.GetQueryParams() {
+		if q.GetName() == "" {
+			return Match{}, fieldError(fmt.Sprintf("%s.query_params[%d].name", mf, k), "empty")
+		}
+		cm.Query = append(cm.Query, Query{Name: q.GetName(), Value: q.GetValue()})
+	}
+	if a := m.GetAuthority(); a != nil {
+		cm.Authority = &Header{Value: a.GetValue(), Prefix: a.GetPrefix(), Present: a.GetPresent(), Invert: a.GetInvert()}
+	}
+	cm.SourceNamespace, cm.SourceLabels, cm.PathIgnoreCase = m.GetSourceNamespace(), m.GetSourceLabels(), m.GetPathIgnoreCase()
+	if cm.PathIgnoreCase {
+		cm.PathExact, cm.PathPrefix, cm.PathStringPrefix = strings.ToLower(cm.PathExact), strings.ToLower(cm.PathPrefix), strings.ToLower(cm.PathStringPrefix)
+	}
+	if meth := m.GetMethod(); meth != "" {
+		if !validToken(meth) {
+			return Match{}, fieldError(mf+".method", "%q is not an HTTP method", meth)
+		}
+		cm.Method = meth
+	}
+	return cm, nil
+}
+
+// compilePathMatch sets cm's path match from p (field is its path).
+func compilePathMatch(p *configv1.PathMatch, field string, cm *Match) error {
+	cm.hasPath = true
+	v := p.GetExact()
+	switch p.GetKind().(type) {
+	case *configv1.PathMatch_Prefix:
+		v = p.GetPrefix()
+		cm.PathPrefix = strings.TrimSuffix(v, "/")
+	case *configv1.PathMatch_StringPrefix:
+		v = p.GetStringPrefix()
+		cm.PathStringPrefix = v
+	default:
+		cm.PathExact = v
+	}
+	if !strings.HasPrefix(v, "/") || strings.ContainsAny(v, "?# \t") {
+		return fieldError(field, "%q must start with / and hold no query, fragment or space", v)
+	}
+	return nil
+}
+
+// compileBackend compiles one backend (bf is its field path) with its weight, policy and
+// header edits.
+func compileBackend(b *configv1.Backend, bf, ns string) (Backend, error) {
+	if b.GetHostname() == "" {
+		return Backend{}, fieldError(bf+".hostname", "empty")
+	}
+	if b.GetPort() > 65535 {
+		return Backend{}, fieldError(bf+".port", "%d out of range", b.GetPort())
+	}
+	if b.GetWeight() > MaxWeight {
+		return Backend{}, fieldError(bf+".weight", "%d exceeds %d", b.GetWeight(), MaxWeight)
+	}
+	pol, err := compilePolicy(b.GetPolicy(), bf+".policy")
+	if err != nil {
+		return Backend{}, err
+	}
+	reqH, err := compileHeaderOps(b.GetRequestHeaders(), bf+".request_headers")
+	if err != nil {
+		return Backend{}, err
+	}
+	respH, err := compileHeaderOps(b.GetResponseHeaders(), bf+".response_headers")
+	if err != nil {
+		return Backend{}, err
+	}
+	return Backend{
+		Service: ServiceKey(b.GetHostname(), ns), Hostname: b.GetHostname(),
+		Port: b.GetPort(), Weight: b.GetWeight(), Subset: b.GetSubset(), SubsetName: b.GetSubsetName(),
+		Policy: pol, RequestHeaders: reqH, ResponseHeaders: respH,
+	}, nil
+}
+
+// compileTimeouts returns the request and backend timeouts (f is the timeouts' field path).
+func compileTimeouts(to *configv1.Timeouts, f string) (request, backend time.Duration, err error) {
+	if to == nil {
+		return 0, 0, nil
+	}
+	if request, err = duration(to.GetRequest() != nil, to.GetRequest().AsDuration(), to.GetRequest().CheckValid(), MaxTimeout); err != nil {
+		return 0, 0, fieldError(f+".request", "%v", err)
+	}
+	if backend, err = duration(to.GetBackendRequest() != nil, to.GetBackendRequest().AsDuration(), to.GetBackendRequest().CheckValid(), MaxTimeout); err != nil {
+		return 0, 0, fieldError(f+".backend_request", "%v", err)
+	}
+	if request > 0 && backend > request {
+		return 0, 0, fieldError(f+".backend_request", "%s is longer than timeouts.request %s", backend, request)
+	}
+	return request, backend, nil
+}
+
+// compileRetry compiles a retry policy (f is its field path); nil for none.
+func compileRetry(rt *configv1.Retry, f string) (*Retry, error) {
+	if rt == nil {
+		return nil, nil
+	}
+	cr := &Retry{Codes: map[int]bool{}, Attempts: int(rt.GetAttempts()), Backoff: DefaultBackoff, Reset: len(rt.GetOn()) == 0, ConnectFailure: len(rt.GetOn()) == 0}
+	for k, c := range rt.GetGrpcCodes() {
+		if c > 16 {
+			return nil, fieldError(fmt.Sprintf("%s.grpc_codes[%d]", f, k), "%d is not a gRPC status code", c)
+		}
+		if cr.GRPCCodes == nil {
+			cr.GRPCCodes = map[string]bool{}
+		}
+		cr.GRPCCodes[strconv.Itoa(int(c))] = true
+	}
+	for k, on := range rt.GetOn() {
+		switch on {
+		case "reset":
+			cr.Reset = true
+		case "connect-failure":
+			cr.ConnectFailure = true
+		default:
+			return nil, fieldError(fmt.Sprintf("%s.on[%d]", f, k), "%q is not reset or connect-failure", on)
+		}
+	}
+	if rt.GetAttempts() > MaxRetries {
+		return nil, fieldError(f+".attempts", "%d exceeds %d", rt.GetAttempts(), MaxRetries)
+	}
+	for k, c := range rt.GetCodes() {
+		if c < 400 || c > 599 {
+			return nil, fieldError(fmt.Sprintf("%s.codes[%d]", f, k), "%d is not a 4xx or 5xx status", c)
+		}
+		cr.Codes[int(c)] = true
+	}
+	if rt.GetBackoff() != nil {
+		d, err := duration(true, rt.GetBackoff().AsDuration(), rt.GetBackoff().CheckValid(), MaxBackoff)
+		if err != nil {
+			return nil, fieldError(f+".backoff", "%v", err)
+		}
+		cr.Backoff = d
+	}
+	return cr, nil
+}
+
+// compileFault compiles a fault-injection filter (f is its field path); nil for none.
+func compileFault(ft *configv1.Fault, f string) (*Fault, error) {
+	if ft == nil {
+		return nil, nil
+	}
+	cf := &Fault{}
+	if a := ft.GetAbort(); a != nil {
+		if err := compileAbort(a, f+".abort", cf); err != nil {
+			return nil, err
+		}
+	}
+	if d := ft.GetDelay(); d != nil {
+		if err := validPercentage(d.GetPercentage(), f+".delay.percentage"); err != nil {
+			return nil, err
+		}
+		dd, err := duration(d.GetDelay() != nil, d.GetDelay().AsDuration(), d.GetDelay().CheckValid(), MaxFaultDelay)
+		if err != nil || dd == 0 {
+			if err == nil {
+				err = fmt.Errorf("missing")
+			}
+			return nil, fieldError(f+".delay.delay", "%v", err)
+		}
+		cf.DelayPercent, cf.Delay = d.GetPercentage(), dd
+	}
+	return cf, nil
+}
+
+// compileAbort sets cf's abort from a (f is its field path).
+func compileAbort(a *configv1.Fault_Abort, f string, cf *Fault) error {
+	if err := validPercentage(a.GetPercentage(), f+".percentage"); err != nil {
+		return err
+	}
+	switch {
+	case a.GetGrpc() && a.GetGrpcStatus() > 16:
+		return fieldError(f+".grpc_status", "%d is not a gRPC status code", a.GetGrpcStatus())
+	case !a.GetGrpc() && (a.GetStatus() < 200 || a.GetStatus() > 599):
+		return fieldError(f+".status", "%d is not an HTTP status from 200 to 599", a.GetStatus())
+	}
+	cf.AbortPercent, cf.AbortStatus = a.GetPercentage(), int(a.GetStatus())
+	if a.GetGrpc() {
+		cf.AbortGRPC, cf.AbortGRPCStatus = true, int(a.GetGrpcStatus())
+	}
+	return nil
+}
+
+// validPercentage refuses a percentage outside [0, 100], or NaN.
+func validPercentage(p float64, field string) error {
+	if p < 0 || p > 100 || p != p {
+		return fieldError(field, "%v is not between 0 and 100", p)
+	}
+	return nil
 }
 
 // MatchTCP returns the first TCP route whose ports fit port and whose SNI hosts, if any, fit
@@ -764,8 +841,8 @@ func compileL7(r *configv1.Route, out *Route, f string) error {
 		if m.GetPort() > 65535 {
 			return fmt.Errorf("%s.port: %d out of range", mf, m.GetPort())
 		}
-		if p := m.GetPercentage(); p < 0 || p > 100 || p != p {
-			return fmt.Errorf("%s.percentage: %v is not between 0 and 100", mf, p)
+		if err := validPercentage(m.GetPercentage(), mf+".percentage"); err != nil {
+			return err
 		}
 		out.Mirrors = append(out.Mirrors, Mirror{Service: ServiceKey(m.GetHostname(), ""), Hostname: m.GetHostname(), Port: m.GetPort(),
 			Subset: m.GetSubset(), SubsetName: m.GetSubsetName(), Percent: m.GetPercentage()})
