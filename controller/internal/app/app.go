@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -72,6 +73,12 @@ type Config struct {
 	// there first. Default ambit-ca in the controller's namespace unless CADir is set; it
 	// cannot be combined with CADir, nor used in folder mode.
 	CASecret string
+	// CertTTL is the lifetime of the workload certificates the CA signs for proxies that ask
+	// for none (ambit's own proxies never ask); default identity.DefaultCertTTL (24 h). Proxies
+	// renew at half-life, so a controller outage shorter than half of it goes unnoticed and
+	// one shorter than all of it keeps the mesh running on the certificates it holds. At
+	// least MinCertTTL, at most identity.DefaultMaxCertTTL.
+	CertTTL time.Duration
 	// GRPCAddr is the config push and CA address; default :15012.
 	GRPCAddr string
 	// MetricsAddr serves /metrics, /healthz and /readyz; default :15014. "-" disables it.
@@ -112,6 +119,10 @@ type Config struct {
 	metricsLn net.Listener // tests: serve metrics here instead of MetricsAddr
 }
 
+// MinCertTTL is the shortest workload certificate lifetime Config.CertTTL accepts: enough for
+// a renewal at half-life and its retries, short enough to try an outage in a test.
+const MinCertTTL = 10 * time.Second
+
 // withDefaults validates c and returns a copy with defaults filled in.
 func (c Config) withDefaults() (Config, error) {
 	if c.TrustDomain == "" {
@@ -140,6 +151,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.CADir != "" && c.CASecret != "" {
 		return c, errors.New("ca dir and ca secret are mutually exclusive")
+	}
+	switch {
+	case c.CertTTL == 0:
+		c.CertTTL = identity.DefaultCertTTL
+	case c.CertTTL < MinCertTTL || c.CertTTL > identity.DefaultMaxCertTTL:
+		return c, fmt.Errorf("certificate ttl %s: want between %s and %s", c.CertTTL, MinCertTTL, identity.DefaultMaxCertTTL)
 	}
 	if c.GRPCAddr == "" {
 		c.GRPCAddr = ":15012"
@@ -191,7 +208,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("controller config: %w", err)
 	}
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
-	caOpts := identity.CAOptions{TrustDomain: td, Logger: log.With("component", "ca")}
+	caOpts := identity.CAOptions{TrustDomain: td, DefaultTTL: cfg.CertTTL, Logger: log.With("component", "ca")}
 
 	var clients source.KubeClients
 	var wpTemplate *waypointdeploy.Template
@@ -433,6 +450,11 @@ func handler(reg *prometheus.Registry, store *source.Store, push PushServer) htt
 	if d, ok := push.(interface{ DebugHandler() http.Handler }); ok {
 		mux.Handle("GET /debug/proxies", d.DebugHandler())
 	}
+	// What the controller refuses now (invalid objects and files), read by ambitctl analyze.
+	mux.HandleFunc("GET "+source.AnalysisPath, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(store.Problems())
+	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {

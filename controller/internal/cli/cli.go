@@ -72,7 +72,7 @@ func (o Options) withDefaults() Options {
 // AddCommands adds every ambitctl command to root.
 func AddCommands(root *cobra.Command, o Options) {
 	o = o.withDefaults()
-	root.AddCommand(namespaceCommand(o), proxyStatusCommand(o), ztunnelConfigCommand(o), waypointCommand(o), labCommand(o),
+	root.AddCommand(namespaceCommand(o), proxyStatusCommand(o), ztunnelConfigCommand(o), waypointCommand(o), analyzeCommand(o), labCommand(o),
 		installCommand(o), uninstallCommand(o), checkCommand(o), versionCommand(o))
 	for _, c := range root.Commands() {
 		nameInvoked(c, o.Invoked)

@@ -128,7 +128,7 @@ func (f *Folder) Scan() error {
 		}
 		objs, err := f.decode(path, data)
 		if err != nil {
-			f.log.Error("invalid config file, keeping its last good objects", "file", path, "error", err)
+			f.store.Refused(path, fmt.Errorf("invalid config file, its last good objects stay: %w", err))
 			if st != nil {
 				st.mod, st.size, st.hash = info.ModTime(), info.Size(), h
 			} else {
@@ -136,6 +136,7 @@ func (f *Folder) Scan() error {
 			}
 			return nil
 		}
+		f.store.Decoded(path)
 		f.files[path] = &fileState{mod: info.ModTime(), size: info.Size(), hash: h, objs: objs}
 		changed = true
 		return nil
@@ -146,6 +147,7 @@ func (f *Folder) Scan() error {
 	for path := range f.files {
 		if !seen[path] {
 			delete(f.files, path)
+			f.store.Decoded(path)
 			changed = true
 		}
 	}

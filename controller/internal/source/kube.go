@@ -207,14 +207,19 @@ func (k *Kube) handler(conv func(any) (runtime.Object, error)) cache.ResourceEve
 		if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
 			o = t.Obj
 		}
+		key := "?"
+		if ro, ok := o.(runtime.Object); ok {
+			key = objectName(ro)
+		}
 		obj, err := conv(o)
 		if err != nil && del {
 			obj, err = metaOnly(o) // a deleted object need not be valid to be forgotten
 		}
 		if err != nil {
-			k.log.Error("invalid object, keeping its last good version", "error", err)
+			k.store.Refused(key, err)
 			return
 		}
+		k.store.Decoded(key)
 		if del {
 			k.store.Delete(obj)
 		} else {

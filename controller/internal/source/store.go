@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,9 +36,24 @@ type Store struct {
 	syncReq atomic.Bool
 	synced  atomic.Bool
 
-	mu     sync.Mutex
-	subs   []chan struct{}
-	logged map[string]string // object → last error logged, so a resync does not repeat it
+	mu      sync.Mutex
+	subs    []chan struct{}
+	logged  map[string]string // object → last error logged, so a resync does not repeat it
+	refused map[string]string // what did not decode (object or file) → its error
+}
+
+// AnalysisPath is where the controller serves Problems, as JSON, on its metrics port.
+const AnalysisPath = "/debug/analysis"
+
+// Problem is one input the controller refuses while it keeps the last good version in force:
+// an object that fails validation (its field named), or a file or Kubernetes object that does
+// not even decode. `ambitctl analyze` lists them (GET /debug/analysis).
+type Problem struct {
+	// Object is "Kind namespace/name", or a config file's path.
+	Object string `json:"object"`
+	// Field is the JSON path of the bad field, when known.
+	Field string `json:"field,omitempty"`
+	Error string `json:"error"`
 }
 
 // NewStore returns a Store that maintains idx.
@@ -48,7 +64,7 @@ func NewStore(idx *model.Index, log *slog.Logger, opts StoreOptions) *Store {
 	if opts.MaxDelay < opts.Debounce {
 		opts.MaxDelay = max(100*time.Millisecond, opts.Debounce)
 	}
-	return &Store{log: log, idx: idx, opts: opts, kick: make(chan struct{}, 1), logged: map[string]string{}}
+	return &Store{log: log, idx: idx, opts: opts, kick: make(chan struct{}, 1), logged: map[string]string{}, refused: map[string]string{}}
 }
 
 // Index returns the model the store maintains.
@@ -98,6 +114,55 @@ func (s *Store) report(obj runtime.Object, err error) {
 	}
 	s.logged[k] = err.Error()
 	s.log.Error("invalid object, keeping its last good version", "object", k, "error", err)
+}
+
+// Refused records, and logs once, that key (an object, "Kind namespace/name", or a file)
+// could not be decoded; what was last read from it stays in force.
+func (s *Store) Refused(key string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refused[key] = err.Error()
+	if s.logged[key] == err.Error() {
+		return
+	}
+	s.logged[key] = err.Error()
+	s.log.Error("invalid object, keeping its last good version", "object", key, "error", err)
+}
+
+// Decoded forgets a decoding problem of key: it was read again, or it is gone.
+func (s *Store) Decoded(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.refused[key]; ok {
+		delete(s.refused, key)
+		delete(s.logged, key)
+	}
+}
+
+// Problems lists what the controller refuses now, sorted by object: decoding problems and the
+// model's validation errors.
+func (s *Store) Problems() []Problem {
+	out := []Problem{}
+	s.mu.Lock()
+	for k, msg := range s.refused {
+		out = append(out, Problem{Object: k, Error: msg})
+	}
+	s.mu.Unlock()
+	for _, err := range s.idx.Errors() {
+		var oe *model.ObjectError
+		if errors.As(err, &oe) {
+			out = append(out, Problem{Object: oe.Kind + " " + oe.Namespace + "/" + oe.Name, Field: oe.Field, Error: oe.Err.Error()})
+			continue
+		}
+		out = append(out, Problem{Error: err.Error()})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Object != out[j].Object {
+			return out[i].Object < out[j].Object
+		}
+		return out[i].Error < out[j].Error
+	})
+	return out
 }
 
 // logCommitError logs an error the model found while committing (a VirtualService's subset

@@ -1,0 +1,119 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"ambit.dev/controller/internal/source"
+)
+
+func analyzeCommand(o Options) *cobra.Command {
+	var (
+		addr   string
+		labF   labFlags
+		kf     kubeFlags
+		output *string
+	)
+	cmd := &cobra.Command{
+		Use:   "analyze",
+		Short: "List the objects and files the controller refuses, naming the field that is wrong",
+		Long: `List what the controller refuses now while it keeps the last good version in force:
+objects that fail validation (with the JSON path of the bad field: a weight that does not add
+up, a subset no DestinationRule defines, a port that is not a number), Kubernetes objects with a
+field their kind does not have, and config files (lab, local mode) that do not parse.
+
+The list comes from the controller's GET /debug/analysis on its metrics port (15014). Which
+controller, as for proxy-status: --controller-debug; the local lab's (--lab, or when a lab is
+up); a cluster's (--kubeconfig or --context, or when $KUBECONFIG or ~/.kube/config exists),
+reached through the API server's port-forward; else 127.0.0.1:15014.
+
+Exits 1 when something is refused, 0 when nothing is.`,
+		Example: `  # the local lab's controller
+  ambitctl analyze --lab
+
+  # a cluster's, as JSON
+  ambitctl analyze --context prod -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(*output); err != nil {
+				return err
+			}
+			explicit := cmd.Flags().Changed("controller-debug")
+			if n := count(labF.use, explicit, kf.given()); n > 1 {
+				return fmt.Errorf("--lab, --controller-debug and --kubeconfig/--context are mutually exclusive")
+			}
+			st, err := labF.state(!explicit && !kf.given())
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), forwardTimeout)
+			defer cancel()
+			where, hint := addr, "is the controller running, and is --controller-debug its metrics address (port 15014)?"
+			switch {
+			case kf.given() || (st == nil && !explicit && o.KubeconfigFound()):
+				c, err := kf.connect()
+				if err != nil {
+					return err
+				}
+				pods, err := readyPods(ctx, c, systemNamespace, controllerSelector, "")
+				if err != nil {
+					return err
+				}
+				if len(pods) == 0 {
+					return fmt.Errorf("no ready controller pod (%s) in %s of %s: see `%s check`", controllerSelector, systemNamespace, c.where, o.Invoked)
+				}
+				// Every replica reads the same objects: one answers for all.
+				fw, err := forward(ctx, c, systemNamespace, pods[0].Name, controllerDebugPort)
+				if err != nil {
+					return err
+				}
+				defer fw.close()
+				where, hint = fw.addr, "through the port-forward to pod "+fw.pod
+			case st != nil:
+				where, hint = st.DebugAddr, fmt.Sprintf("is the lab %q still up? see `%s lab status`", st.Name, o.Invoked)
+			}
+			body, err := get(ctx, o.HTTP, where, source.AnalysisPath, "the controller", hint)
+			if err != nil {
+				return err
+			}
+			var problems []source.Problem
+			if err := json.Unmarshal(body, &problems); err != nil {
+				return fmt.Errorf("controller: decode %s: %w", source.AnalysisPath, err)
+			}
+			if err := printProblems(cmd.OutOrStdout(), *output, problems); err != nil {
+				return err
+			}
+			if len(problems) > 0 {
+				return fmt.Errorf("the controller refuses %d object(s) or file(s); each keeps its last good version", len(problems))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&addr, "controller-debug", DefaultControllerDebug, "host:port of the controller's metrics and debug port")
+	kf.registerTarget(cmd.Flags())
+	labF.register(cmd, false, "controller")
+	output = outputFlag(cmd)
+	return cmd
+}
+
+func printProblems(w io.Writer, format string, problems []source.Problem) error {
+	if format != outShort {
+		if problems == nil {
+			problems = []source.Problem{}
+		}
+		return printData(w, format, problems)
+	}
+	if len(problems) == 0 {
+		_, err := fmt.Fprintln(w, "✔ No problems found: the controller accepts every object and file.")
+		return err
+	}
+	t := newTable(w, "OBJECT", "FIELD", "ERROR")
+	for _, p := range problems {
+		t.row(p.Object, p.Field, p.Error)
+	}
+	return t.flush()
+}

@@ -1,0 +1,124 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"ambit.dev/mesh/wait"
+
+	"ambit.dev/controller/internal/app"
+	"ambit.dev/controller/internal/source"
+)
+
+// TestAnalyzeRealController runs the controller in folder mode on the lab's config plus a file
+// that does not decode (a field a Service does not have) and a policy that fails validation
+// (a port that is not a number): `ambitctl analyze` lists both, naming the file, the object
+// and the field, and exits 1; once both are fixed it finds nothing and exits 0.
+func TestAnalyzeRealController(t *testing.T) {
+	cfgDir, tokDir, caDir := t.TempDir(), t.TempDir(), t.TempDir()
+	for _, f := range []string{"namespace.yaml", "workloads.yaml"} {
+		b, err := os.ReadFile(filepath.Join("../../../examples/lab-config", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(cfgDir, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write := func(name, body string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(cfgDir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const svc = "apiVersion: v1\nkind: Service\nmetadata: {name: extra, namespace: demo}\nspec: {%s: {app: x}, ports: [{port: 80}]}\n"
+	write("service.yaml", strings.Replace(svc, "%s", "selectr", 1))
+	const policy = "apiVersion: security.ambit.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: web-port, namespace: demo}\nspec:\n  rules:\n  - to:\n    - operation: {ports: [\"%s\"]}\n"
+	write("policy.yaml", strings.Replace(policy, "%s", "eighty", 1))
+
+	grpcAddr, debugAddr := freeAddr(t), freeAddr(t)
+	cfg := app.Config{ConfigDir: cfgDir, CADir: caDir, GRPCAddr: grpcAddr, MetricsAddr: debugAddr, Identity: "test", Debounce: 5 * time.Millisecond}
+	cfg.NewPushServer, cfg.NewCAService = app.GRPCServices(tokDir)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- app.Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("controller: %v", err)
+		}
+	})
+	wait.Until(t, 20*time.Second, "controller serving", func() error {
+		c, err := net.DialTimeout("tcp", debugAddr, time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+
+	analyze := func(args ...string) (string, error) {
+		return run(t, Options{}, append([]string{"analyze", "--controller-debug", debugAddr, "--lab-dir", noLab(t)}, args...)...)
+	}
+	var out string
+	wait.Until(t, 10*time.Second, "both problems listed", func() error {
+		var err error
+		out, err = analyze()
+		if err == nil || !strings.Contains(out, "service.yaml") || !strings.Contains(out, "AuthorizationPolicy demo/web-port") {
+			return &waitErr{out, err}
+		}
+		return nil
+	})
+	for _, want := range []string{`unknown field "spec.selectr"`, "spec.rules[0].to[0].operation.ports[0]", "OBJECT", "FIELD"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("analyze does not say %q:\n%s", want, out)
+		}
+	}
+	// -o json: the records, the field apart.
+	js, err := analyze("-o", "json")
+	if err == nil {
+		t.Fatal("analyze -o json with problems exited 0")
+	}
+	var problems []source.Problem
+	if err := json.Unmarshal([]byte(js), &problems); err != nil {
+		t.Fatalf("json: %v\n%s", err, js)
+	}
+	byObject := map[string]source.Problem{}
+	for _, p := range problems {
+		byObject[filepath.Base(p.Object)] = p
+	}
+	if len(problems) != 2 || byObject["web-port"].Field != "spec.rules[0].to[0].operation.ports[0]" ||
+		!strings.Contains(byObject["service.yaml"].Error, `unknown field "spec.selectr"`) {
+		t.Fatalf("problems %+v", problems)
+	}
+
+	// Fixed: nothing refused, exit 0.
+	write("service.yaml", strings.Replace(svc, "%s", "selector", 1))
+	write("policy.yaml", strings.Replace(policy, "%s", "80", 1))
+	wait.Until(t, 10*time.Second, "no problems after the fixes", func() error {
+		out, err := analyze()
+		if err != nil || !strings.Contains(out, "No problems found") {
+			return &waitErr{out, err}
+		}
+		return nil
+	})
+}
+
+type waitErr struct {
+	out string
+	err error
+}
+
+func (e *waitErr) Error() string {
+	if e.err != nil {
+		return e.err.Error() + "\n" + e.out
+	}
+	return "exit 0:\n" + e.out
+}
