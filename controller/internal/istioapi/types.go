@@ -12,11 +12,17 @@
 //
 // The versions of a kind share one schema (Istio serves them all from one CRD), so each kind
 // is one Go type registered under every version.
+//
+// Where ambit's own security.ambit.dev types (modelled on Istio's) have the same JSON shape,
+// the Istio types reuse them: aliased when the shapes are equal, embedded (inline in JSON)
+// when Istio's adds fields. TestIstioFieldNames pins Istio's field names, so that a field
+// added to ambit's types cannot slip into Istio's schema unnoticed.
 package istioapi
 
 import (
 	"encoding/json"
 
+	secv1 "ambit.dev/controller/apis/security/v1alpha1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -252,18 +258,20 @@ type Subset struct {
 }
 
 type TrafficPolicy struct {
-	LoadBalancer      *LoadBalancerSettings   `json:"loadBalancer,omitempty"`
-	ConnectionPool    *ConnectionPoolSettings `json:"connectionPool,omitempty"`
-	OutlierDetection  *OutlierDetection       `json:"outlierDetection,omitempty"`
-	TLS               json.RawMessage         `json:"tls,omitempty"`
-	PortLevelSettings []PortTrafficPolicy     `json:"portLevelSettings,omitempty"`
-	Tunnel            json.RawMessage         `json:"tunnel,omitempty"`
-	ProxyProtocol     json.RawMessage         `json:"proxyProtocol,omitempty"`
-	RetryBudget       *RetryBudget            `json:"retryBudget,omitempty"`
+	PortSettings
+	PortLevelSettings []PortTrafficPolicy `json:"portLevelSettings,omitempty"`
+	Tunnel            json.RawMessage     `json:"tunnel,omitempty"`
+	ProxyProtocol     json.RawMessage     `json:"proxyProtocol,omitempty"`
+	RetryBudget       *RetryBudget        `json:"retryBudget,omitempty"`
 }
 
 type PortTrafficPolicy struct {
-	Port             *PortSelector           `json:"port,omitempty"`
+	Port *PortSelector `json:"port,omitempty"`
+	PortSettings
+}
+
+// PortSettings are the parts of a trafficPolicy that a portLevelSettings entry may also set.
+type PortSettings struct {
 	LoadBalancer     *LoadBalancerSettings   `json:"loadBalancer,omitempty"`
 	ConnectionPool   *ConnectionPoolSettings `json:"connectionPool,omitempty"`
 	OutlierDetection *OutlierDetection       `json:"outlierDetection,omitempty"`
@@ -333,14 +341,12 @@ type RetryBudget struct {
 	BudgetInterval      string   `json:"budgetInterval,omitempty"`
 }
 
-type WorkloadSelector struct {
-	MatchLabels map[string]string `json:"matchLabels,omitempty"`
-}
+// WorkloadSelector is ambit's: matchLabels.
+type WorkloadSelector = secv1.WorkloadSelector
 
+// PolicyTargetReference is ambit's (group, kind, name) and a namespace.
 type PolicyTargetReference struct {
-	Group     string `json:"group,omitempty"`
-	Kind      string `json:"kind"`
-	Name      string `json:"name"`
+	secv1.PolicyTargetReference
 	Namespace string `json:"namespace,omitempty"`
 }
 
@@ -382,32 +388,24 @@ type RuleTo struct {
 	Operation *Operation `json:"operation,omitempty"`
 }
 
+// Source is ambit's (principals, namespaces, ipBlocks and their nots) and what Istio adds.
 type Source struct {
-	Principals           []string `json:"principals,omitempty"`
-	NotPrincipals        []string `json:"notPrincipals,omitempty"`
+	secv1.Source
 	RequestPrincipals    []string `json:"requestPrincipals,omitempty"`
 	NotRequestPrincipals []string `json:"notRequestPrincipals,omitempty"`
-	Namespaces           []string `json:"namespaces,omitempty"`
-	NotNamespaces        []string `json:"notNamespaces,omitempty"`
 	ServiceAccounts      []string `json:"serviceAccounts,omitempty"`
 	NotServiceAccounts   []string `json:"notServiceAccounts,omitempty"`
-	IPBlocks             []string `json:"ipBlocks,omitempty"`
-	NotIPBlocks          []string `json:"notIpBlocks,omitempty"`
 	RemoteIPBlocks       []string `json:"remoteIpBlocks,omitempty"`
 	NotRemoteIPBlocks    []string `json:"notRemoteIpBlocks,omitempty"`
 	TrustDomains         []string `json:"trustDomains,omitempty"`
 	NotTrustDomains      []string `json:"notTrustDomains,omitempty"`
 }
 
+// Operation is ambit's (ports, methods, paths and their nots) and hosts.
 type Operation struct {
-	Hosts      []string `json:"hosts,omitempty"`
-	NotHosts   []string `json:"notHosts,omitempty"`
-	Ports      []string `json:"ports,omitempty"`
-	NotPorts   []string `json:"notPorts,omitempty"`
-	Methods    []string `json:"methods,omitempty"`
-	NotMethods []string `json:"notMethods,omitempty"`
-	Paths      []string `json:"paths,omitempty"`
-	NotPaths   []string `json:"notPaths,omitempty"`
+	secv1.Operation
+	Hosts    []string `json:"hosts,omitempty"`
+	NotHosts []string `json:"notHosts,omitempty"`
 }
 
 type Condition struct {
@@ -437,6 +435,5 @@ type PeerAuthenticationSpec struct {
 	PortLevelMTLS map[string]MutualTLS `json:"portLevelMtls,omitempty"`
 }
 
-type MutualTLS struct {
-	Mode string `json:"mode,omitempty"`
-}
+// MutualTLS is ambit's: mode.
+type MutualTLS = secv1.MTLS

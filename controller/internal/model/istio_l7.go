@@ -245,8 +245,7 @@ func istioPortLevel(settings []istioapi.PortTrafficPolicy, base string) (map[uin
 		if pl.Port == nil || pl.Port.Number == 0 || pl.Port.Number > 65535 {
 			return nil, &fieldErr{f + ".port.number", fmt.Errorf("a port from 1 to 65535 is required")}
 		}
-		pp, err := istioTrafficPolicy(&istioapi.TrafficPolicy{LoadBalancer: pl.LoadBalancer, ConnectionPool: pl.ConnectionPool,
-			OutlierDetection: pl.OutlierDetection, TLS: pl.TLS}, f)
+		pp, err := istioTrafficPolicy(&istioapi.TrafficPolicy{PortSettings: pl.PortSettings}, f)
 		if err != nil {
 			return nil, err
 		}
