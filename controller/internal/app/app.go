@@ -26,6 +26,7 @@ import (
 
 	"ambit.dev/controller/internal/caserver"
 	"ambit.dev/controller/internal/model"
+	"ambit.dev/controller/internal/routestatus"
 	"ambit.dev/controller/internal/source"
 	"ambit.dev/controller/internal/waypointdeploy"
 	"ambit.dev/controller/internal/waypointexec"
@@ -300,8 +301,11 @@ func startSource(ctx context.Context, cancel context.CancelFunc, g *group, cfg C
 		if err != nil {
 			return nil, err
 		}
-		// The leader is the one writer of the waypoints' objects and the Gateways' status.
-		cfg.LeaderTasks = append(slices.Clip(cfg.LeaderTasks), wr.Run)
+		// The leader is the one writer of the waypoints' objects, the Gateways' status and
+		// the HTTPRoutes' status.
+		rs := &routestatus.Writer{Kube: clients.Kube, Gateway: clients.Gateway, Domain: deps.Index.Options().Domain,
+			Log: log.With("component", "route-status")}
+		cfg.LeaderTasks = append(slices.Clip(cfg.LeaderTasks), wr.Run, rs.Run)
 		if cfg.LeaderElect {
 			le, err := newElector(cfg, clients.Kube, log.With("component", "leader"), m, cfg.LeaderTasks)
 			if err != nil {

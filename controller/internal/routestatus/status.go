@@ -1,0 +1,161 @@
+// Package routestatus writes the status of HTTPRoutes in Kubernetes, as Gateway API asks of a
+// mesh implementation (GAMMA): for every parentRef to a Service, an entry of
+// status.parents under ambit's controller name with two conditions, Accepted (the route is
+// valid and its parent exists; else why not, naming the field) and ResolvedRefs (every
+// backendRef is a Service that exists; else which is not). A refused route changes nothing
+// else: the model keeps its last good version (docs/traffic.md). The leader writes; other
+// controllers' entries of the same route are kept.
+package routestatus
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"ambit.dev/controller/internal/model"
+)
+
+// ControllerName is how ambit signs its entries of status.parents.
+const ControllerName gatewayv1.GatewayController = "ambit.dev/mesh-controller"
+
+// Condition types and reasons (Gateway API's).
+const (
+	Accepted     = string(gatewayv1.RouteConditionAccepted)
+	ResolvedRefs = string(gatewayv1.RouteConditionResolvedRefs)
+)
+
+// Lookup answers whether a Service exists.
+type Lookup func(namespace, name string) bool
+
+// Parents is r's status.parents as ambit writes it: the entries of other controllers as they
+// are, then one entry of ambit's per parentRef to a Service. A condition that says what it
+// said before keeps its lastTransitionTime.
+func Parents(r *gatewayv1.HTTPRoute, services Lookup, domain string, now metav1.Time) []gatewayv1.RouteParentStatus {
+	var out []gatewayv1.RouteParentStatus
+	old := map[string]gatewayv1.RouteParentStatus{}
+	for _, p := range r.Status.Parents {
+		if p.ControllerName != ControllerName {
+			out = append(out, p)
+			continue
+		}
+		old[parentKey(p.ParentRef, r.Namespace)] = p
+	}
+	_, convErr := model.ConvertHTTPRoute(r, domain)
+	resolved := resolvedRefs(r, services)
+	for _, ref := range r.Spec.ParentRefs {
+		if !isService(ref.Group, ref.Kind) {
+			continue // a Gateway's, another implementation's business
+		}
+		accepted := metav1.Condition{Type: Accepted, Status: metav1.ConditionTrue, Reason: string(gatewayv1.RouteReasonAccepted),
+			Message: "the mesh routes this Service's traffic by the route"}
+		switch ns := ns(ref.Namespace, r.Namespace); {
+		case convErr != nil:
+			accepted.Status, accepted.Reason, accepted.Message = metav1.ConditionFalse, string(gatewayv1.RouteReasonUnsupportedValue), convErr.Error()
+		case !services(ns, string(ref.Name)):
+			accepted.Status, accepted.Reason, accepted.Message = metav1.ConditionFalse, string(gatewayv1.RouteReasonNoMatchingParent),
+				fmt.Sprintf("parent Service %s/%s does not exist", ns, ref.Name)
+		}
+		prev := old[parentKey(ref, r.Namespace)]
+		conds := []metav1.Condition{accepted, resolved}
+		for i := range conds {
+			conds[i].ObservedGeneration = r.Generation
+			conds[i].LastTransitionTime = now
+			if c := findCondition(prev.Conditions, conds[i].Type); c != nil && c.Status == conds[i].Status && c.Reason == conds[i].Reason && c.Message == conds[i].Message {
+				conds[i].LastTransitionTime = c.LastTransitionTime
+			}
+		}
+		out = append(out, gatewayv1.RouteParentStatus{ParentRef: ref, ControllerName: ControllerName, Conditions: conds})
+	}
+	return out
+}
+
+// resolvedRefs is the ResolvedRefs condition: every backendRef of every rule is a Service of
+// the route's namespace that exists.
+func resolvedRefs(r *gatewayv1.HTTPRoute, services Lookup) metav1.Condition {
+	c := metav1.Condition{Type: ResolvedRefs, Status: metav1.ConditionTrue, Reason: string(gatewayv1.RouteReasonResolvedRefs),
+		Message: "every backendRef is a Service that exists"}
+	var missing []string
+	for i, rule := range r.Spec.Rules {
+		for j, b := range rule.BackendRefs {
+			field := fmt.Sprintf("spec.rules[%d].backendRefs[%d]", i, j)
+			switch ns := ns(b.Namespace, r.Namespace); {
+			case !isBackendService(b.Group, b.Kind):
+				return metav1.Condition{Type: ResolvedRefs, Status: metav1.ConditionFalse, Reason: string(gatewayv1.RouteReasonInvalidKind),
+					Message: fmt.Sprintf("%s: kind %s is not a Service", field, kindOf(b.Group, b.Kind))}
+			case ns != r.Namespace:
+				return metav1.Condition{Type: ResolvedRefs, Status: metav1.ConditionFalse, Reason: string(gatewayv1.RouteReasonRefNotPermitted),
+					Message: fmt.Sprintf("%s: Service %s/%s is in another namespace (ReferenceGrant is not supported)", field, ns, b.Name)}
+			case !services(ns, string(b.Name)):
+				missing = append(missing, fmt.Sprintf("%s: Service %s/%s", field, ns, b.Name))
+			}
+		}
+	}
+	if len(missing) > 0 {
+		c.Status, c.Reason, c.Message = metav1.ConditionFalse, string(gatewayv1.RouteReasonBackendNotFound),
+			"not found: "+strings.Join(missing, "; ")
+	}
+	return c
+}
+
+// Equal reports whether two status.parents say the same, times aside.
+func Equal(a, b []gatewayv1.RouteParentStatus) bool {
+	return slices.EqualFunc(a, b, func(x, y gatewayv1.RouteParentStatus) bool {
+		return x.ControllerName == y.ControllerName && parentKey(x.ParentRef, "") == parentKey(y.ParentRef, "") &&
+			slices.EqualFunc(x.Conditions, y.Conditions, func(c, d metav1.Condition) bool {
+				return c.Type == d.Type && c.Status == d.Status && c.Reason == d.Reason && c.Message == d.Message &&
+					c.ObservedGeneration == d.ObservedGeneration
+			})
+	})
+}
+
+func findCondition(cs []metav1.Condition, typ string) *metav1.Condition {
+	for i := range cs {
+		if cs[i].Type == typ {
+			return &cs[i]
+		}
+	}
+	return nil
+}
+
+func parentKey(p gatewayv1.ParentReference, routeNS string) string {
+	port := ""
+	if p.Port != nil {
+		port = fmt.Sprint(*p.Port)
+	}
+	section := ""
+	if p.SectionName != nil {
+		section = string(*p.SectionName)
+	}
+	return kindOf(p.Group, p.Kind) + "/" + ns(p.Namespace, routeNS) + "/" + string(p.Name) + ":" + port + "#" + section
+}
+
+// isService: a parentRef to a Service (a parentRef's kind defaults to Gateway).
+func isService(g *gatewayv1.Group, k *gatewayv1.Kind) bool {
+	return (g == nil || *g == "" || *g == "core") && k != nil && *k == "Service"
+}
+
+// isBackendService: a backendRef to a Service (a backendRef's kind defaults to Service).
+func isBackendService(g *gatewayv1.Group, k *gatewayv1.Kind) bool {
+	return (g == nil || *g == "" || *g == "core") && (k == nil || *k == "Service")
+}
+
+func kindOf(g *gatewayv1.Group, k *gatewayv1.Kind) string {
+	kind := "Gateway" // the default of a parentRef; a backendRef's default is Service
+	if k != nil {
+		kind = string(*k)
+	}
+	if g != nil && *g != "" {
+		return kind + "." + string(*g)
+	}
+	return kind
+}
+
+func ns(n *gatewayv1.Namespace, def string) string {
+	if n != nil && *n != "" {
+		return string(*n)
+	}
+	return def
+}
