@@ -63,6 +63,8 @@ func TestControllerRBAC(t *testing.T) {
 	// A Gateway's status, not its spec.
 	allow("patch", "gateway.networking.k8s.io", "gateways/status", "apps")
 	deny("update", "gateway.networking.k8s.io", "gateways/status", "apps")
+	// An HTTPRoute's status, written whole (status.parents is an atomic list), not its spec.
+	allow("update", "gateway.networking.k8s.io", "httproutes/status", "apps")
 	deny("patch", "gateway.networking.k8s.io", "httproutes/status", "apps")
 	// No other workload kind, nor the waypoints' pods directly.
 	deny("create", "", "pods", "apps")
