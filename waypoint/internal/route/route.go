@@ -752,7 +752,8 @@ func compileHeaderOps(o *configv1.HeaderOps, field string) (*HeaderOps, error) {
 	return out, nil
 }
 
-// compileL7 compiles a route's header edits, rewrite, redirect and mirrors.
+// compileL7 compiles a route's header edits, rewrite, redirect, direct response, SNI hosts,
+// CORS policy and mirrors.
 func compileL7(r *configv1.Route, out *Route, f string) error {
 	var err error
 	if out.RequestHeaders, err = compileHeaderOps(r.GetRequestHeaders(), f+".request_headers"); err != nil {
@@ -761,46 +762,14 @@ func compileL7(r *configv1.Route, out *Route, f string) error {
 	if out.ResponseHeaders, err = compileHeaderOps(r.GetResponseHeaders(), f+".response_headers"); err != nil {
 		return err
 	}
-	if rw := r.GetRewrite(); rw != nil {
-		if rw.GetPath() != "" && (!strings.HasPrefix(rw.GetPath(), "/") || strings.ContainsAny(rw.GetPath(), "?# \t")) {
-			return fmt.Errorf("%s.rewrite.path: %q must start with / and hold no query, fragment or space", f, rw.GetPath())
-		}
-		if rw.GetAuthority() != "" && !httpguts.ValidHostHeader(rw.GetAuthority()) {
-			return fmt.Errorf("%s.rewrite.authority: %q is not a host", f, rw.GetAuthority())
-		}
-		out.Rewrite = &Rewrite{Path: rw.GetPath(), Authority: rw.GetAuthority()}
+	if out.Rewrite, err = compileRewrite(r.GetRewrite(), f+".rewrite"); err != nil {
+		return err
 	}
-	if rd := r.GetRedirect(); rd != nil {
-		c := int(rd.GetCode())
-		switch c {
-		case 0:
-			c = http.StatusMovedPermanently
-		case 301, 302, 303, 307, 308:
-		default:
-			return fmt.Errorf("%s.redirect.code: %d is not 301, 302, 303, 307 or 308", f, c)
-		}
-		if rd.GetScheme() != "" && rd.GetScheme() != "http" && rd.GetScheme() != "https" {
-			return fmt.Errorf("%s.redirect.scheme: %q is not http or https", f, rd.GetScheme())
-		}
-		if rd.GetPort() > 65535 {
-			return fmt.Errorf("%s.redirect.port: %d out of range", f, rd.GetPort())
-		}
-		if rd.GetPath() != "" && (!strings.HasPrefix(rd.GetPath(), "/") || strings.ContainsAny(rd.GetPath(), " \t")) {
-			return fmt.Errorf("%s.redirect.path: %q must start with / and hold no space", f, rd.GetPath())
-		}
-		if rd.GetAuthority() != "" && !httpguts.ValidHostHeader(rd.GetAuthority()) {
-			return fmt.Errorf("%s.redirect.authority: %q is not a host", f, rd.GetAuthority())
-		}
-		out.Redirect = &Redirect{Path: rd.GetPath(), Authority: rd.GetAuthority(), Scheme: rd.GetScheme(), Port: rd.GetPort(), Code: c}
+	if out.Redirect, err = compileRedirect(r.GetRedirect(), f+".redirect"); err != nil {
+		return err
 	}
-	if dr := r.GetDirectResponse(); dr != nil {
-		if dr.GetStatus() < 200 || dr.GetStatus() > 599 {
-			return fmt.Errorf("%s.direct_response.status: %d is not in [200, 599]", f, dr.GetStatus())
-		}
-		if len(dr.GetBody()) > MaxDirectBody {
-			return fmt.Errorf("%s.direct_response.body: %d bytes exceeds %d", f, len(dr.GetBody()), MaxDirectBody)
-		}
-		out.DirectResponse = &DirectResponse{Status: int(dr.GetStatus()), Body: dr.GetBody()}
+	if out.DirectResponse, err = compileDirectResponse(r.GetDirectResponse(), f+".direct_response"); err != nil {
+		return err
 	}
 	for i, h := range r.GetSniHosts() {
 		if h == "" || strings.ContainsAny(h, " /:") || (strings.Contains(h, "*") && !strings.HasPrefix(h, "*.")) || strings.Count(h, "*") > 1 {
@@ -808,46 +777,118 @@ func compileL7(r *configv1.Route, out *Route, f string) error {
 		}
 		out.SNIHosts = append(out.SNIHosts, strings.ToLower(h))
 	}
-	if c := r.GetCors(); c != nil {
-		oc := &Cors{OriginsExact: c.GetAllowOriginsExact(), OriginsPrefix: c.GetAllowOriginsPrefix(),
-			AllowMethods: c.GetAllowMethods(), AllowHeaders: c.GetAllowHeaders(), ExposeHeaders: c.GetExposeHeaders(),
-			AllowCredentials: c.GetAllowCredentials(), IgnoreUnmatchedPreflights: c.GetIgnoreUnmatchedPreflights()}
-		for i, m := range oc.AllowMethods {
-			if !validToken(m) {
-				return fmt.Errorf("%s.cors.allow_methods[%d]: %q is not an HTTP method", f, i, m)
-			}
-		}
-		for _, l := range [][]string{oc.AllowHeaders, oc.ExposeHeaders} {
-			for _, h := range l {
-				if h != "*" && !httpguts.ValidHeaderFieldName(h) {
-					return fmt.Errorf("%s.cors: %q is not a header name", f, h)
-				}
-			}
-		}
-		if ma := c.GetMaxAge(); ma != nil {
-			d, err := duration(true, ma.AsDuration(), ma.CheckValid(), MaxTimeout)
-			if err != nil {
-				return fmt.Errorf("%s.cors.max_age: %v", f, err)
-			}
-			oc.MaxAge = d
-		}
-		out.Cors = oc
+	if out.Cors, err = compileCors(r.GetCors(), f+".cors"); err != nil {
+		return err
 	}
 	for i, m := range r.GetMirrors() {
-		mf := fmt.Sprintf("%s.mirrors[%d]", f, i)
-		if m.GetHostname() == "" {
-			return fmt.Errorf("%s.hostname: empty", mf)
-		}
-		if m.GetPort() > 65535 {
-			return fmt.Errorf("%s.port: %d out of range", mf, m.GetPort())
-		}
-		if err := validPercentage(m.GetPercentage(), mf+".percentage"); err != nil {
+		cm, err := compileMirror(m, fmt.Sprintf("%s.mirrors[%d]", f, i))
+		if err != nil {
 			return err
 		}
-		out.Mirrors = append(out.Mirrors, Mirror{Service: ServiceKey(m.GetHostname(), ""), Hostname: m.GetHostname(), Port: m.GetPort(),
-			Subset: m.GetSubset(), SubsetName: m.GetSubsetName(), Percent: m.GetPercentage()})
+		out.Mirrors = append(out.Mirrors, cm)
 	}
 	return nil
+}
+
+// compileRewrite compiles a rewrite (f is its field path); nil for none.
+func compileRewrite(rw *configv1.Rewrite, f string) (*Rewrite, error) {
+	if rw == nil {
+		return nil, nil
+	}
+	if rw.GetPath() != "" && (!strings.HasPrefix(rw.GetPath(), "/") || strings.ContainsAny(rw.GetPath(), "?# \t")) {
+		return nil, fmt.Errorf("%s.path: %q must start with / and hold no query, fragment or space", f, rw.GetPath())
+	}
+	if rw.GetAuthority() != "" && !httpguts.ValidHostHeader(rw.GetAuthority()) {
+		return nil, fmt.Errorf("%s.authority: %q is not a host", f, rw.GetAuthority())
+	}
+	return &Rewrite{Path: rw.GetPath(), Authority: rw.GetAuthority()}, nil
+}
+
+// compileRedirect compiles a redirect (f is its field path); nil for none.
+func compileRedirect(rd *configv1.Redirect, f string) (*Redirect, error) {
+	if rd == nil {
+		return nil, nil
+	}
+	c := int(rd.GetCode())
+	switch c {
+	case 0:
+		c = http.StatusMovedPermanently
+	case 301, 302, 303, 307, 308:
+	default:
+		return nil, fmt.Errorf("%s.code: %d is not 301, 302, 303, 307 or 308", f, c)
+	}
+	if rd.GetScheme() != "" && rd.GetScheme() != "http" && rd.GetScheme() != "https" {
+		return nil, fmt.Errorf("%s.scheme: %q is not http or https", f, rd.GetScheme())
+	}
+	if rd.GetPort() > 65535 {
+		return nil, fmt.Errorf("%s.port: %d out of range", f, rd.GetPort())
+	}
+	if rd.GetPath() != "" && (!strings.HasPrefix(rd.GetPath(), "/") || strings.ContainsAny(rd.GetPath(), " \t")) {
+		return nil, fmt.Errorf("%s.path: %q must start with / and hold no space", f, rd.GetPath())
+	}
+	if rd.GetAuthority() != "" && !httpguts.ValidHostHeader(rd.GetAuthority()) {
+		return nil, fmt.Errorf("%s.authority: %q is not a host", f, rd.GetAuthority())
+	}
+	return &Redirect{Path: rd.GetPath(), Authority: rd.GetAuthority(), Scheme: rd.GetScheme(), Port: rd.GetPort(), Code: c}, nil
+}
+
+// compileDirectResponse compiles a direct response (f is its field path); nil for none.
+func compileDirectResponse(dr *configv1.DirectResponse, f string) (*DirectResponse, error) {
+	if dr == nil {
+		return nil, nil
+	}
+	if dr.GetStatus() < 200 || dr.GetStatus() > 599 {
+		return nil, fmt.Errorf("%s.status: %d is not in [200, 599]", f, dr.GetStatus())
+	}
+	if len(dr.GetBody()) > MaxDirectBody {
+		return nil, fmt.Errorf("%s.body: %d bytes exceeds %d", f, len(dr.GetBody()), MaxDirectBody)
+	}
+	return &DirectResponse{Status: int(dr.GetStatus()), Body: dr.GetBody()}, nil
+}
+
+// compileCors compiles a CORS policy (f is its field path); nil for none.
+func compileCors(c *configv1.CorsPolicy, f string) (*Cors, error) {
+	if c == nil {
+		return nil, nil
+	}
+	oc := &Cors{OriginsExact: c.GetAllowOriginsExact(), OriginsPrefix: c.GetAllowOriginsPrefix(),
+		AllowMethods: c.GetAllowMethods(), AllowHeaders: c.GetAllowHeaders(), ExposeHeaders: c.GetExposeHeaders(),
+		AllowCredentials: c.GetAllowCredentials(), IgnoreUnmatchedPreflights: c.GetIgnoreUnmatchedPreflights()}
+	for i, m := range oc.AllowMethods {
+		if !validToken(m) {
+			return nil, fmt.Errorf("%s.allow_methods[%d]: %q is not an HTTP method", f, i, m)
+		}
+	}
+	for _, l := range [][]string{oc.AllowHeaders, oc.ExposeHeaders} {
+		for _, h := range l {
+			if h != "*" && !httpguts.ValidHeaderFieldName(h) {
+				return nil, fmt.Errorf("%s: %q is not a header name", f, h)
+			}
+		}
+	}
+	if ma := c.GetMaxAge(); ma != nil {
+		d, err := duration(true, ma.AsDuration(), ma.CheckValid(), MaxTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("%s.max_age: %v", f, err)
+		}
+		oc.MaxAge = d
+	}
+	return oc, nil
+}
+
+// compileMirror compiles one mirror (mf is its field path).
+func compileMirror(m *configv1.Mirror, mf string) (Mirror, error) {
+	if m.GetHostname() == "" {
+		return Mirror{}, fmt.Errorf("%s.hostname: empty", mf)
+	}
+	if m.GetPort() > 65535 {
+		return Mirror{}, fmt.Errorf("%s.port: %d out of range", mf, m.GetPort())
+	}
+	if err := validPercentage(m.GetPercentage(), mf+".percentage"); err != nil {
+		return Mirror{}, err
+	}
+	return Mirror{Service: ServiceKey(m.GetHostname(), ""), Hostname: m.GetHostname(), Port: m.GetPort(),
+		Subset: m.GetSubset(), SubsetName: m.GetSubsetName(), Percent: m.GetPercentage()}, nil
 }
 
 func compilePolicy(p *configv1.TrafficPolicy, f string) (*Policy, error) {
