@@ -41,6 +41,7 @@ func TestCluster(t *testing.T) {
 			"gatewayclasses.gateway.networking.k8s.io",
 			"gateways.gateway.networking.k8s.io",
 			"httproutes.gateway.networking.k8s.io",
+			"grpcroutes.gateway.networking.k8s.io",
 		} {
 			crd, err := c.Dynamic.Resource(crdGVR).Get(ctx, name, metav1.GetOptions{})
 			if err != nil {

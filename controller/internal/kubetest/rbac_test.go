@@ -43,6 +43,7 @@ func TestControllerRBAC(t *testing.T) {
 		{"", "namespaces", false}, {"", "pods", false}, {"", "services", true}, {"", "serviceaccounts", true},
 		{"apps", "deployments", true},
 		{"gateway.networking.k8s.io", "gateways", false}, {"gateway.networking.k8s.io", "httproutes", false},
+		{"gateway.networking.k8s.io", "grpcroutes", false},
 		{"security.ambit.dev", "authorizationpolicies", false}, {"security.ambit.dev", "peerauthentications", false},
 		{"networking.istio.io", "virtualservices", false}, {"networking.istio.io", "destinationrules", false},
 		{"security.istio.io", "authorizationpolicies", false}, {"security.istio.io", "peerauthentications", false},

@@ -236,16 +236,14 @@ func (x *Index) Upsert(obj runtime.Object) error {
 			return x.setErr("HTTPRoute", o.Namespace, o.Name, err)
 		}
 		x.setErr("HTTPRoute", o.Namespace, o.Name, nil)
-		k := key{o.Namespace, o.Name}
-		x.unlinkRoute(k)
-		x.routes[k] = routeObj{attached: att}
-		for _, a := range att {
-			if x.byParent[a.Parent] == nil {
-				x.byParent[a.Parent] = map[key]struct{}{}
-			}
-			x.byParent[a.Parent][k] = struct{}{}
-			x.dirtyRoutes[a.Parent] = struct{}{}
+		x.linkRoute(key{o.Namespace, o.Name}, att)
+	case *gatewayv1.GRPCRoute:
+		att, err := ConvertGRPCRoute(o, x.opts.Domain)
+		if err != nil {
+			return x.setErr("GRPCRoute", o.Namespace, o.Name, err)
 		}
+		x.setErr("GRPCRoute", o.Namespace, o.Name, nil)
+		x.linkRoute(grpcRouteKey(o.Namespace, o.Name), att)
 	case *secv1.AuthorizationPolicy:
 		a, err := ConvertAuthorizationPolicy(o, x.opts.RootNamespace)
 		if err != nil {
@@ -304,6 +302,22 @@ func put2[V any](m map[string]map[string]V, a, b string, v V) {
 	m[a][b] = v
 }
 
+// grpcRouteKey is a GRPCRoute's key among the routes, apart from an HTTPRoute of the same name.
+func grpcRouteKey(ns, name string) key { return key{ns, "GRPCRoute/" + name} }
+
+// linkRoute records what route k attaches to its parents, in place of what it attached before.
+func (x *Index) linkRoute(k key, att []AttachedRoutes) {
+	x.unlinkRoute(k)
+	x.routes[k] = routeObj{attached: att}
+	for _, a := range att {
+		if x.byParent[a.Parent] == nil {
+			x.byParent[a.Parent] = map[key]struct{}{}
+		}
+		x.byParent[a.Parent][k] = struct{}{}
+		x.dirtyRoutes[a.Parent] = struct{}{}
+	}
+}
+
 func (x *Index) unlinkRoute(k key) {
 	for _, a := range x.routes[k].attached {
 		delete(x.byParent[a.Parent], k)
@@ -333,6 +347,8 @@ func (x *Index) Delete(obj runtime.Object) error {
 		kind = "Gateway"
 	case *gatewayv1.HTTPRoute:
 		kind = "HTTPRoute"
+	case *gatewayv1.GRPCRoute:
+		kind = "GRPCRoute"
 	case *secv1.AuthorizationPolicy:
 		kind = "AuthorizationPolicy"
 	case *secv1.PeerAuthentication:
@@ -386,6 +402,8 @@ func (x *Index) deleteLocked(kind, ns, name string) error {
 		}
 	case "HTTPRoute":
 		x.unlinkRoute(k)
+	case "GRPCRoute":
+		x.unlinkRoute(grpcRouteKey(ns, name))
 	case "AuthorizationPolicy":
 		if old := x.authz[k]; old != nil {
 			if len(old.Selector) > 0 {

@@ -68,31 +68,10 @@ func ConvertHTTPRoute(r *gatewayv1.HTTPRoute, domain string) ([]AttachedRoutes, 
 		var backends []*configv1.Backend
 		for j, b := range rule.BackendRefs {
 			f := fmt.Sprintf("%s.backendRefs[%d]", base, j)
-			if b.Group != nil && *b.Group != "" && *b.Group != "core" {
-				return nil, bad(f+".group", "%q: only Services are supported", *b.Group)
-			}
-			if b.Kind != nil && *b.Kind != "Service" {
-				return nil, bad(f+".kind", "%q: only Services are supported", *b.Kind)
-			}
-			if len(b.Filters) > 0 {
-				return nil, bad(f+".filters", "filters are not supported")
-			}
-			ns := r.Namespace
-			if b.Namespace != nil && *b.Namespace != "" {
-				ns = string(*b.Namespace)
-			}
-			be := &configv1.Backend{Hostname: Hostname(string(b.Name), ns, domain), Weight: 1}
-			if b.Port != nil {
-				if *b.Port < 1 || *b.Port > 65535 {
-					return nil, bad(f+".port", "%d out of range", *b.Port)
-				}
-				be.Port = uint32(*b.Port)
-			}
-			if b.Weight != nil {
-				if *b.Weight < 0 || *b.Weight > MaxWeight {
-					return nil, bad(f+".weight", "%d is not in [0, %d]", *b.Weight, MaxWeight)
-				}
-				be.Weight = uint32(*b.Weight)
+			be, err := convertBackend(b.BackendRef, len(b.Filters) > 0, r.Namespace, domain)
+			if err != nil {
+				e := err.(*fieldErr)
+				return nil, bad(f+e.field, "%w", e.err)
 			}
 			backends = append(backends, be)
 		}
@@ -162,19 +141,63 @@ func ConvertHTTPRoute(r *gatewayv1.HTTPRoute, domain string) ([]AttachedRoutes, 
 			})
 		}
 	}
+	out, err := attach(r.Spec.ParentRefs, entries, r.Namespace, domain)
+	if err != nil {
+		e := err.(*fieldErr)
+		return nil, bad(e.field, "%w", e.err)
+	}
+	return out, nil
+}
+
+// convertBackend is one backendRef of a route rule (HTTPRoute's or GRPCRoute's): a Service,
+// by default of the route's namespace, with its port and weight. Errors are *fieldErr relative
+// to the backendRef.
+func convertBackend(b gatewayv1.BackendRef, filters bool, routeNS, domain string) (*configv1.Backend, error) {
+	if b.Group != nil && *b.Group != "" && *b.Group != "core" {
+		return nil, &fieldErr{".group", fmt.Errorf("%q: only Services are supported", *b.Group)}
+	}
+	if b.Kind != nil && *b.Kind != "Service" {
+		return nil, &fieldErr{".kind", fmt.Errorf("%q: only Services are supported", *b.Kind)}
+	}
+	if filters {
+		return nil, &fieldErr{".filters", fmt.Errorf("filters are not supported")}
+	}
+	ns := routeNS
+	if b.Namespace != nil && *b.Namespace != "" {
+		ns = string(*b.Namespace)
+	}
+	be := &configv1.Backend{Hostname: Hostname(string(b.Name), ns, domain), Weight: 1}
+	if b.Port != nil {
+		if *b.Port < 1 || *b.Port > 65535 {
+			return nil, &fieldErr{".port", fmt.Errorf("%d out of range", *b.Port)}
+		}
+		be.Port = uint32(*b.Port)
+	}
+	if b.Weight != nil {
+		if *b.Weight < 0 || *b.Weight > MaxWeight {
+			return nil, &fieldErr{".weight", fmt.Errorf("%d is not in [0, %d]", *b.Weight, MaxWeight)}
+		}
+		be.Weight = uint32(*b.Weight)
+	}
+	return be, nil
+}
+
+// attach gives the entries of a route to each of its GAMMA parents (parentRefs of kind
+// Service in the core group), restricted to the parentRef's port; other parents are ignored.
+func attach(parents []gatewayv1.ParentReference, entries []RouteEntry, routeNS, domain string) ([]AttachedRoutes, error) {
 	var out []AttachedRoutes
-	for i, p := range r.Spec.ParentRefs {
+	for i, p := range parents {
 		if p.Kind == nil || *p.Kind != "Service" || (p.Group != nil && *p.Group != "" && *p.Group != "core") {
 			continue
 		}
-		ns := r.Namespace
+		ns := routeNS
 		if p.Namespace != nil && *p.Namespace != "" {
 			ns = string(*p.Namespace)
 		}
 		var ports []uint32
 		if p.Port != nil {
 			if *p.Port < 1 || *p.Port > 65535 {
-				return nil, bad(fmt.Sprintf("spec.parentRefs[%d].port", i), "%d out of range", *p.Port)
+				return nil, &fieldErr{fmt.Sprintf("spec.parentRefs[%d].port", i), fmt.Errorf("%d out of range", *p.Port)}
 			}
 			ports = []uint32{uint32(*p.Port)}
 		}

@@ -225,7 +225,7 @@ func (f *Folder) decode(path string, data []byte) (map[string]runtime.Object, er
 		case *corev1.Namespace:
 		case *corev1.Pod:
 			defaultLabPod(o)
-		case *corev1.Service, *corev1.ServiceAccount, *gatewayv1.Gateway, *gatewayv1.HTTPRoute,
+		case *corev1.Service, *corev1.ServiceAccount, *gatewayv1.Gateway, *gatewayv1.HTTPRoute, *gatewayv1.GRPCRoute,
 			*secv1.AuthorizationPolicy, *secv1.PeerAuthentication,
 			*istioapi.VirtualService, *istioapi.DestinationRule, *istioapi.AuthorizationPolicy, *istioapi.PeerAuthentication:
 		default:

@@ -38,7 +38,7 @@ type KubeClients struct {
 	Dynamic dynamic.Interface
 }
 
-// Kube watches Namespaces, Pods, Services, ServiceAccounts, Gateways, HTTPRoutes and ambit's
+// Kube watches Namespaces, Pods, Services, ServiceAccounts, Gateways, HTTPRoutes, GRPCRoutes and ambit's
 // CRDs with shared informers and feeds them to a Store.
 type Kube struct {
 	clients KubeClients
@@ -66,6 +66,13 @@ func (k *Kube) Run(ctx context.Context) error {
 		kf.Core().V1().ServiceAccounts().Informer(),
 		gf.Gateway().V1().Gateways().Informer(),
 		gf.Gateway().V1().HTTPRoutes().Informer(),
+	}
+	// GRPCRoute only when the API server serves it: an informer of a kind it does not serve
+	// never syncs, and the controller would never be ready.
+	if k.served("gateway.networking.k8s.io/v1", "grpcroutes") {
+		typed = append(typed, gf.Gateway().V1().GRPCRoutes().Informer())
+	} else {
+		k.log.Info("GRPCRoute not served by the API server, not watched")
 	}
 	var synced []cache.InformerSynced
 	for _, inf := range typed {
@@ -147,6 +154,20 @@ func (k *Kube) watchDynamic(df dynamicinformer.DynamicSharedInformerFactory, gvr
 // istioResources finds, by discovery, the Istio kinds the API server serves and the newest
 // version of each. A cluster without Istio's CRDs serves none, and watching them would never
 // sync; such a kind is skipped (logged), so a CRD installed later needs a controller restart.
+// served reports whether the API server serves resource in groupVersion.
+func (k *Kube) served(groupVersion, resource string) bool {
+	list, err := k.clients.Kube.Discovery().ServerResourcesForGroupVersion(groupVersion)
+	if err != nil || list == nil {
+		return false
+	}
+	for _, r := range list.APIResources {
+		if r.Name == resource {
+			return true
+		}
+	}
+	return false
+}
+
 func (k *Kube) istioResources() map[string]schema.GroupVersionResource {
 	out := map[string]schema.GroupVersionResource{}
 	served := map[string]bool{} // "<group>/<version> <resource>"
