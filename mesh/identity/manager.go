@@ -50,7 +50,9 @@ type ManagerOptions struct {
 	Logger *slog.Logger
 	// MinBackoff is the first retry delay after a failed request; it doubles
 	// up to MaxBackoff. Defaults 500ms and 150s. Each delay is shortened by
-	// up to 10% at random so proxies that failed together do not retry together.
+	// up to 10% at random so proxies that failed together do not retry together,
+	// and never exceeds half the time the current certificate has left (nor goes
+	// below MinBackoff).
 	MinBackoff, MaxBackoff time.Duration
 	// RequestTimeout bounds one signer call (real time). Default 30s.
 	RequestTimeout time.Duration
@@ -58,7 +60,8 @@ type ManagerOptions struct {
 
 // Manager keeps one X.509-SVID per identity a proxy serves. A handshake asks
 // Certificate and gets the current certificate from memory; the renewal loop
-// (Run) replaces it at half-life, in the background, with a fresh key.
+// (Run) replaces it at half-life (half the time between its arrival and its
+// NotAfter), in the background, with a fresh key.
 type Manager struct {
 	opts    ManagerOptions
 	kick    chan struct{} // wakes Run to reschedule; buffered, never blocks
@@ -167,6 +170,8 @@ func (m *Manager) startDue(ctx context.Context, wg *sync.WaitGroup) time.Duratio
 // fetch runs one request for e and records its outcome.
 func (m *Manager) fetch(ctx context.Context, e *entry) {
 	cert, err := m.issue(ctx, e.id)
+	// Cancelled (Forget, or Run ending) rather than failed; read before e.cancel below.
+	cancelled := ctx.Err() != nil
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -181,17 +186,27 @@ func (m *Manager) fetch(ctx context.Context, e *entry) {
 		e.failures++
 		e.lastErr = err
 		d := m.backoff(e.failures)
+		// A retry never waits past half of what the current certificate has left, so
+		// short-lived certificates get their last attempts before they expire, not after.
+		if e.cert != nil {
+			if left := e.cert.Leaf.NotAfter.Sub(now); left > 0 {
+				d = min(d, max(left/2, m.opts.MinBackoff))
+			}
+		}
 		e.next = now.Add(d)
-		if ctx.Err() == nil {
+		if !cancelled {
 			m.opts.Logger.Warn("certificate request failed", "id", e.id.String(), "attempt", e.failures, "retry_in", d, "error", err)
 		}
 	} else {
 		e.cert, e.failures, e.lastErr = cert, 0, nil
 		leaf := cert.Leaf
-		// Half-life leaves the other half to ride out a control-plane outage.
-		// The floor stops a signer handing out very short certificates from
-		// turning this into a busy loop.
-		e.next = leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+		// Half-life leaves the other half to ride out a control-plane outage. It is
+		// half of the life from now, not from NotBefore: a CA backdates NotBefore for
+		// clock skew (a minute here), which for a certificate of a minute or less would
+		// put the renewal in the past. The floor stops a signer handing out very short
+		// certificates from turning this into a busy loop.
+		from := maxTime(leaf.NotBefore, now)
+		e.next = from.Add(leaf.NotAfter.Sub(from) / 2)
 		e.next = maxTime(e.next, now.Add(m.opts.MinBackoff))
 		m.opts.Logger.Info("certificate issued", "id", e.id.String(), "serial", leaf.SerialNumber.Text(16), "not_after", leaf.NotAfter, "renew_at", e.next)
 	}

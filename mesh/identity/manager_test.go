@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -162,8 +163,19 @@ func (h *harness) state(id spiffeid.ID) dump.CertInfo {
 	return dump.CertInfo{}
 }
 
+// renewAt is the half-life of c counted from its issue (the CA backdates NotBefore by a
+// minute; the fake clock does not move while the manager receives it).
 func renewAt(c *tls.Certificate) time.Time {
-	return c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore) / 2)
+	issued := c.Leaf.NotBefore.Add(time.Minute)
+	return issued.Add(c.Leaf.NotAfter.Sub(issued) / 2)
+}
+
+// renewsAt matches the renewal time of c issued at a fake time with a fraction of a second
+// (after jittered retries): X.509 keeps whole seconds, the manager counts from the precise
+// time it received c.
+func renewsAt(c *tls.Certificate) func(time.Time) bool {
+	at := renewAt(c)
+	return func(dl time.Time) bool { return !dl.Before(at) && dl.Before(at.Add(time.Second)) }
 }
 
 func TestManagerFirstCertificate(t *testing.T) {
@@ -198,7 +210,7 @@ func TestManagerRenewsAtHalfLife(t *testing.T) {
 	old := h.cert(id)
 	h.call(id)
 	at := renewAt(old)
-	if want := t0.Add(-time.Minute).Add((24*time.Hour + time.Minute) / 2); !at.Equal(want) {
+	if want := t0.Add(12 * time.Hour); !at.Equal(want) {
 		t.Fatalf("half-life = %s, want %s", at, want)
 	}
 	h.timer(at.Equal)
@@ -225,7 +237,7 @@ func TestManagerRenewsAtHalfLife(t *testing.T) {
 		t.Fatal("renewal reused the private key")
 	}
 	// And the next renewal is scheduled from the new certificate.
-	h.timer(renewAt(renewed).Equal)
+	h.timer(renewsAt(renewed))
 }
 
 func TestManagerBackoff(t *testing.T) {
@@ -274,10 +286,72 @@ func TestManagerBackoff(t *testing.T) {
 		return nil
 	})
 	// Success resets the backoff: the next wake-up is the new half-life.
-	h.timer(renewAt(renewed).Equal)
+	h.timer(renewsAt(renewed))
 	if ci := h.state(id); ci.State != dump.StateValid || ci.LastError != "" {
 		t.Fatalf("Identities = %+v, want valid", ci)
 	}
+}
+
+// TestManagerShortLived: a certificate of 30 s (shorter than the CA's one-minute backdating)
+// is renewed 15 s after it arrives, not in a loop, and while the signer is down the retries
+// come closer together as the expiry nears instead of backing off past it.
+func TestManagerShortLived(t *testing.T) {
+	var logs lockedBuffer
+	h := newHarness(t, identity.ManagerOptions{TTL: 30 * time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	id := mustID(t, "default", "web")
+	old := h.cert(id)
+	h.call(id)
+	if got := old.Leaf.NotAfter.Sub(t0); got != 30*time.Second {
+		t.Fatalf("certificate lives %s from issue, want 30s", got)
+	}
+	h.timer(t0.Add(15 * time.Second).Equal)
+
+	h.signer.setFail(errSignerDown)
+	h.clock.Set(t0.Add(15 * time.Second))
+	h.call(id)
+	exp := old.Leaf.NotAfter
+	var attempts []time.Duration
+	for h.clock.Now().Before(exp) {
+		now := h.clock.Now()
+		next := h.timer(func(dl time.Time) bool { return dl.After(now) })
+		left := exp.Sub(now)
+		if d := next.Sub(now); d > max(left/2, identity.DefaultMinBackoff) {
+			t.Fatalf("retry at %s waits %s with %s left, want at most half of that", now.Sub(t0), d, left)
+		}
+		h.clock.Set(next)
+		h.call(id)
+		attempts = append(attempts, next.Sub(t0))
+	}
+	// 15.5, 16.5, 18.5, 22.5 (backoff), then capped: about 26.3, 28.1, 29.1, 29.6, 30.1;
+	// uncapped the fifth retry would come at 30.5, after the expiry.
+	if len(attempts) < 8 {
+		t.Fatalf("retries at %v: only %d before the expiry at 30s, want the backoff capped", attempts, len(attempts)-1)
+	}
+	// Every failure is logged, with its attempt number.
+	wait.Until(t, maxWait, "failures logged", func() error {
+		if n := strings.Count(logs.String(), `msg="certificate request failed"`); n < len(attempts) {
+			return fmt.Errorf("%d failures logged, want %d:\n%s", n, len(attempts), logs.String())
+		}
+		return nil
+	})
+}
+
+// lockedBuffer is a log destination the manager's goroutines and the test share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func TestManagerNeverBlocksOnRenewal(t *testing.T) {
