@@ -28,6 +28,7 @@ func main() {
 	flag.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of workload identities")
 	flag.StringVar(&cfg.CADir, "ca-dir", "", "`DIR` holding the CA root key and certificate (root-cert.pem, root-key.pem), created on first start; folder mode's store: empty there keeps the root in memory")
 	flag.StringVar(&cfg.CASecret, "ca-secret", "", "Kubernetes mode: Secret `[NAMESPACE/]NAME` holding the CA root, created on first start (default ambit-ca in the controller's namespace, $POD_NAMESPACE or ambit-system)")
+	flag.DurationVar(&cfg.CertTTL, "cert-ttl", 24*time.Hour, "lifetime of the workload certificates the CA signs (proxies renew them at half-life, so they ride out a controller outage of up to this long); between 10s and 168h")
 	flag.StringVar(&cfg.GRPCAddr, "grpc-addr", ":15012", "config push and CA gRPC address")
 	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", ":15014", "address of /metrics, /healthz and /readyz (\"-\" disables)")
 	flag.StringVar(&tokenDir, "token-dir", "", "folder mode: `DIR` with one token file per node (file name = node name) that proxies authenticate with")

@@ -2,6 +2,10 @@ package app
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,7 +21,9 @@ import (
 	configv1 "ambit.dev/proto/config/v1"
 
 	"ambit.dev/controller/internal/model"
+	"ambit.dev/mesh/identity"
 	"ambit.dev/mesh/wait"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 type fakePush struct {
@@ -44,7 +50,7 @@ func TestRunFolderMode(t *testing.T) {
 	caDir := t.TempDir()
 	push := &fakePush{}
 	cfg := Config{
-		ConfigDir: dir, CADir: caDir, metricsLn: ln, Identity: "test",
+		ConfigDir: dir, CADir: caDir, metricsLn: ln, Identity: "test", CertTTL: 45 * time.Second,
 		NewPushServer: func(d Deps) (PushServer, error) { push.deps = d; return push, nil },
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -63,6 +69,27 @@ func TestRunFolderMode(t *testing.T) {
 	}
 	if push.deps.CA == nil || push.deps.GRPCAddr != ":15012" {
 		t.Fatalf("deps %+v", push.deps)
+	}
+	// --cert-ttl is the lifetime of a certificate whose proxy asks for none.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/client")
+	csr, err := identity.CreateCSR(key, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := push.deps.CA.Sign(csr, id, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(leaf.NotAfter); left > 45*time.Second || left < 40*time.Second {
+		t.Fatalf("certificate expires in %s, want the 45s of CertTTL", left)
 	}
 	for _, tc := range []struct{ path, want string }{
 		{"/healthz", "ok"},
@@ -109,6 +136,8 @@ func TestConfigValidation(t *testing.T) {
 		{"missing waypoint template", Config{Kubeconfig: "y", WaypointTemplate: "/nonexistent/waypoint.yaml"}, "waypoint template: open /nonexistent"},
 		{"bad waypoint template", Config{Kubeconfig: "y", WaypointTemplate: badTemplate}, "waypoint template " + badTemplate + ": document 1 (ConfigMap \"x\")"},
 		{"bad waypoint controller", Config{Kubeconfig: "y", WaypointController: "ambit-controller"}, "waypoint controller address"},
+		{"cert ttl too short", Config{ConfigDir: "x", CertTTL: time.Second}, "certificate ttl 1s: want between 10s and 168h0m0s"},
+		{"cert ttl too long", Config{ConfigDir: "x", CertTTL: 8 * 24 * time.Hour}, "certificate ttl 192h0m0s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
