@@ -364,8 +364,7 @@ func TestLabControllerAway(t *testing.T) {
 	restarted := false
 	defer func() {
 		if !restarted {
-			_ = startController(context.Background(), &e2eOpts, st)
-			_ = st.save(e2eOpts.Dir)
+			startLabController(t)
 		}
 	}()
 	away := 60 * time.Second
@@ -387,12 +386,8 @@ func TestLabControllerAway(t *testing.T) {
 		calls++
 	}
 	restarted = true
-	if err := startController(context.Background(), &e2eOpts, st); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.save(e2eOpts.Dir); err != nil {
-		t.Fatal(err)
-	}
+	// Under the state lock: the new controller's `lab waypoints-sync` saves the state too.
+	startLabController(t)
 	// The controller is back in charge: a new policy reaches the ztunnels.
 	apply(t, "../../examples/policies/deny-client.yaml")
 	wait.Until(t, settle, "policy after the controller came back", func() error {

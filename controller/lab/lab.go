@@ -29,6 +29,9 @@ type Options struct {
 	// (metrics, debug), node i's ztunnel at PortBase+100*(i+1) (admin), +20 (metrics) and
 	// +21 (readiness). Default 15000.
 	PortBase int
+	// ControllerArgs are more flags for the controller, after the lab's own (e.g.
+	// --cert-ttl=30s for short-lived workload certificates).
+	ControllerArgs []string
 	// Out receives the progress lines; nil discards them.
 	Out io.Writer
 }

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"ambit.dev/controller/internal/model"
@@ -155,11 +157,11 @@ func appList(apps []AppState) string {
 
 func startController(ctx context.Context, o *Options, st *State) error {
 	log := o.path("logs", "controller.log")
-	proc, err := start(log, filepath.Join(o.BinDir, "controller"),
-		"--config-dir", st.ConfigDir, "--ca-dir", o.path("ca"), "--token-dir", o.path("tokens"),
+	args := []string{"--config-dir", st.ConfigDir, "--ca-dir", o.path("ca"), "--token-dir", o.path("tokens"),
 		"--grpc-addr", st.GRPCAddr, "--metrics-addr", st.DebugAddr,
 		// The controller runs the waypoints of the folder's Gateways through the lab.
-		"--waypoint-exec", o.Ambitctl+" lab waypoints-sync --lab-dir "+o.Dir+" --bin-dir "+o.BinDir)
+		"--waypoint-exec", o.Ambitctl + " lab waypoints-sync --lab-dir " + o.Dir + " --bin-dir " + o.BinDir}
+	proc, err := start(log, filepath.Join(o.BinDir, "controller"), append(args, o.ControllerArgs...)...)
 	if err != nil {
 		return err
 	}
@@ -187,6 +189,7 @@ func StartZtunnel(ctx context.Context, o Options, st *State, ns *NodeState) erro
 	if err := o.complete(); err != nil {
 		return err
 	}
+	prev := ns.Ztunnel.PID // the predecessor, when it runs
 	log := o.path("logs", "ztunnel-"+ns.Name+".log")
 	proc, err := start(log, filepath.Join(o.BinDir, "ztunnel"),
 		"--node", ns.Name, "--controller", st.GRPCAddr, "--token-file", o.path("tokens", ns.Name),
@@ -200,8 +203,39 @@ func StartZtunnel(ctx context.Context, o Options, st *State, ns *NodeState) erro
 		if !alive(proc.PID) {
 			return fmt.Errorf("exited; see %s", log)
 		}
+		// Until the hand-over both answer on the shared readiness port, the predecessor
+		// with 200. The new one takes the node API's socket once it holds the pods.
+		if prev > 0 && prev != proc.PID && alive(prev) {
+			if pid, err := socketOwner(ns.NodeAPI); err != nil || pid != proc.PID {
+				return fmt.Errorf("pid %d has not taken over from pid %d yet (node api owner %d, %v)", proc.PID, prev, pid, err)
+			}
+		}
 		return httpOK("http://" + ns.ReadyAddr + "/healthz/ready")
 	})
+}
+
+// socketOwner is the pid of the process that listens on the unix socket at path.
+func socketOwner(path string) (int, error) {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	raw, err := c.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		return 0, err
+	}
+	if cerr != nil {
+		return 0, cerr
+	}
+	return int(cred.Pid), nil
 }
 
 func startApp(o *Options, ps *PodState, node *NodeState, a App) (ProcState, error) {
