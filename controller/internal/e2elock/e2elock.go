@@ -21,13 +21,13 @@ const Path = "/run/ambit-e2e.lock"
 
 // Shared waits for the lab to be gone and holds the lock with the other clusters; release
 // gives it back.
-func Shared() (release func(), err error) { return take(syscall.LOCK_SH) }
+func Shared() (release func(), err error) { return take(Path, syscall.LOCK_SH) }
 
 // Exclusive waits until no cluster and no other lab holds the lock.
-func Exclusive() (release func(), err error) { return take(syscall.LOCK_EX) }
+func Exclusive() (release func(), err error) { return take(Path, syscall.LOCK_EX) }
 
-func take(how int) (func(), error) {
-	f, err := os.OpenFile(Path, os.O_RDWR|os.O_CREATE, 0o644)
+func take(path string, how int) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("e2e lock: %w", err)
 	}
@@ -39,7 +39,7 @@ func take(how int) (func(), error) {
 	}
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("e2e lock %s: %w", Path, err)
+		return nil, fmt.Errorf("e2e lock %s: %w", path, err)
 	}
 	return func() {
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
