@@ -320,3 +320,29 @@ func TestAmbientRegistrationCapturesAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestNoPodAfterClose: a reconciliation after Close (a config push while ztunnel shuts down)
+// starts no pod's proxy again.
+func TestNoPodAfterClose(t *testing.T) {
+	n := newNode(t)
+	ctx := t.Context()
+	if err := n.m.Add(ctx, nodeapi.Registration{UID: "client", NetNS: n.client}); err != nil {
+		t.Fatal(err)
+	}
+	n.m.Close()
+	n.m.Reconcile(ctx)
+	for _, p := range n.m.Pods() {
+		if p.Captured {
+			t.Fatalf("pod %s served again after Close", p.UID)
+		}
+	}
+	// The rules Close left stay for a successor; this test's cleanup has no manager to
+	// remove them with, so remove them here.
+	second := NewManager(n.m.node, n.st, Netns{}, "", slog.New(slog.DiscardHandler))
+	if err := second.Add(context.Background(), nodeapi.Registration{UID: "client", NetNS: n.client}); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Remove(context.Background(), "client"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -67,6 +67,9 @@ type Manager struct {
 	recMu sync.Mutex // one reconciliation at a time
 	mu    sync.Mutex
 	pods  map[string]*entry
+	// closed is set by Close: from then on nothing starts a pod's proxy again (a config
+	// push during shutdown must not bring back what Close closed).
+	closed bool
 
 	// handedOver is closed when the pods are handed over to a successor (or released for
 	// shutdown): from then on this Manager changes nothing, neither pods nor rules, which
@@ -286,6 +289,10 @@ func (m *Manager) reconcile(ctx context.Context, checkNow bool) {
 		return
 	}
 	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return
+	}
 	entries := make([]*entry, 0, len(m.pods))
 	for _, e := range m.pods {
 		entries = append(entries, e)
@@ -391,6 +398,11 @@ func (m *Manager) start(ctx context.Context, e *entry, w *configv1.Workload) err
 		return err
 	}
 	m.mu.Lock()
+	if m.closed { // Close came while this started
+		m.mu.Unlock()
+		p.Close()
+		return errors.New("ztunnel is shutting down")
+	}
 	e.proxy, e.reason = p, ""
 	m.mu.Unlock()
 	m.log.Info("pod captured", "uid", e.uid, "pod", w.GetNamespace()+"/"+w.GetName(), "netns", e.reg.NetNS)
@@ -434,6 +446,7 @@ func (m *Manager) Pods() []nodeapi.PodStatus {
 func (m *Manager) Close() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.closed = true
 	for _, e := range m.pods {
 		if e.proxy != nil {
 			e.proxy.Close()
