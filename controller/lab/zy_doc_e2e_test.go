@@ -213,6 +213,14 @@ func restoreAfter(t *testing.T, st *State) {
 			captured = true
 		}
 	}
+	// The waypoints the docs' commands make (by name, or with apply's defaults): every one
+	// that is not there now goes with the lab state's record of it.
+	hadWaypoint := map[string]bool{}
+	if cur, err := LoadState(e2eOpts.Dir); err == nil {
+		for _, w := range cur.Waypoints {
+			hadWaypoint[w.Namespace+"/"+w.Name] = true
+		}
+	}
 	before := map[string][]byte{}
 	err = filepath.WalkDir(st.ConfigDir, func(path string, d fs.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
@@ -225,10 +233,13 @@ func restoreAfter(t *testing.T, st *State) {
 	}
 	t.Cleanup(func() {
 		ctx := context.Background()
-		for _, wp := range []string{"server-wp", "other-wp"} {
-			if st, err := LoadState(e2eOpts.Dir); err == nil && st.waypoint("demo", wp) != nil {
-				if err := DeleteWaypoint(ctx, e2eOpts, "demo", wp); err != nil {
-					t.Errorf("delete waypoint demo/%s: %v", wp, err)
+		if cur, err := LoadState(e2eOpts.Dir); err == nil {
+			for _, w := range cur.Waypoints {
+				if hadWaypoint[w.Namespace+"/"+w.Name] {
+					continue
+				}
+				if err := DeleteWaypoint(ctx, e2eOpts, w.Namespace, w.Name); err != nil {
+					t.Errorf("delete waypoint %s/%s: %v", w.Namespace, w.Name, err)
 				}
 			}
 		}
