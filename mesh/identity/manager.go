@@ -350,6 +350,21 @@ func (m *Manager) Forget(id spiffeid.ID) {
 	m.wake()
 }
 
+// RetryNow pulls the next request of every identity whose last request failed forward to
+// now (but not sooner than MinBackoff after that failure): a caller that learns the signer is
+// back, such as a proxy whose config stream to the controller reconnected, need not wait out
+// the backoff.
+func (m *Manager) RetryNow() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.opts.Clock.Now()
+	for _, e := range m.entries {
+		if e.lastErr != nil {
+			m.expediteLocked(e, now)
+		}
+	}
+}
+
 // Identities reports every identity's certificate, sorted by ID.
 func (m *Manager) Identities() []dump.CertInfo {
 	m.mu.Lock()

@@ -354,6 +354,39 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// TestManagerRetryNow: a caller that knows the signer is back cuts a failed renewal's backoff
+// short; identities that did not fail keep their schedule.
+func TestManagerRetryNow(t *testing.T) {
+	h := newHarness(t, identity.ManagerOptions{})
+	id := mustID(t, "default", "web")
+	old := h.cert(id)
+	h.call(id)
+	h.m.RetryNow()
+	h.timer(renewAt(old).Equal)
+	h.noCall()
+
+	h.signer.setFail(errSignerDown)
+	h.clock.Set(renewAt(old))
+	h.call(id)
+	for range 4 { // the backoff grows to 8 s
+		now := h.clock.Now()
+		h.clock.Set(h.timer(func(dl time.Time) bool { return dl.After(now) }))
+		h.call(id)
+	}
+	now := h.clock.Now()
+	h.timer(func(dl time.Time) bool { return dl.After(now.Add(4 * time.Second)) })
+	h.signer.setFail(nil)
+	h.clock.Advance(identity.DefaultMinBackoff)
+	h.m.RetryNow()
+	h.call(id)
+	wait.Until(t, maxWait, "renewed at once", func() error {
+		if h.cert(id) == old {
+			return errors.New("still the old certificate")
+		}
+		return nil
+	})
+}
+
 func TestManagerNeverBlocksOnRenewal(t *testing.T) {
 	h := newHarness(t, identity.ManagerOptions{})
 	id := mustID(t, "default", "web")

@@ -70,6 +70,10 @@ type Config struct {
 	// forward or count resources, and for benchmarks that simulate many proxies in one
 	// process, where decoding would measure the simulation instead of the controller.
 	SkipDecode bool
+	// OnConnect, when set, is called each time a stream delivers its first response: the
+	// controller is reachable (again). ztunnel uses it to retry failed certificate renewals
+	// at once instead of at the end of their backoff. It must not block.
+	OnConnect func()
 	// MinBackoff is the first delay before reconnecting; it doubles up to MaxBackoff and
 	// resets once a stream has delivered a response. Each delay is shortened by up to 20%
 	// at random so proxies that lost the controller together do not return together.
@@ -200,6 +204,9 @@ func (c *Client) stream(ctx context.Context) (progressed bool, err error) {
 		resp, err := st.Recv()
 		if err != nil {
 			return progressed, fmt.Errorf("receive: %w", err)
+		}
+		if !progressed && c.cfg.OnConnect != nil {
+			c.cfg.OnConnect()
 		}
 		progressed = true
 		c.connected.Store(true)

@@ -140,14 +140,17 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	st := state.New()
-	src, err := newConfigSource(cfg, td, st)
+	// A config stream that reconnects means the controller's CA is back too: failed
+	// renewals retry at once. certs is set before the stream runs (src.feed below).
+	var certs *identity.Manager
+	src, err := newConfigSource(cfg, td, st, func() { certs.RetryNow() })
 	if err != nil {
 		return err
 	}
 	defer src.close()
 
 	reg := proxyhost.NewRegistry()
-	certs := identity.NewManager(identity.ManagerOptions{Signer: src.signer, Logger: log.With("component", "certs")})
+	certs = identity.NewManager(identity.ManagerOptions{Signer: src.signer, Logger: log.With("component", "certs")})
 	node := &proxy.Node{State: st, Certs: certs.Certificate, Prefetch: certs.Prefetch, Bundle: src.bundle, TrustDomain: td, Logger: log, Metrics: proxy.NewMetrics(reg),
 		HBONE: hbone.ConnConfig{IdleTimeout: cfg.HBONEIdleTimeout}}
 	pods := inpod.NewManager(node, st, inpod.Netns{}, cfg.StateDir, log.With("component", "inpod"))
@@ -225,7 +228,7 @@ type configSource struct {
 	close  func()
 }
 
-func newConfigSource(cfg Config, td spiffeid.TrustDomain, st *state.State) (*configSource, error) {
+func newConfigSource(cfg Config, td spiffeid.TrustDomain, st *state.State, onConnect func()) (*configSource, error) {
 	log := cfg.Logger
 	if cfg.LocalConfig != "" {
 		caDir := cfg.LocalCADir
@@ -258,9 +261,10 @@ func newConfigSource(cfg Config, td spiffeid.TrustDomain, st *state.State) (*con
 		// controller may mark this node's workloads HBONE_H3.
 		Node: xdsclient.NodeInfo{ID: "ztunnel~" + cfg.Node, Node: cfg.Node, Kind: xdsclient.KindZtunnel,
 			TunnelProtocols: []string{xdsclient.TunnelHBONE, xdsclient.TunnelHBONEH3}},
-		TypeURLs: configv1.TypeURLs,
-		Logger:   log.With("component", "xds"),
-		Handler:  sync.Handler(st.Apply),
+		TypeURLs:  configv1.TypeURLs,
+		Logger:    log.With("component", "xds"),
+		Handler:   sync.Handler(st.Apply),
+		OnConnect: onConnect,
 	})
 	if err != nil {
 		cc.Close()
