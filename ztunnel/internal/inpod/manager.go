@@ -409,14 +409,22 @@ func (m *Manager) start(ctx context.Context, e *entry, w *configv1.Workload) err
 	return nil
 }
 
+// stop closes a pod's proxy and removes its rules. The pod counts as captured (Pods) until
+// its rules are gone, so that whoever waits for the release sees the namespace as it was.
 func (m *Manager) stop(ctx context.Context, e *entry) {
 	m.mu.Lock()
 	p := e.proxy
-	e.proxy = nil
 	m.mu.Unlock()
 	if p == nil {
 		return
 	}
+	defer func() {
+		m.mu.Lock()
+		if e.proxy == p {
+			e.proxy = nil
+		}
+		m.mu.Unlock()
+	}()
 	p.Close()
 	if _, err := os.Stat(e.reg.NetNS); errors.Is(err, os.ErrNotExist) {
 		m.log.Info("pod released; its network namespace is gone", "uid", e.uid, "netns", e.reg.NetNS)
