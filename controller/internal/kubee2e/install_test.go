@@ -287,6 +287,7 @@ spec:
 	t.Run("WaypointSplit", func(t *testing.T) { testWaypointSplit(ctx, t, c, ns, dump) })
 	t.Run("ZtunnelRolloutRestart", func(t *testing.T) { testZtunnelRollout(ctx, t, c, ns, url, dump) })
 	t.Run("ProxyDebugThroughAPIServer", func(t *testing.T) { testProxyDebug(ctx, t, c, ns) })
+	t.Run("LeaderKilledUnderChurn", func(t *testing.T) { testLeaderKilled(ctx, t, c, ns, dump) })
 
 	// Uninstall: no rule in any pod, no CNI config on any node.
 	netns := map[string]string{}

@@ -293,3 +293,103 @@ func testCapturedBeforeStart(ctx context.Context, t *testing.T, c *clustertest.C
 		t.Fatal(err)
 	}
 }
+
+// testLeaderKilled: the leading controller replica is killed (deleted with no grace) while pods
+// come and go in the mesh; the other replica takes the Lease over, and in the end every node's
+// ztunnel holds exactly the pods that exist: no proxy misses a change.
+func testLeaderKilled(ctx context.Context, t *testing.T, c *clustertest.Cluster, ns string, dump func()) {
+	leases := c.Client.CoordinationV1().Leases("ambit-system")
+	holder := func() string {
+		l, err := leases.Get(ctx, "ambit-controller", metav1.GetOptions{})
+		if err != nil || l.Spec.HolderIdentity == nil {
+			return ""
+		}
+		return *l.Spec.HolderIdentity
+	}
+	leader := holder()
+	if leader == "" {
+		t.Fatal("no controller holds the Lease ambit-system/ambit-controller")
+	}
+	// Churn: six pods created one after the other across both nodes, two of them deleted again.
+	churn := func(i int) string { return fmt.Sprintf("churn-%d", i) }
+	done := make(chan error, 1)
+	go func() {
+		for i := range 6 {
+			p := testPod(c, ns, churn(i), "client", c.Nodes[i%len(c.Nodes)].Name)
+			if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+				done <- err
+				return
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		for _, i := range []int{1, 4} {
+			if err := c.Client.CoreV1().Pods(ns).Delete(ctx, churn(i), metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	time.Sleep(time.Second)
+	killed := time.Now()
+	if err := c.Client.CoreV1().Pods("ambit-system").Delete(ctx, leader, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+		t.Fatal(err)
+	}
+	var next string
+	deadline := time.Now().Add(60 * time.Second)
+	for next = holder(); next == "" || next == leader; next = holder() {
+		if time.Now().After(deadline) {
+			dump()
+			t.Fatalf("no other replica took the Lease over within 60 s of killing the leader %s", leader)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	took := time.Since(killed)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	for _, i := range []int{0, 2, 3, 5} {
+		pctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		_, err := c.WaitPodRunning(pctx, ns, churn(i))
+		cancel()
+		if err != nil {
+			dump()
+			t.Fatal(err)
+		}
+		want[churn(i)] = true
+	}
+	for _, n := range c.Nodes {
+		var out string
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			var err error
+			out, err = ambitctl(t, c, "ztunnel-config", "workloads", "-n", ns, "--node", n.Name)
+			missing, extra := []string{}, []string{}
+			if err == nil {
+				for name := range want {
+					if !strings.Contains(out, name+" ") {
+						missing = append(missing, name)
+					}
+				}
+				for _, i := range []int{1, 4} {
+					if strings.Contains(out, churn(i)+" ") {
+						extra = append(extra, churn(i))
+					}
+				}
+				if len(missing) == 0 && len(extra) == 0 {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("ztunnel of %s after the leader's death: %v, missing %v, deleted but held %v:\n%s", n.Name, err, missing, extra, out)
+			}
+			time.Sleep(time.Second)
+		}
+	}
+	t.Logf("leader %s killed under pod churn: %s took the Lease over %v later; every ztunnel holds the %d pods that exist and none of the 2 deleted",
+		leader, next, took.Round(10*time.Millisecond), len(want))
+	for i := range 6 {
+		_ = c.Client.CoreV1().Pods(ns).Delete(ctx, churn(i), metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))})
+	}
+}
