@@ -13,9 +13,7 @@ import (
 
 func analyzeCommand(o Options) *cobra.Command {
 	var (
-		addr   string
-		labF   labFlags
-		kf     kubeFlags
+		target controllerTarget
 		output *string
 	)
 	cmd := &cobra.Command{
@@ -42,23 +40,13 @@ Exits 1 when something is refused, 0 when nothing is.`,
 			if err := checkOutput(*output); err != nil {
 				return err
 			}
-			explicit := cmd.Flags().Changed("controller-debug")
-			if n := count(labF.use, explicit, kf.given()); n > 1 {
-				return fmt.Errorf("--lab, --controller-debug and --kubeconfig/--context are mutually exclusive")
-			}
-			st, err := labF.state(!explicit && !kf.given())
+			c, where, hint, err := target.resolve(cmd, o)
 			if err != nil {
 				return err
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), forwardTimeout)
 			defer cancel()
-			where, hint := addr, "is the controller running, and is --controller-debug its metrics address (port 15014)?"
-			switch {
-			case kf.given() || (st == nil && !explicit && o.KubeconfigFound()):
-				c, err := kf.connect()
-				if err != nil {
-					return err
-				}
+			if c != nil {
 				pods, err := readyPods(ctx, c, systemNamespace, controllerSelector, "")
 				if err != nil {
 					return err
@@ -73,8 +61,6 @@ Exits 1 when something is refused, 0 when nothing is.`,
 				}
 				defer fw.close()
 				where, hint = fw.addr, "through the port-forward to pod "+fw.pod
-			case st != nil:
-				where, hint = st.DebugAddr, fmt.Sprintf("is the lab %q still up? see `%s lab status`", st.Name, o.Invoked)
 			}
 			body, err := get(ctx, o.HTTP, where, source.AnalysisPath, "the controller", hint)
 			if err != nil {
@@ -93,9 +79,7 @@ Exits 1 when something is refused, 0 when nothing is.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&addr, "controller-debug", DefaultControllerDebug, "host:port of the controller's metrics and debug port")
-	kf.registerTarget(cmd.Flags())
-	labF.register(cmd, false, "controller")
+	target.register(cmd)
 	output = outputFlag(cmd)
 	return cmd
 }

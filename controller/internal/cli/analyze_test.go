@@ -1,11 +1,7 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,7 +10,6 @@ import (
 
 	"ambit.dev/mesh/wait"
 
-	"ambit.dev/controller/internal/app"
 	"ambit.dev/controller/internal/source"
 )
 
@@ -23,16 +18,8 @@ import (
 // (a port that is not a number): `ambitctl analyze` lists both, naming the file, the object
 // and the field, and exits 1; once both are fixed it finds nothing and exits 0.
 func TestAnalyzeRealController(t *testing.T) {
-	cfgDir, tokDir, caDir := t.TempDir(), t.TempDir(), t.TempDir()
-	for _, f := range []string{"namespace.yaml", "workloads.yaml"} {
-		b, err := os.ReadFile(filepath.Join("../../../examples/lab-config", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(cfgDir, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fc := startFolderController(t)
+	cfgDir, debugAddr := fc.cfgDir, fc.debugAddr
 	write := func(name, body string) {
 		t.Helper()
 		if err := os.WriteFile(filepath.Join(cfgDir, name), []byte(body), 0o644); err != nil {
@@ -43,26 +30,6 @@ func TestAnalyzeRealController(t *testing.T) {
 	write("service.yaml", strings.Replace(svc, "%s", "selectr", 1))
 	const policy = "apiVersion: security.ambit.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: web-port, namespace: demo}\nspec:\n  rules:\n  - to:\n    - operation: {ports: [\"%s\"]}\n"
 	write("policy.yaml", strings.Replace(policy, "%s", "eighty", 1))
-
-	grpcAddr, debugAddr := freeAddr(t), freeAddr(t)
-	cfg := app.Config{ConfigDir: cfgDir, CADir: caDir, GRPCAddr: grpcAddr, MetricsAddr: debugAddr, Identity: "test", Debounce: 5 * time.Millisecond}
-	cfg.NewPushServer, cfg.NewCAService = app.GRPCServices(tokDir)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("controller: %v", err)
-		}
-	})
-	wait.Until(t, 20*time.Second, "controller serving", func() error {
-		c, err := net.DialTimeout("tcp", debugAddr, time.Second)
-		if err != nil {
-			return err
-		}
-		return c.Close()
-	})
 
 	analyze := func(args ...string) (string, error) {
 		return run(t, Options{}, append([]string{"analyze", "--controller-debug", debugAddr, "--lab-dir", noLab(t)}, args...)...)

@@ -27,9 +27,7 @@ const (
 
 func proxyStatusCommand(o Options) *cobra.Command {
 	var (
-		addr   string
-		labF   labFlags
-		kf     kubeFlags
+		target controllerTarget
 		output *string
 	)
 	cmd := &cobra.Command{
@@ -62,19 +60,11 @@ on this host (127.0.0.1:15014).`,
 			if err := checkOutput(*output); err != nil {
 				return err
 			}
-			explicit := cmd.Flags().Changed("controller-debug")
-			if n := count(labF.use, explicit, kf.given()); n > 1 {
-				return fmt.Errorf("--lab, --controller-debug and --kubeconfig/--context are mutually exclusive")
-			}
-			st, err := labF.state(!explicit && !kf.given())
+			c, addr, hint, err := target.resolve(cmd, o)
 			if err != nil {
 				return err
 			}
-			if kf.given() || (st == nil && !explicit && o.KubeconfigFound()) {
-				c, err := kf.connect()
-				if err != nil {
-					return err
-				}
+			if c != nil {
 				ctx, cancel := context.WithTimeout(cmd.Context(), forwardTimeout)
 				defer cancel()
 				proxies, err := clusterProxies(ctx, o, c)
@@ -83,14 +73,6 @@ on this host (127.0.0.1:15014).`,
 				}
 				return printProxies(cmd.OutOrStdout(), *output, proxies, "the controllers of "+c.where, o.Now())
 			}
-			hint := "is the controller running, and is --controller-debug its metrics address (port 15014)?"
-			if st != nil {
-				if st.DebugAddr == "" {
-					return fmt.Errorf("lab %q records no controller debug address in %s/state.json", st.Name, labF.dir)
-				}
-				addr = st.DebugAddr
-				hint = fmt.Sprintf("is the lab %q still up? see `%s lab status`", st.Name, o.Invoked)
-			}
 			proxies, err := fetchProxies(cmd.Context(), o, addr, hint)
 			if err != nil {
 				return err
@@ -98,9 +80,7 @@ on this host (127.0.0.1:15014).`,
 			return printProxies(cmd.OutOrStdout(), *output, proxies, addr, o.Now())
 		},
 	}
-	cmd.Flags().StringVar(&addr, "controller-debug", DefaultControllerDebug, "host:port of the controller's metrics and debug port")
-	kf.registerTarget(cmd.Flags())
-	labF.register(cmd, false, "controller")
+	target.register(cmd)
 	output = outputFlag(cmd)
 	return cmd
 }

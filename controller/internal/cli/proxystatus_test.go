@@ -36,43 +36,8 @@ import (
 // services, connects real xDS clients (mesh/xdsclient) as two ztunnels, one of which rejects its
 // config, and reads them back with `ambitctl proxy-status`.
 func TestProxyStatusRealController(t *testing.T) {
-	cfgDir, tokDir, caDir := t.TempDir(), t.TempDir(), t.TempDir()
-	for _, f := range []string{"namespace.yaml", "workloads.yaml"} {
-		b, err := os.ReadFile(filepath.Join("../../../examples/lab-config", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(cfgDir, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for node, tok := range map[string]string{"node-a": "token-a", "node-b": "token-b"} {
-		if err := os.WriteFile(filepath.Join(tokDir, node), []byte(tok+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	grpcAddr, debugAddr := freeAddr(t), freeAddr(t)
-	cfg := app.Config{ConfigDir: cfgDir, CADir: caDir, GRPCAddr: grpcAddr, MetricsAddr: debugAddr, Identity: "test", Debounce: 5 * time.Millisecond}
-	cfg.NewPushServer, cfg.NewCAService = app.GRPCServices(tokDir)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("controller: %v", err)
-		}
-	})
-	wait.Until(t, 20*time.Second, "controller serving gRPC", func() error {
-		if _, err := os.Stat(filepath.Join(caDir, "root-cert.pem")); err != nil {
-			return err
-		}
-		c, err := net.DialTimeout("tcp", grpcAddr, time.Second)
-		if err != nil {
-			return err
-		}
-		return c.Close()
-	})
+	fc := startFolderController(t)
+	grpcAddr, debugAddr, caDir := fc.grpcAddr, fc.debugAddr, fc.caDir
 
 	// Before any proxy: the listing says so.
 	out, err := run(t, Options{}, "proxy-status", "--controller-debug", debugAddr, "--lab-dir", noLab(t))
@@ -282,4 +247,57 @@ func startProxy(t *testing.T, addr, token, node string, bundle *x509bundle.Bundl
 	}
 	t.Cleanup(stop)
 	return stop
+}
+
+// folderController is a controller in folder mode, with its real gRPC services, on the lab's
+// example config: namespace.yaml and workloads.yaml of examples/lab-config, and node tokens
+// token-a and token-b for node-a and node-b.
+type folderController struct {
+	cfgDir, caDir       string
+	grpcAddr, debugAddr string
+}
+
+func startFolderController(t *testing.T) folderController {
+	t.Helper()
+	cfgDir, tokDir, caDir := t.TempDir(), t.TempDir(), t.TempDir()
+	for _, f := range []string{"namespace.yaml", "workloads.yaml"} {
+		b, err := os.ReadFile(filepath.Join("../../../examples/lab-config", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(cfgDir, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for node, tok := range map[string]string{"node-a": "token-a", "node-b": "token-b"} {
+		if err := os.WriteFile(filepath.Join(tokDir, node), []byte(tok+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fc := folderController{cfgDir: cfgDir, caDir: caDir, grpcAddr: freeAddr(t), debugAddr: freeAddr(t)}
+	cfg := app.Config{ConfigDir: cfgDir, CADir: caDir, GRPCAddr: fc.grpcAddr, MetricsAddr: fc.debugAddr, Identity: "test", Debounce: 5 * time.Millisecond}
+	cfg.NewPushServer, cfg.NewCAService = app.GRPCServices(tokDir)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- app.Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("controller: %v", err)
+		}
+	})
+	wait.Until(t, 20*time.Second, "controller serving gRPC and its debug port", func() error {
+		if _, err := os.Stat(filepath.Join(caDir, "root-cert.pem")); err != nil {
+			return err
+		}
+		for _, addr := range []string{fc.grpcAddr, fc.debugAddr} {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err != nil {
+				return err
+			}
+			c.Close()
+		}
+		return nil
+	})
+	return fc
 }
