@@ -22,15 +22,9 @@ func ConvertGRPCRoute(r *gatewayv1.GRPCRoute, domain string) ([]AttachedRoutes, 
 	var entries []RouteEntry
 	for i, rule := range r.Spec.Rules {
 		base := fmt.Sprintf("spec.rules[%d]", i)
-		if len(rule.Filters) > 0 {
-			return nil, bad(base+".filters", "filters are not supported")
-		}
-		if rule.SessionPersistence != nil {
-			return nil, bad(base+".sessionPersistence", "not supported")
-		}
-		name := fmt.Sprintf("%s/%s/%d", r.Namespace, r.Name, i)
-		if rule.Name != nil && *rule.Name != "" {
-			name = string(*rule.Name)
+		name, ferr := ruleName(r.Namespace, r.Name, i, rule.Name, len(rule.Filters) > 0, rule.SessionPersistence != nil)
+		if ferr != nil {
+			return nil, bad(base+ferr.field, "%w", ferr.err)
 		}
 		var backends []*configv1.Backend
 		for j, b := range rule.BackendRefs {

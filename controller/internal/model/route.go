@@ -55,15 +55,9 @@ func ConvertHTTPRoute(r *gatewayv1.HTTPRoute, domain string) ([]AttachedRoutes, 
 	var entries []RouteEntry
 	for i, rule := range r.Spec.Rules {
 		base := fmt.Sprintf("spec.rules[%d]", i)
-		if len(rule.Filters) > 0 {
-			return nil, bad(base+".filters", "filters are not supported")
-		}
-		if rule.SessionPersistence != nil {
-			return nil, bad(base+".sessionPersistence", "not supported")
-		}
-		name := fmt.Sprintf("%s/%s/%d", r.Namespace, r.Name, i)
-		if rule.Name != nil && *rule.Name != "" {
-			name = string(*rule.Name)
+		name, ferr := ruleName(r.Namespace, r.Name, i, rule.Name, len(rule.Filters) > 0, rule.SessionPersistence != nil)
+		if ferr != nil {
+			return nil, bad(base+ferr.field, "%w", ferr.err)
 		}
 		var backends []*configv1.Backend
 		for j, b := range rule.BackendRefs {
@@ -147,6 +141,21 @@ func ConvertHTTPRoute(r *gatewayv1.HTTPRoute, domain string) ([]AttachedRoutes, 
 		return nil, bad(e.field, "%w", e.err)
 	}
 	return out, nil
+}
+
+// ruleName checks what HTTPRoute and GRPCRoute rules have alike and ambit refuses (filters,
+// session persistence), and names the rule: its name, else <namespace>/<route>/<index>.
+func ruleName(ns, route string, i int, name *gatewayv1.SectionName, filters, sessionPersistence bool) (string, *fieldErr) {
+	if filters {
+		return "", &fieldErr{".filters", fmt.Errorf("filters are not supported")}
+	}
+	if sessionPersistence {
+		return "", &fieldErr{".sessionPersistence", fmt.Errorf("not supported")}
+	}
+	if name != nil && *name != "" {
+		return string(*name), nil
+	}
+	return fmt.Sprintf("%s/%s/%d", ns, route, i), nil
 }
 
 // convertBackend is one backendRef of a route rule (HTTPRoute's or GRPCRoute's): a Service,
