@@ -189,6 +189,12 @@ func Start(t testing.TB, o Options) *Cluster {
 		t.Fatalf("clustertest: %v", err)
 	}
 	c := &Cluster{t: t, bins: bins, releaseE2E: releaseE2E}
+	// Torn down at the end of the test, also when it fails; a test may Stop it earlier.
+	t.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			t.Errorf("clustertest: teardown: %v", err)
+		}
+	})
 	begin := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), StartTimeout)
 	defer cancel()
