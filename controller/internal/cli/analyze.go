@@ -47,12 +47,9 @@ Exits 1 when something is refused, 0 when nothing is.`,
 			ctx, cancel := context.WithTimeout(cmd.Context(), forwardTimeout)
 			defer cancel()
 			if c != nil {
-				pods, err := readyPods(ctx, c, systemNamespace, controllerSelector, "")
+				pods, err := readyControllers(ctx, o, c)
 				if err != nil {
 					return err
-				}
-				if len(pods) == 0 {
-					return fmt.Errorf("no ready controller pod (%s) in %s of %s: see `%s check`", controllerSelector, systemNamespace, c.where, o.Invoked)
 				}
 				// Every replica reads the same objects: one answers for all.
 				fw, err := forward(ctx, c, systemNamespace, pods[0].Name, controllerDebugPort)

@@ -132,6 +132,16 @@ func readyPods(ctx context.Context, c *cluster, ns, selector, node string) ([]co
 	return out, nil
 }
 
+// readyControllers lists the ready replicas of the cluster's controller; none is an error
+// that says where to look.
+func readyControllers(ctx context.Context, o Options, c *cluster) ([]corev1.Pod, error) {
+	pods, err := readyPods(ctx, c, systemNamespace, controllerSelector, "")
+	if err == nil && len(pods) == 0 {
+		err = fmt.Errorf("no ready controller pod (%s) in %s of %s: see `%s check`", controllerSelector, systemNamespace, c.where, o.Invoked)
+	}
+	return pods, err
+}
+
 // forwardZtunnel forwards the admin port (15000) of the ztunnel of node; node may be empty
 // when the cluster has one ztunnel.
 func forwardZtunnel(ctx context.Context, c *cluster, node string) (*forwarded, error) {

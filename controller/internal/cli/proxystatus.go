@@ -151,12 +151,9 @@ func proxyState(p xds.ProxyStatus) string {
 // clusterProxies asks every ready replica of the cluster's controller for its proxies: a proxy
 // holds one stream, to one replica, so the list is their union.
 func clusterProxies(ctx context.Context, o Options, c *cluster) ([]xds.ProxyStatus, error) {
-	pods, err := readyPods(ctx, c, systemNamespace, controllerSelector, "")
+	pods, err := readyControllers(ctx, o, c)
 	if err != nil {
 		return nil, err
-	}
-	if len(pods) == 0 {
-		return nil, fmt.Errorf("no ready controller pod (%s) in %s of %s: see `%s check`", controllerSelector, systemNamespace, c.where, o.Invoked)
 	}
 	all := []xds.ProxyStatus{}
 	for _, p := range pods {
