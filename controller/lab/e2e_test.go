@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"ambit.dev/controller/internal/configdir"
-	"ambit.dev/controller/internal/e2elock"
+	"ambit.dev/mesh/e2elock"
 	"ambit.dev/mesh/wait"
 )
 

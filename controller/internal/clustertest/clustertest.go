@@ -65,7 +65,7 @@ import (
 	"testing"
 	"time"
 
-	"ambit.dev/controller/internal/e2elock"
+	"ambit.dev/mesh/e2elock"
 	"ambit.dev/controller/internal/kubetest"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
