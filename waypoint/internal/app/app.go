@@ -137,16 +137,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	// Every listener opens before anything runs, so that an address in use fails the start.
-	hln, err := net.Listen("tcp", cfg.HBONEAddr)
+	hln, hpc, err := listenHBONE(cfg.HBONEAddr)
 	if err != nil {
-		return fmt.Errorf("hbone listener: %w", err)
-	}
-	// HBONE over HTTP/3 on the UDP port of the same address and number, for peers the
-	// controller tells to use it (the waypoint reports it in its node metadata).
-	hpc, err := net.ListenPacket("udp", hln.Addr().String())
-	if err != nil {
-		hln.Close()
-		return fmt.Errorf("hbone udp listener: %w", err)
+		return err
 	}
 	endpoints, err := proxyhost.Endpoints{
 		AdminAddr: cfg.AdminAddr, MetricsAddr: cfg.MetricsAddr, ReadyAddr: cfg.ReadyAddr,
@@ -254,4 +247,20 @@ func configDump(st *state.State, px *proxy.Proxy, certs *identity.Manager) dump.
 		}
 	}
 	return dump.Waypoint{Identity: px.Identity().String(), Sections: st.Sections(), Certificates: certs.Identities(), Routes: routes}
+}
+
+// listenHBONE opens HBONE's TCP listener and, on the UDP port of the same address and number,
+// HBONE over HTTP/3 for peers the controller tells to use it (the waypoint reports it in its
+// node metadata).
+func listenHBONE(addr string) (net.Listener, net.PacketConn, error) {
+	hln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("hbone listener: %w", err)
+	}
+	hpc, err := net.ListenPacket("udp", hln.Addr().String())
+	if err != nil {
+		hln.Close()
+		return nil, nil, fmt.Errorf("hbone udp listener: %w", err)
+	}
+	return hln, hpc, nil
 }
