@@ -162,9 +162,13 @@ e2e-k8s: kube-apiserver ## end-to-end tests against a real kube-apiserver and et
 	if [[ $${#pkgs[@]} -eq 0 ]]; then echo "e2e-k8s: no end-to-end test packages" >&2; exit 1; fi; \
 	go test -race -count=1 -timeout $(TESTTIMEOUT) "$${pkgs[@]}"
 
-bench-controller: ## controller push at scale: 10,000 pods, 1,000 services, 100 xDS clients on loopback; last line JSON
-	@mkdir -p bin; go build -o bin/bench-controller ./controller/internal/xds/pushbench; \
-	bin/bench-controller -pods 10000 -services 1000 -clients 100 -changes 200
+BENCH_CONTROLLER_PODS ?= 10000 50000 100000
+bench-controller: ## controller push at scale: 10,000, 50,000 and 100,000 pods (a Service per 10), 100 xDS clients on loopback; a JSON line each, also in bench/results/controller.jsonl (~3 min, 10 GB)
+	@mkdir -p bin bench/results; go build -o bin/bench-controller ./controller/internal/xds/pushbench; \
+	: > bench/results/controller.jsonl.new; \
+	for p in $(BENCH_CONTROLLER_PODS); do \
+		bin/bench-controller -pods $$p -services $$((p / 10)) -clients 100 -changes 200 | tail -1 | tee -a bench/results/controller.jsonl.new || exit 1; \
+	done; mv bench/results/controller.jsonl.new bench/results/controller.jsonl
 
 clean: ## remove bin/ and .cache/
 	rm -rf bin .cache

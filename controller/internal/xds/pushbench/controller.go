@@ -43,6 +43,15 @@ type result struct {
 	ChangeP50MS float64 `json:"change_p50_ms"`
 	ChangeP99MS float64 `json:"change_p99_ms"`
 	RSSMB       float64 `json:"rss_mb"`
+	// What the full sync cost each side: the controller's CPU, the clients' CPU, the part of
+	// it spent in the kernel and the clients' page faults (most of that kernel time: they
+	// touch their held config for the first time), and the machine's transparent huge page
+	// setting, which decides how many faults there are (docs/benchmarks.md).
+	SyncControllerCPUMS float64 `json:"sync_controller_cpu_ms"`
+	SyncClientsCPUMS    float64 `json:"sync_clients_cpu_ms"`
+	SyncClientsSysMS    float64 `json:"sync_clients_sys_ms"`
+	SyncClientsFaults   int64   `json:"sync_clients_faults"`
+	THP                 string  `json:"thp"`
 }
 
 func runController(cfg config, log *slog.Logger) error {
@@ -146,7 +155,7 @@ func runController(cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	cpu0 := cpuTime()
+	use0 := usage()
 	if err := child.Start(); err != nil {
 		return err
 	}
@@ -166,16 +175,13 @@ func runController(cfg config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("clients: %w", err)
 	}
-	syncMS, ok := strings.CutPrefix(line, "synced ")
-	if !ok {
-		return fmt.Errorf("clients: unexpected %q", line)
+	res := result{Pods: cfg.pods, Services: cfg.services, Clients: cfg.clients, THP: thpSetting()}
+	if _, err := fmt.Sscanf(line, "synced %g %g %g %d", &res.FullSyncMS, &res.SyncClientsCPUMS, &res.SyncClientsSysMS, &res.SyncClientsFaults); err != nil {
+		return fmt.Errorf("clients: unexpected %q: %w", line, err)
 	}
-	res := result{Pods: cfg.pods, Services: cfg.services, Clients: cfg.clients}
-	if res.FullSyncMS, err = strconv.ParseFloat(syncMS, 64); err != nil {
-		return err
-	}
+	res.SyncControllerCPUMS = ms(usage().sub(use0).cpu())
 	fmt.Fprintf(os.Stderr, "full sync of %d clients: %.1f ms wall, %.0f ms of controller CPU\n",
-		cfg.clients, res.FullSyncMS, float64((cpuTime()-cpu0).Microseconds())/1000)
+		cfg.clients, res.FullSyncMS, res.SyncControllerCPUMS)
 
 	lat := make([]float64, 0, cfg.changes)
 	for i := range cfg.changes {
@@ -221,11 +227,39 @@ func percentile(sorted []float64, p float64) float64 {
 	return sorted[i]
 }
 
-// cpuTime is the CPU time (user and system) this process has used.
-func cpuTime() time.Duration {
+// rusage is what a process has used so far.
+type rusage struct {
+	user, sys time.Duration
+	faults    int64 // minor and major page faults
+}
+
+func usage() rusage {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
+		return rusage{}
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return rusage{user: time.Duration(ru.Utime.Nano()), sys: time.Duration(ru.Stime.Nano()), faults: ru.Minflt + ru.Majflt}
+}
+
+func (u rusage) sub(v rusage) rusage {
+	return rusage{user: u.user - v.user, sys: u.sys - v.sys, faults: u.faults - v.faults}
+}
+
+func (u rusage) cpu() time.Duration { return u.user + u.sys }
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// thpSetting is the machine's transparent huge page mode (always, madvise or never), the word
+// in brackets of /sys/kernel/mm/transparent_hugepage/enabled; "" when unknown.
+func thpSetting() string {
+	b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
+	if err != nil {
+		return ""
+	}
+	_, rest, ok := strings.Cut(string(b), "[")
+	mode, _, ok2 := strings.Cut(rest, "]")
+	if !ok || !ok2 {
+		return ""
+	}
+	return mode
 }

@@ -19,11 +19,17 @@
 //
 // The last line of output is one JSON object:
 //
-//	{"pods":…,"services":…,"clients":…,"full_sync_ms":…,"change_p50_ms":…,"change_p99_ms":…,"rss_mb":…}
+//	{"pods":…,"services":…,"clients":…,"full_sync_ms":…,"change_p50_ms":…,"change_p99_ms":…,"rss_mb":…,
+//	 "sync_controller_cpu_ms":…,"sync_clients_cpu_ms":…,"sync_clients_sys_ms":…,"sync_clients_faults":…,"thp":…}
 //
 // full_sync_ms is the time from starting the proxies until all hold the full config;
 // change_*_ms is the time from one workload change (model edit and Push) until every proxy
-// has applied it, over -changes changes; rss_mb is the controller process's peak RSS.
+// has applied it, over -changes changes; rss_mb is the controller process's peak RSS. The
+// sync_* fields split the full sync's CPU between the controller and the clients, and give the
+// clients' kernel time and page faults: on two shared cores the clients' CPU, not the
+// controller's, sets full_sync_ms, and most of their kernel time is first touches of the
+// memory that holds the config, which the machine's transparent huge page setting (thp)
+// decides (docs/benchmarks.md, "Full sync: what the time is made of").
 package main
 
 import (
