@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -37,8 +38,12 @@ const (
 	// does not reject a certificate issued a moment ago.
 	clockSkew = time.Minute
 
-	rootCertFile = "root-cert.pem"
-	rootKeyFile  = "root-key.pem"
+	rootCertFile   = "root-cert.pem"
+	rootKeyFile    = "root-key.pem"
+	caCertFile     = "ca-cert.pem"
+	caKeyFile      = "ca-key.pem"
+	certChainFile  = "cert-chain.pem"
+	extraRootsFile = "extra-roots.pem"
 )
 
 var (
@@ -93,12 +98,22 @@ func (o CAOptions) withDefaults() (CAOptions, error) {
 	return o, nil
 }
 
-// CA issues X.509-SVIDs signed directly by a self-signed ECDSA P-256 root.
-// It is safe for concurrent use.
+// CA issues X.509-SVIDs. It signs with its signing CA: ambit's self-signed ECDSA P-256 root,
+// or a CA the user supplies (an intermediate with its chain, or another root; see
+// LoadCAFiles). It trusts the signing CA's root and any extra roots: more than one root while
+// the root rotates. It is safe for concurrent use.
 type CA struct {
-	opts    CAOptions
-	root    *x509.Certificate
-	key     *ecdsa.PrivateKey
+	opts   CAOptions
+	signer *x509.Certificate // its key signs the leaves
+	key    *ecdsa.PrivateKey
+	// chain is the DER of signer and the intermediates above it, up to and not including
+	// the root; empty when signer is the root itself.
+	chain [][]byte
+	// notAfter is the earliest NotAfter of signer, the intermediates and the root: no leaf
+	// outlives it.
+	notAfter time.Time
+	// roots are the trust anchors: the signing CA's root first, then the extra roots.
+	roots   []*x509.Certificate
 	rootPEM []byte
 }
 
@@ -125,28 +140,58 @@ func NewCA(opts CAOptions) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new ca: parse root: %w", err)
 	}
-	return newCA(opts, root, key), nil
+	return newCA(opts, root, key, nil, root, nil), nil
 }
 
-// LoadOrCreateCA loads root-cert.pem and root-key.pem from dir, or creates them
-// (key mode 0600) if neither exists, so a controller restart keeps its root and
-// every issued certificate stays valid. It never overwrites an existing file: a
-// corrupt, mismatched or lone file is an error the operator must resolve.
+// LoadOrCreateCA loads the CA in dir, or creates ambit's root there (root-cert.pem and
+// root-key.pem, key mode 0600) if dir holds no signing CA, so a controller restart keeps its
+// root and every issued certificate stays valid. Besides the root dir may hold the files
+// LoadCAFiles describes: a signing CA of the user's (ca-cert.pem, ca-key.pem, cert-chain.pem),
+// which then signs instead of root-cert.pem, and extra-roots.pem, roots trusted besides. It
+// never overwrites an existing file: a corrupt, mismatched or lone file is an error the
+// operator must resolve.
 func LoadOrCreateCA(dir string, opts CAOptions) (*CA, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
 	}
+	var files CAFiles
+	for _, f := range []struct {
+		name string
+		dst  *[]byte
+	}{
+		{caCertFile, &files.CACert}, {caKeyFile, &files.CAKey}, {certChainFile, &files.CertChain}, {extraRootsFile, &files.ExtraRoots},
+	} {
+		b, err := os.ReadFile(filepath.Join(dir, f.name))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("load ca: %w", err)
+		}
+		*f.dst = b
+	}
 	certPath, keyPath := filepath.Join(dir, rootCertFile), filepath.Join(dir, rootKeyFile)
 	certPEM, certErr := os.ReadFile(certPath)
 	keyPEM, keyErr := os.ReadFile(keyPath)
-	switch {
-	case certErr == nil && keyErr == nil:
-		ca, err := loadCA(opts, certPEM, keyPEM)
+	if files.CACert != nil || files.CAKey != nil {
+		// The user's CA signs; ambit's root, while it is still there, is only trusted.
+		if certErr != nil && !errors.Is(certErr, fs.ErrNotExist) {
+			return nil, fmt.Errorf("load ca: %w", certErr)
+		}
+		files.RootCert = certPEM
+		ca, err := loadCAFiles(opts, files)
 		if err != nil {
 			return nil, fmt.Errorf("load ca from %s: %w", dir, err)
 		}
-		opts.Logger.Info("loaded root ca", "dir", dir, "trust_domain", opts.TrustDomain.Name(), "not_after", ca.root.NotAfter)
+		ca.logLoaded("loaded signing ca", "dir", dir)
+		return ca, nil
+	}
+	switch {
+	case certErr == nil && keyErr == nil:
+		files.RootCert, files.RootKey = certPEM, keyPEM
+		ca, err := loadCAFiles(opts, files)
+		if err != nil {
+			return nil, fmt.Errorf("load ca from %s: %w", dir, err)
+		}
+		ca.logLoaded("loaded root ca", "dir", dir)
 		return ca, nil
 	case certErr != nil && !errors.Is(certErr, fs.ErrNotExist):
 		return nil, fmt.Errorf("load ca: %w", certErr)
@@ -161,6 +206,13 @@ func LoadOrCreateCA(dir string, opts CAOptions) (*CA, error) {
 	ca, err := NewCA(opts)
 	if err != nil {
 		return nil, err
+	}
+	if files.ExtraRoots != nil {
+		extra, err := parseExtraRoots(opts, files.ExtraRoots)
+		if err != nil {
+			return nil, fmt.Errorf("create ca in %s: %w", dir, err)
+		}
+		ca = newCA(opts, ca.signer, ca.key, nil, ca.signer, extra)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.key)
 	if err != nil {
@@ -177,7 +229,7 @@ func LoadOrCreateCA(dir string, opts CAOptions) (*CA, error) {
 	if err := writeNew(certPath, ca.rootPEM, 0o644); err != nil {
 		return nil, fmt.Errorf("create ca: %w", err)
 	}
-	opts.Logger.Info("created root ca", "dir", dir, "trust_domain", opts.TrustDomain.Name(), "not_after", ca.root.NotAfter)
+	ca.logLoaded("created root ca", "dir", dir)
 	return ca, nil
 }
 
@@ -209,63 +261,67 @@ func writeNew(path string, data []byte, mode os.FileMode) error {
 	return os.Link(tmp, path)
 }
 
-func loadCA(opts CAOptions, certPEM, keyPEM []byte) (*CA, error) {
+// loadRoot parses and checks ambit's root and its key (root-cert.pem, root-key.pem).
+func loadRoot(opts CAOptions, certPEM, keyPEM []byte) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 	cb, rest := pem.Decode(certPEM)
 	if cb == nil || cb.Type != "CERTIFICATE" || len(bytes.TrimSpace(rest)) != 0 {
-		return nil, fmt.Errorf("%s: want exactly one PEM CERTIFICATE block", rootCertFile)
+		return nil, nil, fmt.Errorf("%s: want exactly one PEM CERTIFICATE block", rootCertFile)
 	}
 	root, err := x509.ParseCertificate(cb.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", rootCertFile, err)
+		return nil, nil, fmt.Errorf("%s: %w", rootCertFile, err)
 	}
-	kb, _ := pem.Decode(keyPEM)
-	if kb == nil {
-		return nil, fmt.Errorf("%s: no PEM block", rootKeyFile)
-	}
-	var key any
-	switch kb.Type {
-	case "PRIVATE KEY":
-		key, err = x509.ParsePKCS8PrivateKey(kb.Bytes)
-	case "EC PRIVATE KEY":
-		key, err = x509.ParseECPrivateKey(kb.Bytes)
-	default:
-		return nil, fmt.Errorf("%s: unexpected PEM block %q", rootKeyFile, kb.Type)
-	}
+	ecKey, err := parseKey(keyPEM, rootKeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", rootKeyFile, err)
-	}
-	ecKey, ok := key.(*ecdsa.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("%s: key must be ECDSA P-256, got %T", rootKeyFile, key)
-	}
-	if err := checkP256(&ecKey.PublicKey); err != nil {
-		return nil, fmt.Errorf("%s: %w", rootKeyFile, err)
+		return nil, nil, err
 	}
 	if !ecKey.PublicKey.Equal(root.PublicKey) {
-		return nil, fmt.Errorf("%s does not match the key in %s", rootKeyFile, rootCertFile)
+		return nil, nil, fmt.Errorf("%s does not match the key in %s", rootKeyFile, rootCertFile)
 	}
 	if !root.IsCA || root.KeyUsage&x509.KeyUsageCertSign == 0 {
-		return nil, fmt.Errorf("%s: not a CA certificate", rootCertFile)
+		return nil, nil, fmt.Errorf("%s: not a CA certificate", rootCertFile)
 	}
 	if len(root.URIs) == 1 {
 		td, err := spiffeid.TrustDomainFromURI(root.URIs[0])
 		if err == nil && td != opts.TrustDomain {
-			return nil, fmt.Errorf("%s: root is for trust domain %q, configured %q", rootCertFile, td.Name(), opts.TrustDomain.Name())
+			return nil, nil, fmt.Errorf("%s: root is for trust domain %q, configured %q", rootCertFile, td.Name(), opts.TrustDomain.Name())
 		}
 	}
 	if now := opts.Clock.Now(); !now.Before(root.NotAfter) {
-		return nil, fmt.Errorf("%s: root expired at %s; remove both files to create a new root", rootCertFile, root.NotAfter.Format(time.RFC3339))
+		return nil, nil, fmt.Errorf("%s: root expired at %s; remove both files to create a new root", rootCertFile, root.NotAfter.Format(time.RFC3339))
 	}
-	return newCA(opts, root, ecKey), nil
+	return root, ecKey, nil
 }
 
-func newCA(opts CAOptions, root *x509.Certificate, key *ecdsa.PrivateKey) *CA {
-	return &CA{
-		opts:    opts,
-		root:    root,
-		key:     key,
-		rootPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}),
+// newCA returns the CA that signs with signer (whose key is key), sends intermediates (signer
+// first, up to and not including root; nil when signer is root) with every leaf, and trusts
+// root and extra.
+func newCA(opts CAOptions, signer *x509.Certificate, key *ecdsa.PrivateKey, intermediates []*x509.Certificate, root *x509.Certificate, extra []*x509.Certificate) *CA {
+	ca := &CA{opts: opts, signer: signer, key: key, notAfter: root.NotAfter}
+	for _, c := range intermediates {
+		ca.chain = append(ca.chain, c.Raw)
+		if c.NotAfter.Before(ca.notAfter) {
+			ca.notAfter = c.NotAfter
+		}
 	}
+	for _, r := range append([]*x509.Certificate{root}, extra...) {
+		if slices.ContainsFunc(ca.roots, func(c *x509.Certificate) bool { return c.Equal(r) }) {
+			continue
+		}
+		ca.roots = append(ca.roots, r)
+		ca.rootPEM = append(ca.rootPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+	}
+	return ca
+}
+
+// logLoaded logs what the CA signs with and trusts.
+func (c *CA) logLoaded(msg string, kv ...any) {
+	roots := make([]string, len(c.roots))
+	for i, r := range c.roots {
+		roots[i] = Fingerprint(r)
+	}
+	c.opts.Logger.Info(msg, append(kv, "trust_domain", c.opts.TrustDomain.Name(), "signer", c.signer.Subject.String(),
+		"signer_not_after", c.notAfter, "roots", roots)...)
 }
 
 func newRoot(td spiffeid.TrustDomain, now time.Time) (*ecdsa.PrivateKey, []byte, error) {
@@ -311,21 +367,25 @@ func randomSerial() (*big.Int, error) {
 // TrustDomain returns the trust domain the CA issues for.
 func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.opts.TrustDomain }
 
-// Bundle returns a new trust bundle holding the root. It is a copy: changing it
-// does not change what the CA trusts.
+// Bundle returns a new trust bundle holding every root the CA trusts. It is a copy: changing
+// it does not change what the CA trusts.
 func (c *CA) Bundle() *x509bundle.Bundle {
-	return x509bundle.FromX509Authorities(c.opts.TrustDomain, []*x509.Certificate{c.root})
+	return x509bundle.FromX509Authorities(c.opts.TrustDomain, c.roots)
 }
 
-// RootPEM returns the root certificate in PEM form.
+// RootPEM returns the trust bundle in PEM form: the signing CA's root first, then the extra
+// roots. Outside a rotation it is the one root.
 func (c *CA) RootPEM() []byte { return bytes.Clone(c.rootPEM) }
+
+// SignerRoot returns the root the CA's certificates chain to now.
+func (c *CA) SignerRoot() *x509.Certificate { return c.roots[0] }
 
 // Sign validates csrDER and issues a certificate for want. Deciding that the
 // caller may have want is the caller's job; Sign only enforces that the CSR
 // asks for exactly that ID, inside the CA's trust domain. ttl 0 means
 // DefaultTTL; a ttl above MaxTTL is an error rather than silently clamped, so
-// a misconfigured client notices. The result is [leaf] (leaf first, no root;
-// the root comes from Bundle).
+// a misconfigured client notices. The result is the leaf, then the intermediates
+// of the signing CA if it is not a root; never the root, which comes from Bundle.
 func (c *CA) Sign(csrDER []byte, want spiffeid.ID, ttl time.Duration) ([][]byte, error) {
 	if want.IsZero() {
 		return nil, errors.New("sign: empty authorized identity")
@@ -354,10 +414,10 @@ func (c *CA) Sign(csrDER []byte, want spiffeid.ID, ttl time.Duration) ([][]byte,
 	}
 	now := c.opts.Clock.Now()
 	notAfter := now.Add(ttl)
-	// A leaf outliving its root would fail verification early anyway; make
-	// its real lifetime visible so the manager renews in time.
-	if notAfter.After(c.root.NotAfter) {
-		notAfter = c.root.NotAfter
+	// A leaf outliving its signing chain would fail verification early anyway;
+	// make its real lifetime visible so the manager renews in time.
+	if notAfter.After(c.notAfter) {
+		notAfter = c.notAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
@@ -367,14 +427,14 @@ func (c *CA) Sign(csrDER []byte, want spiffeid.ID, ttl time.Duration) ([][]byte,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
-		// AuthorityKeyId is filled from the root's SubjectKeyId by crypto/x509.
+		// AuthorityKeyId is filled from the signer's SubjectKeyId by crypto/x509.
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.root, csr.PublicKey, c.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.signer, csr.PublicKey, c.key)
 	if err != nil {
 		return nil, fmt.Errorf("sign %s: %w", want, err)
 	}
 	c.opts.Logger.Info("issued certificate", "id", id.String(), "serial", serial.Text(16), "not_after", notAfter)
-	return [][]byte{der}, nil
+	return append([][]byte{der}, c.chain...), nil
 }
 
 // CreateCertificate implements Signer: the authorized identity is id.

@@ -29,5 +29,5 @@ func LoadCA(certPEM, keyPEM []byte, opts CAOptions) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	return loadCA(opts, certPEM, keyPEM)
+	return loadCAFiles(opts, CAFiles{RootCert: certPEM, RootKey: keyPEM})
 }

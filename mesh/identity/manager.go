@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -56,7 +57,15 @@ type ManagerOptions struct {
 	MinBackoff, MaxBackoff time.Duration
 	// RequestTimeout bounds one signer call (real time). Default 30s.
 	RequestTimeout time.Duration
+	// SignerChangeSpread: when a certificate arrives from another signing CA than the ones
+	// held (the CA's root rotated), every other certificate is renewed at a random moment
+	// within this period instead of at its half-life, so the proxy moves to the new signer
+	// at once without asking for all its certificates in the same instant. Default 30s.
+	SignerChangeSpread time.Duration
 }
+
+// DefaultSignerChangeSpread is ManagerOptions.SignerChangeSpread's default.
+const DefaultSignerChangeSpread = 30 * time.Second
 
 // Manager keeps one X.509-SVID per identity a proxy serves. A handshake asks
 // Certificate and gets the current certificate from memory; the renewal loop
@@ -102,6 +111,9 @@ func NewManager(opts ManagerOptions) *Manager {
 	opts.MaxBackoff = max(opts.MaxBackoff, opts.MinBackoff)
 	if opts.RequestTimeout <= 0 {
 		opts.RequestTimeout = DefaultRequestTimeout
+	}
+	if opts.SignerChangeSpread <= 0 {
+		opts.SignerChangeSpread = DefaultSignerChangeSpread
 	}
 	return &Manager{
 		opts:    opts,
@@ -209,6 +221,7 @@ func (m *Manager) fetch(ctx context.Context, e *entry) {
 		e.next = from.Add(leaf.NotAfter.Sub(from) / 2)
 		e.next = maxTime(e.next, now.Add(m.opts.MinBackoff))
 		m.opts.Logger.Info("certificate issued", "id", e.id.String(), "serial", leaf.SerialNumber.Text(16), "not_after", leaf.NotAfter, "renew_at", e.next)
+		m.followSignerLocked(e, now)
 	}
 	close(e.settled)
 	e.settled = make(chan struct{})
@@ -255,6 +268,36 @@ func (m *Manager) issue(ctx context.Context, id spiffeid.ID) (*tls.Certificate, 
 		return nil, fmt.Errorf("request certificate for %s: signer returned a certificate that expired at %s", id, leaf.NotAfter)
 	}
 	return &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}, nil
+}
+
+// followSignerLocked brings forward the renewal of every certificate whose signing CA is
+// not the one of fresh's new certificate: the CA switched to a new signer (a root rotation),
+// and the sooner every certificate moves over, the sooner the old root can go.
+func (m *Manager) followSignerLocked(fresh *entry, now time.Time) {
+	moved := 0
+	for _, e := range m.entries {
+		if e == fresh || e.cert == nil || e.inflight || sameSigner(e.cert.Leaf, fresh.cert.Leaf) {
+			continue
+		}
+		at := now.Add(time.Duration(mrand.Int64N(int64(m.opts.SignerChangeSpread)) + 1))
+		if at.Before(e.next) {
+			e.next = at
+			moved++
+		}
+	}
+	if moved > 0 {
+		m.opts.Logger.Info("signing ca changed; renewing the other certificates", "id", fresh.id.String(),
+			"issuer", fresh.cert.Leaf.Issuer.String(), "certificates", moved, "within", m.opts.SignerChangeSpread)
+		m.wake()
+	}
+}
+
+// sameSigner reports whether a and b were signed by the same CA key.
+func sameSigner(a, b *x509.Certificate) bool {
+	if len(a.AuthorityKeyId) > 0 && len(b.AuthorityKeyId) > 0 {
+		return bytes.Equal(a.AuthorityKeyId, b.AuthorityKeyId)
+	}
+	return bytes.Equal(a.RawIssuer, b.RawIssuer)
 }
 
 // backoff returns the delay before retry number n (n >= 1).
@@ -362,6 +405,28 @@ func (m *Manager) RetryNow() {
 		if e.lastErr != nil {
 			m.expediteLocked(e, now)
 		}
+	}
+}
+
+// Refresh renews one certificate now, the one due soonest (never sooner than MinBackoff
+// after its last request): what the CA sends with it, its trust bundle and its signing CA,
+// reaches the proxy without waiting for a half-life. If the CA now signs with another CA,
+// the other certificates follow within SignerChangeSpread. A proxy calls it when its
+// connection to the controller is new, as after the controller restarted with a changed CA.
+func (m *Manager) Refresh() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var first *entry
+	for _, e := range m.entries {
+		if e.inflight {
+			return // a request under way brings the news anyway
+		}
+		if e.cert != nil && (first == nil || e.next.Before(first.next)) {
+			first = e
+		}
+	}
+	if first != nil {
+		m.expediteLocked(first, m.opts.Clock.Now())
 	}
 }
 

@@ -38,7 +38,7 @@ type testSigner struct {
 
 func (s *testSigner) CreateCertificate(ctx context.Context, id spiffeid.ID, csr []byte, ttl time.Duration) ([][]byte, error) {
 	s.mu.Lock()
-	fail, block := s.fail, s.block
+	fail, block, ca := s.fail, s.block, s.ca
 	s.mu.Unlock()
 	s.calls <- id
 	if block != nil {
@@ -51,7 +51,14 @@ func (s *testSigner) CreateCertificate(ctx context.Context, id spiffeid.ID, csr 
 	if fail != nil {
 		return nil, fail
 	}
-	return s.ca.CreateCertificate(ctx, id, csr, ttl)
+	return ca.CreateCertificate(ctx, id, csr, ttl)
+}
+
+// setCA makes the signer sign with ca from now on (a CA restarted with a new root).
+func (s *testSigner) setCA(ca *identity.CA) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ca = ca
 }
 
 func (s *testSigner) setFail(err error) {

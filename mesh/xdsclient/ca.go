@@ -17,6 +17,7 @@ import (
 // identity.Signer, so an identity.Manager can use it directly.
 type CAClient struct {
 	client cav1.CertificateServiceClient
+	trust  *identity.TrustBundle // updated from every response; nil: not
 
 	mu     sync.Mutex
 	bundle []byte
@@ -27,6 +28,13 @@ var _ identity.Signer = (*CAClient)(nil)
 // NewCAClient returns a CAClient over conn (from Dial, which adds the bearer token).
 func NewCAClient(conn grpc.ClientConnInterface) *CAClient {
 	return &CAClient{client: cav1.NewCertificateServiceClient(conn)}
+}
+
+// NewCAClientWithBundle returns a CAClient that replaces trust's roots with the bundle of
+// every response (identity.TrustBundle.Update checks it). A response whose bundle is refused
+// fails as a whole: its certificate is not used either, and the manager retries.
+func NewCAClientWithBundle(conn grpc.ClientConnInterface, trust *identity.TrustBundle) *CAClient {
+	return &CAClient{client: cav1.NewCertificateServiceClient(conn), trust: trust}
 }
 
 // CreateCertificate sends the CSR (as PEM) for id and returns the chain as DER, leaf first.
@@ -51,6 +59,11 @@ func (c *CAClient) CreateCertificate(ctx context.Context, id spiffeid.ID, csrDER
 		chain = append(chain, b.Bytes)
 	}
 	if rb := resp.GetRootBundle(); rb != "" {
+		if c.trust != nil {
+			if _, err := c.trust.Update([]byte(rb), chain); err != nil {
+				return nil, fmt.Errorf("create certificate for %s: %w", id, err)
+			}
+		}
 		c.mu.Lock()
 		c.bundle = []byte(rb)
 		c.mu.Unlock()
