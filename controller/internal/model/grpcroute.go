@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 
 	configv1 "ambit.dev/proto/config/v1"
@@ -12,8 +13,8 @@ import (
 // into the routes it gives each GAMMA parent. A gRPC call is an HTTP/2 POST to
 // /<service>/<method>, so a method match becomes a path match — service and method: the exact
 // path; service alone: the prefix /<service>/ — and the waypoint routes gRPC with the same
-// RouteConfig as HTTP. Header matches are exact; regular expressions, filters and session
-// persistence are refused, naming the field.
+// RouteConfig as HTTP. Filters are HTTPRoute's (header modifiers, mirrors); ExtensionRef
+// and session persistence are refused, naming the field.
 func ConvertGRPCRoute(r *gatewayv1.GRPCRoute, domain string) ([]AttachedRoutes, error) {
 	const kind = "GRPCRoute"
 	bad := func(field, format string, args ...any) error {
@@ -22,18 +23,12 @@ func ConvertGRPCRoute(r *gatewayv1.GRPCRoute, domain string) ([]AttachedRoutes, 
 	var entries []RouteEntry
 	for i, rule := range r.Spec.Rules {
 		base := fmt.Sprintf("spec.rules[%d]", i)
-		name, ferr := ruleName(r.Namespace, r.Name, i, rule.Name, len(rule.Filters) > 0, rule.SessionPersistence != nil)
+		rt, ferr := grpcRule(rule, r.Namespace, domain)
+		if ferr == nil {
+			rt.Name, ferr = ruleName(r.Namespace, r.Name, i, rule.Name, rule.SessionPersistence != nil)
+		}
 		if ferr != nil {
 			return nil, bad(base+ferr.field, "%w", ferr.err)
-		}
-		var backends []*configv1.Backend
-		for j, b := range rule.BackendRefs {
-			be, err := convertBackend(b.BackendRef, len(b.Filters) > 0, r.Namespace, domain)
-			if err != nil {
-				e := err.(*fieldErr)
-				return nil, bad(fmt.Sprintf("%s.backendRefs[%d]%s", base, j, e.field), "%w", e.err)
-			}
-			backends = append(backends, be)
 		}
 		matches := rule.Matches
 		if len(matches) == 0 {
@@ -45,13 +40,7 @@ func ConvertGRPCRoute(r *gatewayv1.GRPCRoute, domain string) ([]AttachedRoutes, 
 				e := err.(*fieldErr)
 				return nil, bad(fmt.Sprintf("%s.matches[%d]%s", base, k, e.field), "%w", e.err)
 			}
-			entries = append(entries, RouteEntry{
-				Route:   &configv1.Route{Name: name, Matches: []*configv1.RouteMatch{rm}, Backends: backends},
-				created: r.CreationTimestamp.Time,
-				route:   r.Namespace + "/" + r.Name,
-				rule:    i,
-				match:   k,
-			})
+			entries = append(entries, newEntry(rt, rm, r.ObjectMeta, i, k))
 		}
 	}
 	out, err := attach(r.Spec.ParentRefs, entries, r.Namespace, domain)
@@ -62,41 +51,79 @@ func ConvertGRPCRoute(r *gatewayv1.GRPCRoute, domain string) ([]AttachedRoutes, 
 	return out, nil
 }
 
+// grpcRule compiles what a GRPCRoute rule gives each of its matches: backends and filters
+// (the HTTPRoute filters GRPCRoute has). Errors are relative to the rule.
+func grpcRule(rule gatewayv1.GRPCRouteRule, ns, domain string) (*configv1.Route, *fieldErr) {
+	rt := &configv1.Route{}
+	var err *fieldErr
+	rt.Backends, err = convertBackendRefs(len(rule.BackendRefs), func(j int) (gatewayv1.BackendRef, []gatewayv1.HTTPRouteFilter) {
+		return rule.BackendRefs[j].BackendRef, grpcFilters(rule.BackendRefs[j].Filters)
+	}, ns, domain)
+	if err != nil {
+		return nil, err
+	}
+	if err := routeFilters(grpcFilters(rule.Filters), nil, len(rule.BackendRefs) > 0, ns, domain, rt); err != nil {
+		return nil, err
+	}
+	return rt, nil
+}
+
 // convertGRPCMatch turns a GRPCRoute match into the path and header match of the HTTP/2
-// request that carries the call.
+// request that carries the call. An exact method match is an exact or prefix path; a
+// RegularExpression one a path regex, "/<service>/<method>" with [^/]+ for the part unset.
 func convertGRPCMatch(m gatewayv1.GRPCRouteMatch) (*configv1.RouteMatch, error) {
 	out := &configv1.RouteMatch{Path: &configv1.PathMatch{Kind: &configv1.PathMatch_Prefix{Prefix: "/"}}}
 	if mm := m.Method; mm != nil {
-		if mm.Type != nil && *mm.Type != gatewayv1.GRPCMethodMatchExact {
-			return nil, &fieldErr{".method.type", fmt.Errorf("%q is not supported (Exact)", *mm.Type)}
+		p, err := grpcMethodPath(mm)
+		if err != nil {
+			return nil, err
 		}
-		svc, method := deref(mm.Service), deref(mm.Method)
-		for field, v := range map[string]string{".method.service": svc, ".method.method": method} {
-			if strings.ContainsAny(v, "/ ") {
-				return nil, &fieldErr{field, fmt.Errorf("%q holds a / or a space", v)}
-			}
-		}
-		switch {
-		case svc != "" && method != "":
-			out.Path = &configv1.PathMatch{Kind: &configv1.PathMatch_Exact{Exact: "/" + svc + "/" + method}}
-		case svc != "":
-			out.Path = &configv1.PathMatch{Kind: &configv1.PathMatch_Prefix{Prefix: "/" + svc + "/"}}
-		case method != "":
-			return nil, &fieldErr{".method.service", fmt.Errorf("a method without its service is not supported (it needs a regular expression)")}
-		default:
-			return nil, &fieldErr{".method", fmt.Errorf("neither service nor method")}
-		}
+		out.Path = p
 	}
 	for i, h := range m.Headers {
-		if h.Type != nil && *h.Type != gatewayv1.GRPCHeaderMatchExact {
-			return nil, &fieldErr{fmt.Sprintf(".headers[%d].type", i), fmt.Errorf("%q is not supported (Exact)", *h.Type)}
+		hm, err := valueMatch(fmt.Sprintf(".headers[%d]", i), string(h.Name), h.Value, (*string)(h.Type))
+		if err != nil {
+			return nil, err
 		}
-		if h.Name == "" {
-			return nil, &fieldErr{fmt.Sprintf(".headers[%d].name", i), fmt.Errorf("empty")}
-		}
-		out.Headers = append(out.Headers, &configv1.HeaderMatch{Name: string(h.Name), Value: h.Value})
+		out.Headers = append(out.Headers, &configv1.HeaderMatch{Name: hm.name, Value: hm.value, Regex: hm.regex})
 	}
 	return out, nil
+}
+
+// grpcMethodPath is the path match of a GRPCRoute method match.
+func grpcMethodPath(mm *gatewayv1.GRPCMethodMatch) (*configv1.PathMatch, *fieldErr) {
+	svc, method := deref(mm.Service), deref(mm.Method)
+	if svc == "" && method == "" {
+		return nil, &fieldErr{".method", fmt.Errorf("neither service nor method")}
+	}
+	if mm.Type != nil && *mm.Type == gatewayv1.GRPCMethodMatchRegularExpression {
+		re := "/"
+		for _, p := range []struct{ field, v string }{{".method.service", svc}, {".method.method", method}} {
+			if p.v == "" {
+				p.v = "[^/]+"
+			} else if err := checkRegex(p.v, p.field); err != nil {
+				return nil, err
+			}
+			re += "(?:" + p.v + ")/"
+		}
+		return &configv1.PathMatch{Kind: &configv1.PathMatch_Regex{Regex: strings.TrimSuffix(re, "/")}}, nil
+	}
+	if mm.Type != nil && *mm.Type != gatewayv1.GRPCMethodMatchExact {
+		return nil, &fieldErr{".method.type", fmt.Errorf("%q is not supported (Exact, RegularExpression)", *mm.Type)}
+	}
+	for field, v := range map[string]string{".method.service": svc, ".method.method": method} {
+		if strings.ContainsAny(v, "/ ") {
+			return nil, &fieldErr{field, fmt.Errorf("%q holds a / or a space", v)}
+		}
+	}
+	switch {
+	case svc != "" && method != "":
+		return &configv1.PathMatch{Kind: &configv1.PathMatch_Exact{Exact: "/" + svc + "/" + method}}, nil
+	case svc != "":
+		return &configv1.PathMatch{Kind: &configv1.PathMatch_Prefix{Prefix: "/" + svc + "/"}}, nil
+	}
+	// A method of any service.
+	return &configv1.PathMatch{Kind: &configv1.PathMatch_Regex{Regex: "/[^/]+/" + regexp.QuoteMeta(method)}}, nil
 }
 
 func deref(s *string) string {

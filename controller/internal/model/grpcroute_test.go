@@ -74,11 +74,17 @@ func TestConvertGRPCRoute(t *testing.T) {
 		rule  gatewayv1.GRPCRouteRule
 		field string
 	}{
-		{"regex", gatewayv1.GRPCRouteRule{Matches: []gatewayv1.GRPCRouteMatch{{Method: &gatewayv1.GRPCMethodMatch{
-			Type: ptr(gatewayv1.GRPCMethodMatchRegularExpression), Service: ptr("a.*")}}}}, "spec.rules[0].matches[0].method.type"},
-		{"method alone", gatewayv1.GRPCRouteRule{Matches: []gatewayv1.GRPCRouteMatch{{Method: &gatewayv1.GRPCMethodMatch{Method: ptr("Check")}}}}, "spec.rules[0].matches[0].method.service"},
+		{"invalid regex", gatewayv1.GRPCRouteRule{Matches: []gatewayv1.GRPCRouteMatch{{Method: &gatewayv1.GRPCMethodMatch{
+			Type: ptr(gatewayv1.GRPCMethodMatchRegularExpression), Service: ptr("a.*"), Method: ptr("Get(")}}}}, "spec.rules[0].matches[0].method.method"},
+		{"invalid header regex", gatewayv1.GRPCRouteRule{Matches: []gatewayv1.GRPCRouteMatch{{Headers: []gatewayv1.GRPCHeaderMatch{
+			{Type: ptr(gatewayv1.GRPCHeaderMatchRegularExpression), Name: "x-user", Value: "*"}}}}}, "spec.rules[0].matches[0].headers[0].value"},
+		{"neither service nor method", gatewayv1.GRPCRouteRule{Matches: []gatewayv1.GRPCRouteMatch{{Method: &gatewayv1.GRPCMethodMatch{}}}}, "spec.rules[0].matches[0].method"},
 		{"slash in service", gatewayv1.GRPCRouteRule{Matches: []gatewayv1.GRPCRouteMatch{{Method: &gatewayv1.GRPCMethodMatch{Service: ptr("a/b")}}}}, "spec.rules[0].matches[0].method.service"},
-		{"filters", gatewayv1.GRPCRouteRule{Filters: []gatewayv1.GRPCRouteFilter{{Type: gatewayv1.GRPCRouteFilterRequestHeaderModifier}}}, "spec.rules[0].filters"},
+		{"extensionRef", gatewayv1.GRPCRouteRule{Filters: []gatewayv1.GRPCRouteFilter{{Type: gatewayv1.GRPCRouteFilterExtensionRef,
+			ExtensionRef: &gatewayv1.LocalObjectReference{Group: "example.com", Kind: "Lua", Name: "x"}}}}, "spec.rules[0].filters[0].extensionRef"},
+		{"header filter without its field", gatewayv1.GRPCRouteRule{Filters: []gatewayv1.GRPCRouteFilter{{Type: gatewayv1.GRPCRouteFilterRequestHeaderModifier}}}, "spec.rules[0].filters[0].requestHeaderModifier"},
+		{"mirror on a backendRef", gatewayv1.GRPCRouteRule{BackendRefs: []gatewayv1.GRPCBackendRef{{BackendRef: grpcBackend("web-v1", 1).BackendRef,
+			Filters: []gatewayv1.GRPCRouteFilter{{Type: gatewayv1.GRPCRouteFilterRequestMirror}}}}}, "spec.rules[0].backendRefs[0].filters[0].type"},
 		{"backend kind", gatewayv1.GRPCRouteRule{BackendRefs: []gatewayv1.GRPCBackendRef{{BackendRef: gatewayv1.BackendRef{BackendObjectReference: gatewayv1.BackendObjectReference{
 			Kind: ptr(gatewayv1.Kind("ConfigMap")), Name: "x"}}}}}, "spec.rules[0].backendRefs[0].kind"},
 	} {

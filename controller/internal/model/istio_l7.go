@@ -153,39 +153,42 @@ func istioL7(h istioapi.HTTPRoute, base, ns string, opts Options, r *configv1.Ro
 
 // mergeHeaders adds Istio's header operations to the route's (a later set wins).
 func mergeHeaders(r *configv1.Route, h *istioapi.Headers, field string) error {
-	merge := func(dst **configv1.HeaderOps, ops *istioapi.HeaderOperations, f string) error {
-		if ops == nil {
-			return nil
-		}
-		if *dst == nil {
-			*dst = &configv1.HeaderOps{}
-		}
-		d := *dst
-		for k, v := range ops.Set {
-			if k == "" {
-				return &fieldErr{f + ".set", fmt.Errorf("empty header name")}
-			}
-			if d.Set == nil {
-				d.Set = map[string]string{}
-			}
-			d.Set[k] = v
-		}
-		for k, v := range ops.Add {
-			if k == "" {
-				return &fieldErr{f + ".add", fmt.Errorf("empty header name")}
-			}
-			if d.Add == nil {
-				d.Add = map[string]string{}
-			}
-			d.Add[k] = v
-		}
-		d.Remove = append(d.Remove, ops.Remove...)
-		return nil
-	}
-	if err := merge(&r.RequestHeaders, h.Request, field+".request"); err != nil {
+	if err := mergeHeaderOps(&r.RequestHeaders, h.Request, field+".request"); err != nil {
 		return err
 	}
-	return merge(&r.ResponseHeaders, h.Response, field+".response")
+	if err := mergeHeaderOps(&r.ResponseHeaders, h.Response, field+".response"); err != nil {
+		return err
+	}
+	return nil
+}
+
+// mergeHeaderOps adds ops to *dst, creating it if need be (a later set wins); f names ops.
+// Gateway API's header filters come here too, as the same operations.
+func mergeHeaderOps(dst **configv1.HeaderOps, ops *istioapi.HeaderOperations, f string) *fieldErr {
+	if ops == nil {
+		return nil
+	}
+	if *dst == nil {
+		*dst = &configv1.HeaderOps{}
+	}
+	d := *dst
+	for _, m := range []struct {
+		name string
+		in   map[string]string
+		out  *map[string]string
+	}{{"set", ops.Set, &d.Set}, {"add", ops.Add, &d.Add}} {
+		for k, v := range m.in {
+			if k == "" {
+				return &fieldErr{f + "." + m.name, fmt.Errorf("empty header name")}
+			}
+			if *m.out == nil {
+				*m.out = map[string]string{}
+			}
+			(*m.out)[k] = v
+		}
+	}
+	d.Remove = append(d.Remove, ops.Remove...)
+	return nil
 }
 
 // istioTrafficPolicy compiles a DestinationRule's trafficPolicy; what the waypoint does not

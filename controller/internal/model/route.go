@@ -3,6 +3,7 @@ package model
 import (
 	"cmp"
 	"fmt"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	configv1 "ambit.dev/proto/config/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
@@ -55,84 +57,25 @@ func ConvertHTTPRoute(r *gatewayv1.HTTPRoute, domain string) ([]AttachedRoutes, 
 	var entries []RouteEntry
 	for i, rule := range r.Spec.Rules {
 		base := fmt.Sprintf("spec.rules[%d]", i)
-		name, ferr := ruleName(r.Namespace, r.Name, i, rule.Name, len(rule.Filters) > 0, rule.SessionPersistence != nil)
+		rt, ferr := httpRule(rule, r.Namespace, domain)
+		if ferr == nil {
+			rt.Name, ferr = ruleName(r.Namespace, r.Name, i, rule.Name, rule.SessionPersistence != nil)
+		}
 		if ferr != nil {
 			return nil, bad(base+ferr.field, "%w", ferr.err)
 		}
-		var backends []*configv1.Backend
-		for j, b := range rule.BackendRefs {
-			f := fmt.Sprintf("%s.backendRefs[%d]", base, j)
-			be, err := convertBackend(b.BackendRef, len(b.Filters) > 0, r.Namespace, domain)
-			if err != nil {
-				e := err.(*fieldErr)
-				return nil, bad(f+e.field, "%w", e.err)
-			}
-			backends = append(backends, be)
-		}
-		var timeouts *configv1.Timeouts
-		if t := rule.Timeouts; t != nil {
-			req, err := duration(t.Request)
-			if err != nil {
-				return nil, bad(base+".timeouts.request", "%w", err)
-			}
-			be, err := duration(t.BackendRequest)
-			if err != nil {
-				return nil, bad(base+".timeouts.backendRequest", "%w", err)
-			}
-			if req > 0 && be > req {
-				return nil, bad(base+".timeouts.backendRequest", "%s exceeds request timeout %s", be, req)
-			}
-			if req > 0 || be > 0 {
-				timeouts = &configv1.Timeouts{}
-				if req > 0 {
-					timeouts.Request = durationpb.New(req)
-				}
-				if be > 0 {
-					timeouts.BackendRequest = durationpb.New(be)
-				}
-			}
-		}
-		var retry *configv1.Retry
-		if rt := rule.Retry; rt != nil {
-			retry = &configv1.Retry{}
-			for k, c := range rt.Codes {
-				if c < 400 || c > 599 {
-					return nil, bad(fmt.Sprintf("%s.retry.codes[%d]", base, k), "%d is not in [400, 599]", c)
-				}
-				retry.Codes = append(retry.Codes, uint32(c))
-			}
-			if rt.Attempts != nil {
-				if *rt.Attempts < 0 || *rt.Attempts > MaxRetryAttempts {
-					return nil, bad(base+".retry.attempts", "%d is not in [0, %d]", *rt.Attempts, MaxRetryAttempts)
-				}
-				retry.Attempts = uint32(*rt.Attempts)
-			}
-			d, err := duration(rt.Backoff)
-			if err != nil {
-				return nil, bad(base+".retry.backoff", "%w", err)
-			}
-			if d > 0 {
-				retry.Backoff = durationpb.New(d)
-			}
-		}
+		rt.Fault = fault
 		matches := rule.Matches
 		if len(matches) == 0 {
 			matches = []gatewayv1.HTTPRouteMatch{{}}
 		}
 		for k, m := range matches {
-			f := fmt.Sprintf("%s.matches[%d]", base, k)
 			rm, err := convertMatch(m)
 			if err != nil {
 				e := err.(*fieldErr)
-				return nil, bad(f+e.field, "%w", e.err)
+				return nil, bad(fmt.Sprintf("%s.matches[%d]%s", base, k, e.field), "%w", e.err)
 			}
-			entries = append(entries, RouteEntry{
-				Route:   &configv1.Route{Name: name, Matches: []*configv1.RouteMatch{rm}, Backends: backends, Timeouts: timeouts, Retry: retry, Fault: fault},
-				created: r.CreationTimestamp.Time,
-				route:   r.Namespace + "/" + r.Name,
-				rule:    i,
-				match:   k,
-			})
+			entries = append(entries, newEntry(rt, rm, r.ObjectMeta, i, k))
 		}
 	}
 	out, err := attach(r.Spec.ParentRefs, entries, r.Namespace, domain)
@@ -143,12 +86,96 @@ func ConvertHTTPRoute(r *gatewayv1.HTTPRoute, domain string) ([]AttachedRoutes, 
 	return out, nil
 }
 
-// ruleName checks what HTTPRoute and GRPCRoute rules have alike and ambit refuses (filters,
-// session persistence), and names the rule: its name, else <namespace>/<route>/<index>.
-func ruleName(ns, route string, i int, name *gatewayv1.SectionName, filters, sessionPersistence bool) (string, *fieldErr) {
-	if filters {
-		return "", &fieldErr{".filters", fmt.Errorf("filters are not supported")}
+// newEntry is the entry of one (rule, match) pair of a route: rt with the one match.
+func newEntry(rt *configv1.Route, m *configv1.RouteMatch, meta metav1.ObjectMeta, rule, match int) RouteEntry {
+	r := cloneRoute(rt)
+	r.Matches = []*configv1.RouteMatch{m}
+	return RouteEntry{Route: r, created: meta.CreationTimestamp.Time, route: meta.Namespace + "/" + meta.Name, rule: rule, match: match}
+}
+
+// httpRule compiles what an HTTPRoute rule gives each of its matches: backends, filters,
+// timeouts and retry. Errors are relative to the rule.
+func httpRule(rule gatewayv1.HTTPRouteRule, ns, domain string) (*configv1.Route, *fieldErr) {
+	rt := &configv1.Route{}
+	var err *fieldErr
+	rt.Backends, err = convertBackendRefs(len(rule.BackendRefs), func(j int) (gatewayv1.BackendRef, []gatewayv1.HTTPRouteFilter) {
+		return rule.BackendRefs[j].BackendRef, rule.BackendRefs[j].Filters
+	}, ns, domain)
+	if err != nil {
+		return nil, err
 	}
+	if err := routeFilters(rule.Filters, rule.Matches, len(rule.BackendRefs) > 0, ns, domain, rt); err != nil {
+		return nil, err
+	}
+	if rt.Timeouts, err = ruleTimeouts(rule.Timeouts); err != nil {
+		return nil, err
+	}
+	if rt.Retry, err = ruleRetry(rule.Retry); err != nil {
+		return nil, err
+	}
+	return rt, nil
+}
+
+// ruleTimeouts compiles an HTTPRoute rule's timeouts; nil for none.
+func ruleTimeouts(t *gatewayv1.HTTPRouteTimeouts) (*configv1.Timeouts, *fieldErr) {
+	if t == nil {
+		return nil, nil
+	}
+	req, err := duration(t.Request)
+	if err != nil {
+		return nil, &fieldErr{".timeouts.request", err}
+	}
+	be, err := duration(t.BackendRequest)
+	if err != nil {
+		return nil, &fieldErr{".timeouts.backendRequest", err}
+	}
+	if req > 0 && be > req {
+		return nil, &fieldErr{".timeouts.backendRequest", fmt.Errorf("%s exceeds request timeout %s", be, req)}
+	}
+	if req == 0 && be == 0 {
+		return nil, nil
+	}
+	out := &configv1.Timeouts{}
+	if req > 0 {
+		out.Request = durationpb.New(req)
+	}
+	if be > 0 {
+		out.BackendRequest = durationpb.New(be)
+	}
+	return out, nil
+}
+
+// ruleRetry compiles an HTTPRoute rule's retry; nil for none.
+func ruleRetry(rt *gatewayv1.HTTPRouteRetry) (*configv1.Retry, *fieldErr) {
+	if rt == nil {
+		return nil, nil
+	}
+	retry := &configv1.Retry{}
+	for k, c := range rt.Codes {
+		if c < 400 || c > 599 {
+			return nil, &fieldErr{fmt.Sprintf(".retry.codes[%d]", k), fmt.Errorf("%d is not in [400, 599]", c)}
+		}
+		retry.Codes = append(retry.Codes, uint32(c))
+	}
+	if rt.Attempts != nil {
+		if *rt.Attempts < 0 || *rt.Attempts > MaxRetryAttempts {
+			return nil, &fieldErr{".retry.attempts", fmt.Errorf("%d is not in [0, %d]", *rt.Attempts, MaxRetryAttempts)}
+		}
+		retry.Attempts = uint32(*rt.Attempts)
+	}
+	d, err := duration(rt.Backoff)
+	if err != nil {
+		return nil, &fieldErr{".retry.backoff", err}
+	}
+	if d > 0 {
+		retry.Backoff = durationpb.New(d)
+	}
+	return retry, nil
+}
+
+// ruleName checks what HTTPRoute and GRPCRoute rules have alike and ambit refuses (session
+// persistence), and names the rule: its name, else <namespace>/<route>/<index>.
+func ruleName(ns, route string, i int, name *gatewayv1.SectionName, sessionPersistence bool) (string, *fieldErr) {
 	if sessionPersistence {
 		return "", &fieldErr{".sessionPersistence", fmt.Errorf("not supported")}
 	}
@@ -158,18 +185,35 @@ func ruleName(ns, route string, i int, name *gatewayv1.SectionName, filters, ses
 	return fmt.Sprintf("%s/%s/%d", ns, route, i), nil
 }
 
-// convertBackend is one backendRef of a route rule (HTTPRoute's or GRPCRoute's): a Service,
-// by default of the route's namespace, with its port and weight. Errors are *fieldErr relative
-// to the backendRef.
-func convertBackend(b gatewayv1.BackendRef, filters bool, routeNS, domain string) (*configv1.Backend, error) {
+// convertBackendRefs compiles the n backendRefs of a rule (HTTPRoute's or GRPCRoute's; get
+// returns the j-th and its filters). Errors are relative to the rule.
+func convertBackendRefs(n int, get func(j int) (gatewayv1.BackendRef, []gatewayv1.HTTPRouteFilter), ns, domain string) ([]*configv1.Backend, *fieldErr) {
+	var out []*configv1.Backend
+	for j := range n {
+		ref, filters := get(j)
+		f := fmt.Sprintf(".backendRefs[%d]", j)
+		be, err := convertBackend(ref, ns, domain)
+		if err != nil {
+			e := err.(*fieldErr)
+			return nil, &fieldErr{f + e.field, e.err}
+		}
+		if err := backendFilters(filters, be); err != nil {
+			return nil, &fieldErr{f + err.field, err.err}
+		}
+		out = append(out, be)
+	}
+	return out, nil
+}
+
+// convertBackend is one backendRef of a route rule (HTTPRoute's or GRPCRoute's), or a
+// mirror's: a Service, by default of the route's namespace, with its port and weight. Errors
+// are *fieldErr relative to the backendRef.
+func convertBackend(b gatewayv1.BackendRef, routeNS, domain string) (*configv1.Backend, error) {
 	if b.Group != nil && *b.Group != "" && *b.Group != "core" {
 		return nil, &fieldErr{".group", fmt.Errorf("%q: only Services are supported", *b.Group)}
 	}
 	if b.Kind != nil && *b.Kind != "Service" {
 		return nil, &fieldErr{".kind", fmt.Errorf("%q: only Services are supported", *b.Kind)}
-	}
-	if filters {
-		return nil, &fieldErr{".filters", fmt.Errorf("filters are not supported")}
 	}
 	ns := routeNS
 	if b.Namespace != nil && *b.Namespace != "" {
@@ -221,8 +265,10 @@ func attach(parents []gatewayv1.ParentReference, entries []RouteEntry, routeNS, 
 	return out, nil
 }
 
+// cloneRoute is a shallow copy of r: its parts are shared, never changed once built.
 func cloneRoute(r *configv1.Route) *configv1.Route {
-	return &configv1.Route{Name: r.Name, Matches: r.Matches, Backends: r.Backends, Timeouts: r.Timeouts, Retry: r.Retry, Fault: r.Fault}
+	return &configv1.Route{Name: r.Name, Ports: r.Ports, Matches: r.Matches, Backends: r.Backends, Timeouts: r.Timeouts, Retry: r.Retry, Fault: r.Fault,
+		RequestHeaders: r.RequestHeaders, ResponseHeaders: r.ResponseHeaders, Rewrite: r.Rewrite, Redirect: r.Redirect, Mirrors: r.Mirrors, Cors: r.Cors}
 }
 
 type fieldErr struct {
@@ -232,6 +278,8 @@ type fieldErr struct {
 
 func (e *fieldErr) Error() string { return e.field + ": " + e.err.Error() }
 
+// convertMatch compiles one HTTPRoute match. Regular expressions are RE2 and match the
+// whole path, header value or query parameter value.
 func convertMatch(m gatewayv1.HTTPRouteMatch) (*configv1.RouteMatch, error) {
 	out := &configv1.RouteMatch{}
 	typ, val := gatewayv1.PathMatchPathPrefix, "/"
@@ -243,7 +291,7 @@ func convertMatch(m gatewayv1.HTTPRouteMatch) (*configv1.RouteMatch, error) {
 			val = *m.Path.Value
 		}
 	}
-	if len(val) == 0 || val[0] != '/' {
+	if typ != gatewayv1.PathMatchRegularExpression && (len(val) == 0 || val[0] != '/') {
 		return nil, &fieldErr{".path.value", fmt.Errorf("%q does not start with /", val)}
 	}
 	switch typ {
@@ -251,25 +299,69 @@ func convertMatch(m gatewayv1.HTTPRouteMatch) (*configv1.RouteMatch, error) {
 		out.Path = &configv1.PathMatch{Kind: &configv1.PathMatch_Exact{Exact: val}}
 	case gatewayv1.PathMatchPathPrefix:
 		out.Path = &configv1.PathMatch{Kind: &configv1.PathMatch_Prefix{Prefix: val}}
+	case gatewayv1.PathMatchRegularExpression:
+		if err := checkRegex(val, ".path.value"); err != nil {
+			return nil, err
+		}
+		out.Path = &configv1.PathMatch{Kind: &configv1.PathMatch_Regex{Regex: val}}
 	default:
-		return nil, &fieldErr{".path.type", fmt.Errorf("%q is not supported (Exact, PathPrefix)", typ)}
+		return nil, &fieldErr{".path.type", fmt.Errorf("%q is not supported (Exact, PathPrefix, RegularExpression)", typ)}
 	}
 	for i, h := range m.Headers {
-		if h.Type != nil && *h.Type != gatewayv1.HeaderMatchExact {
-			return nil, &fieldErr{fmt.Sprintf(".headers[%d].type", i), fmt.Errorf("%q is not supported (Exact)", *h.Type)}
+		hm, err := valueMatch(fmt.Sprintf(".headers[%d]", i), string(h.Name), h.Value, (*string)(h.Type))
+		if err != nil {
+			return nil, err
 		}
-		if h.Name == "" {
-			return nil, &fieldErr{fmt.Sprintf(".headers[%d].name", i), fmt.Errorf("empty")}
-		}
-		out.Headers = append(out.Headers, &configv1.HeaderMatch{Name: string(h.Name), Value: h.Value})
+		out.Headers = append(out.Headers, &configv1.HeaderMatch{Name: hm.name, Value: hm.value, Regex: hm.regex})
 	}
-	if len(m.QueryParams) > 0 {
-		return nil, &fieldErr{".queryParams", fmt.Errorf("query parameter matches are not supported")}
+	for i, q := range m.QueryParams {
+		qm, err := valueMatch(fmt.Sprintf(".queryParams[%d]", i), string(q.Name), q.Value, (*string)(q.Type))
+		if err != nil {
+			return nil, err
+		}
+		out.QueryParams = append(out.QueryParams, &configv1.QueryMatch{Name: qm.name, Value: qm.value, Regex: qm.regex})
 	}
 	if m.Method != nil {
 		out.Method = string(*m.Method)
 	}
 	return out, nil
+}
+
+// matchValue is a header or query parameter match: an exact value or a regular expression.
+type matchValue struct{ name, value, regex string }
+
+// valueMatch checks a header or query parameter match (f is its field path) of type typ
+// (Exact when nil, or RegularExpression; Gateway API spells both alike for headers, query
+// parameters and GRPCRoute's headers).
+func valueMatch(f, name, value string, typ *string) (matchValue, *fieldErr) {
+	if name == "" {
+		return matchValue{}, &fieldErr{f + ".name", fmt.Errorf("empty")}
+	}
+	switch t := deref(typ); t {
+	case "", string(gatewayv1.HeaderMatchExact):
+		return matchValue{name: name, value: value}, nil
+	case string(gatewayv1.HeaderMatchRegularExpression):
+		if err := checkRegex(value, f+".value"); err != nil {
+			return matchValue{}, err
+		}
+		return matchValue{name: name, regex: value}, nil
+	default:
+		return matchValue{}, &fieldErr{f + ".type", fmt.Errorf("%q is not supported (Exact, RegularExpression)", t)}
+	}
+}
+
+// maxRegexLen is the waypoint's bound on a regular expression (route.MaxRegexLen).
+const maxRegexLen = 1024
+
+// checkRegex refuses what the waypoint would: an expression that is not RE2, or too long.
+func checkRegex(expr, field string) *fieldErr {
+	if len(expr) > maxRegexLen {
+		return &fieldErr{field, fmt.Errorf("%d bytes exceeds %d", len(expr), maxRegexLen)}
+	}
+	if _, err := regexp.Compile("^(?:" + expr + ")$"); err != nil {
+		return &fieldErr{field, fmt.Errorf("%q is not a regular expression (RE2): %v", expr, strings.TrimPrefix(err.Error(), "error parsing regexp: "))}
+	}
+	return nil
 }
 
 // duration parses a Gateway API duration; nil and "0s" mean unset (0).
@@ -306,12 +398,8 @@ func BuildRouteConfig(hostname, namespace string, attached []AttachedRoutes) *co
 
 func compareEntries(a, b RouteEntry) int {
 	ma, mb := a.Route.Matches[0], b.Route.Matches[0]
-	ea, eb := ma.GetPath().GetExact() != "", mb.GetPath().GetExact() != ""
-	if ea != eb {
-		if ea {
-			return -1
-		}
-		return 1
+	if c := cmp.Compare(pathRank(mb), pathRank(ma)); c != 0 {
+		return c
 	}
 	if c := cmp.Compare(pathLen(mb), pathLen(ma)); c != 0 {
 		return c
@@ -323,6 +411,9 @@ func compareEntries(a, b RouteEntry) int {
 		return 1
 	}
 	if c := cmp.Compare(len(mb.Headers), len(ma.Headers)); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(len(mb.QueryParams), len(ma.QueryParams)); c != 0 {
 		return c
 	}
 	if c := a.created.Compare(b.created); c != 0 {
@@ -337,8 +428,23 @@ func compareEntries(a, b RouteEntry) int {
 	return cmp.Compare(a.match, b.match)
 }
 
+// pathRank orders path matches: exact, then prefixes longer than "/", then regular
+// expressions (as Istio ranks them), then the prefix "/" that matches everything.
+func pathRank(m *configv1.RouteMatch) int {
+	p := m.GetPath()
+	switch {
+	case p.GetExact() != "":
+		return 3
+	case len(p.GetPrefix()) > 1:
+		return 2
+	case p.GetRegex() != "":
+		return 1
+	}
+	return 0
+}
+
 func pathLen(m *configv1.RouteMatch) int {
-	return len(m.GetPath().GetExact()) + len(m.GetPath().GetPrefix())
+	return len(m.GetPath().GetExact()) + len(m.GetPath().GetPrefix()) + len(m.GetPath().GetRegex())
 }
 
 // Fault injection for tests and drills: Gateway API has no standard filter for it, so an

@@ -93,10 +93,14 @@ func TestConvertHTTPRouteErrors(t *testing.T) {
 		{"retry backoff", gatewayv1.HTTPRouteRule{BackendRefs: ok, Retry: &gatewayv1.HTTPRouteRetry{Backoff: d("soon")}}, "spec.rules[0].retry.backoff"},
 		{"request timeout", gatewayv1.HTTPRouteRule{BackendRefs: ok, Timeouts: &gatewayv1.HTTPRouteTimeouts{Request: d("ten")}}, "spec.rules[0].timeouts.request"},
 		{"backend timeout above request", gatewayv1.HTTPRouteRule{BackendRefs: ok, Timeouts: &gatewayv1.HTTPRouteTimeouts{Request: d("1s"), BackendRequest: d("2s")}}, "spec.rules[0].timeouts.backendRequest"},
-		{"regex header", gatewayv1.HTTPRouteRule{BackendRefs: ok, Matches: []gatewayv1.HTTPRouteMatch{{Headers: []gatewayv1.HTTPHeaderMatch{{Type: ptr(gatewayv1.HeaderMatchRegularExpression), Name: "a", Value: ".*"}}}}}, "spec.rules[0].matches[0].headers[0].type"},
-		{"regex path", gatewayv1.HTTPRouteRule{BackendRefs: ok, Matches: []gatewayv1.HTTPRouteMatch{{}, {Path: &gatewayv1.HTTPPathMatch{Type: ptr(gatewayv1.PathMatchRegularExpression), Value: ptr("/.*")}}}}, "spec.rules[0].matches[1].path.type"},
+		{"invalid header regex", gatewayv1.HTTPRouteRule{BackendRefs: ok, Matches: []gatewayv1.HTTPRouteMatch{{Headers: []gatewayv1.HTTPHeaderMatch{{Type: ptr(gatewayv1.HeaderMatchRegularExpression), Name: "a", Value: "(unclosed"}}}}}, "spec.rules[0].matches[0].headers[0].value"},
+		{"invalid path regex", gatewayv1.HTTPRouteRule{BackendRefs: ok, Matches: []gatewayv1.HTTPRouteMatch{{}, {Path: &gatewayv1.HTTPPathMatch{Type: ptr(gatewayv1.PathMatchRegularExpression), Value: ptr("/a(?!b)")}}}}, "spec.rules[0].matches[1].path.value"},
+		{"invalid query regex", gatewayv1.HTTPRouteRule{BackendRefs: ok, Matches: []gatewayv1.HTTPRouteMatch{{QueryParams: []gatewayv1.HTTPQueryParamMatch{{Name: "v", Value: "1"}, {Type: ptr(gatewayv1.QueryParamMatchRegularExpression), Name: "q", Value: "[a-"}}}}}, "spec.rules[0].matches[0].queryParams[1].value"},
+		{"query match type", gatewayv1.HTTPRouteRule{BackendRefs: ok, Matches: []gatewayv1.HTTPRouteMatch{{QueryParams: []gatewayv1.HTTPQueryParamMatch{{Type: ptr(gatewayv1.QueryParamMatchType("Prefix")), Name: "q", Value: "a"}}}}}, "spec.rules[0].matches[0].queryParams[0].type"},
+		{"regex too long", gatewayv1.HTTPRouteRule{BackendRefs: ok, Matches: []gatewayv1.HTTPRouteMatch{{Path: &gatewayv1.HTTPPathMatch{Type: ptr(gatewayv1.PathMatchRegularExpression), Value: ptr("/" + strings.Repeat("a", 1024))}}}}, "spec.rules[0].matches[0].path.value"},
 		{"relative path", gatewayv1.HTTPRouteRule{BackendRefs: ok, Matches: []gatewayv1.HTTPRouteMatch{{Path: &gatewayv1.HTTPPathMatch{Value: ptr("api")}}}}, "spec.rules[0].matches[0].path.value"},
-		{"filters", gatewayv1.HTTPRouteRule{BackendRefs: ok, Filters: []gatewayv1.HTTPRouteFilter{{Type: gatewayv1.HTTPRouteFilterRequestMirror}}}, "spec.rules[0].filters"},
+		{"extensionRef", gatewayv1.HTTPRouteRule{BackendRefs: ok, Filters: []gatewayv1.HTTPRouteFilter{{Type: gatewayv1.HTTPRouteFilterExtensionRef, ExtensionRef: &gatewayv1.LocalObjectReference{Group: "example.com", Kind: "Lua", Name: "x"}}}}, "spec.rules[0].filters[0].extensionRef"},
+		{"filter without its field", gatewayv1.HTTPRouteRule{BackendRefs: ok, Filters: []gatewayv1.HTTPRouteFilter{{Type: gatewayv1.HTTPRouteFilterRequestMirror}}}, "spec.rules[0].filters[0].requestMirror"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

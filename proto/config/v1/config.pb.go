@@ -527,6 +527,61 @@ func (Waypoint_For) EnumDescriptor() ([]byte, []int) {
 	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{14, 0}
 }
 
+// DerivePort says where the Location's port comes from when port is 0 (Istio's
+// derivePort). With either value, the default port of the scheme (80 for http, 443 for
+// https) is left out of the Location, as Gateway API asks.
+type Redirect_DerivePort int32
+
+const (
+	// KEEP: the port of authority when it has one, else the request's.
+	Redirect_KEEP Redirect_DerivePort = 0
+	// FROM_REQUEST_PORT: the port of the request's Host, also when authority is set.
+	Redirect_FROM_REQUEST_PORT Redirect_DerivePort = 1
+	// FROM_PROTOCOL_DEFAULT: the scheme's default port.
+	Redirect_FROM_PROTOCOL_DEFAULT Redirect_DerivePort = 2
+)
+
+// Enum value maps for Redirect_DerivePort.
+var (
+	Redirect_DerivePort_name = map[int32]string{
+		0: "KEEP",
+		1: "FROM_REQUEST_PORT",
+		2: "FROM_PROTOCOL_DEFAULT",
+	}
+	Redirect_DerivePort_value = map[string]int32{
+		"KEEP":                  0,
+		"FROM_REQUEST_PORT":     1,
+		"FROM_PROTOCOL_DEFAULT": 2,
+	}
+)
+
+func (x Redirect_DerivePort) Enum() *Redirect_DerivePort {
+	p := new(Redirect_DerivePort)
+	*p = x
+	return p
+}
+
+func (x Redirect_DerivePort) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Redirect_DerivePort) Descriptor() protoreflect.EnumDescriptor {
+	return file_proto_config_v1_config_proto_enumTypes[9].Descriptor()
+}
+
+func (Redirect_DerivePort) Type() protoreflect.EnumType {
+	return &file_proto_config_v1_config_proto_enumTypes[9]
+}
+
+func (x Redirect_DerivePort) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Redirect_DerivePort.Descriptor instead.
+func (Redirect_DerivePort) EnumDescriptor() ([]byte, []int) {
+	return file_proto_config_v1_config_proto_rawDescGZIP(), []int{21, 0}
+}
+
 type TrafficPolicy_LoadBalancer_Simple int32
 
 const (
@@ -564,11 +619,11 @@ func (x TrafficPolicy_LoadBalancer_Simple) String() string {
 }
 
 func (TrafficPolicy_LoadBalancer_Simple) Descriptor() protoreflect.EnumDescriptor {
-	return file_proto_config_v1_config_proto_enumTypes[9].Descriptor()
+	return file_proto_config_v1_config_proto_enumTypes[10].Descriptor()
 }
 
 func (TrafficPolicy_LoadBalancer_Simple) Type() protoreflect.EnumType {
-	return &file_proto_config_v1_config_proto_enumTypes[9]
+	return &file_proto_config_v1_config_proto_enumTypes[10]
 }
 
 func (x TrafficPolicy_LoadBalancer_Simple) Number() protoreflect.EnumNumber {
@@ -2374,7 +2429,11 @@ type Rewrite struct {
 	// whole path (any other match).
 	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// authority, when set, replaces the Host header.
-	Authority     string `protobuf:"bytes,2,opt,name=authority,proto3" json:"authority,omitempty"`
+	Authority string `protobuf:"bytes,2,opt,name=authority,proto3" json:"authority,omitempty"`
+	// full_path makes path replace the whole path under a prefix match too (Gateway API's
+	// ReplaceFullPath); otherwise a prefix match's prefix is replaced (ReplacePrefixMatch,
+	// Istio's rewrite.uri).
+	FullPath      bool `protobuf:"varint,3,opt,name=full_path,json=fullPath,proto3" json:"full_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2423,6 +2482,13 @@ func (x *Rewrite) GetAuthority() string {
 	return ""
 }
 
+func (x *Rewrite) GetFullPath() bool {
+	if x != nil {
+		return x.FullPath
+	}
+	return false
+}
+
 // Redirect answers with a redirect to the same URL with the fields that are set replaced.
 type Redirect struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2435,7 +2501,11 @@ type Redirect struct {
 	// scheme replaces the scheme ("http" or "https"); empty keeps http.
 	Scheme string `protobuf:"bytes,4,opt,name=scheme,proto3" json:"scheme,omitempty"`
 	// code is the status, 301 (the default when 0), 302, 303, 307 or 308.
-	Code          uint32 `protobuf:"varint,5,opt,name=code,proto3" json:"code,omitempty"`
+	Code uint32 `protobuf:"varint,5,opt,name=code,proto3" json:"code,omitempty"`
+	// replace_prefix makes path replace only the prefix the route's match named, as
+	// Rewrite.path does (Gateway API's ReplacePrefixMatch).
+	ReplacePrefix bool                `protobuf:"varint,6,opt,name=replace_prefix,json=replacePrefix,proto3" json:"replace_prefix,omitempty"`
+	DerivePort    Redirect_DerivePort `protobuf:"varint,7,opt,name=derive_port,json=derivePort,proto3,enum=ambit.config.v1.Redirect_DerivePort" json:"derive_port,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2503,6 +2573,20 @@ func (x *Redirect) GetCode() uint32 {
 		return x.Code
 	}
 	return 0
+}
+
+func (x *Redirect) GetReplacePrefix() bool {
+	if x != nil {
+		return x.ReplacePrefix
+	}
+	return false
+}
+
+func (x *Redirect) GetDerivePort() Redirect_DerivePort {
+	if x != nil {
+		return x.DerivePort
+	}
+	return Redirect_KEEP
 }
 
 // Mirror is where a copy of the requests goes.
@@ -2585,8 +2669,8 @@ func (x *Mirror) GetPercentage() float64 {
 	return 0
 }
 
-// RouteMatch matches a request when every field that is set matches (ANDed). Matching is
-// literal: no regular expressions.
+// RouteMatch matches a request when every field that is set matches (ANDed). Regular
+// expressions are RE2 (Go's regexp) and must match the whole value.
 type RouteMatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// path matches the request path (without the query string).
@@ -2595,7 +2679,7 @@ type RouteMatch struct {
 	Headers []*HeaderMatch `protobuf:"bytes,2,rep,name=headers,proto3" json:"headers,omitempty"`
 	// method, when not empty, is the exact HTTP method.
 	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
-	// query_params must all be present with exactly these values.
+	// query_params must all be present with a value that matches.
 	QueryParams []*QueryMatch `protobuf:"bytes,4,rep,name=query_params,json=queryParams,proto3" json:"query_params,omitempty"`
 	// authority, when set, matches the Host header (without the port); its name is unused.
 	Authority *HeaderMatch `protobuf:"bytes,5,opt,name=authority,proto3" json:"authority,omitempty"`
@@ -2695,11 +2779,13 @@ func (x *RouteMatch) GetPathIgnoreCase() bool {
 	return false
 }
 
-// QueryMatch is an exact match on one query parameter.
+// QueryMatch matches one query parameter: a value equal to value, or matching regex when
+// that is set.
 type QueryMatch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Regex         string                 `protobuf:"bytes,3,opt,name=regex,proto3" json:"regex,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2748,7 +2834,14 @@ func (x *QueryMatch) GetValue() string {
 	return ""
 }
 
-// PathMatch is an exact or prefix match on the path.
+func (x *QueryMatch) GetRegex() string {
+	if x != nil {
+		return x.Regex
+	}
+	return ""
+}
+
+// PathMatch is an exact, prefix or regular expression match on the path.
 type PathMatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Kind:
@@ -2756,6 +2849,7 @@ type PathMatch struct {
 	//	*PathMatch_Exact
 	//	*PathMatch_Prefix
 	//	*PathMatch_StringPrefix
+	//	*PathMatch_Regex
 	Kind          isPathMatch_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2825,6 +2919,15 @@ func (x *PathMatch) GetStringPrefix() string {
 	return ""
 }
 
+func (x *PathMatch) GetRegex() string {
+	if x != nil {
+		if x, ok := x.Kind.(*PathMatch_Regex); ok {
+			return x.Regex
+		}
+	}
+	return ""
+}
+
 type isPathMatch_Kind interface {
 	isPathMatch_Kind()
 }
@@ -2846,13 +2949,20 @@ type PathMatch_StringPrefix struct {
 	StringPrefix string `protobuf:"bytes,3,opt,name=string_prefix,json=stringPrefix,proto3,oneof"`
 }
 
+type PathMatch_Regex struct {
+	// regex matches a path that it matches whole (RE2).
+	Regex string `protobuf:"bytes,4,opt,name=regex,proto3,oneof"`
+}
+
 func (*PathMatch_Exact) isPathMatch_Kind() {}
 
 func (*PathMatch_Prefix) isPathMatch_Kind() {}
 
 func (*PathMatch_StringPrefix) isPathMatch_Kind() {}
 
-// HeaderMatch is an exact match on one request header.
+func (*PathMatch_Regex) isPathMatch_Kind() {}
+
+// HeaderMatch matches one request header.
 type HeaderMatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name is the header's name, case-insensitive.
@@ -2865,7 +2975,10 @@ type HeaderMatch struct {
 	// are then unused).
 	Present bool `protobuf:"varint,4,opt,name=present,proto3" json:"present,omitempty"`
 	// invert matches when the header does not match as above (Istio's withoutHeaders).
-	Invert        bool `protobuf:"varint,5,opt,name=invert,proto3" json:"invert,omitempty"`
+	Invert bool `protobuf:"varint,5,opt,name=invert,proto3" json:"invert,omitempty"`
+	// regex, when set, matches a value that it matches whole (RE2; value and prefix are then
+	// unused).
+	Regex         string `protobuf:"bytes,6,opt,name=regex,proto3" json:"regex,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2933,6 +3046,13 @@ func (x *HeaderMatch) GetInvert() bool {
 		return x.Invert
 	}
 	return false
+}
+
+func (x *HeaderMatch) GetRegex() string {
+	if x != nil {
+		return x.Regex
+	}
+	return ""
 }
 
 // Backend is a Service a route sends requests to.
@@ -3919,16 +4039,25 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
 	"\bAddEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\";\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"X\n" +
 	"\aRewrite\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1c\n" +
-	"\tauthority\x18\x02 \x01(\tR\tauthority\"|\n" +
+	"\tauthority\x18\x02 \x01(\tR\tauthority\x12\x1b\n" +
+	"\tfull_path\x18\x03 \x01(\bR\bfullPath\"\xb4\x02\n" +
 	"\bRedirect\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1c\n" +
 	"\tauthority\x18\x02 \x01(\tR\tauthority\x12\x12\n" +
 	"\x04port\x18\x03 \x01(\rR\x04port\x12\x16\n" +
 	"\x06scheme\x18\x04 \x01(\tR\x06scheme\x12\x12\n" +
-	"\x04code\x18\x05 \x01(\rR\x04code\"\xf1\x01\n" +
+	"\x04code\x18\x05 \x01(\rR\x04code\x12%\n" +
+	"\x0ereplace_prefix\x18\x06 \x01(\bR\rreplacePrefix\x12E\n" +
+	"\vderive_port\x18\a \x01(\x0e2$.ambit.config.v1.Redirect.DerivePortR\n" +
+	"derivePort\"H\n" +
+	"\n" +
+	"DerivePort\x12\b\n" +
+	"\x04KEEP\x10\x00\x12\x15\n" +
+	"\x11FROM_REQUEST_PORT\x10\x01\x12\x19\n" +
+	"\x15FROM_PROTOCOL_DEFAULT\x10\x02\"\xf1\x01\n" +
 	"\x06Mirror\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12;\n" +
@@ -3953,22 +4082,25 @@ const file_proto_config_v1_config_proto_rawDesc = "" +
 	"\x10path_ignore_case\x18\b \x01(\bR\x0epathIgnoreCase\x1a?\n" +
 	"\x11SourceLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"6\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"L\n" +
 	"\n" +
 	"QueryMatch\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"l\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x12\x14\n" +
+	"\x05regex\x18\x03 \x01(\tR\x05regex\"\x84\x01\n" +
 	"\tPathMatch\x12\x16\n" +
 	"\x05exact\x18\x01 \x01(\tH\x00R\x05exact\x12\x18\n" +
 	"\x06prefix\x18\x02 \x01(\tH\x00R\x06prefix\x12%\n" +
-	"\rstring_prefix\x18\x03 \x01(\tH\x00R\fstringPrefixB\x06\n" +
-	"\x04kind\"\x81\x01\n" +
+	"\rstring_prefix\x18\x03 \x01(\tH\x00R\fstringPrefix\x12\x16\n" +
+	"\x05regex\x18\x04 \x01(\tH\x00R\x05regexB\x06\n" +
+	"\x04kind\"\x97\x01\n" +
 	"\vHeaderMatch\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +
 	"\x06prefix\x18\x03 \x01(\tR\x06prefix\x12\x18\n" +
 	"\apresent\x18\x04 \x01(\bR\apresent\x12\x16\n" +
-	"\x06invert\x18\x05 \x01(\bR\x06invert\"\xaf\x03\n" +
+	"\x06invert\x18\x05 \x01(\bR\x06invert\x12\x14\n" +
+	"\x05regex\x18\x06 \x01(\tR\x05regex\"\xaf\x03\n" +
 	"\aBackend\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n" +
@@ -4080,7 +4212,7 @@ func file_proto_config_v1_config_proto_rawDescGZIP() []byte {
 	return file_proto_config_v1_config_proto_rawDescData
 }
 
-var file_proto_config_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_proto_config_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
 var file_proto_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_proto_config_v1_config_proto_goTypes = []any{
 	(NetworkMode)(0),                       // 0: ambit.config.v1.NetworkMode
@@ -4092,134 +4224,136 @@ var file_proto_config_v1_config_proto_goTypes = []any{
 	(Authorization_Scope)(0),               // 6: ambit.config.v1.Authorization.Scope
 	(Authorization_Action)(0),              // 7: ambit.config.v1.Authorization.Action
 	(Waypoint_For)(0),                      // 8: ambit.config.v1.Waypoint.For
-	(TrafficPolicy_LoadBalancer_Simple)(0), // 9: ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
-	(*Workload)(nil),                       // 10: ambit.config.v1.Workload
-	(*PortList)(nil),                       // 11: ambit.config.v1.PortList
-	(*Port)(nil),                           // 12: ambit.config.v1.Port
-	(*NetworkAddress)(nil),                 // 13: ambit.config.v1.NetworkAddress
-	(*GatewayAddress)(nil),                 // 14: ambit.config.v1.GatewayAddress
-	(*Service)(nil),                        // 15: ambit.config.v1.Service
-	(*LoadBalancing)(nil),                  // 16: ambit.config.v1.LoadBalancing
-	(*Authorization)(nil),                  // 17: ambit.config.v1.Authorization
-	(*TargetRef)(nil),                      // 18: ambit.config.v1.TargetRef
-	(*Rule)(nil),                           // 19: ambit.config.v1.Rule
-	(*Condition)(nil),                      // 20: ambit.config.v1.Condition
-	(*Source)(nil),                         // 21: ambit.config.v1.Source
-	(*IPBlock)(nil),                        // 22: ambit.config.v1.IPBlock
-	(*Operation)(nil),                      // 23: ambit.config.v1.Operation
-	(*Waypoint)(nil),                       // 24: ambit.config.v1.Waypoint
-	(*RouteConfig)(nil),                    // 25: ambit.config.v1.RouteConfig
-	(*Route)(nil),                          // 26: ambit.config.v1.Route
-	(*CorsPolicy)(nil),                     // 27: ambit.config.v1.CorsPolicy
-	(*DirectResponse)(nil),                 // 28: ambit.config.v1.DirectResponse
-	(*HeaderOps)(nil),                      // 29: ambit.config.v1.HeaderOps
-	(*Rewrite)(nil),                        // 30: ambit.config.v1.Rewrite
-	(*Redirect)(nil),                       // 31: ambit.config.v1.Redirect
-	(*Mirror)(nil),                         // 32: ambit.config.v1.Mirror
-	(*RouteMatch)(nil),                     // 33: ambit.config.v1.RouteMatch
-	(*QueryMatch)(nil),                     // 34: ambit.config.v1.QueryMatch
-	(*PathMatch)(nil),                      // 35: ambit.config.v1.PathMatch
-	(*HeaderMatch)(nil),                    // 36: ambit.config.v1.HeaderMatch
-	(*Backend)(nil),                        // 37: ambit.config.v1.Backend
-	(*TrafficPolicy)(nil),                  // 38: ambit.config.v1.TrafficPolicy
-	(*Timeouts)(nil),                       // 39: ambit.config.v1.Timeouts
-	(*Retry)(nil),                          // 40: ambit.config.v1.Retry
-	(*Fault)(nil),                          // 41: ambit.config.v1.Fault
-	nil,                                    // 42: ambit.config.v1.Workload.LabelsEntry
-	nil,                                    // 43: ambit.config.v1.Workload.ServicesEntry
-	nil,                                    // 44: ambit.config.v1.Authorization.SelectorEntry
-	nil,                                    // 45: ambit.config.v1.HeaderOps.SetEntry
-	nil,                                    // 46: ambit.config.v1.HeaderOps.AddEntry
-	nil,                                    // 47: ambit.config.v1.Mirror.SubsetEntry
-	nil,                                    // 48: ambit.config.v1.RouteMatch.SourceLabelsEntry
-	nil,                                    // 49: ambit.config.v1.Backend.SubsetEntry
-	(*TrafficPolicy_LoadBalancer)(nil),     // 50: ambit.config.v1.TrafficPolicy.LoadBalancer
-	(*TrafficPolicy_ConnectionPool)(nil),   // 51: ambit.config.v1.TrafficPolicy.ConnectionPool
-	(*TrafficPolicy_OutlierDetection)(nil), // 52: ambit.config.v1.TrafficPolicy.OutlierDetection
-	(*TrafficPolicy_RetryBudget)(nil),      // 53: ambit.config.v1.TrafficPolicy.RetryBudget
-	nil,                                    // 54: ambit.config.v1.TrafficPolicy.PortLevelEntry
-	(*Fault_Abort)(nil),                    // 55: ambit.config.v1.Fault.Abort
-	(*Fault_Delay)(nil),                    // 56: ambit.config.v1.Fault.Delay
-	(*durationpb.Duration)(nil),            // 57: google.protobuf.Duration
+	(Redirect_DerivePort)(0),               // 9: ambit.config.v1.Redirect.DerivePort
+	(TrafficPolicy_LoadBalancer_Simple)(0), // 10: ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
+	(*Workload)(nil),                       // 11: ambit.config.v1.Workload
+	(*PortList)(nil),                       // 12: ambit.config.v1.PortList
+	(*Port)(nil),                           // 13: ambit.config.v1.Port
+	(*NetworkAddress)(nil),                 // 14: ambit.config.v1.NetworkAddress
+	(*GatewayAddress)(nil),                 // 15: ambit.config.v1.GatewayAddress
+	(*Service)(nil),                        // 16: ambit.config.v1.Service
+	(*LoadBalancing)(nil),                  // 17: ambit.config.v1.LoadBalancing
+	(*Authorization)(nil),                  // 18: ambit.config.v1.Authorization
+	(*TargetRef)(nil),                      // 19: ambit.config.v1.TargetRef
+	(*Rule)(nil),                           // 20: ambit.config.v1.Rule
+	(*Condition)(nil),                      // 21: ambit.config.v1.Condition
+	(*Source)(nil),                         // 22: ambit.config.v1.Source
+	(*IPBlock)(nil),                        // 23: ambit.config.v1.IPBlock
+	(*Operation)(nil),                      // 24: ambit.config.v1.Operation
+	(*Waypoint)(nil),                       // 25: ambit.config.v1.Waypoint
+	(*RouteConfig)(nil),                    // 26: ambit.config.v1.RouteConfig
+	(*Route)(nil),                          // 27: ambit.config.v1.Route
+	(*CorsPolicy)(nil),                     // 28: ambit.config.v1.CorsPolicy
+	(*DirectResponse)(nil),                 // 29: ambit.config.v1.DirectResponse
+	(*HeaderOps)(nil),                      // 30: ambit.config.v1.HeaderOps
+	(*Rewrite)(nil),                        // 31: ambit.config.v1.Rewrite
+	(*Redirect)(nil),                       // 32: ambit.config.v1.Redirect
+	(*Mirror)(nil),                         // 33: ambit.config.v1.Mirror
+	(*RouteMatch)(nil),                     // 34: ambit.config.v1.RouteMatch
+	(*QueryMatch)(nil),                     // 35: ambit.config.v1.QueryMatch
+	(*PathMatch)(nil),                      // 36: ambit.config.v1.PathMatch
+	(*HeaderMatch)(nil),                    // 37: ambit.config.v1.HeaderMatch
+	(*Backend)(nil),                        // 38: ambit.config.v1.Backend
+	(*TrafficPolicy)(nil),                  // 39: ambit.config.v1.TrafficPolicy
+	(*Timeouts)(nil),                       // 40: ambit.config.v1.Timeouts
+	(*Retry)(nil),                          // 41: ambit.config.v1.Retry
+	(*Fault)(nil),                          // 42: ambit.config.v1.Fault
+	nil,                                    // 43: ambit.config.v1.Workload.LabelsEntry
+	nil,                                    // 44: ambit.config.v1.Workload.ServicesEntry
+	nil,                                    // 45: ambit.config.v1.Authorization.SelectorEntry
+	nil,                                    // 46: ambit.config.v1.HeaderOps.SetEntry
+	nil,                                    // 47: ambit.config.v1.HeaderOps.AddEntry
+	nil,                                    // 48: ambit.config.v1.Mirror.SubsetEntry
+	nil,                                    // 49: ambit.config.v1.RouteMatch.SourceLabelsEntry
+	nil,                                    // 50: ambit.config.v1.Backend.SubsetEntry
+	(*TrafficPolicy_LoadBalancer)(nil),     // 51: ambit.config.v1.TrafficPolicy.LoadBalancer
+	(*TrafficPolicy_ConnectionPool)(nil),   // 52: ambit.config.v1.TrafficPolicy.ConnectionPool
+	(*TrafficPolicy_OutlierDetection)(nil), // 53: ambit.config.v1.TrafficPolicy.OutlierDetection
+	(*TrafficPolicy_RetryBudget)(nil),      // 54: ambit.config.v1.TrafficPolicy.RetryBudget
+	nil,                                    // 55: ambit.config.v1.TrafficPolicy.PortLevelEntry
+	(*Fault_Abort)(nil),                    // 56: ambit.config.v1.Fault.Abort
+	(*Fault_Delay)(nil),                    // 57: ambit.config.v1.Fault.Delay
+	(*durationpb.Duration)(nil),            // 58: google.protobuf.Duration
 }
 var file_proto_config_v1_config_proto_depIdxs = []int32{
-	42, // 0: ambit.config.v1.Workload.labels:type_name -> ambit.config.v1.Workload.LabelsEntry
-	43, // 1: ambit.config.v1.Workload.services:type_name -> ambit.config.v1.Workload.ServicesEntry
-	14, // 2: ambit.config.v1.Workload.waypoint:type_name -> ambit.config.v1.GatewayAddress
+	43, // 0: ambit.config.v1.Workload.labels:type_name -> ambit.config.v1.Workload.LabelsEntry
+	44, // 1: ambit.config.v1.Workload.services:type_name -> ambit.config.v1.Workload.ServicesEntry
+	15, // 2: ambit.config.v1.Workload.waypoint:type_name -> ambit.config.v1.GatewayAddress
 	0,  // 3: ambit.config.v1.Workload.network_mode:type_name -> ambit.config.v1.NetworkMode
 	1,  // 4: ambit.config.v1.Workload.tunnel_protocol:type_name -> ambit.config.v1.TunnelProtocol
 	2,  // 5: ambit.config.v1.Workload.status:type_name -> ambit.config.v1.WorkloadStatus
 	3,  // 6: ambit.config.v1.Workload.peer_authentication:type_name -> ambit.config.v1.PeerAuthenticationMode
-	12, // 7: ambit.config.v1.PortList.ports:type_name -> ambit.config.v1.Port
+	13, // 7: ambit.config.v1.PortList.ports:type_name -> ambit.config.v1.Port
 	4,  // 8: ambit.config.v1.Port.app_protocol:type_name -> ambit.config.v1.AppProtocol
-	13, // 9: ambit.config.v1.GatewayAddress.address:type_name -> ambit.config.v1.NetworkAddress
+	14, // 9: ambit.config.v1.GatewayAddress.address:type_name -> ambit.config.v1.NetworkAddress
 	1,  // 10: ambit.config.v1.GatewayAddress.tunnel_protocol:type_name -> ambit.config.v1.TunnelProtocol
-	13, // 11: ambit.config.v1.Service.addresses:type_name -> ambit.config.v1.NetworkAddress
-	12, // 12: ambit.config.v1.Service.ports:type_name -> ambit.config.v1.Port
-	14, // 13: ambit.config.v1.Service.waypoint:type_name -> ambit.config.v1.GatewayAddress
-	16, // 14: ambit.config.v1.Service.load_balancing:type_name -> ambit.config.v1.LoadBalancing
+	14, // 11: ambit.config.v1.Service.addresses:type_name -> ambit.config.v1.NetworkAddress
+	13, // 12: ambit.config.v1.Service.ports:type_name -> ambit.config.v1.Port
+	15, // 13: ambit.config.v1.Service.waypoint:type_name -> ambit.config.v1.GatewayAddress
+	17, // 14: ambit.config.v1.Service.load_balancing:type_name -> ambit.config.v1.LoadBalancing
 	5,  // 15: ambit.config.v1.LoadBalancing.mode:type_name -> ambit.config.v1.LoadBalancing.Mode
 	6,  // 16: ambit.config.v1.Authorization.scope:type_name -> ambit.config.v1.Authorization.Scope
-	44, // 17: ambit.config.v1.Authorization.selector:type_name -> ambit.config.v1.Authorization.SelectorEntry
-	18, // 18: ambit.config.v1.Authorization.target_refs:type_name -> ambit.config.v1.TargetRef
+	45, // 17: ambit.config.v1.Authorization.selector:type_name -> ambit.config.v1.Authorization.SelectorEntry
+	19, // 18: ambit.config.v1.Authorization.target_refs:type_name -> ambit.config.v1.TargetRef
 	7,  // 19: ambit.config.v1.Authorization.action:type_name -> ambit.config.v1.Authorization.Action
-	19, // 20: ambit.config.v1.Authorization.rules:type_name -> ambit.config.v1.Rule
-	21, // 21: ambit.config.v1.Rule.from:type_name -> ambit.config.v1.Source
-	23, // 22: ambit.config.v1.Rule.to:type_name -> ambit.config.v1.Operation
-	20, // 23: ambit.config.v1.Rule.when:type_name -> ambit.config.v1.Condition
-	22, // 24: ambit.config.v1.Source.ip_blocks:type_name -> ambit.config.v1.IPBlock
-	22, // 25: ambit.config.v1.Source.not_ip_blocks:type_name -> ambit.config.v1.IPBlock
+	20, // 20: ambit.config.v1.Authorization.rules:type_name -> ambit.config.v1.Rule
+	22, // 21: ambit.config.v1.Rule.from:type_name -> ambit.config.v1.Source
+	24, // 22: ambit.config.v1.Rule.to:type_name -> ambit.config.v1.Operation
+	21, // 23: ambit.config.v1.Rule.when:type_name -> ambit.config.v1.Condition
+	23, // 24: ambit.config.v1.Source.ip_blocks:type_name -> ambit.config.v1.IPBlock
+	23, // 25: ambit.config.v1.Source.not_ip_blocks:type_name -> ambit.config.v1.IPBlock
 	8,  // 26: ambit.config.v1.Waypoint.for:type_name -> ambit.config.v1.Waypoint.For
-	13, // 27: ambit.config.v1.Waypoint.address:type_name -> ambit.config.v1.NetworkAddress
+	14, // 27: ambit.config.v1.Waypoint.address:type_name -> ambit.config.v1.NetworkAddress
 	1,  // 28: ambit.config.v1.Waypoint.tunnel_protocol:type_name -> ambit.config.v1.TunnelProtocol
-	26, // 29: ambit.config.v1.RouteConfig.routes:type_name -> ambit.config.v1.Route
-	26, // 30: ambit.config.v1.RouteConfig.tcp_routes:type_name -> ambit.config.v1.Route
-	33, // 31: ambit.config.v1.Route.matches:type_name -> ambit.config.v1.RouteMatch
-	37, // 32: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
-	39, // 33: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
-	40, // 34: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
-	41, // 35: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
-	29, // 36: ambit.config.v1.Route.request_headers:type_name -> ambit.config.v1.HeaderOps
-	29, // 37: ambit.config.v1.Route.response_headers:type_name -> ambit.config.v1.HeaderOps
-	30, // 38: ambit.config.v1.Route.rewrite:type_name -> ambit.config.v1.Rewrite
-	31, // 39: ambit.config.v1.Route.redirect:type_name -> ambit.config.v1.Redirect
-	32, // 40: ambit.config.v1.Route.mirrors:type_name -> ambit.config.v1.Mirror
-	28, // 41: ambit.config.v1.Route.direct_response:type_name -> ambit.config.v1.DirectResponse
-	27, // 42: ambit.config.v1.Route.cors:type_name -> ambit.config.v1.CorsPolicy
-	57, // 43: ambit.config.v1.CorsPolicy.max_age:type_name -> google.protobuf.Duration
-	45, // 44: ambit.config.v1.HeaderOps.set:type_name -> ambit.config.v1.HeaderOps.SetEntry
-	46, // 45: ambit.config.v1.HeaderOps.add:type_name -> ambit.config.v1.HeaderOps.AddEntry
-	47, // 46: ambit.config.v1.Mirror.subset:type_name -> ambit.config.v1.Mirror.SubsetEntry
-	35, // 47: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
-	36, // 48: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
-	34, // 49: ambit.config.v1.RouteMatch.query_params:type_name -> ambit.config.v1.QueryMatch
-	36, // 50: ambit.config.v1.RouteMatch.authority:type_name -> ambit.config.v1.HeaderMatch
-	48, // 51: ambit.config.v1.RouteMatch.source_labels:type_name -> ambit.config.v1.RouteMatch.SourceLabelsEntry
-	49, // 52: ambit.config.v1.Backend.subset:type_name -> ambit.config.v1.Backend.SubsetEntry
-	38, // 53: ambit.config.v1.Backend.policy:type_name -> ambit.config.v1.TrafficPolicy
-	29, // 54: ambit.config.v1.Backend.request_headers:type_name -> ambit.config.v1.HeaderOps
-	29, // 55: ambit.config.v1.Backend.response_headers:type_name -> ambit.config.v1.HeaderOps
-	50, // 56: ambit.config.v1.TrafficPolicy.load_balancer:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer
-	51, // 57: ambit.config.v1.TrafficPolicy.connection_pool:type_name -> ambit.config.v1.TrafficPolicy.ConnectionPool
-	52, // 58: ambit.config.v1.TrafficPolicy.outlier_detection:type_name -> ambit.config.v1.TrafficPolicy.OutlierDetection
-	53, // 59: ambit.config.v1.TrafficPolicy.retry_budget:type_name -> ambit.config.v1.TrafficPolicy.RetryBudget
-	54, // 60: ambit.config.v1.TrafficPolicy.port_level:type_name -> ambit.config.v1.TrafficPolicy.PortLevelEntry
-	57, // 61: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
-	57, // 62: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
-	57, // 63: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
-	55, // 64: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
-	56, // 65: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
-	11, // 66: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
-	9,  // 67: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
-	57, // 68: ambit.config.v1.TrafficPolicy.ConnectionPool.connect_timeout:type_name -> google.protobuf.Duration
-	57, // 69: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	38, // 70: ambit.config.v1.TrafficPolicy.PortLevelEntry.value:type_name -> ambit.config.v1.TrafficPolicy
-	57, // 71: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
-	72, // [72:72] is the sub-list for method output_type
-	72, // [72:72] is the sub-list for method input_type
-	72, // [72:72] is the sub-list for extension type_name
-	72, // [72:72] is the sub-list for extension extendee
-	0,  // [0:72] is the sub-list for field type_name
+	27, // 29: ambit.config.v1.RouteConfig.routes:type_name -> ambit.config.v1.Route
+	27, // 30: ambit.config.v1.RouteConfig.tcp_routes:type_name -> ambit.config.v1.Route
+	34, // 31: ambit.config.v1.Route.matches:type_name -> ambit.config.v1.RouteMatch
+	38, // 32: ambit.config.v1.Route.backends:type_name -> ambit.config.v1.Backend
+	40, // 33: ambit.config.v1.Route.timeouts:type_name -> ambit.config.v1.Timeouts
+	41, // 34: ambit.config.v1.Route.retry:type_name -> ambit.config.v1.Retry
+	42, // 35: ambit.config.v1.Route.fault:type_name -> ambit.config.v1.Fault
+	30, // 36: ambit.config.v1.Route.request_headers:type_name -> ambit.config.v1.HeaderOps
+	30, // 37: ambit.config.v1.Route.response_headers:type_name -> ambit.config.v1.HeaderOps
+	31, // 38: ambit.config.v1.Route.rewrite:type_name -> ambit.config.v1.Rewrite
+	32, // 39: ambit.config.v1.Route.redirect:type_name -> ambit.config.v1.Redirect
+	33, // 40: ambit.config.v1.Route.mirrors:type_name -> ambit.config.v1.Mirror
+	29, // 41: ambit.config.v1.Route.direct_response:type_name -> ambit.config.v1.DirectResponse
+	28, // 42: ambit.config.v1.Route.cors:type_name -> ambit.config.v1.CorsPolicy
+	58, // 43: ambit.config.v1.CorsPolicy.max_age:type_name -> google.protobuf.Duration
+	46, // 44: ambit.config.v1.HeaderOps.set:type_name -> ambit.config.v1.HeaderOps.SetEntry
+	47, // 45: ambit.config.v1.HeaderOps.add:type_name -> ambit.config.v1.HeaderOps.AddEntry
+	9,  // 46: ambit.config.v1.Redirect.derive_port:type_name -> ambit.config.v1.Redirect.DerivePort
+	48, // 47: ambit.config.v1.Mirror.subset:type_name -> ambit.config.v1.Mirror.SubsetEntry
+	36, // 48: ambit.config.v1.RouteMatch.path:type_name -> ambit.config.v1.PathMatch
+	37, // 49: ambit.config.v1.RouteMatch.headers:type_name -> ambit.config.v1.HeaderMatch
+	35, // 50: ambit.config.v1.RouteMatch.query_params:type_name -> ambit.config.v1.QueryMatch
+	37, // 51: ambit.config.v1.RouteMatch.authority:type_name -> ambit.config.v1.HeaderMatch
+	49, // 52: ambit.config.v1.RouteMatch.source_labels:type_name -> ambit.config.v1.RouteMatch.SourceLabelsEntry
+	50, // 53: ambit.config.v1.Backend.subset:type_name -> ambit.config.v1.Backend.SubsetEntry
+	39, // 54: ambit.config.v1.Backend.policy:type_name -> ambit.config.v1.TrafficPolicy
+	30, // 55: ambit.config.v1.Backend.request_headers:type_name -> ambit.config.v1.HeaderOps
+	30, // 56: ambit.config.v1.Backend.response_headers:type_name -> ambit.config.v1.HeaderOps
+	51, // 57: ambit.config.v1.TrafficPolicy.load_balancer:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer
+	52, // 58: ambit.config.v1.TrafficPolicy.connection_pool:type_name -> ambit.config.v1.TrafficPolicy.ConnectionPool
+	53, // 59: ambit.config.v1.TrafficPolicy.outlier_detection:type_name -> ambit.config.v1.TrafficPolicy.OutlierDetection
+	54, // 60: ambit.config.v1.TrafficPolicy.retry_budget:type_name -> ambit.config.v1.TrafficPolicy.RetryBudget
+	55, // 61: ambit.config.v1.TrafficPolicy.port_level:type_name -> ambit.config.v1.TrafficPolicy.PortLevelEntry
+	58, // 62: ambit.config.v1.Timeouts.request:type_name -> google.protobuf.Duration
+	58, // 63: ambit.config.v1.Timeouts.backend_request:type_name -> google.protobuf.Duration
+	58, // 64: ambit.config.v1.Retry.backoff:type_name -> google.protobuf.Duration
+	56, // 65: ambit.config.v1.Fault.abort:type_name -> ambit.config.v1.Fault.Abort
+	57, // 66: ambit.config.v1.Fault.delay:type_name -> ambit.config.v1.Fault.Delay
+	12, // 67: ambit.config.v1.Workload.ServicesEntry.value:type_name -> ambit.config.v1.PortList
+	10, // 68: ambit.config.v1.TrafficPolicy.LoadBalancer.simple:type_name -> ambit.config.v1.TrafficPolicy.LoadBalancer.Simple
+	58, // 69: ambit.config.v1.TrafficPolicy.ConnectionPool.connect_timeout:type_name -> google.protobuf.Duration
+	58, // 70: ambit.config.v1.TrafficPolicy.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	39, // 71: ambit.config.v1.TrafficPolicy.PortLevelEntry.value:type_name -> ambit.config.v1.TrafficPolicy
+	58, // 72: ambit.config.v1.Fault.Delay.delay:type_name -> google.protobuf.Duration
+	73, // [73:73] is the sub-list for method output_type
+	73, // [73:73] is the sub-list for method input_type
+	73, // [73:73] is the sub-list for extension type_name
+	73, // [73:73] is the sub-list for extension extendee
+	0,  // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_proto_config_v1_config_proto_init() }
@@ -4231,13 +4365,14 @@ func file_proto_config_v1_config_proto_init() {
 		(*PathMatch_Exact)(nil),
 		(*PathMatch_Prefix)(nil),
 		(*PathMatch_StringPrefix)(nil),
+		(*PathMatch_Regex)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_config_v1_config_proto_rawDesc), len(file_proto_config_v1_config_proto_rawDesc)),
-			NumEnums:      10,
+			NumEnums:      11,
 			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -141,7 +141,7 @@ func (p *Proxy) handle(ctx context.Context, d *downstream, req *http.Request, h2
 		ex.corsOrigin = allowed
 	}
 	if rt != nil && rt.Redirect != nil {
-		return ex.redirect(rt.Redirect), ex
+		return ex.redirect(rt), ex
 	}
 	if rt != nil && rt.DirectResponse != nil {
 		return ex.direct(rt.DirectResponse), ex
@@ -367,7 +367,7 @@ func (ex *exchange) outRequest(ctx context.Context, ep endpoint, body *replayBod
 	if rt := ex.rt; rt != nil {
 		if rw := rt.Rewrite; rw != nil {
 			if rw.Path != "" {
-				out.URL.Path, out.URL.RawPath = rewritePath(rt, in.URL.Path, rw.Path), ""
+				out.URL.Path, out.URL.RawPath = rt.RewritePath(in.URL.Path, rw.Path, rw.FullPath), ""
 			}
 			if rw.Authority != "" {
 				out.Host = rw.Authority
@@ -402,22 +402,6 @@ func (ex *exchange) outRequest(ctx context.Context, ep endpoint, body *replayBod
 	return out
 }
 
-// rewritePath replaces the prefix the route matched path by, or the whole path.
-func rewritePath(rt *route.Route, path, to string) string {
-	for _, m := range rt.Matches {
-		for _, pfx := range []string{m.PathStringPrefix, m.PathPrefix} {
-			if pfx != "" && strings.HasPrefix(path, pfx) {
-				rest := path[len(pfx):]
-				if strings.HasSuffix(to, "/") && strings.HasPrefix(rest, "/") {
-					rest = rest[1:]
-				}
-				return to + rest
-			}
-		}
-	}
-	return to
-}
-
 // grpcStatus answers with a trailers-only gRPC status.
 func (ex *exchange) grpcStatus(code int, msg string) *http.Response {
 	ex.code = http.StatusOK
@@ -444,8 +428,10 @@ func (ex *exchange) direct(dr *route.DirectResponse) *http.Response {
 		Body: io.NopCloser(bytes.NewReader(dr.Body)), ContentLength: int64(len(dr.Body)), Request: ex.req}
 }
 
-// redirect answers with rd's Location: the request's URL with rd's parts replaced.
-func (ex *exchange) redirect(rd *route.Redirect) *http.Response {
+// redirect answers with the Location of rt's redirect: the request's URL with its parts
+// replaced.
+func (ex *exchange) redirect(rt *route.Route) *http.Response {
+	rd := rt.Redirect
 	u := url.URL{Scheme: "http", Host: ex.req.Host, Path: ex.req.URL.Path, RawQuery: ex.req.URL.RawQuery}
 	if rd.Scheme != "" {
 		u.Scheme = rd.Scheme
@@ -453,19 +439,44 @@ func (ex *exchange) redirect(rd *route.Redirect) *http.Response {
 	if rd.Authority != "" {
 		u.Host = rd.Authority
 	}
-	if rd.Port != 0 {
-		host := u.Host
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
-		}
-		u.Host = net.JoinHostPort(host, strconv.Itoa(int(rd.Port)))
-	}
+	u.Host = redirectHost(u.Host, ex.req.Host, u.Scheme, rd)
 	if rd.Path != "" {
-		u.Path = rd.Path
+		u.Path = rt.RewritePath(ex.req.URL.Path, rd.Path, !rd.ReplacePrefix)
 	}
 	resp := ex.local(rd.Code, "")
 	resp.Header.Set("Location", u.String())
 	return resp
+}
+
+// redirectHost is the host[:port] of a redirect's Location: host (the authority or the
+// request's) with the port rd asks for. A derived port that is the scheme's default is left
+// out.
+func redirectHost(host, reqHost, scheme string, rd *route.Redirect) string {
+	name, port := host, ""
+	if h, p, err := net.SplitHostPort(host); err == nil {
+		name, port = h, p
+	}
+	switch {
+	case rd.Port != 0:
+		port = strconv.Itoa(int(rd.Port))
+	case rd.DerivePort == configv1.Redirect_FROM_REQUEST_PORT:
+		port = ""
+		if _, p, err := net.SplitHostPort(reqHost); err == nil {
+			port = p
+		}
+	case rd.DerivePort == configv1.Redirect_FROM_PROTOCOL_DEFAULT:
+		port = ""
+	}
+	if rd.DerivePort != configv1.Redirect_KEEP && (scheme == "http" && port == "80" || scheme == "https" && port == "443") {
+		port = ""
+	}
+	if port == "" {
+		if strings.Contains(name, ":") { // an IPv6 literal
+			return "[" + strings.Trim(name, "[]") + "]"
+		}
+		return name
+	}
+	return net.JoinHostPort(strings.Trim(name, "[]"), port)
 }
 
 // hopByHop are the headers that belong to one connection (RFC 9110 §7.6.1).

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -124,6 +125,8 @@ func (o *HeaderOps) Apply(h http.Header) {
 // Rewrite replaces the matched path prefix (or the whole path) and the authority.
 type Rewrite struct {
 	Path, Authority string
+	// FullPath replaces the whole path under a prefix match too.
+	FullPath bool
 }
 
 // Redirect is a redirect answer's Location parts and status.
@@ -131,6 +134,10 @@ type Redirect struct {
 	Path, Authority, Scheme string
 	Port                    uint32
 	Code                    int
+	// ReplacePrefix replaces only the matched prefix with Path, as a Rewrite does.
+	ReplacePrefix bool
+	// DerivePort is where the port comes from when Port is 0.
+	DerivePort configv1.Redirect_DerivePort
 }
 
 // Mirror receives a copy of Percent % of the requests.
@@ -147,7 +154,9 @@ type Match struct {
 	PathExact, PathPrefix string
 	// PathStringPrefix matches any path starting with it (Istio's uri.prefix).
 	PathStringPrefix string
-	hasPath          bool
+	// PathRegex, when set, must match the whole path.
+	PathRegex *regexp.Regexp
+	hasPath   bool
 	// PathIgnoreCase compares paths case-insensitively.
 	PathIgnoreCase bool
 	Headers        []Header
@@ -161,14 +170,20 @@ type Match struct {
 }
 
 // Header is a header match; Name is canonical. It matches a value equal to Value, or
-// starting with Prefix when that is set, or any value when Present; Invert negates it.
+// starting with Prefix when that is set, or matching Regex whole when that is set, or any
+// value when Present; Invert negates it.
 type Header struct {
 	Name, Value, Prefix string
+	Regex               *regexp.Regexp
 	Present, Invert     bool
 }
 
-// Query is an exact query parameter match.
-type Query struct{ Name, Value string }
+// Query is a query parameter match: a value equal to Value, or matching Regex whole when
+// that is set.
+type Query struct {
+	Name, Value string
+	Regex       *regexp.Regexp
+}
 
 // Source is what a match may know of the client.
 type Source struct {
@@ -345,14 +360,22 @@ func compileMatch(m *configv1.RouteMatch, mf string) (Match, error) {
 		if !httpguts.ValidHeaderFieldValue(h.GetValue()) {
 			return Match{}, fieldError(fmt.Sprintf("%s.headers[%d].value", mf, k), "not a valid header value")
 		}
+		re, err := wholeRegexp(h.GetRegex(), fmt.Sprintf("%s.headers[%d].regex", mf, k))
+		if err != nil {
+			return Match{}, err
+		}
 		cm.Headers = append(cm.Headers, Header{Name: http.CanonicalHeaderKey(h.GetName()), Value: h.GetValue(),
-			Prefix: h.GetPrefix(), Present: h.GetPresent(), Invert: h.GetInvert()})
+			Prefix: h.GetPrefix(), Regex: re, Present: h.GetPresent(), Invert: h.GetInvert()})
 	}
 	for k, q := range m.GetQueryParams() {
 		if q.GetName() == "" {
 			return Match{}, fieldError(fmt.Sprintf("%s.query_params[%d].name", mf, k), "empty")
 		}
-		cm.Query = append(cm.Query, Query{Name: q.GetName(), Value: q.GetValue()})
+		re, err := wholeRegexp(q.GetRegex(), fmt.Sprintf("%s.query_params[%d].regex", mf, k))
+		if err != nil {
+			return Match{}, err
+		}
+		cm.Query = append(cm.Query, Query{Name: q.GetName(), Value: q.GetValue(), Regex: re})
 	}
 	if a := m.GetAuthority(); a != nil {
 		cm.Authority = &Header{Value: a.GetValue(), Prefix: a.GetPrefix(), Present: a.GetPresent(), Invert: a.GetInvert()}
@@ -381,6 +404,10 @@ func compilePathMatch(p *configv1.PathMatch, field string, cm *Match) error {
 	case *configv1.PathMatch_StringPrefix:
 		v = p.GetStringPrefix()
 		cm.PathStringPrefix = v
+	case *configv1.PathMatch_Regex:
+		re, err := wholeRegexp(p.GetRegex(), field+".regex")
+		cm.PathRegex = re
+		return err
 	default:
 		cm.PathExact = v
 	}
@@ -655,7 +682,7 @@ func (m *Match) matches(r *http.Request, src Source) bool {
 	if len(m.Query) > 0 {
 		q := r.URL.Query()
 		for _, qm := range m.Query {
-			if vs, ok := q[qm.Name]; !ok || !slices.Contains(vs, qm.Value) {
+			if !slices.ContainsFunc(q[qm.Name], qm.matches) {
 				return false
 			}
 		}
@@ -680,6 +707,9 @@ func (m *Match) matches(r *http.Request, src Source) bool {
 		if !h.matchValues(r.Header[h.Name]) {
 			return false
 		}
+		if m.PathRegex != nil && !m.PathRegex.MatchString(path) {
+			return false
+		}
 	}
 	return true
 }
@@ -691,6 +721,8 @@ func (h *Header) matchValues(vs []string) bool {
 		switch {
 		case h.Present:
 			ok = true
+		case h.Regex != nil:
+			ok = h.Regex.MatchString(v)
 		case h.Prefix != "":
 			ok = strings.HasPrefix(v, h.Prefix)
 		default:
@@ -801,7 +833,7 @@ func compileRewrite(rw *configv1.Rewrite, f string) (*Rewrite, error) {
 	if rw.GetAuthority() != "" && !httpguts.ValidHostHeader(rw.GetAuthority()) {
 		return nil, fmt.Errorf("%s.authority: %q is not a host", f, rw.GetAuthority())
 	}
-	return &Rewrite{Path: rw.GetPath(), Authority: rw.GetAuthority()}, nil
+	return &Rewrite{Path: rw.GetPath(), Authority: rw.GetAuthority(), FullPath: rw.GetFullPath()}, nil
 }
 
 // compileRedirect compiles a redirect (f is its field path); nil for none.
@@ -829,7 +861,11 @@ func compileRedirect(rd *configv1.Redirect, f string) (*Redirect, error) {
 	if rd.GetAuthority() != "" && !httpguts.ValidHostHeader(rd.GetAuthority()) {
 		return nil, fmt.Errorf("%s.authority: %q is not a host", f, rd.GetAuthority())
 	}
-	return &Redirect{Path: rd.GetPath(), Authority: rd.GetAuthority(), Scheme: rd.GetScheme(), Port: rd.GetPort(), Code: c}, nil
+	if _, ok := configv1.Redirect_DerivePort_name[int32(rd.GetDerivePort())]; !ok {
+		return nil, fmt.Errorf("%s.derive_port: unknown value %d", f, rd.GetDerivePort())
+	}
+	return &Redirect{Path: rd.GetPath(), Authority: rd.GetAuthority(), Scheme: rd.GetScheme(), Port: rd.GetPort(), Code: c,
+		ReplacePrefix: rd.GetReplacePrefix(), DerivePort: rd.GetDerivePort()}, nil
 }
 
 // compileDirectResponse compiles a direct response (f is its field path); nil for none.
