@@ -702,12 +702,12 @@ func (m *Match) matches(r *http.Request, src Source) bool {
 		if m.PathStringPrefix != "" && !strings.HasPrefix(path, m.PathStringPrefix) {
 			return false
 		}
+		if m.PathRegex != nil && !m.PathRegex.MatchString(path) {
+			return false
+		}
 	}
 	for _, h := range m.Headers {
 		if !h.matchValues(r.Header[h.Name]) {
-			return false
-		}
-		if m.PathRegex != nil && !m.PathRegex.MatchString(path) {
 			return false
 		}
 	}
