@@ -17,10 +17,16 @@ import (
 )
 
 // Keys of the CA Secret: the same names as the files of a CA dir (identity.LoadOrCreateCA), so
-// a root moves between the two with `kubectl create secret generic --from-file`.
+// a root moves between the two with `kubectl create secret generic --from-file`. Besides
+// ambit's root the Secret may hold a signing CA of the user's and extra trusted roots, as
+// identity.CAFiles describes: how the root rotates (docs/operations.md).
 const (
-	SecretCertKey = "root-cert.pem"
-	SecretKeyKey  = "root-key.pem"
+	SecretCertKey       = "root-cert.pem"
+	SecretKeyKey        = "root-key.pem"
+	SecretCACertKey     = "ca-cert.pem"
+	SecretCAKeyKey      = "ca-key.pem"
+	SecretCertChainKey  = "cert-chain.pem"
+	SecretExtraRootsKey = "extra-roots.pem"
 )
 
 // DefaultCASecretName is the Secret that holds the root in Kubernetes mode, in the
@@ -161,11 +167,19 @@ func (s *SecretCA) loadOrCreate(ctx context.Context) (ca *identity.CA, created b
 }
 
 func (s *SecretCA) fromSecret(sec *corev1.Secret) (*identity.CA, error) {
-	certPEM, keyPEM := sec.Data[SecretCertKey], sec.Data[SecretKeyKey]
-	if len(certPEM) == 0 || len(keyPEM) == 0 {
-		return nil, &permanentError{fmt.Errorf("secret lacks %s or %s; restore it, or delete the secret to create a new root (every issued certificate then stops verifying)", SecretCertKey, SecretKeyKey)}
+	d := sec.Data
+	files := identity.CAFiles{
+		RootCert: d[SecretCertKey], RootKey: d[SecretKeyKey],
+		CACert: d[SecretCACertKey], CAKey: d[SecretCAKeyKey], CertChain: d[SecretCertChainKey],
+		ExtraRoots: d[SecretExtraRootsKey],
 	}
-	ca, err := identity.LoadCA(certPEM, keyPEM, s.CA)
+	if files.CACert == nil && files.CAKey == nil && (len(files.RootCert) == 0 || len(files.RootKey) == 0) {
+		return nil, &permanentError{fmt.Errorf("secret lacks %s or %s (and holds no %s); restore it, or delete the secret to create a new root (every issued certificate then stops verifying)", SecretCertKey, SecretKeyKey, SecretCACertKey)}
+	}
+	if files.CACert != nil {
+		files.RootKey = nil // ambit's root, if still there, is only trusted
+	}
+	ca, err := identity.LoadCAFiles(files, s.CA)
 	if err != nil {
 		return nil, &permanentError{err}
 	}
