@@ -88,10 +88,13 @@ func Run(ctx context.Context, cfg Config) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
-	bundle, err := identity.LoadBundle(td, cfg.RootCert)
+	roots, err := identity.LoadBundle(td, cfg.RootCert)
 	if err != nil {
 		return err
 	}
+	// --root-cert is where trust starts; from then on the controller's CA sends the bundle
+	// with every certificate (a root rotation needs no restart).
+	bundle := identity.NewTrustBundle(roots, log.With("component", "trust"))
 	cc, err := xdsclient.Dial(xdsclient.DialOptions{Address: cfg.Controller, Token: xdsclient.TokenFile(cfg.TokenFile), Bundle: bundle, ServerID: xdsclient.ControllerID(td)})
 	if err != nil {
 		return err
@@ -105,7 +108,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer shutdownTracing()
 
 	reg := proxyhost.NewRegistry()
-	certs := identity.NewManager(identity.ManagerOptions{Signer: xdsclient.NewCAClient(cc), Logger: log.With("component", "certs")})
+	certs := identity.NewManager(identity.ManagerOptions{Signer: xdsclient.NewCAClientWithBundle(cc, bundle), Logger: log.With("component", "certs")})
 	st := state.New()
 	px, err := proxy.New(proxy.Config{
 		State: st, Namespace: cfg.Namespace, Name: cfg.Name, TrustDomain: td,
@@ -117,7 +120,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	sync := proxyhost.NewSyncTracker(configv1.TypeURLs)
-	client, err := newXDSClient(cc, cfg, log, sync.Handler(func(typeURL string, upserts map[string]proto.Message, removals []string) error {
+	// A config stream that (re)connects may reach a controller restarted with another CA
+	// (a root rotation): renew one certificate to pick up its bundle and signer.
+	client, err := newXDSClient(cc, cfg, log, func() { certs.RetryNow(); certs.Refresh() }, sync.Handler(func(typeURL string, upserts map[string]proto.Message, removals []string) error {
 		if err := px.Apply(typeURL, upserts, removals); err != nil {
 			log.Warn("config rejected", "type", typeURL, "err", err)
 			return err
@@ -180,7 +185,7 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 // newHBONEServer terminates the tunnels to the waypoint under its identity's certificate.
-func newHBONEServer(px *proxy.Proxy, certs *identity.Manager, bundle *x509bundle.Bundle, log *slog.Logger) (*hbone.Server, error) {
+func newHBONEServer(px *proxy.Proxy, certs *identity.Manager, bundle x509bundle.Source, log *slog.Logger) (*hbone.Server, error) {
 	return hbone.NewServer(hbone.ServerConfig{
 		ConnConfig: hbone.ConnConfig{Logger: log.With("component", "hbone")},
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -194,16 +199,17 @@ func newHBONEServer(px *proxy.Proxy, certs *identity.Manager, bundle *x509bundle
 
 // newXDSClient subscribes to the waypoint's config: the controller sends the routes and
 // policies of the Gateway it names.
-func newXDSClient(cc grpc.ClientConnInterface, cfg Config, log *slog.Logger, h xdsclient.Handler) (*xdsclient.Client, error) {
+func newXDSClient(cc grpc.ClientConnInterface, cfg Config, log *slog.Logger, onConnect func(), h xdsclient.Handler) (*xdsclient.Client, error) {
 	return xdsclient.NewClient(cc, xdsclient.Config{
 		Node: xdsclient.NodeInfo{
 			ID: "waypoint~" + cfg.Namespace + "~" + cfg.Name + "~" + cfg.Node, Node: cfg.Node, Kind: xdsclient.KindWaypoint,
 			WaypointNamespace: cfg.Namespace, WaypointName: cfg.Name,
 			TunnelProtocols: []string{xdsclient.TunnelHBONE, xdsclient.TunnelHBONEH3}, // Serve and ServeH3
 		},
-		TypeURLs: configv1.TypeURLs,
-		Logger:   log.With("component", "xds"),
-		Handler:  h,
+		TypeURLs:  configv1.TypeURLs,
+		Logger:    log.With("component", "xds"),
+		Handler:   h,
+		OnConnect: onConnect,
 	})
 }
 

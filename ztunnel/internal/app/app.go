@@ -141,9 +141,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	st := state.New()
 	// A config stream that reconnects means the controller's CA is back too: failed
-	// renewals retry at once. certs is set before the stream runs (src.feed below).
+	// renewals retry at once, and one certificate is renewed to pick up a trust bundle or
+	// signing CA the controller may have been restarted with (a root rotation). certs is
+	// set before the stream runs (src.feed below).
 	var certs *identity.Manager
-	src, err := newConfigSource(cfg, td, st, func() { certs.RetryNow() })
+	src, err := newConfigSource(cfg, td, st, func() { certs.RetryNow(); certs.Refresh() })
 	if err != nil {
 		return err
 	}
@@ -220,7 +222,7 @@ func (c Config) captureCheck() time.Duration {
 // configSource is where the mesh comes from: the controller over xDS, with certificates
 // from its CA, or, standalone, a local file and a local root.
 type configSource struct {
-	bundle *x509bundle.Bundle
+	bundle x509bundle.Source
 	signer identity.Signer
 	sync   *proxyhost.SyncTracker
 	feed   func(context.Context) error // keeps the state in step with the source
@@ -247,10 +249,13 @@ func newConfigSource(cfg Config, td spiffeid.TrustDomain, st *state.State, onCon
 		sync.MarkSynced()
 		return &configSource{bundle: ca.Bundle(), signer: ca, sync: sync, feed: src.Run, name: "local config " + cfg.LocalConfig, close: func() {}}, nil
 	}
-	bundle, err := identity.LoadBundle(td, cfg.RootCert)
+	roots, err := identity.LoadBundle(td, cfg.RootCert)
 	if err != nil {
 		return nil, err
 	}
+	// --root-cert is where trust starts; from then on the controller's CA sends the bundle
+	// with every certificate (a root rotation needs no restart).
+	bundle := identity.NewTrustBundle(roots, log.With("component", "trust"))
 	cc, err := xdsclient.Dial(xdsclient.DialOptions{Address: cfg.Controller, Token: xdsclient.TokenFile(cfg.TokenFile), Bundle: bundle, ServerID: xdsclient.ControllerID(td)})
 	if err != nil {
 		return nil, err
@@ -271,7 +276,7 @@ func newConfigSource(cfg Config, td spiffeid.TrustDomain, st *state.State, onCon
 		return nil, err
 	}
 	return &configSource{
-		bundle: bundle, signer: xdsclient.NewCAClient(cc), sync: sync,
+		bundle: bundle, signer: xdsclient.NewCAClientWithBundle(cc, bundle), sync: sync,
 		feed: client.Run, name: "controller " + cfg.Controller, close: func() { cc.Close() },
 	}, nil
 }
