@@ -302,7 +302,7 @@ func startSource(ctx context.Context, cancel context.CancelFunc, g *group, cfg C
 			return nil, err
 		}
 		// The leader is the one writer of the waypoints' objects, the Gateways' status and
-		// the HTTPRoutes' status.
+		// the HTTPRoutes' and GRPCRoutes' status.
 		rs := &routestatus.Writer{Kube: clients.Kube, Gateway: clients.Gateway, Domain: deps.Index.Options().Domain,
 			Log: log.With("component", "route-status")}
 		cfg.LeaderTasks = append(slices.Clip(cfg.LeaderTasks), wr.Run, rs.Run)

@@ -64,9 +64,12 @@ func TestControllerRBAC(t *testing.T) {
 	// A Gateway's status, not its spec.
 	allow("patch", "gateway.networking.k8s.io", "gateways/status", "apps")
 	deny("update", "gateway.networking.k8s.io", "gateways/status", "apps")
-	// An HTTPRoute's status, written whole (status.parents is an atomic list), not its spec.
-	allow("update", "gateway.networking.k8s.io", "httproutes/status", "apps")
-	deny("patch", "gateway.networking.k8s.io", "httproutes/status", "apps")
+	// An HTTPRoute's and a GRPCRoute's status, written whole (status.parents is an atomic
+	// list), not their spec.
+	for _, res := range []string{"httproutes/status", "grpcroutes/status"} {
+		allow("update", "gateway.networking.k8s.io", res, "apps")
+		deny("patch", "gateway.networking.k8s.io", res, "apps")
+	}
 	// No other workload kind, nor the waypoints' pods directly.
 	deny("create", "", "pods", "apps")
 	deny("patch", "apps", "daemonsets", "apps")

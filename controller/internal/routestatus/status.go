@@ -1,8 +1,8 @@
-// Package routestatus writes the status of HTTPRoutes in Kubernetes, as Gateway API asks of a
-// mesh implementation (GAMMA): for every parentRef to a Service, an entry of
-// status.parents under ambit's controller name with two conditions, Accepted (the route is
-// valid and its parent exists; else why not, naming the field) and ResolvedRefs (every
-// backendRef is a Service that exists; else which is not). A refused route changes nothing
+// Package routestatus writes the status of HTTPRoutes and GRPCRoutes in Kubernetes, as
+// Gateway API asks of a mesh implementation (GAMMA): for every parentRef to a Service, an
+// entry of status.parents under ambit's controller name with two conditions, Accepted (the
+// route is valid and its parent exists; else why not, naming the field) and ResolvedRefs
+// (every backendRef and mirror is a Service that exists; else which is not). A refused route changes nothing
 // else: the model keeps its last good version (docs/traffic.md). The leader writes; other
 // controllers' entries of the same route are kept.
 package routestatus
@@ -30,30 +30,91 @@ const (
 // Lookup answers whether a Service exists.
 type Lookup func(namespace, name string) bool
 
+// Route is what the status of a route depends on, alike for HTTPRoutes and GRPCRoutes.
+type Route struct {
+	Namespace  string
+	Generation int64
+	ParentRefs []gatewayv1.ParentReference
+	// Status is the route's status.parents as it is.
+	Status []gatewayv1.RouteParentStatus
+	// Refs are the route's references to Services: backendRefs and mirrors.
+	Refs []Ref
+	// Err is the model's verdict on the route: nil, or why it is refused.
+	Err error
+}
+
+// Ref is a reference to a backend and the field path that holds it.
+type Ref struct {
+	Field string
+	gatewayv1.BackendObjectReference
+}
+
+// HTTPRoute is what r's status depends on.
+func HTTPRoute(r *gatewayv1.HTTPRoute, domain string) Route {
+	_, err := model.ConvertHTTPRoute(r, domain)
+	out := Route{Namespace: r.Namespace, Generation: r.Generation, ParentRefs: r.Spec.ParentRefs, Status: r.Status.Parents, Err: err}
+	for i, rule := range r.Spec.Rules {
+		base := fmt.Sprintf("spec.rules[%d]", i)
+		for j, b := range rule.BackendRefs {
+			out.Refs = append(out.Refs, Ref{fmt.Sprintf("%s.backendRefs[%d]", base, j), b.BackendObjectReference})
+		}
+		out.Refs = append(out.Refs, mirrors(base, rule.Filters)...)
+	}
+	return out
+}
+
+// GRPCRoute is what r's status depends on.
+func GRPCRoute(r *gatewayv1.GRPCRoute, domain string) Route {
+	_, err := model.ConvertGRPCRoute(r, domain)
+	out := Route{Namespace: r.Namespace, Generation: r.Generation, ParentRefs: r.Spec.ParentRefs, Status: r.Status.Parents, Err: err}
+	for i, rule := range r.Spec.Rules {
+		base := fmt.Sprintf("spec.rules[%d]", i)
+		for j, b := range rule.BackendRefs {
+			out.Refs = append(out.Refs, Ref{fmt.Sprintf("%s.backendRefs[%d]", base, j), b.BackendObjectReference})
+		}
+		var fs []gatewayv1.HTTPRouteFilter
+		for _, f := range rule.Filters {
+			fs = append(fs, gatewayv1.HTTPRouteFilter{RequestMirror: f.RequestMirror})
+		}
+		out.Refs = append(out.Refs, mirrors(base, fs)...)
+	}
+	return out
+}
+
+// mirrors are the backends of a rule's RequestMirror filters (base is the rule's path).
+func mirrors(base string, filters []gatewayv1.HTTPRouteFilter) []Ref {
+	var out []Ref
+	for k, f := range filters {
+		if f.RequestMirror != nil {
+			out = append(out, Ref{fmt.Sprintf("%s.filters[%d].requestMirror.backendRef", base, k), f.RequestMirror.BackendRef})
+		}
+	}
+	return out
+}
+
 // Parents is r's status.parents as ambit writes it: the entries of other controllers as they
 // are, then one entry of ambit's per parentRef to a Service. A condition that says what it
 // said before keeps its lastTransitionTime.
-func Parents(r *gatewayv1.HTTPRoute, services Lookup, domain string, now metav1.Time) []gatewayv1.RouteParentStatus {
+func Parents(r Route, services Lookup, now metav1.Time) []gatewayv1.RouteParentStatus {
 	var out []gatewayv1.RouteParentStatus
 	old := map[string]gatewayv1.RouteParentStatus{}
-	for _, p := range r.Status.Parents {
+	for _, p := range r.Status {
 		if p.ControllerName != ControllerName {
 			out = append(out, p)
 			continue
 		}
 		old[parentKey(p.ParentRef, r.Namespace)] = p
 	}
-	_, convErr := model.ConvertHTTPRoute(r, domain)
 	resolved := resolvedRefs(r, services)
-	for _, ref := range r.Spec.ParentRefs {
+	for _, ref := range r.ParentRefs {
 		if !isService(ref.Group, ref.Kind) {
 			continue // a Gateway's, another implementation's business
 		}
 		accepted := metav1.Condition{Type: Accepted, Status: metav1.ConditionTrue, Reason: string(gatewayv1.RouteReasonAccepted),
 			Message: "the mesh routes this Service's traffic by the route"}
 		switch ns := ns(ref.Namespace, r.Namespace); {
-		case convErr != nil:
-			accepted.Status, accepted.Reason, accepted.Message = metav1.ConditionFalse, string(gatewayv1.RouteReasonUnsupportedValue), convErr.Error()
+		case r.Err != nil:
+			accepted.Status, accepted.Reason, accepted.Message = metav1.ConditionFalse, string(gatewayv1.RouteReasonUnsupportedValue), r.Err.Error()
 		case !services(ns, string(ref.Name)):
 			accepted.Status, accepted.Reason, accepted.Message = metav1.ConditionFalse, string(gatewayv1.RouteReasonNoMatchingParent),
 				fmt.Sprintf("parent Service %s/%s does not exist", ns, ref.Name)
@@ -72,25 +133,22 @@ func Parents(r *gatewayv1.HTTPRoute, services Lookup, domain string, now metav1.
 	return out
 }
 
-// resolvedRefs is the ResolvedRefs condition: every backendRef of every rule is a Service of
-// the route's namespace that exists.
-func resolvedRefs(r *gatewayv1.HTTPRoute, services Lookup) metav1.Condition {
+// resolvedRefs is the ResolvedRefs condition: every backendRef and mirror of every rule is a
+// Service of the route's namespace that exists.
+func resolvedRefs(r Route, services Lookup) metav1.Condition {
 	c := metav1.Condition{Type: ResolvedRefs, Status: metav1.ConditionTrue, Reason: string(gatewayv1.RouteReasonResolvedRefs),
 		Message: "every backendRef is a Service that exists"}
 	var missing []string
-	for i, rule := range r.Spec.Rules {
-		for j, b := range rule.BackendRefs {
-			field := fmt.Sprintf("spec.rules[%d].backendRefs[%d]", i, j)
-			switch ns := ns(b.Namespace, r.Namespace); {
-			case !isBackendService(b.Group, b.Kind):
-				return metav1.Condition{Type: ResolvedRefs, Status: metav1.ConditionFalse, Reason: string(gatewayv1.RouteReasonInvalidKind),
-					Message: fmt.Sprintf("%s: kind %s is not a Service", field, kindOf(b.Group, b.Kind))}
-			case ns != r.Namespace:
-				return metav1.Condition{Type: ResolvedRefs, Status: metav1.ConditionFalse, Reason: string(gatewayv1.RouteReasonRefNotPermitted),
-					Message: fmt.Sprintf("%s: Service %s/%s is in another namespace (ReferenceGrant is not supported)", field, ns, b.Name)}
-			case !services(ns, string(b.Name)):
-				missing = append(missing, fmt.Sprintf("%s: Service %s/%s", field, ns, b.Name))
-			}
+	for _, b := range r.Refs {
+		switch ns := ns(b.Namespace, r.Namespace); {
+		case !isBackendService(b.Group, b.Kind):
+			return metav1.Condition{Type: ResolvedRefs, Status: metav1.ConditionFalse, Reason: string(gatewayv1.RouteReasonInvalidKind),
+				Message: fmt.Sprintf("%s: kind %s is not a Service", b.Field, kindOf(b.Group, b.Kind))}
+		case ns != r.Namespace:
+			return metav1.Condition{Type: ResolvedRefs, Status: metav1.ConditionFalse, Reason: string(gatewayv1.RouteReasonRefNotPermitted),
+				Message: fmt.Sprintf("%s: Service %s/%s is in another namespace (ReferenceGrant is not supported)", b.Field, ns, b.Name)}
+		case !services(ns, string(b.Name)):
+			missing = append(missing, fmt.Sprintf("%s: Service %s/%s", b.Field, ns, b.Name))
 		}
 	}
 	if len(missing) > 0 {

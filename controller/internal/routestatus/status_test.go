@@ -88,7 +88,7 @@ func TestParents(t *testing.T) {
 		}(), all, "False", "False", "UnsupportedValue", "InvalidKind", "only Services are supported", "kind ConfigMap is not a Service"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := Parents(tc.r, tc.svcs, "cluster.local", now)
+			got := Parents(HTTPRoute(tc.r, "cluster.local"), tc.svcs, now)
 			c := ours(t, got)
 			a, res := c[Accepted], c[ResolvedRefs]
 			if a.Status != tc.accepted || a.Reason != tc.acceptReason || !strings.Contains(a.Message, tc.acceptMsg) || a.ObservedGeneration != 3 {
@@ -109,19 +109,70 @@ func TestParentsKeepsOthersAndTimes(t *testing.T) {
 	other := gatewayv1.RouteParentStatus{ParentRef: gatewayv1.ParentReference{Name: "some-gateway"}, ControllerName: "example.net/gateway",
 		Conditions: []metav1.Condition{{Type: Accepted, Status: "True", Reason: "Accepted"}}}
 	r.Status.Parents = []gatewayv1.RouteParentStatus{other}
-	first := Parents(r, all, "cluster.local", metav1.NewTime(time.Unix(1000, 0)))
+	first := Parents(HTTPRoute(r, "cluster.local"), all, metav1.NewTime(time.Unix(1000, 0)))
 	if len(first) != 2 || first[0].ControllerName != "example.net/gateway" {
 		t.Fatalf("parents %+v: the other controller's entry not kept first", first)
 	}
 	r.Status.Parents = first
-	again := Parents(r, all, "cluster.local", metav1.NewTime(time.Unix(2000, 0)))
+	again := Parents(HTTPRoute(r, "cluster.local"), all, metav1.NewTime(time.Unix(2000, 0)))
 	if !Equal(first, again) || ours(t, again)[Accepted].LastTransitionTime.Unix() != 1000 {
 		t.Fatalf("the same status again changed: %+v → %+v", first, again)
 	}
 	// A change moves the time of the condition that changed only.
-	changed := Parents(r, services("demo/web"), "cluster.local", metav1.NewTime(time.Unix(3000, 0)))
+	changed := Parents(HTTPRoute(r, "cluster.local"), services("demo/web"), metav1.NewTime(time.Unix(3000, 0)))
 	c := ours(t, changed)
 	if Equal(first, changed) || c[ResolvedRefs].LastTransitionTime.Unix() != 3000 || c[Accepted].LastTransitionTime.Unix() != 1000 {
 		t.Fatalf("after the backend went: %+v", c)
+	}
+}
+
+func grpcRoute(backends ...string) *gatewayv1.GRPCRoute {
+	r := &gatewayv1.GRPCRoute{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "echo", Generation: 3}}
+	r.Spec.ParentRefs = route().Spec.ParentRefs
+	var refs []gatewayv1.GRPCBackendRef
+	for _, b := range backends {
+		refs = append(refs, gatewayv1.GRPCBackendRef{BackendRef: gatewayv1.BackendRef{BackendObjectReference: gatewayv1.BackendObjectReference{
+			Name: gatewayv1.ObjectName(b), Port: ptr(gatewayv1.PortNumber(80))}}})
+	}
+	r.Spec.Rules = []gatewayv1.GRPCRouteRule{{BackendRefs: refs}}
+	return r
+}
+
+func mirrorTo(name string) *gatewayv1.HTTPRequestMirrorFilter {
+	return &gatewayv1.HTTPRequestMirrorFilter{BackendRef: gatewayv1.BackendObjectReference{Name: gatewayv1.ObjectName(name), Port: ptr(gatewayv1.PortNumber(80))}}
+}
+
+// TestParentsGRPCRouteAndMirrors: a GRPCRoute gets the conditions an HTTPRoute does, and a
+// mirror's backend counts as a reference: missing, it turns ResolvedRefs false naming the
+// filter.
+func TestParentsGRPCRouteAndMirrors(t *testing.T) {
+	now := metav1.NewTime(time.Unix(1000, 0))
+	all := services("demo/web", "demo/web-v1", "demo/web-shadow")
+	withMirror := route("web-v1")
+	withMirror.Spec.Rules[0].Filters = []gatewayv1.HTTPRouteFilter{{Type: gatewayv1.HTTPRouteFilterRequestMirror, RequestMirror: mirrorTo("web-gone")}}
+	grpcMirror := grpcRoute("web-v1")
+	grpcMirror.Spec.Rules[0].Filters = []gatewayv1.GRPCRouteFilter{{Type: gatewayv1.GRPCRouteFilterRequestMirror, RequestMirror: mirrorTo("web-gone")}}
+	grpcBad := grpcRoute("web-v1")
+	grpcBad.Spec.Rules[0].Matches = []gatewayv1.GRPCRouteMatch{{Headers: []gatewayv1.GRPCHeaderMatch{
+		{Type: ptr(gatewayv1.GRPCHeaderMatchRegularExpression), Name: "x-user", Value: "(admin"}}}}
+	for _, tc := range []struct {
+		name               string
+		r                  Route
+		accepted, resolved metav1.ConditionStatus
+		msg                string
+	}{
+		{"GRPCRoute valid", GRPCRoute(grpcRoute("web-v1"), "cluster.local"), "True", "True", ""},
+		{"GRPCRoute backend missing", GRPCRoute(grpcRoute("web-v9"), "cluster.local"), "True", "False", "spec.rules[0].backendRefs[0]: Service demo/web-v9"},
+		{"GRPCRoute invalid regex", GRPCRoute(grpcBad, "cluster.local"), "False", "True", "spec.rules[0].matches[0].headers[0].value"},
+		{"GRPCRoute mirror missing", GRPCRoute(grpcMirror, "cluster.local"), "True", "False", "spec.rules[0].filters[0].requestMirror.backendRef: Service demo/web-gone"},
+		{"HTTPRoute mirror missing", HTTPRoute(withMirror, "cluster.local"), "True", "False", "spec.rules[0].filters[0].requestMirror.backendRef: Service demo/web-gone"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := ours(t, Parents(tc.r, all, now))
+			a, res := c[Accepted], c[ResolvedRefs]
+			if a.Status != tc.accepted || res.Status != tc.resolved || !strings.Contains(a.Message+res.Message, tc.msg) || a.ObservedGeneration != 3 {
+				t.Errorf("Accepted %+v\nResolvedRefs %+v\nwant %s, %s, naming %q", a, res, tc.accepted, tc.resolved, tc.msg)
+			}
+		})
 	}
 }

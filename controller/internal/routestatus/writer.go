@@ -18,7 +18,8 @@ import (
 	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 )
 
-// Writer keeps the status of every HTTPRoute current. Run it on the leader only.
+// Writer keeps the status of every HTTPRoute and GRPCRoute current. Run it on the leader
+// only.
 type Writer struct {
 	Kube    kubernetes.Interface
 	Gateway gatewayclient.Interface
@@ -27,21 +28,45 @@ type Writer struct {
 	Log    *slog.Logger
 }
 
-// Run watches HTTPRoutes and Services and writes the routes' status until ctx ends.
+// routeKind is how the Writer reads and writes the routes of one kind.
+type routeKind struct {
+	kind     string
+	informer cache.SharedIndexInformer
+	// view reads a route from the informer's cache.
+	view func(ns, name string) (Route, error)
+	// update writes parents as the status.parents of the cached route ns/name.
+	update func(ctx context.Context, ns, name string, parents []gatewayv1.RouteParentStatus) error
+}
+
+// item is a route to write the status of: its kind's index in the Writer's kinds, its name.
+type item struct {
+	kind int
+	name cache.ObjectName
+}
+
+// Run watches HTTPRoutes, GRPCRoutes (when the API server serves them) and Services, and
+// writes the routes' status until ctx ends.
 func (w *Writer) Run(ctx context.Context) error {
 	gf := gatewayinformers.NewSharedInformerFactory(w.Gateway, 0)
 	kf := informers.NewSharedInformerFactory(w.Kube, 0)
-	routes := gf.Gateway().V1().HTTPRoutes()
-	services := kf.Core().V1().Services()
-	q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[cache.ObjectName]())
-	defer q.ShutDown()
-	enqueue := func(o any) {
-		if name, err := cache.DeletionHandlingObjectToName(o); err == nil {
-			q.Add(name)
-		}
+	kinds := []routeKind{w.httpRoutes(gf)}
+	if w.served("grpcroutes") {
+		kinds = append(kinds, w.grpcRoutes(gf))
 	}
-	if _, err := routes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }}); err != nil {
-		return err
+	services := kf.Core().V1().Services()
+	q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[item]())
+	defer q.ShutDown()
+	synced := []cache.InformerSynced{services.Informer().HasSynced}
+	for i, k := range kinds {
+		enqueue := func(o any) {
+			if name, err := cache.DeletionHandlingObjectToName(o); err == nil {
+				q.Add(item{i, name})
+			}
+		}
+		if _, err := k.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }}); err != nil {
+			return err
+		}
+		synced = append(synced, k.informer.HasSynced)
 	}
 	// A Service that comes or goes changes ResolvedRefs (or Accepted) of its namespace's routes.
 	byNamespace := func(o any) {
@@ -49,9 +74,12 @@ func (w *Writer) Run(ctx context.Context) error {
 		if err != nil {
 			return
 		}
-		rs, _ := routes.Lister().HTTPRoutes(name.Namespace).List(labels.Everything())
-		for _, r := range rs {
-			q.Add(cache.ObjectName{Namespace: r.Namespace, Name: r.Name})
+		for i, k := range kinds {
+			_ = cache.ListAllByNamespace(k.informer.GetIndexer(), name.Namespace, labels.Everything(), func(r any) {
+				if n, err := cache.ObjectToName(r); err == nil {
+					q.Add(item{i, n})
+				}
+			})
 		}
 	}
 	if _, err := services.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: byNamespace, DeleteFunc: byNamespace}); err != nil {
@@ -61,7 +89,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	kf.Start(ctx.Done())
 	defer gf.Shutdown()
 	defer kf.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), routes.Informer().HasSynced, services.Informer().HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return ctx.Err()
 	}
 	exists := func(ns, name string) bool {
@@ -73,45 +101,101 @@ func (w *Writer) Run(ctx context.Context) error {
 		q.ShutDown()
 	}()
 	for {
-		name, shutdown := q.Get()
+		it, shutdown := q.Get()
 		if shutdown {
 			return nil
 		}
-		err := w.write(ctx, routes.Lister().HTTPRoutes(name.Namespace), name.Name, exists)
+		err := w.write(ctx, kinds[it.kind], it.name, exists)
 		switch {
 		case err == nil:
-			q.Forget(name)
+			q.Forget(it)
 		case ctx.Err() != nil:
 		default:
-			w.Log.Warn("HTTPRoute status", "route", name.String(), "error", err)
-			q.AddRateLimited(name)
+			w.Log.Warn("route status", "kind", kinds[it.kind].kind, "route", it.name.String(), "error", err)
+			q.AddRateLimited(it)
 		}
-		q.Done(name)
+		q.Done(it)
 	}
 }
 
-type routeGetter interface {
-	Get(name string) (*gatewayv1.HTTPRoute, error)
+// served reports whether the API server serves resource in gateway.networking.k8s.io/v1 (a
+// cluster may have Gateway API's HTTPRoute CRD without GRPCRoute's).
+func (w *Writer) served(resource string) bool {
+	list, err := w.Kube.Discovery().ServerResourcesForGroupVersion(gatewayv1.GroupVersion.String())
+	if err != nil || list == nil {
+		return false
+	}
+	for _, r := range list.APIResources {
+		if r.Name == resource {
+			return true
+		}
+	}
+	return false
 }
 
+func (w *Writer) httpRoutes(gf gatewayinformers.SharedInformerFactory) routeKind {
+	inf := gf.Gateway().V1().HTTPRoutes()
+	return newKind("HTTPRoute", inf.Informer(), func(ns, name string) (*gatewayv1.HTTPRoute, error) { return inf.Lister().HTTPRoutes(ns).Get(name) },
+		func(r *gatewayv1.HTTPRoute) Route { return HTTPRoute(r, w.Domain) },
+		func(ctx context.Context, r *gatewayv1.HTTPRoute, parents []gatewayv1.RouteParentStatus) error {
+			r = r.DeepCopy()
+			r.Status.Parents = parents
+			_, err := w.Gateway.GatewayV1().HTTPRoutes(r.Namespace).UpdateStatus(ctx, r, metav1.UpdateOptions{FieldManager: fieldManager})
+			return err
+		})
+}
+
+func (w *Writer) grpcRoutes(gf gatewayinformers.SharedInformerFactory) routeKind {
+	inf := gf.Gateway().V1().GRPCRoutes()
+	return newKind("GRPCRoute", inf.Informer(), func(ns, name string) (*gatewayv1.GRPCRoute, error) { return inf.Lister().GRPCRoutes(ns).Get(name) },
+		func(r *gatewayv1.GRPCRoute) Route { return GRPCRoute(r, w.Domain) },
+		func(ctx context.Context, r *gatewayv1.GRPCRoute, parents []gatewayv1.RouteParentStatus) error {
+			r = r.DeepCopy()
+			r.Status.Parents = parents
+			_, err := w.Gateway.GatewayV1().GRPCRoutes(r.Namespace).UpdateStatus(ctx, r, metav1.UpdateOptions{FieldManager: fieldManager})
+			return err
+		})
+}
+
+// newKind is the routeKind of routes of type T: get reads one from the cache, view is what
+// its status depends on, update writes a copy with new status.parents.
+func newKind[T any](kind string, inf cache.SharedIndexInformer, get func(ns, name string) (T, error), view func(T) Route,
+	update func(context.Context, T, []gatewayv1.RouteParentStatus) error) routeKind {
+	return routeKind{kind: kind, informer: inf,
+		view: func(ns, name string) (Route, error) {
+			r, err := get(ns, name)
+			if err != nil {
+				return Route{}, err
+			}
+			return view(r), nil
+		},
+		update: func(ctx context.Context, ns, name string, parents []gatewayv1.RouteParentStatus) error {
+			r, err := get(ns, name)
+			if err != nil {
+				return err
+			}
+			return update(ctx, r, parents)
+		}}
+}
+
+const fieldManager = "ambit-controller"
+
 // write updates the status of one route when what it says changes.
-func (w *Writer) write(ctx context.Context, routes routeGetter, name string, exists Lookup) error {
-	r, err := routes.Get(name)
+func (w *Writer) write(ctx context.Context, k routeKind, name cache.ObjectName, exists Lookup) error {
+	r, err := k.view(name.Namespace, name.Name)
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	parents := Parents(r, exists, w.Domain, metav1.NewTime(time.Now().Truncate(time.Second)))
-	if Equal(parents, r.Status.Parents) {
+	parents := Parents(r, exists, metav1.NewTime(time.Now().Truncate(time.Second)))
+	if Equal(parents, r.Status) {
 		return nil
 	}
-	r = r.DeepCopy()
-	r.Status.Parents = parents
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := w.Gateway.GatewayV1().HTTPRoutes(r.Namespace).UpdateStatus(ctx, r, metav1.UpdateOptions{FieldManager: "ambit-controller"}); err != nil {
+	if err := k.update(ctx, name.Namespace, name.Name, parents); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("update status: %w", err) // a conflict: the informer brings the new version, then again
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"ambit.dev/controller/internal/kubetest"
@@ -20,7 +21,9 @@ import (
 // TestWriterRealAPIServer runs the Writer against a real kube-apiserver: a route to two
 // Services gets Accepted and ResolvedRefs true; a backend Service deleted turns ResolvedRefs
 // false naming it, and its return turns it true again; an invalid route gets Accepted false
-// naming the field; another controller's entry of the route stays.
+// naming the field; another controller's entry of the route stays. GRPCRoutes get the same:
+// true for a valid one, Accepted false naming the field for an invalid regex, ResolvedRefs
+// false for a mirror to a Service that does not exist.
 func TestWriterRealAPIServer(t *testing.T) {
 	c := kubetest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -56,22 +59,60 @@ func TestWriterRealAPIServer(t *testing.T) {
 	}
 	if err := c.ApplyYAML(ctx, []byte(`apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata: {name: bad-retry, namespace: demo}
+metadata: {name: bad-regex, namespace: demo}
 spec:
   parentRefs: [{group: "", kind: Service, name: web, port: 80}]
   rules:
   - backendRefs: [{name: web-v1, port: 80}]
-    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x, value: "1"}]}}]
+    matches: [{path: {type: RegularExpression, value: "/users/(\\d+"}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - matches: [{method: {service: echo.Echo}}]
+    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-via, value: mesh}]}}]
+    backendRefs: [{name: web-v1, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo-bad, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - matches: [{method: {type: RegularExpression, service: "echo.(Echo"}}]
+    backendRefs: [{name: web-v1, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo-mirror, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: echo-shadow, port: 80}}}]
+    backendRefs: [{name: web-v1, port: 80}]
 `)); err != nil {
 		t.Fatal(err)
 	}
 	conds := func(name string) (map[string]metav1.Condition, error) {
-		r, err := gw.GatewayV1().HTTPRoutes("demo").Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return nil, err
+		var parents []gatewayv1.RouteParentStatus
+		if kind, n, ok := strings.Cut(name, "/"); ok && kind == "grpc" {
+			r, err := gw.GatewayV1().GRPCRoutes("demo").Get(ctx, n, metav1.GetOptions{})
+			if err != nil {
+				return nil, err
+			}
+			parents = r.Status.Parents
+		} else {
+			r, err := gw.GatewayV1().HTTPRoutes("demo").Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return nil, err
+			}
+			parents = r.Status.Parents
 		}
 		out := map[string]metav1.Condition{}
-		for _, p := range r.Status.Parents {
+		for _, p := range parents {
 			if p.ControllerName == ControllerName {
 				for _, c := range p.Conditions {
 					out[c.Type] = c
@@ -95,9 +136,18 @@ spec:
 		})
 	}
 	expect("the valid route accepted and resolved", "split", "True", "True", "")
-	expect("the invalid route refused naming the field", "bad-retry", "False", "True", "UnsupportedValue")
-	if c, _ := conds("bad-retry"); c[Accepted].Message == "" || !contains(c[Accepted].Message, "spec.rules[0].filters") {
+	expect("the invalid route refused naming the field", "bad-regex", "False", "True", "UnsupportedValue")
+	if c, _ := conds("bad-regex"); c[Accepted].Message == "" || !contains(c[Accepted].Message, "spec.rules[0].matches[0].path.value") {
 		t.Errorf("refusal does not name the field: %q", c[Accepted].Message)
+	}
+	expect("the valid GRPCRoute accepted and resolved", "grpc/echo", "True", "True", "")
+	expect("the invalid GRPCRoute refused", "grpc/echo-bad", "False", "True", "UnsupportedValue")
+	if c, _ := conds("grpc/echo-bad"); !contains(c[Accepted].Message, "spec.rules[0].matches[0].method.service") {
+		t.Errorf("GRPCRoute refusal does not name the field: %q", c[Accepted].Message)
+	}
+	expect("a GRPCRoute mirroring to no Service", "grpc/echo-mirror", "True", "False", "BackendNotFound")
+	if c, _ := conds("grpc/echo-mirror"); !contains(c[ResolvedRefs].Message, "spec.rules[0].filters[0].requestMirror.backendRef") {
+		t.Errorf("ResolvedRefs does not name the mirror: %q", c[ResolvedRefs].Message)
 	}
 	if err := c.Client.CoreV1().Services("demo").Delete(ctx, "web-v2", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
