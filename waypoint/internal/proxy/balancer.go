@@ -196,10 +196,11 @@ func (b *balancer) release(a netip.AddrPort) {
 
 // result records the outcome of a request to a for outlier detection: status is the
 // response's status, 0 for a connect failure or a reset. pol, when it sets outlier detection,
-// replaces the waypoint's defaults. It reports whether the endpoint was ejected by it.
+// replaces the waypoint's defaults (with zero thresholds it turns ejection off). It reports
+// whether the endpoint was ejected by it.
 func (b *balancer) result(a netip.AddrPort, status int, peers []state.Endpoint, pol *route.Policy) bool {
 	consec5xx, consecGW, base, maxPercent := b.consecutive, 0, b.base, b.maxPercent
-	if pol != nil && (pol.Consecutive5xx > 0 || pol.ConsecutiveGateway > 0) {
+	if pol != nil && (pol.Outlier || pol.Consecutive5xx > 0 || pol.ConsecutiveGateway > 0) {
 		consec5xx, consecGW, base, maxPercent = pol.Consecutive5xx, pol.ConsecutiveGateway, pol.BaseEjection, pol.MaxEjectionPercent
 	}
 	fail5xx := status == 0 || status >= 500

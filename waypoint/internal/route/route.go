@@ -219,7 +219,10 @@ type Policy struct {
 	ConnectTimeout time.Duration
 	// MaxConnections, MaxPending, MaxRequests, MaxRetries: 0 means no bound.
 	MaxConnections, MaxPending, MaxRequests, MaxRetries int
-	// Outlier detection; Consecutive5xx and ConsecutiveGateway 0 mean off.
+	// Outlier detection; Consecutive5xx and ConsecutiveGateway 0 mean off. Outlier says the
+	// policy sets it: its values replace the waypoint's defaults even when both thresholds
+	// are 0 (Istio's consecutive5xxErrors: 0 turns 5xx ejection off).
+	Outlier                            bool
 	Consecutive5xx, ConsecutiveGateway int
 	BaseEjection                       time.Duration
 	MaxEjectionPercent                 int
@@ -997,6 +1000,7 @@ func compileOnePolicy(p *configv1.TrafficPolicy, f string) (*Policy, error) {
 		}
 	}
 	if od := p.GetOutlierDetection(); od != nil {
+		out.Outlier = true
 		out.Consecutive5xx, out.ConsecutiveGateway = int(od.GetConsecutive_5Xx()), int(od.GetConsecutiveGatewayErrors())
 		out.BaseEjection = 30 * time.Second
 		if b := od.GetBaseEjectionTime(); b != nil {
