@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"ambit.dev/proto/nodeapi"
@@ -112,10 +113,22 @@ type connKey struct{}
 
 // echoHandler answers every request with an Echo, as JSON when asked
 // (?format=json or Accept: application/json). /status/<code> answers with that code and
-// /delay/<duration> waits first, /flaky/<percent> answers 503 to that share of requests (on
-// the pods named by ?pods=, or all): the failures the L7 tests need.
+// /delay/<duration> waits first, /flaky/<percent> answers 503 to that share of requests
+// (/delay and /flaky only on the pods named by ?pods=, or all): the failures the L7 tests
+// need. /hits?path=<p> answers how many requests for path p the pod has served: what a
+// mirror received.
 func echoHandler(pod string, peers *nodeapi.Client) http.Handler {
+	var hits pathCounter
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hits" {
+			w.Header().Set("X-Ambit-Pod", pod)
+			_, _ = io.WriteString(w, strconv.Itoa(hits.get(r.URL.Query().Get("path")))+"\n")
+			return
+		}
+		hits.add(r.URL.Path)
+		// ?pods=ns/a,ns/b limits /flaky and /delay to those pods: one bad backend among good ones.
+		only := r.URL.Query().Get("pods")
+		mine := only == "" || slices.Contains(strings.Split(only, ","), pod)
 		e := Echo{Pod: pod, Method: r.Method, Path: r.URL.Path, Caller: r.RemoteAddr}
 		if c, ok := r.Context().Value(connKey{}).(net.Conn); ok {
 			src, err1 := netip.ParseAddrPort(c.RemoteAddr().String())
@@ -136,14 +149,11 @@ func echoHandler(pod string, peers *nodeapi.Client) http.Handler {
 			}
 		}
 		if rest, ok := strings.CutPrefix(r.URL.Path, "/flaky/"); ok {
-			// ?pods=ns/a,ns/b limits the failures to those pods: one bad backend among good ones.
-			only := r.URL.Query().Get("pods")
-			mine := only == "" || slices.Contains(strings.Split(only, ","), pod)
 			if pct, err := strconv.Atoi(rest); err == nil && mine && rand.IntN(100) < pct {
 				code = http.StatusServiceUnavailable
 			}
 		}
-		if rest, ok := strings.CutPrefix(r.URL.Path, "/delay/"); ok {
+		if rest, ok := strings.CutPrefix(r.URL.Path, "/delay/"); ok && mine {
 			if d, err := time.ParseDuration(rest); err == nil && d <= time.Minute {
 				select {
 				case <-time.After(d):
@@ -163,6 +173,32 @@ func echoHandler(pod string, peers *nodeapi.Client) http.Handler {
 		w.WriteHeader(code)
 		_, _ = io.WriteString(w, e.Text())
 	})
+}
+
+// pathCounter counts requests by path, up to maxPaths distinct paths (a lab pod lives for
+// one lab; the bound keeps a stray scan from growing it without end).
+type pathCounter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+const maxPaths = 10000
+
+func (c *pathCounter) add(path string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = map[string]int{}
+	}
+	if _, ok := c.n[path]; ok || len(c.n) < maxPaths {
+		c.n[path]++
+	}
+}
+
+func (c *pathCounter) get(path string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[path]
 }
 
 // Client returns an HTTP client whose connections start inside the network namespace at
