@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -73,6 +74,85 @@ func TestAnalyzeRealController(t *testing.T) {
 		out, err := analyze()
 		if err != nil || !strings.Contains(out, "No problems found") {
 			return &waitErr{out, err}
+		}
+		return nil
+	})
+}
+
+// TestAnalyzeIstioAndRoutes: Istio's four kinds and Gateway API's two route kinds, each
+// refused for a field ambit does not implement or a value that is wrong, are each listed by
+// `ambitctl analyze -o json` with the object and the field.
+func TestAnalyzeIstioAndRoutes(t *testing.T) {
+	fc := startFolderController(t)
+	const objects = `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: demo}
+spec:
+  hosts: [web]
+  http:
+  - route: [{destination: {host: web}}]
+    retries: {attempts: 2, retryRemoteLocalities: true}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: demo}
+spec:
+  host: web
+  workloadSelector: {matchLabels: {app: web}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit, namespace: demo}
+spec:
+  action: LOG
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: demo}
+spec:
+  mtls: {mode: STRICTER}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: users, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: "/users/(\\d+"}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Lua, name: script}}]
+`
+	if err := os.WriteFile(filepath.Join(fc.cfgDir, "refused.yaml"), []byte(objects), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"VirtualService.networking.istio.io demo/web":      "spec.http[0].retries.retryRemoteLocalities",
+		"DestinationRule.networking.istio.io demo/web":     "spec.workloadSelector",
+		"AuthorizationPolicy.security.istio.io demo/audit": "spec.action",
+		"PeerAuthentication.security.istio.io demo/strict": "spec.mtls.mode",
+		"HTTPRoute demo/users":                             "spec.rules[0].matches[0].path.value",
+		"GRPCRoute demo/echo":                              "spec.rules[0].filters[0].extensionRef",
+	}
+	wait.Until(t, 10*time.Second, "every refused object listed with its field", func() error {
+		js, err := run(t, Options{}, "analyze", "--controller-debug", fc.debugAddr, "--lab-dir", noLab(t), "-o", "json")
+		var problems []source.Problem
+		if jerr := json.Unmarshal([]byte(js), &problems); jerr != nil || err == nil {
+			return &waitErr{js, err}
+		}
+		got := map[string]string{}
+		for _, p := range problems {
+			got[p.Object] = p.Field
+		}
+		for obj, field := range want {
+			if got[obj] != field {
+				return &waitErr{fmt.Sprintf("%s: field %q, want %q\n%s", obj, got[obj], field, js), err}
+			}
 		}
 		return nil
 	})
