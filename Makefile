@@ -50,7 +50,7 @@ help: ## list the targets
 	@echo "usage: make <target>"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: ## install the system tools (protoc, iptables, iproute2, haproxy, etcd, tcpdump) if missing; needs root
+setup: ## install the system tools (protoc, iptables, iproute2, haproxy, nginx, stunnel, etcd, containerd) if missing; needs root
 	@hack/setup.sh
 
 build: ## compile every package of every module; commands go to bin/
@@ -147,7 +147,7 @@ demo: setup build ## the mesh on the local lab, step by step: plaintext, enrol, 
 bench-hbone: ## HBONE micro-benchmarks: round trip and throughput of direct, raw mTLS and HBONE paths, with ratios
 	@hack/bench-hbone.sh
 
-bench: setup ## data plane on the lab, one run: direct, ambit-l4, ambit-l4-h3, ambit-l7, haproxy-mtls in 3 interleaved rounds; bench/results and docs/benchmarks.md (root, ~7 min)
+bench: setup ## data plane on the lab, one run: direct, ambit-l4, ambit-l4-h3, ambit-l7 and the peers haproxy-mtls, nginx-mtls, stunnel-mtls in 3 interleaved rounds; bench/results and docs/benchmarks.md (root, ~10 min)
 	@hack/bench.sh
 
 bench-quick: setup ## the same in under two minutes (shorter runs, 1 and 16 connections); bench/results/quick only (root)

@@ -13,6 +13,10 @@ tools=(
 	iptables:iptables
 	ip:iproute2
 	haproxy:haproxy
+	# make bench's other mTLS peers: nginx with its stream module, and stunnel.
+	nginx:nginx
+	/usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream
+	stunnel4:stunnel4
 	etcd:etcd-server
 	tcpdump:tcpdump
 	nft:nftables
@@ -59,8 +63,8 @@ if [[ $(id -u) -ne 0 ]]; then
 	sudo=(sudo)
 fi
 
-# Keep the packages' maintainer scripts from starting etcd, haproxy and containerd as system
-# services.
+# Keep the packages' maintainer scripts from starting etcd, haproxy, nginx, stunnel and
+# containerd as system services.
 policy=/usr/sbin/policy-rc.d
 if [[ ! -e $policy ]]; then
 	printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null

@@ -118,7 +118,7 @@ func TestSmokeLab(t *testing.T) {
 			t.Errorf("waypoint usage of %s: %v vCPU/1k, %v MB (all proxies %v)", r.Scenario, r.WaypointCPUPer1k, r.WaypointRSSMB, r.CPUPer1k)
 		}
 	}
-	if strings.Join(scen, ",") != "direct,ambit-l4,ambit-l4-h3,ambit-l7,haproxy-mtls" {
+	if strings.Join(scen, ",") != "direct,ambit-l4,ambit-l4-h3,ambit-l7,haproxy-mtls,nginx-mtls,stunnel-mtls" {
 		t.Errorf("scenarios %v", scen)
 	}
 	var fromFile []report.Row

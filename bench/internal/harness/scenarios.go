@@ -14,22 +14,24 @@ import (
 	"strings"
 	"time"
 
-	"ambit.dev/bench/internal/haproxy"
+	"ambit.dev/bench/internal/peer"
+	"ambit.dev/bench/internal/proc"
 	"ambit.dev/bench/internal/report"
 	"ambit.dev/controller/lab"
 )
 
 // AllScenarios in the order a run measures them.
-var AllScenarios = []string{report.Direct, report.AmbitL4, report.AmbitL4H3, report.AmbitL7, report.HAProxyMTLS}
+var AllScenarios = append([]string{report.Direct, report.AmbitL4, report.AmbitL4H3, report.AmbitL7}, report.Peers...)
 
-// Ports of the benchmark's own server in the server pod, and of the HAProxy pair.
+// Ports of the benchmark's own server in the server pod, and of the peers' pairs (one runs
+// at a time).
 const (
-	httpPort     = 8080
-	bulkPort     = 9100
-	hapHTTPLocal = 28080 // client side, loopback of the client pod
-	hapBulkLocal = 29100
-	hapHTTPTLS   = 28443 // server side, the pod's address
-	hapBulkTLS   = 29443
+	httpPort      = 8080
+	bulkPort      = 9100
+	peerHTTPLocal = 28080 // client side, loopback of the client pod
+	peerBulkLocal = 29100
+	peerHTTPTLS   = 28443 // server side, the pod's address
+	peerBulkTLS   = 29443
 )
 
 // errSkip marks a scenario that cannot run yet; the run goes on without it and the doc
@@ -105,11 +107,12 @@ func (r *runner) setup(ctx context.Context, name string) (endpoints, error) {
 			return r.enrol(ctx, false)
 		}
 		return e, nil
-	case report.HAProxyMTLS:
+	}
+	if kind, ok := peer.Kinds[name]; ok {
 		if err := r.enrol(ctx, false); err != nil {
 			return endpoints{}, err
 		}
-		return r.startHAProxy(ctx)
+		return r.startPeer(ctx, kind)
 	}
 	return endpoints{}, fmt.Errorf("unknown scenario %q", name)
 }
@@ -209,24 +212,31 @@ func (r *runner) enrol(ctx context.Context, on bool) error {
 	return nil
 }
 
-func (r *runner) startHAProxy(ctx context.Context) (endpoints, error) {
-	dir := filepath.Join(r.cfg.LabDir, "bench-haproxy")
+// startPeer runs a peer's pair: the server side in the server pod, the client side in the
+// client pod, with SVIDs of the lab's CA; ready when a connection through both is answered.
+func (r *runner) startPeer(ctx context.Context, kind peer.Kind) (endpoints, error) {
+	bin, err := kind.Path()
+	if err != nil {
+		return endpoints{}, errSkip{fmt.Sprintf("%s: %v (make setup installs it)", kind.Scenario, err)}
+	}
+	dir := filepath.Join(r.cfg.LabDir, "bench-"+kind.Scenario)
 	caDir := filepath.Join(r.cfg.LabDir, "ca")
 	ca := filepath.Join(caDir, "root-cert.pem")
+	serverName := r.server.ServiceAccount + "." + r.server.Namespace
 	clientPEM, serverPEM := filepath.Join(dir, "client.pem"), filepath.Join(dir, "server.pem")
-	if err := haproxy.IssueSVID(caDir, r.client.Namespace, r.client.ServiceAccount, clientPEM); err != nil {
+	if err := peer.Issue(caDir, r.client.Namespace, r.client.ServiceAccount, r.client.ServiceAccount+"."+r.client.Namespace, clientPEM); err != nil {
 		return endpoints{}, err
 	}
-	if err := haproxy.IssueSVID(caDir, r.server.Namespace, r.server.ServiceAccount, serverPEM); err != nil {
+	if err := peer.Issue(caDir, r.server.Namespace, r.server.ServiceAccount, serverName, serverPEM); err != nil {
 		return endpoints{}, err
 	}
-	client := haproxy.Side{Client: true, CertFile: clientPEM, CAFile: ca, Tunnels: []haproxy.Tunnel{
-		{Name: "http", Listen: fmt.Sprintf("127.0.0.1:%d", hapHTTPLocal), Upstream: fmt.Sprintf("%s:%d", r.server.IP, hapHTTPTLS)},
-		{Name: "bulk", Listen: fmt.Sprintf("127.0.0.1:%d", hapBulkLocal), Upstream: fmt.Sprintf("%s:%d", r.server.IP, hapBulkTLS)},
+	client := peer.Side{Client: true, CertFile: clientPEM, CAFile: ca, ServerName: serverName, Dir: filepath.Join(dir, "client"), Tunnels: []peer.Tunnel{
+		{Name: "http", Listen: fmt.Sprintf("127.0.0.1:%d", peerHTTPLocal), Upstream: fmt.Sprintf("%s:%d", r.server.IP, peerHTTPTLS)},
+		{Name: "bulk", Listen: fmt.Sprintf("127.0.0.1:%d", peerBulkLocal), Upstream: fmt.Sprintf("%s:%d", r.server.IP, peerBulkTLS)},
 	}}
-	server := haproxy.Side{CertFile: serverPEM, CAFile: ca, Tunnels: []haproxy.Tunnel{
-		{Name: "http", Listen: fmt.Sprintf(":%d", hapHTTPTLS), Upstream: fmt.Sprintf("127.0.0.1:%d", httpPort)},
-		{Name: "bulk", Listen: fmt.Sprintf(":%d", hapBulkTLS), Upstream: fmt.Sprintf("127.0.0.1:%d", bulkPort)},
+	server := peer.Side{CertFile: serverPEM, CAFile: ca, Dir: filepath.Join(dir, "server"), Tunnels: []peer.Tunnel{
+		{Name: "http", Listen: fmt.Sprintf(":%d", peerHTTPTLS), Upstream: fmt.Sprintf("127.0.0.1:%d", httpPort)},
+		{Name: "bulk", Listen: fmt.Sprintf(":%d", peerBulkTLS), Upstream: fmt.Sprintf("127.0.0.1:%d", bulkPort)},
 	}}
 	var procs []*process
 	stopAll := func(context.Context) error {
@@ -237,19 +247,23 @@ func (r *runner) startHAProxy(ctx context.Context) (endpoints, error) {
 		return errors.Join(errs...)
 	}
 	for _, s := range []struct {
-		name string
-		side haproxy.Side
+		side peer.Side
 		pod  *lab.PodState
-	}{{"server", server, r.server}, {"client", client, r.client}} {
-		text, err := haproxy.Config(s.side)
+	}{{server, r.server}, {client, r.client}} {
+		text, err := kind.Render(s.side)
+		if err == nil {
+			err = os.MkdirAll(s.side.Dir, 0o755)
+		}
 		if err != nil {
+			_ = stopAll(ctx)
 			return endpoints{}, err
 		}
-		file := filepath.Join(dir, s.name+".cfg")
+		file := filepath.Join(s.side.Dir, kind.Binary+".conf")
 		if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
+			_ = stopAll(ctx)
 			return endpoints{}, err
 		}
-		p, err := r.startIn(s.pod, "haproxy-"+s.name, "haproxy", "-db", "-f", file)
+		p, err := r.startIn(s.pod, kind.Scenario+"-"+filepath.Base(s.side.Dir), bin, kind.Args(file)...)
 		if err != nil {
 			_ = stopAll(ctx)
 			return endpoints{}, err
@@ -257,18 +271,15 @@ func (r *runner) startHAProxy(ctx context.Context) (endpoints, error) {
 		procs = append(procs, p)
 	}
 	e := endpoints{
-		url:      fmt.Sprintf("http://127.0.0.1:%d/", hapHTTPLocal),
-		bulk:     fmt.Sprintf("127.0.0.1:%d", hapBulkLocal),
+		url:      fmt.Sprintf("http://127.0.0.1:%d/", peerHTTPLocal),
+		bulk:     fmt.Sprintf("127.0.0.1:%d", peerBulkLocal),
 		teardown: stopAll,
 	}
-	for _, p := range procs {
-		e.proxies = append(e.proxies, p.cmd.Process.Pid)
-	}
 	// ready when a request through both goes through
-	err := waitFor(ctx, 10*time.Second, "haproxy pair", func() error {
+	err = waitFor(ctx, 10*time.Second, kind.Scenario+" pair", func() error {
 		for _, p := range procs {
 			if p.exited() {
-				return fmt.Errorf("haproxy exited; see %s", p.log)
+				return fmt.Errorf("%s exited; see %s", kind.Binary, p.log)
 			}
 		}
 		c, err := lab.DialIn(r.client.NetNS, e.bulk, time.Second)
@@ -283,6 +294,12 @@ func (r *runner) startHAProxy(ctx context.Context) (endpoints, error) {
 	if err != nil {
 		_ = stopAll(ctx)
 		return endpoints{}, err
+	}
+	for _, p := range procs {
+		e.proxies = append(e.proxies, p.cmd.Process.Pid)
+		if kind.Forks {
+			e.proxies = append(e.proxies, proc.Children(p.cmd.Process.Pid)...)
+		}
 	}
 	return e, nil
 }

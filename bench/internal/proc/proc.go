@@ -191,3 +191,22 @@ func (m *Meter) Stop() (Usage, error) {
 	defer m.mu.Unlock()
 	return Usage{CPU: cpu - m.cpu0, Elapsed: time.Since(m.start), PeakRSS: m.peak}, m.firstErr
 }
+
+// Children returns the pids of pid's child processes (the threads' children together), or
+// none if it has gone.
+func Children(pid int) []int {
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	var out []int
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}

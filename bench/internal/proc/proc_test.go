@@ -2,6 +2,8 @@ package proc
 
 import (
 	"os"
+	"os/exec"
+	"slices"
 	"testing"
 	"time"
 )
@@ -43,5 +45,19 @@ func TestMeterSelf(t *testing.T) {
 	}
 	if u.PeakRSS <= 0 || u.Elapsed < 50*time.Millisecond || u.CPU < 0 {
 		t.Fatalf("%+v", u)
+	}
+}
+
+func TestChildren(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	if got := Children(os.Getpid()); !slices.Contains(got, cmd.Process.Pid) {
+		t.Errorf("Children(self) = %v, lacks the started sleep %d", got, cmd.Process.Pid)
+	}
+	if got := Children(cmd.Process.Pid); len(got) != 0 {
+		t.Errorf("Children(sleep) = %v, want none", got)
 	}
 }

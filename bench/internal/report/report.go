@@ -19,7 +19,12 @@ const (
 	AmbitL4H3   = "ambit-l4-h3"
 	AmbitL7     = "ambit-l7"
 	HAProxyMTLS = "haproxy-mtls"
+	NginxMTLS   = "nginx-mtls"
+	StunnelMTLS = "stunnel-mtls"
 )
+
+// Peers are the other proxies measured beside ambit, each a pair as the ztunnels are.
+var Peers = []string{HAProxyMTLS, NginxMTLS, StunnelMTLS}
 
 // Row is one measurement: a scenario at a number of connections. Latencies are in
 // microseconds; throughput_gbps and conn_per_s are the scenario's single-connection bulk

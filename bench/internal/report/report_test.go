@@ -96,7 +96,11 @@ func TestScenarioTable(t *testing.T) {
 }
 
 func TestJudge(t *testing.T) {
-	vs := Judge(sample())
+	rows := append(sample(),
+		Row{Scenario: NginxMTLS, Connections: 1, QPS: 1000, P50: 150, P90: 200, P99: 300, P999: 900, CPUPer1k: 0.05, RSSMB: 8, ThroughputGbps: 8, ConnPerSec: 4000},
+		Row{Scenario: NginxMTLS, Connections: 16, QPS: 1000, P50: 150, P90: 200, P99: 700, P999: 900, CPUPer1k: 0.2, RSSMB: 8, ThroughputGbps: 8, ConnPerSec: 4000})
+	FillAdded(rows)
+	vs := Judge(rows)
 	byName := map[string]Verdict{}
 	for _, v := range vs {
 		byName[v.Target] = v
@@ -114,11 +118,21 @@ func TestJudge(t *testing.T) {
 		t.Errorf("no verdict %q in %v", prefix, vs)
 	}
 	check("ambit-l4 added p99 at", false, "+160 µs (1.8×) at 16 conn")
-	check("ztunnel CPU", false, "+0.010 vCPU")    // 0.14 / 2 = 0.07
-	check("ztunnel peak RSS", true, "")           // 11.5 MB
-	check("ambit-l4 single-connection", true, "") // 50%
-	check("ambit-l4 added p99 vs", false, "+120 µs at 16 conn")
-	check("ambit-l4 proxy CPU", false, "1.1× at 16 conn")
+	check("ztunnel CPU", false, "+0.010 vCPU")                         // 0.14 / 2 = 0.07
+	check("ztunnel peak RSS", true, "")                                // 11.5 MB
+	check("ambit-l4 single-connection throughput vs direct", true, "") // 50%
+	check("ambit-l4 added p99 vs haproxy-mtls", false, "+120 µs at 16 conn")
+	check("ambit-l4 proxy CPU per 1,000 req/s vs haproxy-mtls", false, "1.1× at 16 conn")
+	check("ambit-l4 single-connection throughput vs haproxy-mtls", true, "")
+	check("ambit-l4 new connections per second vs haproxy-mtls", true, "")
+	// every peer is judged: nginx-mtls beats ambit-l4 on p99 at 1 conn, CPU at 1 conn and new connections
+	check("ambit-l4 added p99 vs nginx-mtls", false, "+50 µs at 1 conn")
+	check("ambit-l4 proxy CPU per 1,000 req/s vs nginx-mtls", false, "2.0× at 1 conn")
+	check("ambit-l4 single-connection throughput vs nginx-mtls", true, "")
+	check("ambit-l4 new connections per second vs nginx-mtls", false, "75% of nginx-mtls")
+	if _, ok := byName["ambit-l4 added p99 vs stunnel-mtls"]; ok {
+		t.Error("a verdict against stunnel-mtls, which the run did not measure")
+	}
 	if Judge(sample()[:2]) != nil {
 		t.Error("verdicts without ambit-l4 rows")
 	}

@@ -66,7 +66,6 @@ func Judge(rows []Row) []Verdict {
 	if len(l4) == 0 {
 		return out
 	}
-	hp := filter(rows, HAProxyMTLS)
 
 	// added p99: every connection count must meet it
 	var parts []string
@@ -122,32 +121,8 @@ func Judge(rows []Row) []Verdict {
 		out = append(out, v)
 	}
 
-	if len(hp) > 0 {
-		var lat, cpu []string
-		latMet, cpuMet := true, true
-		var latMiss, cpuMiss []string
-		for _, r := range l4 {
-			h, ok := Find(rows, HAProxyMTLS, r.Connections)
-			if !ok {
-				continue
-			}
-			lat = append(lat, fmt.Sprintf("%s vs %s µs at %d conn", fmtF(r.AddedP99, 0), fmtF(h.AddedP99, 0), r.Connections))
-			cpu = append(cpu, fmt.Sprintf("%s vs %s at %d conn", fmtF(r.CPUPer1k, 3), fmtF(h.CPUPer1k, 3), r.Connections))
-			if r.AddedP99 > h.AddedP99 {
-				latMet = false
-				latMiss = append(latMiss, fmt.Sprintf("+%s µs at %d conn", fmtF(r.AddedP99-h.AddedP99, 0), r.Connections))
-			}
-			if r.CPUPer1k > h.CPUPer1k {
-				cpuMet = false
-				cpuMiss = append(cpuMiss, fmt.Sprintf("%.1f× at %d conn", r.CPUPer1k/max(h.CPUPer1k, 1e-9), r.Connections))
-			}
-		}
-		if len(lat) > 0 {
-			out = append(out, Verdict{Target: "ambit-l4 added p99 vs haproxy-mtls", Goal: "≤ haproxy-mtls",
-				Measured: strings.Join(lat, ", "), Met: latMet, Miss: strings.Join(latMiss, ", ")})
-			out = append(out, Verdict{Target: "ambit-l4 proxy CPU per 1,000 req/s vs haproxy-mtls (pair vs pair)", Goal: "≤ haproxy-mtls",
-				Measured: strings.Join(cpu, ", "), Met: cpuMet, Miss: strings.Join(cpuMiss, ", ")})
-		}
+	for _, peer := range Peers {
+		out = append(out, versusPeer(rows, l4, peer)...)
 	}
 	return out
 }
@@ -158,6 +133,55 @@ func filter(rows []Row, scenario string) []Row {
 		if r.Scenario == scenario {
 			out = append(out, r)
 		}
+	}
+	return out
+}
+
+// versusPeer judges ambit-l4 against one peer at each connection count both measured:
+// added p99 and the pair's CPU per 1,000 req/s, each at most the peer's.
+func versusPeer(rows, l4 []Row, peer string) []Verdict {
+	var lat, cpu, latMiss, cpuMiss []string
+	for _, r := range l4 {
+		h, ok := Find(rows, peer, r.Connections)
+		if !ok {
+			continue
+		}
+		lat = append(lat, fmt.Sprintf("%s vs %s µs at %d conn", fmtF(r.AddedP99, 0), fmtF(h.AddedP99, 0), r.Connections))
+		cpu = append(cpu, fmt.Sprintf("%s vs %s at %d conn", fmtF(r.CPUPer1k, 3), fmtF(h.CPUPer1k, 3), r.Connections))
+		if r.AddedP99 > h.AddedP99 {
+			latMiss = append(latMiss, fmt.Sprintf("+%s µs at %d conn", fmtF(r.AddedP99-h.AddedP99, 0), r.Connections))
+		}
+		if r.CPUPer1k > h.CPUPer1k {
+			cpuMiss = append(cpuMiss, fmt.Sprintf("%.1f× at %d conn", r.CPUPer1k/max(h.CPUPer1k, 1e-9), r.Connections))
+		}
+	}
+	if len(lat) == 0 {
+		return nil
+	}
+	out := []Verdict{
+		{Target: "ambit-l4 added p99 vs " + peer, Goal: "≤ " + peer,
+			Measured: strings.Join(lat, ", "), Met: len(latMiss) == 0, Miss: strings.Join(latMiss, ", ")},
+		{Target: "ambit-l4 proxy CPU per 1,000 req/s vs " + peer + " (pair vs pair)", Goal: "≤ " + peer,
+			Measured: strings.Join(cpu, ", "), Met: len(cpuMiss) == 0, Miss: strings.Join(cpuMiss, ", ")},
+	}
+	// throughput and new connections per second are measured once per scenario
+	p := filter(rows, peer)[0]
+	for _, m := range []struct {
+		what, unit string
+		l4, peer   float64
+	}{
+		{"single-connection throughput", "Gbps", l4[0].ThroughputGbps, p.ThroughputGbps},
+		{"new connections per second", "/s", l4[0].ConnPerSec, p.ConnPerSec},
+	} {
+		if m.l4 <= 0 || m.peer <= 0 {
+			continue
+		}
+		v := Verdict{Target: "ambit-l4 " + m.what + " vs " + peer, Goal: "≥ " + peer,
+			Measured: fmt.Sprintf("%s vs %s %s", fmtF(m.l4, 2), fmtF(m.peer, 2), m.unit), Met: m.l4 >= m.peer}
+		if !v.Met {
+			v.Miss = fmt.Sprintf("%.0f%% of %s", m.l4/m.peer*100, peer)
+		}
+		out = append(out, v)
 	}
 	return out
 }
