@@ -358,7 +358,7 @@ func checkRegex(expr, field string) *fieldErr {
 	if len(expr) > maxRegexLen {
 		return &fieldErr{field, fmt.Errorf("%d bytes exceeds %d", len(expr), maxRegexLen)}
 	}
-	if _, err := regexp.Compile("^(?:" + expr + ")$"); err != nil {
+	if _, err := regexp.Compile(expr); err != nil {
 		return &fieldErr{field, fmt.Errorf("%q is not a regular expression (RE2): %v", expr, strings.TrimPrefix(err.Error(), "error parsing regexp: "))}
 	}
 	return nil

@@ -18,11 +18,10 @@ func wholeRegexp(expr, field string) (*regexp.Regexp, error) {
 	if len(expr) > MaxRegexLen {
 		return nil, fieldError(field, "%d bytes exceeds %d", len(expr), MaxRegexLen)
 	}
-	re, err := regexp.Compile("^(?:" + expr + ")$")
-	if err != nil {
+	if _, err := regexp.Compile(expr); err != nil {
 		return nil, fieldError(field, "%q is not a regular expression (RE2): %v", expr, strings.TrimPrefix(err.Error(), "error parsing regexp: "))
 	}
-	return re, nil
+	return regexp.Compile("^(?:" + expr + ")$")
 }
 
 // matches reports whether v matches the query parameter match.
