@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -256,4 +257,48 @@ func selfSigned(c *x509.Certificate) bool {
 func Fingerprint(c *x509.Certificate) string {
 	sum := sha256.Sum256(c.Raw)
 	return hex.EncodeToString(sum[:8])
+}
+
+// BundlePEM returns the trust bundle files make, in the order CA.RootPEM gives it (the
+// signing CA's root first), without reading or checking keys: what a proxy's --root-cert
+// should hold, for a tool that has the files but is not the CA. LoadCAFiles checks them.
+func BundlePEM(files CAFiles) ([]byte, error) {
+	var roots []*x509.Certificate
+	if files.CACert != nil {
+		ca, err := parseCerts(files.CACert, caCertFile)
+		if err != nil {
+			return nil, err
+		}
+		chain, err := parseCerts(files.CertChain, certChainFile)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case len(chain) > 0:
+			roots = append(roots, chain[len(chain)-1])
+		case len(ca) == 1:
+			roots = append(roots, ca[0])
+		}
+	}
+	for _, f := range []struct {
+		name string
+		b    []byte
+	}{{rootCertFile, files.RootCert}, {extraRootsFile, files.ExtraRoots}} {
+		cs, err := parseCerts(f.b, f.name)
+		if err != nil {
+			return nil, err
+		}
+		roots = append(roots, cs...)
+	}
+	var out []byte
+	for i, r := range roots {
+		if slices.ContainsFunc(roots[:i], r.Equal) {
+			continue
+		}
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no root certificate: neither %s nor %s", rootCertFile, caCertFile)
+	}
+	return out, nil
 }

@@ -458,6 +458,7 @@ func (m *Manager) Identities() []dump.CertInfo {
 		if e.cert != nil {
 			ci.Serial = e.cert.Leaf.SerialNumber.Text(16)
 			ci.NotBefore, ci.NotAfter = e.cert.Leaf.NotBefore, e.cert.Leaf.NotAfter
+			ci.Issuer = e.cert.Leaf.Issuer.String()
 		}
 		out = append(out, ci)
 	}

@@ -338,3 +338,27 @@ func TestManagerFollowsSignerChange(t *testing.T) {
 		})
 	}
 }
+
+// BundlePEM, from the files alone, gives the bundle the CA of the same files sends.
+func TestBundlePEMMatchesCA(t *testing.T) {
+	oldCert, oldKey := newRootPEM(t)
+	newCert, newKey := newRootPEM(t)
+	pki := newUserPKI(t, time.Now().Add(time.Hour))
+	for name, f := range map[string]identity.CAFiles{
+		"ambit root":          {RootCert: oldCert, RootKey: oldKey},
+		"extra root":          {RootCert: oldCert, RootKey: oldKey, ExtraRoots: append(bytes.Clone(newCert), pki.rootPEM...)},
+		"new self-signed ca":  {RootCert: oldCert, RootKey: oldKey, CACert: newCert, CAKey: newKey},
+		"user's intermediate": {RootCert: oldCert, CACert: pki.interPEM, CAKey: pki.interKeyPEM, CertChain: pki.chainPEM, ExtraRoots: pki.rootPEM},
+	} {
+		got, err := identity.BundlePEM(f)
+		if err != nil {
+			t.Fatalf("%s: BundlePEM: %v", name, err)
+		}
+		if want := loadFiles(t, f).RootPEM(); !bytes.Equal(got, want) {
+			t.Errorf("%s: BundlePEM holds %d roots, the CA sends %d (or in another order)", name, len(parsePEM(t, got)), len(parsePEM(t, want)))
+		}
+	}
+	if _, err := identity.BundlePEM(identity.CAFiles{}); err == nil {
+		t.Fatal("BundlePEM of no files succeeded")
+	}
+}

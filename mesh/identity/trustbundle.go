@@ -13,6 +13,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"ambit.dev/proto/dump"
 )
 
 // ErrBundleRefused is wrapped by TrustBundle.Update when a bundle the CA sent fails a check;
@@ -121,6 +123,20 @@ func fingerprints(cs []*x509.Certificate) []string {
 	out := make([]string, len(cs))
 	for i, c := range cs {
 		out[i] = Fingerprint(c)
+	}
+	return out
+}
+
+// DumpRoots describes the roots src trusts for td, for a proxy's /config_dump.
+func DumpRoots(src x509bundle.Source, td spiffeid.TrustDomain) []dump.Root {
+	b, err := src.GetX509BundleForTrustDomain(td)
+	if err != nil {
+		return nil
+	}
+	roots := b.X509Authorities()
+	out := make([]dump.Root, len(roots))
+	for i, r := range roots {
+		out[i] = dump.Root{Subject: r.Subject.String(), Fingerprint: Fingerprint(r), NotAfter: r.NotAfter}
 	}
 	return out
 }

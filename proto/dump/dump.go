@@ -35,6 +35,19 @@ type Ztunnel struct {
 	// not serve HTTP/3); sorted by pod, then peer. Empty when every tunnel asked to use
 	// HTTP/3 does.
 	TunnelFallbacks []TunnelFallback `json:"tunnel_fallbacks"`
+	// TrustBundle is the roots ztunnel verifies peers and the controller against: those of
+	// --root-cert at start, then the bundle the controller's CA sent with the last
+	// certificate. Two while the mesh root rotates.
+	TrustBundle []Root `json:"trust_bundle,omitempty"`
+}
+
+// Root is one root certificate of a proxy's trust bundle.
+type Root struct {
+	Subject string `json:"subject"`
+	// Fingerprint is the first 16 hex digits of the SHA-256 of the certificate's DER: the
+	// start of what `openssl x509 -noout -fingerprint -sha256` prints, without colons.
+	Fingerprint string    `json:"fingerprint"`
+	NotAfter    time.Time `json:"not_after"`
 }
 
 // TunnelFallback is one pod's fallback from HTTP/3 to HTTP/2 for one peer.
@@ -55,6 +68,8 @@ type Waypoint struct {
 	Sections
 	Routes       map[string]json.RawMessage `json:"routes"`
 	Certificates []CertInfo                 `json:"certificates"`
+	// TrustBundle: as Ztunnel's.
+	TrustBundle []Root `json:"trust_bundle,omitempty"`
 }
 
 // CertState is where one identity's certificate stands in its life cycle.
@@ -84,4 +99,7 @@ type CertInfo struct {
 	NextFetch time.Time   `json:"next_fetch,omitzero"`
 	State     CertState   `json:"state"`
 	LastError string      `json:"last_error,omitempty"`
+	// Issuer is the subject of the CA that signed the certificate: while the root rotates,
+	// whether it has moved to the new signing CA yet.
+	Issuer string `json:"issuer,omitempty"`
 }

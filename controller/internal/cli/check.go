@@ -290,10 +290,16 @@ func certChecks(ctx context.Context, c *cluster, now time.Time) []checkResult {
 		out = append(out, checkResult{name: "ztunnel's root is the controller's", err: fmt.Errorf("cannot read secret %s/%s: %v", systemNamespace, caSecretName, err), warn: true})
 	case err != nil:
 		out = append(out, checkResult{name: "ztunnel's root is the controller's", err: err})
-	case string(sec.Data["root-cert.pem"]) != string(root):
-		out = append(out, checkResult{name: "ztunnel's root is the controller's", err: fmt.Errorf("configmap %s differs from secret %s: run ambitctl install again", rootCertCM, caSecretName)})
 	default:
-		out = append(out, checkResult{name: "ztunnel's root is the controller's"})
+		want, err := secretBundle(sec)
+		switch {
+		case err != nil:
+			out = append(out, checkResult{name: "ztunnel's root is the controller's", err: fmt.Errorf("secret %s: %w", caSecretName, err)})
+		case string(want) != string(root):
+			out = append(out, checkResult{name: "ztunnel's root is the controller's", err: fmt.Errorf("configmap %s differs from the roots of secret %s: run ambitctl install again", rootCertCM, caSecretName)})
+		default:
+			out = append(out, checkResult{name: "ztunnel's root is the controller's"})
+		}
 	}
 	return out
 }

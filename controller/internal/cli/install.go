@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"ambit.dev/controller/internal/manifests"
+	"ambit.dev/mesh/identity"
 )
 
 // The install's fixed names (deploy/).
@@ -254,8 +255,9 @@ func runInstall(ctx context.Context, w io.Writer, f *installOptions, invoked str
 	return nil
 }
 
-// publishRoot copies root-cert.pem of the CA Secret (created by the controller on its first
-// start) into the ConfigMap ztunnel mounts.
+// publishRoot copies the trust bundle of the CA Secret (created by the controller on its first
+// start) into the ConfigMap ztunnel mounts as --root-cert: its root-cert.pem, and while the root
+// rotates, the root of its ca-cert.pem and its extra-roots.pem (docs/operations.md).
 func publishRoot(ctx context.Context, c *cluster) error {
 	var sec *corev1.Secret
 	err := poll(ctx, func() (bool, error) {
@@ -269,9 +271,9 @@ func publishRoot(ctx context.Context, c *cluster) error {
 	if err != nil {
 		return fmt.Errorf("secret %s/%s: %w", systemNamespace, caSecretName, err)
 	}
-	root := sec.Data["root-cert.pem"]
-	if len(root) == 0 {
-		return fmt.Errorf("secret %s/%s has no root-cert.pem", systemNamespace, caSecretName)
+	root, err := secretBundle(sec)
+	if err != nil {
+		return fmt.Errorf("secret %s/%s: %w", systemNamespace, caSecretName, err)
 	}
 	cm := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "v1", "kind": "ConfigMap",
@@ -280,6 +282,13 @@ func publishRoot(ctx context.Context, c *cluster) error {
 		"data": map[string]any{"root-cert.pem": string(root)},
 	}}
 	return c.apply(ctx, cm)
+}
+
+// secretBundle is the trust bundle of the CA Secret: the roots the controller sends proxies.
+func secretBundle(sec *corev1.Secret) ([]byte, error) {
+	d := sec.Data
+	return identity.BundlePEM(identity.CAFiles{RootCert: d["root-cert.pem"], CACert: d["ca-cert.pem"],
+		CertChain: d["cert-chain.pem"], ExtraRoots: d["extra-roots.pem"]})
 }
 
 // poll calls fn every 500 ms until it is done or fails, or ctx ends.

@@ -45,11 +45,19 @@ type certOutput struct {
 	NextFetch time.Time      `json:"nextFetch,omitzero"`
 	State     dump.CertState `json:"state"`
 	LastError string         `json:"lastError,omitempty"`
+	Issuer    string         `json:"issuer,omitempty"`
 }
 
 func newCertOutput(c dump.CertInfo) certOutput {
 	return certOutput{ID: c.ID.String(), Serial: c.Serial, NotBefore: c.NotBefore, NotAfter: c.NotAfter,
-		NextFetch: c.NextFetch, State: c.State, LastError: c.LastError}
+		NextFetch: c.NextFetch, State: c.State, LastError: c.LastError, Issuer: c.Issuer}
+}
+
+// rootOutput is one root of the trust bundle as `ztunnel-config roots -o json|yaml` prints it.
+type rootOutput struct {
+	Subject     string    `json:"subject"`
+	Fingerprint string    `json:"fingerprint"`
+	NotAfter    time.Time `json:"notAfter"`
 }
 
 // section is one kind of thing ztunnel-config lists: raw gives its entries as JSON for -o
@@ -80,6 +88,14 @@ var sections = []section{
 			}
 			return marshalEach(certs)
 		}, printCertificates},
+	{"roots", "Root certificates the ztunnel trusts (its trust bundle; two while the mesh root rotates)",
+		func(d *dump.Ztunnel) ([]json.RawMessage, error) {
+			roots := make([]rootOutput, 0, len(d.TrustBundle))
+			for _, r := range d.TrustBundle {
+				roots = append(roots, rootOutput(r))
+			}
+			return marshalEach(roots)
+		}, printRoots},
 	{"waypoints", "Waypoints the ztunnel knows",
 		func(d *dump.Ztunnel) ([]json.RawMessage, error) { return d.Waypoints, nil }, printWaypoints},
 	{"pods", "Pods on the ztunnel's node and whether their traffic is captured",
@@ -486,9 +502,17 @@ func printWaypoints(w io.Writer, d *dump.Ztunnel, f filter) error {
 func printCertificates(w io.Writer, d *dump.Ztunnel, _ filter) error {
 	certs := slices.Clone(d.Certificates)
 	slices.SortFunc(certs, func(a, b dump.CertInfo) int { return cmp.Compare(a.ID.String(), b.ID.String()) })
-	t := newTable(w, "IDENTITY", "SERIAL", "NOT-AFTER", "STATE", "NEXT-FETCH", "LAST-ERROR")
+	t := newTable(w, "IDENTITY", "SERIAL", "NOT-AFTER", "STATE", "NEXT-FETCH", "ISSUER", "LAST-ERROR")
 	for _, c := range certs {
-		t.row(c.ID.String(), c.Serial, timeString(c.NotAfter), string(c.State), timeString(c.NextFetch), c.LastError)
+		t.row(c.ID.String(), c.Serial, timeString(c.NotAfter), string(c.State), timeString(c.NextFetch), c.Issuer, c.LastError)
+	}
+	return t.flush()
+}
+
+func printRoots(w io.Writer, d *dump.Ztunnel, _ filter) error {
+	t := newTable(w, "FINGERPRINT", "NOT-AFTER", "SUBJECT")
+	for _, r := range d.TrustBundle {
+		t.row(r.Fingerprint, timeString(r.NotAfter), r.Subject)
 	}
 	return t.flush()
 }

@@ -75,12 +75,16 @@ func sampleDump(t testing.TB) []byte {
 		Sections: sections,
 		Certificates: []dump.CertInfo{
 			{ID: spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/server"), Serial: "ab12", NotBefore: notAfter.Add(-24 * time.Hour),
-				NotAfter: notAfter, NextFetch: notAfter.Add(-12 * time.Hour), State: dump.StateValid},
+				NotAfter: notAfter, NextFetch: notAfter.Add(-12 * time.Hour), State: dump.StateValid, Issuer: "CN=mesh intermediate 2"},
 			{ID: spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/client"), State: dump.StateFailed, LastError: "permission denied"},
 		},
 		Pods: []nodeapi.PodStatus{
 			{Registration: nodeapi.Registration{UID: "u1", Namespace: "demo", Name: "client", NetNS: "/var/run/netns/client"}, Captured: true},
 			{Registration: nodeapi.Registration{UID: "u4", Namespace: "demo", Name: "off", NetNS: "/var/run/netns/off"}, Reason: "not enrolled"},
+		},
+		TrustBundle: []dump.Root{
+			{Subject: "O=ambit,CN=ambit root ca cluster.local", Fingerprint: "8c1f0a2b3c4d5e6f", NotAfter: time.Date(2036, 11, 24, 14, 0, 0, 0, time.UTC)},
+			{Subject: "CN=Example Root CA 2", Fingerprint: "1a2b3c4d5e6f7081", NotAfter: time.Date(2035, 1, 1, 0, 0, 0, 0, time.UTC)},
 		},
 	}
 	b, err := json.MarshalIndent(d, "", "  ")
@@ -132,9 +136,14 @@ ambit-system   deny-all       DENY     GLOBAL              0
 demo           allow-client   ALLOW    WORKLOAD_SELECTOR   1
 `},
 		{[]string{"certificates"}, `
-IDENTITY                                   SERIAL   NOT-AFTER              STATE    NEXT-FETCH             LAST-ERROR
-spiffe://cluster.local/ns/demo/sa/client   -        -                      failed   -                      permission denied
-spiffe://cluster.local/ns/demo/sa/server   ab12     2026-11-24T14:00:00Z   valid    2026-11-24T02:00:00Z   -
+IDENTITY                                   SERIAL   NOT-AFTER              STATE    NEXT-FETCH             ISSUER                   LAST-ERROR
+spiffe://cluster.local/ns/demo/sa/client   -        -                      failed   -                      -                        permission denied
+spiffe://cluster.local/ns/demo/sa/server   ab12     2026-11-24T14:00:00Z   valid    2026-11-24T02:00:00Z   CN=mesh intermediate 2   -
+`},
+		{[]string{"roots"}, `
+FINGERPRINT        NOT-AFTER              SUBJECT
+8c1f0a2b3c4d5e6f   2036-11-24T14:00:00Z   O=ambit,CN=ambit root ca cluster.local
+1a2b3c4d5e6f7081   2035-01-01T00:00:00Z   CN=Example Root CA 2
 `},
 		{[]string{"waypoints"}, `
 NAMESPACE   NAME       FOR              ADDRESS           IDENTITY
@@ -208,6 +217,7 @@ func TestZtunnelConfigJSONYAML(t *testing.T) {
 	wantCerts := `[
   {
     "id": "spiffe://cluster.local/ns/demo/sa/server",
+    "issuer": "CN=mesh intermediate 2",
     "nextFetch": "2026-11-24T02:00:00Z",
     "notAfter": "2026-11-24T14:00:00Z",
     "notBefore": "2026-11-23T14:00:00Z",
@@ -297,7 +307,7 @@ func TestZtunnelConfigErrors(t *testing.T) {
 			"answered GET /config_dump with 500 Internal Server Error: state not loaded"},
 		{Options{}, []string{"workloads", "--admin-addr", badEntry}, "config_dump: workload 0: "},
 		{Options{HTTP: &http.Client{Timeout: 100 * time.Millisecond}}, []string{"pods", "--admin-addr", strings.TrimPrefix(slow.URL, "http://")}, ": timed out — is ztunnel running?"},
-		{Options{}, []string{"nonsense"}, `unknown command "nonsense" for "ambitctl ztunnel-config": want one of certificates, pods, policies, services, waypoints, workloads`},
+		{Options{}, []string{"nonsense"}, `unknown command "nonsense" for "ambitctl ztunnel-config": want one of certificates, pods, policies, roots, services, waypoints, workloads`},
 	} {
 		_, err := run(t, tc.o, append([]string{"ztunnel-config"}, tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -312,6 +322,7 @@ func TestHelpHasExamples(t *testing.T) {
 	for _, args := range [][]string{
 		{"namespace"}, {"namespace", "enable"}, {"namespace", "disable"}, {"proxy-status"}, {"ztunnel-config"},
 		{"ztunnel-config", "workloads"}, {"ztunnel-config", "services"}, {"ztunnel-config", "policies"}, {"ztunnel-config", "certificates"},
+		{"ztunnel-config", "roots"},
 	} {
 		out, err := run(t, Options{}, append(args, "--help")...)
 		if err != nil || !strings.Contains(out, "Examples:") || !strings.Contains(out, "  ambitctl "+args[0]) {

@@ -148,7 +148,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	endpoints, err := proxyhost.Endpoints{
 		AdminAddr: cfg.AdminAddr, MetricsAddr: cfg.MetricsAddr, ReadyAddr: cfg.ReadyAddr,
-		Dump:    func() any { return configDump(st, px, certs) },
+		Dump:    func() any { return configDump(st, px, certs, bundle, td) },
 		Metrics: reg,
 		Ready:   proxyhost.AllReady(sync.Ready, proxyhost.CertServing(certs.Identities, px.Identity)),
 	}.Listen(ctx)
@@ -245,14 +245,15 @@ func tracerProvider(ctx context.Context, cfg Config) (trace.TracerProvider, func
 }
 
 // configDump is the waypoint's /config_dump.
-func configDump(st *state.State, px *proxy.Proxy, certs *identity.Manager) dump.Waypoint {
+func configDump(st *state.State, px *proxy.Proxy, certs *identity.Manager, bundle x509bundle.Source, td spiffeid.TrustDomain) dump.Waypoint {
 	routes := map[string]json.RawMessage{}
 	for k, t := range px.Routes() {
 		if b, err := json.Marshal(t); err == nil {
 			routes[k] = b
 		}
 	}
-	return dump.Waypoint{Identity: px.Identity().String(), Sections: st.Sections(), Certificates: certs.Identities(), Routes: routes}
+	return dump.Waypoint{Identity: px.Identity().String(), Sections: st.Sections(), Certificates: certs.Identities(), Routes: routes,
+		TrustBundle: identity.DumpRoots(bundle, td)}
 }
 
 // listenHBONE opens HBONE's TCP listener and, on the UDP port of the same address and number,

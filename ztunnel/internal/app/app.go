@@ -166,7 +166,7 @@ func Run(ctx context.Context, cfg Config) error {
 		AdminAddr: cfg.AdminAddr, MetricsAddr: cfg.MetricsAddr, ReadyAddr: cfg.ReadyAddr, ReusePort: true,
 		Dump: func() any {
 			return dump.Ztunnel{Sections: st.Sections(), Certificates: certs.Identities(), Pods: pods.Pods(),
-				TunnelFallbacks: node.TunnelFallbacks()}
+				TunnelFallbacks: node.TunnelFallbacks(), TrustBundle: identity.DumpRoots(src.bundle, td)}
 		},
 		Metrics: reg,
 		Ready:   proxyhost.AllReady(src.sync.Ready, handover.Ready, proxyhost.CertsServing(certs.Identities)),
