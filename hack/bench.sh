@@ -19,6 +19,8 @@ bin=.cache/bench-bin
 mkdir -p "$bin"
 go build -o "$bin/" ambit.dev/controller/cmd/controller ambit.dev/controller/cmd/ambitctl \
 	ambit.dev/ztunnel/cmd/ztunnel ambit.dev/waypoint/cmd/waypoint ambit.dev/bench/cmd/bench
+# the istio-go-hbone peer: Istio's Go HBONE, from compat/istio (its own module, outside go.work)
+(cd compat/istio && GOWORK=off go build -o "$root/$bin/" ./cmd/istio-hbone-peer)
 cmd="make bench"
 if [[ ${1:-} == --quick ]]; then
 	cmd="make bench-quick"

@@ -80,6 +80,12 @@ func TestSmokeLab(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
+	// the istio-go-hbone peer, from compat/istio (a module outside go.work), as hack/bench.sh builds it
+	build = exec.Command("go", "build", "-o", bin+"/", "./cmd/istio-hbone-peer")
+	build.Dir, build.Env = "../../../compat/istio", append(os.Environ(), "GOWORK=off")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
 	objects, err := filepath.Abs("../../lab")
 	if err != nil {
 		t.Fatal(err)
@@ -118,7 +124,7 @@ func TestSmokeLab(t *testing.T) {
 			t.Errorf("waypoint usage of %s: %v vCPU/1k, %v MB (all proxies %v)", r.Scenario, r.WaypointCPUPer1k, r.WaypointRSSMB, r.CPUPer1k)
 		}
 	}
-	if strings.Join(scen, ",") != "direct,ambit-l4,ambit-l4-h3,ambit-l7,haproxy-mtls,nginx-mtls,stunnel-mtls" {
+	if strings.Join(scen, ",") != "direct,ambit-l4,ambit-l4-h3,ambit-l7,istio-go-hbone,haproxy-mtls,nginx-mtls,stunnel-mtls" {
 		t.Errorf("scenarios %v", scen)
 	}
 	var fromFile []report.Row

@@ -215,7 +215,7 @@ func (r *runner) enrol(ctx context.Context, on bool) error {
 // startPeer runs a peer's pair: the server side in the server pod, the client side in the
 // client pod, with SVIDs of the lab's CA; ready when a connection through both is answered.
 func (r *runner) startPeer(ctx context.Context, kind peer.Kind) (endpoints, error) {
-	bin, err := kind.Path()
+	bin, err := kind.Path(r.cfg.BinDir)
 	if err != nil {
 		return endpoints{}, errSkip{fmt.Sprintf("%s: %v (make setup installs it)", kind.Scenario, err)}
 	}
@@ -224,15 +224,17 @@ func (r *runner) startPeer(ctx context.Context, kind peer.Kind) (endpoints, erro
 	ca := filepath.Join(caDir, "root-cert.pem")
 	serverName := r.server.ServiceAccount + "." + r.server.Namespace
 	clientPEM, serverPEM := filepath.Join(dir, "client.pem"), filepath.Join(dir, "server.pem")
-	if err := peer.Issue(caDir, r.client.Namespace, r.client.ServiceAccount, r.client.ServiceAccount+"."+r.client.Namespace, clientPEM); err != nil {
+	if _, err := peer.Issue(caDir, r.client.Namespace, r.client.ServiceAccount, r.client.ServiceAccount+"."+r.client.Namespace, clientPEM); err != nil {
 		return endpoints{}, err
 	}
-	if err := peer.Issue(caDir, r.server.Namespace, r.server.ServiceAccount, serverName, serverPEM); err != nil {
+	serverID, err := peer.Issue(caDir, r.server.Namespace, r.server.ServiceAccount, serverName, serverPEM)
+	if err != nil {
 		return endpoints{}, err
 	}
-	client := peer.Side{Client: true, CertFile: clientPEM, CAFile: ca, ServerName: serverName, Dir: filepath.Join(dir, "client"), Tunnels: []peer.Tunnel{
-		{Name: "http", Listen: fmt.Sprintf("127.0.0.1:%d", peerHTTPLocal), Upstream: fmt.Sprintf("%s:%d", r.server.IP, peerHTTPTLS)},
-		{Name: "bulk", Listen: fmt.Sprintf("127.0.0.1:%d", peerBulkLocal), Upstream: fmt.Sprintf("%s:%d", r.server.IP, peerBulkTLS)},
+	hostPort := func(port int) string { return net.JoinHostPort(r.server.IP, strconv.Itoa(port)) }
+	client := peer.Side{Client: true, CertFile: clientPEM, CAFile: ca, ServerName: serverName, ServerID: serverID, Dir: filepath.Join(dir, "client"), Tunnels: []peer.Tunnel{
+		{Name: "http", Listen: fmt.Sprintf("127.0.0.1:%d", peerHTTPLocal), Upstream: hostPort(peerHTTPTLS), Authority: hostPort(httpPort)},
+		{Name: "bulk", Listen: fmt.Sprintf("127.0.0.1:%d", peerBulkLocal), Upstream: hostPort(peerBulkTLS), Authority: hostPort(bulkPort)},
 	}}
 	server := peer.Side{CertFile: serverPEM, CAFile: ca, Dir: filepath.Join(dir, "server"), Tunnels: []peer.Tunnel{
 		{Name: "http", Listen: fmt.Sprintf(":%d", peerHTTPTLS), Upstream: fmt.Sprintf("127.0.0.1:%d", httpPort)},

@@ -22,20 +22,25 @@ import (
 // root-cert.pem and root-key.pem are in caDir (the lab's CA), and writes the certificate
 // followed by the key to file, as each peer reads them. The certificate is the SVID a ztunnel
 // would get (the SPIFFE ID as its one URI SAN, a day's lifetime, the same usages) with
-// dnsName beside it, the name the peers' clients check: none of them can match a URI SAN.
-func Issue(caDir, namespace, serviceAccount, dnsName, file string) error {
+// dnsName beside it, the name the peers' clients check: most of them cannot match a URI SAN.
+// It returns the SPIFFE ID.
+func Issue(caDir, namespace, serviceAccount, dnsName, file string) (string, error) {
 	root, rootKey, err := loadRoot(caDir)
 	if err != nil {
-		return err
+		return "", err
 	}
 	td, err := trustDomain(root)
 	if err != nil {
-		return err
+		return "", err
 	}
 	id, err := identity.WorkloadID(td, namespace, serviceAccount)
 	if err != nil {
-		return err
+		return "", err
 	}
+	return id.String(), issue(root, rootKey, id, dnsName, file)
+}
+
+func issue(root *x509.Certificate, rootKey crypto.Signer, id spiffeid.ID, dnsName, file string) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err

@@ -25,6 +25,9 @@ type Tunnel struct {
 	Name     string
 	Listen   string
 	Upstream string
+	// Authority is, for HBONE peers, the address the server side dials: the CONNECT
+	// request's authority (Upstream is then the server side's HBONE address).
+	Authority string
 }
 
 // Side is one process of a pair.
@@ -35,8 +38,10 @@ type Side struct {
 	// CertFile holds the side's certificate chain and key (Issue), CAFile the root it trusts.
 	CertFile string
 	CAFile   string
-	// ServerName is the DNS name a client side checks in the server's certificate.
+	// ServerName is the DNS name a client side checks in the server's certificate, ServerID
+	// its SPIFFE ID (for the peers that can check one).
 	ServerName string
+	ServerID   string
 	// Dir holds the process's own files (logs, pid file, nginx's temporary paths).
 	Dir string
 	// Threads is HAProxy's nbthread or nginx's worker count; 0 leaves each proxy's default
@@ -63,9 +68,10 @@ type Kind struct {
 
 // Kinds are the peers, by scenario name.
 var Kinds = map[string]Kind{
-	HAProxy.Scenario: HAProxy,
-	Nginx.Scenario:   Nginx,
-	Stunnel.Scenario: Stunnel,
+	HAProxy.Scenario:      HAProxy,
+	Nginx.Scenario:        Nginx,
+	Stunnel.Scenario:      Stunnel,
+	IstioGoHBONE.Scenario: IstioGoHBONE,
 }
 
 func (s Side) check(kind string) error {
@@ -82,7 +88,7 @@ func (s Side) check(kind string) error {
 		if t.Name == "" || t.Listen == "" || t.Upstream == "" {
 			return fmt.Errorf("%s: tunnel %+v: name, listen and upstream are required", kind, t)
 		}
-		if strings.ContainsAny(t.Name+t.Listen+t.Upstream, " \t\n;{}[]#\"'") {
+		if strings.ContainsAny(t.Name+t.Listen+t.Upstream+t.Authority, " \t\n;{}[]#\"'") {
 			return fmt.Errorf("%s: tunnel %+v: a field holds a character configuration files give meaning to", kind, t)
 		}
 	}
@@ -105,17 +111,27 @@ func anyHost(listen, wildcard string) string {
 	return listen
 }
 
-// Path finds the kind's command on the PATH or in the system directories a root PATH has
-// (Debian puts haproxy and nginx in /usr/sbin).
-func (k Kind) Path() (string, error) {
+// Path finds the kind's command in dirs (where the benchmark builds its own commands), on
+// the PATH, or in the system directories a root PATH has (Debian puts haproxy and nginx in
+// /usr/sbin).
+func (k Kind) Path(dirs ...string) (string, error) {
+	for _, d := range dirs {
+		if p := filepath.Join(d, k.Binary); isExec(p) {
+			return p, nil
+		}
+	}
 	if p, err := exec.LookPath(k.Binary); err == nil {
 		return p, nil
 	}
 	for _, d := range []string{"/usr/sbin", "/usr/bin", "/sbin"} {
-		p := filepath.Join(d, k.Binary)
-		if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
+		if p := filepath.Join(d, k.Binary); isExec(p) {
 			return p, nil
 		}
 	}
 	return "", fmt.Errorf("%s not found", k.Binary)
+}
+
+func isExec(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
 }

@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,8 +22,8 @@ import (
 
 func sides(dir string) (client, server Side) {
 	client = Side{Client: true, CertFile: filepath.Join(dir, "client.pem"), CAFile: filepath.Join(dir, "ca", "root-cert.pem"),
-		ServerName: "server.bench", Dir: dir,
-		Tunnels: []Tunnel{{Name: "http", Listen: "127.0.0.1:28080", Upstream: "10.79.2.2:28443"}}}
+		ServerName: "server.bench", ServerID: "spiffe://cluster.local/ns/bench/sa/server", Dir: dir,
+		Tunnels: []Tunnel{{Name: "http", Listen: "127.0.0.1:28080", Upstream: "10.79.2.2:28443", Authority: "10.79.2.2:8080"}}}
 	server = Side{CertFile: filepath.Join(dir, "server.pem"), CAFile: filepath.Join(dir, "ca", "root-cert.pem"), Threads: 2, Dir: dir,
 		Tunnels: []Tunnel{{Name: "http", Listen: ":28443", Upstream: "127.0.0.1:8080"}}}
 	return client, server
@@ -40,6 +42,10 @@ func TestConfigs(t *testing.T) {
 				"\t\tproxy_ssl_trusted_certificate /x/ca/root-cert.pem;\n", "\t\tproxy_ssl_certificate /x/client.pem;\n", "worker_processes auto;\n"},
 			{"\t\tlisten *:28443 ssl;\n", "\t\tssl_verify_client on;\n", "\t\tssl_client_certificate /x/ca/root-cert.pem;\n", "\t\tssl_protocols TLSv1.3;\n",
 				"\t\tproxy_pass 127.0.0.1:8080;\n", "worker_processes 2;\n", "daemon off;\n"},
+		},
+		"istio-go-hbone": {
+			{"role client\n", "cert /x/client.pem\n", "ca /x/ca/root-cert.pem\n", "server-id spiffe://cluster.local/ns/bench/sa/server\n", "tunnel 127.0.0.1:28080 10.79.2.2:28443 10.79.2.2:8080\n"},
+			{"role server\n", "cert /x/server.pem\n", "listen :28443\n"},
 		},
 		"stunnel-mtls": {
 			{"client = yes\n", "accept = 127.0.0.1:28080\n", "connect = 10.79.2.2:28443\n", "checkHost = server.bench\n", "verifyChain = yes\n", "CAfile = /x/ca/root-cert.pem\n"},
@@ -82,7 +88,7 @@ func TestConfigs(t *testing.T) {
 func TestPairs(t *testing.T) {
 	for name, kind := range Kinds {
 		t.Run(name, func(t *testing.T) {
-			bin, err := kind.Path()
+			bin, err := kind.Path(builtPeers(t))
 			if err != nil {
 				t.Skipf("%v (make setup installs it)", err)
 			}
@@ -90,19 +96,23 @@ func TestPairs(t *testing.T) {
 			if _, err := identity.LoadOrCreateCA(filepath.Join(dir, "ca"), identity.CAOptions{}); err != nil {
 				t.Fatal(err)
 			}
+			ids := map[string]string{}
 			for _, s := range []struct{ sa, name string }{{"client", "client.bench"}, {"server", "server.bench"}} {
-				if err := Issue(filepath.Join(dir, "ca"), "bench", s.sa, s.name, filepath.Join(dir, s.sa+".pem")); err != nil {
+				id, err := Issue(filepath.Join(dir, "ca"), "bench", s.sa, s.name, filepath.Join(dir, s.sa+".pem"))
+				if err != nil {
 					t.Fatal(err)
 				}
+				ids[s.sa] = id
 			}
 			echo := echoServer(t)
 			tlsPort, plainPort, wrongPort := freePort(t), freePort(t), freePort(t)
 			client, server := sides(dir)
 			server.Tunnels = []Tunnel{{Name: "echo", Listen: "127.0.0.1:" + tlsPort, Upstream: echo}}
-			client.Tunnels = []Tunnel{{Name: "echo", Listen: "127.0.0.1:" + plainPort, Upstream: "127.0.0.1:" + tlsPort}}
+			client.ServerID = ids["server"]
+			client.Tunnels = []Tunnel{{Name: "echo", Listen: "127.0.0.1:" + plainPort, Upstream: "127.0.0.1:" + tlsPort, Authority: echo}}
 			wrong := client
-			wrong.ServerName = "other.bench"
-			wrong.Tunnels = []Tunnel{{Name: "echo", Listen: "127.0.0.1:" + wrongPort, Upstream: "127.0.0.1:" + tlsPort}}
+			wrong.ServerName, wrong.ServerID = "other.bench", ids["client"]
+			wrong.Tunnels = []Tunnel{{Name: "echo", Listen: "127.0.0.1:" + wrongPort, Upstream: "127.0.0.1:" + tlsPort, Authority: echo}}
 			for _, s := range []struct {
 				name string
 				side Side
@@ -256,7 +266,7 @@ func foreignCert(t *testing.T) *tls.Certificate {
 		t.Fatal(err)
 	}
 	file := filepath.Join(dir, "client.pem")
-	if err := Issue(filepath.Join(dir, "ca"), "bench", "client", "client.bench", file); err != nil {
+	if _, err := Issue(filepath.Join(dir, "ca"), "bench", "client", "client.bench", file); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(file)
@@ -268,4 +278,39 @@ func foreignCert(t *testing.T) *tls.Certificate {
 		t.Fatal(err)
 	}
 	return &cert
+}
+
+var (
+	buildOnce sync.Once
+	builtDir  string
+	buildErr  error
+)
+
+// builtPeers builds the peers that are commands of this repository (istio-hbone-peer, in the
+// compat/istio module outside go.work) once per test binary, into a directory it returns.
+func builtPeers(t *testing.T) string {
+	buildOnce.Do(func() {
+		builtDir, buildErr = os.MkdirTemp("", "ambit-peers")
+		if buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", builtDir+"/", "./cmd/istio-hbone-peer")
+		cmd.Dir = "../../../compat/istio"
+		cmd.Env = append(os.Environ(), "GOWORK=off")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build istio-hbone-peer: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtDir
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtDir != "" {
+		os.RemoveAll(builtDir)
+	}
+	os.Exit(code)
 }

@@ -21,10 +21,12 @@ const (
 	HAProxyMTLS = "haproxy-mtls"
 	NginxMTLS   = "nginx-mtls"
 	StunnelMTLS = "stunnel-mtls"
+	// IstioGoHBONE is Istio's own Go HBONE (istio.io/istio/pkg/hbone), client and server.
+	IstioGoHBONE = "istio-go-hbone"
 )
 
 // Peers are the other proxies measured beside ambit, each a pair as the ztunnels are.
-var Peers = []string{HAProxyMTLS, NginxMTLS, StunnelMTLS}
+var Peers = []string{IstioGoHBONE, HAProxyMTLS, NginxMTLS, StunnelMTLS}
 
 // Row is one measurement: a scenario at a number of connections. Latencies are in
 // microseconds; throughput_gbps and conn_per_s are the scenario's single-connection bulk
