@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -229,6 +231,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("ca: %w", err)
 	}
+	if cfg.CADir != "" {
+		if err := writeTrustBundle(cfg.CADir, ca.RootPEM()); err != nil {
+			return fmt.Errorf("ca: %w", err)
+		}
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -394,6 +401,39 @@ func loadCA(ctx context.Context, cfg Config, opts identity.CAOptions, kube kuber
 		log.Warn("no CA dir: the CA root lives in memory and changes at every restart")
 		return identity.NewCA(opts)
 	}
+}
+
+// TrustBundleFile is the file of the CA dir where the controller writes, at every start, the
+// roots it sends proxies: what their --root-cert should name, so that a proxy started during
+// or after a root rotation trusts the controller's certificate.
+const TrustBundleFile = "trust-bundle.pem"
+
+// writeTrustBundle replaces dir's trust-bundle.pem with bundle, atomically: a proxy starting
+// meanwhile reads the old bundle or the new one, never half of one.
+func writeTrustBundle(dir string, bundle []byte) error {
+	path := filepath.Join(dir, TrustBundleFile)
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, bundle) {
+		return nil
+	}
+	f, err := os.CreateTemp(dir, "."+TrustBundleFile+".tmp*")
+	if err != nil {
+		return fmt.Errorf("trust bundle: %w", err)
+	}
+	defer os.Remove(f.Name())
+	_, err = f.Write(bundle)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		return fmt.Errorf("trust bundle: %w", err)
+	}
+	return nil
 }
 
 // group runs functions until ctx ends; the first error cancels the rest.

@@ -104,6 +104,10 @@ func TestRunFolderMode(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(caDir, "root-key.pem")); err != nil {
 		t.Fatalf("CA root not persisted: %v", err)
 	}
+	// trust-bundle.pem, for the proxies' --root-cert, holds the roots the CA sends.
+	if b, err := os.ReadFile(filepath.Join(caDir, TrustBundleFile)); err != nil || string(b) != string(push.deps.CA.RootPEM()) {
+		t.Fatalf("%s is not the CA's bundle: %v", TrustBundleFile, err)
+	}
 	cancel()
 	select {
 	case err := <-done:
