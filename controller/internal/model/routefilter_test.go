@@ -1,6 +1,7 @@
 package model
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -395,6 +396,36 @@ func TestHTTPRouteBadFilterKeepsLastGood(t *testing.T) {
 		}
 		if errs := x.Errors(); len(errs) != 1 || !strings.Contains(errs[0].Error(), field) {
 			t.Fatalf("Errors() = %v, want the one naming %s", errs, field)
+		}
+	}
+}
+
+// TestTrafficDocGatewayExamples: every YAML example of docs/traffic.md's "Gateway API filters
+// and matches" compiles, so the doc shows what ambit accepts.
+func TestTrafficDocGatewayExamples(t *testing.T) {
+	doc, err := os.ReadFile("../../../docs/traffic.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(doc), "\n## Gateway API filters and matches\n")
+	if !ok {
+		t.Fatal("docs/traffic.md has no section \"Gateway API filters and matches\"")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	blocks := strings.Split(section, "```yaml\n")[1:]
+	if len(blocks) < 6 {
+		t.Fatalf("%d YAML examples in the section, want one per filter and one for matches", len(blocks))
+	}
+	for i, b := range blocks {
+		b, _, _ = strings.Cut(b, "```")
+		var r *gatewayv1.HTTPRoute
+		if rules, ok := strings.CutPrefix(b, "  rules:\n"); ok {
+			r = webHTTPRoute(t, rules)
+		} else {
+			r = gatewayRoute(t, b)
+		}
+		if _, err := ConvertHTTPRoute(r, "cluster.local"); err != nil || len(r.Spec.Rules) == 0 {
+			t.Errorf("example %d: %v\n%s", i, err, b)
 		}
 	}
 }
