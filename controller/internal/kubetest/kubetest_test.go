@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/controller/internal/model"
 	"ambit.dev/mesh/wait"
+	configv1 "ambit.dev/proto/config/v1"
+	"google.golang.org/protobuf/proto"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -100,6 +103,77 @@ func TestCluster(t *testing.T) {
 		rt := typed.Spec.Rules[0].Retry
 		if rt == nil || rt.Attempts == nil || *rt.Attempts != 3 || len(rt.Codes) != 1 || rt.Codes[0] != 503 || rt.Backoff == nil || *rt.Backoff != "25ms" {
 			t.Fatalf("HTTPRoute read back with retry %+v (spec %v); want attempts 3, codes [503], backoff 25ms", rt, back.Object["spec"])
+		}
+	})
+
+	// What ambit reads of an HTTPRoute's filters and matches, experimental fields included
+	// (a mirror's percent and fraction, CORS), passes the CRD's validation and comes back
+	// unpruned: the model compiles the object read back as the one written.
+	t.Run("HTTPRouteFiltersKept", func(t *testing.T) {
+		const doc = `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: filtered, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - matches:
+    - path: {type: RegularExpression, value: "/users/[0-9]+"}
+      headers: [{type: RegularExpression, name: x-tenant, value: "team-(a|b)"}]
+      queryParams: [{type: RegularExpression, name: id, value: "[a-f0-9]{8}"}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-env, value: prod}], remove: [x-debug]}
+    - type: URLRewrite
+      urlRewrite: {hostname: api.internal, path: {type: ReplaceFullPath, replaceFullPath: /by-id}}
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: web-shadow, port: 80}, percent: 10}
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: audit, port: 80}, fraction: {numerator: 1, denominator: 1000}}
+    - type: CORS
+      cors: {allowOrigins: ["https://app.example.com"], allowMethods: [GET], maxAge: 600}
+    backendRefs:
+    - name: web
+      port: 80
+      filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {remove: [server]}}]
+  - matches: [{path: {type: PathPrefix, value: /shop}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {scheme: https, statusCode: 301, path: {type: ReplacePrefixMatch, replacePrefixMatch: /store}}
+`
+		objs, err := DecodeYAML([]byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var written gatewayv1.HTTPRoute
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(objs[0].Object, &written); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.ApplyYAML(ctx, []byte(doc)); err != nil {
+			t.Fatal(err)
+		}
+		httpRoutes := schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}
+		back, err := c.Dynamic.Resource(httpRoutes).Namespace("default").Get(ctx, "filtered", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var read gatewayv1.HTTPRoute
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(back.Object, &read); err != nil {
+			t.Fatal(err)
+		}
+		want, err := model.ConvertHTTPRoute(&written, "cluster.local")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := model.ConvertHTTPRoute(&read, "cluster.local")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc := func(a []model.AttachedRoutes) *configv1.RouteConfig { return model.BuildRouteConfig("web", "default", a) }
+		if !proto.Equal(rc(got), rc(want)) {
+			t.Fatalf("read back, the route compiles to\n%v\nwritten, to\n%v", rc(got), rc(want))
+		}
+		if m := rc(got).Routes; len(m) != 2 || len(m[1].Mirrors) != 2 || m[1].Mirrors[1].Percentage != 0.1 || m[1].Cors == nil {
+			t.Fatalf("routes %v: want the redirect first, then the rule with two mirrors (10 %% and 0.1 %%) and CORS", m)
 		}
 	})
 
