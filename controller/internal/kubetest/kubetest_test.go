@@ -168,7 +168,9 @@ spec:
 		if err != nil {
 			t.Fatal(err)
 		}
-		rc := func(a []model.AttachedRoutes) *configv1.RouteConfig { return model.BuildRouteConfig("web", "default", a) }
+		rc := func(a []model.AttachedRoutes) *configv1.RouteConfig {
+			return model.BuildRouteConfig("web", "default", a)
+		}
 		if !proto.Equal(rc(got), rc(want)) {
 			t.Fatalf("read back, the route compiles to\n%v\nwritten, to\n%v", rc(got), rc(want))
 		}
