@@ -54,15 +54,26 @@ func ConvertGRPCRoute(r *gatewayv1.GRPCRoute, domain string) ([]AttachedRoutes, 
 // grpcRule compiles what a GRPCRoute rule gives each of its matches: backends and filters
 // (the HTTPRoute filters GRPCRoute has). Errors are relative to the rule.
 func grpcRule(rule gatewayv1.GRPCRouteRule, ns, domain string) (*configv1.Route, *fieldErr) {
+	refFilters := make([][]gatewayv1.HTTPRouteFilter, len(rule.BackendRefs))
+	for j, b := range rule.BackendRefs {
+		f, err := grpcFilters(b.Filters)
+		if err != nil {
+			return nil, &fieldErr{fmt.Sprintf(".backendRefs[%d]%s", j, err.field), err.err}
+		}
+		refFilters[j] = f
+	}
+	filters, err := grpcFilters(rule.Filters)
+	if err != nil {
+		return nil, err
+	}
 	rt := &configv1.Route{}
-	var err *fieldErr
 	rt.Backends, err = convertBackendRefs(len(rule.BackendRefs), func(j int) (gatewayv1.BackendRef, []gatewayv1.HTTPRouteFilter) {
-		return rule.BackendRefs[j].BackendRef, grpcFilters(rule.BackendRefs[j].Filters)
+		return rule.BackendRefs[j].BackendRef, refFilters[j]
 	}, ns, domain)
 	if err != nil {
 		return nil, err
 	}
-	if err := routeFilters(grpcFilters(rule.Filters), nil, len(rule.BackendRefs) > 0, ns, domain, rt); err != nil {
+	if err := routeFilters(filters, nil, len(rule.BackendRefs) > 0, ns, domain, rt); err != nil {
 		return nil, err
 	}
 	return rt, nil

@@ -99,14 +99,21 @@ func backendFilters(filters []gatewayv1.HTTPRouteFilter, b *configv1.Backend) *f
 	return nil
 }
 
-// grpcFilters are a GRPCRoute's filters as the HTTPRoute filters they are the same as.
-func grpcFilters(in []gatewayv1.GRPCRouteFilter) []gatewayv1.HTTPRouteFilter {
+// grpcFilters are a GRPCRoute's filters as the HTTPRoute filters they are the same as; a type
+// GRPCRoute does not have is refused (relative to the filters' owner).
+func grpcFilters(in []gatewayv1.GRPCRouteFilter) ([]gatewayv1.HTTPRouteFilter, *fieldErr) {
 	out := make([]gatewayv1.HTTPRouteFilter, 0, len(in))
-	for _, f := range in {
+	for i, f := range in {
+		switch f.Type {
+		case gatewayv1.GRPCRouteFilterRequestHeaderModifier, gatewayv1.GRPCRouteFilterResponseHeaderModifier,
+			gatewayv1.GRPCRouteFilterRequestMirror, gatewayv1.GRPCRouteFilterExtensionRef:
+		default:
+			return nil, &fieldErr{fmt.Sprintf(".filters[%d].type", i), fmt.Errorf("%q is not a GRPCRoute filter", f.Type)}
+		}
 		out = append(out, gatewayv1.HTTPRouteFilter{Type: gatewayv1.HTTPRouteFilterType(f.Type), RequestHeaderModifier: f.RequestHeaderModifier,
 			ResponseHeaderModifier: f.ResponseHeaderModifier, RequestMirror: f.RequestMirror, ExtensionRef: f.ExtensionRef})
 	}
-	return out
+	return out, nil
 }
 
 func missing(ff, field string, typ gatewayv1.HTTPRouteFilterType) *fieldErr {
