@@ -14,8 +14,11 @@
 //     interop with Istio ambient and leaves no weak option to negotiate down to.
 //   - Leaves carry exactly one URI SAN (the SPIFFE ID) and nothing else; identity
 //     is never derived from a CN, a DNS name or a header.
-//   - The CA signs with its root directly; [CA.Sign] returns the chain without
-//     the root, which peers get from [CA.Bundle].
+//   - The CA signs with its root, or with a signing CA the user supplies (an
+//     intermediate and its chain, [LoadCAFiles]); [CA.Sign] returns the chain
+//     without the root, which peers get from [CA.Bundle]. The bundle may hold
+//     more than one root while the root rotates: proxies keep it in a
+//     [TrustBundle], replaced by the bundle that comes with every certificate.
 //   - Proxy keys are generated in memory by [Manager], a fresh one per renewal,
 //     and never written anywhere. Renewal starts at half-life; a failing signer
 //     never interrupts service while the old certificate is still valid.

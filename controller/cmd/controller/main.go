@@ -26,7 +26,7 @@ func main() {
 	flag.StringVar(&cfg.ConfigDir, "config-dir", "", "read Kubernetes objects from the YAML files in `DIR` (local mode) instead of the API server")
 	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig `file`; empty means in-cluster config")
 	flag.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of workload identities")
-	flag.StringVar(&cfg.CADir, "ca-dir", "", "`DIR` holding the CA root key and certificate (root-cert.pem, root-key.pem), created on first start; folder mode's store: empty there keeps the root in memory")
+	flag.StringVar(&cfg.CADir, "ca-dir", "", "`DIR` holding the CA root key and certificate (root-cert.pem, root-key.pem), created on first start, and while the root rotates a signing CA (ca-cert.pem, ca-key.pem, cert-chain.pem) and more trusted roots (extra-roots.pem); trust-bundle.pem there is written at every start for the proxies' --root-cert; folder mode's store: empty there keeps the root in memory")
 	flag.StringVar(&cfg.CASecret, "ca-secret", "", "Kubernetes mode: Secret `[NAMESPACE/]NAME` holding the CA root, created on first start (default ambit-ca in the controller's namespace, $POD_NAMESPACE or ambit-system)")
 	flag.DurationVar(&cfg.CertTTL, "cert-ttl", 24*time.Hour, "lifetime of the workload certificates the CA signs (proxies renew them at half-life, so they ride out a controller outage of up to this long); between 10s and 168h")
 	flag.StringVar(&cfg.GRPCAddr, "grpc-addr", ":15012", "config push and CA gRPC address")

@@ -28,7 +28,7 @@ func main() {
 	flag.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
 	flag.StringVar(&cfg.Controller, "controller", "127.0.0.1:15012", "controller gRPC address (config push and CA)")
 	flag.StringVar(&cfg.TokenFile, "token-file", "", "file holding the token of the node the waypoint runs on (required)")
-	flag.StringVar(&cfg.RootCert, "root-cert", "", "PEM file of the mesh root certificate (required)")
+	flag.StringVar(&cfg.RootCert, "root-cert", "", "PEM file of the mesh's root certificates, trusted at start; the controller's CA then sends the bundle with every certificate (required)")
 	flag.StringVar(&cfg.Node, "node", os.Getenv("NODE_NAME"), "node the waypoint runs on; default $NODE_NAME, else the token file's name")
 	flag.StringVar(&cfg.HBONEAddr, "hbone-addr", ":15008", "HBONE listen address")
 	flag.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:15000", "admin listen address (/config_dump); empty disables")

@@ -23,7 +23,7 @@ func main() {
 	flag.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
 	flag.StringVar(&cfg.Controller, "controller", "127.0.0.1:15012", "controller gRPC address (config push and CA)")
 	flag.StringVar(&cfg.TokenFile, "token-file", "", "file holding this node's token for the controller")
-	flag.StringVar(&cfg.RootCert, "root-cert", "", "PEM file with the mesh root certificate")
+	flag.StringVar(&cfg.RootCert, "root-cert", "", "PEM file of the mesh's root certificates, trusted at start; the controller's CA then sends the bundle with every certificate")
 	flag.StringVar(&cfg.StateDir, "state-dir", "/var/lib/ambit/ztunnel", "directory for the records of served pods")
 	flag.StringVar(&cfg.NodeAPI, "node-api", "/var/run/ambit/ztunnel.sock", "unix socket of the node API through which pods are handed over")
 	flag.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:15000", "admin listener (/config_dump); keep it on loopback")
