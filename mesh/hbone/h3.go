@@ -1,6 +1,7 @@
 package hbone
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/quic-go/qpack"
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/qlogwriter"
 	"github.com/quic-go/quic-go/quicvarint"
 	"golang.org/x/net/http2/hpack"
 )
@@ -285,6 +287,10 @@ func readH3Request(br *byteReader, limit uint32) (*Request, error) {
 	}
 }
 
+// quicTracer, when a test sets it, receives every QUIC connection's qlog events
+// (BenchmarkLossyLink reads congestion windows and losses from them). Nil in production.
+var quicTracer func(ctx context.Context, isClient bool, connID quic.ConnectionID) qlogwriter.Trace
+
 // quicConfig builds the QUIC configuration from the HBONE connection settings: windows
 // matched to HTTP/2's (4 MiB per stream, 16 MiB per connection, fixed: no auto-tuning
 // beyond them), the peer's stream budget, keep-alive and idle, and no 0-RTT.
@@ -302,5 +308,6 @@ func quicConfig(cfg ConnConfig, incomingStreams int64) *quic.Config {
 		// types that we refuse.
 		MaxIncomingUniStreams: 8,
 		Allow0RTT:             false,
+		Tracer:                quicTracer,
 	}
 }
