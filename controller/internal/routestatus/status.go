@@ -54,11 +54,8 @@ func HTTPRoute(r *gatewayv1.HTTPRoute, domain string) Route {
 	_, err := model.ConvertHTTPRoute(r, domain)
 	out := Route{Namespace: r.Namespace, Generation: r.Generation, ParentRefs: r.Spec.ParentRefs, Status: r.Status.Parents, Err: err}
 	for i, rule := range r.Spec.Rules {
-		base := fmt.Sprintf("spec.rules[%d]", i)
-		for j, b := range rule.BackendRefs {
-			out.Refs = append(out.Refs, Ref{fmt.Sprintf("%s.backendRefs[%d]", base, j), b.BackendObjectReference})
-		}
-		out.Refs = append(out.Refs, mirrors(base, rule.Filters)...)
+		out.Refs = append(out.Refs, ruleRefs(i, len(rule.BackendRefs), func(j int) gatewayv1.BackendObjectReference { return rule.BackendRefs[j].BackendObjectReference },
+			len(rule.Filters), func(k int) *gatewayv1.HTTPRequestMirrorFilter { return rule.Filters[k].RequestMirror })...)
 	}
 	return out
 }
@@ -68,25 +65,22 @@ func GRPCRoute(r *gatewayv1.GRPCRoute, domain string) Route {
 	_, err := model.ConvertGRPCRoute(r, domain)
 	out := Route{Namespace: r.Namespace, Generation: r.Generation, ParentRefs: r.Spec.ParentRefs, Status: r.Status.Parents, Err: err}
 	for i, rule := range r.Spec.Rules {
-		base := fmt.Sprintf("spec.rules[%d]", i)
-		for j, b := range rule.BackendRefs {
-			out.Refs = append(out.Refs, Ref{fmt.Sprintf("%s.backendRefs[%d]", base, j), b.BackendObjectReference})
-		}
-		var fs []gatewayv1.HTTPRouteFilter
-		for _, f := range rule.Filters {
-			fs = append(fs, gatewayv1.HTTPRouteFilter{RequestMirror: f.RequestMirror})
-		}
-		out.Refs = append(out.Refs, mirrors(base, fs)...)
+		out.Refs = append(out.Refs, ruleRefs(i, len(rule.BackendRefs), func(j int) gatewayv1.BackendObjectReference { return rule.BackendRefs[j].BackendObjectReference },
+			len(rule.Filters), func(k int) *gatewayv1.HTTPRequestMirrorFilter { return rule.Filters[k].RequestMirror })...)
 	}
 	return out
 }
 
-// mirrors are the backends of a rule's RequestMirror filters (base is the rule's path).
-func mirrors(base string, filters []gatewayv1.HTTPRouteFilter) []Ref {
+// ruleRefs are the references of rule i: its n backendRefs, then the backends of those of
+// its m filters that are mirrors (mirror returns nil for another filter).
+func ruleRefs(i, n int, backend func(j int) gatewayv1.BackendObjectReference, m int, mirror func(k int) *gatewayv1.HTTPRequestMirrorFilter) []Ref {
 	var out []Ref
-	for k, f := range filters {
-		if f.RequestMirror != nil {
-			out = append(out, Ref{fmt.Sprintf("%s.filters[%d].requestMirror.backendRef", base, k), f.RequestMirror.BackendRef})
+	for j := range n {
+		out = append(out, Ref{fmt.Sprintf("spec.rules[%d].backendRefs[%d]", i, j), backend(j)})
+	}
+	for k := range m {
+		if f := mirror(k); f != nil {
+			out = append(out, Ref{fmt.Sprintf("spec.rules[%d].filters[%d].requestMirror.backendRef", i, k), f.BackendRef})
 		}
 	}
 	return out

@@ -16,6 +16,8 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
+
+	"ambit.dev/controller/internal/source"
 )
 
 // Writer keeps the status of every HTTPRoute and GRPCRoute current. Run it on the leader
@@ -50,7 +52,8 @@ func (w *Writer) Run(ctx context.Context) error {
 	gf := gatewayinformers.NewSharedInformerFactory(w.Gateway, 0)
 	kf := informers.NewSharedInformerFactory(w.Kube, 0)
 	kinds := []routeKind{w.httpRoutes(gf)}
-	if w.served("grpcroutes") {
+	// A cluster may have Gateway API's HTTPRoute CRD without GRPCRoute's.
+	if source.Served(w.Kube.Discovery(), gatewayv1.GroupVersion.String(), "grpcroutes") {
 		kinds = append(kinds, w.grpcRoutes(gf))
 	}
 	services := kf.Core().V1().Services()
@@ -116,21 +119,6 @@ func (w *Writer) Run(ctx context.Context) error {
 		}
 		q.Done(it)
 	}
-}
-
-// served reports whether the API server serves resource in gateway.networking.k8s.io/v1 (a
-// cluster may have Gateway API's HTTPRoute CRD without GRPCRoute's).
-func (w *Writer) served(resource string) bool {
-	list, err := w.Kube.Discovery().ServerResourcesForGroupVersion(gatewayv1.GroupVersion.String())
-	if err != nil || list == nil {
-		return false
-	}
-	for _, r := range list.APIResources {
-		if r.Name == resource {
-			return true
-		}
-	}
-	return false
 }
 
 func (w *Writer) httpRoutes(gf gatewayinformers.SharedInformerFactory) routeKind {

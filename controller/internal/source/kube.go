@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
@@ -156,7 +157,13 @@ func (k *Kube) watchDynamic(df dynamicinformer.DynamicSharedInformerFactory, gvr
 // sync; such a kind is skipped (logged), so a CRD installed later needs a controller restart.
 // served reports whether the API server serves resource in groupVersion.
 func (k *Kube) served(groupVersion, resource string) bool {
-	list, err := k.clients.Kube.Discovery().ServerResourcesForGroupVersion(groupVersion)
+	return Served(k.clients.Kube.Discovery(), groupVersion, resource)
+}
+
+// Served reports whether the API server d asks serves resource in groupVersion (a cluster
+// may have one Gateway API CRD without another, or no Istio).
+func Served(d discovery.ServerResourcesInterface, groupVersion, resource string) bool {
+	list, err := d.ServerResourcesForGroupVersion(groupVersion)
 	if err != nil || list == nil {
 		return false
 	}
