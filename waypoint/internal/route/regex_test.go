@@ -13,6 +13,7 @@ func TestRegexMatches(t *testing.T) {
 		{Name: "path", Matches: []*configv1.RouteMatch{{Path: &configv1.PathMatch{Kind: &configv1.PathMatch_Regex{Regex: "/users/[0-9]+"}}}}},
 		{Name: "header", Matches: []*configv1.RouteMatch{{Headers: []*configv1.HeaderMatch{{Name: "x-tenant", Regex: "team-(a|b)"}}}}},
 		{Name: "query", Matches: []*configv1.RouteMatch{{QueryParams: []*configv1.QueryMatch{{Name: "v", Value: "2"}, {Name: "id", Regex: "[a-f0-9]{4}"}}}}},
+		{Name: "authority", Matches: []*configv1.RouteMatch{{Authority: &configv1.HeaderMatch{Regex: "api-[0-9]+\\.example\\.com"}}}},
 		{Name: "rest"},
 	}})
 	if err != nil {
@@ -29,6 +30,8 @@ func TestRegexMatches(t *testing.T) {
 		{"/x?v=2&id=beefy", "", "rest"},
 		{"/x?v=1&id=beef", "", "rest"},
 		{"/x?v=2&id=cafe&id=zz", "", "query"}, // any value of the parameter
+		{"http://api-7.example.com:8080/x", "", "authority"},
+		{"http://api-7.example.community/x", "", "rest"},
 	} {
 		r := httptest.NewRequest("GET", tc.target, nil)
 		if tc.tenant != "" {
@@ -47,6 +50,7 @@ func TestCompileRefusesBadRegex(t *testing.T) {
 	}{
 		{&configv1.RouteMatch{Path: &configv1.PathMatch{Kind: &configv1.PathMatch_Regex{Regex: "/(a"}}}, "routes[0].matches[0].path.regex"},
 		{&configv1.RouteMatch{Headers: []*configv1.HeaderMatch{{Name: "a", Regex: "x(?=y)"}}}, "routes[0].matches[0].headers[0].regex"},
+		{&configv1.RouteMatch{Authority: &configv1.HeaderMatch{Regex: "a)"}}, "routes[0].matches[0].authority.regex"},
 		{&configv1.RouteMatch{QueryParams: []*configv1.QueryMatch{{Name: "a", Regex: strings.Repeat("a", MaxRegexLen+1)}}}, "routes[0].matches[0].query_params[0].regex"},
 	} {
 		_, err := Compile("shop/web", &configv1.RouteConfig{Routes: []*configv1.Route{{Matches: []*configv1.RouteMatch{tc.m}}}})

@@ -381,7 +381,11 @@ func compileMatch(m *configv1.RouteMatch, mf string) (Match, error) {
 		cm.Query = append(cm.Query, Query{Name: q.GetName(), Value: q.GetValue(), Regex: re})
 	}
 	if a := m.GetAuthority(); a != nil {
-		cm.Authority = &Header{Value: a.GetValue(), Prefix: a.GetPrefix(), Present: a.GetPresent(), Invert: a.GetInvert()}
+		re, err := wholeRegexp(a.GetRegex(), mf+".authority.regex")
+		if err != nil {
+			return Match{}, err
+		}
+		cm.Authority = &Header{Value: a.GetValue(), Prefix: a.GetPrefix(), Regex: re, Present: a.GetPresent(), Invert: a.GetInvert()}
 	}
 	cm.SourceNamespace, cm.SourceLabels, cm.PathIgnoreCase = m.GetSourceNamespace(), m.GetSourceLabels(), m.GetPathIgnoreCase()
 	if cm.PathIgnoreCase {
