@@ -166,7 +166,9 @@ func startController(ctx context.Context, o *Options, st *State) error {
 		return err
 	}
 	st.Controller = proc
-	st.RootCert = o.path("ca", "root-cert.pem")
+	// The controller writes the roots it trusts there at every start: proxies started after a
+	// root rotation trust the controller's new certificate (docs/operations.md).
+	st.RootCert = o.path("ca", "trust-bundle.pem")
 	if err := waitFor(ctx, 20*time.Second, "controller", func() error {
 		if !alive(proc.PID) {
 			return fmt.Errorf("exited; see %s", log)
