@@ -22,14 +22,16 @@ func analyzeCommand(o Options) *cobra.Command {
 		Long: `List what the controller refuses now while it keeps the last good version in force:
 objects that fail validation (with the JSON path of the bad field: a weight that does not add
 up, a subset no DestinationRule defines, a port that is not a number), Kubernetes objects with a
-field their kind does not have, and config files (lab, local mode) that do not parse.
+field their kind does not have, and config files (lab, local mode) that do not parse; and the
+parts of objects in force that are applied only by failing closed ("applied in part": an Istio
+AuthorizationPolicy's rule with a field ambit does not enforce).
 
 The list comes from the controller's GET /debug/analysis on its metrics port (15014). Which
 controller, as for proxy-status: --controller-debug; the local lab's (--lab, or when a lab is
 up); a cluster's (--kubeconfig or --context, or when $KUBECONFIG or ~/.kube/config exists),
 reached through the API server's port-forward; else 127.0.0.1:15014.
 
-Exits 1 when something is refused, 0 when nothing is.`,
+Exits 1 when something is refused or applied in part, 0 when nothing is.`,
 		Example: `  # the local lab's controller
   ambitctl analyze --lab
 
@@ -70,15 +72,31 @@ Exits 1 when something is refused, 0 when nothing is.`,
 			if err := printProblems(cmd.OutOrStdout(), *output, problems); err != nil {
 				return err
 			}
-			if len(problems) > 0 {
-				return fmt.Errorf("the controller refuses %d object(s) or file(s); each keeps its last good version", len(problems))
-			}
-			return nil
+			return problemsErr(problems)
 		},
 	}
 	target.register(cmd)
 	output = outputFlag(cmd)
 	return cmd
+}
+
+// problemsErr is analyze's verdict: nil when nothing is refused or applied in part.
+func problemsErr(problems []source.Problem) error {
+	partial := 0
+	for _, p := range problems {
+		if p.Partial {
+			partial++
+		}
+	}
+	switch refused := len(problems) - partial; {
+	case refused > 0 && partial > 0:
+		return fmt.Errorf("the controller refuses %d object(s) or file(s), each keeping its last good version, and applies %d part(s) of objects in force only by failing closed", refused, partial)
+	case refused > 0:
+		return fmt.Errorf("the controller refuses %d object(s) or file(s); each keeps its last good version", refused)
+	case partial > 0:
+		return fmt.Errorf("the controller applies %d part(s) of objects in force only by failing closed", partial)
+	}
+	return nil
 }
 
 func printProblems(w io.Writer, format string, problems []source.Problem) error {
@@ -94,7 +112,11 @@ func printProblems(w io.Writer, format string, problems []source.Problem) error 
 	}
 	t := newTable(w, "OBJECT", "FIELD", "ERROR")
 	for _, p := range problems {
-		t.row(p.Object, p.Field, p.Error)
+		msg := p.Error
+		if p.Partial {
+			msg = "applied in part: " + msg
+		}
+		t.row(p.Object, p.Field, msg)
 	}
 	return t.flush()
 }

@@ -81,7 +81,8 @@ func TestAnalyzeRealController(t *testing.T) {
 
 // TestAnalyzeIstioAndRoutes: Istio's four kinds and Gateway API's two route kinds, each
 // refused for a field ambit does not implement or a value that is wrong, are each listed by
-// `ambitctl analyze -o json` with the object and the field.
+// `ambitctl analyze -o json` with the object and the field; so is an Istio
+// AuthorizationPolicy in force whose rule fails closed, marked partial ("applied in part").
 func TestAnalyzeIstioAndRoutes(t *testing.T) {
 	fc := startFolderController(t)
 	const objects = `apiVersion: networking.istio.io/v1
@@ -127,6 +128,13 @@ spec:
   parentRefs: [{group: "", kind: Service, name: web, port: 80}]
   rules:
   - filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Lua, name: script}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: jwt, namespace: demo}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: ["*"]}}]
 `
 	if err := os.WriteFile(filepath.Join(fc.cfgDir, "refused.yaml"), []byte(objects), 0o644); err != nil {
 		t.Fatal(err)
@@ -138,6 +146,7 @@ spec:
 		"PeerAuthentication.security.istio.io demo/strict": "spec.mtls.mode",
 		"HTTPRoute demo/users":                             "spec.rules[0].matches[0].path.value",
 		"GRPCRoute demo/echo":                              "spec.rules[0].filters[0].extensionRef",
+		"AuthorizationPolicy.security.istio.io demo/jwt":   "spec.rules[0].from[0].source.requestPrincipals",
 	}
 	wait.Until(t, 10*time.Second, "every refused object listed with its field", func() error {
 		js, err := run(t, Options{}, "analyze", "--controller-debug", fc.debugAddr, "--lab-dir", noLab(t), "-o", "json")
@@ -148,6 +157,9 @@ spec:
 		got := map[string]string{}
 		for _, p := range problems {
 			got[p.Object] = p.Field
+			if p.Partial != strings.HasSuffix(p.Object, "demo/jwt") {
+				return &waitErr{fmt.Sprintf("%s: partial %v\n%s", p.Object, p.Partial, js), err}
+			}
 		}
 		for obj, field := range want {
 			if got[obj] != field {
@@ -156,6 +168,11 @@ spec:
 		}
 		return nil
 	})
+	out, err := run(t, Options{}, "analyze", "--controller-debug", fc.debugAddr, "--lab-dir", noLab(t))
+	if err == nil || !strings.Contains(out, "applied in part: not enforced by ambit") || !strings.Contains(err.Error(), "refuses 6 object(s)") ||
+		!strings.Contains(err.Error(), "applies 1 part(s)") {
+		t.Errorf("analyze: %v\n%s", err, out)
+	}
 }
 
 type waitErr struct {

@@ -10,6 +10,9 @@ type ObjectError struct {
 	// Field is the JSON path of the bad field, e.g. spec.rules[0].to[1].operation.ports[2].
 	Field string
 	Err   error
+	// Partial says the object is applied but for this field (an Istio AuthorizationPolicy's
+	// rule that fails closed), rather than refused.
+	Partial bool
 }
 
 func (e *ObjectError) Error() string {

@@ -77,10 +77,11 @@ type Index struct {
 	byParent    map[string]map[key]struct{} // parent Service resource name → HTTPRoutes
 	authz       map[key]*configv1.Authorization
 	peerAuths   map[key]PeerAuth
-	errs        map[string]error // "Kind ns/name" → error
-	istio       istioIndex       // Istio's VirtualServices and DestinationRules (istio_index.go)
-	h3Nodes     map[string]bool  // nodes whose ztunnel serves HBONE over HTTP/3 (tunnel.go)
-	h3Waypoints map[key]bool     // waypoints that serve HBONE over HTTP/3 (tunnel.go)
+	errs        map[string]error   // "Kind ns/name" → error
+	partial     map[string][]error // "Kind ns/name" → what it leaves unapplied (ObjectError.Partial)
+	istio       istioIndex         // Istio's VirtualServices and DestinationRules (istio_index.go)
+	h3Nodes     map[string]bool    // nodes whose ztunnel serves HBONE over HTTP/3 (tunnel.go)
+	h3Waypoints map[key]bool       // waypoints that serve HBONE over HTTP/3 (tunnel.go)
 
 	dirtyPods      map[key]struct{}
 	dirtyNS        map[string]struct{} // every workload and Service of the namespace
@@ -111,6 +112,7 @@ func NewIndex(opts Options) *Index {
 		peerAuths:   map[key]PeerAuth{},
 		istio:       newIstioIndex(),
 		errs:        map[string]error{},
+		partial:     map[string][]error{},
 		h3Nodes:     map[string]bool{},
 		h3Waypoints: map[key]bool{},
 		res:         Resources{},
@@ -433,6 +435,27 @@ func (x *Index) Errors() []error {
 		out = append(out, all[k])
 	}
 	return out
+}
+
+// Partial lists what objects in force leave unapplied (*ObjectError with Partial set): the
+// rules of Istio AuthorizationPolicies that fail closed.
+func (x *Index) Partial() []error {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	var out []error
+	for _, k := range slices.Sorted(maps.Keys(x.partial)) {
+		out = append(out, x.partial[k]...)
+	}
+	return out
+}
+
+// setPartial records the parts of object k left unapplied, in place of the last.
+func (x *Index) setPartial(k string, errs []error) {
+	if len(errs) == 0 {
+		delete(x.partial, k)
+		return
+	}
+	x.partial[k] = errs
 }
 
 // Generation counts the commits that changed some resource.

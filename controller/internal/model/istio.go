@@ -93,6 +93,13 @@ func serviceOfHost(host, domain string) (string, bool) {
 // a DENY policy (which then denies all it applies to); a CUSTOM policy denies everything.
 // Values that are malformed refuse the policy with an error naming the field.
 func ConvertIstioAuthorizationPolicy(p *istioapi.AuthorizationPolicy, opts Options) (*configv1.Authorization, error) {
+	a, _, err := convertIstioAuthz(p, opts)
+	return a, err
+}
+
+// convertIstioAuthz is ConvertIstioAuthorizationPolicy with what it applies only in part:
+// one *ObjectError (Partial) per rule that fails closed, naming the field not enforced.
+func convertIstioAuthz(p *istioapi.AuthorizationPolicy, opts Options) (*configv1.Authorization, []error, error) {
 	bad := func(field, format string, args ...any) error {
 		return objErr(KindIstioAuthorizationPolicy, p.Namespace, p.Name, field, format, args...)
 	}
@@ -103,13 +110,13 @@ func ConvertIstioAuthorizationPolicy(p *istioapi.AuthorizationPolicy, opts Optio
 	refField := "spec.targetRefs"
 	if sp.TargetRef != nil {
 		if len(refs) > 0 {
-			return nil, bad("spec.targetRef", "targetRef and targetRefs are mutually exclusive")
+			return nil, nil, bad("spec.targetRef", "targetRef and targetRefs are mutually exclusive")
 		}
 		refs, refField = []istioapi.PolicyTargetReference{*sp.TargetRef}, "spec.targetRef"
 	}
 	switch {
 	case hasSel && len(refs) > 0:
-		return nil, bad(refField, "selector and targetRefs are mutually exclusive")
+		return nil, nil, bad(refField, "selector and targetRefs are mutually exclusive")
 	case hasSel, len(refs) > 0:
 		out.Scope = configv1.Authorization_WORKLOAD_SELECTOR
 	case p.Namespace == opts.RootNamespace:
@@ -129,13 +136,13 @@ func ConvertIstioAuthorizationPolicy(p *istioapi.AuthorizationPolicy, opts Optio
 		case t.Kind == "Gateway" && t.Group == "gateway.networking.k8s.io":
 		case t.Kind == "Service" && (t.Group == "" || t.Group == "core"):
 		default:
-			return nil, bad(f+".kind", "%s (group %q) is not supported: a Gateway (gateway.networking.k8s.io) or a Service", t.Kind, t.Group)
+			return nil, nil, bad(f+".kind", "%s (group %q) is not supported: a Gateway (gateway.networking.k8s.io) or a Service", t.Kind, t.Group)
 		}
 		if t.Name == "" {
-			return nil, bad(f+".name", "empty")
+			return nil, nil, bad(f+".name", "empty")
 		}
 		if t.Namespace != "" && t.Namespace != p.Namespace {
-			return nil, bad(f+".namespace", "%q: a target must be in the policy's namespace", t.Namespace)
+			return nil, nil, bad(f+".namespace", "%q: a target must be in the policy's namespace", t.Namespace)
 		}
 		out.TargetRefs = append(out.TargetRefs, &configv1.TargetRef{Group: t.Group, Kind: t.Kind, Name: t.Name})
 	}
@@ -147,51 +154,71 @@ func ConvertIstioAuthorizationPolicy(p *istioapi.AuthorizationPolicy, opts Optio
 	case "AUDIT":
 		// Audit decides nothing: a DENY policy without rules denies nothing.
 		out.Action = configv1.Authorization_DENY
-		return out, nil
+		return out, nil, nil
 	case "CUSTOM":
 		// An external authorizer ambit does not have: fail closed.
 		out.Action = configv1.Authorization_DENY
 		out.Rules = []*configv1.Rule{{}}
-		return out, nil
+		e := objErr(KindIstioAuthorizationPolicy, p.Namespace, p.Name, "spec.action", "CUSTOM: no external authorizer: the policy denies every request it applies to")
+		e.Partial = true
+		return out, []error{e}, nil
 	default:
-		return nil, bad("spec.action", "%q is not ALLOW, DENY, AUDIT or CUSTOM", sp.Action)
+		return nil, nil, bad("spec.action", "%q is not ALLOW, DENY, AUDIT or CUSTOM", sp.Action)
 	}
 	if len(sp.Provider) > 0 {
-		return nil, bad("spec.provider", "only with action CUSTOM")
+		return nil, nil, bad("spec.provider", "only with action CUSTOM")
 	}
 	deny := out.Action == configv1.Authorization_DENY
+	var partial []error
 	for i, r := range sp.Rules {
-		rule, supported, err := istioRule(r, fmt.Sprintf("spec.rules[%d]", i), opts)
+		rule, unenforced, err := istioRule(r, fmt.Sprintf("spec.rules[%d]", i), opts)
 		if err != nil {
 			e := err.(*fieldErr)
-			return nil, bad(e.field, "%w", e.err)
+			return nil, nil, bad(e.field, "%w", e.err)
 		}
 		switch {
-		case supported:
+		case unenforced == "":
 			out.Rules = append(out.Rules, rule)
+			continue
 		case deny:
 			out.Rules = append(out.Rules, &configv1.Rule{}) // matches everything
 		}
-		// unsupported in ALLOW: the rule is left out and allows nothing.
+		// unenforced in ALLOW: the rule is left out and allows nothing.
+		what := "the rule is left out of this ALLOW policy, which allows less"
+		if deny {
+			what = "the rule matches every request of this DENY policy"
+		}
+		e := objErr(KindIstioAuthorizationPolicy, p.Namespace, p.Name, unenforced, "not enforced by ambit: %s", what)
+		e.Partial = true
+		partial = append(partial, e)
 	}
-	return out, nil
+	return out, partial, nil
 }
 
-// istioRule converts one rule; supported is false when it uses what ambit cannot enforce.
-func istioRule(r istioapi.Rule, base string, opts Options) (*configv1.Rule, bool, error) {
-	rule := &configv1.Rule{}
-	supported := true
+// istioRule converts one rule; unenforced names the first field it uses that ambit cannot
+// enforce, "" for none.
+func istioRule(r istioapi.Rule, base string, opts Options) (rule *configv1.Rule, unenforced string, err error) {
+	rule = &configv1.Rule{}
+	notEnforced := func(field string) {
+		if unenforced == "" {
+			unenforced = field
+		}
+	}
 	for j, f := range r.From {
 		fb := fmt.Sprintf("%s.from[%d].source", base, j)
 		s := f.Source
 		if s == nil {
-			return nil, false, &fieldErr{fb, fmt.Errorf("missing")}
+			return nil, "", &fieldErr{fb, fmt.Errorf("missing")}
 		}
-		if len(s.RequestPrincipals)+len(s.NotRequestPrincipals)+len(s.TrustDomains)+len(s.NotTrustDomains) > 0 {
-			supported = false // request authentication (JWT) and trust domains: not enforced
+		// Request authentication (JWT) and trust domains: not enforced.
+		for _, f := range []setField{{"requestPrincipals", len(s.RequestPrincipals) > 0}, {"notRequestPrincipals", len(s.NotRequestPrincipals) > 0},
+			{"trustDomains", len(s.TrustDomains) > 0}, {"notTrustDomains", len(s.NotTrustDomains) > 0}} {
+			if f.set {
+				notEnforced(fb + "." + f.name)
+			}
 		}
 		if len(s.ServiceAccounts)+len(s.NotServiceAccounts) > 0 && len(s.Principals)+len(s.NotPrincipals)+len(s.Namespaces)+len(s.NotNamespaces) > 0 {
-			return nil, false, &fieldErr{fb + ".serviceAccounts", fmt.Errorf("cannot be set with principals or namespaces")}
+			return nil, "", &fieldErr{fb + ".serviceAccounts", fmt.Errorf("cannot be set with principals or namespaces")}
 		}
 		src := &configv1.Source{
 			Principals:    slices.Clone(s.Principals),
@@ -202,38 +229,38 @@ func istioRule(r istioapi.Rule, base string, opts Options) (*configv1.Rule, bool
 		for k, sa := range s.ServiceAccounts {
 			p, err := saPrincipal(sa, opts.TrustDomain)
 			if err != nil {
-				return nil, false, &fieldErr{fmt.Sprintf("%s.serviceAccounts[%d]", fb, k), err}
+				return nil, "", &fieldErr{fmt.Sprintf("%s.serviceAccounts[%d]", fb, k), err}
 			}
 			src.Principals = append(src.Principals, p)
 		}
 		for k, sa := range s.NotServiceAccounts {
 			p, err := saPrincipal(sa, opts.TrustDomain)
 			if err != nil {
-				return nil, false, &fieldErr{fmt.Sprintf("%s.notServiceAccounts[%d]", fb, k), err}
+				return nil, "", &fieldErr{fmt.Sprintf("%s.notServiceAccounts[%d]", fb, k), err}
 			}
 			src.NotPrincipals = append(src.NotPrincipals, p)
 		}
 		var err error
 		if src.IpBlocks, err = ipBlocks(s.IPBlocks); err != nil {
-			return nil, false, &fieldErr{fb + ".ipBlocks" + err.(*indexErr).at(), err.(*indexErr).err}
+			return nil, "", &fieldErr{fb + ".ipBlocks" + err.(*indexErr).at(), err.(*indexErr).err}
 		}
 		if src.NotIpBlocks, err = ipBlocks(s.NotIPBlocks); err != nil {
-			return nil, false, &fieldErr{fb + ".notIpBlocks" + err.(*indexErr).at(), err.(*indexErr).err}
+			return nil, "", &fieldErr{fb + ".notIpBlocks" + err.(*indexErr).at(), err.(*indexErr).err}
 		}
 		// remoteIpBlocks: the original client, which is what ambit's source address is (no
 		// X-Forwarded-For is trusted). Both lists in one source would have to hold together,
 		// which one field cannot say: fail closed.
 		remote, err := ipBlocks(s.RemoteIPBlocks)
 		if err != nil {
-			return nil, false, &fieldErr{fb + ".remoteIpBlocks" + err.(*indexErr).at(), err.(*indexErr).err}
+			return nil, "", &fieldErr{fb + ".remoteIpBlocks" + err.(*indexErr).at(), err.(*indexErr).err}
 		}
 		notRemote, err := ipBlocks(s.NotRemoteIPBlocks)
 		if err != nil {
-			return nil, false, &fieldErr{fb + ".notRemoteIpBlocks" + err.(*indexErr).at(), err.(*indexErr).err}
+			return nil, "", &fieldErr{fb + ".notRemoteIpBlocks" + err.(*indexErr).at(), err.(*indexErr).err}
 		}
 		if len(remote) > 0 {
 			if len(src.IpBlocks) > 0 {
-				supported = false
+				notEnforced(fb + ".remoteIpBlocks")
 			}
 			src.IpBlocks = remote
 		}
@@ -244,10 +271,12 @@ func istioRule(r istioapi.Rule, base string, opts Options) (*configv1.Rule, bool
 		ob := fmt.Sprintf("%s.to[%d].operation", base, j)
 		o := t.Operation
 		if o == nil {
-			return nil, false, &fieldErr{ob, fmt.Errorf("missing")}
+			return nil, "", &fieldErr{ob, fmt.Errorf("missing")}
 		}
-		if len(o.Hosts)+len(o.NotHosts) > 0 {
-			supported = false // host matching: not enforced
+		for _, f := range []setField{{"hosts", len(o.Hosts) > 0}, {"notHosts", len(o.NotHosts) > 0}} {
+			if f.set {
+				notEnforced(ob + "." + f.name) // host matching: not enforced
+			}
 		}
 		op := &configv1.Operation{
 			Methods:    slices.Clone(o.Methods),
@@ -257,43 +286,43 @@ func istioRule(r istioapi.Rule, base string, opts Options) (*configv1.Rule, bool
 		}
 		var err error
 		if op.Ports, err = ports(o.Ports); err != nil {
-			return nil, false, &fieldErr{ob + ".ports" + err.(*indexErr).at(), err.(*indexErr).err}
+			return nil, "", &fieldErr{ob + ".ports" + err.(*indexErr).at(), err.(*indexErr).err}
 		}
 		if op.NotPorts, err = ports(o.NotPorts); err != nil {
-			return nil, false, &fieldErr{ob + ".notPorts" + err.(*indexErr).at(), err.(*indexErr).err}
+			return nil, "", &fieldErr{ob + ".notPorts" + err.(*indexErr).at(), err.(*indexErr).err}
 		}
 		rule.To = append(rule.To, op)
 	}
 	for j, c := range r.When {
 		cb := fmt.Sprintf("%s.when[%d]", base, j)
 		if c.Key == "" {
-			return nil, false, &fieldErr{cb + ".key", fmt.Errorf("empty")}
+			return nil, "", &fieldErr{cb + ".key", fmt.Errorf("empty")}
 		}
 		if len(c.Values)+len(c.NotValues) == 0 {
-			return nil, false, &fieldErr{cb, fmt.Errorf("values or notValues must be set")}
+			return nil, "", &fieldErr{cb, fmt.Errorf("values or notValues must be set")}
 		}
 		switch {
 		case c.Key == "source.ip" || c.Key == "remote.ip":
 			for k, v := range append(slices.Clone(c.Values), c.NotValues...) {
 				if _, err := ipBlocks([]string{v}); err != nil {
-					return nil, false, &fieldErr{fmt.Sprintf("%s.values[%d]", cb, k), err.(*indexErr).err}
+					return nil, "", &fieldErr{fmt.Sprintf("%s.values[%d]", cb, k), err.(*indexErr).err}
 				}
 			}
 		case c.Key == "destination.port":
 			for k, v := range append(slices.Clone(c.Values), c.NotValues...) {
 				if n, err := strconv.ParseUint(v, 10, 16); err != nil || n == 0 {
-					return nil, false, &fieldErr{fmt.Sprintf("%s.values[%d]", cb, k), fmt.Errorf("invalid port %q", v)}
+					return nil, "", &fieldErr{fmt.Sprintf("%s.values[%d]", cb, k), fmt.Errorf("invalid port %q", v)}
 				}
 			}
 		case c.Key == "source.namespace" || c.Key == "source.principal":
 		case strings.HasPrefix(c.Key, "request.headers[") && strings.HasSuffix(c.Key, "]") && len(c.Key) > len("request.headers[]"):
 		default:
-			supported = false // request.auth.*, destination.ip, connection.sni, experimental.*
+			notEnforced(cb + ".key") // request.auth.*, destination.ip, connection.sni, experimental.*
 			continue
 		}
 		rule.When = append(rule.When, &configv1.Condition{Key: c.Key, Values: slices.Clone(c.Values), NotValues: slices.Clone(c.NotValues)})
 	}
-	return rule, supported, nil
+	return rule, unenforced, nil
 }
 
 // saPrincipal turns Istio's "namespace/serviceaccount" into a principal.

@@ -62,11 +62,12 @@ func (x *Index) upsertIstio(obj runtime.Object) (handled bool, err error) {
 		x.dirtyAllIstioRoutes()
 		x.dirtyHost(dr.Host)
 	case *istioapi.AuthorizationPolicy:
-		a, err := ConvertIstioAuthorizationPolicy(o, x.opts)
+		a, partial, err := convertIstioAuthz(o, x.opts)
 		if err != nil {
 			return true, x.setErr(KindIstioAuthorizationPolicy, o.Namespace, o.Name, err)
 		}
 		x.setErr(KindIstioAuthorizationPolicy, o.Namespace, o.Name, nil)
+		x.setPartial(errKey(KindIstioAuthorizationPolicy, o.Namespace, o.Name), partial)
 		x.putAuthz(key{o.Namespace, a.Name}, a)
 	case *istioapi.PeerAuthentication:
 		pa, az, err := ConvertIstioPeerAuthentication(o)
@@ -163,6 +164,7 @@ func (x *Index) deleteIstio(kind, ns, name string) {
 		}
 	case KindIstioAuthorizationPolicy:
 		x.putAuthz(key{ns, istioPrefix + name}, nil)
+		x.setPartial(errKey(kind, ns, name), nil)
 	case KindIstioPeerAuthentication:
 		delete(x.peerAuths, key{ns, istioPrefix + name})
 		x.dirtyScope(ns)

@@ -54,6 +54,9 @@ type Problem struct {
 	// Field is the JSON path of the bad field, when known.
 	Field string `json:"field,omitempty"`
 	Error string `json:"error"`
+	// Partial: the object is in force but for Field (an Istio AuthorizationPolicy's rule
+	// that fails closed), rather than refused.
+	Partial bool `json:"partial,omitempty"`
 }
 
 // NewStore returns a Store that maintains idx.
@@ -139,8 +142,8 @@ func (s *Store) Decoded(key string) {
 	}
 }
 
-// Problems lists what the controller refuses now, sorted by object: decoding problems and the
-// model's validation errors.
+// Problems lists what the controller refuses now, sorted by object: decoding problems, the
+// model's validation errors, and the parts of objects in force that it does not apply.
 func (s *Store) Problems() []Problem {
 	out := []Problem{}
 	s.mu.Lock()
@@ -148,10 +151,10 @@ func (s *Store) Problems() []Problem {
 		out = append(out, Problem{Object: k, Error: msg})
 	}
 	s.mu.Unlock()
-	for _, err := range s.idx.Errors() {
+	for _, err := range append(s.idx.Errors(), s.idx.Partial()...) {
 		var oe *model.ObjectError
 		if errors.As(err, &oe) {
-			out = append(out, Problem{Object: oe.Kind + " " + oe.Namespace + "/" + oe.Name, Field: oe.Field, Error: oe.Err.Error()})
+			out = append(out, Problem{Object: oe.Kind + " " + oe.Namespace + "/" + oe.Name, Field: oe.Field, Error: oe.Err.Error(), Partial: oe.Partial})
 			continue
 		}
 		out = append(out, Problem{Error: err.Error()})
