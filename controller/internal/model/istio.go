@@ -691,15 +691,19 @@ func istioHTTPRoute(h istioapi.HTTPRoute, i int, vs *istioapi.VirtualService, op
 	return out, nil
 }
 
-// istioHeaderMatch compiles a header's StringMatch: exact, prefix, or (empty) presence.
+// istioHeaderMatch compiles a header's StringMatch: exact, prefix, regex (RE2, the whole
+// value, as Envoy's safe_regex), or (empty) presence.
 func istioHeaderMatch(name string, h istioapi.StringMatch, invert bool, field string) (*configv1.HeaderMatch, error) {
+	if (h.Exact != "" && h.Prefix != "") || (h.Regex != "" && h.Exact+h.Prefix != "") {
+		return nil, &fieldErr{field, fmt.Errorf("exact, prefix and regex are mutually exclusive")}
+	}
 	if h.Regex != "" {
-		return nil, &fieldErr{field + ".regex", fmt.Errorf("regular expressions are not supported")}
+		if err := checkRegex(h.Regex, field+".regex"); err != nil {
+			return nil, err
+		}
 	}
-	if h.Exact != "" && h.Prefix != "" {
-		return nil, &fieldErr{field, fmt.Errorf("exact and prefix are mutually exclusive")}
-	}
-	return &configv1.HeaderMatch{Name: name, Value: h.Exact, Prefix: h.Prefix, Present: h.Exact == "" && h.Prefix == "", Invert: invert}, nil
+	return &configv1.HeaderMatch{Name: name, Value: h.Exact, Prefix: h.Prefix, Regex: h.Regex, Invert: invert,
+		Present: h.Exact == "" && h.Prefix == "" && h.Regex == ""}, nil
 }
 
 // istioMatch compiles one HTTPMatchRequest (its port apart).
@@ -729,17 +733,31 @@ func istioMatch(m istioapi.HTTPMatchRequest, base string) (*configv1.RouteMatch,
 	for _, name := range slices.Sorted(maps.Keys(m.QueryParams)) {
 		q := m.QueryParams[name]
 		f := base + ".queryParams[" + name + "]"
-		if q.Regex != "" || q.Prefix != "" {
-			return nil, 0, &fieldErr{f, fmt.Errorf("only exact is supported")}
+		switch {
+		case q.Prefix != "":
+			return nil, 0, &fieldErr{f, fmt.Errorf("only exact and regex are supported")}
+		case q.Regex != "" && q.Exact != "":
+			return nil, 0, &fieldErr{f, fmt.Errorf("exact and regex are mutually exclusive")}
+		case q.Regex != "":
+			if err := checkRegex(q.Regex, f+".regex"); err != nil {
+				return nil, 0, err
+			}
 		}
-		out.QueryParams = append(out.QueryParams, &configv1.QueryMatch{Name: name, Value: q.Exact})
+		out.QueryParams = append(out.QueryParams, &configv1.QueryMatch{Name: name, Value: q.Exact, Regex: q.Regex})
 	}
 	if u := m.URI; u != nil {
 		switch {
+		case (u.Exact != "" && u.Prefix != "") || (u.Regex != "" && u.Exact+u.Prefix != ""):
+			return nil, 0, &fieldErr{base + ".uri", fmt.Errorf("exact, prefix and regex are mutually exclusive")}
 		case u.Regex != "":
-			return nil, 0, &fieldErr{base + ".uri.regex", fmt.Errorf("regular expressions are not supported")}
-		case u.Exact != "" && u.Prefix != "":
-			return nil, 0, &fieldErr{base + ".uri", fmt.Errorf("exact and prefix are mutually exclusive")}
+			if err := checkRegex(u.Regex, base+".uri.regex"); err != nil {
+				return nil, 0, err
+			}
+			re := u.Regex
+			if m.IgnoreURICase {
+				re = "(?i)" + re // the waypoint lowers the path it matches
+			}
+			out.Path = &configv1.PathMatch{Kind: &configv1.PathMatch_Regex{Regex: re}}
 		case u.Exact != "":
 			if !strings.HasPrefix(u.Exact, "/") {
 				return nil, 0, &fieldErr{base + ".uri.exact", fmt.Errorf("%q does not start with /", u.Exact)}

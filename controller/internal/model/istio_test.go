@@ -227,10 +227,11 @@ func TestVirtualServiceErrors(t *testing.T) {
 		name, from, to, field, msg string
 	}{
 		{"weights", "weight: 20}", "weight: 10}", "spec.http[1].route", "add up to 90, not 100"},
-		{"regex", `{exact: "true"}`, `{regex: "t.*"}`, "spec.http[0].match[0].headers[x-canary].regex", "regular expressions"},
+		{"regex", `{exact: "true"}`, `{regex: "t(.*"}`, "spec.http[0].match[0].headers[x-canary].regex", "not a regular expression"},
 		{"scheme", `- headers: {x-canary: {exact: "true"}}`, `- scheme: {exact: https}`, "spec.http[0].match[0].scheme", "not supported"},
 		{"query prefix", `- headers: {x-canary: {exact: "true"}}`, `- queryParams: {v: {prefix: "2"}}`, "spec.http[0].match[0].queryParams[v]", "only exact"},
-		{"uri regex", `- headers: {x-canary: {exact: "true"}}`, `- uri: {regex: "/a.*"}`, "spec.http[0].match[0].uri.regex", "regular expressions"},
+		{"uri regex", `- headers: {x-canary: {exact: "true"}}`, `- uri: {regex: "/a(?=b)"}`, "spec.http[0].match[0].uri.regex", "not a regular expression"},
+		{"query regex and exact", `- headers: {x-canary: {exact: "true"}}`, `- queryParams: {v: {exact: "2", regex: "[0-9]"}}`, "spec.http[0].match[0].queryParams[v]", "mutually exclusive"},
 		{"cors regex", "  - name: canary\n", "  - name: canary\n    corsPolicy: {allowOrigins: [{regex: x}]}\n", "spec.http[0].corsPolicy.allowOrigins[0].regex", "regular expressions"},
 		{"delegate", "  - name: canary\n", "  - name: canary\n    delegate: {name: other}\n", "spec.http[0].delegate", "not supported"},
 		{"redirect with route", "  - name: canary\n", "  - name: canary\n    redirect: {uri: /x}\n", "spec.http[0].redirect", "mutually exclusive"},
