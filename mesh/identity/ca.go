@@ -226,7 +226,8 @@ func LoadOrCreateCA(dir string, opts CAOptions) (*CA, error) {
 	if err := writeNew(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return nil, fmt.Errorf("create ca: %w", err)
 	}
-	if err := writeNew(certPath, ca.rootPEM, 0o644); err != nil {
+	// The root alone: ca.rootPEM also holds the extra roots.
+	if err := writeNew(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.signer.Raw}), 0o644); err != nil {
 		return nil, fmt.Errorf("create ca: %w", err)
 	}
 	ca.logLoaded("created root ca", "dir", dir)

@@ -18,7 +18,7 @@ func NewRootPEM(opts CAOptions) (certPEM, keyPEM []byte, err error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("new root: marshal key: %w", err)
 	}
-	return ca.RootPEM(), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.signer.Raw}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
 }
 
 // LoadCA returns the CA of a root certificate and key in PEM form, checked as LoadOrCreateCA

@@ -362,3 +362,28 @@ func TestBundlePEMMatchesCA(t *testing.T) {
 		t.Fatal("BundlePEM of no files succeeded")
 	}
 }
+
+// A dir with extra-roots.pem but no root yet: the controller creates its root, root-cert.pem
+// holds that root alone, and both are trusted after a restart.
+func TestLoadOrCreateCAWithExtraRootsFirst(t *testing.T) {
+	dir := t.TempDir()
+	extra, _ := newRootPEM(t)
+	if err := os.WriteFile(filepath.Join(dir, "extra-roots.pem"), extra, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	created, err := identity.LoadOrCreateCA(dir, identity.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "root-cert.pem"))
+	if err != nil || len(parsePEM(t, b)) != 1 || !parsePEM(t, b)[0].Equal(created.SignerRoot()) {
+		t.Fatalf("root-cert.pem holds %d certificates (%v), want the new root alone", len(parsePEM(t, b)), err)
+	}
+	loaded, err := identity.LoadOrCreateCA(dir, identity.CAOptions{})
+	if err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	if !bytes.Equal(loaded.RootPEM(), created.RootPEM()) || len(loaded.Bundle().X509Authorities()) != 2 {
+		t.Fatal("after a restart the CA does not trust its root and the extra root")
+	}
+}
