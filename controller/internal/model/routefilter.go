@@ -280,6 +280,15 @@ func requestMirror(m *gatewayv1.HTTPRequestMirrorFilter, f, ns, domain string) (
 	return out, nil
 }
 
+// corsStrings are a CORS filter's methods or header names as strings.
+func corsStrings[S ~string](in []S) []string {
+	var out []string
+	for _, v := range in {
+		out = append(out, string(v))
+	}
+	return out
+}
+
 // corsFilter compiles a CORS filter (f is its field path). An origin is "*" or exact: the
 // waypoint matches origins exactly or by prefix, so a wildcard host is refused.
 func corsFilter(c *gatewayv1.HTTPCORSFilter, f string) (*configv1.CorsPolicy, *fieldErr) {
@@ -290,14 +299,20 @@ func corsFilter(c *gatewayv1.HTTPCORSFilter, f string) (*configv1.CorsPolicy, *f
 		}
 		out.AllowOriginsExact = append(out.AllowOriginsExact, string(o))
 	}
-	for _, m := range c.AllowMethods {
-		out.AllowMethods = append(out.AllowMethods, string(m))
-	}
-	for _, h := range c.AllowHeaders {
-		out.AllowHeaders = append(out.AllowHeaders, string(h))
-	}
-	for _, h := range c.ExposeHeaders {
-		out.ExposeHeaders = append(out.ExposeHeaders, string(h))
+	for _, l := range []struct {
+		name string
+		in   []string
+		out  *[]string
+	}{{"allowMethods", corsStrings(c.AllowMethods), &out.AllowMethods}, {"allowHeaders", corsStrings(c.AllowHeaders), &out.AllowHeaders},
+		{"exposeHeaders", corsStrings(c.ExposeHeaders), &out.ExposeHeaders}} {
+		for i, v := range l.in {
+			// With credentials a browser reads "*" literally; Gateway API asks for the
+			// request's own values, which the waypoint does not echo.
+			if v == "*" && out.AllowCredentials {
+				return nil, &fieldErr{fmt.Sprintf("%s.%s[%d]", f, l.name, i), fmt.Errorf("\"*\" with allowCredentials is not supported: list the values")}
+			}
+		}
+		*l.out = l.in
 	}
 	if c.MaxAge < 0 {
 		return nil, &fieldErr{f + ".maxAge", fmt.Errorf("%d is negative", c.MaxAge)}

@@ -247,6 +247,10 @@ func TestHTTPRouteFilterErrors(t *testing.T) {
   - filters: [{type: CORS, cors: {allowOrigins: ["https://app.example.com", "https://*.example.com"]}}]
     backendRefs: [{name: web, port: 80}]
 `, "spec.rules[0].filters[0].cors.allowOrigins[1]"},
+		{"cors wildcard method with credentials", `
+  - filters: [{type: CORS, cors: {allowOrigins: ["https://app.example.com"], allowCredentials: true, allowMethods: ["*"]}}]
+    backendRefs: [{name: web, port: 80}]
+`, "spec.rules[0].filters[0].cors.allowMethods[0]"},
 		{"externalAuth", `
   - filters: [{type: ExternalAuth, externalAuth: {protocol: HTTP, backendRef: {name: auth, port: 80}}}]
     backendRefs: [{name: web, port: 80}]
