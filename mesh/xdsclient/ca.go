@@ -3,7 +3,9 @@ package xdsclient
 import (
 	"context"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -11,6 +13,10 @@ import (
 	cav1 "ambit.dev/proto/ca/v1"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 )
 
 // CAClient asks the controller's CertificateService for certificates. It implements
@@ -69,6 +75,69 @@ func (c *CAClient) CreateCertificate(ctx context.Context, id spiffeid.ID, csrDER
 		c.mu.Unlock()
 	}
 	return chain, nil
+}
+
+// FetchBundle asks the controller for its trust bundle alone and updates the TrustBundle with
+// it. Without a certificate to check the bundle against, it checks it against the
+// controller's own chain, which this connection verified: the bundle must cover it. A proxy
+// holding no certificate calls it when its connection to the controller is new, so that it
+// follows a root rotation too. A controller that does not know the call (Unimplemented) is no
+// error.
+func (c *CAClient) FetchBundle(ctx context.Context) error {
+	if c.trust == nil {
+		return errors.New("fetch trust bundle: no trust bundle to update")
+	}
+	var p peer.Peer
+	resp, err := c.client.GetTrustBundle(ctx, &cav1.GetTrustBundleRequest{}, grpc.Peer(&p))
+	if status.Code(err) == codes.Unimplemented {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("fetch trust bundle: %w", err)
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return errors.New("fetch trust bundle: the controller's connection carries no verified certificate")
+	}
+	chain := make([][]byte, len(info.State.PeerCertificates))
+	for i, c := range info.State.PeerCertificates {
+		chain[i] = c.Raw
+	}
+	if _, err := c.trust.Update([]byte(resp.GetRootBundle()), chain); err != nil {
+		return fmt.Errorf("fetch trust bundle: %w", err)
+	}
+	return nil
+}
+
+// RunBundleRefresh calls FetchBundle whenever kick fires (a proxy kicks it when its config
+// stream connects), retrying a failed call after 1 s, doubling up to 30 s, until it succeeds
+// or kick fires again. It returns nil when ctx ends.
+func (c *CAClient) RunBundleRefresh(ctx context.Context, kick <-chan struct{}, log *slog.Logger) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-kick:
+		}
+		for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+			fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := c.FetchBundle(fctx)
+			cancel()
+			if err == nil || ctx.Err() != nil {
+				break
+			}
+			log.Warn("trust bundle fetch failed", "retry_in", wait, "error", err)
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-kick:
+			case <-t.C:
+			}
+			t.Stop()
+		}
+	}
 }
 
 // RootBundle returns the PEM trust bundle of the last successful response, or nil.

@@ -16,6 +16,7 @@ import (
 	"ambit.dev/mesh/identity"
 	"ambit.dev/mesh/identity/identitytest"
 	cav1 "ambit.dev/proto/ca/v1"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -46,10 +47,18 @@ func (f *fakeCA) CreateCertificate(_ context.Context, req *cav1.CreateCertificat
 	return resp, nil
 }
 
-func serveFakeCA(t *testing.T, f *fakeCA, serving *identity.CA) string {
+func (f *fakeCA) GetTrustBundle(context.Context, *cav1.GetTrustBundleRequest) (*cav1.GetTrustBundleResponse, error) {
+	return &cav1.GetTrustBundleResponse{RootBundle: string(f.bundle)}, nil
+}
+
+// oldController knows CreateCertificate only.
+type oldController struct {
+	cav1.UnimplementedCertificateServiceServer
+}
+
+func serveFakeCA(t *testing.T, f cav1.CertificateServiceServer, serving *identity.CA) string {
 	t.Helper()
-	td := f.ca.TrustDomain()
-	cert := identitytest.Issue(t, serving, ControllerID(td), time.Hour)
+	cert := identitytest.Issue(t, serving, ControllerID(serving.TrustDomain()), time.Hour)
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"}, Certificates: []tls.Certificate{*cert}})))
 	cav1.RegisterCertificateServiceServer(gs, f)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -131,3 +140,69 @@ func TestCAClientUpdatesTrustBundle(t *testing.T) {
 }
 
 var errImpostor = errors.New("impostor")
+
+// FetchBundle, for a proxy without certificates: the bundle must keep a root held now and
+// cover the controller's own chain; a controller that does not know the call changes nothing.
+func TestCAClientFetchBundle(t *testing.T) {
+	newCA := func() *identity.CA {
+		ca, err := identity.NewCA(identity.CAOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ca
+	}
+	ca, next, stranger := newCA(), newCA(), newCA()
+	held := append(ca.RootPEM(), next.RootPEM()...)
+	for _, tc := range []struct {
+		name    string
+		server  cav1.CertificateServiceServer
+		bundle  []byte // what the proxy trusts at first
+		want    []byte // what it trusts afterwards
+		refused bool
+	}{
+		{"a root added", &fakeCA{bundle: held}, ca.RootPEM(), held, false},
+		{"the old root removed", &fakeCA{bundle: ca.RootPEM()}, held, ca.RootPEM(), false},
+		{"not covering the controller", &fakeCA{bundle: append(next.RootPEM(), stranger.RootPEM()...)}, held, held, true},
+		{"an older controller", &oldController{}, ca.RootPEM(), ca.RootPEM(), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := serveFakeCA(t, tc.server, ca)
+			start, err := identity.BundlePEM(identity.CAFiles{ExtraRoots: tc.bundle})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := x509bundleFromPEM(start)
+			if err != nil {
+				t.Fatal(err)
+			}
+			trust := identity.NewTrustBundle(b, nil)
+			cc, err := Dial(DialOptions{Address: addr, Token: StaticToken("t"), Bundle: trust})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cc.Close()
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			err = NewCAClientWithBundle(cc, trust).FetchBundle(ctx)
+			if tc.refused != errors.Is(err, identity.ErrBundleRefused) || !tc.refused && err != nil {
+				t.Fatalf("FetchBundle = %v, refused %t", err, tc.refused)
+			}
+			got, _ := identity.BundlePEM(identity.CAFiles{ExtraRoots: pemOf(trust)})
+			if string(got) != string(tc.want) {
+				t.Fatalf("trusted afterwards: %d roots, not the ones expected", len(trust.Roots()))
+			}
+		})
+	}
+}
+
+func x509bundleFromPEM(b []byte) (*x509bundle.Bundle, error) {
+	return x509bundle.Parse(spiffeid.RequireTrustDomainFromString("cluster.local"), b)
+}
+
+func pemOf(t *identity.TrustBundle) []byte {
+	var out []byte
+	for _, r := range t.Roots() {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+	}
+	return out
+}

@@ -29,9 +29,12 @@ import (
 	"ambit.dev/mesh/identity/identitytest"
 	"ambit.dev/mesh/wait"
 	"ambit.dev/mesh/xdsclient"
+	cav1 "ambit.dev/proto/ca/v1"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 var idA2 = spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/cart")
@@ -94,6 +97,7 @@ func (c *rotController) restart() {
 type rotProxy struct {
 	trust *identity.TrustBundle
 	mgr   *identity.Manager
+	ca    *xdsclient.CAClient
 }
 
 func startRotProxy(t *testing.T, addr, token string, rootCert *x509bundle.Bundle) *rotProxy {
@@ -106,13 +110,14 @@ func startRotProxy(t *testing.T, addr, token string, rootCert *x509bundle.Bundle
 	// Hour-long certificates: nothing is renewed at half-life during the test, so every
 	// move comes from Refresh (a proxy's reaction to a new controller connection) and from
 	// following a new signer.
-	mgr := identity.NewManager(identity.ManagerOptions{Signer: xdsclient.NewCAClientWithBundle(cc, trust), TTL: time.Hour,
+	ca := xdsclient.NewCAClientWithBundle(cc, trust)
+	mgr := identity.NewManager(identity.ManagerOptions{Signer: ca, TTL: time.Hour,
 		MinBackoff: 100 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, SignerChangeSpread: 500 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done; cc.Close() })
-	return &rotProxy{trust: trust, mgr: mgr}
+	return &rotProxy{trust: trust, mgr: mgr, ca: ca}
 }
 
 func (p *rotProxy) cert(t *testing.T, id spiffeid.ID) *tls.Certificate {
@@ -268,7 +273,7 @@ func startTraffic(t *testing.T, a *rotProxy, bundleA x509bundle.Source, server n
 func TestRootRotationUnderTraffic(t *testing.T) {
 	dir := t.TempDir()
 	ctl := &rotController{t: t, caDir: filepath.Join(dir, "ca"), tokens: filepath.Join(dir, "tokens")}
-	if err := EnsureNodeTokens(ctl.tokens, "node-a", "node-b"); err != nil {
+	if err := EnsureNodeTokens(ctl.tokens, "node-a", "node-b", "node-c"); err != nil {
 		t.Fatal(err)
 	}
 	ctl.start()
@@ -287,6 +292,18 @@ func TestRootRotationUnderTraffic(t *testing.T) {
 	}
 	a := startRotProxy(t, ctl.addr, tok("node-a"), rootCert)
 	b := startRotProxy(t, ctl.addr, tok("node-b"), rootCert)
+	// node-c has no workloads, hence no certificate to renew: it follows the rotation by
+	// fetching the bundle alone when its connection is new (ztunnel's RunBundleRefresh), and
+	// must still reach the controller, whose certificate moves to the new root, at the end.
+	idle := startRotProxy(t, ctl.addr, tok("node-c"), rootCert)
+	idleFollows := func(roots ...*x509.Certificate) error {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		defer cancel()
+		if err := idle.ca.FetchBundle(ctx); err != nil {
+			return err
+		}
+		return idle.hasRoots(roots...)
+	}
 	server := echoServer(t, func(h *tls.ClientHelloInfo) (*tls.Certificate, error) { return b.mgr.Certificate(h.Context(), idB) }, b.trust)
 	for _, id := range []spiffeid.ID{idA, idA2} {
 		a.cert(t, id)
@@ -333,20 +350,24 @@ func TestRootRotationUnderTraffic(t *testing.T) {
 		done   func() error
 	}{
 		{"1: the new root is trusted too", func() { write("extra-roots.pem", newPKI.rootPEM) }, func() error {
-			return errors.Join(a.hasRoots(oldRoot, newPKI.root), b.hasRoots(oldRoot, newPKI.root))
+			return errors.Join(a.hasRoots(oldRoot, newPKI.root), b.hasRoots(oldRoot, newPKI.root), idleFollows(oldRoot, newPKI.root))
 		}},
 		{"2: the new CA signs", func() {
 			write("ca-cert.pem", newPKI.interPEM)
 			write("ca-key.pem", newPKI.interKeyPEM)
 			write("cert-chain.pem", append(newPKI.interPEM, newPKI.rootPEM...))
-		}, func() error { return errors.Join(chainsTo(a, idA, idA2), chainsTo(b, idB)) }},
+		}, func() error {
+			return errors.Join(chainsTo(a, idA, idA2), chainsTo(b, idB), idleFollows(oldRoot, newPKI.root))
+		}},
 		{"3: the old root is removed", func() {
 			for _, f := range []string{"root-cert.pem", "root-key.pem", "extra-roots.pem"} {
 				if err := os.Remove(filepath.Join(ctl.caDir, f)); err != nil {
 					t.Fatal(err)
 				}
 			}
-		}, func() error { return errors.Join(a.hasRoots(newPKI.root), b.hasRoots(newPKI.root)) }},
+		}, func() error {
+			return errors.Join(a.hasRoots(newPKI.root), b.hasRoots(newPKI.root), idleFollows(newPKI.root))
+		}},
 	}
 	for _, s := range steps {
 		start, before := time.Now(), tr.ok.Load()
@@ -451,4 +472,27 @@ func mustKey(t *testing.T) *ecdsa.PrivateKey {
 		t.Fatal(err)
 	}
 	return k
+}
+
+// GetTrustBundle answers an authenticated node with the bundle, and no one else.
+func TestGetTrustBundle(t *testing.T) {
+	e := newCAEnv(t)
+	for _, tc := range []struct {
+		name  string
+		token string
+		code  codes.Code
+	}{
+		{"node token", e.token(t, "node-a"), codes.OK},
+		{"unknown token", "forged", codes.Unauthenticated},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := e.client(t, tc.token, spiffeid.ID{}).GetTrustBundle(t.Context(), &cav1.GetTrustBundleRequest{})
+			if status.Code(err) != tc.code {
+				t.Fatalf("GetTrustBundle = %v, want %s", err, tc.code)
+			}
+			if tc.code == codes.OK && resp.GetRootBundle() != string(e.ca.RootPEM()) {
+				t.Fatal("the bundle is not the CA's")
+			}
+		})
+	}
 }

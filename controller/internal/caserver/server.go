@@ -96,6 +96,16 @@ func (s *Server) CreateCertificate(ctx context.Context, req *cav1.CreateCertific
 	return resp, nil
 }
 
+// GetTrustBundle authenticates the caller and returns the trust bundle: the roots
+// CreateCertificate sends too.
+func (s *Server) GetTrustBundle(ctx context.Context, _ *cav1.GetTrustBundleRequest) (*cav1.GetTrustBundleResponse, error) {
+	if _, err := Authenticate(ctx, s.opts.Authenticator); err != nil {
+		s.opts.Logger.Warn("trust bundle refused", "reason", "authentication", "error", err)
+		return nil, toStatus(err)
+	}
+	return &cav1.GetTrustBundleResponse{RootBundle: string(s.opts.CA.RootPEM())}, nil
+}
+
 func (s *Server) sign(caller Caller, req *cav1.CreateCertificateRequest) ([][]byte, spiffeid.ID, error) {
 	block, rest := pem.Decode([]byte(req.GetCsr()))
 	if block == nil || block.Type != "CERTIFICATE REQUEST" || strings.TrimSpace(string(rest)) != "" {

@@ -154,6 +154,90 @@ func (x *CreateCertificateResponse) GetRootBundle() string {
 	return ""
 }
 
+// GetTrustBundleRequest asks for the trust bundle.
+type GetTrustBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTrustBundleRequest) Reset() {
+	*x = GetTrustBundleRequest{}
+	mi := &file_proto_ca_v1_ca_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTrustBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTrustBundleRequest) ProtoMessage() {}
+
+func (x *GetTrustBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ca_v1_ca_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTrustBundleRequest.ProtoReflect.Descriptor instead.
+func (*GetTrustBundleRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ca_v1_ca_proto_rawDescGZIP(), []int{2}
+}
+
+// GetTrustBundleResponse carries the trust bundle.
+type GetTrustBundleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// root_bundle is as in CreateCertificateResponse: every root certificate peers of this trust
+	// domain may chain to, PEM-encoded. The controller's own certificate chains to one of them.
+	RootBundle    string `protobuf:"bytes,1,opt,name=root_bundle,json=rootBundle,proto3" json:"root_bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTrustBundleResponse) Reset() {
+	*x = GetTrustBundleResponse{}
+	mi := &file_proto_ca_v1_ca_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTrustBundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTrustBundleResponse) ProtoMessage() {}
+
+func (x *GetTrustBundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ca_v1_ca_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTrustBundleResponse.ProtoReflect.Descriptor instead.
+func (*GetTrustBundleResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ca_v1_ca_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetTrustBundleResponse) GetRootBundle() string {
+	if x != nil {
+		return x.RootBundle
+	}
+	return ""
+}
+
 var File_proto_ca_v1_ca_proto protoreflect.FileDescriptor
 
 const file_proto_ca_v1_ca_proto_rawDesc = "" +
@@ -167,9 +251,14 @@ const file_proto_ca_v1_ca_proto_rawDesc = "" +
 	"\n" +
 	"cert_chain\x18\x01 \x03(\tR\tcertChain\x12\x1f\n" +
 	"\vroot_bundle\x18\x02 \x01(\tR\n" +
-	"rootBundle2x\n" +
+	"rootBundle\"\x17\n" +
+	"\x15GetTrustBundleRequest\"9\n" +
+	"\x16GetTrustBundleResponse\x12\x1f\n" +
+	"\vroot_bundle\x18\x01 \x01(\tR\n" +
+	"rootBundle2\xd3\x01\n" +
 	"\x12CertificateService\x12b\n" +
-	"\x11CreateCertificate\x12%.ambit.ca.v1.CreateCertificateRequest\x1a&.ambit.ca.v1.CreateCertificateResponseB\x1cZ\x1aambit.dev/proto/ca/v1;cav1b\x06proto3"
+	"\x11CreateCertificate\x12%.ambit.ca.v1.CreateCertificateRequest\x1a&.ambit.ca.v1.CreateCertificateResponse\x12Y\n" +
+	"\x0eGetTrustBundle\x12\".ambit.ca.v1.GetTrustBundleRequest\x1a#.ambit.ca.v1.GetTrustBundleResponseB\x1cZ\x1aambit.dev/proto/ca/v1;cav1b\x06proto3"
 
 var (
 	file_proto_ca_v1_ca_proto_rawDescOnce sync.Once
@@ -183,16 +272,20 @@ func file_proto_ca_v1_ca_proto_rawDescGZIP() []byte {
 	return file_proto_ca_v1_ca_proto_rawDescData
 }
 
-var file_proto_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_proto_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_proto_ca_v1_ca_proto_goTypes = []any{
 	(*CreateCertificateRequest)(nil),  // 0: ambit.ca.v1.CreateCertificateRequest
 	(*CreateCertificateResponse)(nil), // 1: ambit.ca.v1.CreateCertificateResponse
+	(*GetTrustBundleRequest)(nil),     // 2: ambit.ca.v1.GetTrustBundleRequest
+	(*GetTrustBundleResponse)(nil),    // 3: ambit.ca.v1.GetTrustBundleResponse
 }
 var file_proto_ca_v1_ca_proto_depIdxs = []int32{
 	0, // 0: ambit.ca.v1.CertificateService.CreateCertificate:input_type -> ambit.ca.v1.CreateCertificateRequest
-	1, // 1: ambit.ca.v1.CertificateService.CreateCertificate:output_type -> ambit.ca.v1.CreateCertificateResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
+	2, // 1: ambit.ca.v1.CertificateService.GetTrustBundle:input_type -> ambit.ca.v1.GetTrustBundleRequest
+	1, // 2: ambit.ca.v1.CertificateService.CreateCertificate:output_type -> ambit.ca.v1.CreateCertificateResponse
+	3, // 3: ambit.ca.v1.CertificateService.GetTrustBundle:output_type -> ambit.ca.v1.GetTrustBundleResponse
+	2, // [2:4] is the sub-list for method output_type
+	0, // [0:2] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -209,7 +302,7 @@ func file_proto_ca_v1_ca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ca_v1_ca_proto_rawDesc), len(file_proto_ca_v1_ca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	CertificateService_CreateCertificate_FullMethodName = "/ambit.ca.v1.CertificateService/CreateCertificate"
+	CertificateService_GetTrustBundle_FullMethodName    = "/ambit.ca.v1.CertificateService/GetTrustBundle"
 )
 
 // CertificateServiceClient is the client API for CertificateService service.
@@ -46,6 +47,12 @@ const (
 type CertificateServiceClient interface {
 	// CreateCertificate signs the CSR and returns the certificate chain.
 	CreateCertificate(ctx context.Context, in *CreateCertificateRequest, opts ...grpc.CallOption) (*CreateCertificateResponse, error)
+	// GetTrustBundle returns the trust bundle alone, for a proxy that holds no certificate (a
+	// node proxy on a node without workloads): it too must follow a root rotation, since it
+	// verifies the controller's own certificate against the bundle. A proxy calls it whenever its
+	// connection to the controller is new. Authenticated as CreateCertificate; no identity is
+	// needed.
+	GetTrustBundle(ctx context.Context, in *GetTrustBundleRequest, opts ...grpc.CallOption) (*GetTrustBundleResponse, error)
 }
 
 type certificateServiceClient struct {
@@ -60,6 +67,16 @@ func (c *certificateServiceClient) CreateCertificate(ctx context.Context, in *Cr
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreateCertificateResponse)
 	err := c.cc.Invoke(ctx, CertificateService_CreateCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *certificateServiceClient) GetTrustBundle(ctx context.Context, in *GetTrustBundleRequest, opts ...grpc.CallOption) (*GetTrustBundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetTrustBundleResponse)
+	err := c.cc.Invoke(ctx, CertificateService_GetTrustBundle_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -84,6 +101,12 @@ func (c *certificateServiceClient) CreateCertificate(ctx context.Context, in *Cr
 type CertificateServiceServer interface {
 	// CreateCertificate signs the CSR and returns the certificate chain.
 	CreateCertificate(context.Context, *CreateCertificateRequest) (*CreateCertificateResponse, error)
+	// GetTrustBundle returns the trust bundle alone, for a proxy that holds no certificate (a
+	// node proxy on a node without workloads): it too must follow a root rotation, since it
+	// verifies the controller's own certificate against the bundle. A proxy calls it whenever its
+	// connection to the controller is new. Authenticated as CreateCertificate; no identity is
+	// needed.
+	GetTrustBundle(context.Context, *GetTrustBundleRequest) (*GetTrustBundleResponse, error)
 	mustEmbedUnimplementedCertificateServiceServer()
 }
 
@@ -96,6 +119,9 @@ type UnimplementedCertificateServiceServer struct{}
 
 func (UnimplementedCertificateServiceServer) CreateCertificate(context.Context, *CreateCertificateRequest) (*CreateCertificateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateCertificate not implemented")
+}
+func (UnimplementedCertificateServiceServer) GetTrustBundle(context.Context, *GetTrustBundleRequest) (*GetTrustBundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetTrustBundle not implemented")
 }
 func (UnimplementedCertificateServiceServer) mustEmbedUnimplementedCertificateServiceServer() {}
 func (UnimplementedCertificateServiceServer) testEmbeddedByValue()                            {}
@@ -136,6 +162,24 @@ func _CertificateService_CreateCertificate_Handler(srv interface{}, ctx context.
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CertificateService_GetTrustBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetTrustBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CertificateServiceServer).GetTrustBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CertificateService_GetTrustBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CertificateServiceServer).GetTrustBundle(ctx, req.(*GetTrustBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CertificateService_ServiceDesc is the grpc.ServiceDesc for CertificateService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -146,6 +190,10 @@ var CertificateService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateCertificate",
 			Handler:    _CertificateService_CreateCertificate_Handler,
+		},
+		{
+			MethodName: "GetTrustBundle",
+			Handler:    _CertificateService_GetTrustBundle_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -144,8 +144,18 @@ func Run(ctx context.Context, cfg Config) error {
 	// renewals retry at once, and one certificate is renewed to pick up a trust bundle or
 	// signing CA the controller may have been restarted with (a root rotation). certs is
 	// set before the stream runs (src.feed below).
+	// The bundle alone is fetched too, for a node without workloads, which has no
+	// certificate to renew but verifies the controller against the bundle.
 	var certs *identity.Manager
-	src, err := newConfigSource(cfg, td, st, func() { certs.RetryNow(); certs.Refresh() })
+	bundleKick := make(chan struct{}, 1)
+	src, err := newConfigSource(cfg, td, st, func() {
+		certs.RetryNow()
+		certs.Refresh()
+		select {
+		case bundleKick <- struct{}{}:
+		default:
+		}
+	})
 	if err != nil {
 		return err
 	}
@@ -186,6 +196,9 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stopRun()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return certs.Run(gctx) })
+	if src.ca != nil {
+		g.Go(func() error { return src.ca.RunBundleRefresh(gctx, bundleKick, log.With("component", "trust")) })
+	}
 	g.Go(func() error { return src.feed(gctx) })
 	g.Go(func() error { return endpoints.Run(gctx) })
 	g.Go(func() error { return handover.Run(gctx) })
@@ -224,6 +237,7 @@ func (c Config) captureCheck() time.Duration {
 type configSource struct {
 	bundle x509bundle.Source
 	signer identity.Signer
+	ca     *xdsclient.CAClient // the controller's CA; nil standalone
 	sync   *proxyhost.SyncTracker
 	feed   func(context.Context) error // keeps the state in step with the source
 	name   string                      // for the start line
@@ -275,8 +289,9 @@ func newConfigSource(cfg Config, td spiffeid.TrustDomain, st *state.State, onCon
 		cc.Close()
 		return nil, err
 	}
+	ca := xdsclient.NewCAClientWithBundle(cc, bundle)
 	return &configSource{
-		bundle: bundle, signer: xdsclient.NewCAClientWithBundle(cc, bundle), sync: sync,
+		bundle: bundle, signer: ca, ca: ca, sync: sync,
 		feed: client.Run, name: "controller " + cfg.Controller, close: func() { cc.Close() },
 	}, nil
 }
