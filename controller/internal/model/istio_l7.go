@@ -36,8 +36,8 @@ func istioL7(h istioapi.HTTPRoute, base, ns string, opts Options, r *configv1.Ro
 			return &fieldErr{f, fmt.Errorf("redirect and route are mutually exclusive")}
 		case h.Rewrite != nil:
 			return &fieldErr{f, fmt.Errorf("redirect and rewrite are mutually exclusive")}
-		case rd.DerivePort != "":
-			return &fieldErr{f + ".derivePort", fmt.Errorf("not supported")}
+		case rd.DerivePort != "" && rd.Port != 0:
+			return &fieldErr{f + ".derivePort", fmt.Errorf("port and derivePort are mutually exclusive")}
 		case rd.PrefixRewrite != "":
 			return &fieldErr{f + ".prefixRewrite", fmt.Errorf("not supported")}
 		case rd.Scheme != "" && rd.Scheme != "http" && rd.Scheme != "https":
@@ -52,7 +52,12 @@ func istioL7(h istioapi.HTTPRoute, base, ns string, opts Options, r *configv1.Ro
 		default:
 			return &fieldErr{f + ".redirectCode", fmt.Errorf("%d is not 301, 302, 303, 307 or 308", rd.RedirectCode)}
 		}
-		r.Redirect = &configv1.Redirect{Path: rd.URI, Authority: rd.Authority, Port: rd.Port, Scheme: rd.Scheme, Code: rd.RedirectCode}
+		derive, ok := configv1.Redirect_DerivePort_value[rd.DerivePort]
+		if rd.DerivePort == "KEEP" || (!ok && rd.DerivePort != "") {
+			return &fieldErr{f + ".derivePort", fmt.Errorf("%q is not FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT", rd.DerivePort)}
+		}
+		r.Redirect = &configv1.Redirect{Path: rd.URI, Authority: rd.Authority, Port: rd.Port, Scheme: rd.Scheme, Code: rd.RedirectCode,
+			DerivePort: configv1.Redirect_DerivePort(derive)}
 	}
 	if dr := h.DirectResponse; dr != nil {
 		f := base + ".directResponse"
