@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,12 +37,13 @@ import (
 // HBONE_LINK (default "10ms,1") is the one-way delay and loss percentage of each
 // direction: 20 ms round trip, 1% loss each way. HBONE_REQ_SIZE (default 1024) is the size
 // of each request and response, HBONE_EXCHANGES (default 300) the number of exchanges
-// each stream makes. HBONE_TCP_CC (default "<the kernel's default>,reno") lists
-// the congestion controls HTTP/2 runs under, one phase each: quic-go v0.65 always uses
-// NewReno, so the reno phase compares the transports under the same controller, and the
-// default phase compares them as deployed. QLOGDIR also writes full qlog files.
-// HBONE_LINK_INPROC=1 runs the link emulator inside the benchmark's process instead of a
-// helper process (see lossyLink).
+// each stream makes. HBONE_TCP_CC (default "<the kernel's default>,cubic,reno") lists the
+// congestion controls HTTP/2 runs under, one phase each: quic-go v0.65 always uses NewReno
+// with CUBIC's decrease (×0.7 per loss, +1 packet per round trip), which neither Linux
+// controller is exactly (reno: ×0.5; cubic: ×0.7, slower growth at this window), so both
+// bracket it; the default phase compares the transports as deployed. QLOGDIR also writes
+// full qlog files. HBONE_LINK_INPROC=1 runs the link emulator inside the benchmark's
+// process instead of a helper process (see lossyLink).
 func BenchmarkLossyLink(b *testing.B) {
 	spec := envOr("HBONE_LINK", "10ms,1")
 	const streams = 16
@@ -64,7 +66,7 @@ func BenchmarkLossyLink(b *testing.B) {
 	}
 	defaultCC := sysctlIn(b, cli, "net.ipv4.tcp_congestion_control")
 	var phases []phase
-	for _, cc := range strings.Split(envOr("HBONE_TCP_CC", defaultCC+",reno"), ",") {
+	for _, cc := range strings.Split(envOr("HBONE_TCP_CC", defaultCC+",cubic,reno"), ",") {
 		if cc = strings.TrimSpace(cc); cc != "" && !slices.ContainsFunc(phases, func(p phase) bool { return p.cc == cc }) {
 			phases = append(phases, phase{name: "h2-" + cc, proto: ProtocolH2, cc: cc})
 		}
@@ -129,16 +131,33 @@ func BenchmarkLossyLink(b *testing.B) {
 	results := map[string][]time.Duration{}
 	for _, ph := range phases {
 		proto := ph.proto
-		if ph.cc != "" {
-			for _, ns := range []*netns{cli, srv} {
-				run(b, "ip", "netns", "exec", ns.name, "sysctl", "-qw", "net.ipv4.tcp_congestion_control="+ph.cc)
+		// The congestion control is set on the two HBONE sockets (the client's and the
+		// server's listener, whose connections inherit it): a namespace's default may only
+		// be set to one the host allows (reno, unless the host's sysctl lists more), and
+		// the host's sysctls stay as they are.
+		setCC := func(fd uintptr) {
+			if ph.cc != "" {
+				if err := unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, ph.cc); err != nil {
+					b.Errorf("TCP_CONGESTION %s: %v", ph.cc, err)
+				}
 			}
+		}
+		rc, err := tcpLn.(*net.TCPListener).SyscallConn()
+		must(b, err)
+		must(b, rc.Control(setCC))
+		dialCli := func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = cli.do(func() error {
+				d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error { return rc.Control(setCC) }}
+				c, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
 		}
 		client, err := NewClient(ClientConfig{
 			ConnConfig:  ConnConfig{H3HandshakeTimeout: 5 * time.Second},
 			Certificate: func(context.Context, spiffeid.ID) (*tls.Certificate, error) { return ccert, nil },
 			Bundle:      ca.ca.Bundle(),
-			DialContext: dialIn(cli),
+			DialContext: dialCli,
 			ListenPacket: func(_ context.Context, network, _ string) (pc net.PacketConn, err error) {
 				err = cli.do(func() error { pc, err = net.ListenUDP(network, nil); return err })
 				return pc, err
