@@ -23,8 +23,9 @@ func analyzeCommand(o Options) *cobra.Command {
 objects that fail validation (with the JSON path of the bad field: a weight that does not add
 up, a subset no DestinationRule defines, a port that is not a number), Kubernetes objects with a
 field their kind does not have, and config files (lab, local mode) that do not parse; and the
-parts of objects in force that are applied only by failing closed ("applied in part": an Istio
-AuthorizationPolicy's rule with a field ambit does not enforce).
+parts of objects in force that are not applied ("applied in part": an Istio
+AuthorizationPolicy's rule with a field ambit does not enforce, which fails closed; a route's
+backendRef or mirror to a Service that does not exist).
 
 The list comes from the controller's GET /debug/analysis on its metrics port (15014). Which
 controller, as for proxy-status: --controller-debug; the local lab's (--lab, or when a lab is
@@ -90,11 +91,11 @@ func problemsErr(problems []source.Problem) error {
 	}
 	switch refused := len(problems) - partial; {
 	case refused > 0 && partial > 0:
-		return fmt.Errorf("the controller refuses %d object(s) or file(s), each keeping its last good version, and applies %d part(s) of objects in force only by failing closed", refused, partial)
+		return fmt.Errorf("the controller refuses %d object(s) or file(s) (each keeps its last good version) and leaves %d part(s) of objects in force unapplied", refused, partial)
 	case refused > 0:
 		return fmt.Errorf("the controller refuses %d object(s) or file(s); each keeps its last good version", refused)
 	case partial > 0:
-		return fmt.Errorf("the controller applies %d part(s) of objects in force only by failing closed", partial)
+		return fmt.Errorf("the controller leaves %d part(s) of objects in force unapplied", partial)
 	}
 	return nil
 }

@@ -81,8 +81,9 @@ func TestAnalyzeRealController(t *testing.T) {
 
 // TestAnalyzeIstioAndRoutes: Istio's four kinds and Gateway API's two route kinds, each
 // refused for a field ambit does not implement or a value that is wrong, are each listed by
-// `ambitctl analyze -o json` with the object and the field; so is an Istio
-// AuthorizationPolicy in force whose rule fails closed, marked partial ("applied in part").
+// `ambitctl analyze -o json` with the object and the field; so are, marked partial ("applied
+// in part"), an Istio AuthorizationPolicy in force whose rule fails closed and an HTTPRoute in
+// force that mirrors to a Service that does not exist.
 func TestAnalyzeIstioAndRoutes(t *testing.T) {
 	fc := startFolderController(t)
 	const objects = `apiVersion: networking.istio.io/v1
@@ -135,6 +136,15 @@ metadata: {name: jwt, namespace: demo}
 spec:
   rules:
   - from: [{source: {requestPrincipals: ["*"]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shadowed, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: server, port: 80}]
+  rules:
+  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: server-shadow, port: 80}}}]
+    backendRefs: [{name: server, port: 80}]
 `
 	if err := os.WriteFile(filepath.Join(fc.cfgDir, "refused.yaml"), []byte(objects), 0o644); err != nil {
 		t.Fatal(err)
@@ -147,6 +157,7 @@ spec:
 		"HTTPRoute demo/users":                             "spec.rules[0].matches[0].path.value",
 		"GRPCRoute demo/echo":                              "spec.rules[0].filters[0].extensionRef",
 		"AuthorizationPolicy.security.istio.io demo/jwt":   "spec.rules[0].from[0].source.requestPrincipals",
+		"HTTPRoute demo/shadowed":                          "spec.rules[0].filters[0].requestMirror.backendRef",
 	}
 	wait.Until(t, 10*time.Second, "every refused object listed with its field", func() error {
 		js, err := run(t, Options{}, "analyze", "--controller-debug", fc.debugAddr, "--lab-dir", noLab(t), "-o", "json")
@@ -157,7 +168,7 @@ spec:
 		got := map[string]string{}
 		for _, p := range problems {
 			got[p.Object] = p.Field
-			if p.Partial != strings.HasSuffix(p.Object, "demo/jwt") {
+			if p.Partial != (strings.HasSuffix(p.Object, "demo/jwt") || strings.HasSuffix(p.Object, "demo/shadowed")) {
 				return &waitErr{fmt.Sprintf("%s: partial %v\n%s", p.Object, p.Partial, js), err}
 			}
 		}
@@ -170,7 +181,7 @@ spec:
 	})
 	out, err := run(t, Options{}, "analyze", "--controller-debug", fc.debugAddr, "--lab-dir", noLab(t))
 	if err == nil || !strings.Contains(out, "applied in part: not enforced by ambit") || !strings.Contains(err.Error(), "refuses 6 object(s)") ||
-		!strings.Contains(err.Error(), "applies 1 part(s)") {
+		!strings.Contains(err.Error(), "leaves 2 part(s)") || !strings.Contains(out, "Service demo/server-shadow does not exist") {
 		t.Errorf("analyze: %v\n%s", err, out)
 	}
 }

@@ -58,6 +58,10 @@ func (k key) String() string { return k.ns + "/" + k.name }
 
 type routeObj struct {
 	attached []AttachedRoutes
+	// kind and name are the route's (its key's name has the kind in it for a GRPCRoute);
+	// refs its references to backends.
+	kind, name string
+	refs       []ServiceRef
 }
 
 // Index holds the current objects and the resources computed from them. Upsert and Delete
@@ -238,14 +242,14 @@ func (x *Index) Upsert(obj runtime.Object) error {
 			return x.setErr("HTTPRoute", o.Namespace, o.Name, err)
 		}
 		x.setErr("HTTPRoute", o.Namespace, o.Name, nil)
-		x.linkRoute(key{o.Namespace, o.Name}, att)
+		x.linkRoute(key{o.Namespace, o.Name}, routeObj{attached: att, kind: "HTTPRoute", name: o.Name, refs: HTTPRouteRefs(o)})
 	case *gatewayv1.GRPCRoute:
 		att, err := ConvertGRPCRoute(o, x.opts.Domain)
 		if err != nil {
 			return x.setErr("GRPCRoute", o.Namespace, o.Name, err)
 		}
 		x.setErr("GRPCRoute", o.Namespace, o.Name, nil)
-		x.linkRoute(grpcRouteKey(o.Namespace, o.Name), att)
+		x.linkRoute(grpcRouteKey(o.Namespace, o.Name), routeObj{attached: att, kind: "GRPCRoute", name: o.Name, refs: GRPCRouteRefs(o)})
 	case *secv1.AuthorizationPolicy:
 		a, err := ConvertAuthorizationPolicy(o, x.opts.RootNamespace)
 		if err != nil {
@@ -307,11 +311,12 @@ func put2[V any](m map[string]map[string]V, a, b string, v V) {
 // grpcRouteKey is a GRPCRoute's key among the routes, apart from an HTTPRoute of the same name.
 func grpcRouteKey(ns, name string) key { return key{ns, "GRPCRoute/" + name} }
 
-// linkRoute records what route k attaches to its parents, in place of what it attached before.
-func (x *Index) linkRoute(k key, att []AttachedRoutes) {
+// linkRoute records route k, what it attaches to its parents in place of what it attached
+// before.
+func (x *Index) linkRoute(k key, r routeObj) {
 	x.unlinkRoute(k)
-	x.routes[k] = routeObj{attached: att}
-	for _, a := range att {
+	x.routes[k] = r
+	for _, a := range r.attached {
 		if x.byParent[a.Parent] == nil {
 			x.byParent[a.Parent] = map[key]struct{}{}
 		}
@@ -438,7 +443,8 @@ func (x *Index) Errors() []error {
 }
 
 // Partial lists what objects in force leave unapplied (*ObjectError with Partial set): the
-// rules of Istio AuthorizationPolicies that fail closed.
+// rules of Istio AuthorizationPolicies that fail closed, and the references of HTTPRoutes and
+// GRPCRoutes to Services that do not exist (what ResolvedRefs says in Kubernetes).
 func (x *Index) Partial() []error {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
@@ -446,7 +452,7 @@ func (x *Index) Partial() []error {
 	for _, k := range slices.Sorted(maps.Keys(x.partial)) {
 		out = append(out, x.partial[k]...)
 	}
-	return out
+	return append(out, x.unresolvedRefs()...)
 }
 
 // setPartial records the parts of object k left unapplied, in place of the last.

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -431,5 +432,38 @@ func TestTrafficDocGatewayExamples(t *testing.T) {
 		if _, err := ConvertHTTPRoute(r, "cluster.local"); err != nil || len(r.Spec.Rules) == 0 {
 			t.Errorf("example %d: %v\n%s", i, err, b)
 		}
+	}
+}
+
+// TestUnresolvedRouteRefs: in force, a route's references to Services that do not exist are
+// listed by Index.Partial (the lab's ResolvedRefs) naming the field; the Service created, the
+// entry goes.
+func TestUnresolvedRouteRefs(t *testing.T) {
+	x := istioTestIndex(t, webHTTPRoute(t, `
+  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: web-shadow, port: 80}}}]
+    backendRefs: [{name: web, port: 80}, {name: web-v9, port: 80}]
+`))
+	var got []string
+	for _, err := range x.Partial() {
+		var oe *ObjectError
+		if !errors.As(err, &oe) || !oe.Partial {
+			t.Fatalf("%v (%T) is not a partial *ObjectError", err, err)
+		}
+		got = append(got, err.Error())
+	}
+	want := []string{
+		"HTTPRoute demo/web: spec.rules[0].backendRefs[1]: Service demo/web-v9 does not exist",
+		"HTTPRoute demo/web: spec.rules[0].filters[0].requestMirror.backendRef: Service demo/web-shadow does not exist",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") || len(x.Errors()) != 0 {
+		t.Fatalf("Partial() = %q, Errors() = %v; want %q and no error", got, x.Errors(), want)
+	}
+	for _, name := range []string{"web-shadow", "web-v9"} {
+		if err := x.Upsert(service("demo", name, "", nil, nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p := x.Partial(); len(p) != 0 {
+		t.Fatalf("with both Services: %v", p)
 	}
 }

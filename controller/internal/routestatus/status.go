@@ -44,46 +44,20 @@ type Route struct {
 }
 
 // Ref is a reference to a backend and the field path that holds it.
-type Ref struct {
-	Field string
-	gatewayv1.BackendObjectReference
-}
+type Ref = model.ServiceRef
 
 // HTTPRoute is what r's status depends on.
 func HTTPRoute(r *gatewayv1.HTTPRoute, domain string) Route {
 	_, err := model.ConvertHTTPRoute(r, domain)
-	out := Route{Namespace: r.Namespace, Generation: r.Generation, ParentRefs: r.Spec.ParentRefs, Status: r.Status.Parents, Err: err}
-	for i, rule := range r.Spec.Rules {
-		out.Refs = append(out.Refs, ruleRefs(i, len(rule.BackendRefs), func(j int) gatewayv1.BackendObjectReference { return rule.BackendRefs[j].BackendObjectReference },
-			len(rule.Filters), func(k int) *gatewayv1.HTTPRequestMirrorFilter { return rule.Filters[k].RequestMirror })...)
-	}
-	return out
+	return Route{Namespace: r.Namespace, Generation: r.Generation, ParentRefs: r.Spec.ParentRefs, Status: r.Status.Parents,
+		Refs: model.HTTPRouteRefs(r), Err: err}
 }
 
 // GRPCRoute is what r's status depends on.
 func GRPCRoute(r *gatewayv1.GRPCRoute, domain string) Route {
 	_, err := model.ConvertGRPCRoute(r, domain)
-	out := Route{Namespace: r.Namespace, Generation: r.Generation, ParentRefs: r.Spec.ParentRefs, Status: r.Status.Parents, Err: err}
-	for i, rule := range r.Spec.Rules {
-		out.Refs = append(out.Refs, ruleRefs(i, len(rule.BackendRefs), func(j int) gatewayv1.BackendObjectReference { return rule.BackendRefs[j].BackendObjectReference },
-			len(rule.Filters), func(k int) *gatewayv1.HTTPRequestMirrorFilter { return rule.Filters[k].RequestMirror })...)
-	}
-	return out
-}
-
-// ruleRefs are the references of rule i: its n backendRefs, then the backends of those of
-// its m filters that are mirrors (mirror returns nil for another filter).
-func ruleRefs(i, n int, backend func(j int) gatewayv1.BackendObjectReference, m int, mirror func(k int) *gatewayv1.HTTPRequestMirrorFilter) []Ref {
-	var out []Ref
-	for j := range n {
-		out = append(out, Ref{fmt.Sprintf("spec.rules[%d].backendRefs[%d]", i, j), backend(j)})
-	}
-	for k := range m {
-		if f := mirror(k); f != nil {
-			out = append(out, Ref{fmt.Sprintf("spec.rules[%d].filters[%d].requestMirror.backendRef", i, k), f.BackendRef})
-		}
-	}
-	return out
+	return Route{Namespace: r.Namespace, Generation: r.Generation, ParentRefs: r.Spec.ParentRefs, Status: r.Status.Parents,
+		Refs: model.GRPCRouteRefs(r), Err: err}
 }
 
 // Parents is r's status.parents as ambit writes it: the entries of other controllers as they
