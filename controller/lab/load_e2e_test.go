@@ -1,9 +1,11 @@
 package lab
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -194,4 +196,145 @@ func TestLabZtunnel20kTunnels(t *testing.T) {
 		}
 	}
 	t.Logf("%d tunnels opened (each with a round trip) in %v", n, opened.Round(time.Millisecond))
+}
+
+// connectionsHeld is how many connections TestLabWaypoint15kConnections holds through the
+// waypoint (Istio reports about 2,000 for its waypoint).
+const connectionsHeld = 15000
+
+// TestLabWaypoint15kConnections opens 15,000 keep-alive HTTP connections from the client to
+// demo/web, whose service account is bound to the waypoint, makes a request on each and holds
+// them all open: the waypoint then holds 15,000 downstream connections (HBONE streams from
+// the client's ztunnel). A request on connections opened first, in the middle and last still
+// goes through the waypoint; the waypoint's memory per connection is reported, and its files
+// come back when the connections close (but for the pooled HBONE connections that carried
+// them, open until the idle timeout).
+func TestLabWaypoint15kConnections(t *testing.T) {
+	const n = connectionsHeld
+	st := webWaypoint(t)
+	client := pod(t, st, "demo", "client")
+	cur, err := LoadState(e2eOpts.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wp := 0
+	for _, w := range cur.Waypoints {
+		if w.Name == waypoint && w.Namespace == "demo" {
+			wp = w.Proc.PID
+		}
+	}
+	if wp == 0 {
+		t.Fatalf("no waypoint %s in the lab's state", waypoint)
+	}
+	rss0, err := procStatusKB(wp, "VmRSS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fds0, err := fdCount(wp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	request := func(c net.Conn, br *bufio.Reader) error {
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		defer c.SetDeadline(time.Time{})
+		if _, err := io.WriteString(c, "GET /?format=json HTTP/1.1\r\nHost: "+webVIP+"\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != 200 || !strings.Contains(string(b), wpID) {
+			return fmt.Errorf("%s, body %.200q: not answered through the waypoint", resp.Status, b)
+		}
+		return nil
+	}
+	type conn struct {
+		c  net.Conn
+		br *bufio.Reader
+	}
+	conns := make([]conn, n)
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		failed []error
+	)
+	next := make(chan int)
+	start := time.Now()
+	for range 64 {
+		wg.Go(func() {
+			for i := range next {
+				c, err := DialIn(client.NetNS, webVIP+":80", 20*time.Second)
+				var br *bufio.Reader
+				if err == nil {
+					br = bufio.NewReaderSize(c, 1024)
+					err = request(c, br)
+				}
+				if err != nil {
+					mu.Lock()
+					failed = append(failed, fmt.Errorf("connection %d: %w", i, err))
+					mu.Unlock()
+					if c != nil {
+						c.Close()
+					}
+					continue
+				}
+				conns[i] = conn{c, br}
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	opened := time.Since(start)
+	defer func() {
+		for _, c := range conns {
+			if c.c != nil {
+				c.c.Close()
+			}
+		}
+	}()
+	if len(failed) > 0 {
+		t.Fatalf("%d of %d connections failed, first: %v", len(failed), n, failed[0])
+	}
+	time.Sleep(time.Second)
+	rss1, err := procStatusKB(wp, "VmRSS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{0, n / 2, n - 1} {
+		if err := request(conns[i].c, conns[i].br); err != nil {
+			t.Fatalf("connection %d with all %d open: %v", i, n, err)
+		}
+	}
+	for i := range conns {
+		conns[i].c.Close()
+	}
+	conns = nil
+	// The client's ztunnel carried the connections as streams over pooled HBONE connections to
+	// the waypoint, which stay open until they have been idle for the idle timeout.
+	pooled := n/hbone.DefaultClientMaxStreams + 1
+	wait.Until(t, 60*time.Second, fmt.Sprintf("the waypoint's files back to %d and the pooled connections", fds0), func() error {
+		fds, err := fdCount(wp)
+		if err != nil {
+			return err
+		}
+		if fds > fds0+pooled+20 {
+			return fmt.Errorf("%d open", fds)
+		}
+		return nil
+	})
+	per := float64(rss1-rss0) * 1024 / n
+	t.Logf("waypoint: %d → %d kB RSS holding %d connections (%.0f bytes each); opened, each with a request, in %v",
+		rss0, rss1, n, per, opened.Round(time.Millisecond))
+	if per > 64<<10 {
+		t.Errorf("waypoint: %.0f bytes per connection, want well under 64 KiB", per)
+	}
 }
