@@ -387,3 +387,60 @@ func TestLoadOrCreateCAWithExtraRootsFirst(t *testing.T) {
 		t.Fatal("after a restart the CA does not trust its root and the extra root")
 	}
 }
+
+// A second rotation, away from a ca-cert.pem, as docs/operations.md gives it: in step 2 the
+// old root (the first certificate of the bundle) is appended to extra-roots.pem, since it
+// leaves the bundle with the old ca-cert.pem and cert-chain.pem.
+func TestLoadOrCreateCASecondRotation(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, data []byte) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	load := func() *identity.CA {
+		t.Helper()
+		ca, err := identity.LoadOrCreateCA(dir, identity.CAOptions{})
+		if err != nil {
+			t.Fatalf("LoadOrCreateCA: %v", err)
+		}
+		return ca
+	}
+	first, second := newUserPKI(t, time.Now().Add(time.Hour)), newUserPKI(t, time.Now().Add(time.Hour))
+	write("ca-cert.pem", first.interPEM)
+	write("ca-key.pem", first.interKeyPEM)
+	write("cert-chain.pem", first.chainPEM)
+	ca := load()
+	oldPeer := signChain(t, ca, "a", "old")
+	oldRoot := parsePEM(t, ca.RootPEM())[0]
+	if !oldRoot.Equal(first.root) {
+		t.Fatal("the bundle does not start with the signing CA's root")
+	}
+
+	write("extra-roots.pem", second.rootPEM) // 1
+	if n := len(load().Bundle().X509Authorities()); n != 2 {
+		t.Fatalf("step 1: %d roots, want 2", n)
+	}
+	write("ca-cert.pem", second.interPEM) // 2
+	write("ca-key.pem", second.interKeyPEM)
+	write("cert-chain.pem", second.chainPEM)
+	write("extra-roots.pem", append(bytes.Clone(second.rootPEM), certPEM(oldRoot)...))
+	ca = load()
+	if _, err := identity.VerifyPeer(oldPeer, ca.Bundle()); err != nil {
+		t.Fatalf("step 2: a certificate of the old root is refused: %v", err)
+	}
+	if _, err := identity.VerifyPeer(signChain(t, ca, "b", "new"), onlyRoot(second.root)); err != nil {
+		t.Fatalf("step 2: new certificates do not chain to the new root: %v", err)
+	}
+	if err := os.Remove(filepath.Join(dir, "extra-roots.pem")); err != nil { // 3
+		t.Fatal(err)
+	}
+	ca = load()
+	if roots := ca.Bundle().X509Authorities(); len(roots) != 1 || !roots[0].Equal(second.root) {
+		t.Fatalf("step 3: %d roots, want the new root only", len(roots))
+	}
+	if _, err := identity.VerifyPeer(oldPeer, ca.Bundle()); !errors.Is(err, identity.ErrUntrustedChain) {
+		t.Fatalf("step 3: a certificate of the removed root: %v", err)
+	}
+}
