@@ -8,6 +8,8 @@ import (
 	"crypto/tls"
 	"encoding/pem"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"testing"
@@ -15,6 +17,7 @@ import (
 
 	"ambit.dev/mesh/identity"
 	"ambit.dev/mesh/identity/identitytest"
+	"ambit.dev/mesh/wait"
 	cav1 "ambit.dev/proto/ca/v1"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -205,4 +208,51 @@ func pemOf(t *identity.TrustBundle) []byte {
 		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
 	}
 	return out
+}
+
+// RunBundleRefresh fetches the bundle on every kick (a proxy kicks it when its config stream
+// connects) and returns when its context ends.
+func TestRunBundleRefresh(t *testing.T) {
+	ca, err := identity.NewCA(identity.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := identity.NewCA(identity.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeCA{bundle: append(ca.RootPEM(), next.RootPEM()...)}
+	addr := serveFakeCA(t, f, ca)
+	trust := identity.NewTrustBundle(ca.Bundle(), nil)
+	cc, err := Dial(DialOptions{Address: addr, Token: StaticToken("t"), Bundle: trust})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	kick := make(chan struct{}, 1)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- NewCAClientWithBundle(cc, trust).RunBundleRefresh(ctx, kick, slog.New(slog.DiscardHandler))
+	}()
+	time.Sleep(100 * time.Millisecond)
+	if n := len(trust.Roots()); n != 1 {
+		t.Fatalf("%d roots before any kick, want 1", n)
+	}
+	kick <- struct{}{}
+	wait.Until(t, 5*time.Second, "the bundle fetched", func() error {
+		if n := len(trust.Roots()); n != 2 {
+			return fmt.Errorf("%d roots", n)
+		}
+		return nil
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("RunBundleRefresh = %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("RunBundleRefresh did not return after its context ended")
+	}
 }
