@@ -44,7 +44,7 @@ FUZZTIME ?= 20000x
 # Per-binary timeout of go test; the whole of `make test` must stay well under CI's 90 minutes.
 TESTTIMEOUT ?= 10m
 
-.PHONY: kube-apiserver kube-node images bench-hbone help setup build proto proto-check lint unit compat fuzz test demo bench bench-quick e2e-k8s bench-controller clean
+.PHONY: kube-apiserver kube-node images bench-hbone help setup build proto proto-check lint unit compat fuzz test demo bench bench-quick e2e-k8s bench-controller clean soak chaos
 
 help: ## list the targets
 	@echo "usage: make <target>"
@@ -140,6 +140,14 @@ test: setup kube-apiserver kube-node images ## everything CI checks: proto-check
 	@$(MAKE) unit
 	@$(MAKE) compat
 	@$(MAKE) fuzz
+
+SOAK ?= 30m
+
+soak: setup ## the long soak: TestLabSoak for 30 min (SOAK=1h for longer) — mixed HTTP/TCP traffic at a fixed rate through both ztunnels and a waypoint; every call succeeds, RSS, goroutines and files stay flat after the warm-up (root; make test runs 2 min)
+	@cd controller && AMBIT_SOAK=$(SOAK) go test -count=1 -timeout 3h -run '^TestLabSoak$$' -v ./lab/
+
+chaos: setup ## the lab's chaos and load tests three times over: ztunnel kill -9, controller away past half a certificate's life, a lossy and slow bridge (HTTP/2 and HTTP/3), root rotation, 19,000 tunnels, 15,000 waypoint connections (root; make test runs each once)
+	@cd controller && go test -count=3 -timeout 2h -v -run '^TestLab(ZtunnelKill9|ControllerAwayPastHalfLife|LossyBridge|LossyH3|RootRotation|Ztunnel20kTunnels|Waypoint15kConnections)$$' ./lab/
 
 demo: setup build ## the mesh on the local lab, step by step: plaintext, enrol, mTLS with identity, L4 deny and allow, waypoint, 90/10 canary, L7 deny (root; about 1 min warm, 6 cold)
 	@hack/demo.sh
