@@ -42,7 +42,9 @@ FUZZ += ./waypoint/internal/proxy:FuzzPeekSNI:1500x
 FUZZTIME ?= 20000x
 
 # Per-binary timeout of go test; the whole of `make test` must stay well under CI's 90 minutes.
-TESTTIMEOUT ?= 10m
+# The lab's package is the longest (about 8 min with the race detector: the chaos, load and
+# soak tests), and it may first wait for the test clusters to finish (mesh/e2elock).
+TESTTIMEOUT ?= 20m
 
 .PHONY: kube-apiserver kube-node images bench-hbone help setup build proto proto-check lint unit compat fuzz test demo bench bench-quick e2e-k8s bench-controller clean soak chaos
 
