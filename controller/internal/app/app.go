@@ -309,9 +309,10 @@ func startSource(ctx context.Context, cancel context.CancelFunc, g *group, cfg C
 			return nil, err
 		}
 		// The leader is the one writer of the waypoints' objects, the Gateways' status and
-		// the HTTPRoutes' and GRPCRoutes' status.
-		rs := &routestatus.Writer{Kube: clients.Kube, Gateway: clients.Gateway, Domain: deps.Index.Options().Domain,
-			Log: log.With("component", "route-status")}
+		// the status of the routes, Istio's kinds and ambit's policies.
+		rs := &routestatus.Writer{Kube: clients.Kube, Gateway: clients.Gateway, Dynamic: clients.Dynamic, Verdicts: deps.Store,
+			Domain: deps.Index.Options().Domain,
+			Log:    log.With("component", "route-status")}
 		cfg.LeaderTasks = append(slices.Clip(cfg.LeaderTasks), wr.Run, rs.Run)
 		if cfg.LeaderElect {
 			le, err := newElector(cfg, clients.Kube, log.With("component", "leader"), m, cfg.LeaderTasks)

@@ -31,7 +31,7 @@ type VirtualService struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 	Spec              VirtualServiceSpec `json:"spec,omitempty"`
-	Status            json.RawMessage    `json:"status,omitempty"`
+	Status            *IstioStatus       `json:"status,omitempty"`
 }
 
 // VirtualServiceList is a list of VirtualServices.
@@ -233,7 +233,7 @@ type DestinationRule struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 	Spec              DestinationRuleSpec `json:"spec,omitempty"`
-	Status            json.RawMessage     `json:"status,omitempty"`
+	Status            *IstioStatus        `json:"status,omitempty"`
 }
 
 // DestinationRuleList is a list of DestinationRules.
@@ -355,7 +355,7 @@ type AuthorizationPolicy struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 	Spec              AuthorizationPolicySpec `json:"spec,omitempty"`
-	Status            json.RawMessage         `json:"status,omitempty"`
+	Status            *IstioStatus            `json:"status,omitempty"`
 }
 
 // AuthorizationPolicyList is a list of AuthorizationPolicies.
@@ -419,7 +419,7 @@ type PeerAuthentication struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 	Spec              PeerAuthenticationSpec `json:"spec,omitempty"`
-	Status            json.RawMessage        `json:"status,omitempty"`
+	Status            *IstioStatus           `json:"status,omitempty"`
 }
 
 // PeerAuthenticationList is a list of PeerAuthentications.

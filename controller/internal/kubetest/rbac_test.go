@@ -70,6 +70,21 @@ func TestControllerRBAC(t *testing.T) {
 		allow("update", "gateway.networking.k8s.io", res, "apps")
 		deny("patch", "gateway.networking.k8s.io", res, "apps")
 	}
+	// The status of Istio's kinds and ambit's policies, written whole, not their spec (the
+	// update on the object itself is denied above).
+	for _, r := range []struct{ group, resource string }{
+		{"networking.istio.io", "virtualservices/status"}, {"networking.istio.io", "destinationrules/status"},
+		{"security.istio.io", "authorizationpolicies/status"}, {"security.istio.io", "peerauthentications/status"},
+		{"security.ambit.dev", "authorizationpolicies/status"}, {"security.ambit.dev", "peerauthentications/status"},
+	} {
+		allow("update", r.group, r.resource, "apps")
+		deny("patch", r.group, r.resource, "apps")
+		deny("create", r.group, r.resource, "apps")
+	}
+	// Nor the status of kinds it has no verdict on.
+	deny("update", "networking.istio.io", "gateways/status", "apps")
+	deny("update", "networking.istio.io", "serviceentries/status", "apps")
+	deny("update", "security.istio.io", "requestauthentications/status", "apps")
 	// No other workload kind, nor the waypoints' pods directly.
 	deny("create", "", "pods", "apps")
 	deny("patch", "apps", "daemonsets", "apps")

@@ -13,6 +13,9 @@ type ObjectError struct {
 	// Partial says the object is applied but for this field (an Istio AuthorizationPolicy's
 	// rule that fails closed), rather than refused.
 	Partial bool
+	// Unresolved says the field is a reference to something that does not exist (a
+	// VirtualService's subset that no DestinationRule defines): what ResolvedRefs reports.
+	Unresolved bool
 }
 
 func (e *ObjectError) Error() string {

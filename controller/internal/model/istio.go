@@ -1052,8 +1052,10 @@ func resolveIstioRoutes(vss []*IstioVS, parent string, drs map[key]*IstioDR, tcp
 				if sub := ir.subsets[i]; sub != "" {
 					labels, ok := findSubset(drs, b.Hostname, sub)
 					if !ok {
-						return nil, objErr(KindIstioVirtualService, vs.Namespace, vs.Name, ir.subsetField[i],
+						e := objErr(KindIstioVirtualService, vs.Namespace, vs.Name, ir.subsetField[i],
 							"%q is not a subset of any DestinationRule for host %s", sub, b.Hostname)
+						e.Unresolved = true
+						return nil, e
 					}
 					b.Subset, b.SubsetName = labels, sub
 				}
@@ -1062,8 +1064,10 @@ func resolveIstioRoutes(vss []*IstioVS, parent string, drs map[key]*IstioDR, tcp
 				if sub := ir.mirrorSubsets[i]; sub != "" {
 					labels, ok := findSubset(drs, m.Hostname, sub)
 					if !ok {
-						return nil, objErr(KindIstioVirtualService, vs.Namespace, vs.Name, ir.mirrorField[i],
+						e := objErr(KindIstioVirtualService, vs.Namespace, vs.Name, ir.mirrorField[i],
 							"%q is not a subset of any DestinationRule for host %s", sub, m.Hostname)
+						e.Unresolved = true
+						return nil, e
 					}
 					m.Subset, m.SubsetName = labels, sub
 				}

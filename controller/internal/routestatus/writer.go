@@ -9,6 +9,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -20,43 +22,66 @@ import (
 	"ambit.dev/controller/internal/source"
 )
 
-// Writer keeps the status of every HTTPRoute and GRPCRoute current. Run it on the leader
-// only.
+// Writer keeps the status of every HTTPRoute and GRPCRoute current, and, given Dynamic and
+// Verdicts, that of Istio's VirtualServices, DestinationRules, AuthorizationPolicies and
+// PeerAuthentications and of ambit's AuthorizationPolicies and PeerAuthentications. Run it
+// on the leader only.
 type Writer struct {
 	Kube    kubernetes.Interface
 	Gateway gatewayclient.Interface
+	// Dynamic reads and writes the policies' status; nil leaves them alone.
+	Dynamic dynamic.Interface
+	// Verdicts are the model's on the policies (the source.Store); needed with Dynamic.
+	Verdicts Verdicts
 	// Domain is the cluster's DNS domain (cluster.local), for the model's conversion.
 	Domain string
 	Log    *slog.Logger
 }
 
-// routeKind is how the Writer reads and writes the routes of one kind.
-type routeKind struct {
+// statusKind is how the Writer reads and writes the status of the objects of one kind.
+type statusKind struct {
 	kind     string
 	informer cache.SharedIndexInformer
-	// view reads a route from the informer's cache.
-	view func(ns, name string) (Route, error)
-	// update writes parents as the status.parents of the cached route ns/name.
-	update func(ctx context.Context, ns, name string, parents []gatewayv1.RouteParentStatus) error
+	// write brings the status of the cached object up to date, when what it says changed.
+	write func(ctx context.Context, name cache.ObjectName) error
+	// byService: a Service that comes or goes changes the status of the kind's objects of
+	// its namespace (a route's parent or backend).
+	byService bool
+	// byCommit: a commit of the model may change the status of any of the kind's objects
+	// (a policy's verdict).
+	byCommit bool
 }
 
-// item is a route to write the status of: its kind's index in the Writer's kinds, its name.
+// item is an object to write the status of: its kind's index in the Writer's kinds, its name.
 type item struct {
 	kind int
 	name cache.ObjectName
 }
 
-// Run watches HTTPRoutes, GRPCRoutes (when the API server serves them) and Services, and
-// writes the routes' status until ctx ends.
+// Run watches HTTPRoutes, GRPCRoutes (when the API server serves them), the policies (with
+// Dynamic) and Services, and writes their status until ctx ends.
 func (w *Writer) Run(ctx context.Context) error {
 	gf := gatewayinformers.NewSharedInformerFactory(w.Gateway, 0)
 	kf := informers.NewSharedInformerFactory(w.Kube, 0)
-	kinds := []routeKind{w.httpRoutes(gf)}
+	services := kf.Core().V1().Services()
+	exists := func(ns, name string) bool {
+		_, err := services.Lister().Services(ns).Get(name)
+		return err == nil
+	}
+	kinds := []statusKind{w.httpRoutes(gf, exists)}
 	// A cluster may have Gateway API's HTTPRoute CRD without GRPCRoute's.
 	if source.Served(w.Kube.Discovery(), gatewayv1.GroupVersion.String(), "grpcroutes") {
-		kinds = append(kinds, w.grpcRoutes(gf))
+		kinds = append(kinds, w.grpcRoutes(gf, exists))
 	}
-	services := kf.Core().V1().Services()
+	var commits <-chan struct{}
+	problems := &problemIndex{}
+	if w.Dynamic != nil {
+		df := dynamicinformer.NewDynamicSharedInformerFactory(w.Dynamic, 0)
+		kinds = append(kinds, w.policies(df, problems, exists)...)
+		commits = w.Verdicts.SubscribeCommits()
+		df.Start(ctx.Done())
+		defer df.Shutdown()
+	}
 	q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[item]())
 	defer q.ShutDown()
 	synced := []cache.InformerSynced{services.Informer().HasSynced}
@@ -71,18 +96,23 @@ func (w *Writer) Run(ctx context.Context) error {
 		}
 		synced = append(synced, k.informer.HasSynced)
 	}
-	// A Service that comes or goes changes ResolvedRefs (or Accepted) of its namespace's routes.
-	byNamespace := func(o any) {
-		name, err := cache.DeletionHandlingObjectToName(o)
-		if err != nil {
-			return
-		}
+	// enqueueAll adds every object of the kinds that want it, of namespace ns ("" for all).
+	enqueueAll := func(ns string, want func(statusKind) bool) {
 		for i, k := range kinds {
-			_ = cache.ListAllByNamespace(k.informer.GetIndexer(), name.Namespace, labels.Everything(), func(r any) {
+			if !want(k) {
+				continue
+			}
+			_ = cache.ListAllByNamespace(k.informer.GetIndexer(), ns, labels.Everything(), func(r any) {
 				if n, err := cache.ObjectToName(r); err == nil {
 					q.Add(item{i, n})
 				}
 			})
+		}
+	}
+	// A Service that comes or goes changes ResolvedRefs (or Accepted) of its namespace's routes.
+	byNamespace := func(o any) {
+		if name, err := cache.DeletionHandlingObjectToName(o); err == nil {
+			enqueueAll(name.Namespace, func(k statusKind) bool { return k.byService })
 		}
 	}
 	if _, err := services.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: byNamespace, DeleteFunc: byNamespace}); err != nil {
@@ -95,33 +125,40 @@ func (w *Writer) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return ctx.Err()
 	}
-	exists := func(ns, name string) bool {
-		_, err := services.Lister().Services(ns).Get(name)
-		return err == nil
+	if w.Dynamic != nil {
+		problems.refresh(w.Verdicts)
 	}
 	go func() {
-		<-ctx.Done()
-		q.ShutDown()
+		defer q.ShutDown()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-commits: // nil without Dynamic: never
+				problems.refresh(w.Verdicts)
+				enqueueAll("", func(k statusKind) bool { return k.byCommit })
+			}
+		}
 	}()
 	for {
 		it, shutdown := q.Get()
 		if shutdown {
 			return nil
 		}
-		err := w.write(ctx, kinds[it.kind], it.name, exists)
+		err := kinds[it.kind].write(ctx, it.name)
 		switch {
 		case err == nil:
 			q.Forget(it)
 		case ctx.Err() != nil:
 		default:
-			w.Log.Warn("route status", "kind", kinds[it.kind].kind, "route", it.name.String(), "error", err)
+			w.Log.Warn("status", "kind", kinds[it.kind].kind, "object", it.name.String(), "error", err)
 			q.AddRateLimited(it)
 		}
 		q.Done(it)
 	}
 }
 
-func (w *Writer) httpRoutes(gf gatewayinformers.SharedInformerFactory) routeKind {
+func (w *Writer) httpRoutes(gf gatewayinformers.SharedInformerFactory, exists Lookup) statusKind {
 	inf := gf.Gateway().V1().HTTPRoutes()
 	return newKind("HTTPRoute", inf.Informer(), func(ns, name string) (*gatewayv1.HTTPRoute, error) { return inf.Lister().HTTPRoutes(ns).Get(name) },
 		func(r *gatewayv1.HTTPRoute) Route { return HTTPRoute(r, w.Domain) },
@@ -130,10 +167,10 @@ func (w *Writer) httpRoutes(gf gatewayinformers.SharedInformerFactory) routeKind
 			r.Status.Parents = parents
 			_, err := w.Gateway.GatewayV1().HTTPRoutes(r.Namespace).UpdateStatus(ctx, r, metav1.UpdateOptions{FieldManager: fieldManager})
 			return err
-		})
+		}, exists)
 }
 
-func (w *Writer) grpcRoutes(gf gatewayinformers.SharedInformerFactory) routeKind {
+func (w *Writer) grpcRoutes(gf gatewayinformers.SharedInformerFactory, exists Lookup) statusKind {
 	inf := gf.Gateway().V1().GRPCRoutes()
 	return newKind("GRPCRoute", inf.Informer(), func(ns, name string) (*gatewayv1.GRPCRoute, error) { return inf.Lister().GRPCRoutes(ns).Get(name) },
 		func(r *gatewayv1.GRPCRoute) Route { return GRPCRoute(r, w.Domain) },
@@ -142,48 +179,37 @@ func (w *Writer) grpcRoutes(gf gatewayinformers.SharedInformerFactory) routeKind
 			r.Status.Parents = parents
 			_, err := w.Gateway.GatewayV1().GRPCRoutes(r.Namespace).UpdateStatus(ctx, r, metav1.UpdateOptions{FieldManager: fieldManager})
 			return err
-		})
+		}, exists)
 }
 
-// newKind is the routeKind of routes of type T: get reads one from the cache, view is what
+// newKind is the statusKind of routes of type T: get reads one from the cache, view is what
 // its status depends on, update writes a copy with new status.parents.
 func newKind[T any](kind string, inf cache.SharedIndexInformer, get func(ns, name string) (T, error), view func(T) Route,
-	update func(context.Context, T, []gatewayv1.RouteParentStatus) error) routeKind {
-	return routeKind{kind: kind, informer: inf,
-		view: func(ns, name string) (Route, error) {
-			r, err := get(ns, name)
-			if err != nil {
-				return Route{}, err
+	update func(context.Context, T, []gatewayv1.RouteParentStatus) error, exists Lookup) statusKind {
+	return statusKind{kind: kind, informer: inf, byService: true,
+		write: func(ctx context.Context, name cache.ObjectName) error {
+			r, err := get(name.Namespace, name.Name)
+			if apierrors.IsNotFound(err) {
+				return nil
 			}
-			return view(r), nil
-		},
-		update: func(ctx context.Context, ns, name string, parents []gatewayv1.RouteParentStatus) error {
-			r, err := get(ns, name)
 			if err != nil {
 				return err
 			}
-			return update(ctx, r, parents)
+			parents := Parents(view(r), exists, metav1.NewTime(time.Now().Truncate(time.Second)))
+			if Equal(parents, view(r).Status) {
+				return nil
+			}
+			return updateStatus(ctx, func(ctx context.Context) error { return update(ctx, r, parents) })
 		}}
 }
 
 const fieldManager = "ambit-controller"
 
-// write updates the status of one route when what it says changes.
-func (w *Writer) write(ctx context.Context, k routeKind, name cache.ObjectName, exists Lookup) error {
-	r, err := k.view(name.Namespace, name.Name)
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	parents := Parents(r, exists, metav1.NewTime(time.Now().Truncate(time.Second)))
-	if Equal(parents, r.Status) {
-		return nil
-	}
+// updateStatus runs one status update with a timeout; an object gone meanwhile is no error.
+func updateStatus(ctx context.Context, update func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := k.update(ctx, name.Namespace, name.Name, parents); err != nil && !apierrors.IsNotFound(err) {
+	if err := update(ctx); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("update status: %w", err) // a conflict: the informer brings the new version, then again
 	}
 	return nil

@@ -176,6 +176,18 @@ func Served(d discovery.ServerResourcesInterface, groupVersion, resource string)
 }
 
 func (k *Kube) istioResources() map[string]schema.GroupVersionResource {
+	out := IstioResources(k.clients.Kube.Discovery())
+	for kind := range istioapi.Resources {
+		if _, ok := out[kind]; !ok {
+			k.log.Info("Istio kind not served by the API server, not watched", "kind", kind, "group", istioapi.GroupOf(kind))
+		}
+	}
+	return out
+}
+
+// IstioResources finds, by discovery, the Istio kinds the API server d asks serves and the
+// newest version of each, by kind.
+func IstioResources(d discovery.ServerResourcesInterface) map[string]schema.GroupVersionResource {
 	out := map[string]schema.GroupVersionResource{}
 	served := map[string]bool{} // "<group>/<version> <resource>"
 	for _, g := range []string{istioapi.NetworkingGroup, istioapi.SecurityGroup} {
@@ -184,7 +196,7 @@ func (k *Kube) istioResources() map[string]schema.GroupVersionResource {
 			vs = istioapi.SecurityVersions
 		}
 		for _, v := range vs {
-			list, err := k.clients.Kube.Discovery().ServerResourcesForGroupVersion(g + "/" + v)
+			list, err := d.ServerResourcesForGroupVersion(g + "/" + v)
 			if err != nil || list == nil {
 				continue
 			}
@@ -201,16 +213,24 @@ func (k *Kube) istioResources() map[string]schema.GroupVersionResource {
 				break
 			}
 		}
-		if _, ok := out[kind]; !ok {
-			k.log.Info("Istio kind not served by the API server, not watched", "kind", kind, "group", g)
-		}
 	}
 	return out
 }
 
-// fromUnstructured converts strictly: an unknown field is an error that names it.
+// fromUnstructured converts strictly: an unknown field is an error that names it. The status
+// is left out: the model never reads it, and what other controllers (Istio's) write there is
+// no reason to refuse an object.
 func fromUnstructured[T runtime.Object](u *unstructured.Unstructured, out T) (runtime.Object, error) {
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(u.Object, out, true); err != nil {
+	obj := u.Object
+	if _, ok := obj["status"]; ok {
+		obj = make(map[string]any, len(u.Object))
+		for k, v := range u.Object {
+			if k != "status" {
+				obj[k] = v
+			}
+		}
+	}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(obj, out, true); err != nil {
 		kind := u.GetKind()
 		if gk := u.GroupVersionKind().GroupKind(); strings.HasSuffix(gk.Group, ".istio.io") {
 			kind = gk.String() // apart from ambit's kinds of the same name

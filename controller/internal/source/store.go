@@ -38,6 +38,7 @@ type Store struct {
 
 	mu      sync.Mutex
 	subs    []chan struct{}
+	commits []chan struct{}   // told after every commit, changes or not
 	logged  map[string]string // object → last error logged, so a resync does not repeat it
 	refused map[string]string // what did not decode (object or file) → its error
 }
@@ -57,6 +58,9 @@ type Problem struct {
 	// Partial: the object is in force but for Field (an Istio AuthorizationPolicy's rule
 	// that fails closed), rather than refused.
 	Partial bool `json:"partial,omitempty"`
+	// Unresolved: Field is a reference to something that does not exist (a VirtualService's
+	// subset that no DestinationRule defines); the status writer reports it as ResolvedRefs.
+	Unresolved bool `json:"unresolved,omitempty"`
 }
 
 // NewStore returns a Store that maintains idx.
@@ -122,6 +126,7 @@ func (s *Store) report(obj runtime.Object, err error) {
 // Refused records, and logs once, that key (an object, "Kind namespace/name", or a file)
 // could not be decoded; what was last read from it stays in force.
 func (s *Store) Refused(key string, err error) {
+	defer s.poke() // a commit tells SubscribeCommits' subscribers of the new problem
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.refused[key] = err.Error()
@@ -154,7 +159,8 @@ func (s *Store) Problems() []Problem {
 	for _, err := range append(s.idx.Errors(), s.idx.Partial()...) {
 		var oe *model.ObjectError
 		if errors.As(err, &oe) {
-			out = append(out, Problem{Object: oe.Kind + " " + oe.Namespace + "/" + oe.Name, Field: oe.Field, Error: oe.Err.Error(), Partial: oe.Partial})
+			out = append(out, Problem{Object: oe.Kind + " " + oe.Namespace + "/" + oe.Name, Field: oe.Field, Error: oe.Err.Error(), Partial: oe.Partial,
+				Unresolved: oe.Unresolved})
 			continue
 		}
 		out = append(out, Problem{Error: err.Error()})
@@ -213,6 +219,17 @@ func (s *Store) Subscribe() <-chan struct{} {
 	return ch
 }
 
+// SubscribeCommits returns a channel that receives a value (coalesced) after every commit,
+// whether or not it changed a resource: Problems may have changed (an object refused keeps
+// the resources as they were). The status writer reads Problems again then.
+func (s *Store) SubscribeCommits() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	s.mu.Lock()
+	s.commits = append(s.commits, ch)
+	s.mu.Unlock()
+	return ch
+}
+
 // Run commits the index after each burst of changes until ctx ends.
 func (s *Store) Run(ctx context.Context) error {
 	for {
@@ -249,13 +266,20 @@ func (s *Store) commit() {
 	if s.syncReq.Load() {
 		s.synced.Store(true)
 	}
+	s.mu.Lock()
+	notify(s.commits)
+	s.mu.Unlock()
 	if len(changes) == 0 {
 		return
 	}
 	s.log.Debug("model committed", "changes", len(changes), "generation", s.idx.Generation(), "duration", time.Since(start))
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, ch := range s.subs {
+	notify(s.subs)
+}
+
+func notify(chs []chan struct{}) {
+	for _, ch := range chs {
 		select {
 		case ch <- struct{}{}:
 		default:

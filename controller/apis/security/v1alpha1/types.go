@@ -18,12 +18,30 @@ var GroupVersion = schema.GroupVersion{Group: "security.ambit.dev", Version: "v1
 // +genclient
 // +kubebuilder:object:root=true
 // +kubebuilder:resource:shortName=ap
+// +kubebuilder:subresource:status
 // +kubebuilder:printcolumn:name="Action",type=string,JSONPath=`.spec.action`
 type AuthorizationPolicy struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
 	Spec AuthorizationPolicySpec `json:"spec,omitempty"`
+	// Status is written by the controller's leader: whether the policy is in force.
+	// +optional
+	Status PolicyStatus `json:"status,omitempty"`
+}
+
+// PolicyStatus says whether the controller put a policy in force.
+type PolicyStatus struct {
+	// Conditions: Accepted is True (reason Accepted) when the policy is in force, True with
+	// reason PartiallyInvalid when a part of it is not (the message names the field), False
+	// (reason Invalid) when it is refused and its last good version stays in force.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// ObservedGeneration is the generation of the policy the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 }
 
 // AuthorizationPolicySpec is the desired behaviour of an AuthorizationPolicy.
@@ -148,12 +166,16 @@ type AuthorizationPolicyList struct {
 // +genclient
 // +kubebuilder:object:root=true
 // +kubebuilder:resource:shortName=pa
+// +kubebuilder:subresource:status
 // +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.mtls.mode`
 type PeerAuthentication struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
 	Spec PeerAuthenticationSpec `json:"spec,omitempty"`
+	// Status is written by the controller's leader: whether the policy is in force.
+	// +optional
+	Status PolicyStatus `json:"status,omitempty"`
 }
 
 // PeerAuthenticationSpec is the desired behaviour of a PeerAuthentication.

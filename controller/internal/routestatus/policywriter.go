@@ -1,0 +1,172 @@
+package routestatus
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/tools/cache"
+
+	"ambit.dev/controller/internal/istioapi"
+	"ambit.dev/controller/internal/source"
+)
+
+// Verdicts are the model's verdicts on the objects the sources read: the source.Store.
+type Verdicts interface {
+	// Problems lists what the model refuses or applies in part, as analyze shows it.
+	Problems() []source.Problem
+	// SubscribeCommits tells of every commit of the model, which may change Problems.
+	SubscribeCommits() <-chan struct{}
+	// Synced: the model has read every object once; before, no verdict is final.
+	Synced() bool
+}
+
+// problemIndex is the Problems of the last commit by object ("Kind namespace/name"), read
+// once per commit rather than once per object.
+type problemIndex struct {
+	mu sync.Mutex
+	m  map[string][]source.Problem
+}
+
+func (x *problemIndex) refresh(v Verdicts) {
+	m := map[string][]source.Problem{}
+	for _, p := range v.Problems() {
+		m[p.Object] = append(m[p.Object], p)
+	}
+	x.mu.Lock()
+	x.m = m
+	x.mu.Unlock()
+}
+
+func (x *problemIndex) of(object string) []source.Problem {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.m[object]
+}
+
+// policies are the statusKinds of the Istio kinds the API server serves and of ambit's
+// policies.
+func (w *Writer) policies(df dynamicinformer.DynamicSharedInformerFactory, problems *problemIndex, exists Lookup) []statusKind {
+	var out []statusKind
+	istio := source.IstioResources(w.Kube.Discovery())
+	for _, kind := range slices.Sorted(maps.Keys(istio)) {
+		gvr := istio[kind]
+		var missing func(*unstructured.Unstructured) []string
+		switch kind {
+		case "VirtualService":
+			missing = func(u *unstructured.Unstructured) []string {
+				vs := &istioapi.VirtualService{}
+				if runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, vs) != nil {
+					return nil // refused at decode: Accepted says why
+				}
+				return VirtualServiceMissing(vs, w.Domain, exists)
+			}
+		case "DestinationRule":
+			missing = func(u *unstructured.Unstructured) []string {
+				dr := &istioapi.DestinationRule{}
+				if runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, dr) != nil {
+					return nil
+				}
+				return DestinationRuleMissing(dr, w.Domain, exists)
+			}
+		}
+		// The model names Istio's kinds with their group, apart from ambit's of the same name.
+		out = append(out, w.policyKind(df, gvr, kind+"."+gvr.Group, problems, missing))
+	}
+	return append(out,
+		w.policyKind(df, source.AuthorizationPolicyGVR, "AuthorizationPolicy", problems, nil),
+		w.policyKind(df, source.PeerAuthenticationGVR, "PeerAuthentication", problems, nil))
+}
+
+// policyKind is the statusKind of one policy kind, read and written as unstructured objects
+// so that whatever else their status holds (Istio's validationMessages, other controllers'
+// conditions) stays as it is. missing, for a kind with references, lists those that do not
+// resolve.
+func (w *Writer) policyKind(df dynamicinformer.DynamicSharedInformerFactory, gvr schema.GroupVersionResource, kind string,
+	problems *problemIndex, missing func(*unstructured.Unstructured) []string) statusKind {
+	inf := df.ForResource(gvr).Informer()
+	return statusKind{kind: kind, informer: inf, byCommit: true, byService: missing != nil,
+		write: func(ctx context.Context, name cache.ObjectName) error {
+			if !w.Verdicts.Synced() {
+				return nil // the commit that syncs the model enqueues every object again
+			}
+			o, ok, err := inf.GetIndexer().GetByKey(name.String())
+			if err != nil || !ok {
+				return err
+			}
+			u, ok := o.(*unstructured.Unstructured)
+			if !ok {
+				return nil
+			}
+			ours, others, observed := readStatus(u)
+			p := Policy{Generation: u.GetGeneration(), Conditions: ours, Problems: problems.of(kind + " " + name.String()),
+				HasRefs: missing != nil}
+			if missing != nil {
+				p.Missing = missing(u)
+			}
+			conds := PolicyConditions(p, metav1.NewTime(time.Now().Truncate(time.Second)))
+			if ConditionsEqual(conds, ours) && observed == u.GetGeneration() {
+				return nil
+			}
+			u = u.DeepCopy()
+			status, _ := u.Object["status"].(map[string]any)
+			if status == nil {
+				status = map[string]any{}
+			}
+			list := others
+			for i := range conds {
+				m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&conds[i])
+				if err != nil {
+					return err
+				}
+				list = append(list, m)
+			}
+			status["conditions"] = list
+			status["observedGeneration"] = u.GetGeneration()
+			u.Object["status"] = status
+			return updateStatus(ctx, func(ctx context.Context) error {
+				_, err := w.Dynamic.Resource(gvr).Namespace(name.Namespace).UpdateStatus(ctx, u, metav1.UpdateOptions{FieldManager: fieldManager})
+				return err
+			})
+		}}
+}
+
+// readStatus splits u's status.conditions into ambit's (Accepted, ResolvedRefs), in their
+// order, and the others, as they are; observed is status.observedGeneration. The status is
+// read as Istio's (istioapi.IstioStatus), a superset of ambit's policies' status.
+func readStatus(u *unstructured.Unstructured) (ours []metav1.Condition, others []any, observed int64) {
+	raw, _ := u.Object["status"].(map[string]any)
+	if raw == nil {
+		return nil, nil, 0
+	}
+	var st istioapi.IstioStatus
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(raw, &st); err != nil {
+		return nil, nil, 0 // unreadable: written anew
+	}
+	for _, c := range st.Conditions {
+		if c.Type != Accepted && c.Type != ResolvedRefs {
+			continue
+		}
+		mc := metav1.Condition{Type: c.Type, Status: metav1.ConditionStatus(c.Status), Reason: c.Reason, Message: c.Message,
+			ObservedGeneration: int64(c.ObservedGeneration)}
+		if c.LastTransitionTime != nil {
+			mc.LastTransitionTime = *c.LastTransitionTime
+		}
+		ours = append(ours, mc)
+	}
+	list, _ := raw["conditions"].([]any)
+	for _, c := range list {
+		if m, ok := c.(map[string]any); ok && (m["type"] == Accepted || m["type"] == ResolvedRefs) {
+			continue
+		}
+		others = append(others, c)
+	}
+	return ours, others, int64(st.ObservedGeneration)
+}
