@@ -26,29 +26,36 @@ type Verdicts interface {
 	SubscribeCommits() <-chan struct{}
 	// Synced: the model has read every object once; before, no verdict is final.
 	Synced() bool
+	// Generations are the generations of the objects the model last read, by object.
+	Generations() map[string]int64
 }
 
 // problemIndex is the Problems of the last commit by object ("Kind namespace/name"), read
-// once per commit rather than once per object.
+// once per commit rather than once per object, with the generations they are of.
 type problemIndex struct {
-	mu sync.Mutex
-	m  map[string][]source.Problem
+	mu   sync.Mutex
+	m    map[string][]source.Problem
+	gens map[string]int64
 }
 
 func (x *problemIndex) refresh(v Verdicts) {
+	gens := v.Generations() // first: the problems are of these generations or later ones
 	m := map[string][]source.Problem{}
 	for _, p := range v.Problems() {
 		m[p.Object] = append(m[p.Object], p)
 	}
 	x.mu.Lock()
-	x.m = m
+	x.m, x.gens = m, gens
 	x.mu.Unlock()
 }
 
-func (x *problemIndex) of(object string) []source.Problem {
+// of returns the problems of object, and false when the model has not read generation gen of
+// it yet (the informer of the writer ran ahead of the source's): its verdict is to come.
+func (x *problemIndex) of(object string, gen int64) ([]source.Problem, bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	return x.m[object]
+	g, ok := x.gens[object]
+	return x.m[object], ok && g == gen
 }
 
 // policies are the statusKinds of the Istio kinds the API server serves and of ambit's
@@ -105,9 +112,12 @@ func (w *Writer) policyKind(df dynamicinformer.DynamicSharedInformerFactory, gvr
 			if !ok {
 				return nil
 			}
+			probs, current := problems.of(kind+" "+name.String(), u.GetGeneration())
+			if !current {
+				return nil // the commit after the model reads it enqueues it again
+			}
 			ours, others, observed := readStatus(u)
-			p := Policy{Generation: u.GetGeneration(), Conditions: ours, Problems: problems.of(kind + " " + name.String()),
-				HasRefs: missing != nil}
+			p := Policy{Generation: u.GetGeneration(), Conditions: ours, Problems: probs, HasRefs: missing != nil}
 			if missing != nil {
 				p.Missing = missing(u)
 			}

@@ -58,8 +58,8 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 // ResolvedRefs False naming the field; one with a field Istio does not have, refused at
 // decode, gets Accepted False naming it; an Istio AuthorizationPolicy with a rule that fails
 // closed gets PartiallyInvalid; ambit's AuthorizationPolicy gets Accepted, or Invalid naming
-// the field. Fixing the resources flips the conditions (lastTransitionTime with them), and
-// nothing is written when nothing changed.
+// the field. Fixing the resources flips the conditions (lastTransitionTime with them), each
+// generation's status is written once, and nothing is written when nothing changed.
 func TestPolicyStatusRealAPIServer(t *testing.T) {
 	c := kubetest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
@@ -287,6 +287,12 @@ spec:
 		t.Errorf("Accepted flipped, yet lastTransitionTime %v is before the last %v", a.LastTransitionTime, was.LastTransitionTime)
 	}
 	expect(vsGVR, "typo", want{"True", "True", ReasonAccepted, ""})
+	// The new generation's status is written once, when the model has read it: never the
+	// last generation's verdict under the new generation's number first.
+	time.Sleep(500 * time.Millisecond)
+	if n := writes.of(vsGVR, "typo"); n != 2 {
+		t.Errorf("the VirtualService fixed: its status written %d times in all, want 2 (refused, then accepted)", n)
+	}
 	expect(source.AuthorizationPolicyGVR, "bad-port", want{"True", "", ReasonAccepted, ""})
 	// A DestinationRule for a Service that does not exist: ResolvedRefs names the host.
 	if err := c.ApplyYAML(ctx, []byte(`apiVersion: networking.istio.io/v1

@@ -87,7 +87,7 @@ func (k *Kube) Run(ctx context.Context) error {
 				return nil, fmt.Errorf("unexpected %T", o)
 			}
 			return r, nil
-		})); err != nil {
+		}, false)); err != nil {
 			return fmt.Errorf("kube source: add handler: %w", err)
 		}
 		synced = append(synced, inf.HasSynced)
@@ -145,7 +145,7 @@ func (k *Kube) watchDynamic(df dynamicinformer.DynamicSharedInformerFactory, gvr
 			return nil, fmt.Errorf("unexpected %T", o)
 		}
 		return conv(u)
-	})); err != nil {
+	}, true)); err != nil {
 		return fmt.Errorf("kube source: add handler: %w", err)
 	}
 	*synced = append(*synced, inf.HasSynced)
@@ -250,7 +250,9 @@ func dropManagedFields(o any) (any, error) {
 	return o, nil
 }
 
-func (k *Kube) handler(conv func(any) (runtime.Object, error)) cache.ResourceEventHandler {
+// handler feeds the store; generations, for the kinds the status writer writes (Istio's and
+// ambit's policies), records the generation the model read of each object.
+func (k *Kube) handler(conv func(any) (runtime.Object, error), generations bool) cache.ResourceEventHandler {
 	apply := func(o any, del bool) {
 		if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
 			o = t.Obj
@@ -259,12 +261,22 @@ func (k *Kube) handler(conv func(any) (runtime.Object, error)) cache.ResourceEve
 		if ro, ok := o.(runtime.Object); ok {
 			key = objectName(ro)
 		}
+		gen := int64(-1)
+		if m, err := meta.Accessor(o); err == nil && !del {
+			gen = m.GetGeneration()
+		}
+		seen := func() {
+			if generations {
+				k.store.seen(key, gen) // after the verdict: Generations never runs ahead of Problems
+			}
+		}
 		obj, err := conv(o)
 		if err != nil && del {
 			obj, err = metaOnly(o) // a deleted object need not be valid to be forgotten
 		}
 		if err != nil {
 			k.store.Refused(key, err)
+			seen()
 			return
 		}
 		k.store.Decoded(key)
@@ -273,6 +285,7 @@ func (k *Kube) handler(conv func(any) (runtime.Object, error)) cache.ResourceEve
 		} else {
 			k.store.Upsert(obj)
 		}
+		seen()
 	}
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { apply(o, false) },

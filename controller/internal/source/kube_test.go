@@ -185,12 +185,20 @@ func TestKubeSourceIstio(t *testing.T) {
 		!contains(out, "DestinationRule", "not watched") {
 		t.Fatalf("logs do not name the unknown field and the kinds not served:\n%s", out)
 	}
+	// The generations the model read, decoded or refused, for the status writer.
+	const good, bad = "AuthorizationPolicy.security.istio.io demo/good", "AuthorizationPolicy.security.istio.io demo/unknown-field"
+	if g := s.Generations(); len(g) != 2 || g[good] != 0 || g[bad] != 0 {
+		t.Fatalf("generations %v, want %s and %s", g, good, bad)
+	}
 	if err := dyn.Resource(apGVR).Namespace("demo").Delete(ctx, "good", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	wait.Until(t, 5*time.Second, "policy deleted", func() error {
 		if got := authz(); len(got) != 0 {
 			return fmt.Errorf("policies %q", got)
+		}
+		if g := s.Generations(); len(g) != 1 {
+			return fmt.Errorf("generations %v after the delete, want %s only", g, bad)
 		}
 		return nil
 	})

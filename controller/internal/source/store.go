@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
 	"strings"
 	"sync"
@@ -41,6 +42,9 @@ type Store struct {
 	commits []chan struct{}   // told after every commit, changes or not
 	logged  map[string]string // object → last error logged, so a resync does not repeat it
 	refused map[string]string // what did not decode (object or file) → its error
+	// gens are the generations of the Kubernetes objects as the model last read them, so
+	// that a verdict is written into the status of that generation only.
+	gens map[string]int64
 }
 
 // AnalysisPath is where the controller serves Problems, as JSON, on its metrics port.
@@ -71,7 +75,8 @@ func NewStore(idx *model.Index, log *slog.Logger, opts StoreOptions) *Store {
 	if opts.MaxDelay < opts.Debounce {
 		opts.MaxDelay = max(100*time.Millisecond, opts.Debounce)
 	}
-	return &Store{log: log, idx: idx, opts: opts, kick: make(chan struct{}, 1), logged: map[string]string{}, refused: map[string]string{}}
+	return &Store{log: log, idx: idx, opts: opts, kick: make(chan struct{}, 1), logged: map[string]string{}, refused: map[string]string{},
+		gens: map[string]int64{}}
 }
 
 // Index returns the model the store maintains.
@@ -135,6 +140,33 @@ func (s *Store) Refused(key string, err error) {
 	}
 	s.logged[key] = err.Error()
 	s.log.Error("invalid object, keeping its last good version", "object", key, "error", err)
+}
+
+// seen records that the model read generation gen of the Kubernetes object key, or with
+// gen < 0, that the object is gone.
+// A new generation pokes the store: the commit that follows (with the object's own, at once)
+// comes after it, and tells the status writer.
+func (s *Store) seen(key string, gen int64) {
+	s.mu.Lock()
+	old, ok := s.gens[key]
+	if gen < 0 {
+		delete(s.gens, key)
+	} else {
+		s.gens[key] = gen
+	}
+	s.mu.Unlock()
+	if gen != old || !ok {
+		s.poke()
+	}
+}
+
+// Generations are the generations of the Kubernetes objects the model last read (decoded
+// or refused), by object ("Kind namespace/name", as in Problems). Problems read after
+// Generations are of those generations or later ones.
+func (s *Store) Generations() map[string]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.gens)
 }
 
 // Decoded forgets a decoding problem of key: it was read again, or it is gone.
