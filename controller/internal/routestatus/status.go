@@ -5,6 +5,14 @@
 // (every backendRef and mirror is a Service that exists; else which is not). A refused route changes nothing
 // else: the model keeps its last good version (docs/traffic.md). The leader writes; other
 // controllers' entries of the same route are kept.
+//
+// It writes the status of Istio's VirtualServices, DestinationRules, AuthorizationPolicies
+// and PeerAuthentications and of ambit's policies too, in Istio's status shape
+// (status.conditions, status.observedGeneration): Accepted (in force, in force in part, or
+// refused, naming the field) and, for the kinds with references, ResolvedRefs. Their verdicts
+// are the model's, as `ambitctl analyze` lists them (source.Store.Problems), rather than
+// computed again here: subsets resolve against every DestinationRule at the model's commit.
+// One loop (Writer.Run) serves every kind.
 package routestatus
 
 import (
