@@ -57,8 +57,8 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 // ResolvedRefs True; a VirtualService whose subset no DestinationRule defines gets
 // ResolvedRefs False naming the field; one with a field Istio does not have, refused at
 // decode, gets Accepted False naming it; an Istio AuthorizationPolicy with a rule that fails
-// closed gets PartiallyInvalid; ambit's AuthorizationPolicy gets Accepted, or Invalid naming
-// the field. Fixing the resources flips the conditions (lastTransitionTime with them), each
+// closed gets PartiallyInvalid; PeerAuthentications, Istio's and ambit's, and ambit's
+// AuthorizationPolicy get Accepted, or Invalid naming the field. Fixing the resources flips the conditions (lastTransitionTime with them), each
 // generation's status is written once, and nothing is written when nothing changed.
 func TestPolicyStatusRealAPIServer(t *testing.T) {
 	c := kubetest.Start(t)
@@ -154,6 +154,24 @@ spec:
   - from: [{source: {principals: [cluster.local/ns/demo/sa/web]}}]
   - from: [{source: {requestPrincipals: ["issuer/*"]}}]
 ---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: demo}
+spec:
+  mtls: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: bogus, namespace: demo}
+spec:
+  mtls: {mode: BOGUS}
+---
+apiVersion: security.ambit.dev/v1alpha1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: demo}
+spec:
+  mtls: {mode: STRICT}
+---
 apiVersion: security.ambit.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: web, namespace: demo}
@@ -171,7 +189,7 @@ spec:
 		t.Fatal(err)
 	}
 	istio := source.IstioResources(c.Client.Discovery())
-	vsGVR, drGVR, apGVR := istio["VirtualService"], istio["DestinationRule"], istio["AuthorizationPolicy"]
+	vsGVR, drGVR, apGVR, paGVR := istio["VirtualService"], istio["DestinationRule"], istio["AuthorizationPolicy"], istio["PeerAuthentication"]
 	type want struct {
 		accepted, resolved metav1.ConditionStatus // resolved "": no ResolvedRefs condition
 		reason, msg        string                 // Accepted's reason, and a part of a message
@@ -223,6 +241,9 @@ spec:
 	if _, ok := jwt[ResolvedRefs]; ok {
 		t.Errorf("an AuthorizationPolicy has no references, yet ResolvedRefs: %+v", jwt)
 	}
+	expect(paGVR, "strict", want{"True", "", ReasonAccepted, ""})
+	expect(paGVR, "bogus", want{"False", "", ReasonInvalid, "spec.mtls.mode"})
+	expect(source.PeerAuthenticationGVR, "strict", want{"True", "", ReasonAccepted, ""})
 	expect(source.AuthorizationPolicyGVR, "web", want{"True", "", ReasonAccepted, ""})
 	expect(source.AuthorizationPolicyGVR, "bad-port", want{"False", "", ReasonInvalid, "spec.rules[0].to[0].operation.ports[0]"})
 
