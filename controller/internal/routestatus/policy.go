@@ -2,7 +2,6 @@ package routestatus
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -86,22 +85,7 @@ func PolicyConditions(p Policy, now metav1.Time) []metav1.Condition {
 		}
 		conds = append(conds, resolved)
 	}
-	for i := range conds {
-		conds[i].ObservedGeneration = p.Generation
-		conds[i].LastTransitionTime = now
-		if c := findCondition(p.Conditions, conds[i].Type); c != nil && c.Status == conds[i].Status && !c.LastTransitionTime.IsZero() {
-			conds[i].LastTransitionTime = c.LastTransitionTime
-		}
-	}
-	return conds
-}
-
-// ConditionsEqual reports whether two lists of conditions say the same, times aside.
-func ConditionsEqual(a, b []metav1.Condition) bool {
-	return slices.EqualFunc(a, b, func(c, d metav1.Condition) bool {
-		return c.Type == d.Type && c.Status == d.Status && c.Reason == d.Reason && c.Message == d.Message &&
-			c.ObservedGeneration == d.ObservedGeneration
-	})
+	return stamp(conds, p.Conditions, p.Generation, now)
 }
 
 // VirtualServiceMissing lists the destinations and mirrors of vs whose host is a Service of

@@ -69,8 +69,8 @@ func GRPCRoute(r *gatewayv1.GRPCRoute, domain string) Route {
 }
 
 // Parents is r's status.parents as ambit writes it: the entries of other controllers as they
-// are, then one entry of ambit's per parentRef to a Service. A condition that says what it
-// said before keeps its lastTransitionTime.
+// are, then one entry of ambit's per parentRef to a Service. A condition whose status stays
+// keeps its lastTransitionTime.
 func Parents(r Route, services Lookup, now metav1.Time) []gatewayv1.RouteParentStatus {
 	var out []gatewayv1.RouteParentStatus
 	old := map[string]gatewayv1.RouteParentStatus{}
@@ -95,15 +95,7 @@ func Parents(r Route, services Lookup, now metav1.Time) []gatewayv1.RouteParentS
 			accepted.Status, accepted.Reason, accepted.Message = metav1.ConditionFalse, string(gatewayv1.RouteReasonNoMatchingParent),
 				fmt.Sprintf("parent Service %s/%s does not exist", ns, ref.Name)
 		}
-		prev := old[parentKey(ref, r.Namespace)]
-		conds := []metav1.Condition{accepted, resolved}
-		for i := range conds {
-			conds[i].ObservedGeneration = r.Generation
-			conds[i].LastTransitionTime = now
-			if c := findCondition(prev.Conditions, conds[i].Type); c != nil && c.Status == conds[i].Status && c.Reason == conds[i].Reason && c.Message == conds[i].Message {
-				conds[i].LastTransitionTime = c.LastTransitionTime
-			}
-		}
+		conds := stamp([]metav1.Condition{accepted, resolved}, old[parentKey(ref, r.Namespace)].Conditions, r.Generation, now)
 		out = append(out, gatewayv1.RouteParentStatus{ParentRef: ref, ControllerName: ControllerName, Conditions: conds})
 	}
 	return out
@@ -138,11 +130,30 @@ func resolvedRefs(r Route, services Lookup) metav1.Condition {
 func Equal(a, b []gatewayv1.RouteParentStatus) bool {
 	return slices.EqualFunc(a, b, func(x, y gatewayv1.RouteParentStatus) bool {
 		return x.ControllerName == y.ControllerName && parentKey(x.ParentRef, "") == parentKey(y.ParentRef, "") &&
-			slices.EqualFunc(x.Conditions, y.Conditions, func(c, d metav1.Condition) bool {
-				return c.Type == d.Type && c.Status == d.Status && c.Reason == d.Reason && c.Message == d.Message &&
-					c.ObservedGeneration == d.ObservedGeneration
-			})
+			ConditionsEqual(x.Conditions, y.Conditions)
 	})
+}
+
+// ConditionsEqual reports whether two lists of conditions say the same, times aside.
+func ConditionsEqual(a, b []metav1.Condition) bool {
+	return slices.EqualFunc(a, b, func(c, d metav1.Condition) bool {
+		return c.Type == d.Type && c.Status == d.Status && c.Reason == d.Reason && c.Message == d.Message &&
+			c.ObservedGeneration == d.ObservedGeneration
+	})
+}
+
+// stamp sets the observed generation of conds, and their lastTransitionTime: that of the
+// condition of the same type in prev while the status is the same (metav1.Condition's
+// meaning: the time of the last flip), else now.
+func stamp(conds, prev []metav1.Condition, gen int64, now metav1.Time) []metav1.Condition {
+	for i := range conds {
+		conds[i].ObservedGeneration = gen
+		conds[i].LastTransitionTime = now
+		if c := findCondition(prev, conds[i].Type); c != nil && c.Status == conds[i].Status && !c.LastTransitionTime.IsZero() {
+			conds[i].LastTransitionTime = c.LastTransitionTime
+		}
+	}
+	return conds
 }
 
 func findCondition(cs []metav1.Condition, typ string) *metav1.Condition {
