@@ -168,16 +168,17 @@ func versusPeer(rows, l4 []Row, peer string) []Verdict {
 	p := filter(rows, peer)[0]
 	for _, m := range []struct {
 		what, unit string
+		digits     int
 		l4, peer   float64
 	}{
-		{"single-connection throughput", "Gbps", l4[0].ThroughputGbps, p.ThroughputGbps},
-		{"new connections per second", "/s", l4[0].ConnPerSec, p.ConnPerSec},
+		{"single-connection throughput", "Gbps", 2, l4[0].ThroughputGbps, p.ThroughputGbps},
+		{"new connections per second", "/s", 0, l4[0].ConnPerSec, p.ConnPerSec},
 	} {
 		if m.l4 <= 0 || m.peer <= 0 {
 			continue
 		}
 		v := Verdict{Target: "ambit-l4 " + m.what + " vs " + peer, Goal: "≥ " + peer,
-			Measured: fmt.Sprintf("%s vs %s %s", fmtF(m.l4, 2), fmtF(m.peer, 2), m.unit), Met: m.l4 >= m.peer}
+			Measured: fmt.Sprintf("%s vs %s %s", fmtF(m.l4, m.digits), fmtF(m.peer, m.digits), m.unit), Met: m.l4 >= m.peer}
 		if !v.Met {
 			v.Miss = fmt.Sprintf("%.0f%% of %s", m.l4/m.peer*100, peer)
 		}
