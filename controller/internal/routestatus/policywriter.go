@@ -68,21 +68,9 @@ func (w *Writer) policies(df dynamicinformer.DynamicSharedInformerFactory, probl
 		var missing func(*unstructured.Unstructured) []string
 		switch kind {
 		case "VirtualService":
-			missing = func(u *unstructured.Unstructured) []string {
-				vs := &istioapi.VirtualService{}
-				if runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, vs) != nil {
-					return nil // refused at decode: Accepted says why
-				}
-				return VirtualServiceMissing(vs, w.Domain, exists)
-			}
+			missing = refs(func(vs *istioapi.VirtualService) []string { return VirtualServiceMissing(vs, w.Domain, exists) })
 		case "DestinationRule":
-			missing = func(u *unstructured.Unstructured) []string {
-				dr := &istioapi.DestinationRule{}
-				if runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, dr) != nil {
-					return nil
-				}
-				return DestinationRuleMissing(dr, w.Domain, exists)
-			}
+			missing = refs(func(dr *istioapi.DestinationRule) []string { return DestinationRuleMissing(dr, w.Domain, exists) })
 		}
 		// The model names Istio's kinds with their group, apart from ambit's of the same name.
 		out = append(out, w.policyKind(df, gvr, kind+"."+gvr.Group, problems, missing))
@@ -90,6 +78,18 @@ func (w *Writer) policies(df dynamicinformer.DynamicSharedInformerFactory, probl
 	return append(out,
 		w.policyKind(df, source.AuthorizationPolicyGVR, "AuthorizationPolicy", problems, nil),
 		w.policyKind(df, source.PeerAuthenticationGVR, "PeerAuthentication", problems, nil))
+}
+
+// refs reads an object as a T for missing; one that does not read has no references to
+// check (it is refused at decode, and Accepted says why).
+func refs[T any](missing func(*T) []string) func(*unstructured.Unstructured) []string {
+	return func(u *unstructured.Unstructured) []string {
+		o := new(T)
+		if runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, o) != nil {
+			return nil
+		}
+		return missing(o)
+	}
 }
 
 // policyKind is the statusKind of one policy kind, read and written as unstructured objects
