@@ -65,8 +65,8 @@ import (
 	"testing"
 	"time"
 
-	"ambit.dev/mesh/e2elock"
 	"ambit.dev/controller/internal/kubetest"
+	"ambit.dev/mesh/e2elock"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
