@@ -3,19 +3,22 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"ambit.dev/mesh/wait"
 	configv1 "ambit.dev/proto/config/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
 // TestIstioResources: with Istio's CRDs installed, the controller (as its least-privilege
 // ServiceAccount) watches Istio's kinds: a namespace enrolled with istio.io/dataplane-mode,
 // an Istio AuthorizationPolicy pushed to the node's ztunnel as an Authorization, one with a
-// field Istio does not have refused, and deleting the policy removes it.
+// field Istio does not have refused, each with its verdict in its status (Accepted True, or
+// False naming the field), and deleting the policy removes it.
 func TestIstioResources(t *testing.T) {
 	e := newEnv(t)
 	ctx := testCtx(t, 60*time.Second)
@@ -55,6 +58,31 @@ func TestIstioResources(t *testing.T) {
 		t.Fatalf("the policy with a field Istio does not have was pushed: %v", a)
 	}
 	gvr := schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"}
+	// The leader writes each policy's verdict into its status, with the ServiceAccount's
+	// update on authorizationpolicies/status.
+	accepted := func(name string) (status, reason, message string, err error) {
+		u, err := e.c.Dynamic.Resource(gvr).Namespace("apps").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return "", "", "", err
+		}
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		for _, c := range conds {
+			if m, ok := c.(map[string]any); ok && m["type"] == "Accepted" {
+				return fmt.Sprint(m["status"]), fmt.Sprint(m["reason"]), fmt.Sprint(m["message"]), nil
+			}
+		}
+		return "", "", "", fmt.Errorf("no Accepted condition: %v", u.Object["status"])
+	}
+	wait.Until(t, settle, "the policies' status", func() error {
+		if st, reason, msg, err := accepted("deny-plaintext"); err != nil || st != "True" || reason != "Accepted" {
+			return fmt.Errorf("deny-plaintext: Accepted %s %s %q, %v", st, reason, msg, err)
+		}
+		if st, reason, msg, err := accepted("typo"); err != nil || st != "False" || reason != "Invalid" ||
+			!strings.Contains(msg, `unknown field "spec.rules[0].from[0].source.principal"`) {
+			return fmt.Errorf("typo: Accepted %s %s %q, %v", st, reason, msg, err)
+		}
+		return nil
+	})
 	if err := e.c.Dynamic.Resource(gvr).Namespace("apps").Delete(context.Background(), "deny-plaintext", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -150,6 +150,11 @@ func (w *Writer) Run(ctx context.Context) error {
 		case err == nil:
 			q.Forget(it)
 		case ctx.Err() != nil:
+		case apierrors.IsConflict(err):
+			// Written from a cache a step behind our own last write: the informer brings
+			// that version, and the retry finds nothing to write.
+			w.Log.Debug("status conflict", "kind", kinds[it.kind].kind, "object", it.name.String())
+			q.AddRateLimited(it)
 		default:
 			w.Log.Warn("status", "kind", kinds[it.kind].kind, "object", it.name.String(), "error", err)
 			q.AddRateLimited(it)
