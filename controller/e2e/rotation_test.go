@@ -1,14 +1,13 @@
 package e2e
 
 import (
+	"ambit.dev/mesh/identity/identitytest"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
 	"testing"
 	"time"
 
@@ -36,7 +35,8 @@ func TestSecretRootRotation(t *testing.T) {
 	old := e.caSecretObj()
 	oldBundle, _ := e.bundle()
 	oldRoot := oldBundle.X509Authorities()[0]
-	newRoot, inter, interKey := rotationPKI(t)
+	pki := identitytest.NewUserPKI(t, time.Now().Add(365*24*time.Hour))
+	newRoot, inter, interKey := pki.Root, pki.Inter, pki.InterKeyPEM
 	certPEM := func(c *x509.Certificate) []byte {
 		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
@@ -119,42 +119,4 @@ func TestSecretRootRotation(t *testing.T) {
 	if err := certify(octx, dial(t, e.addr, tok, oldBundle), id, oldBundle); err == nil {
 		t.Fatal("a proxy on the old root alone reached the controller after the rotation")
 	}
-}
-
-// rotationPKI makes the user's PKI: a root and an intermediate under it, with the
-// intermediate's key in PEM.
-func rotationPKI(t *testing.T) (root, inter *x509.Certificate, interKeyPEM []byte) {
-	t.Helper()
-	mk := func(tmpl, parent *x509.Certificate, pub, priv any) *x509.Certificate {
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, priv)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	interKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	rootTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "k8s e2e root 2"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(10 * 365 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-	root = mk(rootTmpl, rootTmpl, rootKey.Public(), rootKey)
-	inter = mk(&x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "k8s e2e intermediate 2"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		MaxPathLenZero: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}, root, interKey.Public(), rootKey)
-	der, err := x509.MarshalPKCS8PrivateKey(interKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return root, inter, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }

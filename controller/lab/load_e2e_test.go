@@ -62,6 +62,50 @@ func within(t *testing.T, n int, what string, pids ...int) int {
 	return n
 }
 
+// openAll opens n connections with open, 64 at a time, and returns them in order with the
+// time it took; a failure of any is fatal, after closing those already open.
+func openAll[C any](t *testing.T, n int, open func(i int) (C, error), closeConn func(C)) ([]C, time.Duration) {
+	t.Helper()
+	conns := make([]C, n)
+	ok := make([]bool, n)
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		failed []error
+	)
+	next := make(chan int)
+	start := time.Now()
+	for range 64 {
+		wg.Go(func() {
+			for i := range next {
+				c, err := open(i)
+				if err != nil {
+					mu.Lock()
+					failed = append(failed, fmt.Errorf("connection %d: %w", i, err))
+					mu.Unlock()
+					continue
+				}
+				conns[i], ok[i] = c, true
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	took := time.Since(start)
+	if len(failed) > 0 {
+		for i, c := range conns {
+			if ok[i] {
+				closeConn(c)
+			}
+		}
+		t.Fatalf("%d of %d connections failed, first: %v", len(failed), n, failed[0])
+	}
+	return conns, took
+}
+
 func fdCount(pid int) (int, error) {
 	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	return len(fds), err
@@ -111,59 +155,32 @@ func TestLabZtunnel20kTunnels(t *testing.T) {
 	}
 	before := map[int]usage{src: read(src), dst: read(dst)}
 
-	conns := make([]net.Conn, n)
-	var (
-		wg     sync.WaitGroup
-		mu     sync.Mutex
-		failed []error
-	)
-	next := make(chan int)
-	start := time.Now()
-	for range 64 {
-		wg.Go(func() {
-			for i := range next {
-				c, err := DialIn(client.NetNS, addr, 20*time.Second)
-				if err == nil {
-					msg := fmt.Sprintf("tunnel %d\n", i)
-					_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-					buf := make([]byte, len(msg))
-					if _, err = io.WriteString(c, msg); err == nil {
-						_, err = io.ReadFull(c, buf)
-					}
-					if err == nil && string(buf) != msg {
-						err = fmt.Errorf("echoed %q, want %q", buf, msg)
-					}
-					_ = c.SetDeadline(time.Time{})
-				}
-				if err != nil {
-					mu.Lock()
-					failed = append(failed, fmt.Errorf("tunnel %d: %w", i, err))
-					mu.Unlock()
-					if c != nil {
-						c.Close()
-					}
-					continue
-				}
-				conns[i] = c
-			}
-		})
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	opened := time.Since(start)
+	conns, opened := openAll(t, n, func(i int) (net.Conn, error) {
+		c, err := DialIn(client.NetNS, addr, 20*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		msg := fmt.Sprintf("tunnel %d\n", i)
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		buf := make([]byte, len(msg))
+		if _, err = io.WriteString(c, msg); err == nil {
+			_, err = io.ReadFull(c, buf)
+		}
+		if err == nil && string(buf) != msg {
+			err = fmt.Errorf("echoed %q, want %q", buf, msg)
+		}
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		_ = c.SetDeadline(time.Time{})
+		return c, nil
+	}, func(c net.Conn) { c.Close() })
 	defer func() {
 		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
+			c.Close()
 		}
 	}()
-	if len(failed) > 0 {
-		t.Fatalf("%d of %d tunnels failed, first: %v", len(failed), n, failed[0])
-	}
 	time.Sleep(time.Second) // the ztunnels settle: every stream's buffers in place
 	held := map[int]usage{src: read(src), dst: read(dst)}
 	// every tunnel still carries data after all are open
@@ -181,7 +198,6 @@ func TestLabZtunnel20kTunnels(t *testing.T) {
 	for _, c := range conns {
 		c.Close()
 	}
-	conns = nil
 	// The tunnels' files go; the pooled HBONE connections that carried them (a stream limit
 	// of hbone.DefaultClientMaxStreams each) stay until they have been idle for the HBONE idle
 	// timeout, as they would to serve the next burst.
@@ -273,52 +289,23 @@ func TestLabWaypoint15kConnections(t *testing.T) {
 		c  net.Conn
 		br *bufio.Reader
 	}
-	conns := make([]conn, n)
-	var (
-		wg     sync.WaitGroup
-		mu     sync.Mutex
-		failed []error
-	)
-	next := make(chan int)
-	start := time.Now()
-	for range 64 {
-		wg.Go(func() {
-			for i := range next {
-				c, err := DialIn(client.NetNS, webVIP+":80", 20*time.Second)
-				var br *bufio.Reader
-				if err == nil {
-					br = bufio.NewReaderSize(c, 1024)
-					err = request(c, br)
-				}
-				if err != nil {
-					mu.Lock()
-					failed = append(failed, fmt.Errorf("connection %d: %w", i, err))
-					mu.Unlock()
-					if c != nil {
-						c.Close()
-					}
-					continue
-				}
-				conns[i] = conn{c, br}
-			}
-		})
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	opened := time.Since(start)
+	conns, opened := openAll(t, n, func(int) (conn, error) {
+		c, err := DialIn(client.NetNS, webVIP+":80", 20*time.Second)
+		if err != nil {
+			return conn{}, err
+		}
+		br := bufio.NewReaderSize(c, 1024)
+		if err := request(c, br); err != nil {
+			c.Close()
+			return conn{}, err
+		}
+		return conn{c, br}, nil
+	}, func(c conn) { c.c.Close() })
 	defer func() {
 		for _, c := range conns {
-			if c.c != nil {
-				c.c.Close()
-			}
+			c.c.Close()
 		}
 	}()
-	if len(failed) > 0 {
-		t.Fatalf("%d of %d connections failed, first: %v", len(failed), n, failed[0])
-	}
 	time.Sleep(time.Second)
 	rss1, err := procStatusKB(wp, "VmRSS")
 	if err != nil {
@@ -329,10 +316,9 @@ func TestLabWaypoint15kConnections(t *testing.T) {
 			t.Fatalf("connection %d with all %d open: %v", i, n, err)
 		}
 	}
-	for i := range conns {
-		conns[i].c.Close()
+	for _, c := range conns {
+		c.c.Close()
 	}
-	conns = nil
 	// The client's ztunnel carried the connections as streams over pooled HBONE connections to
 	// the waypoint, which stay open until they have been idle for the idle timeout.
 	pooled := n/hbone.DefaultClientMaxStreams + 1

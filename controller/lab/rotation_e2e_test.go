@@ -1,15 +1,11 @@
 package lab
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
+	"ambit.dev/mesh/identity/identitytest"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
@@ -39,7 +35,8 @@ func TestLabRootRotation(t *testing.T) {
 	defer refreshState(t)
 	caDir := filepath.Join(e2eOpts.Dir, "ca")
 	oldFP := fingerprints(t, filepath.Join(caDir, "root-cert.pem"))
-	newRoot, inter, interKey := newLabPKI(t)
+	pki := identitytest.NewUserPKI(t, time.Now().Add(365*24*time.Hour))
+	newRoot, inter, interKey := pki.Root, pki.Inter, pki.InterKeyPEM
 	newFP := identity.Fingerprint(newRoot)
 	write := func(name string, data []byte) {
 		t.Helper()
@@ -170,42 +167,4 @@ func fingerprints(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return identity.Fingerprint(c)
-}
-
-// newLabPKI makes a root and an intermediate under it, as a user's PKI would (no SPIFFE URI),
-// and returns the root, the intermediate and the intermediate's key in PEM.
-func newLabPKI(t *testing.T) (root, inter *x509.Certificate, interKeyPEM []byte) {
-	t.Helper()
-	key := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	mk := func(tmpl, parent *x509.Certificate, pub, priv any) *x509.Certificate {
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, priv)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	rootKey, interKey := key(), key()
-	now := time.Now()
-	rootTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{Organization: []string{"example"}, CommonName: "e2e mesh root 2"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(10 * 365 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-	root = mk(rootTmpl, rootTmpl, rootKey.Public(), rootKey)
-	inter = mk(&x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{Organization: []string{"example"}, CommonName: "e2e mesh intermediate 2"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		MaxPathLenZero: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}, root, interKey.Public(), rootKey)
-	der, err := x509.MarshalPKCS8PrivateKey(interKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return root, inter, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }

@@ -2,12 +2,9 @@ package identity_test
 
 import (
 	"bytes"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,54 +18,6 @@ import (
 	"ambit.dev/mesh/identity/identitytest"
 	"ambit.dev/mesh/wait"
 )
-
-// userPKI is a CA hierarchy a user brings: a root and an intermediate under it, made the
-// way openssl or cert-manager would, with no SPIFFE URI on either.
-type userPKI struct {
-	rootPEM, interPEM, interKeyPEM, chainPEM []byte
-	root, inter                              *x509.Certificate
-}
-
-func newUserPKI(t testing.TB, interNotAfter time.Time) userPKI {
-	t.Helper()
-	mk := func(tmpl, parent *x509.Certificate, pub, signer any) *x509.Certificate {
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	rootKey, interKey := newKey(t), newKey(t)
-	now := time.Now()
-	rootTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{Organization: []string{"Example Corp"}, CommonName: "Example Root CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(20 * 365 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-	root := mk(rootTmpl, rootTmpl, rootKey.Public(), rootKey)
-	interTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{Organization: []string{"Example Corp"}, CommonName: "mesh intermediate"},
-		NotBefore: now.Add(-time.Hour), NotAfter: interNotAfter, IsCA: true, BasicConstraintsValid: true, MaxPathLenZero: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-	inter := mk(interTmpl, root, interKey.Public(), rootKey)
-	keyDER, err := x509.MarshalECPrivateKey(interKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := userPKI{root: root, inter: inter, rootPEM: certPEM(root), interPEM: certPEM(inter),
-		interKeyPEM: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})}
-	p.chainPEM = append(certPEM(inter), p.rootPEM...) // Istio's cert-chain.pem: ca-cert first
-	return p
-}
-
-func certPEM(cs ...*x509.Certificate) []byte {
-	var out []byte
-	for _, c := range cs {
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	return out
-}
 
 func newRootPEM(t testing.TB) (cert, key []byte) {
 	t.Helper()
@@ -154,15 +103,15 @@ func TestCATrustsExtraRoots(t *testing.T) {
 // leaf outlives the intermediate.
 func TestCASignsWithUserIntermediate(t *testing.T) {
 	interEnd := time.Now().Add(10 * time.Hour)
-	pki := newUserPKI(t, interEnd)
+	pki := identitytest.NewUserPKI(t, interEnd)
 	oldCert, oldKey := newRootPEM(t)
-	ca := loadFiles(t, identity.CAFiles{RootCert: oldCert, RootKey: oldKey, CACert: pki.interPEM, CAKey: pki.interKeyPEM, CertChain: pki.chainPEM})
+	ca := loadFiles(t, identity.CAFiles{RootCert: oldCert, RootKey: oldKey, CACert: pki.InterPEM, CAKey: pki.InterKeyPEM, CertChain: pki.ChainPEM})
 
 	chain := signChain(t, ca, "shop", "web")
-	if len(chain) != 2 || !bytes.Equal(chain[1], pki.inter.Raw) {
+	if len(chain) != 2 || !bytes.Equal(chain[1], pki.Inter.Raw) {
 		t.Fatalf("chain has %d certificates, want the leaf and the intermediate", len(chain))
 	}
-	if _, err := identity.VerifyPeer(chain, onlyRoot(pki.root)); err != nil {
+	if _, err := identity.VerifyPeer(chain, onlyRoot(pki.Root)); err != nil {
 		t.Fatalf("leaf does not verify to the user's root: %v", err)
 	}
 	leaf, _ := x509.ParseCertificate(chain[0])
@@ -170,37 +119,37 @@ func TestCASignsWithUserIntermediate(t *testing.T) {
 		t.Errorf("leaf NotAfter %s outlives the intermediate's %s", leaf.NotAfter, interEnd)
 	}
 	roots := ca.Bundle().X509Authorities()
-	if len(roots) != 2 || !roots[0].Equal(pki.root) || !roots[1].Equal(parsePEM(t, oldCert)[0]) {
+	if len(roots) != 2 || !roots[0].Equal(pki.Root) || !roots[1].Equal(parsePEM(t, oldCert)[0]) {
 		t.Fatalf("bundle = %d roots, want the user's root, then the old root (still trusted while root-cert.pem is there)", len(roots))
 	}
 	// Without cert-chain.pem's leading copy of ca-cert.pem, and as PKCS#8: the same.
-	if _, err := identity.LoadCAFiles(identity.CAFiles{CACert: pki.interPEM, CAKey: pki.interKeyPEM, CertChain: pki.rootPEM}, identity.CAOptions{}); err != nil {
+	if _, err := identity.LoadCAFiles(identity.CAFiles{CACert: pki.InterPEM, CAKey: pki.InterKeyPEM, CertChain: pki.RootPEM}, identity.CAOptions{}); err != nil {
 		t.Fatalf("chain of the root only: %v", err)
 	}
 }
 
 func TestCAFilesRefused(t *testing.T) {
-	pki := newUserPKI(t, time.Now().Add(time.Hour))
-	other := newUserPKI(t, time.Now().Add(time.Hour))
+	pki := identitytest.NewUserPKI(t, time.Now().Add(time.Hour))
+	other := identitytest.NewUserPKI(t, time.Now().Add(time.Hour))
 	rootCert, rootKey := newRootPEM(t)
 	otherTD, otherTDKey, err := identity.NewRootPEM(identity.CAOptions{TrustDomain: mustTD(t, "example.org")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	leafPEM := certPEM(identitytest.NewRawRoot(t, "cluster.local").Leaf(t, "spiffe://cluster.local/ns/a/sa/b").Leaf)
-	expired := newUserPKI(t, time.Now().Add(-time.Minute))
+	leafPEM := identitytest.CertPEM(identitytest.NewRawRoot(t, "cluster.local").Leaf(t, "spiffe://cluster.local/ns/a/sa/b").Leaf)
+	expired := identitytest.NewUserPKI(t, time.Now().Add(-time.Minute))
 	for _, tc := range []struct {
 		name  string
 		files identity.CAFiles
 		want  string
 	}{
-		{"ca key without ca cert", identity.CAFiles{CAKey: pki.interKeyPEM}, "ca-key.pem is there but ca-cert.pem is not"},
-		{"ca cert without key", identity.CAFiles{CACert: pki.interPEM, CertChain: pki.chainPEM}, "ca-cert.pem is there but ca-key.pem is not"},
-		{"key of another ca", identity.CAFiles{CACert: pki.interPEM, CAKey: other.interKeyPEM, CertChain: pki.chainPEM}, "does not match"},
-		{"intermediate without chain", identity.CAFiles{CACert: pki.interPEM, CAKey: pki.interKeyPEM}, "must hold the chain up to the root"},
-		{"chain of another root", identity.CAFiles{CACert: pki.interPEM, CAKey: pki.interKeyPEM, CertChain: other.rootPEM}, "does not verify"},
-		{"chain ending in an intermediate", identity.CAFiles{CACert: pki.interPEM, CAKey: pki.interKeyPEM, CertChain: append(pki.interPEM, other.interPEM...)}, "not a self-signed root"},
-		{"expired intermediate", identity.CAFiles{CACert: expired.interPEM, CAKey: expired.interKeyPEM, CertChain: expired.rootPEM}, "does not verify"},
+		{"ca key without ca cert", identity.CAFiles{CAKey: pki.InterKeyPEM}, "ca-key.pem is there but ca-cert.pem is not"},
+		{"ca cert without key", identity.CAFiles{CACert: pki.InterPEM, CertChain: pki.ChainPEM}, "ca-cert.pem is there but ca-key.pem is not"},
+		{"key of another ca", identity.CAFiles{CACert: pki.InterPEM, CAKey: other.InterKeyPEM, CertChain: pki.ChainPEM}, "does not match"},
+		{"intermediate without chain", identity.CAFiles{CACert: pki.InterPEM, CAKey: pki.InterKeyPEM}, "must hold the chain up to the root"},
+		{"chain of another root", identity.CAFiles{CACert: pki.InterPEM, CAKey: pki.InterKeyPEM, CertChain: other.RootPEM}, "does not verify"},
+		{"chain ending in an intermediate", identity.CAFiles{CACert: pki.InterPEM, CAKey: pki.InterKeyPEM, CertChain: append(pki.InterPEM, other.InterPEM...)}, "not a self-signed root"},
+		{"expired intermediate", identity.CAFiles{CACert: expired.InterPEM, CAKey: expired.InterKeyPEM, CertChain: expired.RootPEM}, "does not verify"},
 		{"ca cert of another trust domain", identity.CAFiles{CACert: otherTD, CAKey: otherTDKey}, `configured "cluster.local"`},
 		{"extra root that is a leaf", identity.CAFiles{RootCert: rootCert, RootKey: rootKey, ExtraRoots: leafPEM}, "not a CA certificate"},
 		{"extra root of another trust domain", identity.CAFiles{RootCert: rootCert, RootKey: rootKey, ExtraRoots: otherTD}, `configured "cluster.local"`},
@@ -235,22 +184,22 @@ func TestLoadOrCreateCARotationSteps(t *testing.T) {
 	}
 	old := load().SignerRoot()
 	oldPeer := signChain(t, load(), "a", "old")
-	pki := newUserPKI(t, time.Now().Add(365*24*time.Hour))
+	pki := identitytest.NewUserPKI(t, time.Now().Add(365*24*time.Hour))
 
 	// 1: trust the new root too; the old one still signs.
-	write("extra-roots.pem", pki.rootPEM)
+	write("extra-roots.pem", pki.RootPEM)
 	ca := load()
 	if !ca.SignerRoot().Equal(old) || len(ca.Bundle().X509Authorities()) != 2 {
 		t.Fatalf("step 1: signer %s, %d roots; want the old root signing and two roots", ca.SignerRoot().Subject, len(ca.Bundle().X509Authorities()))
 	}
 
 	// 2: the new CA signs; the old root is still trusted (root-cert.pem is still there).
-	write("ca-cert.pem", pki.interPEM)
-	write("ca-key.pem", pki.interKeyPEM)
-	write("cert-chain.pem", pki.chainPEM)
+	write("ca-cert.pem", pki.InterPEM)
+	write("ca-key.pem", pki.InterKeyPEM)
+	write("cert-chain.pem", pki.ChainPEM)
 	ca = load()
 	newPeer := signChain(t, ca, "b", "new")
-	if _, err := identity.VerifyPeer(newPeer, onlyRoot(pki.root)); err != nil {
+	if _, err := identity.VerifyPeer(newPeer, onlyRoot(pki.Root)); err != nil {
 		t.Fatalf("step 2: new certificates do not chain to the new root: %v", err)
 	}
 	if _, err := identity.VerifyPeer(oldPeer, ca.Bundle()); err != nil {
@@ -264,7 +213,7 @@ func TestLoadOrCreateCARotationSteps(t *testing.T) {
 		}
 	}
 	ca = load()
-	if roots := ca.Bundle().X509Authorities(); len(roots) != 1 || !roots[0].Equal(pki.root) {
+	if roots := ca.Bundle().X509Authorities(); len(roots) != 1 || !roots[0].Equal(pki.Root) {
 		t.Fatalf("step 3: bundle has %d roots, want the new root only", len(roots))
 	}
 	if _, err := identity.VerifyPeer(oldPeer, ca.Bundle()); !errors.Is(err, identity.ErrUntrustedChain) {
@@ -343,12 +292,12 @@ func TestManagerFollowsSignerChange(t *testing.T) {
 func TestBundlePEMMatchesCA(t *testing.T) {
 	oldCert, oldKey := newRootPEM(t)
 	newCert, newKey := newRootPEM(t)
-	pki := newUserPKI(t, time.Now().Add(time.Hour))
+	pki := identitytest.NewUserPKI(t, time.Now().Add(time.Hour))
 	for name, f := range map[string]identity.CAFiles{
 		"ambit root":          {RootCert: oldCert, RootKey: oldKey},
-		"extra root":          {RootCert: oldCert, RootKey: oldKey, ExtraRoots: append(bytes.Clone(newCert), pki.rootPEM...)},
+		"extra root":          {RootCert: oldCert, RootKey: oldKey, ExtraRoots: append(bytes.Clone(newCert), pki.RootPEM...)},
 		"new self-signed ca":  {RootCert: oldCert, RootKey: oldKey, CACert: newCert, CAKey: newKey},
-		"user's intermediate": {RootCert: oldCert, CACert: pki.interPEM, CAKey: pki.interKeyPEM, CertChain: pki.chainPEM, ExtraRoots: pki.rootPEM},
+		"user's intermediate": {RootCert: oldCert, CACert: pki.InterPEM, CAKey: pki.InterKeyPEM, CertChain: pki.ChainPEM, ExtraRoots: pki.RootPEM},
 	} {
 		got, err := identity.BundlePEM(f)
 		if err != nil {
@@ -407,37 +356,37 @@ func TestLoadOrCreateCASecondRotation(t *testing.T) {
 		}
 		return ca
 	}
-	first, second := newUserPKI(t, time.Now().Add(time.Hour)), newUserPKI(t, time.Now().Add(time.Hour))
-	write("ca-cert.pem", first.interPEM)
-	write("ca-key.pem", first.interKeyPEM)
-	write("cert-chain.pem", first.chainPEM)
+	first, second := identitytest.NewUserPKI(t, time.Now().Add(time.Hour)), identitytest.NewUserPKI(t, time.Now().Add(time.Hour))
+	write("ca-cert.pem", first.InterPEM)
+	write("ca-key.pem", first.InterKeyPEM)
+	write("cert-chain.pem", first.ChainPEM)
 	ca := load()
 	oldPeer := signChain(t, ca, "a", "old")
 	oldRoot := parsePEM(t, ca.RootPEM())[0]
-	if !oldRoot.Equal(first.root) {
+	if !oldRoot.Equal(first.Root) {
 		t.Fatal("the bundle does not start with the signing CA's root")
 	}
 
-	write("extra-roots.pem", second.rootPEM) // 1
+	write("extra-roots.pem", second.RootPEM) // 1
 	if n := len(load().Bundle().X509Authorities()); n != 2 {
 		t.Fatalf("step 1: %d roots, want 2", n)
 	}
-	write("ca-cert.pem", second.interPEM) // 2
-	write("ca-key.pem", second.interKeyPEM)
-	write("cert-chain.pem", second.chainPEM)
-	write("extra-roots.pem", append(bytes.Clone(second.rootPEM), certPEM(oldRoot)...))
+	write("ca-cert.pem", second.InterPEM) // 2
+	write("ca-key.pem", second.InterKeyPEM)
+	write("cert-chain.pem", second.ChainPEM)
+	write("extra-roots.pem", append(bytes.Clone(second.RootPEM), identitytest.CertPEM(oldRoot)...))
 	ca = load()
 	if _, err := identity.VerifyPeer(oldPeer, ca.Bundle()); err != nil {
 		t.Fatalf("step 2: a certificate of the old root is refused: %v", err)
 	}
-	if _, err := identity.VerifyPeer(signChain(t, ca, "b", "new"), onlyRoot(second.root)); err != nil {
+	if _, err := identity.VerifyPeer(signChain(t, ca, "b", "new"), onlyRoot(second.Root)); err != nil {
 		t.Fatalf("step 2: new certificates do not chain to the new root: %v", err)
 	}
 	if err := os.Remove(filepath.Join(dir, "extra-roots.pem")); err != nil { // 3
 		t.Fatal(err)
 	}
 	ca = load()
-	if roots := ca.Bundle().X509Authorities(); len(roots) != 1 || !roots[0].Equal(second.root) {
+	if roots := ca.Bundle().X509Authorities(); len(roots) != 1 || !roots[0].Equal(second.Root) {
 		t.Fatalf("step 3: %d roots, want the new root only", len(roots))
 	}
 	if _, err := identity.VerifyPeer(oldPeer, ca.Bundle()); !errors.Is(err, identity.ErrUntrustedChain) {

@@ -66,7 +66,7 @@ func TestTrustBundleRefusesForgedBundles(t *testing.T) {
 	ca := newCA(t, identity.CAOptions{})
 	stranger := newCA(t, identity.CAOptions{})
 	otherTD := newCA(t, identity.CAOptions{TrustDomain: mustTD(t, "example.org")})
-	pki := newUserPKI(t, time.Now().Add(time.Hour))
+	pki := identitytest.NewUserPKI(t, time.Now().Add(time.Hour))
 	raw := identitytest.NewRawRoot(t, "cluster.local")
 	leaf := raw.Leaf(t, "spiffe://cluster.local/ns/a/sa/b").Leaf
 	ownChain := signChain(t, ca, "a", "a")
@@ -82,10 +82,10 @@ func TestTrustBundleRefusesForgedBundles(t *testing.T) {
 		{"garbage", []byte("garbage"), ownChain, "no PEM certificate"},
 		{"empty", nil, ownChain, "holds no certificate"},
 		{"a private key", []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), ownChain, "unexpected PEM block"},
-		{"a leaf as a root", append(ca.RootPEM(), certPEM(leaf)...), ownChain, "is not a CA"},
+		{"a leaf as a root", append(ca.RootPEM(), identitytest.CertPEM(leaf)...), ownChain, "is not a CA"},
 		{"a root of another trust domain", append(ca.RootPEM(), otherTD.RootPEM()...), ownChain, `trust domain "example.org"`},
 		{"every root replaced", stranger.RootPEM(), strangerChain, "keeps none of the 1 roots"},
-		{"does not cover what was issued", append(ca.RootPEM(), certPEM(pki.root)...), strangerChain, "does not verify against it"},
+		{"does not cover what was issued", append(ca.RootPEM(), identitytest.CertPEM(pki.Root)...), strangerChain, "does not verify against it"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tb := identity.NewTrustBundle(ca.Bundle(), nil)
@@ -106,7 +106,7 @@ func TestTrustBundleRefusesForgedBundles(t *testing.T) {
 	if changed, err := tb.Update(both, strangerChain); err != nil || !changed {
 		t.Fatalf("a bundle adding a root: Update = %v, %v", changed, err)
 	}
-	if !bytes.Equal(certPEM(tb.Roots()...), both) {
+	if !bytes.Equal(identitytest.CertPEM(tb.Roots()...), both) {
 		t.Fatal("roots are not the bundle sent")
 	}
 	if _, err := tb.GetX509BundleForTrustDomain(mustTD(t, "example.org")); !errors.Is(err, identity.ErrUnknownTrustDomain) {

@@ -2,17 +2,11 @@ package caserver
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -328,7 +322,7 @@ func TestRootRotationUnderTraffic(t *testing.T) {
 	}
 	wait.Until(t, 20*time.Second, "traffic before the rotation", served(50))
 
-	newPKI := newRotPKI(t)
+	newPKI := identitytest.NewUserPKI(t, time.Now().Add(365*24*time.Hour))
 	write := func(name string, data []byte) {
 		t.Helper()
 		if err := os.WriteFile(filepath.Join(ctl.caDir, name), data, 0o600); err != nil {
@@ -338,7 +332,7 @@ func TestRootRotationUnderTraffic(t *testing.T) {
 	chainsTo := func(p *rotProxy, ids ...spiffeid.ID) error {
 		for _, id := range ids {
 			c := p.cert(t, id)
-			if _, err := identity.VerifyPeer(c.Certificate, x509bundle.FromX509Authorities(td, []*x509.Certificate{newPKI.root})); err != nil {
+			if _, err := identity.VerifyPeer(c.Certificate, x509bundle.FromX509Authorities(td, []*x509.Certificate{newPKI.Root})); err != nil {
 				return fmt.Errorf("%s: %w", id, err)
 			}
 		}
@@ -349,15 +343,15 @@ func TestRootRotationUnderTraffic(t *testing.T) {
 		change func()
 		done   func() error
 	}{
-		{"1: the new root is trusted too", func() { write("extra-roots.pem", newPKI.rootPEM) }, func() error {
-			return errors.Join(a.hasRoots(oldRoot, newPKI.root), b.hasRoots(oldRoot, newPKI.root), idleFollows(oldRoot, newPKI.root))
+		{"1: the new root is trusted too", func() { write("extra-roots.pem", newPKI.RootPEM) }, func() error {
+			return errors.Join(a.hasRoots(oldRoot, newPKI.Root), b.hasRoots(oldRoot, newPKI.Root), idleFollows(oldRoot, newPKI.Root))
 		}},
 		{"2: the new CA signs", func() {
-			write("ca-cert.pem", newPKI.interPEM)
-			write("ca-key.pem", newPKI.interKeyPEM)
-			write("cert-chain.pem", append(newPKI.interPEM, newPKI.rootPEM...))
+			write("ca-cert.pem", newPKI.InterPEM)
+			write("ca-key.pem", newPKI.InterKeyPEM)
+			write("cert-chain.pem", append(newPKI.InterPEM, newPKI.RootPEM...))
 		}, func() error {
-			return errors.Join(chainsTo(a, idA, idA2), chainsTo(b, idB), idleFollows(oldRoot, newPKI.root))
+			return errors.Join(chainsTo(a, idA, idA2), chainsTo(b, idB), idleFollows(oldRoot, newPKI.Root))
 		}},
 		{"3: the old root is removed", func() {
 			for _, f := range []string{"root-cert.pem", "root-key.pem", "extra-roots.pem"} {
@@ -366,7 +360,7 @@ func TestRootRotationUnderTraffic(t *testing.T) {
 				}
 			}
 		}, func() error {
-			return errors.Join(a.hasRoots(newPKI.root), b.hasRoots(newPKI.root), idleFollows(newPKI.root))
+			return errors.Join(a.hasRoots(newPKI.Root), b.hasRoots(newPKI.Root), idleFollows(newPKI.Root))
 		}},
 	}
 	for _, s := range steps {
@@ -386,7 +380,7 @@ func TestRootRotationUnderTraffic(t *testing.T) {
 	if n := tr.failed.Load(); n != 0 {
 		t.Fatalf("%d requests failed during the rotation; first: %v", n, tr.errs[:min(5, len(tr.errs))])
 	}
-	if !ctl.ca.SignerRoot().Equal(newPKI.root) || len(ctl.ca.Bundle().X509Authorities()) != 1 {
+	if !ctl.ca.SignerRoot().Equal(newPKI.Root) || len(ctl.ca.Bundle().X509Authorities()) != 1 {
 		t.Fatal("the controller does not trust the new root only")
 	}
 
@@ -426,52 +420,6 @@ func TestRootRotationUnderTraffic(t *testing.T) {
 func isIdentityError(err error) bool {
 	var he *hbone.Error
 	return errors.As(err, &he) && he.Kind == hbone.KindIdentity
-}
-
-// rotPKI is a user's CA: a root and an intermediate the mesh is to sign with, as openssl or
-// cert-manager would make them (no SPIFFE URI).
-type rotPKI struct {
-	root                           *x509.Certificate
-	rootPEM, interPEM, interKeyPEM []byte
-}
-
-func newRotPKI(t *testing.T) rotPKI {
-	t.Helper()
-	mk := func(tmpl, parent *x509.Certificate, pub, priv any) *x509.Certificate {
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, priv)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	rootKey, interKey := mustKey(t), mustKey(t)
-	now := time.Now()
-	rootTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Example Root CA 2"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(10 * 365 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-	root := mk(rootTmpl, rootTmpl, rootKey.Public(), rootKey)
-	inter := mk(&x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "mesh intermediate 2"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		MaxPathLenZero: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}, root, interKey.Public(), rootKey)
-	keyDER, err := x509.MarshalPKCS8PrivateKey(interKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	enc := func(typ string, b []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}) }
-	return rotPKI{root: root, rootPEM: enc("CERTIFICATE", root.Raw), interPEM: enc("CERTIFICATE", inter.Raw), interKeyPEM: enc("PRIVATE KEY", keyDER)}
-}
-
-func mustKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 // GetTrustBundle answers an authenticated node with the bundle, and no one else.

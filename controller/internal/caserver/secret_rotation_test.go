@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 
 	"ambit.dev/mesh/identity"
 	"ambit.dev/mesh/identity/identitytest"
@@ -20,8 +21,8 @@ func TestSecretCARotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pki := newRotPKI(t)
-	chain := append(bytes.Clone(pki.interPEM), pki.rootPEM...)
+	pki := identitytest.NewUserPKI(t, time.Now().Add(365*24*time.Hour))
+	chain := append(bytes.Clone(pki.InterPEM), pki.RootPEM...)
 	secret := func(data map[string][]byte) *corev1.Secret {
 		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ambit-system", Name: "ambit-ca"}, Data: data}
 	}
@@ -31,10 +32,10 @@ func TestSecretCARotation(t *testing.T) {
 		roots       int
 		signedByNew bool
 	}{
-		{"1: extra root", map[string][]byte{SecretCertKey: oldCert, SecretKeyKey: oldKey, SecretExtraRootsKey: pki.rootPEM}, 2, false},
+		{"1: extra root", map[string][]byte{SecretCertKey: oldCert, SecretKeyKey: oldKey, SecretExtraRootsKey: pki.RootPEM}, 2, false},
 		{"2: the user's intermediate signs", map[string][]byte{SecretCertKey: oldCert, SecretKeyKey: oldKey,
-			SecretCACertKey: pki.interPEM, SecretCAKeyKey: pki.interKeyPEM, SecretCertChainKey: chain}, 2, true},
-		{"3: the old root removed", map[string][]byte{SecretCACertKey: pki.interPEM, SecretCAKeyKey: pki.interKeyPEM, SecretCertChainKey: chain}, 1, true},
+			SecretCACertKey: pki.InterPEM, SecretCAKeyKey: pki.InterKeyPEM, SecretCertChainKey: chain}, 2, true},
+		{"3: the old root removed", map[string][]byte{SecretCACertKey: pki.InterPEM, SecretCAKeyKey: pki.InterKeyPEM, SecretCertChainKey: chain}, 1, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cs := fake.NewClientset(secret(tc.data))
@@ -45,7 +46,7 @@ func TestSecretCARotation(t *testing.T) {
 			if n := len(ca.Bundle().X509Authorities()); n != tc.roots {
 				t.Errorf("%d roots trusted, want %d", n, tc.roots)
 			}
-			if got := ca.SignerRoot().Equal(pki.root); got != tc.signedByNew {
+			if got := ca.SignerRoot().Equal(pki.Root); got != tc.signedByNew {
 				t.Errorf("signs under the new root: %t, want %t", got, tc.signedByNew)
 			}
 			leaf := identitytest.Issue(t, ca, idA, 0)
@@ -58,7 +59,7 @@ func TestSecretCARotation(t *testing.T) {
 		})
 	}
 
-	cs := fake.NewClientset(secret(map[string][]byte{SecretCACertKey: pki.interPEM, SecretCertChainKey: chain}))
+	cs := fake.NewClientset(secret(map[string][]byte{SecretCACertKey: pki.InterPEM, SecretCertChainKey: chain}))
 	_, err = (&SecretCA{Client: cs, Namespace: "ambit-system", Name: "ambit-ca", CA: identity.CAOptions{TrustDomain: td}}).Load(ctx)
 	if err == nil || !strings.Contains(err.Error(), "ca-key.pem is not") {
 		t.Fatalf("ca-cert.pem without ca-key.pem: Load = %v", err)
