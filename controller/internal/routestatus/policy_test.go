@@ -104,3 +104,51 @@ func TestReadStatus(t *testing.T) {
 		t.Fatal("a string that is no number read")
 	}
 }
+
+// fakeVerdicts is a Store's verdicts as the test sets them.
+type fakeVerdicts struct {
+	synced   bool
+	problems []source.Problem
+	gens     map[string]int64
+}
+
+func (f *fakeVerdicts) Problems() []source.Problem        { return f.problems }
+func (f *fakeVerdicts) SubscribeCommits() <-chan struct{} { return nil }
+func (f *fakeVerdicts) Synced() bool                      { return f.synced }
+func (f *fakeVerdicts) Generations() map[string]int64     { return f.gens }
+
+// TestProblemIndexRefresh: a commit names only the objects whose verdict or generation
+// changed, every object once the model syncs, and no verdict is given before, or for a
+// generation the model has not read.
+func TestProblemIndexRefresh(t *testing.T) {
+	const vs, ap = "VirtualService.networking.istio.io demo/web", "AuthorizationPolicy demo/allow"
+	v := &fakeVerdicts{gens: map[string]int64{vs: 1, ap: 1}, problems: []source.Problem{{Object: vs, Field: "spec.hosts", Error: "bad"}}}
+	x := &problemIndex{}
+	if _, all := x.refresh(v); all {
+		t.Fatal("all before the model synced")
+	}
+	if _, ok := x.of(vs, 1); ok {
+		t.Fatal("a verdict before the model synced")
+	}
+	v.synced = true
+	if _, all := x.refresh(v); !all {
+		t.Fatal("not all when the model synced")
+	}
+	if p, ok := x.of(vs, 1); !ok || len(p) != 1 {
+		t.Fatalf("verdict %v, %v", p, ok)
+	}
+	if _, ok := x.of(vs, 2); ok {
+		t.Fatal("a verdict for a generation the model has not read")
+	}
+	if changed, all := x.refresh(v); all || len(changed) != 0 {
+		t.Fatalf("nothing changed, yet %v (all %v)", changed, all)
+	}
+	v.problems = nil // the VirtualService fixed, same generation (a DestinationRule came)
+	if changed, _ := x.refresh(v); len(changed) != 1 || changed[0] != vs {
+		t.Fatalf("changed %v, want the VirtualService", changed)
+	}
+	v.gens = map[string]int64{vs: 1, ap: 2}
+	if changed, _ := x.refresh(v); len(changed) != 1 || changed[0] != ap {
+		t.Fatalf("changed %v, want the policy of the new generation", changed)
+	}
+}

@@ -33,29 +33,55 @@ type Verdicts interface {
 // problemIndex is the Problems of the last commit by object ("Kind namespace/name"), read
 // once per commit rather than once per object, with the generations they are of.
 type problemIndex struct {
-	mu   sync.Mutex
-	m    map[string][]source.Problem
-	gens map[string]int64
+	mu     sync.Mutex
+	synced bool
+	m      map[string][]source.Problem
+	gens   map[string]int64
 }
 
-func (x *problemIndex) refresh(v Verdicts) {
-	gens := v.Generations() // first: the problems are of these generations or later ones
+// refresh reads the verdicts again and returns the objects whose verdict or generation
+// changed since the last refresh, or all when the model has just synced (every object's
+// verdict is final only now).
+func (x *problemIndex) refresh(v Verdicts) (changed []string, all bool) {
+	synced := v.Synced()
+	gens := v.Generations() // before Problems: those are of these generations or later ones
 	m := map[string][]source.Problem{}
 	for _, p := range v.Problems() {
 		m[p.Object] = append(m[p.Object], p)
 	}
 	x.mu.Lock()
-	x.m, x.gens = m, gens
-	x.mu.Unlock()
+	defer x.mu.Unlock()
+	all = synced && !x.synced
+	keys := map[string]struct{}{}
+	for _, src := range []map[string]int64{gens, x.gens} {
+		for k := range src {
+			keys[k] = struct{}{}
+		}
+	}
+	for _, src := range []map[string][]source.Problem{m, x.m} {
+		for k := range src {
+			keys[k] = struct{}{}
+		}
+	}
+	for k := range keys {
+		og, ok := x.gens[k]
+		g, nok := gens[k]
+		if ok != nok || og != g || !slices.Equal(x.m[k], m[k]) {
+			changed = append(changed, k)
+		}
+	}
+	x.m, x.gens, x.synced = m, gens, synced
+	return changed, all
 }
 
-// of returns the problems of object, and false when the model has not read generation gen of
-// it yet (the informer of the writer ran ahead of the source's): its verdict is to come.
+// of returns the problems of object, and false when the model is not synced or has not read
+// generation gen of the object yet (the writer's informer ran ahead of the source's): its
+// verdict is to come, and refresh will name it.
 func (x *problemIndex) of(object string, gen int64) ([]source.Problem, bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	g, ok := x.gens[object]
-	return x.m[object], ok && g == gen
+	return x.m[object], x.synced && ok && g == gen
 }
 
 // policies are the statusKinds of the Istio kinds the API server serves and of ambit's
@@ -101,9 +127,6 @@ func (w *Writer) policyKind(df dynamicinformer.DynamicSharedInformerFactory, gvr
 	inf := df.ForResource(gvr).Informer()
 	return statusKind{kind: kind, informer: inf, byCommit: true, byService: missing != nil,
 		write: func(ctx context.Context, name cache.ObjectName) error {
-			if !w.Verdicts.Synced() {
-				return nil // the commit that syncs the model enqueues every object again
-			}
 			o, ok, err := inf.GetIndexer().GetByKey(name.String())
 			if err != nil || !ok {
 				return err

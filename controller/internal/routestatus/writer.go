@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -47,8 +48,8 @@ type statusKind struct {
 	// byService: a Service that comes or goes changes the status of the kind's objects of
 	// its namespace (a route's parent or backend).
 	byService bool
-	// byCommit: a commit of the model may change the status of any of the kind's objects
-	// (a policy's verdict).
+	// byCommit: a commit of the model may change the status of the kind's objects (a
+	// policy's verdict); kind is then the model's name of it, as in source.Problem.Object.
 	byCommit bool
 }
 
@@ -135,8 +136,22 @@ func (w *Writer) Run(ctx context.Context) error {
 			case <-ctx.Done():
 				return
 			case <-commits: // nil without Dynamic: never
-				problems.refresh(w.Verdicts)
-				enqueueAll("", func(k statusKind) bool { return k.byCommit })
+				changed, all := problems.refresh(w.Verdicts)
+				if all {
+					enqueueAll("", func(k statusKind) bool { return k.byCommit })
+					continue
+				}
+				// Only the objects whose verdict or generation changed: a commit for a
+				// pod that came does not read every policy again.
+				for _, obj := range changed {
+					kind, nsName, _ := strings.Cut(obj, " ")
+					ns, name, _ := strings.Cut(nsName, "/")
+					for i, k := range kinds {
+						if k.byCommit && k.kind == kind {
+							q.Add(item{i, cache.ObjectName{Namespace: ns, Name: name}})
+						}
+					}
+				}
 			}
 		}
 	}()
