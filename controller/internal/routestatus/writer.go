@@ -97,23 +97,11 @@ func (w *Writer) Run(ctx context.Context) error {
 		}
 		synced = append(synced, k.informer.HasSynced)
 	}
-	// enqueueAll adds every object of the kinds that want it, of namespace ns ("" for all).
-	enqueueAll := func(ns string, want func(statusKind) bool) {
-		for i, k := range kinds {
-			if !want(k) {
-				continue
-			}
-			_ = cache.ListAllByNamespace(k.informer.GetIndexer(), ns, labels.Everything(), func(r any) {
-				if n, err := cache.ObjectToName(r); err == nil {
-					q.Add(item{i, n})
-				}
-			})
-		}
-	}
+	s := statusQueue{q: q, kinds: kinds}
 	// A Service that comes or goes changes ResolvedRefs (or Accepted) of its namespace's routes.
 	byNamespace := func(o any) {
 		if name, err := cache.DeletionHandlingObjectToName(o); err == nil {
-			enqueueAll(name.Namespace, func(k statusKind) bool { return k.byService })
+			s.enqueueAll(name.Namespace, func(k statusKind) bool { return k.byService })
 		}
 	}
 	if _, err := services.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: byNamespace, DeleteFunc: byNamespace}); err != nil {
@@ -136,45 +124,74 @@ func (w *Writer) Run(ctx context.Context) error {
 			case <-ctx.Done():
 				return
 			case <-commits: // nil without Dynamic: never
-				changed, all := problems.refresh(w.Verdicts)
-				if all {
-					enqueueAll("", func(k statusKind) bool { return k.byCommit })
-					continue
-				}
-				// Only the objects whose verdict or generation changed: a commit for a
-				// pod that came does not read every policy again.
-				for _, obj := range changed {
-					kind, nsName, _ := strings.Cut(obj, " ")
-					ns, name, _ := strings.Cut(nsName, "/")
-					for i, k := range kinds {
-						if k.byCommit && k.kind == kind {
-							q.Add(item{i, cache.ObjectName{Namespace: ns, Name: name}})
-						}
-					}
-				}
+				s.enqueueCommit(problems.refresh(w.Verdicts))
 			}
 		}
 	}()
+	return w.work(ctx, s)
+}
+
+// statusQueue is the work of one Run: the kinds written and their queue.
+type statusQueue struct {
+	q     workqueue.TypedRateLimitingInterface[item]
+	kinds []statusKind
+}
+
+// enqueueAll adds every object of the kinds that want it, of namespace ns ("" for all).
+func (s statusQueue) enqueueAll(ns string, want func(statusKind) bool) {
+	for i, k := range s.kinds {
+		if !want(k) {
+			continue
+		}
+		_ = cache.ListAllByNamespace(k.informer.GetIndexer(), ns, labels.Everything(), func(r any) {
+			if n, err := cache.ObjectToName(r); err == nil {
+				s.q.Add(item{i, n})
+			}
+		})
+	}
+}
+
+// enqueueCommit adds, after a commit of the model, the objects whose verdict or generation
+// changed ("Kind ns/name"), or every object of the kinds that follow commits when all is set:
+// a commit for a pod that came does not read every policy again.
+func (s statusQueue) enqueueCommit(changed []string, all bool) {
+	if all {
+		s.enqueueAll("", func(k statusKind) bool { return k.byCommit })
+		return
+	}
+	for _, obj := range changed {
+		kind, nsName, _ := strings.Cut(obj, " ")
+		ns, name, _ := strings.Cut(nsName, "/")
+		for i, k := range s.kinds {
+			if k.byCommit && k.kind == kind {
+				s.q.Add(item{i, cache.ObjectName{Namespace: ns, Name: name}})
+			}
+		}
+	}
+}
+
+// work writes the status of each object queued until the queue shuts down.
+func (w *Writer) work(ctx context.Context, s statusQueue) error {
 	for {
-		it, shutdown := q.Get()
+		it, shutdown := s.q.Get()
 		if shutdown {
 			return nil
 		}
-		err := kinds[it.kind].write(ctx, it.name)
+		err := s.kinds[it.kind].write(ctx, it.name)
 		switch {
 		case err == nil:
-			q.Forget(it)
+			s.q.Forget(it)
 		case ctx.Err() != nil:
 		case apierrors.IsConflict(err):
 			// Written from a cache a step behind our own last write: the informer brings
 			// that version, and the retry finds nothing to write.
-			w.Log.Debug("status conflict", "kind", kinds[it.kind].kind, "object", it.name.String())
-			q.AddRateLimited(it)
+			w.Log.Debug("status conflict", "kind", s.kinds[it.kind].kind, "object", it.name.String())
+			s.q.AddRateLimited(it)
 		default:
-			w.Log.Warn("status", "kind", kinds[it.kind].kind, "object", it.name.String(), "error", err)
-			q.AddRateLimited(it)
+			w.Log.Warn("status", "kind", s.kinds[it.kind].kind, "object", it.name.String(), "error", err)
+			s.q.AddRateLimited(it)
 		}
-		q.Done(it)
+		s.q.Done(it)
 	}
 }
 
