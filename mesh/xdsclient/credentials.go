@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -125,6 +126,24 @@ func Dial(o DialOptions) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("dial controller %s: %w", o.Address, err)
 	}
 	return cc, nil
+}
+
+// DialController is how a proxy reaches its controller: trust starts at the roots in
+// rootCert (the proxy's --root-cert) for trust domain td, and the connection to address,
+// authenticated with the token in tokenFile, verifies the controller against them. From then
+// on the controller's CA sends the bundle with every certificate, and the returned
+// TrustBundle follows it (a root rotation needs no restart). The caller closes the connection.
+func DialController(td spiffeid.TrustDomain, rootCert, address, tokenFile string, log *slog.Logger) (*grpc.ClientConn, *identity.TrustBundle, error) {
+	roots, err := identity.LoadBundle(td, rootCert)
+	if err != nil {
+		return nil, nil, err
+	}
+	bundle := identity.NewTrustBundle(roots, log.With("component", "trust"))
+	cc, err := Dial(DialOptions{Address: address, Token: TokenFile(tokenFile), Bundle: bundle, ServerID: ControllerID(td)})
+	if err != nil {
+		return nil, nil, err
+	}
+	return cc, bundle, nil
 }
 
 // MaxMessageSize is the largest xDS message either side accepts.

@@ -88,14 +88,7 @@ func Run(ctx context.Context, cfg Config) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
-	roots, err := identity.LoadBundle(td, cfg.RootCert)
-	if err != nil {
-		return err
-	}
-	// --root-cert is where trust starts; from then on the controller's CA sends the bundle
-	// with every certificate (a root rotation needs no restart).
-	bundle := identity.NewTrustBundle(roots, log.With("component", "trust"))
-	cc, err := xdsclient.Dial(xdsclient.DialOptions{Address: cfg.Controller, Token: xdsclient.TokenFile(cfg.TokenFile), Bundle: bundle, ServerID: xdsclient.ControllerID(td)})
+	cc, bundle, err := xdsclient.DialController(td, cfg.RootCert, cfg.Controller, cfg.TokenFile, log)
 	if err != nil {
 		return err
 	}

@@ -263,14 +263,7 @@ func newConfigSource(cfg Config, td spiffeid.TrustDomain, st *state.State, onCon
 		sync.MarkSynced()
 		return &configSource{bundle: ca.Bundle(), signer: ca, sync: sync, feed: src.Run, name: "local config " + cfg.LocalConfig, close: func() {}}, nil
 	}
-	roots, err := identity.LoadBundle(td, cfg.RootCert)
-	if err != nil {
-		return nil, err
-	}
-	// --root-cert is where trust starts; from then on the controller's CA sends the bundle
-	// with every certificate (a root rotation needs no restart).
-	bundle := identity.NewTrustBundle(roots, log.With("component", "trust"))
-	cc, err := xdsclient.Dial(xdsclient.DialOptions{Address: cfg.Controller, Token: xdsclient.TokenFile(cfg.TokenFile), Bundle: bundle, ServerID: xdsclient.ControllerID(td)})
+	cc, bundle, err := xdsclient.DialController(td, cfg.RootCert, cfg.Controller, cfg.TokenFile, log)
 	if err != nil {
 		return nil, err
 	}
