@@ -40,7 +40,8 @@ type soakTarget struct {
 // a keep-alive request to demo/web through the waypoint. Every call must succeed, and after a
 // warm-up of half the run the RSS, goroutines and open files of both ztunnels and the
 // waypoint must stay flat: the median of the last third within 5 % of the median of the first
-// third after the warm-up (or, for goroutines and files, within the calls in flight at once).
+// third after the warm-up (or within 4 MB of RSS, and for goroutines and files within the calls
+// in flight at once).
 func TestLabSoak(t *testing.T) {
 	dur := soakDuration(t)
 	st := webWaypoint(t)
@@ -160,8 +161,9 @@ func (tg *soakTarget) judge(t *testing.T) {
 		t.Fatalf("%s: too few samples (%d)", tg.name, len(tg.samples))
 	}
 	// in flight at once: three loops, each with at most one call and its tunnel's goroutines
-	// and files on each proxy
-	slack := [3]float64{0, 64, 16}
+	// and files on each proxy; and a Go process's RSS moves by a few MB as its heap target
+	// and the scavenger move, which in two minutes is more than 5 % of a 30 MB proxy
+	slack := [3]float64{4096, 64, 16}
 	var parts []string
 	for i, what := range []string{"RSS kB", "goroutines", "files"} {
 		a, b := median(s[:third], i), median(s[len(s)-third:], i)
