@@ -1,6 +1,7 @@
 package kubee2e
 
 import (
+	"ambit.dev/mesh/wait"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -92,6 +93,12 @@ func testWaypointSplit(ctx context.Context, t *testing.T, c *clustertest.Cluster
 		t.Fatal(err)
 	}
 	begin := time.Now()
+	// The leader makes the Deployment once it sees the Gateway; rollout status fails at once
+	// on a Deployment that does not exist yet.
+	wait.Until(t, 60*time.Second, "the waypoint's Deployment to exist", func() error {
+		_, err := c.Kubectl(ctx, "get", "-n", ns, "deployment/web-wp")
+		return err
+	})
 	if _, err := c.Kubectl(ctx, "rollout", "status", "-n", ns, "deployment/web-wp", "--timeout=120s"); err != nil {
 		dump()
 		t.Fatalf("the waypoint's Deployment: %v", err)
