@@ -206,6 +206,14 @@ func (r *runner) enrol(ctx context.Context, on bool) error {
 		return fmt.Errorf("ambitctl namespace %s: %v\n%s", verb, err, out)
 	}
 	if err := lab.WaitCaptured(ctx, r.cfg.LabDir, r.client.Namespace, on, 30*time.Second); err != nil {
+		// what the lab's state and its ztunnels said at the end, for the next reader
+		if st, serr := lab.GetStatus(ctx, r.cfg.LabDir); serr == nil {
+			var pods []string
+			for _, p := range st.Pods {
+				pods = append(pods, fmt.Sprintf("%s/%s captured=%v (%s)", p.Namespace, p.Name, p.Captured, p.Reason))
+			}
+			return fmt.Errorf("%w; lab status: %d nodes, pods %v", err, len(st.Nodes), pods)
+		}
 		return err
 	}
 	r.enrolled = on
