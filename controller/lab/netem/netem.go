@@ -192,7 +192,7 @@ func openQueue(queue uint16) (int, error) {
 		return -1, fmt.Errorf("netem: bind netlink: %w", err)
 	}
 	bind := attr(attrCfgCmd, []byte{cmdBind, 0, 0, unix.AF_INET})
-	params := attr(attrCfgParams, binary.BigEndian.AppendUint32(nil, 0xffff), copyMeta)
+	params := attr(attrCfgParams, append(binary.BigEndian.AppendUint32(nil, 0xffff), copyMeta))
 	maxLen := attr(attrCfgMaxLen, binary.BigEndian.AppendUint32(nil, queueMaxPackets))
 	for _, a := range [][]byte{bind, append(params, maxLen...)} {
 		if err := request(sock, msgConfig, unix.AF_UNSPEC, queue, a); err != nil {
@@ -204,19 +204,10 @@ func openQueue(queue uint16) (int, error) {
 }
 
 // attr is one netlink attribute, padded to four bytes.
-func attr(typ uint16, payload ...any) []byte {
-	var p []byte
-	for _, x := range payload {
-		switch v := x.(type) {
-		case []byte:
-			p = append(p, v...)
-		case int:
-			p = append(p, byte(v))
-		}
-	}
-	b := binary.NativeEndian.AppendUint16(nil, uint16(4+len(p)))
+func attr(typ uint16, payload []byte) []byte {
+	b := binary.NativeEndian.AppendUint16(nil, uint16(4+len(payload)))
 	b = binary.NativeEndian.AppendUint16(b, typ)
-	b = append(b, p...)
+	b = append(b, payload...)
 	for len(b)%4 != 0 {
 		b = append(b, 0)
 	}
