@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/bench/internal/peer"
 	"ambit.dev/bench/internal/report"
 	"ambit.dev/mesh/e2elock"
 )
@@ -81,10 +82,8 @@ func TestSmokeLab(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	// the istio-go-hbone peer, from compat/istio (a module outside go.work), as hack/bench.sh builds it
-	build = exec.Command("go", "build", "-o", bin+"/", "./cmd/istio-hbone-peer")
-	build.Dir, build.Env = "../../../compat/istio", append(os.Environ(), "GOWORK=off")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
+	if err := peer.BuildIstioPeer("../../../compat/istio", bin); err != nil {
+		t.Fatal(err)
 	}
 	objects, err := filepath.Abs("../../lab")
 	if err != nil {

@@ -2,6 +2,8 @@ package peer
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 )
 
@@ -43,4 +45,16 @@ func istioConfig(s Side) (string, error) {
 		fmt.Fprintf(&b, "tunnel %s %s %s\n", t.Listen, t.Upstream, t.Authority)
 	}
 	return b.String(), nil
+}
+
+// BuildIstioPeer builds istio-hbone-peer into dir from the compat/istio module at moduleDir,
+// which stays outside go.work (GOWORK=off), as hack/bench.sh builds it for make bench.
+func BuildIstioPeer(moduleDir, dir string) error {
+	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/istio-hbone-peer")
+	cmd.Dir = moduleDir
+	cmd.Env = append(os.Environ(), "GOWORK=off")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build istio-hbone-peer: %v\n%s", err, out)
+	}
+	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -294,12 +293,7 @@ func builtPeers(t *testing.T) string {
 		if buildErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", builtDir+"/", "./cmd/istio-hbone-peer")
-		cmd.Dir = "../../../compat/istio"
-		cmd.Env = append(os.Environ(), "GOWORK=off")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("build istio-hbone-peer: %v\n%s", err, out)
-		}
+		buildErr = BuildIstioPeer("../../../compat/istio", builtDir)
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
