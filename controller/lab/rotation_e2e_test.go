@@ -1,11 +1,12 @@
 package lab
 
 import (
-	"ambit.dev/mesh/identity/identitytest"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,19 +14,22 @@ import (
 	"time"
 
 	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/identity/identitytest"
 	"ambit.dev/mesh/wait"
+	"ambit.dev/proto/dump"
 )
 
 // TestLabRootRotation rotates the lab's mesh root from the controller's own root to an
 // intermediate of another root, in the three steps of docs/operations.md (each a change of
-// the CA dir and a controller restart), while the client opens a new connection to the
-// server every 50 ms. Every call must succeed over mTLS. The ztunnels are not restarted:
-// each step reaches them over the controller connection. At the end they trust the new root
-// only, every certificate is the new CA's, and ztunnels started afterwards (from
-// --root-cert, the controller's trust-bundle.pem) serve traffic too.
+// the CA dir and a controller restart), while the client opens a new connection every 50 ms
+// to the server and to demo/web through the waypoint web-wp. Every call must succeed over
+// mTLS. The proxies (both ztunnels and the waypoint) are not restarted: each step reaches
+// them over the controller connection, and each step waits for all of them, as the procedure
+// says. At the end they trust the new root only, every certificate is the new CA's, and
+// ztunnels started afterwards (from --root-cert, the controller's trust-bundle.pem) serve
+// traffic too.
 func TestLabRootRotation(t *testing.T) {
-	st := e2eLab(t)
-	setEnrolled(t, st, "demo", true)
+	st := webWaypoint(t)
 	settled(t, st)
 	client, server := pod(t, st, "demo", "client"), pod(t, st, "demo", "server")
 	var nodes []string
@@ -48,7 +52,15 @@ func TestLabRootRotation(t *testing.T) {
 		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
 
-	stop := trafficLoop(client, "http://"+server.IP+":8080/")
+	// One loop to the server (ztunnel to ztunnel), one to demo/web through the waypoint.
+	loops := []func() []attempt{trafficLoop(client, "http://"+server.IP+":8080/"), trafficLoop(client, "http://"+webVIP+"/")}
+	stop := func() []attempt {
+		var all []attempt
+		for _, l := range loops {
+			all = append(all, l()...)
+		}
+		return all
+	}
 	stopped := false
 	defer func() {
 		if !stopped {
@@ -57,31 +69,28 @@ func TestLabRootRotation(t *testing.T) {
 	}()
 	roots := func(want ...string) func() error {
 		return func() error {
-			for _, n := range nodes {
-				d, err := ztunnelDump(n)
-				if err != nil {
-					return err
-				}
-				var got []string
-				for _, r := range d.TrustBundle {
-					got = append(got, r.Fingerprint)
-				}
-				slices.Sort(got)
-				if w := slices.Sorted(slices.Values(want)); !slices.Equal(got, w) {
-					return fmt.Errorf("ztunnel %s trusts %v, want %v", n, got, w)
+			proxies, err := labProxies(nodes)
+			if err != nil {
+				return err
+			}
+			for name, p := range proxies {
+				if w := slices.Sorted(slices.Values(want)); !slices.Equal(p.roots, w) {
+					return fmt.Errorf("%s trusts %v, want %v", name, p.roots, w)
 				}
 			}
 			return nil
 		}
 	}
 	issuedByNew := func() error {
-		certs, err := allCerts(nodes)
+		proxies, err := labProxies(nodes)
 		if err != nil {
 			return err
 		}
-		for id, c := range certs {
-			if c.Issuer != inter.Subject.String() {
-				return fmt.Errorf("%s issued by %q, want %q", id, c.Issuer, inter.Subject.String())
+		for name, p := range proxies {
+			for _, c := range p.certs {
+				if c.Issuer != inter.Subject.String() {
+					return fmt.Errorf("%s: %s issued by %q, want %q", name, c.ID, c.Issuer, inter.Subject.String())
+				}
 			}
 		}
 		return nil
@@ -113,7 +122,7 @@ func TestLabRootRotation(t *testing.T) {
 		stopLabController(t)
 		startLabController(t)
 		wait.Until(t, 90*time.Second, s.name, s.done)
-		t.Logf("step %s: every ztunnel there %v after the change", s.name, time.Since(start).Round(100*time.Millisecond))
+		t.Logf("step %s: every ztunnel and waypoint there %v after the change", s.name, time.Since(start).Round(100*time.Millisecond))
 	}
 	rotation := time.Since(begin)
 	time.Sleep(time.Second)
@@ -129,7 +138,7 @@ func TestLabRootRotation(t *testing.T) {
 	if len(failed) > 0 {
 		t.Fatalf("%d of %d calls failed: %v", len(failed), len(calls), failed[:min(len(failed), 5)])
 	}
-	if len(calls) < 100 {
+	if len(calls) < 200 {
 		t.Fatalf("only %d calls during the rotation", len(calls))
 	}
 
@@ -167,4 +176,55 @@ func fingerprints(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return identity.Fingerprint(c)
+}
+
+// proxyTrust is what one proxy of the lab trusts and serves: its roots' fingerprints, sorted,
+// and the certificates it serves with.
+type proxyTrust struct {
+	roots []string
+	certs []dump.CertInfo
+}
+
+// labProxies is what every ztunnel of nodes and every waypoint of the lab trusts and serves,
+// by "ztunnel <node>" and "waypoint <namespace>/<name>", from their /config_dump.
+func labProxies(nodes []string) (map[string]proxyTrust, error) {
+	view := func(roots []dump.Root, certs []dump.CertInfo) proxyTrust {
+		var p proxyTrust
+		for _, r := range roots {
+			p.roots = append(p.roots, r.Fingerprint)
+		}
+		slices.Sort(p.roots)
+		for _, c := range certs {
+			if c.State.Serving() {
+				p.certs = append(p.certs, c)
+			}
+		}
+		return p
+	}
+	out := map[string]proxyTrust{}
+	for _, n := range nodes {
+		d, err := ztunnelDump(n)
+		if err != nil {
+			return nil, err
+		}
+		out["ztunnel "+n] = view(d.TrustBundle, d.Certificates)
+	}
+	st, err := LoadState(e2eOpts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range st.Waypoints {
+		resp, err := http.Get("http://" + w.AdminAddr + "/config_dump")
+		if err != nil {
+			return nil, fmt.Errorf("waypoint %s/%s: %w", w.Namespace, w.Name, err)
+		}
+		var d dump.Waypoint
+		err = json.NewDecoder(resp.Body).Decode(&d)
+		resp.Body.Close()
+		if err != nil {
+			return nil, fmt.Errorf("waypoint %s/%s's config_dump: %w", w.Namespace, w.Name, err)
+		}
+		out["waypoint "+w.Namespace+"/"+w.Name] = view(d.TrustBundle, d.Certificates)
+	}
+	return out, nil
 }

@@ -31,6 +31,7 @@ var ErrBundleRefused = errors.New("trust bundle refused")
 // next handshake. Connections already open stay up. Safe for concurrent use.
 type TrustBundle struct {
 	td     spiffeid.TrustDomain
+	file   string // the --root-cert it was loaded from, for RecoverFromFile; may be empty
 	log    *slog.Logger
 	now    func() time.Time
 	mu     sync.Mutex // serializes Update
@@ -46,6 +47,51 @@ func NewTrustBundle(initial *x509bundle.Bundle, log *slog.Logger) *TrustBundle {
 	t := &TrustBundle{td: initial.TrustDomain(), log: log, now: time.Now}
 	t.bundle.Store(initial.Clone())
 	return t
+}
+
+// LoadTrustBundle is NewTrustBundle over the roots in path (a proxy's --root-cert), and
+// remembers path for RecoverFromFile.
+func LoadTrustBundle(td spiffeid.TrustDomain, path string, log *slog.Logger) (*TrustBundle, error) {
+	roots, err := LoadBundle(td, path)
+	if err != nil {
+		return nil, err
+	}
+	t := NewTrustBundle(roots, log)
+	t.file = path
+	return t, nil
+}
+
+// RecoverFromFile is the way back for a proxy that missed a step of a root rotation: away
+// while the controller restarted twice, it holds roots the controller's certificate no longer
+// chains to, and Update, which only runs over a verified connection, can never reach it. When
+// the controller's chain does not verify against the bundle, this re-reads the file the bundle
+// was loaded from (--root-cert: the lab's trust-bundle.pem, which the controller rewrites at
+// each restart, or the ConfigMap `ambitctl install` publishes) and, if chain verifies against
+// the file's roots, makes them the bundle, as restarting the proxy would. It returns the
+// chain's SPIFFE ID. Call it for the controller's chain only: a peer's certificate is never a
+// reason to change trust.
+func (t *TrustBundle) RecoverFromFile(chain [][]byte) (spiffeid.ID, error) {
+	if t.file == "" {
+		return spiffeid.ID{}, errors.New("no --root-cert file to reload")
+	}
+	roots, err := LoadBundle(t.td, t.file)
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	id, err := VerifyPeer(chain, roots)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("not against the roots of %s either: %w", t.file, err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	cur := t.bundle.Load()
+	if !roots.Equal(cur) {
+		t.bundle.Store(roots)
+		t.log.Warn("trust bundle reset from the root certificate file: the controller's certificate chains to none of the roots held (a step of a root rotation was missed)",
+			"trust_domain", t.td.Name(), "file", t.file, "roots", fingerprints(roots.X509Authorities()),
+			"removed", fingerprints(slices.DeleteFunc(cur.X509Authorities(), roots.HasX509Authority)))
+	}
+	return id, nil
 }
 
 // GetX509BundleForTrustDomain implements x509bundle.Source.

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -254,5 +256,77 @@ func TestRunBundleRefresh(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("RunBundleRefresh did not return after its context ended")
+	}
+}
+
+// A proxy that missed a step of a root rotation (it trusts the old root only, and the
+// controller now serves under the new one) reconnects without a restart once its --root-cert
+// file holds the new root, as the lab's trust-bundle.pem and the published ConfigMap do after
+// the controller's restart; a file with any other root changes nothing.
+func TestDialControllerRecoversFromRootFile(t *testing.T) {
+	old, err := identity.NewCA(identity.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := identity.NewCA(identity.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := identity.NewCA(identity.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveFakeCA(t, &fakeCA{ca: next, bundle: next.RootPEM()}, next)
+	dir := t.TempDir()
+	rootFile, tokenFile := filepath.Join(dir, "root-cert.pem"), filepath.Join(dir, "token")
+	write := func(path string, b []byte) {
+		t.Helper()
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(rootFile, old.RootPEM())
+	write(tokenFile, []byte("t"))
+	cc, trust, err := DialController(old.TrustDomain(), rootFile, addr, tokenFile, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := identity.CreateCSR(key, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func() error {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		defer cancel()
+		_, err := NewCAClientWithBundle(cc, trust).CreateCertificate(ctx, id, csr, 0)
+		return err
+	}
+	trusts := func(ca *identity.CA) bool {
+		r := trust.Roots()
+		return len(r) == 1 && r[0].Equal(ca.SignerRoot())
+	}
+
+	for _, file := range []struct {
+		name string
+		pem  []byte
+	}{{"the old root", old.RootPEM()}, {"a stranger's root", stranger.RootPEM()}} {
+		write(rootFile, file.pem)
+		if err := issue(); err == nil {
+			t.Fatalf("with %s in the file: a certificate from a controller under another root", file.name)
+		}
+		if !trusts(old) {
+			t.Fatalf("with %s in the file: the roots changed", file.name)
+		}
+	}
+	write(rootFile, next.RootPEM())
+	wait.Until(t, 10*time.Second, "a certificate once the file holds the new root", issue)
+	if !trusts(next) {
+		t.Fatal("after the recovery the proxy does not trust the new root alone")
 	}
 }

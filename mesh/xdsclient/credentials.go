@@ -59,6 +59,9 @@ func (bearer) RequireTransportSecurity() bool { return true }
 
 // ClientTLS returns the TLS configuration for connections to the controller: TLS 1.3, the
 // chain verified against bundle (the mesh root), and the server's SPIFFE ID must be want.
+// When bundle is an *identity.TrustBundle loaded from a file and the chain is not trusted, the
+// file is read again (TrustBundle.RecoverFromFile): a proxy that missed a step of a root
+// rotation finds the controller again without a restart.
 func ClientTLS(bundle x509bundle.Source, want spiffeid.ID) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -68,6 +71,14 @@ func ClientTLS(bundle x509bundle.Source, want spiffeid.ID) *tls.Config {
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			id, err := identity.VerifyPeer(raw, bundle)
+			if tb, ok := bundle.(*identity.TrustBundle); ok && errors.Is(err, identity.ErrUntrustedChain) {
+				var rerr error
+				if id, rerr = tb.RecoverFromFile(raw); rerr == nil {
+					err = nil
+				} else {
+					err = fmt.Errorf("%w (%w)", err, rerr)
+				}
+			}
 			if err != nil {
 				return fmt.Errorf("verify controller: %w", err)
 			}
@@ -132,13 +143,13 @@ func Dial(o DialOptions) (*grpc.ClientConn, error) {
 // rootCert (the proxy's --root-cert) for trust domain td, and the connection to address,
 // authenticated with the token in tokenFile, verifies the controller against them. From then
 // on the controller's CA sends the bundle with every certificate, and the returned
-// TrustBundle follows it (a root rotation needs no restart). The caller closes the connection.
+// TrustBundle follows it (a root rotation needs no restart); a proxy that missed a step
+// re-reads rootCert (ClientTLS). The caller closes the connection.
 func DialController(td spiffeid.TrustDomain, rootCert, address, tokenFile string, log *slog.Logger) (*grpc.ClientConn, *identity.TrustBundle, error) {
-	roots, err := identity.LoadBundle(td, rootCert)
+	bundle, err := identity.LoadTrustBundle(td, rootCert, log.With("component", "trust"))
 	if err != nil {
 		return nil, nil, err
 	}
-	bundle := identity.NewTrustBundle(roots, log.With("component", "trust"))
 	cc, err := Dial(DialOptions{Address: address, Token: TokenFile(tokenFile), Bundle: bundle, ServerID: ControllerID(td)})
 	if err != nil {
 		return nil, nil, err
