@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 )
 
@@ -23,10 +24,17 @@ func Down(ctx context.Context, o Options) error {
 		return err
 	}
 	defer unlock()
-	return down(ctx, o)
+	if err := down(ctx, o); err != nil {
+		return err
+	}
+	return os.RemoveAll(o.Dir)
 }
 
-// down is Down with the state lock held.
+// down is Down with the state lock held, except that it empties the state dir and leaves
+// the dir itself: the lock is a flock on the dir, and `lab up`, which calls down before it
+// makes the lab anew, must go on holding it. (When down removed the dir, up held a lock on a
+// deleted dir while the controller it started ran `lab waypoints-sync`, which then locked the
+// new dir, loaded a state without pods and could save it over up's.)
 func down(ctx context.Context, o Options) error {
 	var errs []error
 	st, err := LoadState(o.Dir)
@@ -69,13 +77,30 @@ func down(ctx context.Context, o Options) error {
 	if len(errs) > 0 {
 		return fmt.Errorf("lab down: %w", errors.Join(errs...))
 	}
-	if err := os.RemoveAll(o.Dir); err != nil {
+	if err := emptyDir(o.Dir); err != nil {
 		return err
 	}
 	if st != nil {
 		o.printf("lab %s is down: %d processes stopped, namespaces and links with prefix %s removed", st.Name, stopped, o.Prefix)
 	} else {
 		o.printf("no lab was up in %s; nothing with prefix %s is left", o.Dir, o.Prefix)
+	}
+	return nil
+}
+
+// emptyDir removes everything in dir, and not dir itself; a missing dir is empty.
+func emptyDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
 	}
 	return nil
 }
