@@ -1,7 +1,7 @@
 // Command bench is ambit's data-plane benchmark (`make bench`, `make bench-quick`).
 //
 //	bench run [--quick] [flags]   bring the bench lab up, run every scenario, write the results
-//	bench load [flags]            one load run from inside the client pod; prints JSON
+//	bench load [flags]            one load run from inside the client pod; prints JSON (hold: a line per count read)
 //	bench serve [flags]           the benchmark's server, inside the server pod
 //
 // run needs root: it drives the local lab (network namespaces, iptables).
@@ -93,13 +93,16 @@ func run(ctx context.Context, args []string) error {
 func runLoad(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("load", flag.ExitOnError)
 	var c load.Config
-	mode := fs.String("mode", "http", "http, bulk or churn")
-	fs.StringVar(&c.Target, "target", "", "URL (http, churn) or host:port (bulk)")
+	mode := fs.String("mode", "http", "http, bulk, churn or hold (idle connections to an echo server, counts read from stdin, a JSON line each)")
+	fs.StringVar(&c.Target, "target", "", "URL (http, churn) or host:port (bulk, hold)")
 	fs.Float64Var(&c.QPS, "qps", 0, "request rate (http)")
-	fs.IntVar(&c.Connections, "connections", 1, "connections (http, churn)")
-	fs.DurationVar(&c.Duration, "duration", 5*time.Second, "how long to run")
+	fs.IntVar(&c.Connections, "connections", 1, "connections (http, churn); the most to hold (hold)")
+	fs.DurationVar(&c.Duration, "duration", 5*time.Second, "how long to run; the most to hold (hold)")
 	_ = fs.Parse(args)
 	c.Mode = load.Mode(*mode)
+	if c.Mode == load.Hold {
+		return load.RunHold(ctx, c, os.Stdin, os.Stdout)
+	}
 	res, err := load.Run(ctx, c)
 	if err != nil {
 		return err
@@ -112,6 +115,7 @@ func serve(ctx context.Context, args []string) error {
 	var c server.Config
 	fs.StringVar(&c.HTTPAddr, "http", ":8080", "HTTP listen address")
 	fs.StringVar(&c.BulkAddr, "bulk", ":9100", "bulk source listen address")
+	fs.StringVar(&c.EchoAddr, "echo", "", "TCP echo listen address (empty: none)")
 	size := fs.String("size", "1024", "HTTP reply body in bytes")
 	_ = fs.Parse(args)
 	n, err := strconv.Atoi(*size)

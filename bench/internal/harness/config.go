@@ -9,6 +9,8 @@ import (
 	"io"
 	"slices"
 	"time"
+
+	"ambit.dev/bench/internal/report"
 )
 
 // Config is one benchmark run.
@@ -46,8 +48,30 @@ type Config struct {
 	// Profile runs perf on the ztunnels after the measured runs.
 	Profile         bool
 	ProfileDuration time.Duration
+	// Capacity and Idle are the sweeps of how cost grows (issue 15), run in the last round
+	// only, after a scenario's other measurements and before its teardown; zero: not run.
+	Capacity CapacitySweep
+	Idle     IdleSweep
 
 	Out io.Writer
+}
+
+// CapacitySweep offers each of Rates in turn, rising, over Connections keep-alive
+// connections for Step, and ends at the first rate the scenario does not hold (p99 over
+// 5 ms, an error, or under 95% of the rate achieved: report.Holds).
+type CapacitySweep struct {
+	Rates       []float64
+	Connections int
+	Step        time.Duration
+}
+
+// IdleSweep opens tunnels from the client pod through the mesh to the server pod's echo
+// port in each of Scenarios and holds them idle, Levels of them in turn (cumulative,
+// rising), reading both ztunnels' resident sets Settle after each level.
+type IdleSweep struct {
+	Scenarios []string
+	Levels    []int
+	Settle    time.Duration
 }
 
 // Default is `make bench`. Its lab (prefix ambitbn, ports from 27000, subnet 10.79.0.0/16 in
@@ -61,6 +85,8 @@ func Default() Config {
 		Rounds:   3,
 		Duration: 8 * time.Second, BulkDuration: 4 * time.Second, ChurnDuration: 4 * time.Second, Warmup: time.Second,
 		ChurnConnections: 8, Profile: true, ProfileDuration: 10 * time.Second,
+		Capacity: CapacitySweep{Rates: []float64{500, 1000, 2000, 4000, 8000, 16000, 32000}, Connections: 16, Step: 3 * time.Second},
+		Idle:     IdleSweep{Scenarios: []string{report.AmbitL4, report.AmbitL4H3}, Levels: []int{1, 100, 1000, 10000}, Settle: time.Second},
 	}
 }
 
@@ -73,6 +99,8 @@ func Quick() Config {
 	c.Rounds = 1
 	c.Duration, c.BulkDuration, c.ChurnDuration, c.Warmup = 5*time.Second, 3*time.Second, 3*time.Second, time.Second
 	c.Profile = false
+	c.Capacity.Rates, c.Capacity.Step = []float64{1000, 2000, 4000}, time.Second
+	c.Idle.Levels = []int{1, 100}
 	c.ResultsDir = "bench/results/quick"
 	c.Doc = ""
 	return c
@@ -94,10 +122,48 @@ func (c Config) Validate() error {
 	case c.ChurnConnections < 1:
 		return fmt.Errorf("churn connections: %d", c.ChurnConnections)
 	}
-	for _, s := range c.Scenarios {
+	for _, s := range append(slices.Clone(c.Scenarios), c.Idle.Scenarios...) {
 		if !slices.Contains(AllScenarios, s) {
 			return fmt.Errorf("scenario %q: not one of %v", s, AllScenarios)
 		}
 	}
+	if k := c.Capacity; len(k.Rates) > 0 {
+		switch {
+		case !rising(k.Rates):
+			return fmt.Errorf("capacity rates: %v do not rise from above 0", k.Rates)
+		case k.Connections < 1:
+			return fmt.Errorf("capacity connections: %d", k.Connections)
+		case k.Step <= 0:
+			return fmt.Errorf("capacity step: %s is not positive", k.Step)
+		}
+	}
+	if i := c.Idle; len(i.Levels) > 0 && len(i.Scenarios) > 0 {
+		levels := make([]float64, len(i.Levels))
+		for j, n := range i.Levels {
+			levels[j] = float64(n)
+		}
+		switch {
+		case !rising(levels):
+			return fmt.Errorf("idle levels: %v do not rise from above 0", i.Levels)
+		case i.Levels[len(i.Levels)-1] > maxIdleTunnels:
+			return fmt.Errorf("idle levels: %d tunnels; at most %d fit the machine's 20,000 open files a process", i.Levels[len(i.Levels)-1], maxIdleTunnels)
+		case i.Settle < 0:
+			return fmt.Errorf("idle settle: %s", i.Settle)
+		}
+	}
 	return nil
+}
+
+// maxIdleTunnels is the most tunnels an idle sweep may hold: every tunnel is a file in the
+// holder, in both ztunnels and in the server, and a process may open 20,000 here (the hard
+// limit, which root cannot raise in this container).
+const maxIdleTunnels = 18000
+
+func rising(v []float64) bool {
+	for i, x := range v {
+		if x <= 0 || i > 0 && x <= v[i-1] {
+			return false
+		}
+	}
+	return true
 }

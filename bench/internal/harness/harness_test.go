@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +32,13 @@ func TestConfigValidate(t *testing.T) {
 		"no duration":      func(c *Config) { c.Duration = 0 },
 		"unknown scenario": func(c *Config) { c.Scenarios = []string{"istio"} },
 		"no self":          func(c *Config) { c.Self = "" },
+		"falling rates":    func(c *Config) { c.Capacity.Rates = []float64{2000, 1000} },
+		"zero rate":        func(c *Config) { c.Capacity.Rates = []float64{0, 1000} },
+		"no sweep conns":   func(c *Config) { c.Capacity.Connections = 0 },
+		"no step":          func(c *Config) { c.Capacity.Step = 0 },
+		"repeated level":   func(c *Config) { c.Idle.Levels = []int{1, 1} },
+		"too many tunnels": func(c *Config) { c.Idle.Levels = []int{1, 19000} },
+		"idle scenario":    func(c *Config) { c.Idle.Scenarios = []string{"istio"} },
 	} {
 		c := ok
 		mut(&c)
@@ -101,8 +109,13 @@ func TestSmokeLab(t *testing.T) {
 	cfg := Config{Topology: topo, LabDir: filepath.Join(dir, "lab"), LabPrefix: "ambitbt", LabPortBase: 36000,
 		BinDir: bin, Self: filepath.Join(bin, "bench"), ResultsDir: filepath.Join(dir, "results"),
 		Rounds: 1, QPS: 200, Connections: []int{1}, Duration: time.Second, BulkDuration: time.Second, ChurnDuration: time.Second,
-		ChurnConnections: 2, Out: testWriter{t}}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		ChurnConnections: 2, Out: testWriter{t},
+		// a rate low enough that every scenario should hold it on a busy machine, and steps
+		// long enough (100 calls a connection) that the achieved rate is not cut short by
+		// the run's last call (0.5 s at 25 calls a connection achieved 94%)
+		Capacity: CapacitySweep{Rates: []float64{200, 400}, Connections: 2, Step: time.Second},
+		Idle:     IdleSweep{Scenarios: []string{report.AmbitL4, report.AmbitL4H3}, Levels: []int{1, 50}, Settle: 200 * time.Millisecond}}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	rows, err := Run(ctx, cfg)
 	if err != nil {
@@ -134,8 +147,53 @@ func TestSmokeLab(t *testing.T) {
 	if err := json.Unmarshal(js, &fromFile); err != nil || len(fromFile) != len(rows) {
 		t.Fatalf("latest.json: %v, %d rows", err, len(fromFile))
 	}
-	if _, err := os.Stat(filepath.Join(cfg.ResultsDir, "latency.png")); err != nil {
+	for _, f := range []string{"latency.png", "capacity.png", "idle.png"} {
+		if _, err := os.Stat(filepath.Join(cfg.ResultsDir, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	var sw report.Sweeps
+	js, err = os.ReadFile(filepath.Join(cfg.ResultsDir, "sweeps.json"))
+	if err != nil {
 		t.Fatal(err)
+	}
+	if err := json.Unmarshal(js, &sw); err != nil {
+		t.Fatalf("sweeps.json: %v", err)
+	}
+	for _, name := range scen {
+		first := slices.IndexFunc(sw.Capacity, func(s report.Step) bool { return s.Scenario == name })
+		if first < 0 {
+			t.Errorf("%s: no capacity step", name)
+			continue
+		}
+		s := sw.Capacity[first]
+		if s.OfferedQPS != 200 || s.Connections != 2 || s.QPS <= 0 || s.P50 <= 0 || s.P99 < s.P50 {
+			t.Errorf("%s: implausible first capacity step %+v", name, s)
+		}
+		if !s.Held {
+			t.Logf("%s did not hold 200 req/s (a busy machine?): %+v", name, s)
+		}
+	}
+	for _, name := range []string{report.AmbitL4, report.AmbitL4H3} {
+		var levels []int
+		for _, r := range sw.Idle {
+			if r.Scenario != name {
+				continue
+			}
+			levels = append(levels, r.Tunnels)
+			// every tunnel opened end to end (a byte echoed), and the ztunnels read
+			if r.Held != r.Tunnels || r.Errors != 0 || r.ClientRSSKB <= 0 || r.ServerRSSKB <= 0 || r.ClientBaseKB <= 0 || r.ServerBaseKB <= 0 {
+				t.Errorf("%s: idle row %+v", name, r)
+			}
+		}
+		if !slices.Equal(levels, []int{1, 50}) {
+			t.Errorf("%s: idle levels %v, want 1 and 50", name, levels)
+		}
+	}
+	for _, r := range rows {
+		if c, _, _ := report.Capacity(sw.Capacity, r.Scenario); r.CapacityQPS != c {
+			t.Errorf("%s: row capacity %v, sweep %v", r.Scenario, r.CapacityQPS, c)
+		}
 	}
 	if _, err := os.Stat(cfg.LabDir); !os.IsNotExist(err) {
 		t.Errorf("lab dir left behind: %v", err)

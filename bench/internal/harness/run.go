@@ -32,6 +32,8 @@ type runner struct {
 	enrolled bool
 	skipped  map[string]string
 	notes    []string
+	// sweeps are those of the last round (Config.Capacity, Config.Idle).
+	sweeps report.Sweeps
 }
 
 // Run performs the benchmark and writes its results. The lab is brought down at the end,
@@ -76,7 +78,7 @@ func Run(ctx context.Context, cfg Config) (rows []report.Row, err error) {
 		return nil, err
 	}
 	srv, err := r.startIn(r.server, "bench-server", r.cfg.Self, "serve", "--http", fmt.Sprintf(":%d", httpPort),
-		"--bulk", fmt.Sprintf(":%d", bulkPort), "--size", "1024")
+		"--bulk", fmt.Sprintf(":%d", bulkPort), "--echo", fmt.Sprintf(":%d", echoPort), "--size", "1024")
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +104,7 @@ func Run(ctx context.Context, cfg Config) (rows []report.Row, err error) {
 				continue
 			}
 			fmt.Fprintf(out, "bench: round %d of %d: %s\n", round, cfg.Rounds, name)
-			rs, err := r.scenario(ctx, name)
+			rs, err := r.scenario(ctx, name, round == cfg.Rounds)
 			var skip errSkip
 			if errors.As(err, &skip) {
 				r.skipped[name] = skip.reason
@@ -117,6 +119,7 @@ func Run(ctx context.Context, cfg Config) (rows []report.Row, err error) {
 		rounds = append(rounds, got)
 	}
 	rows = report.Combine(rounds)
+	report.FillCapacity(rows, r.sweeps.Capacity)
 	if cfg.Profile && contains(cfg.Scenarios, report.AmbitL4) {
 		note, err := r.profile(ctx)
 		if err != nil {
@@ -127,7 +130,8 @@ func Run(ctx context.Context, cfg Config) (rows []report.Row, err error) {
 	return rows, r.write(rows)
 }
 
-func (r *runner) scenario(ctx context.Context, name string) ([]report.Row, error) {
+// scenario measures one scenario, and in the last round (sweep) its sweeps too.
+func (r *runner) scenario(ctx context.Context, name string, sweep bool) ([]report.Row, error) {
 	e, err := r.setup(ctx, name)
 	if err != nil {
 		return nil, err
@@ -200,6 +204,23 @@ func (r *runner) scenario(ctx context.Context, name string) ([]report.Row, error
 	for i := range rows {
 		rows[i].ThroughputGbps = report.Round(bulk.Gbps, 3)
 		rows[i].ConnPerSec = report.Round(churn.ConnPerSec, 0)
+	}
+	if !sweep {
+		return rows, nil
+	}
+	if len(r.cfg.Capacity.Rates) > 0 {
+		steps, err := r.capacity(ctx, name, e)
+		r.sweeps.Capacity = append(r.sweeps.Capacity, steps...)
+		if err != nil {
+			return nil, fmt.Errorf("capacity sweep: %w", err)
+		}
+	}
+	if len(r.cfg.Idle.Levels) > 0 && contains(r.cfg.Idle.Scenarios, name) {
+		idle, err := r.idle(ctx, name)
+		r.sweeps.Idle = append(r.sweeps.Idle, idle...)
+		if err != nil {
+			return nil, fmt.Errorf("idle sweep: %w", err)
+		}
 	}
 	return rows, nil
 }
@@ -324,19 +345,28 @@ func (r *runner) write(rows []report.Row) error {
 		return err
 	}
 	fmt.Fprintf(r.out, "bench: wrote %s and %s\n", filepath.Join(r.cfg.ResultsDir, "latest.json"), filepath.Join(r.cfg.ResultsDir, "latency.png"))
+	if err := r.writeSweeps(); err != nil {
+		return err
+	}
 	if r.cfg.Doc == "" {
 		return nil
 	}
+	settings := fmt.Sprintf("%d rounds, scenarios interleaved, each figure the median over the rounds; per round %.0f req/s of GET with a 1 KB reply over %s keep-alive connections, %s each; bulk %s on one connection; churn %s over %d connections",
+		r.cfg.Rounds, r.cfg.QPS, joinInts(r.cfg.Connections), r.cfg.Duration, r.cfg.BulkDuration, r.cfg.ChurnDuration, r.cfg.ChurnConnections)
+	if k := r.cfg.Capacity; len(k.Rates) > 0 {
+		settings += fmt.Sprintf("; in the last round, capacity at %s req/s over %d connections, %s each, until one is not held", joinFloats(k.Rates), k.Connections, k.Step)
+	}
+	if i := r.cfg.Idle; len(i.Levels) > 0 && len(i.Scenarios) > 0 {
+		settings += fmt.Sprintf("; idle tunnels in %s: %s held, read %s after each", strings.Join(i.Scenarios, " and "), joinInts(i.Levels), i.Settle)
+	}
 	meta := report.Meta{Date: time.Now().UTC().Format("2006-01-02 15:04 MST"), Machine: machine(), Command: r.cfg.Command,
-		Settings: fmt.Sprintf("%d rounds, scenarios interleaved, each figure the median over the rounds; per round %.0f req/s of GET with a 1 KB reply over %s keep-alive connections, %s each; bulk %s on one connection; churn %s over %d connections",
-			r.cfg.Rounds, r.cfg.QPS, joinInts(r.cfg.Connections), r.cfg.Duration, r.cfg.BulkDuration, r.cfg.ChurnDuration, r.cfg.ChurnConnections),
-		Notes: append(r.methodNotes(), r.notes...)}
+		Settings: settings, Notes: append(r.methodNotes(), r.notes...)}
 	// re-read right before writing: another section of the file is edited by others
 	old, err := os.ReadFile(r.cfg.Doc)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	doc, err := report.Splice(string(old), report.Section(rows, meta))
+	doc, err := report.Splice(string(old), report.Section(rows, r.sweeps, meta))
 	if err != nil {
 		return err
 	}
@@ -345,6 +375,54 @@ func (r *runner) write(rows []report.Row) error {
 	}
 	fmt.Fprintf(r.out, "bench: wrote the make bench section of %s\n", r.cfg.Doc)
 	return nil
+}
+
+// writeSweeps writes sweeps.json and the plots of the sweeps that ran.
+func (r *runner) writeSweeps() error {
+	var js bytes.Buffer
+	if err := report.WriteSweeps(&js, r.sweeps); err != nil {
+		return err
+	}
+	files := []string{filepath.Join(r.cfg.ResultsDir, "sweeps.json")}
+	if err := os.WriteFile(files[0], js.Bytes(), 0o644); err != nil {
+		return err
+	}
+	date := time.Now().UTC().Format("2006-01-02")
+	for _, p := range []struct {
+		file string
+		n    int
+		plot func(io.Writer) error
+	}{
+		{"capacity.png", len(r.sweeps.Capacity), func(w io.Writer) error {
+			return report.PlotCapacity(w, r.sweeps.Capacity, fmt.Sprintf("ambit bench: p99 against offered rate, %d connections (%s)", r.cfg.Capacity.Connections, date))
+		}},
+		{"idle.png", len(r.sweeps.Idle), func(w io.Writer) error {
+			return report.PlotIdle(w, r.sweeps.Idle, fmt.Sprintf("ambit bench: ztunnel memory against idle tunnels held (%s)", date))
+		}},
+	} {
+		if p.n == 0 {
+			continue
+		}
+		var png bytes.Buffer
+		if err := p.plot(&png); err != nil {
+			return err
+		}
+		file := filepath.Join(r.cfg.ResultsDir, p.file)
+		if err := os.WriteFile(file, png.Bytes(), 0o644); err != nil {
+			return err
+		}
+		files = append(files, file)
+	}
+	fmt.Fprintf(r.out, "bench: wrote %s\n", strings.Join(files, ", "))
+	return nil
+}
+
+func joinFloats(v []float64) string {
+	s := make([]string, len(v))
+	for i, f := range v {
+		s[i] = strconv.FormatFloat(f, 'f', -1, 64)
+	}
+	return strings.Join(s, ", ")
 }
 
 func joinInts(v []int) string {

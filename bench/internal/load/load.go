@@ -2,7 +2,8 @@
 // use fortio's load generator (the one behind Istio's published figures) at a fixed rate;
 // every request's latency is recorded exactly through fortio's access-logger hook, rather
 // than read off fortio's bucketed histogram, whose buckets are too coarse for differences of
-// tens of microseconds. Bulk throughput and connection churn are measured here too.
+// tens of microseconds. Bulk throughput and connection churn are measured here too, and
+// idle connections are held open for the memory a proxy spends on each (RunHold).
 //
 // A load process runs entirely inside the client pod's network namespace (started with
 // `ip netns exec`), because fortio dials from goroutines of its own.
@@ -33,23 +34,27 @@ const (
 	Bulk Mode = "bulk"
 	// Churn sends one request per new connection, as fast as it can.
 	Churn Mode = "churn"
+	// Hold opens idle connections to an echo server and holds them (RunHold).
+	Hold Mode = "hold"
 )
 
 // Config is one load run.
 type Config struct {
 	Mode Mode `json:"mode"`
-	// Target is a URL for HTTP and Churn, host:port for Bulk.
-	Target      string        `json:"target"`
-	QPS         float64       `json:"qps"`
-	Connections int           `json:"connections"`
-	Duration    time.Duration `json:"duration"`
+	// Target is a URL for HTTP and Churn, host:port for Bulk and Hold.
+	Target string  `json:"target"`
+	QPS    float64 `json:"qps"`
+	// Connections is the number of connections; for Hold, the most it may be asked to hold.
+	Connections int `json:"connections"`
+	// Duration is how long the run lasts; for Hold, the most it holds.
+	Duration time.Duration `json:"duration"`
 }
 
 // Validate reports the first field that makes no sense for the mode.
 func (c Config) Validate() error {
 	switch {
-	case c.Mode != HTTP && c.Mode != Bulk && c.Mode != Churn:
-		return fmt.Errorf("mode: %q is not one of http, bulk, churn", c.Mode)
+	case c.Mode != HTTP && c.Mode != Bulk && c.Mode != Churn && c.Mode != Hold:
+		return fmt.Errorf("mode: %q is not one of http, bulk, churn, hold", c.Mode)
 	case c.Target == "":
 		return errors.New("target: empty")
 	case c.Duration <= 0:
@@ -81,6 +86,8 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	switch c.Mode {
 	case Bulk:
 		return bulk(ctx, c)
+	case Hold:
+		return Result{}, fmt.Errorf("mode hold: it takes its counts from a caller, through RunHold")
 	default:
 		return fortio(ctx, c)
 	}

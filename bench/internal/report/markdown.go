@@ -39,9 +39,9 @@ func Table(rows []Row) string {
 	return b.String()
 }
 
-// ScenarioTable renders the per-scenario figures, bulk throughput and connection churn,
-// with their ratios to direct.
-func ScenarioTable(rows []Row) string {
+// ScenarioTable renders the per-scenario figures, bulk throughput, connection churn and
+// the capacity of steps, with their ratios to direct.
+func ScenarioTable(rows []Row, steps []Step) string {
 	var direct Row
 	for _, r := range rows {
 		if r.Scenario == Direct {
@@ -56,11 +56,20 @@ func ScenarioTable(rows []Row) string {
 		return fmt.Sprintf("%.0f%%", v/d*100)
 	}
 	var b strings.Builder
-	b.WriteString("| scenario | 1-conn throughput Gbps | vs direct | new connections/s | vs direct |\n|---|--:|--:|--:|--:|\n")
+	directCap, directTopped, _ := Capacity(steps, Direct)
+	b.WriteString("| scenario | 1-conn throughput Gbps | vs direct | new connections/s | vs direct | capacity req/s (p99 < 5 ms) | vs direct |\n|---|--:|--:|--:|--:|--:|--:|\n")
 	for _, name := range Scenarios(rows) {
 		r := filter(rows, name)[0]
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", name, fmtF(r.ThroughputGbps, 2), ratio(r.ThroughputGbps, direct.ThroughputGbps),
-			fmtF(r.ConnPerSec, 0), ratio(r.ConnPerSec, direct.ConnPerSec))
+		capRatio := "–"
+		// a sweep that held its last rate gives a lower bound: the ratio to it an upper one
+		if c, topped, swept := Capacity(steps, name); swept && !topped && c > 0 {
+			capRatio = ratio(c, directCap)
+			if directTopped && capRatio != "–" {
+				capRatio = "≤ " + capRatio
+			}
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", name, fmtF(r.ThroughputGbps, 2), ratio(r.ThroughputGbps, direct.ThroughputGbps),
+			fmtF(r.ConnPerSec, 0), ratio(r.ConnPerSec, direct.ConnPerSec), capacityCell(steps, name), capRatio)
 	}
 	return b.String()
 }
@@ -79,8 +88,9 @@ func TargetsTable(vs []Verdict) string {
 	return b.String()
 }
 
-// Section renders the whole section between the markers, markers included.
-func Section(rows []Row, m Meta) string {
+// Section renders the whole section between the markers, markers included: the rows, the
+// sweeps of how cost grows and the targets judged.
+func Section(rows []Row, sw Sweeps, m Meta) string {
 	var b strings.Builder
 	b.WriteString(BeginMarker + "\n")
 	b.WriteString("## Data plane: `make bench`\n\n")
@@ -88,8 +98,21 @@ func Section(rows []Row, m Meta) string {
 	fmt.Fprintf(&b, "- date: %s\n- machine: %s\n- command: `%s`\n- run: %s\n\n", m.Date, m.Machine, m.Command, m.Settings)
 	b.WriteString(Table(rows))
 	b.WriteString("\nRows: bench/results/latest.json. Plot: bench/results/latency.png.\n\n")
-	b.WriteString(ScenarioTable(rows))
+	b.WriteString(ScenarioTable(rows, sw.Capacity))
 	b.WriteString("\n")
+	if len(sw.Capacity) > 0 || len(sw.Idle) > 0 {
+		b.WriteString("### How cost grows\n\n")
+	}
+	if len(sw.Capacity) > 0 {
+		b.WriteString("Capacity: the highest offered rate each scenario held with p99 under 5 ms, no errors and at least 95% of the rate achieved, rising until one was not held (in bold, with why).\n\n")
+		b.WriteString(CapacityTable(sw.Capacity))
+		b.WriteString("\nPlot: bench/results/capacity.png.\n\n")
+	}
+	if len(sw.Idle) > 0 {
+		b.WriteString("Idle tunnels: connections opened through the mesh and held idle; the ztunnels' resident set at each count, and its growth over the count before the first, per tunnel.\n\n")
+		b.WriteString(IdleTable(sw.Idle))
+		b.WriteString("\nPlot: bench/results/idle.png. Steps and levels: bench/results/sweeps.json.\n\n")
+	}
 	if vs := Judge(rows); len(vs) > 0 {
 		b.WriteString("### Targets, judged on this run\n\n")
 		b.WriteString(TargetsTable(vs))

@@ -53,6 +53,9 @@ type Row struct {
 	// (the row's CPU and RSS cover the two ztunnels and the waypoint).
 	WaypointCPUPer1k float64 `json:"waypoint_cpu_vcpu_per_1k,omitempty"`
 	WaypointRSSMB    float64 `json:"waypoint_rss_mb,omitempty"`
+	// CapacityQPS is the highest rate of the scenario's capacity sweep it held (see
+	// Sweeps), repeated on each of its rows; absent when it was not swept or held none.
+	CapacityQPS float64 `json:"capacity_qps,omitempty"`
 }
 
 // FillAdded sets AddedP99 of every row against the direct row with the same connections;

@@ -87,8 +87,9 @@ func TestTable(t *testing.T) {
 }
 
 func TestScenarioTable(t *testing.T) {
-	tab := ScenarioTable(sample())
-	for _, want := range []string{"| direct | 20.00 | 100% | 10000 | 100% |", "| ambit-l4 | 10.00 | 50% | 3000 | 30% |", "| haproxy-mtls | 6.00 | 30% | 1100 | 11% |"} {
+	tab := ScenarioTable(sample(), sampleSteps())
+	for _, want := range []string{"| direct | 20.00 | 100% | 10000 | 100% | 4000 | 100% |", "| ambit-l4 | 10.00 | 50% | 3000 | 30% | 1000 | 25% |",
+		"| haproxy-mtls | 6.00 | 30% | 1100 | 11% | < 1000 | – |"} {
 		if !strings.Contains(tab, want+"\n") {
 			t.Errorf("lacks %q:\n%s", want, tab)
 		}
@@ -139,7 +140,7 @@ func TestJudge(t *testing.T) {
 }
 
 func TestSplice(t *testing.T) {
-	section := Section(sample(), Meta{Date: "2026-11-23", Machine: "m", Command: "make bench", Settings: "s", Notes: []string{"note"}})
+	section := Section(sample(), Sweeps{Capacity: sampleSteps(), Idle: sampleIdle()}, Meta{Date: "2026-11-23", Machine: "m", Command: "make bench", Settings: "s", Notes: []string{"note"}})
 	if !strings.HasPrefix(section, BeginMarker+"\n") || !strings.HasSuffix(section, EndMarker+"\n") {
 		t.Fatalf("section not within markers:\n%s", section)
 	}

@@ -52,6 +52,7 @@ func Combine(rounds [][]Row) []Row {
 			r.Errors += x.Errors
 			r.RSSMB = max(r.RSSMB, x.RSSMB)
 			r.WaypointRSSMB = max(r.WaypointRSSMB, x.WaypointRSSMB)
+			r.CapacityQPS = max(r.CapacityQPS, x.CapacityQPS) // swept in one round only
 		}
 		out = append(out, r)
 	}

@@ -1,6 +1,7 @@
 // Package server is the benchmark's own application, run inside the server pod: an HTTP/1.1
 // server that answers every request with a fixed-size body, and a TCP source that streams
-// bytes to whoever connects, for the bulk-throughput test. The lab's sample http-echo is not
+// bytes to whoever connects, for the bulk-throughput test, and a TCP echo for the idle-tunnel
+// sweep, which holds connections open and proves each by a byte echoed. The lab's sample http-echo is not
 // used because it asks its ztunnel who each caller is, which would charge the proxy with
 // work the benchmark does not mean to measure.
 package server
@@ -14,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -24,6 +26,8 @@ type Config struct {
 	// HTTPAddr serves fixed-size replies; BulkAddr streams zeros until the peer closes.
 	HTTPAddr string
 	BulkAddr string
+	// EchoAddr echoes what it reads on each connection; empty: not served.
+	EchoAddr string
 	// Size is the body of every HTTP reply in bytes.
 	Size int
 }
@@ -39,9 +43,22 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		hl.Close()
 		return err
 	}
-	log.Info("serving", "http", hl.Addr().String(), "bulk", bl.Addr().String(), "size", cfg.Size)
+	var el net.Listener
+	echo := "none"
+	if cfg.EchoAddr != "" {
+		if el, err = net.Listen("tcp", cfg.EchoAddr); err != nil {
+			hl.Close()
+			bl.Close()
+			return err
+		}
+		echo = el.Addr().String()
+	}
+	log.Info("serving", "http", hl.Addr().String(), "bulk", bl.Addr().String(), "echo", echo, "size", cfg.Size)
 	srv := &http.Server{Handler: Handler(cfg.Size), ReadHeaderTimeout: 10 * time.Second}
 	g, ctx := errgroup.WithContext(ctx)
+	if el != nil {
+		g.Go(func() error { return ServeEcho(ctx, el) })
+	}
 	g.Go(func() error {
 		if err := srv.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -89,5 +106,68 @@ func serveBulk(ctx context.Context, ln net.Listener) error {
 				}
 			}
 		}()
+	}
+}
+
+// ServeEcho echoes every connection ln accepts until ctx ends, then closes ln and every
+// connection and returns once their goroutines have.
+func ServeEcho(ctx context.Context, ln net.Listener) error {
+	var (
+		mu    sync.Mutex
+		conns = map[net.Conn]struct{}{}
+		wg    sync.WaitGroup
+	)
+	closeAll := func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for c := range conns {
+			c.Close()
+		}
+	}
+	stop := context.AfterFunc(ctx, closeAll)
+	defer func() {
+		stop()
+		closeAll() // also when Accept failed on its own
+		wg.Wait()
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		mu.Lock()
+		if ctx.Err() != nil {
+			mu.Unlock()
+			c.Close()
+			return nil
+		}
+		conns[c] = struct{}{}
+		mu.Unlock()
+		wg.Go(func() {
+			defer func() {
+				mu.Lock()
+				delete(conns, c)
+				mu.Unlock()
+				c.Close()
+			}()
+			// A plain loop with a small buffer: the sweep holds thousands of these, and
+			// io.Copy would splice through a pipe, two more files per connection.
+			buf := make([]byte, 512)
+			for {
+				n, err := c.Read(buf)
+				if n > 0 {
+					if _, werr := c.Write(buf[:n]); werr != nil {
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		})
 	}
 }
