@@ -157,10 +157,10 @@ demo: setup build ## the mesh on the local lab, step by step: plaintext, enrol, 
 bench-hbone: ## HBONE micro-benchmarks: round trip and throughput of direct, raw mTLS and HBONE paths, with ratios
 	@hack/bench-hbone.sh
 
-bench: setup ## data plane on the lab, one run: direct, ambit-l4, ambit-l4-h3, ambit-l7 and the peers haproxy-mtls, nginx-mtls, stunnel-mtls in 3 interleaved rounds; bench/results and docs/benchmarks.md (root, ~10 min)
+bench: setup ## data plane on the lab, one run: direct, ambit-l4, ambit-l4-h3, ambit-l7 and the peers haproxy-mtls, nginx-mtls, stunnel-mtls in 3 interleaved rounds, the last with the capacity and idle-tunnel sweeps; bench/results and docs/benchmarks.md (root, ~13 min)
 	@hack/bench.sh
 
-bench-quick: setup ## the same in under two minutes (shorter runs, 1 and 16 connections); bench/results/quick only (root)
+bench-quick: setup ## the same in under three minutes (shorter runs and sweeps, 1 and 16 connections); bench/results/quick only (root)
 	@hack/bench.sh --quick
 
 # Packages of the end-to-end tests against a real kube-apiserver and etcd (`make test` runs

@@ -48,8 +48,9 @@ type Config struct {
 	// Profile runs perf on the ztunnels after the measured runs.
 	Profile         bool
 	ProfileDuration time.Duration
-	// Capacity and Idle are the sweeps of how cost grows (issue 15), run in the last round
-	// only, after a scenario's other measurements and before its teardown; zero: not run.
+	// Capacity and Idle are the sweeps of how cost grows (issue 15); zero: not run. The
+	// capacity sweep runs in the last round only, after a scenario's other measurements and
+	// before its teardown; the idle sweeps after all rounds and the profile.
 	Capacity CapacitySweep
 	Idle     IdleSweep
 
@@ -67,7 +68,8 @@ type CapacitySweep struct {
 
 // IdleSweep opens tunnels from the client pod through the mesh to the server pod's echo
 // port in each of Scenarios and holds them idle, Levels of them in turn (cumulative,
-// rising), reading both ztunnels' resident sets Settle after each level.
+// rising), reading both ztunnels' resident sets Settle after each level. Before each
+// scenario's sweep but the first, both ztunnels are replaced by new processes.
 type IdleSweep struct {
 	Scenarios []string
 	Levels    []int
@@ -90,17 +92,19 @@ func Default() Config {
 	}
 }
 
-// Quick is `make bench-quick`: shorter runs, fewer connection counts, no profile, and
-// the doc left alone.
+// Quick is `make bench-quick`: shorter runs and sweeps, fewer connection counts, no
+// profile, and the doc left alone; under three minutes in all.
 func Quick() Config {
 	c := Default()
 	c.Command = "make bench-quick"
 	c.Connections = []int{1, 16}
 	c.Rounds = 1
-	c.Duration, c.BulkDuration, c.ChurnDuration, c.Warmup = 5*time.Second, 3*time.Second, 3*time.Second, time.Second
+	c.Duration, c.BulkDuration, c.ChurnDuration, c.Warmup = 5*time.Second, 2*time.Second, 2*time.Second, time.Second
 	c.Profile = false
-	c.Capacity.Rates, c.Capacity.Step = []float64{1000, 2000, 4000}, time.Second
-	c.Idle.Levels = []int{1, 100}
+	// two steps, short settles and one idle sweep (no ztunnel restart) keep the whole
+	// under three minutes
+	c.Capacity.Rates, c.Capacity.Step = []float64{1000, 4000}, time.Second
+	c.Idle.Scenarios, c.Idle.Levels, c.Idle.Settle = []string{report.AmbitL4}, []int{1, 100}, 500*time.Millisecond
 	c.ResultsDir = "bench/results/quick"
 	c.Doc = ""
 	return c

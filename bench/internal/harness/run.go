@@ -30,6 +30,7 @@ type runner struct {
 	client   *lab.PodState
 	server   *lab.PodState
 	enrolled bool
+	opts     lab.Options
 	skipped  map[string]string
 	notes    []string
 	// sweeps are those of the last round (Config.Capacity, Config.Idle).
@@ -60,6 +61,7 @@ func Run(ctx context.Context, cfg Config) (rows []report.Row, err error) {
 	if err := lab.Down(ctx, opts); err != nil {
 		return nil, err
 	}
+	r.opts = opts
 	r.state, err = lab.Up(ctx, topo, opts)
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -127,10 +129,11 @@ func Run(ctx context.Context, cfg Config) (rows []report.Row, err error) {
 		}
 		r.notes = append(r.notes, note)
 	}
+	r.idleSweeps(ctx)
 	return rows, r.write(rows)
 }
 
-// scenario measures one scenario, and in the last round (sweep) its sweeps too.
+// scenario measures one scenario, and in the last round (sweep) its capacity too.
 func (r *runner) scenario(ctx context.Context, name string, sweep bool) ([]report.Row, error) {
 	e, err := r.setup(ctx, name)
 	if err != nil {
@@ -213,13 +216,6 @@ func (r *runner) scenario(ctx context.Context, name string, sweep bool) ([]repor
 		r.sweeps.Capacity = append(r.sweeps.Capacity, steps...)
 		if err != nil {
 			return nil, fmt.Errorf("capacity sweep: %w", err)
-		}
-	}
-	if len(r.cfg.Idle.Levels) > 0 && contains(r.cfg.Idle.Scenarios, name) {
-		idle, err := r.idle(ctx, name)
-		r.sweeps.Idle = append(r.sweeps.Idle, idle...)
-		if err != nil {
-			return nil, fmt.Errorf("idle sweep: %w", err)
 		}
 	}
 	return rows, nil
@@ -357,7 +353,7 @@ func (r *runner) write(rows []report.Row) error {
 		settings += fmt.Sprintf("; in the last round, capacity at %s req/s over %d connections, %s each, until one is not held", joinFloats(k.Rates), k.Connections, k.Step)
 	}
 	if i := r.cfg.Idle; len(i.Levels) > 0 && len(i.Scenarios) > 0 {
-		settings += fmt.Sprintf("; idle tunnels in %s: %s held, read %s after each", strings.Join(i.Scenarios, " and "), joinInts(i.Levels), i.Settle)
+		settings += fmt.Sprintf("; after the rounds, idle tunnels in %s: %s held, read %s after each", strings.Join(i.Scenarios, " and "), joinInts(i.Levels), i.Settle)
 	}
 	meta := report.Meta{Date: time.Now().UTC().Format("2006-01-02 15:04 MST"), Machine: machine(), Command: r.cfg.Command,
 		Settings: settings, Notes: append(r.methodNotes(), r.notes...)}
