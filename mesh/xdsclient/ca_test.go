@@ -80,18 +80,7 @@ func serveFakeCA(t *testing.T, f cav1.CertificateServiceServer, serving *identit
 // controller (a server proving the controller's identity under a root held now) and passes
 // TrustBundle's checks; otherwise the roots stay and the certificate is refused too.
 func TestCAClientUpdatesTrustBundle(t *testing.T) {
-	ca, err := identity.NewCA(identity.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	next, err := identity.NewCA(identity.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stranger, err := identity.NewCA(identity.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, next, stranger := threeCAs(t)
 	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
 	for _, tc := range []struct {
 		name    string
@@ -145,6 +134,20 @@ func TestCAClientUpdatesTrustBundle(t *testing.T) {
 }
 
 var errImpostor = errors.New("impostor")
+
+// threeCAs returns three CAs, each with a root of its own.
+func threeCAs(t *testing.T) (a, b, c *identity.CA) {
+	t.Helper()
+	cas := make([]*identity.CA, 3)
+	for i := range cas {
+		ca, err := identity.NewCA(identity.CAOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cas[i] = ca
+	}
+	return cas[0], cas[1], cas[2]
+}
 
 // FetchBundle, for a proxy without certificates: the bundle must keep a root held now and
 // cover the controller's own chain; a controller that does not know the call changes nothing.
@@ -264,18 +267,7 @@ func TestRunBundleRefresh(t *testing.T) {
 // file holds the new root, as the lab's trust-bundle.pem and the published ConfigMap do after
 // the controller's restart; a file with any other root changes nothing.
 func TestDialControllerRecoversFromRootFile(t *testing.T) {
-	old, err := identity.NewCA(identity.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	next, err := identity.NewCA(identity.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stranger, err := identity.NewCA(identity.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	old, next, stranger := threeCAs(t)
 	addr := serveFakeCA(t, &fakeCA{ca: next, bundle: next.RootPEM()}, next)
 	dir := t.TempDir()
 	rootFile, tokenFile := filepath.Join(dir, "root-cert.pem"), filepath.Join(dir, "token")
