@@ -30,6 +30,17 @@ const (
 
 var resPods = []string{"demo/res-0", "demo/res-1", "demo/res-2", "demo/res-3"}
 
+// resPodStates are the lab's states of resPods, in order.
+func resPodStates(t *testing.T, st *State) []*PodState {
+	t.Helper()
+	var res []*PodState
+	for _, p := range resPods {
+		ns, name, _ := strings.Cut(p, "/")
+		res = append(res, pod(t, st, ns, name))
+	}
+	return res
+}
+
 // outcome is one timed request.
 type outcome struct {
 	code       int
@@ -571,11 +582,7 @@ func TestLabWaypointIstioMirror(t *testing.T) {
 func TestLabWaypointIstioRetries(t *testing.T) {
 	st := webWaypoint(t)
 	client := pod(t, st, "demo", "client")
-	var res []*PodState
-	for _, p := range resPods {
-		ns, name, _ := strings.Cut(p, "/")
-		res = append(res, pod(t, st, ns, name))
-	}
+	res := resPodStates(t, st)
 	apply(t, "testdata/policies/res-istio-retry.yaml")
 	wait.Until(t, settle, "the VirtualService in the waypoint's config", func() error {
 		return waypointTableHas(resHost, `"Attempts":3`, `"Attempts":2`, `"BackendTimeout":250000000`, `"Outlier":true`)

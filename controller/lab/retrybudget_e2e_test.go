@@ -2,7 +2,6 @@ package lab
 
 import (
 	"fmt"
-	"strings"
 	"testing"
 
 	"ambit.dev/mesh/wait"
@@ -17,11 +16,7 @@ import (
 func TestLabWaypointIstioRetryBudget(t *testing.T) {
 	st := webWaypoint(t)
 	client := pod(t, st, "demo", "client")
-	var res []*PodState
-	for _, p := range resPods {
-		ns, name, _ := strings.Cut(p, "/")
-		res = append(res, pod(t, st, ns, name))
-	}
+	res := resPodStates(t, st)
 	const n = 40
 	path := "/status/503"
 	burst := func() (attempts int, failed int) {

@@ -104,14 +104,7 @@ func TestCAClientUpdatesTrustBundle(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer cc.Close()
-			key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-			if err != nil {
-				t.Fatal(err)
-			}
-			csr, err := identity.CreateCSR(key, id)
-			if err != nil {
-				t.Fatal(err)
-			}
+			csr := newCSR(t, id)
 			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 			defer cancel()
 			_, err = NewCAClientWithBundle(cc, trust).CreateCertificate(ctx, id, csr, 0)
@@ -134,6 +127,20 @@ func TestCAClientUpdatesTrustBundle(t *testing.T) {
 }
 
 var errImpostor = errors.New("impostor")
+
+// newCSR is a CSR for id with a fresh P-256 key.
+func newCSR(t *testing.T, id spiffeid.ID) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := identity.CreateCSR(key, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return csr
+}
 
 // threeCAs returns three CAs, each with a root of its own.
 func threeCAs(t *testing.T) (a, b, c *identity.CA) {
@@ -285,14 +292,7 @@ func TestDialControllerRecoversFromRootFile(t *testing.T) {
 	}
 	defer cc.Close()
 	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := identity.CreateCSR(key, id)
-	if err != nil {
-		t.Fatal(err)
-	}
+	csr := newCSR(t, id)
 	issue := func() error {
 		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 		defer cancel()

@@ -208,11 +208,8 @@ func PlotCapacity(w io.Writer, steps []Step, title string) error {
 		if s.P99 <= 0 || s.OfferedQPS <= 0 {
 			continue
 		}
-		i := slices.IndexFunc(lines, func(l series) bool { return l.name == s.Scenario })
-		if i < 0 {
-			lines = append(lines, series{name: s.Scenario})
-			i = len(lines) - 1
-		}
+		var i int
+		lines, i = seriesNamed(lines, s.Scenario)
 		lines[i].pts = append(lines[i].pts, point{x: s.OfferedQPS, y: s.P99, open: !s.Held})
 		if !slices.Contains(rates, s.OfferedQPS) {
 			rates = append(rates, s.OfferedQPS)
@@ -222,9 +219,7 @@ func PlotCapacity(w io.Writer, steps []Step, title string) error {
 	if len(lines) == 0 {
 		return fmt.Errorf("capacity plot: no steps")
 	}
-	slices.Sort(rates)
-	x := axis{log: true, lo: rates[0] / 1.3, hi: rates[len(rates)-1] * 1.3, ticks: rates,
-		format: func(v float64) string { return fmt.Sprintf("%g", v) }}
+	x := logTicks(rates, 1.3)
 	c := chart{
 		title:   title,
 		caption: "p99 latency (log scale) against the offered rate in req/s (log scale); hollow: the step that ended the sweep",
@@ -249,11 +244,8 @@ func PlotIdle(w io.Writer, rows []IdleRow, title string) error {
 			kb   int64
 		}{{"client", r.ClientRSSKB}, {"server", r.ServerRSSKB}} {
 			name := r.Scenario + " " + side.name
-			i := slices.IndexFunc(lines, func(l series) bool { return l.name == name })
-			if i < 0 {
-				lines = append(lines, series{name: name})
-				i = len(lines) - 1
-			}
+			var i int
+			lines, i = seriesNamed(lines, name)
 			mb := float64(side.kb) / 1024
 			lines[i].pts = append(lines[i].pts, point{x: float64(r.Tunnels), y: mb, open: r.Errors > 0})
 			hi = max(hi, mb)
@@ -265,9 +257,7 @@ func PlotIdle(w io.Writer, rows []IdleRow, title string) error {
 	if len(lines) == 0 {
 		return fmt.Errorf("idle plot: no rows")
 	}
-	slices.Sort(counts)
-	x := axis{log: true, lo: counts[0] / 1.5, hi: counts[len(counts)-1] * 1.5, ticks: counts,
-		format: func(v float64) string { return fmt.Sprintf("%g", v) }}
+	x := logTicks(counts, 1.5)
 	c := chart{
 		title:   title,
 		caption: "ztunnel resident set in MB against idle tunnels held (log scale); hollow: a level where tunnels failed to open",
@@ -275,4 +265,21 @@ func PlotIdle(w io.Writer, rows []IdleRow, title string) error {
 		lines: lines,
 	}
 	return c.draw(w)
+}
+
+// seriesNamed returns lines with a series called name (appended if there was none) and its
+// index.
+func seriesNamed(lines []series, name string) ([]series, int) {
+	if i := slices.IndexFunc(lines, func(l series) bool { return l.name == name }); i >= 0 {
+		return lines, i
+	}
+	return append(lines, series{name: name}), len(lines)
+}
+
+// logTicks is a log-scale axis with a tick at each of ticks (sorted in place), padded by the
+// factor pad on both sides.
+func logTicks(ticks []float64, pad float64) axis {
+	slices.Sort(ticks)
+	return axis{log: true, lo: ticks[0] / pad, hi: ticks[len(ticks)-1] * pad, ticks: ticks,
+		format: func(v float64) string { return fmt.Sprintf("%g", v) }}
 }
