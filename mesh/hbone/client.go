@@ -126,6 +126,22 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Stream, error) {
 			return st, err
 		}
 	}
+	// A stream the peer's GOAWAY left unprocessed (a ztunnel handing over, a connection
+	// closed for idleness) reached nobody: it goes again, on another connection.
+	for range maxUnprocessedRetries {
+		st, err := c.dialH2(ctx, t)
+		if !errors.Is(err, errUnprocessed) || ctx.Err() != nil {
+			return st, err
+		}
+	}
+	return c.dialH2(ctx, t)
+}
+
+// maxUnprocessedRetries bounds how often Dial sends a CONNECT again after a GOAWAY.
+const maxUnprocessedRetries = 2
+
+// dialH2 is one CONNECT over a pooled HTTP/2 connection.
+func (c *Client) dialH2(ctx context.Context, t Target) (*Stream, error) {
 	cn, err := c.h2.acquire(ctx, t)
 	if err != nil {
 		return nil, err

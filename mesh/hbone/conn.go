@@ -303,7 +303,7 @@ func (c *conn) onGoAway(f *http2.GoAwayFrame) {
 	}
 	c.mu.Unlock()
 	for _, st := range orphans {
-		st.fail(&Error{Kind: KindDial, Reason: "peer sent GOAWAY before processing the stream"})
+		st.fail(&Error{Kind: KindDial, Err: errUnprocessed})
 	}
 	c.log.Debug("hbone peer going away", "code", f.ErrCode, "last_stream", f.LastStreamID)
 }

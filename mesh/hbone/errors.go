@@ -99,4 +99,7 @@ var (
 	errStreamClosed       = errors.New("hbone: stream closed")
 	errWriteClosed        = errors.New("hbone: write after CloseWrite")
 	errPeerStoppedReading = errors.New("hbone: peer ended the stream and reads no more")
+	// errUnprocessed: the peer's GOAWAY says it never processed the stream (RFC 9113 §6.8),
+	// so the CONNECT may be sent again on another connection.
+	errUnprocessed = errors.New("hbone: peer sent GOAWAY before processing the stream")
 )
