@@ -12,8 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	discoveryv3 "ambit.dev/proto/xds/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
@@ -224,7 +223,7 @@ func (c *Client) handle(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.D
 	if err != nil {
 		c.cfg.Logger.Warn("rejected xds response", "type", t, "nonce", resp.GetNonce(),
 			"system_version", resp.GetSystemVersionInfo(), "error", err)
-		ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+		ack.ErrorDetail = &discoveryv3.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
 		return ack
 	}
 	c.cfg.Logger.Debug("applied xds response", "type", t, "nonce", resp.GetNonce(),

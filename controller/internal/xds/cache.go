@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"sync"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	discoveryv3 "ambit.dev/proto/xds/discovery/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 

@@ -3,7 +3,7 @@ package xds
 import (
 	"strconv"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	discoveryv3 "ambit.dev/proto/xds/discovery/v3"
 	"google.golang.org/grpc"
 	"reflect"
 	"sync"

@@ -12,7 +12,7 @@ import (
 	"ambit.dev/controller/internal/caserver"
 	"ambit.dev/controller/internal/model"
 	"ambit.dev/mesh/xdsclient"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	discoveryv3 "ambit.dev/proto/xds/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"

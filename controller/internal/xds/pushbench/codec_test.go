@@ -4,14 +4,14 @@ import (
 	"testing"
 
 	"ambit.dev/controller/internal/xds"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	configv1 "ambit.dev/proto/config/v1"
+	corev3 "ambit.dev/proto/xds/core/v3"
+	discoveryv3 "ambit.dev/proto/xds/discovery/v3"
 )
 
 // The hand decoder must give what protobuf-go gives, for what the controller sends and for
