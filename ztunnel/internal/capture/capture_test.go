@@ -118,7 +118,7 @@ func TestRedirection(t *testing.T) {
 		t.Fatal(err)
 	}
 	listen := func(ns, addr string) net.Listener {
-		ln, err := Listen(ns, addr)
+		ln, err := Listen(ns, addr, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -303,7 +303,7 @@ func TestTransparentFallback(t *testing.T) {
 // and takes every new connection, while the first still accepts what it had queued.
 func TestListenersHandOver(t *testing.T) {
 	pod, peer := testPair(t)
-	old, err := Listen(pod, "0.0.0.0:15008")
+	old, err := Listen(pod, "0.0.0.0:15008", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,7 +323,7 @@ func TestListenersHandOver(t *testing.T) {
 		return c
 	}
 	queued := dial() // waits in the old listener's accept queue
-	cur, err := Listen(pod, "0.0.0.0:15008")
+	cur, err := Listen(pod, "0.0.0.0:15008", false)
 	if err != nil {
 		t.Fatalf("second listener on the same port: %v", err)
 	}
@@ -359,5 +359,118 @@ func TestListenersHandOver(t *testing.T) {
 	cur.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
 	if c, err := cur.Accept(); err != nil || c.RemoteAddr().String() != want {
 		t.Fatalf("after the old listener closed: %v, %v", c, err)
+	}
+}
+
+// threadsIn counts the threads of this process whose network namespace is the one at path.
+func threadsIn(t *testing.T, path string) int {
+	t.Helper()
+	var ns unix.Stat_t
+	if err := unix.Stat(path, &ns); err != nil {
+		t.Fatal(err)
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, task := range tasks {
+		var st unix.Stat_t
+		if unix.Stat("/proc/self/task/"+task.Name()+"/ns/net", &st) == nil && st.Ino == ns.Ino && st.Dev == ns.Dev {
+			n++
+		}
+	}
+	return n
+}
+
+// TestDialWaitsOutsideNamespace: a dial holds a thread in the pod's namespace only to make
+// its socket; while the connection is pending (here to a neighbour that never answers ARP),
+// no thread of the process is in the pod's namespace, and none is after the dial fails.
+func TestDialWaitsOutsideNamespace(t *testing.T) {
+	path, _ := testPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		c, err := Dial(ctx, path, "10.250.0.77:80", DialOptions{})
+		if c != nil {
+			c.Close()
+		}
+		done <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	for range 20 {
+		select {
+		case err := <-done:
+			t.Fatalf("the dial ended before the test could watch it wait: %v", err)
+		default:
+		}
+		if n := threadsIn(t, path); n != 0 {
+			t.Fatalf("%d threads in the pod's namespace while the dial waits for its connection", n)
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	if err := <-done; err == nil {
+		t.Fatal("dial to a silent neighbour succeeded")
+	}
+	if n := threadsIn(t, path); n != 0 {
+		t.Fatalf("%d threads left in the pod's namespace after the dial", n)
+	}
+}
+
+// keepAliveOn reads SO_KEEPALIVE of c's socket.
+func keepAliveOn(t *testing.T, c *net.TCPConn) bool {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var gerr error
+	if err := rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE) }); err != nil {
+		t.Fatal(err)
+	}
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	return v == 1
+}
+
+// TestKeepAliveOffInsidePod: sockets that never leave the pod (a dial to its application,
+// the connections a local listener accepts) have no TCP keep-alive; the others keep Go's.
+func TestKeepAliveOffInsidePod(t *testing.T) {
+	pod, _ := testPair(t)
+	listenApp(t, pod, "10.250.0.1:8080")
+	for _, local := range []bool{true, false} {
+		c, err := Dial(t.Context(), pod, "10.250.0.1:8080", DialOptions{Local: local})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := keepAliveOn(t, c); got == local {
+			t.Errorf("dial with Local %v: keep-alive %v", local, got)
+		}
+		c.Close()
+
+		ln, err := Listen(pod, "10.250.0.1:0", local)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dialed net.Conn
+		if err := InNetns(pod, func() error {
+			dialed, err = net.Dial("tcp", ln.Addr().String())
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		a, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := keepAliveOn(t, a.(*net.TCPConn)); got == local {
+			t.Errorf("listener with local %v: accepted connection's keep-alive %v", local, got)
+		}
+		a.Close()
+		dialed.Close()
+		ln.Close()
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,6 +22,54 @@ const Mark = 0x539
 // created by fn belong to that namespace for their whole life, wherever they are used
 // afterwards. If the thread cannot be switched back, it is discarded rather than reused.
 func InNetns(path string, fn func() error) error {
+	return onNetnsThread(path, func(*netnsThread) error { return fn() })
+}
+
+// hostNetns is the namespace ztunnel's threads live in, opened once, before any thread
+// enters a pod's: every thread that enters one comes back here.
+var hostNetns = sync.OnceValues(func() (int, error) {
+	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open own netns: %w", err)
+	}
+	return fd, nil
+})
+
+// netnsThread is the locked OS thread of one onNetnsThread call, switched into a pod's
+// namespace until leave.
+type netnsThread struct {
+	path string
+	left bool
+	err  error
+}
+
+// leave switches the thread back to ztunnel's namespace and unlocks it, once; later calls
+// return the first call's result. On failure the thread stays locked, and the runtime
+// ends it with its goroutine.
+func (t *netnsThread) leave() error {
+	if t.left {
+		return t.err
+	}
+	t.left = true
+	host, err := hostNetns()
+	if err == nil {
+		err = unix.Setns(host, unix.CLONE_NEWNET)
+	}
+	if err != nil {
+		t.err = fmt.Errorf("leave netns %s: %w", t.path, err)
+		return t.err
+	}
+	runtime.UnlockOSThread()
+	return nil
+}
+
+// onNetnsThread runs fn on a new goroutine locked to an OS thread in the namespace at
+// path; fn may leave it early (a dial leaves as soon as its socket exists, so that waiting
+// for the connection does not hold a locked thread).
+func onNetnsThread(path string, fn func(*netnsThread) error) error {
+	if _, err := hostNetns(); err != nil {
+		return err
+	}
 	target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", path, err)
@@ -28,25 +78,17 @@ func InNetns(path string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		orig, err := unix.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open own netns: %w", err)
-			return
-		}
-		defer unix.Close(orig)
 		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("enter netns %s: %w", path, err)
 			return
 		}
-		ferr := fn()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			// Leave the thread locked: the runtime ends it with this goroutine.
-			errc <- fmt.Errorf("leave netns %s: %w", path, err)
+		t := &netnsThread{path: path}
+		ferr := fn(t)
+		if err := t.leave(); err != nil {
+			errc <- err
 			return
 		}
-		runtime.UnlockOSThread()
 		errc <- ferr
 	}()
 	return <-errc
@@ -75,11 +117,13 @@ func listenControl(_, _ string, c syscall.RawConn) error {
 var steerNewest = []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 1}}
 
 // Listen opens a marked TCP listener inside the namespace at path, with SO_REUSEPORT and
-// the steering program attached to its port's group (see steerNewest).
-func Listen(path, addr string) (net.Listener, error) {
+// the steering program attached to its port's group (see steerNewest). Its connections
+// get TCP keep-alive unless local says they come from the pod's own applications, where
+// probes would only cross the pod's loopback and cost four system calls per accept.
+func Listen(path, addr string, local bool) (net.Listener, error) {
 	var ln net.Listener
 	err := InNetns(path, func() error {
-		lc := net.ListenConfig{Control: listenControl}
+		lc := net.ListenConfig{Control: listenControl, KeepAlive: keepAlive(local)}
 		// Go listens with multipath TCP where the kernel has it; an MPTCP socket takes no
 		// reuseport program (EOPNOTSUPP), and a pod's listeners gain nothing from MPTCP.
 		lc.SetMultipathTCP(false)
@@ -174,6 +218,17 @@ type DialOptions struct {
 	// Bound, if not nil, is called with the local address after the socket is bound and
 	// before it connects. It is called only when Source is valid.
 	Bound func(local netip.AddrPort)
+	// Local marks a dial to an application in the same pod: no TCP keep-alive.
+	Local bool
+}
+
+// keepAlive is the keep-alive setting of a socket: Go's default (15 s), or off (-1) for
+// a connection that never leaves the pod.
+func keepAlive(local bool) time.Duration {
+	if local {
+		return -1
+	}
+	return 0
 }
 
 // errPortClash means the kernel gave the socket the port the dial must avoid; try again.
@@ -188,25 +243,38 @@ func Dial(ctx context.Context, path, addr string, o DialOptions) (*net.TCPConn, 
 		return nil, fmt.Errorf("dial %s from %s: transparent dial needs an IP destination: %w", addr, path, err)
 	}
 	var c net.Conn
-	err = InNetns(path, func() error {
-		for range 4 {
-			d := net.Dialer{Control: dialControl(dst, o)}
+	for range 4 {
+		err = onNetnsThread(path, func(t *netnsThread) error {
+			d := net.Dialer{Control: dialControl(t, dst, o), KeepAlive: keepAlive(o.Local)}
+			// One socket per dial: a fallback (MPTCP to TCP) would open its socket after
+			// the thread has left the namespace.
+			d.SetMultipathTCP(false)
 			var err error
 			c, err = d.DialContext(ctx, "tcp", addr)
-			if !errors.Is(err, errPortClash) {
-				return err
-			}
+			return err
+		})
+		if !errors.Is(err, errPortClash) {
+			break
 		}
-		return errPortClash
-	})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dial %s from %s: %w", addr, path, err)
 	}
 	return c.(*net.TCPConn), nil
 }
 
-func dialControl(dst netip.AddrPort, o DialOptions) func(string, string, syscall.RawConn) error {
+// dialControl prepares the dial's socket. It is called once the socket exists, so the
+// thread leaves the namespace first: the socket stays in it, and the connect and its wait
+// run on an ordinary thread. A second socket in the same dial (another address) would be
+// made outside the namespace, so it is refused.
+func dialControl(t *netnsThread, dst netip.AddrPort, o DialOptions) func(string, string, syscall.RawConn) error {
 	return func(_, _ string, c syscall.RawConn) error {
+		if t.left {
+			return fmt.Errorf("dial in netns %s: a second socket in one dial", t.path)
+		}
+		if err := t.leave(); err != nil {
+			return err
+		}
 		var serr error
 		if err := c.Control(func(fd uintptr) { serr = prepareDial(int(fd), dst, o) }); err != nil {
 			return err

@@ -20,9 +20,11 @@ func (Netns) Installed(ctx context.Context, netns string) (bool, error) {
 
 func (Netns) Net(netns string) proxy.Net {
 	return proxy.Net{
-		Listen: func(addr string) (net.Listener, error) { return capture.Listen(netns, addr) },
+		Listen: func(addr string, o proxy.ListenOptions) (net.Listener, error) {
+			return capture.Listen(netns, addr, o.Local)
+		},
 		Dial: func(ctx context.Context, addr string, o proxy.DialOptions) (*net.TCPConn, error) {
-			return capture.Dial(ctx, netns, addr, capture.DialOptions{Source: o.Source, Bound: o.Bound})
+			return capture.Dial(ctx, netns, addr, capture.DialOptions{Source: o.Source, Bound: o.Bound, Local: o.Local})
 		},
 		OriginalDst: capture.OriginalDst,
 		// HBONE over HTTP/3: the pod's UDP 15008 and its outgoing QUIC connections' sockets,

@@ -137,7 +137,7 @@ func (p *Pod) inboundPlain(c *net.TCPConn) {
 // established, so an application that asks as soon as it accepts finds it.
 func (p *Pod) dialApp(ctx context.Context, dst, src netip.AddrPort, peer PeerInfo) (up *net.TCPConn, release func(), err error) {
 	var local netip.AddrPort
-	up, err = p.net.Dial(ctx, dst.String(), DialOptions{Source: src, Bound: func(l netip.AddrPort) {
+	up, err = p.net.Dial(ctx, dst.String(), DialOptions{Source: src, Local: true, Bound: func(l netip.AddrPort) {
 		local = l
 		p.node.peers.add(l, dst, peer)
 	}})

@@ -60,7 +60,7 @@ type Node struct {
 // Net is how a pod's proxy touches the network: in production, inside the pod's network
 // namespace with marked sockets (package capture); in tests, plain loopback sockets.
 type Net struct {
-	Listen func(addr string) (net.Listener, error)
+	Listen func(addr string, o ListenOptions) (net.Listener, error)
 	Dial   func(ctx context.Context, addr string, o DialOptions) (*net.TCPConn, error)
 	// OriginalDst recovers where a redirected connection was going.
 	OriginalDst func(*net.TCPConn) (netip.AddrPort, error)
@@ -81,6 +81,16 @@ type DialOptions struct {
 	// bound and before it connects, so that the connection is known before the
 	// application can see it.
 	Bound func(local netip.AddrPort)
+	// Local: the connection stays inside the pod (ztunnel to the pod's application), so
+	// TCP keep-alive, which could only probe the pod's own loopback, stays off.
+	Local bool
+}
+
+// ListenOptions shape a listener in the pod.
+type ListenOptions struct {
+	// Local: the listener's connections come from the pod's own applications (the
+	// outbound capture), so they get no TCP keep-alive.
+	Local bool
 }
 
 // Ports are the listen addresses inside the pod; zero values mean the standard ports on all
@@ -179,7 +189,7 @@ func (n *Node) StartPod(w *configv1.Workload, nw Net, ports Ports) (*Pod, error)
 		func(ln net.Listener) { _ = p.server.Serve(ln) }, p.serveTCP(p.outbound), p.serveTCP(p.inboundPlain),
 	}
 	for _, addr := range []string{ports.HBONE, ports.Outbound, ports.Inbound} {
-		inner, err := nw.Listen(addr)
+		inner, err := nw.Listen(addr, ListenOptions{Local: addr == ports.Outbound})
 		if err != nil {
 			p.Close()
 			return nil, fmt.Errorf("pod %s/%s: %w", w.GetNamespace(), w.GetName(), err)

@@ -123,7 +123,7 @@ func (m *mesh) loopbackNet(ip string) Net {
 	}
 	return Net{
 		ListenPacket: listenPacket,
-		Listen: func(addr string) (net.Listener, error) {
+		Listen: func(addr string, _ ListenOptions) (net.Listener, error) {
 			_, port, _ := net.SplitHostPort(addr)
 			return net.Listen("tcp", net.JoinHostPort(ip, port))
 		},
