@@ -128,7 +128,7 @@ func (p *Proxy) sendMirror(m route.Mirror, req *http.Request, reqPort uint16, h2
 	defer p.lb.release(ep.addr)
 	req = req.WithContext(ctx)
 	req.URL.Host = ep.addr.String()
-	tr := p.up.h1
+	var tr http.RoundTripper = p.up.h1
 	if h2 {
 		tr = p.up.h2
 	}

@@ -15,16 +15,16 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// upstreams holds the HTTP transports to pods. Their connections are HBONE streams to the
-// pod's ztunnel, opened under the waypoint's identity and pooled by the transports (and the
-// TLS connections under them by the hbone client), so that a request does not pay for a
-// CONNECT.
+// upstreams holds the HTTP clients to pods: h1Client for HTTP/1.1, net/http's Transport for
+// HTTP/2. Their connections are HBONE streams to the pod's ztunnel, opened under the
+// waypoint's identity and pooled by the clients (and the TLS connections under them by the
+// hbone client), so that a request does not pay for a CONNECT.
 //
 // A pooled stream carries requests of many clients, so it carries no Forwarded header:
 // each HTTP request carries its own client in Forwarded and X-Forwarded-For instead.
 type upstreams struct {
 	p  *Proxy
-	h1 *http.Transport
+	h1 *h1Client
 	h2 *http.Transport
 }
 
@@ -44,16 +44,7 @@ func newUpstreams(p *Proxy) *upstreams {
 		}
 		return u.dial(ctx, ap, netip.AddrPort{}, "", "")
 	}
-	u.h1 = &http.Transport{
-		DialContext:           dial,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   128,
-		IdleConnTimeout:       90 * time.Second,
-		DisableCompression:    true,
-		ExpectContinueTimeout: 0,
-		Protocols:             new(http.Protocols),
-	}
-	u.h1.Protocols.SetHTTP1(true)
+	u.h1 = newH1Client(dial)
 	u.h2 = &http.Transport{
 		DialContext:         dial,
 		MaxIdleConns:        1024,
@@ -71,7 +62,7 @@ func newUpstreams(p *Proxy) *upstreams {
 type connectTimeoutKey struct{}
 
 func (u *upstreams) close() {
-	u.h1.CloseIdleConnections()
+	u.h1.close()
 	u.h2.CloseIdleConnections()
 }
 

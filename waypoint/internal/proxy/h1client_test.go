@@ -1,0 +1,292 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// rawServer accepts connections on loopback and runs serve on each; it counts them.
+func rawServer(t *testing.T, serve func(c net.Conn)) (addr string, accepted *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	accepted = new(atomic.Int32)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go func() {
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return ln.Addr().String(), accepted
+}
+
+// answer reads requests from c and answers each with resp until the client goes, or once
+// when once is set (and then closes, without saying so).
+func answer(resp string, once bool) func(net.Conn) {
+	return func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, req.Body)
+			if _, err := io.WriteString(c, resp); err != nil || once {
+				return
+			}
+		}
+	}
+}
+
+func testH1Client() *h1Client {
+	var d net.Dialer
+	return newH1Client(d.DialContext)
+}
+
+func h1Get(t *testing.T, cl *h1Client, ctx context.Context, addr string) (*http.Response, error) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl.RoundTrip(req)
+}
+
+// getBody makes a GET and reads the whole body.
+func getBody(t *testing.T, cl *h1Client, addr string) string {
+	t.Helper()
+	resp, err := h1Get(t, cl, context.Background(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+const okResp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+// TestH1ClientReusesConnections: requests one after another share one connection, for
+// bodies read to their end and for responses without a body; a body closed early, or a
+// response that says Connection: close, costs the connection.
+func TestH1ClientReusesConnections(t *testing.T) {
+	addr, accepted := rawServer(t, answer(okResp, false))
+	cl := testH1Client()
+	defer cl.close()
+	for range 10 {
+		if got := getBody(t, cl, addr); got != "ok" {
+			t.Fatalf("body %q", got)
+		}
+	}
+	if n := accepted.Load(); n != 1 {
+		t.Fatalf("10 requests took %d connections, want 1", n)
+	}
+	resp, err := h1Get(t, cl, context.Background(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close() // unread
+	getBody(t, cl, addr)
+	if n := accepted.Load(); n != 2 {
+		t.Fatalf("after a body closed unread: %d connections, want 2", n)
+	}
+
+	noBody, accepted2 := rawServer(t, answer("HTTP/1.1 204 No Content\r\n\r\n", false))
+	for range 5 {
+		resp, err := h1Get(t, cl, context.Background(), noBody)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != 204 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		resp.Body.Close()
+	}
+	if n := accepted2.Load(); n != 1 {
+		t.Fatalf("5 responses without a body took %d connections, want 1", n)
+	}
+
+	closing, accepted3 := rawServer(t, answer("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", false))
+	for range 3 {
+		getBody(t, cl, closing)
+	}
+	if n := accepted3.Load(); n != 3 {
+		t.Fatalf("3 responses with Connection: close took %d connections, want 3", n)
+	}
+}
+
+// TestH1ClientReplacesStaleConnection: a pooled connection the pod has closed in the
+// meantime is replaced, once, for a request that may be sent again; a POST with a body is
+// not sent twice.
+func TestH1ClientReplacesStaleConnection(t *testing.T) {
+	addr, accepted := rawServer(t, answer(okResp, true))
+	cl := testH1Client()
+	defer cl.close()
+	getBody(t, cl, addr)
+	time.Sleep(50 * time.Millisecond) // the server has closed its end
+	if got := getBody(t, cl, addr); got != "ok" {
+		t.Fatalf("body %q", got)
+	}
+	if n := accepted.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2 (the stale one replaced)", n)
+	}
+	time.Sleep(50 * time.Millisecond)
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader("data"))
+	if resp, err := cl.RoundTrip(req); err == nil {
+		resp.Body.Close()
+		t.Fatal("a POST on a connection the pod had closed was sent again")
+	}
+	if n := accepted.Load(); n != 2 {
+		t.Fatalf("%d connections after the POST, want still 2", n)
+	}
+}
+
+// TestH1ClientSkipsInformational: 1xx heads before the final one are skipped; a 101 the
+// request did not ask for is an error.
+func TestH1ClientSkipsInformational(t *testing.T) {
+	addr, _ := rawServer(t, answer("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"+okResp, false))
+	cl := testH1Client()
+	defer cl.close()
+	if got := getBody(t, cl, addr); got != "ok" {
+		t.Fatalf("body %q", got)
+	}
+	sw, _ := rawServer(t, answer("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", false))
+	if resp, err := h1Get(t, cl, context.Background(), sw); err == nil {
+		resp.Body.Close()
+		t.Fatal("an unasked 101 was accepted")
+	}
+}
+
+// TestH1ClientBoundsHead: a response head over the limit is refused and its connection
+// closed.
+func TestH1ClientBoundsHead(t *testing.T) {
+	closed := make(chan struct{})
+	big := "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", 64<<10) + "\r\nContent-Length: 0\r\n\r\n"
+	addr, _ := rawServer(t, func(c net.Conn) {
+		answer(big, false)(c)
+		close(closed)
+	})
+	cl := testH1Client()
+	cl.maxHeaderBytes = 16 << 10
+	defer cl.close()
+	_, err := h1Get(t, cl, context.Background(), addr)
+	if err == nil || !strings.Contains(err.Error(), "response head over") {
+		t.Fatalf("error %v, want the head refused", err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection of a refused head stayed open")
+	}
+}
+
+// TestH1ClientContextEndsExchange: a request whose context ends while the pod is silent
+// returns the context's error at once and closes the connection; so does one whose context
+// ends while its body is read.
+func TestH1ClientContextEndsExchange(t *testing.T) {
+	gone := make(chan struct{}, 2)
+	addr, _ := rawServer(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err == nil && req.URL.Path == "/half" {
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+		}
+		_, _ = io.Copy(io.Discard, br) // until the client closes
+		gone <- struct{}{}
+	})
+	cl := testH1Client()
+	defer cl.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := h1Get(t, cl, ctx, addr)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("error %v, want the context's", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("returned after %v", d)
+	}
+	select {
+	case <-gone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection stayed open after the context ended")
+	}
+
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx2, http.MethodGet, "http://"+addr+"/half", nil)
+	resp, err := cl.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(100*time.Millisecond, cancel2)
+	if _, err := io.ReadAll(resp.Body); err == nil {
+		t.Fatal("a body cut by its context read to a clean end")
+	}
+	resp.Body.Close()
+	select {
+	case <-gone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection stayed open after the context ended during the body")
+	}
+}
+
+// TestH1ClientEarlyAnswer: a pod that answers before reading the request's body gets its
+// answer through, and the connection, whose request is still going out, is not reused.
+func TestH1ClientEarlyAnswer(t *testing.T) {
+	addr, accepted := rawServer(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 3\r\n\r\nbig")
+		_, _ = io.Copy(io.Discard, br)
+	})
+	cl := testH1Client()
+	defer cl.close()
+	body, w := io.Pipe()
+	defer w.Close()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", body)
+	go func() { _, _ = fmt.Fprint(w, "part of a body that never ends") }()
+	resp, err := cl.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 413 || string(b) != "big" {
+		t.Fatalf("got %d %q", resp.StatusCode, b)
+	}
+	srv, _ := rawServer(t, answer(okResp, false))
+	getBody(t, cl, srv)
+	if n := accepted.Load(); n != 1 {
+		t.Fatalf("%d connections to the early answerer", n)
+	}
+	cl.mu.Lock()
+	idle := len(cl.idle[addr])
+	cl.mu.Unlock()
+	if idle != 0 {
+		t.Fatalf("the connection whose request was still going out was pooled (%d idle)", idle)
+	}
+}
