@@ -193,7 +193,11 @@ func StartZtunnel(ctx context.Context, o Options, st *State, ns *NodeState) erro
 	}
 	prev := ns.Ztunnel.PID // the predecessor, when it runs
 	log := o.path("logs", "ztunnel-"+ns.Name+".log")
-	proc, err := start(log, filepath.Join(o.BinDir, "ztunnel"),
+	bin, err := nodeBinary(o, ns.Name)
+	if err != nil {
+		return err
+	}
+	proc, err := start(log, bin,
 		"--node", ns.Name, "--controller", st.GRPCAddr, "--token-file", o.path("tokens", ns.Name),
 		"--root-cert", st.RootCert, "--state-dir", ns.StateDir, "--node-api", ns.NodeAPI,
 		"--admin-addr", ns.AdminAddr, "--metrics-addr", ns.MetricsAddr, "--ready-addr", ns.ReadyAddr)
@@ -324,4 +328,41 @@ func (s *State) node(name string) *NodeState {
 		}
 	}
 	return nil
+}
+
+// nodeBinary copies the ztunnel binary to the node's own file and returns its path: each
+// node of the lab runs its own copy, as each node of a cluster has its own image. Processes
+// running one file share its pages, which the kernel does not page out for one of them
+// (ztunnel gives back the pages only its start-up used, package pageout), and which fault
+// around into each other's resident set. The copy is renamed into place, so a ztunnel
+// running the previous copy keeps it.
+func nodeBinary(o Options, node string) (string, error) {
+	src, err := os.Open(filepath.Join(o.BinDir, "ztunnel"))
+	if err != nil {
+		return "", err
+	}
+	defer src.Close()
+	dst := o.path("bin", "ztunnel-"+node)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(dst), "ztunnel-"+node+".*")
+	if err != nil {
+		return "", err
+	}
+	_, err = io.Copy(tmp, src)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), 0o755)
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), dst)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return "", fmt.Errorf("copy ztunnel for node %s: %w", node, err)
+	}
+	return dst, nil
 }

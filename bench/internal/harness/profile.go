@@ -108,7 +108,7 @@ func (r *runner) profile(ctx context.Context) (string, error) {
 	}
 	if fi, err := os.Stat(filepath.Join(r.cfg.BinDir, "ztunnel")); err == nil {
 		fmt.Fprintf(&b, "\nThe file-backed part is the touched pages of the %.0f MB ztunnel binary (code and read-only data, "+
-			"shared between the two ztunnels and reclaimable by the kernel); the anonymous part is Go's heap, stacks and runtime. "+
+			"each node's own copy, as each node of a cluster has its own image, and reclaimable by the kernel: ztunnel gives back the pages only its start-up used, --page-out-after); the anonymous part is Go's heap, stacks and runtime. "+
 			"Against the 12 MB target the anonymous part is what the code controls.\n", mb(fi.Size()))
 	}
 	b.WriteString("\nThe Go runtime's own account of it (`runtime.MemStats`, read from `/debug/pprof/heap?debug=1` on each ztunnel's admin port):\n\n")

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"ambit.dev/mesh/logging"
+	"ambit.dev/mesh/pageout"
 	"ambit.dev/waypoint/internal/app"
 )
 
@@ -36,6 +37,7 @@ func main() {
 	flag.StringVar(&cfg.ReadyAddr, "ready-addr", ":15021", "/healthz/ready listen address; empty disables")
 	flag.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP/gRPC collector host:port for request spans; empty exports none")
 	flag.DurationVar(&cfg.DrainPeriod, "drain-period", 5*time.Second, "how long open requests may finish on shutdown")
+	flag.DurationVar(&cfg.PageOutAfter, "page-out-after", pageout.DefaultDelay, pageout.FlagUsage)
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 

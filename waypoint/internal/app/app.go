@@ -16,6 +16,7 @@ import (
 
 	"ambit.dev/mesh/hbone"
 	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/pageout"
 	"ambit.dev/mesh/proxyhost"
 	"ambit.dev/mesh/state"
 	"ambit.dev/mesh/xdsclient"
@@ -53,6 +54,9 @@ type Config struct {
 	// SpanExporter, when set, receives the spans instead (tests).
 	SpanExporter sdktrace.SpanExporter
 	DrainPeriod  time.Duration
+	// PageOutAfter, when positive, is how long after start the pages of the binary that
+	// only start-up used are given back (package pageout).
+	PageOutAfter time.Duration
 	Logger       *slog.Logger
 }
 
@@ -156,6 +160,7 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go(func() error { return client.Run(gctx) })
 	g.Go(func() error { return srv.Serve(hln) })
 	g.Go(func() error { return srv.ServeH3(hpc) })
+	g.Go(func() error { pageout.After(gctx, cfg.PageOutAfter, log); return nil })
 	// The endpoints outlive gctx: they serve while the tunnels drain, and close after.
 	g.Go(func() error { return endpoints.Run(context.WithoutCancel(gctx)) })
 	g.Go(func() error {

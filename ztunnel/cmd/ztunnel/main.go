@@ -13,6 +13,7 @@ import (
 
 	"ambit.dev/mesh/hbone"
 	"ambit.dev/mesh/logging"
+	"ambit.dev/mesh/pageout"
 	"ambit.dev/ztunnel/internal/app"
 )
 
@@ -35,6 +36,7 @@ func main() {
 	flag.StringVar(&cfg.LocalCADir, "local-ca-dir", "", "standalone mode: directory of the self-signed root (root-cert.pem, root-key.pem), created on first start (default <state-dir>/ca); ztunnels that must trust each other share it")
 	flag.DurationVar(&cfg.CaptureCheck, "capture-check-interval", app.DefaultCaptureCheck, "how often every captured pod's iptables rules are checked and repaired if changed behind ztunnel's back; negative: never")
 	flag.DurationVar(&cfg.HBONEIdleTimeout, "hbone-idle-timeout", hbone.DefaultIdleTimeout, "close an HBONE connection (HTTP/2 or HTTP/3, to or from a peer) that has carried no stream for this long")
+	flag.DurationVar(&cfg.PageOutAfter, "page-out-after", pageout.DefaultDelay, pageout.FlagUsage)
 	flag.TextVar(level, "log-level", new(slog.LevelVar), "log level: debug, info, warn or error")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: ztunnel [flags]\n\nambit's node proxy. Pods are handed over through the node API (--node-api);\nconfiguration and certificates come from the controller (--controller), or, standalone,\nfrom a local file and a local root (--local-config, --local-ca-dir).\n\n")

@@ -14,6 +14,7 @@ import (
 
 	"ambit.dev/mesh/hbone"
 	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/pageout"
 	"ambit.dev/mesh/proxyhost"
 	"ambit.dev/mesh/state"
 	"ambit.dev/mesh/xdsclient"
@@ -63,7 +64,10 @@ type Config struct {
 	// HBONEIdleTimeout closes a tunnel connection (HTTP/2 or HTTP/3, either direction) that
 	// has carried no stream for this long; hbone.DefaultIdleTimeout (5 min) when zero.
 	HBONEIdleTimeout time.Duration
-	Logger           *slog.Logger
+	// PageOutAfter, when positive, is how long after start the pages of the binary that
+	// only start-up used are given back (package pageout).
+	PageOutAfter time.Duration
+	Logger       *slog.Logger
 }
 
 // Defaults of cmd/ztunnel's --drain-period and --handover-grace. Together with a few seconds
@@ -203,6 +207,7 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go(func() error { return endpoints.Run(gctx) })
 	g.Go(func() error { return handover.Run(gctx) })
 	g.Go(func() error { return pods.Run(gctx) })
+	g.Go(func() error { pageout.After(gctx, cfg.PageOutAfter, log); return nil })
 	log.Info("ztunnel started", "node", cfg.Node, "config", src.name, "node_api", cfg.NodeAPI)
 
 	handover.WaitForSuccessor(ctx, gctx, cfg.HandoverGrace)

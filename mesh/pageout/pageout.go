@@ -1,0 +1,125 @@
+// Package pageout gives back the resident pages of a proxy's own binary that only its
+// start-up used.
+//
+// A process's resident set counts every page of its executable it has mapped, and the
+// kernel maps file pages around each fault (fault-around, 64 KB at a time), so a Go proxy's
+// binary is resident almost whole soon after start, code it ran once (flag parsing, package
+// initialisers, the first config) included. Asking the kernel to reclaim those pages once,
+// after start-up, leaves out the ones the proxy never touches again; the ones it goes on
+// using come back at their next use. Pages another process also maps (two proxies running
+// the same file) are left alone by the kernel.
+package pageout
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Binary asks the kernel to reclaim this process's pages of its executable's read-only
+// mappings (code and read-only data) and returns how many bytes of mapped file were
+// resident before and after. Kernels before 5.4 have no MADV_PAGEOUT: an error.
+func Binary() (before, after int64, err error) {
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		return 0, 0, err
+	}
+	ranges, err := readOnlyMappings("/proc/self/maps", exe)
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(ranges) == 0 {
+		return 0, 0, fmt.Errorf("pageout: no read-only mapping of %s", exe)
+	}
+	before, err = residentFile()
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, r := range ranges {
+		if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, r[0], r[1]-r[0], unix.MADV_PAGEOUT); e != 0 {
+			return before, before, fmt.Errorf("pageout: madvise %#x-%#x: %w", r[0], r[1], e)
+		}
+	}
+	after, err = residentFile()
+	return before, after, err
+}
+
+// readOnlyMappings lists the [start, end) ranges of the mappings of file exe in a maps
+// file that are neither writable nor shared.
+func readOnlyMappings(maps, exe string) ([][2]uintptr, error) {
+	f, err := os.Open(maps)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out [][2]uintptr
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// address perms offset dev inode path
+		fs := strings.Fields(sc.Text())
+		if len(fs) != 6 || fs[5] != exe || len(fs[1]) != 4 || fs[1][1] != '-' || fs[1][3] != 'p' {
+			continue
+		}
+		lo, hi, ok := strings.Cut(fs[0], "-")
+		start, err1 := strconv.ParseUint(lo, 16, 64)
+		end, err2 := strconv.ParseUint(hi, 16, 64)
+		if !ok || err1 != nil || err2 != nil || end <= start {
+			return nil, fmt.Errorf("pageout: %s: bad range %q", maps, fs[0])
+		}
+		out = append(out, [2]uintptr{uintptr(start), uintptr(end)})
+	}
+	return out, sc.Err()
+}
+
+// residentFile is RssFile of /proc/self/status, in bytes.
+func residentFile() (int64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "RssFile:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("pageout: no RssFile in /proc/self/status")
+}
+
+// DefaultDelay is the proxies' --page-out-after: start-up (certificates, the first config)
+// is over by then. FlagUsage is that flag's help.
+const (
+	DefaultDelay = 30 * time.Second
+	FlagUsage    = "this long after start, give back the pages of the binary that only start-up used (resident memory); 0: never"
+)
+
+// After runs Binary once, delay after it is called (when start-up is over), unless ctx
+// ends first, and logs what it gave back. A delay of zero or less does nothing.
+func After(ctx context.Context, delay time.Duration, log *slog.Logger) {
+	if delay <= 0 {
+		return
+	}
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return
+	case <-t.C:
+	}
+	before, after, err := Binary()
+	if err != nil {
+		log.Warn("start-up pages of the binary not given back", "err", err)
+		return
+	}
+	log.Info("start-up pages of the binary given back", "resident_file_mb_before", mb(before), "resident_file_mb_after", mb(after))
+}
+
+func mb(b int64) string { return strconv.FormatFloat(float64(b)/(1<<20), 'f', 1, 64) }

@@ -1,0 +1,81 @@
+package pageout
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBinaryGivesPagesBack: the test binary, mapped by this process alone, has fewer
+// resident file pages after Binary, and keeps running (its code faults back in).
+func TestBinaryGivesPagesBack(t *testing.T) {
+	before, after, err := Binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("resident file pages: %d kB before, %d kB after", before>>10, after>>10)
+	if before <= 0 || after >= before {
+		t.Fatalf("resident file bytes %d before, %d after: nothing given back", before, after)
+	}
+	again, err := residentFile()
+	if err != nil || again <= 0 {
+		t.Fatalf("after the page-out: %d, %v", again, err)
+	}
+}
+
+// TestReadOnlyMappings: only the executable's private mappings that are not writable
+// count; a malformed range is an error, not a guess.
+func TestReadOnlyMappings(t *testing.T) {
+	maps := filepath.Join(t.TempDir(), "maps")
+	write := func(s string) {
+		if err := os.WriteFile(maps, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`00400000-00bc0000 r-xp 00000000 08:01 123 /usr/bin/ztunnel
+00bc0000-0148a000 r--p 007c0000 08:01 123 /usr/bin/ztunnel
+0148a000-01501000 rw-p 0108a000 08:01 123 /usr/bin/ztunnel
+01501000-01600000 rw-p 00000000 00:00 0
+7f0000000000-7f0000001000 r--s 00000000 08:01 99 /usr/bin/ztunnel
+7f0000001000-7f0000002000 r-xp 00000000 08:01 77 /usr/lib/libc.so
+7f0000003000-7f0000004000 r-xp 00000000 08:01 123 /usr/bin/ztunnel (deleted)
+`)
+	got, err := readOnlyMappings(maps, "/usr/bin/ztunnel")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := [][2]uintptr{{0x400000, 0xbc0000}, {0xbc0000, 0x148a000}}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("got %x, want %x", got, want)
+	}
+	write("00bc0000-00400000 r-xp 00000000 08:01 123 /usr/bin/ztunnel\n")
+	if _, err := readOnlyMappings(maps, "/usr/bin/ztunnel"); err == nil || !strings.Contains(err.Error(), "bad range") {
+		t.Fatalf("a backwards range: %v", err)
+	}
+}
+
+// TestAfterWaitsAndStops: After gives the pages back once its delay has passed, and does
+// nothing for a zero delay or when ctx ends first.
+func TestAfterWaitsAndStops(t *testing.T) {
+	var out strings.Builder
+	log := slog.New(slog.NewTextHandler(&out, nil))
+	After(t.Context(), 0, log)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	After(ctx, time.Hour, log)
+	if out.Len() != 0 {
+		t.Fatalf("logged with no delay or an ended context: %s", out.String())
+	}
+	start := time.Now()
+	After(t.Context(), 50*time.Millisecond, log)
+	if d := time.Since(start); d < 50*time.Millisecond {
+		t.Fatalf("returned after %v, before its delay", d)
+	}
+	if !strings.Contains(out.String(), "start-up pages of the binary given back") {
+		t.Fatalf("log: %q", out.String())
+	}
+}
