@@ -55,13 +55,13 @@ help: ## list the targets
 setup: ## install the system tools (protoc, iptables, iproute2, haproxy, nginx, stunnel, etcd, containerd) if missing; needs root
 	@hack/setup.sh
 
-build: ## compile every package of every module; commands go to bin/
+build: ## compile every package of every module; commands go to bin/, static (CGO_ENABLED=0) as in the images
 	@pkgs=$$(hack/packages.sh --build); \
 	if [[ -z $$pkgs ]]; then echo "build: no Go packages yet"; exit 0; fi; \
 	go build $$pkgs; \
 	mains=$$(hack/packages.sh --main); \
 	if [[ -z $$mains ]]; then echo "build: packages compile; no commands (cmd/) yet"; exit 0; fi; \
-	mkdir -p bin; go build -o bin/ $$mains; \
+	mkdir -p bin; CGO_ENABLED=0 go build -o bin/ $$mains; \
 	echo "build: $$(ls bin | tr '\n' ' ')in bin/"
 
 proto: ## regenerate the Go code of the .proto files under proto/

@@ -17,8 +17,11 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 bin=.cache/bench-bin
 mkdir -p "$bin"
-go build -o "$bin/" ambit.dev/controller/cmd/controller ambit.dev/controller/cmd/ambitctl \
-	ambit.dev/ztunnel/cmd/ztunnel ambit.dev/waypoint/cmd/waypoint ambit.dev/bench/cmd/bench
+# The mesh's binaries as the images ship them (hack/images.sh): static, without cgo, so that
+# no C library is mapped into the proxies.
+CGO_ENABLED=0 go build -trimpath -o "$bin/" ambit.dev/controller/cmd/controller ambit.dev/controller/cmd/ambitctl \
+	ambit.dev/ztunnel/cmd/ztunnel ambit.dev/waypoint/cmd/waypoint
+go build -o "$bin/" ambit.dev/bench/cmd/bench
 # the istio-go-hbone peer: Istio's Go HBONE, from compat/istio (its own module, outside go.work)
 (cd compat/istio && GOWORK=off go build -o "$root/$bin/" ./cmd/istio-hbone-peer)
 cmd="make bench"
