@@ -28,16 +28,19 @@ import (
 // mappings (code and read-only data) and returns how many bytes of mapped file were
 // resident before and after. Kernels before 5.4 have no MADV_PAGEOUT: an error.
 func Binary() (before, after int64, err error) {
-	exe, err := os.Readlink("/proc/self/exe")
-	if err != nil {
+	// The executable by device and inode, which stay right when its path no longer does
+	// (the file replaced or removed while the proxy runs).
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/exe", &st); err != nil {
 		return 0, 0, err
 	}
+	exe := fileID{dev: st.Dev, ino: st.Ino}
 	ranges, err := readOnlyMappings("/proc/self/maps", exe)
 	if err != nil {
 		return 0, 0, err
 	}
 	if len(ranges) == 0 {
-		return 0, 0, fmt.Errorf("pageout: no read-only mapping of %s", exe)
+		return 0, 0, fmt.Errorf("pageout: no read-only mapping of the executable (device %d, inode %d)", exe.dev, exe.ino)
 	}
 	before, err = residentFile()
 	if err != nil {
@@ -52,9 +55,12 @@ func Binary() (before, after int64, err error) {
 	return before, after, err
 }
 
+// fileID names a file by device and inode.
+type fileID struct{ dev, ino uint64 }
+
 // readOnlyMappings lists the [start, end) ranges of the mappings of file exe in a maps
 // file that are neither writable nor shared.
-func readOnlyMappings(maps, exe string) ([][2]uintptr, error) {
+func readOnlyMappings(maps string, exe fileID) ([][2]uintptr, error) {
 	f, err := os.Open(maps)
 	if err != nil {
 		return nil, err
@@ -63,9 +69,16 @@ func readOnlyMappings(maps, exe string) ([][2]uintptr, error) {
 	var out [][2]uintptr
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		// address perms offset dev inode path
+		// address perms offset dev(major:minor, hex) inode [path]
 		fs := strings.Fields(sc.Text())
-		if len(fs) != 6 || fs[5] != exe || len(fs[1]) != 4 || fs[1][1] != '-' || fs[1][3] != 'p' {
+		if len(fs) < 5 || len(fs[1]) != 4 || fs[1][1] != '-' || fs[1][3] != 'p' {
+			continue
+		}
+		major, minor, _ := strings.Cut(fs[3], ":")
+		maj, err1 := strconv.ParseUint(major, 16, 32)
+		mnr, err2 := strconv.ParseUint(minor, 16, 32)
+		ino, err3 := strconv.ParseUint(fs[4], 10, 64)
+		if err1 != nil || err2 != nil || err3 != nil || ino != exe.ino || unix.Mkdev(uint32(maj), uint32(mnr)) != exe.dev {
 			continue
 		}
 		lo, hi, ok := strings.Cut(fs[0], "-")

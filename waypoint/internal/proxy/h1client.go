@@ -9,7 +9,10 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // h1Client is the waypoint's HTTP/1.1 client to pods. It makes each exchange on the
@@ -21,15 +24,16 @@ import (
 // (docs/benchmarks.md). Idle connections are pooled per address.
 type h1Client struct {
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	// maxIdle bounds the idle connections kept per address; idleTimeout closes one left
-	// idle that long.
-	maxIdle     int
-	idleTimeout time.Duration
+	// maxIdle bounds the idle connections kept per address, maxIdleTotal all of them;
+	// idleTimeout closes one left idle that long.
+	maxIdle, maxIdleTotal int
+	idleTimeout           time.Duration
 	// maxHeaderBytes bounds a response's head (status line and headers).
 	maxHeaderBytes int64
 
 	mu     sync.Mutex
 	idle   map[string][]*h1Conn
+	nidle  int
 	closed bool
 }
 
@@ -72,18 +76,19 @@ func (a *allowanceReader) Read(p []byte) (int, error) {
 }
 
 func newH1Client(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *h1Client {
-	return &h1Client{dial: dial, maxIdle: 128, idleTimeout: 90 * time.Second, maxHeaderBytes: 1 << 20,
+	return &h1Client{dial: dial, maxIdle: 128, maxIdleTotal: 1024, idleTimeout: 90 * time.Second, maxHeaderBytes: 1 << 20,
 		idle: make(map[string][]*h1Conn)}
 }
 
 // RoundTrip sends req (absolute URL with host:port) and reads the response head. A
 // connection taken from the pool that turns out to have been closed by the pod before any
 // byte of the response came is replaced once by a new one, when the request can be sent
-// again (as net/http does: no body or a replayable one, and an idempotent method).
+// again (as net/http does: no body or a replayable one, and an idempotent method). Pooled
+// connections the pod closed while they idled are mostly caught before use (see alive).
 func (t *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	addr := req.URL.Host
 	for retried := false; ; retried = true {
-		pc, reused, err := t.get(req.Context(), addr)
+		pc, reused, err := t.get(req.Context(), addr, retried)
 		if err != nil {
 			return nil, err
 		}
@@ -111,21 +116,30 @@ func replayable(req *http.Request) bool {
 	return key || xkey
 }
 
-// get returns an idle connection to addr, or a new one.
-func (t *h1Client) get(ctx context.Context, addr string) (pc *h1Conn, reused bool, err error) {
-	t.mu.Lock()
-	if conns := t.idle[addr]; len(conns) > 0 {
-		pc = conns[len(conns)-1]
-		conns[len(conns)-1] = nil
-		t.idle[addr] = conns[:len(conns)-1]
-		if len(t.idle[addr]) == 0 {
-			delete(t.idle, addr)
+// get returns an idle connection to addr that is still alive, or a new one (always a new
+// one when fresh is set).
+func (t *h1Client) get(ctx context.Context, addr string, fresh bool) (pc *h1Conn, reused bool, err error) {
+	for !fresh {
+		t.mu.Lock()
+		if conns := t.idle[addr]; len(conns) > 0 {
+			pc = conns[len(conns)-1]
+			conns[len(conns)-1] = nil
+			t.idle[addr] = conns[:len(conns)-1]
+			if len(t.idle[addr]) == 0 {
+				delete(t.idle, addr)
+			}
+			t.nidle--
 		}
-	}
-	t.mu.Unlock()
-	if pc != nil {
+		t.mu.Unlock()
+		if pc == nil {
+			break
+		}
 		pc.timer.Stop()
-		return pc, true, nil
+		if pc.alive() {
+			return pc, true, nil
+		}
+		pc.c.Close()
+		pc = nil
 	}
 	c, err := t.dial(ctx, "tcp", addr)
 	if err != nil {
@@ -138,15 +152,50 @@ func (t *h1Client) get(ctx context.Context, addr string) (pc *h1Conn, reused boo
 	return pc, false, nil
 }
 
+// alive reports whether an idle connection can carry a request: nothing arrived on it
+// while it idled, neither the pod's end nor bytes no request asked for. A socket is
+// peeked without blocking; a tunnel stream is read with a deadline already passed, which
+// returns what the stream holds or times out (a QUIC stream times out first: its dead
+// connections are caught at use, and RoundTrip replaces them).
+func (pc *h1Conn) alive() bool {
+	if pc.br.Buffered() > 0 {
+		return false
+	}
+	if sc, ok := pc.c.(syscall.Conn); ok {
+		rc, err := sc.SyscallConn()
+		if err != nil {
+			return false
+		}
+		empty := false
+		var b [1]byte
+		err = rc.Read(func(fd uintptr) bool {
+			_, _, rerr := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			empty = rerr == unix.EAGAIN
+			return true
+		})
+		return err == nil && empty
+	}
+	if err := pc.c.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		return false
+	}
+	_, err := pc.br.Peek(1)
+	if err := pc.c.SetReadDeadline(time.Time{}); err != nil {
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 // put keeps pc for the next request to its address, or closes it.
 func (t *h1Client) put(pc *h1Conn) {
 	t.mu.Lock()
-	if t.closed || len(t.idle[pc.addr]) >= t.maxIdle {
+	if t.closed || len(t.idle[pc.addr]) >= t.maxIdle || t.nidle >= t.maxIdleTotal || pc.br.Buffered() > 0 {
 		t.mu.Unlock()
 		pc.c.Close()
 		return
 	}
 	t.idle[pc.addr] = append(t.idle[pc.addr], pc)
+	t.nidle++
 	if pc.timer == nil {
 		pc.timer = time.AfterFunc(t.idleTimeout, func() { t.expire(pc) })
 	} else {
@@ -162,6 +211,7 @@ func (t *h1Client) expire(pc *h1Conn) {
 	for i, c := range conns {
 		if c == pc {
 			conns = append(conns[:i], conns[i+1:]...)
+			t.nidle--
 			if len(conns) == 0 {
 				delete(t.idle, pc.addr)
 			} else {
@@ -180,6 +230,7 @@ func (t *h1Client) CloseIdleConnections() {
 	t.mu.Lock()
 	idle := t.idle
 	t.idle = make(map[string][]*h1Conn)
+	t.nidle = 0
 	t.mu.Unlock()
 	for _, conns := range idle {
 		for _, pc := range conns {
@@ -254,15 +305,17 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 	return bw.Flush()
 }
 
-// readHead reads the final response head, skipping informational (1xx) ones, within
-// maxHeaderBytes.
+// readHead reads the final response head, skipping informational (1xx) ones; all the
+// heads of one exchange share maxHeaderBytes, so an endless run of 1xx heads ends too.
 func (t *h1Client) readHead(pc *h1Conn, req *http.Request) (*http.Response, error) {
+	pc.lr.bound, pc.lr.left = true, t.maxHeaderBytes
+	defer func() { pc.lr.bound = false }()
 	for {
-		pc.lr.bound, pc.lr.left = true, t.maxHeaderBytes+int64(pc.br.Buffered())
 		resp, err := http.ReadResponse(pc.br, req)
-		pc.lr.bound = false
 		if err != nil {
-			if errors.Is(err, errHeadTooLarge) {
+			// A cut at the limit can surface as a malformed line rather than as the
+			// allowance's error.
+			if errors.Is(err, errHeadTooLarge) || pc.lr.left <= 0 {
 				return nil, fmt.Errorf("response head over %d bytes", t.maxHeaderBytes)
 			}
 			return nil, err
@@ -279,7 +332,7 @@ func (t *h1Client) readHead(pc *h1Conn, req *http.Request) (*http.Response, erro
 
 // h1Body is a response's body: read to its end, it gives the connection back to the pool
 // (when the request was written in full and neither side asked to close); closed before,
-// it closes the connection.
+// it closes the connection, which also ends a Read blocked on another goroutine.
 type h1Body struct {
 	t     *h1Client
 	pc    *h1Conn
@@ -287,11 +340,16 @@ type h1Body struct {
 	stop  func() bool
 	wrote chan error
 	reuse bool
-	done  bool
+
+	mu   sync.Mutex
+	done bool
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
-	if b.done {
+	b.mu.Lock()
+	done := b.done
+	b.mu.Unlock()
+	if done {
 		return 0, io.EOF
 	}
 	n, err := b.body.Read(p)
@@ -302,13 +360,18 @@ func (b *h1Body) Read(p []byte) (int, error) {
 }
 
 func (b *h1Body) Close() error {
-	if !b.done {
-		b.finish(false)
-	}
+	b.finish(false)
 	return nil
 }
 
+// finish gives the connection back or closes it, once: the first of an end read and a
+// Close decides.
 func (b *h1Body) finish(complete bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		return
+	}
 	b.done = true
 	reuse := complete && b.reuse && b.stop()
 	if b.wrote != nil {

@@ -137,29 +137,53 @@ func TestH1ClientReusesConnections(t *testing.T) {
 	}
 }
 
-// TestH1ClientReplacesStaleConnection: a pooled connection the pod has closed in the
-// meantime is replaced, once, for a request that may be sent again; a POST with a body is
-// not sent twice.
+// TestH1ClientReplacesStaleConnection: pooled connections the pod closed while they idled
+// are left for a new one before any request goes out on them, so a POST with a body
+// succeeds and is sent once; bytes no request asked for never become a response.
 func TestH1ClientReplacesStaleConnection(t *testing.T) {
 	addr, accepted := rawServer(t, answer(okResp, true))
 	cl := testH1Client()
 	defer cl.close()
-	getBody(t, cl, addr)
-	time.Sleep(50 * time.Millisecond) // the server has closed its end
+	// Two connections in the pool, both closed by the pod after their answer.
+	var resps [2]*http.Response
+	for i := range resps {
+		var err error
+		if resps[i], err = h1Get(t, cl, context.Background(), addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range resps {
+		io.ReadAll(r.Body)
+		r.Body.Close()
+	}
+	time.Sleep(50 * time.Millisecond)
 	if got := getBody(t, cl, addr); got != "ok" {
 		t.Fatalf("body %q", got)
 	}
-	if n := accepted.Load(); n != 2 {
-		t.Fatalf("%d connections, want 2 (the stale one replaced)", n)
+	if n := accepted.Load(); n != 3 {
+		t.Fatalf("%d connections, want 3 (both stale ones left)", n)
 	}
 	time.Sleep(50 * time.Millisecond)
 	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader("data"))
-	if resp, err := cl.RoundTrip(req); err == nil {
-		resp.Body.Close()
-		t.Fatal("a POST on a connection the pod had closed was sent again")
+	resp, err := cl.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("POST after the pod closed the pooled connection: %v", err)
 	}
-	if n := accepted.Load(); n != 2 {
-		t.Fatalf("%d connections after the POST, want still 2", n)
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if n := accepted.Load(); n != 4 {
+		t.Fatalf("%d connections after the POST, want 4 (sent once, on a new one)", n)
+	}
+
+	// A pod that sends more than its answer (here a 408 after it) loses the connection.
+	extra, accepted2 := rawServer(t, answer(okResp+"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n", false))
+	for range 3 {
+		if got := getBody(t, cl, extra); got != "ok" {
+			t.Fatalf("body %q", got)
+		}
+	}
+	if n := accepted2.Load(); n != 3 {
+		t.Fatalf("%d connections to a pod sending unasked bytes, want 3", n)
 	}
 }
 
@@ -176,6 +200,22 @@ func TestH1ClientSkipsInformational(t *testing.T) {
 	if resp, err := h1Get(t, cl, context.Background(), sw); err == nil {
 		resp.Body.Close()
 		t.Fatal("an unasked 101 was accepted")
+	}
+	// Informational heads without end count against one head limit.
+	endless, _ := rawServer(t, func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		for {
+			if _, err := io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
+				return
+			}
+		}
+	})
+	cl.maxHeaderBytes = 16 << 10
+	_, err := h1Get(t, cl, context.Background(), endless)
+	if err == nil || !strings.Contains(err.Error(), "response head over") {
+		t.Fatalf("endless 100 Continue: %v", err)
 	}
 }
 
@@ -278,15 +318,59 @@ func TestH1ClientEarlyAnswer(t *testing.T) {
 	if resp.StatusCode != 413 || string(b) != "big" {
 		t.Fatalf("got %d %q", resp.StatusCode, b)
 	}
-	srv, _ := rawServer(t, answer(okResp, false))
-	getBody(t, cl, srv)
-	if n := accepted.Load(); n != 1 {
-		t.Fatalf("%d connections to the early answerer", n)
+	req2, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+	resp2, err := cl.RoundTrip(req2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp2.Body)
+	resp2.Body.Close()
+	if n := accepted.Load(); n != 2 {
+		t.Fatalf("%d connections to the early answerer, want 2 (the first not reused)", n)
 	}
 	cl.mu.Lock()
 	idle := len(cl.idle[addr])
 	cl.mu.Unlock()
+	if idle != 1 {
+		t.Fatalf("%d idle connections, want 1: the second one only", idle)
+	}
+}
+
+// TestH1ClientCloseEndsRead: closing a body from another goroutine ends a Read blocked
+// on it, and the connection is not pooled.
+func TestH1ClientCloseEndsRead(t *testing.T) {
+	addr, _ := rawServer(t, func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+		_, _ = io.Copy(io.Discard, c)
+	})
+	cl := testH1Client()
+	defer cl.close()
+	resp, err := h1Get(t, cl, context.Background(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.ReadAll(resp.Body)
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	resp.Body.Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a body closed half-way read to a clean end")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not end the blocked Read")
+	}
+	cl.mu.Lock()
+	idle := cl.nidle
+	cl.mu.Unlock()
 	if idle != 0 {
-		t.Fatalf("the connection whose request was still going out was pooled (%d idle)", idle)
+		t.Fatalf("%d idle connections after a body closed half-way", idle)
 	}
 }

@@ -25,15 +25,28 @@ func InNetns(path string, fn func() error) error {
 	return onNetnsThread(path, func(*netnsThread) error { return fn() })
 }
 
-// hostNetns is the namespace ztunnel's threads live in, opened once, before any thread
-// enters a pod's: every thread that enters one comes back here.
-var hostNetns = sync.OnceValues(func() (int, error) {
+// hostNetns is the namespace ztunnel's threads live in, opened by the first call that
+// succeeds, before any thread enters a pod's: every thread that enters one comes back here.
+// A failure (out of files, say) is not kept: the next call tries again.
+func hostNetns() (int, error) {
+	host.mu.Lock()
+	defer host.mu.Unlock()
+	if host.ok {
+		return host.fd, nil
+	}
 	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("open own netns: %w", err)
 	}
+	host.fd, host.ok = fd, true
 	return fd, nil
-})
+}
+
+var host struct {
+	mu sync.Mutex
+	fd int
+	ok bool
+}
 
 // netnsThread is the locked OS thread of one onNetnsThread call, switched into a pod's
 // namespace until leave.
@@ -234,13 +247,19 @@ func keepAlive(local bool) time.Duration {
 // errPortClash means the kernel gave the socket the port the dial must avoid; try again.
 var errPortClash = errors.New("bound to the original source port")
 
+// errSecondSocket means a dial asked for another socket after its thread left the pod's
+// namespace; try again from inside.
+var errSecondSocket = errors.New("a second socket in one dial")
+
 // Dial connects from inside the namespace at path with a marked socket, so the
 // connection leaves with the pod's address (or, transparently, o.Source's) and is not
 // captured again.
 func Dial(ctx context.Context, path, addr string, o DialOptions) (*net.TCPConn, error) {
+	// An IP destination, so that the dialer makes one socket, on this thread (a name with
+	// several addresses would be dialled from other goroutines, outside the namespace).
 	dst, err := netip.ParseAddrPort(addr)
-	if err != nil && o.Source.IsValid() {
-		return nil, fmt.Errorf("dial %s from %s: transparent dial needs an IP destination: %w", addr, path, err)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s from %s: the destination must be an IP address and port: %w", addr, path, err)
 	}
 	var c net.Conn
 	for range 4 {
@@ -253,7 +272,9 @@ func Dial(ctx context.Context, path, addr string, o DialOptions) (*net.TCPConn, 
 			c, err = d.DialContext(ctx, "tcp", addr)
 			return err
 		})
-		if !errors.Is(err, errPortClash) {
+		// Go's dialer opens a second socket after a connection to itself or a spurious
+		// EADDRNOTAVAIL; outside the namespace it is refused, and the dial starts over.
+		if !errors.Is(err, errPortClash) && !errors.Is(err, errSecondSocket) {
 			break
 		}
 	}
@@ -270,7 +291,7 @@ func Dial(ctx context.Context, path, addr string, o DialOptions) (*net.TCPConn, 
 func dialControl(t *netnsThread, dst netip.AddrPort, o DialOptions) func(string, string, syscall.RawConn) error {
 	return func(_, _ string, c syscall.RawConn) error {
 		if t.left {
-			return fmt.Errorf("dial in netns %s: a second socket in one dial", t.path)
+			return fmt.Errorf("dial in netns %s: %w", t.path, errSecondSocket)
 		}
 		if err := t.leave(); err != nil {
 			return err
