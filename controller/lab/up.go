@@ -124,7 +124,7 @@ func Up(ctx context.Context, t *Topology, o Options) (*State, error) {
 			addr := fmt.Sprintf("%s:%d", ps.IP, a.Port)
 			if err := waitFor(ctx, 10*time.Second, "app "+a.Kind+" in pod "+ps.Namespace+"/"+ps.Name, func() error {
 				if !alive(a.Proc.PID) {
-					return fmt.Errorf("exited; see %s", a.Proc.Log)
+					return fmt.Errorf("exited; the end of %s:\n%s", a.Proc.Log, logTail(a.Proc.Log, 15))
 				}
 				return dialIn(ps.NetNS, addr)
 			}); err != nil {
@@ -171,7 +171,7 @@ func startController(ctx context.Context, o *Options, st *State) error {
 	st.RootCert = o.path("ca", "trust-bundle.pem")
 	if err := waitFor(ctx, 20*time.Second, "controller", func() error {
 		if !alive(proc.PID) {
-			return fmt.Errorf("exited; see %s", log)
+			return fmt.Errorf("exited; the end of %s:\n%s", log, logTail(log, 15))
 		}
 		if _, err := os.Stat(st.RootCert); err != nil {
 			return err
@@ -207,7 +207,7 @@ func StartZtunnel(ctx context.Context, o Options, st *State, ns *NodeState) erro
 	ns.Ztunnel = proc
 	return waitFor(ctx, 20*time.Second, "ztunnel "+ns.Name, func() error {
 		if !alive(proc.PID) {
-			return fmt.Errorf("exited; see %s", log)
+			return fmt.Errorf("exited; the end of %s:\n%s", log, logTail(log, 15))
 		}
 		// Until the hand-over both answer on the shared readiness port, the predecessor
 		// with 200. The new one takes the node API's socket once it holds the pods.

@@ -81,7 +81,7 @@ func runningWaypoint(ctx context.Context, dir, namespace, name string) (*Waypoin
 			continue
 		}
 		if !alive(wp.Proc.PID) {
-			return nil, fmt.Errorf("exited; see %s", wp.Proc.Log)
+			return nil, fmt.Errorf("exited; the end of %s:\n%s", wp.Proc.Log, logTail(wp.Proc.Log, 15))
 		}
 		if err := httpOK("http://" + wp.ReadyAddr + "/healthz/ready"); err != nil {
 			return nil, err
@@ -246,7 +246,7 @@ func startWaypoint(ctx context.Context, o *Options, st *State, w WaypointSpec) (
 	}
 	if err := waitFor(ctx, 20*time.Second, "waypoint "+w.Namespace+"/"+w.Name, func() error {
 		if !alive(proc.PID) {
-			return fmt.Errorf("exited; see %s", log)
+			return fmt.Errorf("exited; the end of %s:\n%s", log, logTail(log, 15))
 		}
 		return httpOK("http://" + wp.ReadyAddr + "/healthz/ready")
 	}); err != nil {
