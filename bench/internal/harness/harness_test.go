@@ -106,7 +106,7 @@ func TestSmokeLab(t *testing.T) {
 	if err := os.WriteFile(topo, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Topology: topo, LabDir: filepath.Join(dir, "lab"), LabPrefix: "ambitbt", LabPortBase: 36000,
+	cfg := Config{Topology: topo, LabDir: filepath.Join(dir, "lab"), LabPrefix: "ambitbt", LabPortBase: 29000, // below the ephemeral range (32768+), where outgoing connections could take a port
 		BinDir: bin, Self: filepath.Join(bin, "bench"), ResultsDir: filepath.Join(dir, "results"),
 		Rounds: 1, QPS: 200, Connections: []int{1}, Duration: time.Second, BulkDuration: time.Second, ChurnDuration: time.Second,
 		ChurnConnections: 2, Out: testWriter{t},
