@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"ambit.dev/controller/internal/configdir"
 	"ambit.dev/controller/internal/model"
 	"ambit.dev/proto/nodeapi"
 )
@@ -337,31 +338,15 @@ func (s *State) node(name string) *NodeState {
 // around into each other's resident set. The copy is renamed into place, so a ztunnel
 // running the previous copy keeps it.
 func nodeBinary(o Options, node string) (string, error) {
-	src, err := os.Open(filepath.Join(o.BinDir, "ztunnel"))
+	b, err := os.ReadFile(filepath.Join(o.BinDir, "ztunnel"))
 	if err != nil {
 		return "", err
 	}
-	defer src.Close()
 	dst := o.path("bin", "ztunnel-"+node)
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return "", err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "ztunnel-"+node+".*")
-	if err != nil {
-		return "", err
-	}
-	_, err = io.Copy(tmp, src)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o755)
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), dst)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
+	if err := configdir.WriteFileAtomic(dst, b, 0o755); err != nil {
 		return "", fmt.Errorf("copy ztunnel for node %s: %w", node, err)
 	}
 	return dst, nil

@@ -8,7 +8,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -121,14 +123,8 @@ func replayable(req *http.Request) bool {
 func (t *h1Client) get(ctx context.Context, addr string, fresh bool) (pc *h1Conn, reused bool, err error) {
 	for !fresh {
 		t.mu.Lock()
-		if conns := t.idle[addr]; len(conns) > 0 {
-			pc = conns[len(conns)-1]
-			conns[len(conns)-1] = nil
-			t.idle[addr] = conns[:len(conns)-1]
-			if len(t.idle[addr]) == 0 {
-				delete(t.idle, addr)
-			}
-			t.nidle--
+		if n := len(t.idle[addr]); n > 0 {
+			pc = t.takeLocked(addr, n-1)
 		}
 		t.mu.Unlock()
 		if pc == nil {
@@ -204,19 +200,27 @@ func (t *h1Client) put(pc *h1Conn) {
 	t.mu.Unlock()
 }
 
+// takeLocked removes the i-th idle connection to addr from the pool and returns it. Caller
+// holds t.mu.
+func (t *h1Client) takeLocked(addr string, i int) *h1Conn {
+	conns := t.idle[addr]
+	pc := conns[i]
+	conns = slices.Delete(conns, i, i+1) // zeroes the freed slot
+	if len(conns) == 0 {
+		delete(t.idle, addr)
+	} else {
+		t.idle[addr] = conns
+	}
+	t.nidle--
+	return pc
+}
+
 // expire closes pc if it is still idle.
 func (t *h1Client) expire(pc *h1Conn) {
 	t.mu.Lock()
-	conns := t.idle[pc.addr]
-	for i, c := range conns {
+	for i, c := range t.idle[pc.addr] {
 		if c == pc {
-			conns = append(conns[:i], conns[i+1:]...)
-			t.nidle--
-			if len(conns) == 0 {
-				delete(t.idle, pc.addr)
-			} else {
-				t.idle[pc.addr] = conns
-			}
+			t.takeLocked(pc.addr, i)
 			t.mu.Unlock()
 			pc.c.Close()
 			return
@@ -225,9 +229,10 @@ func (t *h1Client) expire(pc *h1Conn) {
 	t.mu.Unlock()
 }
 
-// CloseIdleConnections closes every idle connection; with closing, later ones too.
-func (t *h1Client) CloseIdleConnections() {
+// close closes the idle connections and keeps none from now on.
+func (t *h1Client) close() {
 	t.mu.Lock()
+	t.closed = true
 	idle := t.idle
 	t.idle = make(map[string][]*h1Conn)
 	t.nidle = 0
@@ -238,14 +243,6 @@ func (t *h1Client) CloseIdleConnections() {
 			pc.c.Close()
 		}
 	}
-}
-
-// close closes the idle connections and keeps none from now on.
-func (t *h1Client) close() {
-	t.mu.Lock()
-	t.closed = true
-	t.mu.Unlock()
-	t.CloseIdleConnections()
 }
 
 // exchange writes req on pc and reads the response head; the response's body gives pc
@@ -340,16 +337,11 @@ type h1Body struct {
 	stop  func() bool
 	wrote chan error
 	reuse bool
-
-	mu   sync.Mutex
-	done bool
+	done  atomic.Bool // the connection is given back or closed
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
-	b.mu.Lock()
-	done := b.done
-	b.mu.Unlock()
-	if done {
+	if b.done.Load() {
 		return 0, io.EOF
 	}
 	n, err := b.body.Read(p)
@@ -367,12 +359,9 @@ func (b *h1Body) Close() error {
 // finish gives the connection back or closes it, once: the first of an end read and a
 // Close decides.
 func (b *h1Body) finish(complete bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.done {
+	if !b.done.CompareAndSwap(false, true) {
 		return
 	}
-	b.done = true
 	reuse := complete && b.reuse && b.stop()
 	if b.wrote != nil {
 		// A request body still being written when the response has ended (the pod

@@ -52,6 +52,7 @@ var host struct {
 // namespace until leave.
 type netnsThread struct {
 	path string
+	host int // the namespace to return to (hostNetns)
 	left bool
 	err  error
 }
@@ -64,11 +65,7 @@ func (t *netnsThread) leave() error {
 		return t.err
 	}
 	t.left = true
-	host, err := hostNetns()
-	if err == nil {
-		err = unix.Setns(host, unix.CLONE_NEWNET)
-	}
-	if err != nil {
+	if err := unix.Setns(t.host, unix.CLONE_NEWNET); err != nil {
 		t.err = fmt.Errorf("leave netns %s: %w", t.path, err)
 		return t.err
 	}
@@ -80,7 +77,8 @@ func (t *netnsThread) leave() error {
 // path; fn may leave it early (a dial leaves as soon as its socket exists, so that waiting
 // for the connection does not hold a locked thread).
 func onNetnsThread(path string, fn func(*netnsThread) error) error {
-	if _, err := hostNetns(); err != nil {
+	host, err := hostNetns()
+	if err != nil {
 		return err
 	}
 	target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -96,7 +94,7 @@ func onNetnsThread(path string, fn func(*netnsThread) error) error {
 			errc <- fmt.Errorf("enter netns %s: %w", path, err)
 			return
 		}
-		t := &netnsThread{path: path}
+		t := &netnsThread{path: path, host: host}
 		ferr := fn(t)
 		if err := t.leave(); err != nil {
 			errc <- err
