@@ -107,7 +107,8 @@ func TestLabLossyBridge(t *testing.T) {
 // server — 16 streams over one pooled tunnel between the two ztunnels — each make calls one
 // after another, first over HTTP/2, then over HTTP/3, then both again (the namespace's
 // ambit.dev/tunnel-protocol label switches them). Every call must succeed on both; the
-// percentiles and the ratio of the p99s are reported (docs/benchmarks.md quotes them).
+// percentiles and the ratio of the p99s are reported (docs/benchmarks.md quotes them), and
+// both ztunnels must have turned their HTTP/3 loss shield on.
 func TestLabLossyH3(t *testing.T) {
 	st := e2eLab(t)
 	setEnrolled(t, st, "demo", true)
@@ -129,7 +130,7 @@ func TestLabLossyH3(t *testing.T) {
 	lat := map[configv1.TunnelProtocol][]time.Duration{}
 	for _, p := range []configv1.TunnelProtocol{configv1.TunnelProtocol_HBONE, configv1.TunnelProtocol_HBONE_H3, configv1.TunnelProtocol_HBONE, configv1.TunnelProtocol_HBONE_H3} {
 		useTunnel(t, st, client, p)
-		l, err := streams(client, url, 16, 60)
+		l, err := streams(client, url, 16, 100)
 		if err != nil {
 			t.Fatalf("over %v: %v", p, err)
 		}
@@ -146,6 +147,21 @@ func TestLabLossyH3(t *testing.T) {
 		"HTTP/2 p50 %v p90 %v p99 %v p99.9 %v; HTTP/3 p50 %v p90 %v p99 %v p99.9 %v; p99 H3/H2 %.2f",
 		stats.Seen, stats.Dropped, len(lat[h2]), pct(h2, .5), pct(h2, .9), pct(h2, .99), pct(h2, .999),
 		pct(h3, .5), pct(h3, .9), pct(h3, .99), pct(h3, .999), float64(pct(h3, .99))/float64(pct(h2, .99)))
+	// Both ztunnels measured the loss and shielded their HTTP/3 connection (mesh/hbone/h3loss.go).
+	for _, node := range []string{client.Node, server.Node} {
+		n := st.node(node)
+		if n == nil {
+			t.Fatalf("no node %s in the lab state", node)
+		}
+		dup, err := scrapeGauge("http://"+n.MetricsAddr+"/metrics", "ambit_hbone_h3_duplicated_packets_total")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("ztunnel %s: %.0f short QUIC packets sent twice", node, dup)
+		if dup == 0 {
+			t.Errorf("ztunnel %s sent no packet twice: its loss shield did not turn on at 1%% loss", node)
+		}
+	}
 	if d, err := ztunnelDump(client.Node); err != nil || len(d.TunnelFallbacks) != 0 {
 		t.Errorf("the client's ztunnel fell back to HTTP/2 (%v, %v): the HTTP/3 figures are not HTTP/3's", d.TunnelFallbacks, err)
 	}
@@ -173,14 +189,16 @@ func useTunnel(t *testing.T, st *State, client *PodState, p configv1.TunnelProto
 }
 
 // streams runs n keep-alive connections from pod to url, each making calls requests one after
-// another, and returns every call's latency; any failed call is an error.
+// another once all are open, and returns every call's latency; any failed call is an error.
 func streams(from *PodState, url string, n, calls int) ([]time.Duration, error) {
 	var (
-		mu   sync.Mutex
-		all  []time.Duration
-		errs []error
-		wg   sync.WaitGroup
+		mu    sync.Mutex
+		all   []time.Duration
+		errs  []error
+		wg    sync.WaitGroup
+		ready sync.WaitGroup
 	)
+	ready.Add(n)
 	for range n {
 		wg.Go(func() {
 			tr := &http.Transport{MaxIdleConnsPerHost: 1, DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
@@ -188,7 +206,14 @@ func streams(from *PodState, url string, n, calls int) ([]time.Duration, error) 
 			}}
 			defer tr.CloseIdleConnections()
 			hc := &http.Client{Transport: tr, Timeout: 15 * time.Second}
-			for range calls {
+			// Call 0 opens the connection, and with it the tunnel's stream (a CONNECT and
+			// its 200, one round trip); it is not measured, and the measured calls start
+			// once every connection is open: n streams over the tunnel, calls on each.
+			for i := range calls + 1 {
+				if i == 1 {
+					ready.Done()
+					ready.Wait()
+				}
 				start := time.Now()
 				resp, err := hc.Get(url)
 				if err == nil {
@@ -202,16 +227,20 @@ func streams(from *PodState, url string, n, calls int) ([]time.Duration, error) 
 				mu.Lock()
 				if err != nil {
 					errs = append(errs, err)
-				} else {
+				} else if i > 0 {
 					all = append(all, d)
 				}
 				mu.Unlock()
+				if err != nil && i == 0 {
+					ready.Done()
+					return
+				}
 			}
 		})
 	}
 	wg.Wait()
 	if len(errs) > 0 {
-		return nil, fmt.Errorf("%d of %d calls failed, first: %v", len(errs), n*calls, errs[0])
+		return nil, fmt.Errorf("%d of %d calls failed, first: %v", len(errs), n*(calls+1), errs[0])
 	}
 	return all, nil
 }

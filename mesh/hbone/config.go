@@ -32,6 +32,10 @@ const (
 	// first (RFC 9000 §8.1.2), which costs a spoofed source everything and a real client one
 	// round trip.
 	DefaultMaxUnverifiedHandshakes = 32
+	// DefaultH3LossThreshold and DefaultH3ShieldHold turn on an HTTP/3 connection's loss
+	// shield (h3loss.go) when it loses at least 0.5 % of its packets, for 30 s at a time.
+	DefaultH3LossThreshold = 0.005
+	DefaultH3ShieldHold    = 30 * time.Second
 
 	// Port is the HBONE port on every pod and waypoint.
 	Port = 15008
@@ -70,7 +74,12 @@ type ConnConfig struct {
 	// MaxUnverifiedHandshakes bounds a server's QUIC handshakes from unverified addresses
 	// before it demands Retry (see DefaultMaxUnverifiedHandshakes).
 	MaxUnverifiedHandshakes int
-	Logger                  *slog.Logger
+	// H3LossThreshold is the share of its packets an HTTP/3 connection must lose within a
+	// measurement window for it to send its short packets twice, for H3ShieldHold (see
+	// h3loss.go); negative turns the shield off.
+	H3LossThreshold float64
+	H3ShieldHold    time.Duration
+	Logger          *slog.Logger
 }
 
 // withDefaults validates c and returns a copy with every zero field filled in.
@@ -122,6 +131,15 @@ func (c ConnConfig) withDefaults(maxStreams uint32) (ConnConfig, error) {
 	}
 	if c.MaxUnverifiedHandshakes == 0 {
 		c.MaxUnverifiedHandshakes = DefaultMaxUnverifiedHandshakes
+	}
+	if c.H3LossThreshold == 0 {
+		c.H3LossThreshold = DefaultH3LossThreshold
+	}
+	if c.H3ShieldHold == 0 {
+		c.H3ShieldHold = DefaultH3ShieldHold
+	}
+	if c.H3LossThreshold > 1 || c.H3ShieldHold < 0 {
+		return c, fmt.Errorf("hbone config: H3LossThreshold must be at most 1 and H3ShieldHold not negative")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -108,6 +108,10 @@ func (c *Client) connectH3(ctx context.Context, t Target) (*h3conn, error) {
 		return nil, &h3UnavailableError{err: fmt.Errorf("udp socket: %w", err)}
 	}
 	tr := &quic.Transport{Conn: pc}
+	shield := newShieldConn(pc)
+	if shield != nil {
+		tr.Conn = shield
+	}
 	release := closers{tr, pc}
 
 	tc := clientTLS(cert, c.cfg.Bundle, t.Identities)
@@ -136,6 +140,7 @@ func (c *Client) connectH3(ctx context.Context, t Target) (*h3conn, error) {
 	}
 	cn := newH3Conn(qc, false, c.cfg.ConnConfig, peer)
 	cn.closer = release
+	cn.shield = shield
 	if err := cn.start(); err != nil {
 		_ = qc.CloseWithError(quic.ApplicationErrorCode(h3InternalError), "")
 		release.Close()

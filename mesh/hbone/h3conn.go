@@ -26,6 +26,9 @@ type h3conn struct {
 	// closer releases what the client opened for this connection alone (its transport and
 	// UDP socket); nil on the server.
 	closer io.Closer
+	// shield, when set, is the socket's loss shield, which this connection switches on
+	// for its peer while it measures loss (h3loss.go).
+	shield *shieldConn
 
 	settings chan struct{} // closed when the peer's SETTINGS arrived
 	ctrlMu   sync.Mutex
@@ -87,6 +90,13 @@ func (c *h3conn) start() error {
 		<-c.qc.Context().Done()
 		c.finish(context.Cause(c.qc.Context()))
 	}()
+	if c.shield != nil && c.cfg.H3LossThreshold > 0 {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.watchLoss(c.shield)
+		}()
+	}
 	return nil
 }
 

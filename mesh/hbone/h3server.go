@@ -24,6 +24,7 @@ type handshakeKey struct{}
 func (s *Server) ServeH3(pc net.PacketConn) error {
 	var inFlight atomic.Int64
 	limit := int64(s.cfg.MaxUnverifiedHandshakes)
+	shield := newShieldConn(pc)
 	tr := &quic.Transport{
 		Conn: pc,
 		// Under a flood of Initials (spoofed sources cost the sender nothing) each would
@@ -41,6 +42,9 @@ func (s *Server) ServeH3(pc net.PacketConn) error {
 			})
 			return context.WithValue(ctx, handshakeKey{}, counted), nil
 		},
+	}
+	if shield != nil {
+		tr.Conn = shield
 	}
 	tc := serverTLS(s.cfg.GetCertificate, s.cfg.Bundle)
 	tc.NextProtos = []string{alpnH3}
@@ -87,14 +91,14 @@ func (s *Server) ServeH3(pc net.PacketConn) error {
 		go func() {
 			defer s.wg.Done()
 			defer conns.Done()
-			s.serveH3Conn(qc)
+			s.serveH3Conn(qc, shield)
 		}()
 	}
 }
 
 // serveH3Conn serves one QUIC connection's request streams; it returns when the
 // connection has ended and its handlers have returned.
-func (s *Server) serveH3Conn(qc *quic.Conn) {
+func (s *Server) serveH3Conn(qc *quic.Conn, shield *shieldConn) {
 	log := s.cfg.Logger.With("remote", qc.RemoteAddr().String(), "proto", ProtocolH3.String())
 	peer, err := peerIdentityH3(qc.ConnectionState().TLS)
 	if err != nil {
@@ -103,6 +107,7 @@ func (s *Server) serveH3Conn(qc *quic.Conn) {
 		return
 	}
 	c := newH3Conn(qc, true, s.cfg.ConnConfig, peer)
+	c.shield = shield
 	if err := c.start(); err != nil {
 		c.log.Info("hbone http3 setup failed", "err", err)
 		_ = qc.CloseWithError(quic.ApplicationErrorCode(h3InternalError), "")

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -110,7 +111,15 @@ func BenchmarkLossyLink(b *testing.B) {
 			return c, err
 		}
 	}
+	// HBONE_H3_LOSS_THRESHOLD sets both ends' loss shield (h3loss.go; -1: off).
+	var shieldCfg ConnConfig
+	if v := os.Getenv("HBONE_H3_LOSS_THRESHOLD"); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		must(b, err)
+		shieldCfg.H3LossThreshold = f
+	}
 	server, err := NewServer(ServerConfig{
+		ConnConfig:     shieldCfg,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return scert, nil },
 		Bundle:         ca.ca.Bundle(),
 		Handler: HandlerFunc(func(ctx context.Context, r *Request) {
@@ -154,7 +163,7 @@ func BenchmarkLossyLink(b *testing.B) {
 			return c, err
 		}
 		client, err := NewClient(ClientConfig{
-			ConnConfig:  ConnConfig{H3HandshakeTimeout: 5 * time.Second},
+			ConnConfig:  ConnConfig{H3HandshakeTimeout: 5 * time.Second, H3LossThreshold: shieldCfg.H3LossThreshold},
 			Certificate: func(context.Context, spiffeid.ID) (*tls.Certificate, error) { return ccert, nil },
 			Bundle:      ca.ca.Bundle(),
 			DialContext: dialCli,

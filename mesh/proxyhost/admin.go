@@ -5,15 +5,28 @@ import (
 	"net/http"
 	"net/http/pprof"
 
+	"ambit.dev/mesh/hbone"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-// NewRegistry returns the registry a proxy's metrics go to, with Go's runtime and the
-// process's collectors already in.
+// NewRegistry returns the registry a proxy's metrics go to, with Go's runtime, the
+// process's collectors and the HTTP/3 loss shield's counters already in.
 func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The HTTP/3 tunnels' loss shield (mesh/hbone/h3loss.go), process-wide counters.
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "ambit_hbone_h3_duplicated_packets_total",
+			Help: "Short QUIC packets of HTTP/3 tunnels sent a second time because the tunnel measured packet loss.",
+		}, func() float64 { return float64(hbone.ReadH3LossStats().DuplicatedPackets) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ambit_hbone_h3_loss_shielded_connections",
+			Help: "HTTP/3 tunnel connections sending their short packets twice now.",
+		}, func() float64 { return float64(hbone.ReadH3LossStats().ShieldedPeers) }),
+	)
 	return reg
 }
 

@@ -72,8 +72,9 @@ func TestEndpoints(t *testing.T) {
 			t.Fatalf("ready: %d %q, want %d %q", code, body, step.code, step.body)
 		}
 	}
-	if code, body := get(t, "http://"+s.Addr("metrics").String()+"/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "process_") {
-		t.Fatalf("metrics: %d, without the Go and process collectors", code)
+	if code, body := get(t, "http://"+s.Addr("metrics").String()+"/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "process_") ||
+		!strings.Contains(body, "\nambit_hbone_h3_duplicated_packets_total ") || !strings.Contains(body, "\nambit_hbone_h3_loss_shielded_connections ") {
+		t.Fatalf("metrics: %d, without the Go and process collectors or the HTTP/3 loss shield's counters", code)
 	}
 	if code, body := get(t, "http://"+s.Addr("admin").String()+"/config_dump"); code != 200 || body != "{\n  \"pods\": 2\n}\n" {
 		t.Fatalf("config_dump: %d %q", code, body)

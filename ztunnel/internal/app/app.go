@@ -64,6 +64,9 @@ type Config struct {
 	// HBONEIdleTimeout closes a tunnel connection (HTTP/2 or HTTP/3, either direction) that
 	// has carried no stream for this long; hbone.DefaultIdleTimeout (5 min) when zero.
 	HBONEIdleTimeout time.Duration
+	// H3LossThreshold is the share of its packets an HTTP/3 tunnel must lose for it to send
+	// its short packets twice (hbone's loss shield); 0 turns the shield off.
+	H3LossThreshold float64
 	// PageOutAfter, when positive, is how long after start the pages of the binary that
 	// only start-up used are given back (package pageout).
 	PageOutAfter time.Duration
@@ -105,7 +108,18 @@ func (c Config) validate() error {
 	if c.HBONEIdleTimeout < 0 {
 		return fmt.Errorf("ztunnel config: --hbone-idle-timeout must not be negative")
 	}
+	if c.H3LossThreshold < 0 || c.H3LossThreshold > 1 {
+		return fmt.Errorf("ztunnel config: --h3-loss-threshold must be between 0 (off) and 1, got %g", c.H3LossThreshold)
+	}
 	return nil
+}
+
+// h3LossThreshold is the flag's value in hbone's terms, where 0 means the default.
+func (c Config) h3LossThreshold() float64 {
+	if c.H3LossThreshold == 0 {
+		return -1
+	}
+	return c.H3LossThreshold
 }
 
 // loadLocalCA loads the standalone root from dir, or creates it on the first start. Two
@@ -168,7 +182,7 @@ func Run(ctx context.Context, cfg Config) error {
 	reg := proxyhost.NewRegistry()
 	certs = identity.NewManager(identity.ManagerOptions{Signer: src.signer, Logger: log.With("component", "certs")})
 	node := &proxy.Node{State: st, Certs: certs.Certificate, Prefetch: certs.Prefetch, Bundle: src.bundle, TrustDomain: td, Logger: log, Metrics: proxy.NewMetrics(reg),
-		HBONE: hbone.ConnConfig{IdleTimeout: cfg.HBONEIdleTimeout}}
+		HBONE: hbone.ConnConfig{IdleTimeout: cfg.HBONEIdleTimeout, H3LossThreshold: cfg.h3LossThreshold()}}
 	pods := inpod.NewManager(node, st, inpod.Netns{}, cfg.StateDir, log.With("component", "inpod"))
 	pods.Synced, pods.CaptureCheck = src.sync.Synced, cfg.captureCheck()
 	// A ztunnel already serving the node API is the predecessor to take over from.
