@@ -65,6 +65,23 @@ func TestPerfReport(t *testing.T) {
 	}
 }
 
+// TestMergeSymbols: perf lists a symbol once per binary that ran it (each node its own copy
+// of ztunnel); the report shows it once, with the sum.
+func TestMergeSymbols(t *testing.T) {
+	out := "    29.01%  [.] crypto/internal/fips140/sha256.blockSHANI.abi0   -  -\n     1.70%  [.] runtime.findfunc\n" +
+		"    18.43%  [.] crypto/internal/fips140/sha256.blockSHANI.abi0   -  -\n     1.37%  [.] runtime.mallocgc\n     0.40%  [.] runtime.findfunc\n"
+	got := mergeSymbols(parseReport([]byte(out)))
+	want := []symbol{{pct: 47.44, name: "crypto/internal/fips140/sha256.blockSHANI.abi0"}, {pct: 2.1, name: "runtime.findfunc"}, {pct: 1.37, name: "runtime.mallocgc"}}
+	if len(got) != len(want) {
+		t.Fatalf("%+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i].name != want[i].name || got[i].pct < want[i].pct-1e-9 || got[i].pct > want[i].pct+1e-9 {
+			t.Fatalf("%+v, want %+v", got, want)
+		}
+	}
+}
+
 // TestSmokeLab runs a tiny benchmark through the real lab: every scenario that exists, one
 // connection, a second each. It needs root, like the lab; its lab has its own prefix,
 // ports and subnet, so a `make bench` or a developer's lab may run beside it.

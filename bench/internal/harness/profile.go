@@ -3,6 +3,7 @@ package harness
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -62,11 +64,22 @@ func (r *runner) profile(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	// user space alone, as shares of ztunnel's own code
-	user, err := report("--sort", "symbol", "--dsos", "ztunnel", "--percentage", "relative")
+	// user space alone, as shares of ztunnel's own code: the lab runs each node's own copy of
+	// the binary (ztunnel-<node>), so the DSOs are named after the files perf saw
+	var ztunnels []string
+	for _, d := range dsos {
+		if strings.HasPrefix(d.name, "ztunnel") {
+			ztunnels = append(ztunnels, d.name)
+		}
+	}
+	if len(ztunnels) == 0 {
+		return "", fmt.Errorf("perf report: no ztunnel binary among the sampled DSOs %v", dsos)
+	}
+	user, err := report("--sort", "symbol", "--dsos", strings.Join(ztunnels, ","), "--percentage", "relative")
 	if err != nil {
 		return "", err
 	}
+	user = mergeSymbols(user) // one line per symbol for the two binaries
 	var b strings.Builder
 	fmt.Fprintf(&b, "### Where ztunnel's CPU goes\n\n`perf record -e cpu-clock -F 999 -g` on both ztunnels for %s under the ambit-l4 load "+
 		"(%.0f req/s over %d connections, %.0f achieved); perf reads the Go symbol table and, unlike Go's own profiler, sees the kernel. "+
@@ -248,6 +261,23 @@ func containsAny(s string, subs ...string) bool {
 }
 
 // categorize sums self time by category.
+// mergeSymbols adds up the lines of one symbol (perf lists it once per binary that ran it)
+// and sorts them by share, largest first.
+func mergeSymbols(syms []symbol) []symbol {
+	var out []symbol
+	at := map[string]int{}
+	for _, s := range syms {
+		if i, ok := at[s.name]; ok {
+			out[i].pct += s.pct
+			continue
+		}
+		at[s.name] = len(out)
+		out = append(out, s)
+	}
+	slices.SortStableFunc(out, func(a, b symbol) int { return cmp.Compare(b.pct, a.pct) })
+	return out
+}
+
 func categorize(syms []symbol) []float64 {
 	sums := make([]float64, len(categories))
 	for _, s := range syms {
