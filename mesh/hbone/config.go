@@ -3,6 +3,7 @@ package hbone
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 )
 
@@ -138,7 +139,7 @@ func (c ConnConfig) withDefaults(maxStreams uint32) (ConnConfig, error) {
 	if c.H3ShieldHold == 0 {
 		c.H3ShieldHold = DefaultH3ShieldHold
 	}
-	if c.H3LossThreshold > 1 || c.H3ShieldHold < 0 {
+	if c.H3LossThreshold > 1 || math.IsNaN(c.H3LossThreshold) || c.H3ShieldHold < 0 {
 		return c, fmt.Errorf("hbone config: H3LossThreshold must be at most 1 and H3ShieldHold not negative")
 	}
 	if c.Logger == nil {

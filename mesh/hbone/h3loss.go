@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"encoding/binary"
+	"math"
 	"net"
 	"net/netip"
 	"sync"
@@ -31,15 +32,19 @@ import (
 // (RFC 9000 §12.3), so the copy costs the receiver one decryption and the wire one packet.
 // quic-go does not know of the copy: its congestion control counts the packet once.
 //
-// The shield is off until the connection itself measures loss: every lossWindow it compares
-// quic-go's count of packets it declared lost with those it sent, and at a rate of at least
-// ConnConfig.H3LossThreshold over at least lossMinSample packets it shields its peer's
-// address for H3ShieldHold, renewed while the loss goes on. With the shield on, losses of
-// small packets mostly go unseen, so the hold ends even if the path is still lossy, and the
-// next window measures it afresh.
+// The shield is off until the connection itself measures loss. It compares quic-go's count
+// of packets it declared lost with those it sent over windows of at least lossWindow that
+// end once they hold lossMinLost/H3LossThreshold packets (600 at the default threshold), or
+// after lossMaxWindow: at least lossMinLost losses, at a rate of at least
+// ConnConfig.H3LossThreshold of at least lossMinSample packets, shield its peer's address for
+// H3ShieldHold, renewed while the loss goes on. One loss, one reordering or one congestion
+// mark does not. With the shield on, losses of small packets mostly go unseen, so the hold
+// ends even if the path is still lossy, and the next window measures it afresh.
 const (
 	lossWindow    = time.Second
+	lossMaxWindow = 10 * time.Second
 	lossMinSample = 100
+	lossMinLost   = 3
 	// smallPacket bounds a datagram sent without GSO that may be copied: every full QUIC
 	// packet is at least 1,200 bytes (RFC 9000 §14).
 	smallPacket = 1200
@@ -54,7 +59,8 @@ var h3LossCounters struct {
 type H3LossStats struct {
 	// DuplicatedPackets counts the second copies sent.
 	DuplicatedPackets uint64
-	// ShieldedPeers is the number of HTTP/3 connections whose peer is shielded now.
+	// ShieldedPeers is the number of HTTP/3 connections whose peer is shielded now (a
+	// shield whose hold ran out is counted until its connection's next tick, a second).
 	ShieldedPeers int64
 }
 
@@ -192,6 +198,9 @@ func (c *h3conn) watchLoss(sh *shieldConn) {
 			c.log.Debug("loss shield off: connection ended")
 		}
 	}()
+	// A window ends once it holds enough packets for the threshold to mean a few losses, or
+	// after lossMaxWindow.
+	enough := max(lossMinSample, uint64(math.Ceil(lossMinLost/c.cfg.H3LossThreshold)))
 	t := time.NewTicker(lossWindow)
 	defer t.Stop()
 	start := c.qc.ConnectionStats()
@@ -202,19 +211,26 @@ func (c *h3conn) watchLoss(sh *shieldConn) {
 			return
 		case <-t.C:
 		}
+		if sh.unshield(peer, true) {
+			c.log.Info("loss shield off: its hold ran out without loss measured again", "hold", c.cfg.H3ShieldHold)
+		}
 		st := c.qc.ConnectionStats()
-		sent, lost := st.PacketsSent-start.PacketsSent, st.PacketsLost-start.PacketsLost
-		if sent < lossMinSample && time.Since(began) < 10*lossWindow {
-			// too few packets to judge: keep counting, unless the window grew long
+		if st.PacketsSent < start.PacketsSent || st.PacketsLost < start.PacketsLost || st.BytesLost < start.BytesLost {
+			start, began = st, time.Now() // a counter went back: start over
 			continue
 		}
+		sent, lost := st.PacketsSent-start.PacketsSent, st.PacketsLost-start.PacketsLost
+		if sent < enough && time.Since(began) < lossMaxWindow {
+			continue
+		}
+		lostBytes := st.BytesLost - start.BytesLost
 		start, began = st, time.Now()
-		if sent >= lossMinSample && float64(lost) >= c.cfg.H3LossThreshold*float64(sent) {
+		// quic-go counts an ECN congestion mark as a loss of no bytes: a window needs lost
+		// bytes as well.
+		if sent >= lossMinSample && lost >= lossMinLost && lostBytes > 0 && float64(lost) >= c.cfg.H3LossThreshold*float64(sent) {
 			if sh.shield(peer, time.Now().Add(c.cfg.H3ShieldHold)) {
 				c.log.Info("lossy path: sending short QUIC packets twice", "lost", lost, "sent", sent, "hold", c.cfg.H3ShieldHold)
 			}
-		} else if sh.unshield(peer, true) {
-			c.log.Info("loss shield off", "lost", lost, "sent", sent)
 		}
 	}
 }

@@ -228,12 +228,16 @@ func TestTailPacket(t *testing.T) {
 		{"batch, full tail", cat(short(1252), short(1252)), gso(1252), 0},
 		{"batch, long-header tail", cat(short(1252), long(77)), gso(1252), 0},
 		{"truncated control message", short(300), gso(1252)[:unix.SizeofCmsghdr-1], 300},
+		{"control message longer than its buffer", short(300), gso(1252)[:unix.CmsgLen(1)], 300},
+		{"control message length below its header", short(300), func() []byte { b := gso(1252); b[0] = 4; return b }(), 300},
+		{"empty", nil, gso(1252), 0},
+		{"batch of four, partial tail", cat(short(1252), short(1252), short(1252), short(5)), gso(1252), 5},
 	} {
 		p := tailPacket(tc.b, tc.oob)
 		if len(p) != tc.wantLen {
 			t.Errorf("%s: repeats %d bytes, want %d", tc.name, len(p), tc.wantLen)
 		}
-		if p != nil && &p[len(p)-1] != &tc.b[len(tc.b)-1] {
+		if len(p) > 0 && &p[len(p)-1] != &tc.b[len(tc.b)-1] {
 			t.Errorf("%s: repeated bytes are not the datagram's end", tc.name)
 		}
 	}

@@ -36,7 +36,7 @@ func main() {
 	flag.StringVar(&cfg.LocalCADir, "local-ca-dir", "", "standalone mode: directory of the self-signed root (root-cert.pem, root-key.pem), created on first start (default <state-dir>/ca); ztunnels that must trust each other share it")
 	flag.DurationVar(&cfg.CaptureCheck, "capture-check-interval", app.DefaultCaptureCheck, "how often every captured pod's iptables rules are checked and repaired if changed behind ztunnel's back; negative: never")
 	flag.DurationVar(&cfg.HBONEIdleTimeout, "hbone-idle-timeout", hbone.DefaultIdleTimeout, "close an HBONE connection (HTTP/2 or HTTP/3, to or from a peer) that has carried no stream for this long")
-	flag.Float64Var(&cfg.H3LossThreshold, "h3-loss-threshold", hbone.DefaultH3LossThreshold, "HTTP/3 tunnels: while a tunnel loses at least this share of its packets (measured each second), it sends each short QUIC packet twice, so that a request or response of one packet survives a loss without waiting for a retransmission; 0 turns it off (docs/traffic-policy.md)")
+	flag.Float64Var(&cfg.H3LossThreshold, "h3-loss-threshold", hbone.DefaultH3LossThreshold, "HTTP/3 tunnels: while a tunnel loses at least this share of its packets (and at least 3, over windows of a second or more), it sends each short QUIC packet twice, so that a request or response of one packet survives a loss without waiting for a retransmission; 0 turns it off (docs/protocol.md, Loss shield)")
 	flag.DurationVar(&cfg.PageOutAfter, "page-out-after", pageout.DefaultDelay, pageout.FlagUsage)
 	flag.TextVar(level, "log-level", new(slog.LevelVar), "log level: debug, info, warn or error")
 	flag.Usage = func() {

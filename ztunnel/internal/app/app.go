@@ -108,7 +108,7 @@ func (c Config) validate() error {
 	if c.HBONEIdleTimeout < 0 {
 		return fmt.Errorf("ztunnel config: --hbone-idle-timeout must not be negative")
 	}
-	if c.H3LossThreshold < 0 || c.H3LossThreshold > 1 {
+	if !(c.H3LossThreshold >= 0 && c.H3LossThreshold <= 1) { // NaN too
 		return fmt.Errorf("ztunnel config: --h3-loss-threshold must be between 0 (off) and 1, got %g", c.H3LossThreshold)
 	}
 	return nil

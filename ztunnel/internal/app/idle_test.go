@@ -1,6 +1,7 @@
 package app
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -38,7 +39,7 @@ func TestH3LossThresholdValidated(t *testing.T) {
 			t.Errorf("threshold %g: hbone gets %g, want %g", v, got, want)
 		}
 	}
-	for _, v := range []float64{-0.1, 1.5} {
+	for _, v := range []float64{-0.1, 1.5, math.NaN()} {
 		c := base
 		c.H3LossThreshold = v
 		if err := c.validate(); err == nil || !strings.Contains(err.Error(), "--h3-loss-threshold") {
