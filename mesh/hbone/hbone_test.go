@@ -270,11 +270,10 @@ func TestThousandConcurrentStreams(t *testing.T) {
 		e := newEnv(t, proto)
 		const n = 1000
 		var (
-			wg   sync.WaitGroup
-			fail atomic.Int32
-			open = make(chan struct{})
+			wg           sync.WaitGroup
+			opened, fail atomic.Int32
+			open         = make(chan struct{})
 		)
-		streams := make([]*Stream, n)
 		errs := make(chan error, n)
 		for i := range n {
 			wg.Add(1)
@@ -286,7 +285,7 @@ func TestThousandConcurrentStreams(t *testing.T) {
 					errs <- err
 					return
 				}
-				streams[i] = st
+				opened.Add(1)
 				<-open // hold every stream open at the same time
 				msg := fmt.Appendf(nil, "stream %d payload", i)
 				if _, err := st.Write(msg); err != nil {
@@ -304,13 +303,7 @@ func TestThousandConcurrentStreams(t *testing.T) {
 		// Wait until every dial returned before letting any stream finish.
 		deadline := time.Now().Add(60 * time.Second)
 		for {
-			opened := 0
-			for i := range streams {
-				if streams[i] != nil {
-					opened++
-				}
-			}
-			if opened+int(fail.Load()) == n || time.Now().After(deadline) {
+			if opened.Load()+fail.Load() == n || time.Now().After(deadline) {
 				break
 			}
 			time.Sleep(10 * time.Millisecond)
