@@ -107,11 +107,8 @@ func (c *Client) connectH3(ctx context.Context, t Target) (*h3conn, error) {
 	if err != nil {
 		return nil, &h3UnavailableError{err: fmt.Errorf("udp socket: %w", err)}
 	}
-	tr := &quic.Transport{Conn: pc}
-	shield := newShieldConn(pc)
-	if shield != nil {
-		tr.Conn = shield
-	}
+	conn, shield := shieldPacketConn(pc)
+	tr := &quic.Transport{Conn: conn}
 	release := closers{tr, pc}
 
 	tc := clientTLS(cert, c.cfg.Bundle, t.Identities)

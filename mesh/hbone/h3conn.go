@@ -94,7 +94,7 @@ func (c *h3conn) start() error {
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			c.watchLoss(c.shield)
+			c.watchLoss()
 		}()
 	}
 	return nil

@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"encoding/binary"
+	"maps"
 	"math"
 	"net"
 	"net/netip"
@@ -76,18 +77,23 @@ type shieldConn struct {
 	*net.UDPConn
 	batch *ipv4.PacketConn
 
-	active atomic.Int32 // len(peers), read without mu on every write
-	mu     sync.Mutex
-	peers  map[netip.AddrPort]time.Time // shielded until
+	// peers maps each shielded peer to the end of its hold. Every write reads it, so it is
+	// copied on write (under mu, by the connections' loss watchers, once a second at most)
+	// and read without a lock; an empty map means no write looks further.
+	mu    sync.Mutex
+	peers atomic.Pointer[map[netip.AddrPort]time.Time]
 }
 
-// newShieldConn wraps pc when it is a UDP socket; otherwise the shield is not offered.
-func newShieldConn(pc any) *shieldConn {
+// shieldPacketConn returns the socket a quic.Transport should use over pc: pc's loss shield
+// when pc is a UDP socket, with the shield; otherwise pc itself and no shield.
+func shieldPacketConn(pc net.PacketConn) (net.PacketConn, *shieldConn) {
 	u, ok := pc.(*net.UDPConn)
 	if !ok {
-		return nil
+		return pc, nil
 	}
-	return &shieldConn{UDPConn: u, batch: ipv4.NewPacketConn(u), peers: map[netip.AddrPort]time.Time{}}
+	s := &shieldConn{UDPConn: u, batch: ipv4.NewPacketConn(u)}
+	s.peers.Store(&map[netip.AddrPort]time.Time{})
+	return s, s
 }
 
 // ReadBatch is quic-go's batched receive (recvmmsg), straight on the socket.
@@ -99,7 +105,12 @@ func (s *shieldConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 // peer, the copy of its last packet if that one is short.
 func (s *shieldConn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (int, int, error) {
 	n, oobn, err := s.UDPConn.WriteMsgUDP(b, oob, addr)
-	if err != nil || s.active.Load() == 0 || !s.shielded(addr.AddrPort()) {
+	if err != nil {
+		return n, oobn, err
+	}
+	if peers := *s.peers.Load(); len(peers) == 0 {
+		return n, oobn, err
+	} else if _, ok := peers[unmap(addr.AddrPort())]; !ok {
 		return n, oobn, err
 	}
 	if p := tailPacket(b, oob); p != nil {
@@ -111,42 +122,46 @@ func (s *shieldConn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (int, int, er
 	return n, oobn, err
 }
 
-func (s *shieldConn) shielded(peer netip.AddrPort) bool {
-	peer = unmap(peer)
+// update replaces the peers map with a copy that f changed, and reports f's answer.
+func (s *shieldConn) update(f func(m map[netip.AddrPort]time.Time) bool) bool {
 	s.mu.Lock()
-	until, ok := s.peers[peer]
-	s.mu.Unlock()
-	return ok && time.Now().Before(until)
+	defer s.mu.Unlock()
+	m := maps.Clone(*s.peers.Load())
+	changed := f(m)
+	s.peers.Store(&m)
+	return changed
 }
 
 // shield shields peer until the given time and reports whether it was not shielded before.
 func (s *shieldConn) shield(peer netip.AddrPort, until time.Time) bool {
 	peer = unmap(peer)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, had := s.peers[peer]
-	s.peers[peer] = until
-	if !had {
-		s.active.Add(1)
-		h3LossCounters.shielded.Add(1)
-	}
-	return !had
+	return s.update(func(m map[netip.AddrPort]time.Time) bool {
+		_, had := m[peer]
+		m[peer] = until
+		if !had {
+			h3LossCounters.shielded.Add(1)
+		}
+		return !had
+	})
 }
 
 // unshield ends peer's shield; expiredOnly leaves one whose hold has not run out. It
-// reports whether a shield ended.
+// reports whether a shield ended. A hold that ran out is ended here, by the connection's
+// watcher within a second, not by the writes.
 func (s *shieldConn) unshield(peer netip.AddrPort, expiredOnly bool) bool {
 	peer = unmap(peer)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	until, had := s.peers[peer]
-	if !had || expiredOnly && time.Now().Before(until) {
+	if _, had := (*s.peers.Load())[peer]; !had {
 		return false
 	}
-	delete(s.peers, peer)
-	s.active.Add(-1)
-	h3LossCounters.shielded.Add(-1)
-	return true
+	return s.update(func(m map[netip.AddrPort]time.Time) bool {
+		until, had := m[peer]
+		if !had || expiredOnly && time.Now().Before(until) {
+			return false
+		}
+		delete(m, peer)
+		h3LossCounters.shielded.Add(-1)
+		return true
+	})
 }
 
 func unmap(ap netip.AddrPort) netip.AddrPort {
@@ -191,7 +206,8 @@ func gsoSegment(oob []byte) int {
 
 // watchLoss runs the connection's side of the shield (see the top of this file) until the
 // connection ends, and then takes its peer's shield down.
-func (c *h3conn) watchLoss(sh *shieldConn) {
+func (c *h3conn) watchLoss() {
+	sh := c.shield
 	peer := addrPortOf(c.qc.RemoteAddr())
 	defer func() {
 		if sh.unshield(peer, false) {

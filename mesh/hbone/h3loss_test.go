@@ -15,6 +15,7 @@ import (
 	"time"
 	"unsafe"
 
+	"ambit.dev/mesh/wait"
 	"golang.org/x/sys/unix"
 )
 
@@ -177,19 +178,13 @@ func TestH3LossShield(t *testing.T) {
 			}
 			e.client.Close()
 			e.server.Close()
-			waitFor(t, 5*time.Second, func() bool { return ReadH3LossStats().ShieldedPeers == before.ShieldedPeers },
-				"shields taken down when the connections end")
+			wait.Until(t, 5*time.Second, "shields taken down when the connections end", func() error {
+				if n := ReadH3LossStats().ShieldedPeers; n != before.ShieldedPeers {
+					return fmt.Errorf("%d peers shielded, %d before", n, before.ShieldedPeers)
+				}
+				return nil
+			})
 		})
-	}
-}
-
-func waitFor(t *testing.T, d time.Duration, cond func() bool, what string) {
-	t.Helper()
-	for end := time.Now().Add(d); !cond(); {
-		if time.Now().After(end) {
-			t.Fatalf("not within %s: %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

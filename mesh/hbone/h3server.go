@@ -24,9 +24,9 @@ type handshakeKey struct{}
 func (s *Server) ServeH3(pc net.PacketConn) error {
 	var inFlight atomic.Int64
 	limit := int64(s.cfg.MaxUnverifiedHandshakes)
-	shield := newShieldConn(pc)
+	conn, shield := shieldPacketConn(pc)
 	tr := &quic.Transport{
-		Conn: pc,
+		Conn: conn,
 		// Under a flood of Initials (spoofed sources cost the sender nothing) each would
 		// get connection state until the handshake times out. Past the bound, a new client
 		// must first echo a Retry token, which a spoofed source never receives.
@@ -42,9 +42,6 @@ func (s *Server) ServeH3(pc net.PacketConn) error {
 			})
 			return context.WithValue(ctx, handshakeKey{}, counted), nil
 		},
-	}
-	if shield != nil {
-		tr.Conn = shield
 	}
 	tc := serverTLS(s.cfg.GetCertificate, s.cfg.Bundle)
 	tc.NextProtos = []string{alpnH3}

@@ -260,7 +260,6 @@ func containsAny(s string, subs ...string) bool {
 	return false
 }
 
-// categorize sums self time by category.
 // mergeSymbols adds up the lines of one symbol (perf lists it once per binary that ran it)
 // and sorts them by share, largest first.
 func mergeSymbols(syms []symbol) []symbol {
@@ -278,6 +277,7 @@ func mergeSymbols(syms []symbol) []symbol {
 	return out
 }
 
+// categorize sums self time by category.
 func categorize(syms []symbol) []float64 {
 	sums := make([]float64, len(categories))
 	for _, s := range syms {
