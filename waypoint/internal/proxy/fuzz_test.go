@@ -21,7 +21,7 @@ func FuzzCheckHead(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		br := bufio.NewReaderSize(bytes.NewReader(b), 8<<10)
-		code, _ := checkHead(br, 4<<10)
+		br, code, _ := checkHead(br, 4<<10)
 		if code != 0 {
 			return
 		}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,58 +21,88 @@ import (
 // checked on the raw bytes before Go's parser sees it, because the parser forgives what a
 // proxy must not: a request with both Content-Length and Transfer-Encoding is one two
 // servers may frame differently (request smuggling), so it is refused, not repaired.
+//
+// A connection holds only its small read buffer between requests: the response's write
+// buffer is taken from a pool for each response, and a head too long for the read buffer
+// is read through a larger one stacked on it (checkHead), which the connection then keeps.
 func (p *Proxy) serveHTTP1(ctx context.Context, d *downstream, c hbone.HalfCloser, br *bufio.Reader) {
-	bw := bufio.NewWriterSize(c, 16<<10)
 	for {
 		_ = c.SetReadDeadline(time.Now().Add(p.cfg.IdleTimeout))
 		if _, err := br.Peek(1); err != nil {
 			return // the client closed (or idled out) between requests
 		}
-		_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
-		if code, reason := checkHead(br, p.cfg.MaxHeaderBytes); code != 0 {
-			p.refuse(d, bw, code, reason)
-			return
-		}
-		req, err := http.ReadRequest(br)
-		_ = c.SetReadDeadline(time.Time{})
-		if err != nil {
-			p.refuse(d, bw, http.StatusBadRequest, "malformed request: "+err.Error())
-			return
-		}
-		if req.ProtoMajor != 1 {
-			p.refuse(d, bw, http.StatusHTTPVersionNotSupported, "HTTP version not supported")
-			return
-		}
-		if req.Header.Get("Upgrade") != "" {
-			p.refuse(d, bw, http.StatusNotImplemented, "protocol upgrades are not supported by the waypoint")
-			return
-		}
-		var cr *continueReader
-		if req.Body != nil && req.Body != http.NoBody && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
-			cr = &continueReader{r: req.Body, w: bw}
-			req.Body = cr
-		}
-		rctx, cancel := context.WithCancel(ctx)
-		req = req.WithContext(rctx)
-		resp, ex := p.handle(rctx, d, req, false)
-		keep := !req.Close && req.Method != http.MethodConnect && ex.flags != flagBadRequest
-		if cr != nil {
-			cr.responding()
-		}
-		n, werr := writeResponse(bw, resp, req, keep)
-		resp.Body.Close()
-		ex.finish(n, werr)
-		cancel()
-		if werr != nil || !keep || resp.Close {
-			return
-		}
-		// The next request starts where this one's body ends. A body the upstream did not
-		// read to its end (a denial, an early answer) is not drained here, where the
-		// transport may still be reading it: the connection closes instead.
-		if req.Body != nil && req.Body != http.NoBody && (ex.reqBody == nil || !ex.reqBody.complete(req.ContentLength)) {
+		if !p.serveRequest(ctx, d, c, &br) {
 			return
 		}
 	}
+}
+
+// serveRequest reads one request from *br, forwards it and writes the response, and reports
+// whether the connection may carry another.
+func (p *Proxy) serveRequest(ctx context.Context, d *downstream, c hbone.HalfCloser, br **bufio.Reader) bool {
+	bw := getResponseWriter(c)
+	defer putResponseWriter(bw)
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var code int
+	var reason string
+	if *br, code, reason = checkHead(*br, p.cfg.MaxHeaderBytes); code != 0 {
+		p.refuse(d, bw, code, reason)
+		return false
+	}
+	req, err := http.ReadRequest(*br)
+	_ = c.SetReadDeadline(time.Time{})
+	if err != nil {
+		p.refuse(d, bw, http.StatusBadRequest, "malformed request: "+err.Error())
+		return false
+	}
+	if req.ProtoMajor != 1 {
+		p.refuse(d, bw, http.StatusHTTPVersionNotSupported, "HTTP version not supported")
+		return false
+	}
+	if req.Header.Get("Upgrade") != "" {
+		p.refuse(d, bw, http.StatusNotImplemented, "protocol upgrades are not supported by the waypoint")
+		return false
+	}
+	var cr *continueReader
+	if req.Body != nil && req.Body != http.NoBody && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+		cr = &continueReader{r: req.Body, w: bw}
+		req.Body = cr
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req = req.WithContext(rctx)
+	resp, ex := p.handle(rctx, d, req, false)
+	keep := !req.Close && req.Method != http.MethodConnect && ex.flags != flagBadRequest
+	if cr != nil {
+		// After this the body's reader writes nothing to bw, which goes back to its pool.
+		cr.responding()
+	}
+	n, werr := writeResponse(bw, resp, req, keep)
+	resp.Body.Close()
+	ex.finish(n, werr)
+	if werr != nil || !keep || resp.Close {
+		return false
+	}
+	// The next request starts where this one's body ends. A body the upstream did not
+	// read to its end (a denial, an early answer) is not drained here, where the
+	// transport may still be reading it: the connection closes instead.
+	return req.Body == nil || req.Body == http.NoBody || (ex.reqBody != nil && ex.reqBody.complete(req.ContentLength))
+}
+
+// responseWriters holds the write buffers of responses being written: a connection takes
+// one per response, so that a thousand idle keep-alive connections hold none.
+var responseWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+
+func getResponseWriter(w io.Writer) *bufio.Writer {
+	bw := responseWriters.Get().(*bufio.Writer)
+	bw.Reset(w)
+	return bw
+}
+
+// putResponseWriter returns bw, dropping whatever a failed write left in it.
+func putResponseWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	responseWriters.Put(bw)
 }
 
 // refuse answers a request the waypoint will not parse or forward, then the connection
@@ -89,8 +120,11 @@ func (p *Proxy) refuse(d *downstream, bw *bufio.Writer, code int, reason string)
 }
 
 // checkHead reads the request head (without consuming it) and returns a status other
-// than 0 when it must be refused.
-func checkHead(br *bufio.Reader, limit int) (int, string) {
+// than 0 when it must be refused. The head is read into br; one that fills br before it
+// ends (br is small: most heads are a few hundred bytes) is read on through a reader of
+// limit+5 bytes stacked on br, which loses nothing br holds. checkHead returns the reader
+// the request is to be read from: br, or that larger one.
+func checkHead(br *bufio.Reader, limit int) (*bufio.Reader, int, string) {
 	end := -1
 	for n := 1; ; {
 		b, err := br.Peek(n)
@@ -99,15 +133,19 @@ func checkHead(br *bufio.Reader, limit int) (int, string) {
 			break
 		}
 		if len(b) > limit {
-			return http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request head exceeds %d bytes", limit)
+			return br, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request head exceeds %d bytes", limit)
+		}
+		if errors.Is(err, bufio.ErrBufferFull) && br.Size() < limit+5 {
+			br = bufio.NewReaderSize(br, limit+5)
+			continue
 		}
 		if err != nil {
-			return http.StatusBadRequest, "incomplete request head"
+			return br, http.StatusBadRequest, "incomplete request head"
 		}
 		n = min(nextPeek(br, len(b)), limit+5)
 	}
 	if end > limit+4 {
-		return http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request head exceeds %d bytes", limit)
+		return br, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request head exceeds %d bytes", limit)
 	}
 	head, _ := br.Peek(end)
 	lines := bytes.Split(head[:end-4], []byte("\r\n"))
@@ -115,43 +153,43 @@ func checkHead(br *bufio.Reader, limit int) (int, string) {
 	var clValue string
 	for i, l := range lines {
 		if bytes.IndexByte(l, '\n') >= 0 || bytes.IndexByte(l, '\r') >= 0 || bytes.IndexByte(l, 0) >= 0 {
-			return http.StatusBadRequest, "bare CR, LF or NUL in the request head"
+			return br, http.StatusBadRequest, "bare CR, LF or NUL in the request head"
 		}
 		if i == 0 {
 			continue
 		}
 		if len(l) > 0 && (l[0] == ' ' || l[0] == '\t') {
-			return http.StatusBadRequest, "obsolete header line folding"
+			return br, http.StatusBadRequest, "obsolete header line folding"
 		}
 		name, value, ok := bytes.Cut(l, []byte(":"))
 		if !ok {
-			return http.StatusBadRequest, "header line without a colon"
+			return br, http.StatusBadRequest, "header line without a colon"
 		}
 		if len(name) == 0 || bytes.ContainsAny(name, " \t") {
-			return http.StatusBadRequest, "whitespace in a header name"
+			return br, http.StatusBadRequest, "whitespace in a header name"
 		}
 		v := strings.TrimSpace(string(value))
 		switch {
 		case strings.EqualFold(string(name), "Content-Length"):
 			if cl > 0 && v != clValue {
-				return http.StatusBadRequest, "conflicting Content-Length headers"
+				return br, http.StatusBadRequest, "conflicting Content-Length headers"
 			}
 			if _, err := strconv.ParseUint(v, 10, 63); err != nil {
-				return http.StatusBadRequest, "invalid Content-Length"
+				return br, http.StatusBadRequest, "invalid Content-Length"
 			}
 			cl++
 			clValue = v
 		case strings.EqualFold(string(name), "Transfer-Encoding"):
 			te++
 			if !strings.EqualFold(v, "chunked") || te > 1 {
-				return http.StatusNotImplemented, "unsupported Transfer-Encoding " + strconv.Quote(v)
+				return br, http.StatusNotImplemented, "unsupported Transfer-Encoding " + strconv.Quote(v)
 			}
 		}
 	}
 	if cl > 0 && te > 0 {
-		return http.StatusBadRequest, "request has both Content-Length and Transfer-Encoding"
+		return br, http.StatusBadRequest, "request has both Content-Length and Transfer-Encoding"
 	}
-	return 0, ""
+	return br, 0, ""
 }
 
 // writeResponse writes resp as HTTP/1.1 and returns the number of body bytes written.

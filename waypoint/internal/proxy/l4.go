@@ -36,7 +36,9 @@ func (p *Proxy) serveL4(ctx context.Context, d *downstream, c hbone.HalfCloser) 
 				_ = dl.SetReadDeadline(time.Now().Add(p.cfg.SniffTimeout))
 				defer dl.SetReadDeadline(time.Time{})
 			}
-			return peekSNI(bc.r)
+			name, br := peekSNI(bc.r)
+			bc.r = br
+			return name
 		}
 		t, err = p.tcpTarget(svcName, d.authority.Port(), sni)
 		if err == nil {

@@ -299,6 +299,39 @@ func TestSmugglingRefused(t *testing.T) {
 	}
 }
 
+// A head longer than the connection's read buffer (4 KiB) but within MaxHeaderBytes is
+// forwarded whole, and the connection goes on to its next request.
+func TestLongHeadForwarded(t *testing.T) {
+	e := newEnv(t)
+	web := e.service("web", "10.96.0.10")
+	e.pod("web-1", "10.244.0.11", web, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %d", r.URL.Path, len(r.Header.Get("X-Big")))
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := e.dial(ctx, sa("client"), webVIP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	for i, size := range []int{20 << 10, 10, 30 << 10, 0} {
+		req := fmt.Sprintf("GET /%d HTTP/1.1\r\nHost: web\r\nX-Big: %s\r\n\r\n", i, strings.Repeat("a", size))
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d (%d-byte header): %v", i, size, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if want := fmt.Sprintf("/%d %d", i, size); resp.StatusCode != 200 || string(body) != want {
+			t.Fatalf("request %d: %d %q, want 200 %q", i, resp.StatusCode, body, want)
+		}
+	}
+}
+
 func TestMissingServiceAnswers503Fast(t *testing.T) {
 	e := newEnv(t)
 	web := e.service("web", "10.96.0.10")

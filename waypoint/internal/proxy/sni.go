@@ -15,19 +15,24 @@ const maxClientHello = 5 + 16<<10
 
 // peekSNI returns the server name of the TLS ClientHello at the head of br, without
 // consuming anything; "" when the stream does not start with one. crypto/tls parses it:
-// the handshake runs against the peeked bytes and stops as soon as the hello is read.
-func peekSNI(br *bufio.Reader) string {
+// the handshake runs against the peeked bytes and stops as soon as the hello is read. A
+// hello longer than br holds is peeked through a reader of maxClientHello bytes stacked on
+// br; peekSNI returns the reader the stream is to be read from: br, or that one.
+func peekSNI(br *bufio.Reader) (string, *bufio.Reader) {
 	hdr, err := br.Peek(5)
 	if err != nil || hdr[0] != 0x16 { // not a TLS handshake record
-		return ""
+		return "", br
 	}
 	n := 5 + (int(hdr[3])<<8 | int(hdr[4]))
-	if n > maxClientHello || n > br.Size() {
-		return ""
+	if n > maxClientHello {
+		return "", br
+	}
+	if n > br.Size() {
+		br = bufio.NewReaderSize(br, maxClientHello)
 	}
 	rec, err := br.Peek(n)
 	if err != nil {
-		return ""
+		return "", br
 	}
 	var name string
 	errGot := errors.New("client hello read")
@@ -36,7 +41,7 @@ func peekSNI(br *bufio.Reader) string {
 		return nil, errGot
 	}})
 	_ = conn.Handshake()
-	return name
+	return name, br
 }
 
 // helloConn is a net.Conn that reads the peeked record and drops what is written.

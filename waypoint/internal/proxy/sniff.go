@@ -77,7 +77,7 @@ func upperToken(b []byte) bool {
 
 // serveStream sniffs the stream and hands it to the HTTP codecs or to the L4 pass-through.
 func (p *Proxy) serveStream(ctx context.Context, d *downstream, s *hbone.Stream) {
-	br := bufio.NewReaderSize(s, max(p.cfg.MaxHeaderBytes+4096, 64<<10))
+	br := bufio.NewReaderSize(s, 4<<10)
 	declared := d.appProtocol()
 	// Server-first protocols send nothing until the server speaks: a silent stream to a
 	// port not declared HTTP goes through as opaque TCP after SniffTimeout.
