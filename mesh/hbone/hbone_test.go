@@ -265,6 +265,84 @@ func TestHalfCloseServerFirst(t *testing.T) {
 }
 
 // TestThousandConcurrentStreams runs 1,000 streams at once over the pool.
+// TestSpliceCountsBothWays: Splice reports every byte it carried each way, on both ends of
+// the tunnel, including those the read loop hands straight to the destination socket
+// (which is how request/response traffic usually travels). Proxies report these counts as
+// their byte metrics.
+func TestSpliceCountsBothWays(t *testing.T) {
+	eachProtocol(t, func(t *testing.T, proto envOption) {
+		e := newEnv(t, proto)
+		server := make(chan [2]int64, 1)
+		e.handler = HandlerFunc(func(ctx context.Context, r *Request) {
+			up, err := dialTCP(ctx, r.Authority)
+			if err != nil {
+				_ = r.Reject(503, err.Error())
+				return
+			}
+			st, err := r.Accept()
+			if err != nil {
+				up.Close()
+				return
+			}
+			toApp, fromApp, _ := Splice(st, up)
+			server <- [2]int64{toApp, fromApp}
+		})
+		// app is the client application's socket; its peer, in, is what the proxy splices.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		app, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer app.Close()
+		in, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := e.client.Dial(context.Background(), e.target())
+		if err != nil {
+			t.Fatal(err)
+		}
+		client := make(chan [2]int64, 1)
+		go func() {
+			sent, received, _ := Splice(in.(*net.TCPConn), st)
+			client <- [2]int64{sent, received}
+		}()
+		_ = app.SetDeadline(time.Now().Add(10 * time.Second))
+		const rounds, size = 50, 100
+		msg, reply := bytes.Repeat([]byte("x"), size), make([]byte, size)
+		for i := 0; i < rounds; i++ {
+			if _, err := app.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(app, reply); err != nil {
+				t.Fatalf("round %d: %v", i, err)
+			}
+		}
+		_ = app.(*net.TCPConn).CloseWrite()
+		if rest, err := io.ReadAll(app); err != nil || len(rest) != 0 {
+			t.Fatalf("after the half-close: %q, %v", rest, err)
+		}
+		want := [2]int64{rounds * size, rounds * size}
+		for _, side := range []struct {
+			name string
+			ch   chan [2]int64
+		}{{"client (sent, received)", client}, {"server (to app, from app)", server}} {
+			select {
+			case got := <-side.ch:
+				if got != want {
+					t.Errorf("%s = %v, want %v", side.name, got, want)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s: splice did not end", side.name)
+			}
+		}
+	})
+}
+
 func TestThousandConcurrentStreams(t *testing.T) {
 	eachProtocol(t, func(t *testing.T, proto envOption) {
 		e := newEnv(t, proto)

@@ -228,28 +228,24 @@ func (s *Stream) Read(p []byte) (int, error) {
 // WriteTo drains the stream into w until END_STREAM; io.Copy and Splice use it. When w
 // is a socket, the read loop may write to it directly (see deliver); WriteTo writes
 // whatever got queued, with one vectored write for all queued pages.
-func (s *Stream) WriteTo(w io.Writer) (int64, error) {
+func (s *Stream) WriteTo(w io.Writer) (total int64, err error) {
 	if s.q != nil {
 		return s.q.WriteTo(w)
 	}
+	var sink syscall.RawConn
 	if sc, ok := w.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			s.mu.Lock()
-			s.sink = rc
-			s.mu.Unlock()
-			defer func() {
-				s.mu.Lock()
-				s.sink = nil
-				s.mu.Unlock()
-			}()
-		}
+		sink, _ = sc.SyscallConn()
 	}
-	var total int64
+	// What the read loop delivers straight to the sink counts too: total is a named result,
+	// so that the deferred addition reaches the caller, and the count is taken as the sink
+	// goes, so that nothing delivered is left out.
 	s.mu.Lock()
+	s.sink = sink
 	sunkBefore := s.sunk
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
+		s.sink = nil
 		total += s.sunk - sunkBefore
 		s.mu.Unlock()
 	}()

@@ -54,8 +54,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		rspSize:     prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_response_bytes", Help: "Response body sizes in bytes.", Buckets: bytesBuckets}, requestLabels),
 		tcpOpened:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_connections_opened_total", Help: "TCP connections passed through."}, tcpLabels),
 		tcpClosed:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_connections_closed_total", Help: "TCP connections passed through and closed."}, tcpLabels),
-		tcpSent:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_sent_bytes_total", Help: "Bytes sent towards the destination."}, tcpLabels),
-		tcpReceived: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_received_bytes_total", Help: "Bytes received from the destination."}, tcpLabels),
+		tcpSent:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_sent_bytes_total", Help: "Bytes sent during response: from the destination back to the source, as Istio counts them."}, tcpLabels),
+		tcpReceived: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_received_bytes_total", Help: "Bytes received during request: from the source towards the destination, as Istio counts them."}, tcpLabels),
 	}
 	m.overflows = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ambit_waypoint_upstream_overflow_total",
 		Help: "Requests refused because a destination's connection pool was full (reason pending), and retries not made because its retry budget was spent (reason retry_budget)."},
@@ -133,7 +133,7 @@ func (m *Metrics) request(ex *exchange, reqBytes, rspBytes int64, d time.Duratio
 	m.rspSize.WithLabelValues(l...).Observe(float64(rspBytes))
 }
 
-func (m *Metrics) tcp(d *downstream, ep endpoint, sent, received int64, failed bool) {
+func (m *Metrics) tcp(d *downstream, ep endpoint, request, response int64, failed bool) {
 	if m == nil {
 		return
 	}
@@ -161,8 +161,9 @@ func (m *Metrics) tcp(d *downstream, ep endpoint, sent, received int64, failed b
 	}
 	m.tcpOpened.With(l).Inc()
 	m.tcpClosed.With(l).Inc()
-	m.tcpSent.With(l).Add(float64(sent))
-	m.tcpReceived.With(l).Add(float64(received))
+	// As Istio counts them: sent is the response, received the request.
+	m.tcpSent.With(l).Add(float64(response))
+	m.tcpReceived.With(l).Add(float64(request))
 }
 
 // spiffeTD is the trust domain assumed for a workload that names none: the client's.

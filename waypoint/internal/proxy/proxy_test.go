@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/metricstest"
 	"ambit.dev/mesh/wait"
 	configv1 "ambit.dev/proto/config/v1"
 	"google.golang.org/grpc"
@@ -431,7 +432,20 @@ func TestTCPPassThrough(t *testing.T) {
 			if err != nil {
 				return
 			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+			// Each read comes back twice, so that the byte counts tell the directions apart.
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					if _, err := c.Write(append(buf[:n:n], buf[:n]...)); err != nil {
+						return
+					}
+				}
+			}()
 		}
 	}()
 	e.podListener("echo-1", "10.244.0.11", web, ln.Addr().String())
@@ -446,11 +460,21 @@ func TestTCPPassThrough(t *testing.T) {
 	if _, err := io.WriteString(c, msg); err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, len(msg))
+	buf := make([]byte, 2*len(msg))
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg+msg {
 		t.Fatalf("echo %q %v", buf, err)
 	}
+	c.Close()
+	// Counted as Istio counts them: received is the request, sent the response.
+	wait.Until(t, 5*time.Second, "the byte counts of the closed connection", func() error {
+		l := map[string]string{"reporter": "waypoint"}
+		sent, received := metricstest.Sum(e.reg, "istio_tcp_sent_bytes_total", l), metricstest.Sum(e.reg, "istio_tcp_received_bytes_total", l)
+		if received != float64(len(msg)) || sent != float64(2*len(msg)) {
+			return fmt.Errorf("received %v and sent %v bytes, want %d and %d", received, sent, len(msg), 2*len(msg))
+		}
+		return nil
+	})
 }
 
 func TestTraceparentPropagated(t *testing.T) {

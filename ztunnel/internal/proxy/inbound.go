@@ -86,7 +86,7 @@ func (p *Pod) serveHBONE(ctx context.Context, r *hbone.Request) {
 	}
 	defer untrack()
 	toApp, fromApp, err := hbone.Splice(st, up)
-	conn.close(fromApp, toApp)
+	conn.close(toApp, fromApp)
 	p.log.Info("inbound closed", "peer", r.Peer.String(), "src", src.String(), "dst", r.Authority.String(), "protocol", r.Protocol.String(),
 		"bytes_sent", fromApp, "bytes_received", toApp, "duration", time.Since(start).String(), "err", errString(err))
 }
@@ -126,8 +126,8 @@ func (p *Pod) inboundPlain(c *net.TCPConn) {
 		return
 	}
 	defer release()
-	sent, received, err := hbone.Splice(c, up)
-	conn.close(received, sent)
+	request, response, err := hbone.Splice(c, up)
+	conn.close(request, response)
 	p.log.Info("inbound plaintext closed", "src", src.String(), "dst", dst.String(), "err", errString(err))
 }
 

@@ -33,8 +33,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		opened:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_connections_opened_total", Help: "TCP connections opened."}, tcpLabels),
 		closed:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_connections_closed_total", Help: "TCP connections closed."}, tcpLabels),
-		sent:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_sent_bytes_total", Help: "Bytes sent towards the destination."}, tcpLabels),
-		received: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_received_bytes_total", Help: "Bytes received from the destination."}, tcpLabels),
+		sent:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_sent_bytes_total", Help: "Bytes sent during response: from the destination back to the source, as Istio counts them."}, tcpLabels),
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_received_bytes_total", Help: "Bytes received during request: from the source towards the destination, as Istio counts them."}, tcpLabels),
 	}
 	reg.MustRegister(m.opened, m.closed, m.sent, m.received)
 	m.revoked = revoke.NewMetrics(reg)
@@ -99,11 +99,14 @@ func (c connMetrics) deny() {
 	c.m.closed.With(l).Inc()
 }
 
-func (c connMetrics) close(sent, received int64) {
+// close counts the connection closed with the bytes it carried each way: request from the
+// source towards the destination, response back. Istio's names count them from the
+// destination's side whoever reports: sent is the response, received the request.
+func (c connMetrics) close(request, response int64) {
 	if c.m == nil {
 		return
 	}
 	c.m.closed.With(c.labels).Inc()
-	c.m.sent.With(c.labels).Add(float64(sent))
-	c.m.received.With(c.labels).Add(float64(received))
+	c.m.sent.With(c.labels).Add(float64(response))
+	c.m.received.With(c.labels).Add(float64(request))
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/metricstest"
 	"ambit.dev/mesh/state"
 	"ambit.dev/mesh/wait"
 	configv1 "ambit.dev/proto/config/v1"
@@ -206,6 +207,18 @@ func TestPodToPodOverHBONE(t *testing.T) {
 		"istio_tcp_connections_opened_total"); err != nil {
 		t.Error(err)
 	}
+	// And both counted the bytes each way once the connection closed, as Istio does
+	// whoever reports: received is the request ("hello"), sent the response.
+	wait.Until(t, 5*time.Second, "the byte counts of the closed connection", func() error {
+		for _, reporter := range []string{"source", "destination"} {
+			l := map[string]string{"reporter": reporter}
+			sent, received := metricstest.Sum(m.reg, "istio_tcp_sent_bytes_total", l), metricstest.Sum(m.reg, "istio_tcp_received_bytes_total", l)
+			if received != 5 || sent != float64(len(got)) {
+				return fmt.Errorf("reporter %s: received %v and sent %v bytes, want 5 and %d", reporter, received, sent, len(got))
+			}
+		}
+		return nil
+	})
 }
 
 // TestPodToPodOverH3: a destination the controller marks HBONE_H3 is reached over HTTP/3,
