@@ -72,8 +72,19 @@ func makePod(ctx context.Context, t *Topology, n names, i int) error {
 	return nil
 }
 
-// makeNetns (re)creates the network namespace ns with eth0 at addr, joined to bridge by the
-// veth link, with a default route via gw. It is IPv4 only.
+// podMAC is the hardware address of the pod interface at addr: locally administered
+// (02:a8:) and then the four bytes of the address, as Docker derives its containers'. A pod
+// made again at the same address (a restarted waypoint, `lab up` over an old lab) keeps its
+// MAC, so the neighbours' ARP entries stay right; with a random one, the other pods went on
+// sending to the old address until their entries went stale, 10-20 s in which every new
+// connection to the pod timed out.
+func podMAC(addr netip.Addr) string {
+	a := addr.As4()
+	return fmt.Sprintf("02:a8:%02x:%02x:%02x:%02x", a[0], a[1], a[2], a[3])
+}
+
+// makeNetns (re)creates the network namespace ns with eth0 at addr (its MAC podMAC's),
+// joined to bridge by the veth link, with a default route via gw. It is IPv4 only.
 func makeNetns(ctx context.Context, ns, link, bridge string, addr netip.Prefix, gw netip.Addr) error {
 	_ = run(ctx, "ip", "netns", "del", ns)
 	if linkExists(ctx, link) {
@@ -91,6 +102,7 @@ func makeNetns(ctx context.Context, ns, link, bridge string, addr netip.Prefix, 
 	steps := [][]string{
 		{"link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns},
 		{"link", "set", link, "master", bridge, "up"},
+		{"-n", ns, "link", "set", "eth0", "address", podMAC(addr.Addr())},
 		{"-n", ns, "addr", "add", addr.String(), "dev", "eth0"},
 		{"-n", ns, "link", "set", "eth0", "up"},
 		{"-n", ns, "link", "set", "lo", "up"},
