@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"ambit.dev/mesh/gcpercent"
 	"ambit.dev/mesh/hbone"
 	"ambit.dev/mesh/logging"
 	"ambit.dev/mesh/pageout"
@@ -44,6 +45,7 @@ func main() {
 		flag.PrintDefaults()
 	}
 	flag.Parse()
+	gcpercent.Apply(gcpercent.Ztunnel)
 	// Batched: one write per 100 ms of access log lines, WARN and above at once.
 	var flushLog func() error
 	cfg.Logger, flushLog = logging.New(os.Stderr, level, false)
