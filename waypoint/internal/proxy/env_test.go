@@ -210,6 +210,20 @@ func (e *env) dial(ctx context.Context, id spiffeid.ID, authority string) (net.C
 	return e.dialFrom(ctx, id, clientAddr, authority)
 }
 
+// mustDial dials authority through the waypoint as "client", within 5 s, and fails t if it
+// cannot; the connection closes when t ends.
+func (e *env) mustDial(t testing.TB, authority string) net.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := e.dial(ctx, sa("client"), authority)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // dialFrom is dial with the original client's address forwarded.
 func (e *env) dialFrom(ctx context.Context, id spiffeid.ID, forwarded, authority string) (net.Conn, error) {
 	c, err := e.client(id)

@@ -272,13 +272,7 @@ func TestSmugglingRefused(t *testing.T) {
 		{"malformed request line", "GET /\r\nHost: web\r\n\r\n", 400},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			c, err := e.dial(ctx, sa("client"), webVIP)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := e.mustDial(t, webVIP)
 			go func() { _, _ = io.WriteString(c, tc.req) }()
 			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
@@ -308,13 +302,7 @@ func TestLongHeadForwarded(t *testing.T) {
 	e.pod("web-1", "10.244.0.11", web, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s %d", r.URL.Path, len(r.Header.Get("X-Big")))
 	}))
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := e.dial(ctx, sa("client"), webVIP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := e.mustDial(t, webVIP)
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	br := bufio.NewReader(c)
 	for i, size := range []int{20 << 10, 10, 30 << 10, 0} {

@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"io"
 	"net"
 	"net/http"
@@ -25,13 +24,7 @@ type h2Raw struct {
 
 func dialH2Raw(t *testing.T, e *env) *h2Raw {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	defer cancel()
-	c, err := e.dial(ctx, sa("client"), webVIP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := e.mustDial(t, webVIP)
 	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
 	h := &h2Raw{t: t, c: c, fr: http2.NewFramer(c, c)}
 	h.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
@@ -154,13 +147,7 @@ func TestNoSmugglingAfterConnectOrUpgrade(t *testing.T) {
 		{"HTTP/1 Upgrade h2c", "GET / HTTP/1.1\r\nHost: web\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n" + http2.ClientPreface, 501},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-			defer cancel()
-			c, err := e.dial(ctx, sa("client"), webVIP)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := e.mustDial(t, webVIP)
 			go func() { _, _ = io.WriteString(c, tc.req) }()
 			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
