@@ -255,8 +255,14 @@ func (s *Stream) WriteTo(w io.Writer) (total int64, err error) {
 			bufs, n := s.rq.take()
 			s.sinking = true
 			s.mu.Unlock()
-			vec := net.Buffers(bufs)
-			m, err := vec.WriteTo(w)
+			var m int64
+			var err error
+			if sink == nil && len(bufs) > 1 {
+				m, err = writeGathered(w, bufs)
+			} else {
+				vec := net.Buffers(bufs)
+				m, err = vec.WriteTo(w)
+			}
 			release(bufs)
 			s.mu.Lock()
 			s.sinking = false
@@ -284,6 +290,42 @@ func (s *Stream) WriteTo(w io.Writer) (total int64, err error) {
 			return total, timeoutError{}
 		}
 	}
+}
+
+// writeGathered writes the pages of bufs to w, which is not a socket (a socket takes them
+// in one vectored write): gathered into writes of up to a full DATA payload, so that a
+// stream spliced into another stream (a waypoint's opaque TCP) sends a 64 KiB frame where
+// it would send four 16 KiB pages, each its own frame and two TLS records.
+func writeGathered(w io.Writer, bufs [][]byte) (int64, error) {
+	bp := frameBufs.Get().(*[]byte)
+	defer frameBufs.Put(bp)
+	buf := (*bp)[9:]
+	var total int64
+	k := 0
+	flush := func() error {
+		m, err := w.Write(buf[:k])
+		total += int64(m)
+		k = 0
+		return err
+	}
+	for _, b := range bufs {
+		for len(b) > 0 {
+			c := copy(buf[k:], b)
+			k += c
+			b = b[c:]
+			if k == len(buf) {
+				if err := flush(); err != nil {
+					return total, err
+				}
+			}
+		}
+	}
+	if k > 0 {
+		if err := flush(); err != nil {
+			return total, err
+		}
+	}
+	return total, nil
 }
 
 // Write sends p as DATA frames, blocking on flow control.
