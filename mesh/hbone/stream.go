@@ -256,7 +256,6 @@ func (s *Stream) WriteTo(w io.Writer) (total int64, err error) {
 			s.sinking = true
 			s.mu.Unlock()
 			var m int64
-			var err error
 			if sink == nil && len(bufs) > 1 {
 				m, err = writeGathered(w, bufs)
 			} else {

@@ -13,8 +13,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"ambit.dev/mesh/hbone"
 )
 
 // serveHTTP1 serves HTTP/1.x requests on c one after the other. The request head is
@@ -25,31 +23,31 @@ import (
 // A connection holds only its small read buffer between requests: the response's write
 // buffer is taken from a pool for each response, and a head too long for the read buffer
 // is read through a larger one stacked on it (checkHead), which the connection then keeps.
-func (p *Proxy) serveHTTP1(ctx context.Context, d *downstream, c hbone.HalfCloser, br *bufio.Reader) {
+func (p *Proxy) serveHTTP1(ctx context.Context, d *downstream, c *bufConn) {
 	for {
 		_ = c.SetReadDeadline(time.Now().Add(p.cfg.IdleTimeout))
-		if _, err := br.Peek(1); err != nil {
+		if _, err := c.r.Peek(1); err != nil {
 			return // the client closed (or idled out) between requests
 		}
-		if !p.serveRequest(ctx, d, c, &br) {
+		if !p.serveRequest(ctx, d, c) {
 			return
 		}
 	}
 }
 
-// serveRequest reads one request from *br, forwards it and writes the response, and reports
+// serveRequest reads one request from c, forwards it and writes the response, and reports
 // whether the connection may carry another.
-func (p *Proxy) serveRequest(ctx context.Context, d *downstream, c hbone.HalfCloser, br **bufio.Reader) bool {
+func (p *Proxy) serveRequest(ctx context.Context, d *downstream, c *bufConn) bool {
 	bw := getResponseWriter(c)
 	defer putResponseWriter(bw)
 	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	var code int
 	var reason string
-	if *br, code, reason = checkHead(*br, p.cfg.MaxHeaderBytes); code != 0 {
+	if c.r, code, reason = checkHead(c.r, p.cfg.MaxHeaderBytes); code != 0 {
 		p.refuse(d, bw, code, reason)
 		return false
 	}
-	req, err := http.ReadRequest(*br)
+	req, err := http.ReadRequest(c.r)
 	_ = c.SetReadDeadline(time.Time{})
 	if err != nil {
 		p.refuse(d, bw, http.StatusBadRequest, "malformed request: "+err.Error())
@@ -136,7 +134,7 @@ func checkHead(br *bufio.Reader, limit int) (*bufio.Reader, int, string) {
 			return br, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request head exceeds %d bytes", limit)
 		}
 		if errors.Is(err, bufio.ErrBufferFull) && br.Size() < limit+5 {
-			br = bufio.NewReaderSize(br, limit+5)
+			br = atLeast(br, limit+5)
 			continue
 		}
 		if err != nil {

@@ -16,8 +16,8 @@ const maxClientHello = 5 + 16<<10
 // peekSNI returns the server name of the TLS ClientHello at the head of br, without
 // consuming anything; "" when the stream does not start with one. crypto/tls parses it:
 // the handshake runs against the peeked bytes and stops as soon as the hello is read. A
-// hello longer than br holds is peeked through a reader of maxClientHello bytes stacked on
-// br; peekSNI returns the reader the stream is to be read from: br, or that one.
+// hello longer than br holds is peeked through a larger reader stacked on br (atLeast);
+// peekSNI returns the reader the stream is to be read from: br, or that one.
 func peekSNI(br *bufio.Reader) (string, *bufio.Reader) {
 	hdr, err := br.Peek(5)
 	if err != nil || hdr[0] != 0x16 { // not a TLS handshake record
@@ -27,9 +27,7 @@ func peekSNI(br *bufio.Reader) (string, *bufio.Reader) {
 	if n > maxClientHello {
 		return "", br
 	}
-	if n > br.Size() {
-		br = bufio.NewReaderSize(br, maxClientHello)
-	}
+	br = atLeast(br, n)
 	rec, err := br.Peek(n)
 	if err != nil {
 		return "", br

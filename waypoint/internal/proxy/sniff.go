@@ -100,7 +100,7 @@ func (p *Proxy) serveStream(ctx context.Context, d *downstream, s *hbone.Stream)
 	case protoHTTP2:
 		p.serveH2(ctx, d, c)
 	case protoHTTP1:
-		p.serveHTTP1(ctx, d, c, br)
+		p.serveHTTP1(ctx, d, c)
 	default:
 		p.serveL4(ctx, d, c)
 	}
@@ -111,7 +111,18 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// bufConn is a stream whose first bytes were peeked into r.
+// atLeast returns br, or, when br holds fewer than n bytes, a reader of n bytes stacked on
+// br, which loses nothing br has buffered. A connection reads through a small buffer and
+// grows it only for the rare request head or TLS hello that needs more.
+func atLeast(br *bufio.Reader, n int) *bufio.Reader {
+	if br.Size() >= n {
+		return br
+	}
+	return bufio.NewReaderSize(br, n)
+}
+
+// bufConn is a stream whose first bytes were peeked into r (which may be replaced by a
+// larger reader stacked on it: atLeast).
 type bufConn struct {
 	hbone.HalfCloser
 	r *bufio.Reader
