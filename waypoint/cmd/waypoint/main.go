@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"ambit.dev/mesh/logging"
+	"ambit.dev/mesh/maxprocs"
 	"ambit.dev/mesh/pageout"
 	"ambit.dev/waypoint/internal/app"
 )
@@ -23,6 +24,7 @@ func main() {
 	var (
 		cfg      app.Config
 		logLevel string
+		workers  int
 	)
 	flag.StringVar(&cfg.Name, "name", "", "name of the Gateway this waypoint serves (required)")
 	flag.StringVar(&cfg.Namespace, "namespace", "", "namespace of the Gateway (required)")
@@ -38,6 +40,7 @@ func main() {
 	flag.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP/gRPC collector host:port for request spans; empty exports none")
 	flag.DurationVar(&cfg.DrainPeriod, "drain-period", 5*time.Second, "how long open requests may finish on shutdown")
 	flag.DurationVar(&cfg.PageOutAfter, "page-out-after", pageout.DefaultDelay, pageout.FlagUsage)
+	flag.IntVar(&workers, "workers", 0, maxprocs.FlagUsage)
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 
@@ -55,6 +58,10 @@ func main() {
 	defer flushLog()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if err := maxprocs.Start(ctx, workers, cfg.Logger); err != nil {
+		fmt.Fprintf(os.Stderr, "waypoint: %v\n", err)
+		os.Exit(2)
+	}
 	if err := app.Run(ctx, cfg); err != nil && !errors.Is(err, context.Canceled) {
 		cfg.Logger.Error("waypoint failed", "err", err) // ERROR: written at once
 		os.Exit(1)

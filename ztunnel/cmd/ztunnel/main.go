@@ -14,12 +14,14 @@ import (
 	"ambit.dev/mesh/gcpercent"
 	"ambit.dev/mesh/hbone"
 	"ambit.dev/mesh/logging"
+	"ambit.dev/mesh/maxprocs"
 	"ambit.dev/mesh/pageout"
 	"ambit.dev/ztunnel/internal/app"
 )
 
 func main() {
 	var cfg app.Config
+	var workers int
 	level := new(slog.LevelVar)
 	flag.StringVar(&cfg.Node, "node", os.Getenv("NODE_NAME"), "name of the node this ztunnel serves (env NODE_NAME)")
 	flag.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
@@ -39,6 +41,7 @@ func main() {
 	flag.DurationVar(&cfg.HBONEIdleTimeout, "hbone-idle-timeout", hbone.DefaultIdleTimeout, "close an HBONE connection (HTTP/2 or HTTP/3, to or from a peer) that has carried no stream for this long")
 	flag.Float64Var(&cfg.H3LossThreshold, "h3-loss-threshold", hbone.DefaultH3LossThreshold, "HTTP/3 tunnels: while a tunnel loses at least this share of its packets (and at least 3, over windows of a second or more), it sends each short QUIC packet twice, so that a request or response of one packet survives a loss without waiting for a retransmission; 0 turns it off (docs/protocol.md, Loss shield)")
 	flag.DurationVar(&cfg.PageOutAfter, "page-out-after", pageout.DefaultDelay, pageout.FlagUsage)
+	flag.IntVar(&workers, "workers", 0, maxprocs.FlagUsage)
 	flag.TextVar(level, "log-level", new(slog.LevelVar), "log level: debug, info, warn or error")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: ztunnel [flags]\n\nambit's node proxy. Pods are handed over through the node API (--node-api);\nconfiguration and certificates come from the controller (--controller), or, standalone,\nfrom a local file and a local root (--local-config, --local-ca-dir).\n\n")
@@ -63,6 +66,10 @@ func main() {
 			stop(context.Canceled)
 		}
 	}()
+	if err := maxprocs.Start(ctx, workers, cfg.Logger); err != nil {
+		fmt.Fprintf(os.Stderr, "ztunnel: %v\n", err)
+		os.Exit(2)
+	}
 	if err := app.Run(ctx, cfg); err != nil {
 		cfg.Logger.Error("ztunnel failed", "err", err) // ERROR: written at once
 		os.Exit(1)
