@@ -31,6 +31,36 @@ func TestBinaryGivesPagesBack(t *testing.T) {
 	if err != nil || again <= 0 {
 		t.Fatalf("after the page-out: %d, %v", again, err)
 	}
+	// The executable's read-only mappings now fault in without read-ahead (MADV_RANDOM,
+	// "rr" among a mapping's VmFlags in smaps).
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	smaps, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mapping string
+	random := 0
+	for _, l := range strings.Split(string(smaps), "\n") {
+		if fs := strings.Fields(l); len(fs) >= 6 && strings.Contains(fs[0], "-") && !strings.HasSuffix(fs[0], ":") {
+			mapping = ""
+			if fs[5] == exe && fs[1][1] == '-' {
+				mapping = fs[0]
+			}
+			continue
+		}
+		if flags, ok := strings.CutPrefix(l, "VmFlags:"); ok && mapping != "" {
+			if !strings.Contains(" "+flags+" ", " rr ") {
+				t.Errorf("read-only mapping %s of the executable: VmFlags%s, no rr (MADV_RANDOM)", mapping, flags)
+			}
+			random++
+		}
+	}
+	if random == 0 {
+		t.Errorf("no read-only mapping of %s in /proc/self/smaps", exe)
+	}
 }
 
 // TestReadOnlyMappings: only the executable's private mappings that are not writable
