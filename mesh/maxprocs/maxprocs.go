@@ -117,13 +117,18 @@ func (g *Governor) run(ctx context.Context, log *slog.Logger) {
 			if busy < 0 || free < 0 { // a reading failed (zero): no sample
 				continue
 			}
-			before := g.N
-			if n := g.Observe(busy, free); n != before {
-				runtime.GOMAXPROCS(n)
-				log.Info("workers changed", "workers", n, "was", before,
-					"busy_cores", fmt.Sprintf("%.2f", busy), "node_idle_cores", fmt.Sprintf("%.2f", free))
-			}
+			g.step(busy, free, log)
 		}
+	}
+}
+
+// step applies one sample: Observe, and a changed count goes to the runtime and the log.
+func (g *Governor) step(busy, free float64, log *slog.Logger) {
+	before := g.N
+	if n := g.Observe(busy, free); n != before {
+		runtime.GOMAXPROCS(n)
+		log.Info("workers changed", "workers", n, "was", before,
+			"busy_cores", fmt.Sprintf("%.2f", busy), "node_idle_cores", fmt.Sprintf("%.2f", free))
 	}
 }
 

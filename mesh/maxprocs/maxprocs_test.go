@@ -1,6 +1,7 @@
 package maxprocs
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -110,5 +111,28 @@ func TestStart(t *testing.T) {
 	runtime.GOMAXPROCS(4)
 	if err := Start(ctx, 0, log); err != nil || runtime.GOMAXPROCS(0) != 1 {
 		t.Fatalf("auto: err %v, GOMAXPROCS %d, want 1", err, runtime.GOMAXPROCS(0))
+	}
+}
+
+// TestStep: a decision reaches the runtime and the log; a sample that changes nothing
+// writes nothing.
+func TestStep(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	var out bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&out, nil))
+	g := &Governor{N: 1, Max: 2}
+	g.step(0.9, 1.5, log)
+	if runtime.GOMAXPROCS(0) != 1 || out.Len() != 0 {
+		t.Fatalf("after one busy sample: GOMAXPROCS %d, log %q", runtime.GOMAXPROCS(0), out.String())
+	}
+	g.step(0.95, 1.5, log)
+	if runtime.GOMAXPROCS(0) != 2 || !bytes.Contains(out.Bytes(), []byte(`msg="workers changed" workers=2 was=1 busy_cores=0.95 node_idle_cores=1.50`)) {
+		t.Fatalf("after two: GOMAXPROCS %d, log %q", runtime.GOMAXPROCS(0), out.String())
+	}
+	for range DownAfter {
+		g.step(0.2, 1.5, log)
+	}
+	if runtime.GOMAXPROCS(0) != 1 || !bytes.Contains(out.Bytes(), []byte("workers=1 was=2")) {
+		t.Fatalf("after a quiet spell: GOMAXPROCS %d, log %q", runtime.GOMAXPROCS(0), out.String())
 	}
 }
