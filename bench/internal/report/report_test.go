@@ -199,3 +199,39 @@ func TestCombine(t *testing.T) {
 		t.Fatalf("even median %v", m)
 	}
 }
+
+// TestJudgeWaypoint: the waypoint's three targets on the ambit-l7 rows, the p99 one against
+// ambit-l4 at each connection count both measured.
+func TestJudgeWaypoint(t *testing.T) {
+	rows := append(sample(),
+		Row{Scenario: AmbitL7, Connections: 1, QPS: 1000, P50: 300, P90: 400, P99: 400, P999: 1500, WaypointCPUPer1k: 0.14, WaypointRSSMB: 25},
+		Row{Scenario: AmbitL7, Connections: 16, QPS: 998, P50: 300, P90: 500, P99: 1000, P999: 2000, WaypointCPUPer1k: 0.18, WaypointRSSMB: 31.5},
+		Row{Scenario: AmbitL7, Connections: 64, QPS: 992, P50: 300, P90: 500, P99: 900, P999: 2000, WaypointCPUPer1k: 0.12, WaypointRSSMB: 20})
+	FillAdded(rows)
+	vs := judgeWaypoint(rows)
+	if len(vs) != 3 {
+		t.Fatalf("%d verdicts, want 3: %v", len(vs), vs)
+	}
+	want := []struct {
+		target string
+		met    bool
+		miss   string
+	}{
+		{"waypoint CPU per 1,000 req/s (1 KB)", false, "+0.030 vCPU (1.2×) at 16 conn"},
+		{"waypoint peak RSS", false, "+1.5 MB (1.1×)"},
+		// added p99: 200 vs 150 µs at 1 conn (1.3×, met), 760 vs 360 at 16 (2.1×); 64 has no ambit-l4 row
+		{"waypoint added p99 vs ztunnel's (ambit-l7 vs ambit-l4)", false, "2.1× at 16 conn"},
+	}
+	for i, w := range want {
+		v := vs[i]
+		if v.Target != w.target || v.Met != w.met || v.Miss != w.miss {
+			t.Errorf("verdict %d: %q met %v miss %q; want %q met %v miss %q", i, v.Target, v.Met, v.Miss, w.target, w.met, w.miss)
+		}
+	}
+	if !strings.Contains(vs[2].Measured, "200 vs 150 µs at 1 conn") || strings.Contains(vs[2].Measured, "64 conn") {
+		t.Errorf("added p99 measured %q", vs[2].Measured)
+	}
+	if judgeWaypoint(sample()) != nil {
+		t.Error("waypoint verdicts without ambit-l7 rows")
+	}
+}

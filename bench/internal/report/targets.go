@@ -14,6 +14,9 @@ const (
 	// The waypoint's (issue 5), against Istio's Envoy waypoint at 0.25 vCPU and 60 MB.
 	TargetWaypointCPUPer1k = 0.15
 	TargetWaypointRSSMB    = 30.0
+	// The waypoint's path (ambit-l7) may add at most this multiple of ztunnel's alone
+	// (ambit-l4) to the p99, at each connection count (issue 15).
+	TargetWaypointP99X = 1.5
 )
 
 // judgeWaypoint evaluates the waypoint's targets on the ambit-l7 rows.
@@ -45,7 +48,23 @@ func judgeWaypoint(rows []Row) []Verdict {
 	if !m.Met {
 		m.Miss = fmt.Sprintf("+%s MB (%.1f×)", fmtF(worstRSS.WaypointRSSMB-TargetWaypointRSSMB, 1), worstRSS.WaypointRSSMB/TargetWaypointRSSMB)
 	}
-	return []Verdict{c, m}
+	out := []Verdict{c, m}
+	var lat, latMiss []string
+	for _, r := range l7 {
+		z, ok := Find(rows, AmbitL4, r.Connections)
+		if !ok {
+			continue
+		}
+		lat = append(lat, fmt.Sprintf("%s vs %s µs at %d conn", fmtF(r.AddedP99, 0), fmtF(z.AddedP99, 0), r.Connections))
+		if r.AddedP99 > TargetWaypointP99X*max(z.AddedP99, 0) {
+			latMiss = append(latMiss, fmt.Sprintf("%.1f× at %d conn", r.AddedP99/max(z.AddedP99, 1), r.Connections))
+		}
+	}
+	if len(lat) > 0 {
+		out = append(out, Verdict{Target: "waypoint added p99 vs ztunnel's (ambit-l7 vs ambit-l4)", Goal: "≤ 1.5× ambit-l4",
+			Measured: strings.Join(lat, ", "), Met: len(latMiss) == 0, Miss: strings.Join(latMiss, ", ")})
+	}
+	return out
 }
 
 // Verdict is one target judged against one run.
