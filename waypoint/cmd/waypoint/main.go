@@ -16,6 +16,7 @@ import (
 
 	"ambit.dev/mesh/logging"
 	"ambit.dev/mesh/maxprocs"
+	"ambit.dev/mesh/memreturn"
 	"ambit.dev/mesh/pageout"
 	"ambit.dev/waypoint/internal/app"
 )
@@ -41,6 +42,7 @@ func main() {
 	flag.DurationVar(&cfg.DrainPeriod, "drain-period", 5*time.Second, "how long open requests may finish on shutdown")
 	flag.DurationVar(&cfg.PageOutAfter, "page-out-after", pageout.DefaultDelay, pageout.FlagUsage)
 	flag.IntVar(&workers, "workers", 0, maxprocs.FlagUsage)
+	returnMemory := flag.Bool("return-memory", true, memreturn.FlagUsage)
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 
@@ -61,6 +63,9 @@ func main() {
 	if err := maxprocs.Start(ctx, workers, cfg.Logger); err != nil {
 		fmt.Fprintf(os.Stderr, "waypoint: %v\n", err)
 		os.Exit(2)
+	}
+	if *returnMemory {
+		memreturn.Start(ctx, cfg.Logger)
 	}
 	if err := app.Run(ctx, cfg); err != nil && !errors.Is(err, context.Canceled) {
 		cfg.Logger.Error("waypoint failed", "err", err) // ERROR: written at once

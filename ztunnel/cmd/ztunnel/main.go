@@ -15,6 +15,7 @@ import (
 	"ambit.dev/mesh/hbone"
 	"ambit.dev/mesh/logging"
 	"ambit.dev/mesh/maxprocs"
+	"ambit.dev/mesh/memreturn"
 	"ambit.dev/mesh/pageout"
 	"ambit.dev/ztunnel/internal/app"
 )
@@ -42,6 +43,7 @@ func main() {
 	flag.Float64Var(&cfg.H3LossThreshold, "h3-loss-threshold", hbone.DefaultH3LossThreshold, "HTTP/3 tunnels: while a tunnel loses at least this share of its packets (and at least 3, over windows of a second or more), it sends each short QUIC packet twice, so that a request or response of one packet survives a loss without waiting for a retransmission; 0 turns it off (docs/protocol.md, Loss shield)")
 	flag.DurationVar(&cfg.PageOutAfter, "page-out-after", pageout.DefaultDelay, pageout.FlagUsage)
 	flag.IntVar(&workers, "workers", 0, maxprocs.FlagUsage)
+	returnMemory := flag.Bool("return-memory", true, memreturn.FlagUsage)
 	flag.TextVar(level, "log-level", new(slog.LevelVar), "log level: debug, info, warn or error")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: ztunnel [flags]\n\nambit's node proxy. Pods are handed over through the node API (--node-api);\nconfiguration and certificates come from the controller (--controller), or, standalone,\nfrom a local file and a local root (--local-config, --local-ca-dir).\n\n")
@@ -69,6 +71,9 @@ func main() {
 	if err := maxprocs.Start(ctx, workers, cfg.Logger); err != nil {
 		fmt.Fprintf(os.Stderr, "ztunnel: %v\n", err)
 		os.Exit(2)
+	}
+	if *returnMemory {
+		memreturn.Start(ctx, cfg.Logger)
 	}
 	if err := app.Run(ctx, cfg); err != nil {
 		cfg.Logger.Error("ztunnel failed", "err", err) // ERROR: written at once

@@ -1,0 +1,119 @@
+// Package memreturn gives a proxy's freed heap back to the kernel when a burst of work is
+// over.
+//
+// A bulk transfer, a wave of new connections or an HTTP/3 tunnel grows a proxy's heap by
+// megabytes: stream windows full of received bytes, frame and packet buffers in pools. Once
+// the burst is over that memory is garbage, but Go only learns so at its next collection,
+// which a proxy back at a trickle of requests (ztunnel allocates well under 100 bytes per
+// request) may not run for minutes; until then the pages stay resident, and the scavenger,
+// which paces itself against the heap goal of the last collection (one taken during the
+// burst), keeps most of them. So a watcher reads the runtime's count of bytes allocated
+// once a second; after a second that allocated a burst's worth, the first QuietAfter quiet
+// seconds in a row collect the heap and return its free pages at once. It costs two
+// collections per burst, and nothing while the load is steady, busy or quiet.
+// docs/benchmarks.md has the A/B.
+package memreturn
+
+import (
+	"context"
+	"log/slog"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"strconv"
+	"time"
+)
+
+// The watcher's rules: a sample interval that allocated at least BurstAlloc bytes arms it;
+// QuietAfter intervals in a row that allocated less than QuietAlloc each then give the heap
+// back, once. Between the two thresholds nothing changes: the load is still going.
+const (
+	Interval   = time.Second
+	BurstAlloc = 1 << 20
+	QuietAlloc = 256 << 10
+	QuietAfter = 2
+)
+
+// FlagUsage is the help of the proxies' --return-memory flag.
+const FlagUsage = "after a burst of work (a second that allocated 1 MiB or more, then two quiet seconds), collect the heap and return its free pages to the kernel at once, instead of at Go's next collection (resident memory)"
+
+// Watcher holds the rules' state: whether a burst has been seen since the last give-back,
+// and how many quiet intervals have followed it.
+type Watcher struct {
+	armed bool
+	quiet int
+}
+
+// Observe takes the bytes allocated over the last interval and reports whether to give the
+// heap back now.
+func (w *Watcher) Observe(alloc uint64) bool {
+	switch {
+	case alloc >= BurstAlloc:
+		w.armed, w.quiet = true, 0
+	case alloc < QuietAlloc && w.armed:
+		w.quiet++
+		if w.quiet >= QuietAfter {
+			w.armed, w.quiet = false, 0
+			return true
+		}
+	default:
+		w.quiet = 0
+	}
+	return false
+}
+
+// Start watches the process's allocations until ctx ends, giving the heap back after each
+// burst and logging (at debug level) what it gave.
+func Start(ctx context.Context, log *slog.Logger) {
+	go run(ctx, Interval, func(before, after uint64) {
+		log.Debug("heap given back after a burst", "held_mb_before", mb(before), "held_mb_after", mb(after))
+	})
+}
+
+// run samples every interval and calls gave after each give-back.
+func run(ctx context.Context, every time.Duration, gave func(before, after uint64)) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	sample := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(sample)
+	last := sample[0].Value.Uint64()
+	var w Watcher
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		metrics.Read(sample)
+		now := sample[0].Value.Uint64()
+		give := w.Observe(now - last)
+		last = now
+		if give {
+			gave(GiveBack())
+			// the collections allocate a little; not a burst, but not to be counted as load
+			metrics.Read(sample)
+			last = sample[0].Value.Uint64()
+		}
+	}
+}
+
+// GiveBack collects the heap twice (the second collection frees what sync.Pools still held
+// after the first) and returns every free page to the kernel; it reports the memory the Go
+// runtime held from the kernel (all its classes but the pages already released) before and
+// after.
+func GiveBack() (before, after uint64) {
+	before = Held()
+	runtime.GC()
+	debug.FreeOSMemory()
+	return before, Held()
+}
+
+// Held is the memory the Go runtime has mapped and not returned to the kernel: heap, stacks
+// and its own metadata.
+func Held() uint64 {
+	s := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64() - s[1].Value.Uint64()
+}
+
+func mb(b uint64) string { return strconv.FormatFloat(float64(b)/(1<<20), 'f', 1, 64) }

@@ -1,0 +1,101 @@
+package memreturn
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"ambit.dev/mesh/wait"
+)
+
+func TestObserve(t *testing.T) {
+	var w Watcher
+	steps := []struct {
+		alloc uint64
+		want  bool
+	}{
+		{0, false}, // quiet, but no burst yet: nothing to give back
+		{0, false},
+		{0, false},
+		{BurstAlloc, false},
+		{QuietAlloc - 1, false}, // one quiet interval is not enough
+		{QuietAlloc, false},     // between the thresholds: the load goes on, the count restarts
+		{QuietAlloc - 1, false},
+		{QuietAlloc - 1, true}, // QuietAfter in a row after the burst
+		{0, false},             // once per burst
+		{0, false},
+		{0, false},
+		{2 * BurstAlloc, false},
+		{0, false},
+		{BurstAlloc, false}, // the burst goes on: the quiet count restarts
+		{0, false},
+		{0, true},
+	}
+	for i, s := range steps {
+		if got := w.Observe(s.alloc); got != s.want {
+			t.Fatalf("step %d: Observe(%d) = %v, want %v", i, s.alloc, got, s.want)
+		}
+	}
+}
+
+// garbage keeps what the tests allocate reachable until they let it go.
+var garbage [][]byte
+
+func TestGiveBack(t *testing.T) {
+	for range 32 << 10 {
+		garbage = append(garbage, make([]byte, 1<<10))
+	}
+	var pool sync.Pool
+	for range 8 {
+		b := make([]byte, 1<<20)
+		pool.Put(&b)
+	}
+	garbage = nil
+	before, after := GiveBack()
+	t.Logf("held %d MiB before, %d MiB after", before>>20, after>>20)
+	if before < 32<<20 {
+		t.Fatalf("held %d bytes before with 32 MiB live: the reading is wrong", before)
+	}
+	// 32 MiB of dead objects and 8 MiB in a pool came back.
+	if after+32<<20 > before {
+		t.Fatalf("held %d bytes after, %d before: not given back", after, before)
+	}
+	if got := Held(); got > after+8<<20 {
+		t.Fatalf("held %d bytes right after giving back %d", got, after)
+	}
+}
+
+func TestRunGivesBackAfterBurst(t *testing.T) {
+	var gave atomic.Int32
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { run(ctx, 50*time.Millisecond, func(uint64, uint64) { gave.Add(1) }); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	time.Sleep(200 * time.Millisecond)
+	if n := gave.Load(); n != 0 {
+		t.Fatalf("%d give-backs with no burst", n)
+	}
+	for range 16 << 10 {
+		garbage = append(garbage, make([]byte, 1<<10))
+	}
+	garbage = nil
+	held := Held()
+	wait.Until(t, 5*time.Second, "a give-back after a 16 MiB burst", func() error {
+		if gave.Load() == 0 {
+			return fmt.Errorf("none yet")
+		}
+		return nil
+	})
+	if now := Held(); now+8<<20 > held {
+		t.Fatalf("held %d bytes after the give-back, %d before", now, held)
+	}
+	// once per burst
+	time.Sleep(300 * time.Millisecond)
+	if n := gave.Load(); n != 1 {
+		t.Fatalf("%d give-backs after one burst", n)
+	}
+}
