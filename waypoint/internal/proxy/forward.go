@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -553,22 +554,27 @@ func (ex *exchange) finish(respBytes int64, err error) {
 		}
 		dur := time.Since(ex.start)
 		ex.p.cfg.Metrics.request(ex, reqBytes, respBytes, dur)
-		ex.span.SetAttributes(attribute.Int("http.response.status_code", ex.code), attribute.String("ambit.response_flags", ex.flags))
-		if ex.code >= 500 || err != nil {
-			ex.span.SetStatus(codes.Error, ex.reason)
+		if ex.span.IsRecording() {
+			ex.span.SetAttributes(attribute.Int("http.response.status_code", ex.code), attribute.String("ambit.response_flags", ex.flags))
+			if ex.code >= 500 || err != nil {
+				ex.span.SetStatus(codes.Error, ex.reason)
+			}
 		}
 		ex.span.End()
 		ep := ""
 		if ex.hasEP {
 			ep = ex.ep.addr.String()
 		}
-		ex.p.cfg.AccessLog.Info("request",
-			"method", ex.req.Method, "path", ex.req.URL.Path, "authority", ex.req.Host, "protocol", ex.protocol(),
-			"status", ex.code, "flags", ex.flags, "reason", ex.reason,
-			"src", ex.d.client.String(), "src_principal", ex.d.peer.String(),
-			"dst", ex.d.authority.String(), "dst_service", ex.backend, "route", ex.route, "endpoint", ep,
-			"attempts", ex.attempt, "bytes_received", reqBytes, "bytes_sent", respBytes,
-			"duration", dur.String(), "trace_id", ex.span.SpanContext().TraceID().String(), "err", errString(err))
+		// Typed attributes, not key-value pairs: nothing boxed into an interface, and the
+		// record's overflow allocated once.
+		ex.p.cfg.AccessLog.LogAttrs(context.Background(), slog.LevelInfo, "request",
+			slog.String("method", ex.req.Method), slog.String("path", ex.req.URL.Path), slog.String("authority", ex.req.Host),
+			slog.String("protocol", ex.protocol()), slog.Int("status", ex.code), slog.String("flags", ex.flags),
+			slog.String("reason", ex.reason), slog.String("src", ex.d.client.String()), slog.String("src_principal", ex.d.peer.String()),
+			slog.String("dst", ex.d.authority.String()), slog.String("dst_service", ex.backend), slog.String("route", ex.route),
+			slog.String("endpoint", ep), slog.Int("attempts", ex.attempt), slog.Int64("bytes_received", reqBytes),
+			slog.Int64("bytes_sent", respBytes), slog.String("duration", dur.String()),
+			slog.String("trace_id", ex.span.SpanContext().TraceID().String()), slog.String("err", errString(err)))
 	})
 }
 

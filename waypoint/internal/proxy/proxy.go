@@ -157,6 +157,7 @@ type Proxy struct {
 	cfg    Config
 	log    *slog.Logger
 	tracer trace.Tracer
+	spans  bool // the tracer records spans (not Go's no-op provider)
 	client *hbone.Client
 	up     *upstreams
 	lb     *balancer
@@ -196,6 +197,8 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Logger, tracer: cfg.Tracer.Tracer("ambit.dev/waypoint"), conns: map[*hbone.Stream]struct{}{}}
+	_, noSpans := cfg.Tracer.(noop.TracerProvider)
+	p.spans = !noSpans
 	p.client, err = hbone.NewClient(hbone.ClientConfig{ConnConfig: cfg.HBONE, DialContext: cfg.DialContext, Certificate: cfg.Certificate, Bundle: cfg.Bundle})
 	if err != nil {
 		return nil, err

@@ -19,6 +19,11 @@ func (p *Proxy) startSpan(ctx context.Context, d *downstream, req *http.Request)
 	if !trace.SpanContextFromContext(pctx).IsValid() && d.trace != "" {
 		pctx = propagator.Extract(ctx, propagation.MapCarrier{"traceparent": d.trace, "baggage": d.baggage})
 	}
+	if !p.spans {
+		// Spans go nowhere: the no-op tracer only carries the parent's context on, and
+		// the name and attributes would be built and dropped for every request.
+		return p.tracer.Start(pctx, "")
+	}
 	return p.tracer.Start(pctx, req.Method+" "+req.URL.Path,
 		trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(
