@@ -10,7 +10,8 @@
 // burst), keeps most of them. So a watcher reads the runtime's count of bytes allocated
 // once a second; after a second that allocated a burst's worth, the first QuietAfter quiet
 // seconds in a row collect the heap and return its free pages at once. It costs two
-// collections per burst, and nothing while the load is steady, busy or quiet.
+// collections per burst, at most once every 30 s, and nothing while the load is steady,
+// busy or quiet.
 // docs/benchmarks.md has the A/B.
 package memreturn
 
@@ -26,34 +27,43 @@ import (
 
 // The watcher's rules: a sample interval that allocated at least BurstAlloc bytes arms it;
 // QuietAfter intervals in a row that allocated less than QuietAlloc each then give the heap
-// back, once. Between the two thresholds nothing changes: the load is still going.
+// back, once. Between the two thresholds nothing changes: the load is still going. After a
+// give-back the next one waits at least Spacing intervals, so that a load that comes and goes
+// every few seconds costs two collections per Spacing at most, whatever the heap's size.
 const (
 	Interval   = time.Second
 	BurstAlloc = 1 << 20
 	QuietAlloc = 256 << 10
 	QuietAfter = 2
+	Spacing    = 30
 )
 
 // FlagUsage is the help of the proxies' --return-memory flag.
-const FlagUsage = "after a burst of work (a second that allocated 1 MiB or more, then two quiet seconds), collect the heap and return its free pages to the kernel at once, instead of at Go's next collection (resident memory)"
+const FlagUsage = "after a burst of work (a second that allocated 1 MiB or more, then two quiet seconds; at most every 30 s), collect the heap and return its free pages to the kernel at once, instead of at Go's next collection (resident memory)"
 
 // Watcher holds the rules' state: whether a burst has been seen since the last give-back,
-// and how many quiet intervals have followed it.
+// how many quiet intervals have followed it, and how many intervals ago the last give-back
+// was.
 type Watcher struct {
 	armed bool
 	quiet int
+	since int // intervals since the last give-back; Spacing or more: none yet
 }
+
+// NewWatcher returns a watcher that has not given anything back yet.
+func NewWatcher() *Watcher { return &Watcher{since: Spacing} }
 
 // Observe takes the bytes allocated over the last interval and reports whether to give the
 // heap back now.
 func (w *Watcher) Observe(alloc uint64) bool {
+	w.since = min(w.since+1, Spacing)
 	switch {
 	case alloc >= BurstAlloc:
 		w.armed, w.quiet = true, 0
 	case alloc < QuietAlloc && w.armed:
 		w.quiet++
-		if w.quiet >= QuietAfter {
-			w.armed, w.quiet = false, 0
+		if w.quiet >= QuietAfter && w.since >= Spacing {
+			w.armed, w.quiet, w.since = false, 0, 0
 			return true
 		}
 	default:
@@ -77,7 +87,7 @@ func run(ctx context.Context, every time.Duration, gave func(before, after uint6
 	sample := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
 	metrics.Read(sample)
 	last := sample[0].Value.Uint64()
-	var w Watcher
+	w := NewWatcher()
 	for {
 		select {
 		case <-ctx.Done():

@@ -12,7 +12,7 @@ import (
 )
 
 func TestObserve(t *testing.T) {
-	var w Watcher
+	w := NewWatcher()
 	steps := []struct {
 		alloc uint64
 		want  bool
@@ -32,11 +32,26 @@ func TestObserve(t *testing.T) {
 		{0, false},
 		{BurstAlloc, false}, // the burst goes on: the quiet count restarts
 		{0, false},
-		{0, true},
 	}
 	for i, s := range steps {
 		if got := w.Observe(s.alloc); got != s.want {
 			t.Fatalf("step %d: Observe(%d) = %v, want %v", i, s.alloc, got, s.want)
+		}
+	}
+	// Quiet after a burst, but too soon after the last give-back: it waits until Spacing
+	// intervals have passed since then, and gives back once.
+	gaveAt := len(steps) - 8 // the step that returned true
+	for i := len(steps); i < gaveAt+Spacing; i++ {
+		if w.Observe(0) {
+			t.Fatalf("interval %d: gave back %d intervals after the last time", i, i-gaveAt)
+		}
+	}
+	if !w.Observe(0) {
+		t.Fatalf("no give-back %d intervals after the last one, with a burst since", Spacing)
+	}
+	for range 3 * Spacing {
+		if w.Observe(0) {
+			t.Fatal("gave back again with no burst since")
 		}
 	}
 }
