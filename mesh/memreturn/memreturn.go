@@ -42,28 +42,25 @@ const (
 const FlagUsage = "after a burst of work (a second that allocated 1 MiB or more, then two quiet seconds; at most every 30 s), collect the heap and return its free pages to the kernel at once, instead of at Go's next collection (resident memory)"
 
 // Watcher holds the rules' state: whether a burst has been seen since the last give-back,
-// how many quiet intervals have followed it, and how many intervals ago the last give-back
-// was.
+// how many quiet intervals have followed it, and how many intervals must pass before the
+// next give-back may come. Its zero value has given nothing back yet.
 type Watcher struct {
 	armed bool
 	quiet int
-	since int // intervals since the last give-back; Spacing or more: none yet
+	hold  int
 }
-
-// NewWatcher returns a watcher that has not given anything back yet.
-func NewWatcher() *Watcher { return &Watcher{since: Spacing} }
 
 // Observe takes the bytes allocated over the last interval and reports whether to give the
 // heap back now.
 func (w *Watcher) Observe(alloc uint64) bool {
-	w.since = min(w.since+1, Spacing)
+	w.hold = max(w.hold-1, 0)
 	switch {
 	case alloc >= BurstAlloc:
 		w.armed, w.quiet = true, 0
 	case alloc < QuietAlloc && w.armed:
 		w.quiet++
-		if w.quiet >= QuietAfter && w.since >= Spacing {
-			w.armed, w.quiet, w.since = false, 0, 0
+		if w.quiet >= QuietAfter && w.hold == 0 {
+			w.armed, w.quiet, w.hold = false, 0, Spacing
 			return true
 		}
 	default:
@@ -87,7 +84,7 @@ func run(ctx context.Context, every time.Duration, gave func(before, after uint6
 	sample := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
 	metrics.Read(sample)
 	last := sample[0].Value.Uint64()
-	w := NewWatcher()
+	var w Watcher
 	for {
 		select {
 		case <-ctx.Done():

@@ -12,7 +12,7 @@ import (
 )
 
 func TestObserve(t *testing.T) {
-	w := NewWatcher()
+	var w Watcher
 	steps := []struct {
 		alloc uint64
 		want  bool
