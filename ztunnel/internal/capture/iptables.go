@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Ports ztunnel listens on inside each pod (design.md: Names and ports).
@@ -119,26 +122,23 @@ func Install(ctx context.Context, path string) error {
 }
 
 // hasRule reports whether the namespace has ambit's policy rule.
-func hasRule(ctx context.Context, path string) (bool, error) {
-	out, err := run(ctx, path, nil, append([]string{"ip", "rule", "list"}, ipRule...)...)
+func hasRule(_ context.Context, path string) (bool, error) {
+	var ok bool
+	err := InNetns(path, func() (err error) { ok, err = policyRulePresent(); return err })
 	if err != nil {
 		return false, fmt.Errorf("read policy rules in %s: %w", path, err)
 	}
-	return len(bytes.TrimSpace(out)) > 0, nil
+	return ok, nil
 }
 
 // hasRoute reports whether the namespace has ambit's local route.
-func hasRoute(ctx context.Context, path string) (bool, error) {
-	out, err := run(ctx, path, nil, "ip", "route", "show", "table", fmt.Sprint(RouteTable))
+func hasRoute(_ context.Context, path string) (bool, error) {
+	var ok bool
+	err := InNetns(path, func() (err error) { ok, err = localRoutePresent(); return err })
 	if err != nil {
 		return false, fmt.Errorf("read routes in %s: %w", path, err)
 	}
-	for _, l := range strings.Split(string(out), "\n") {
-		if strings.HasPrefix(l, "local default dev lo ") || strings.HasPrefix(l, "local 0.0.0.0/0 dev lo ") {
-			return true, nil
-		}
-	}
-	return false, nil
+	return ok, nil
 }
 
 // Remove deletes every rule, chain and route Install made; a namespace without them is left
@@ -227,8 +227,78 @@ func isBuiltin(chain string) bool {
 }
 
 // Installed reports whether the namespace's rules and routes are exactly what Install
-// writes; ztunnel checks it periodically and reinstalls on drift.
+// writes, comparing everything (Check with nothing seen before).
 func Installed(ctx context.Context, path string) (bool, error) {
+	ok, _, err := Check(ctx, path, Seen{})
+	return ok, err
+}
+
+// Seen is what Check found in one namespace, for the next Check of the same path: which
+// namespace it was (its inode) and the nf_tables generation under which its iptables rules
+// last matched. The zero value has seen nothing.
+type Seen struct {
+	dev, ino uint64
+	gen      uint32
+	matched  bool
+}
+
+// Check reports whether the namespace's rules and routes are exactly what Install writes;
+// ztunnel checks every captured pod periodically and reinstalls on drift. The policy rule,
+// the route and the namespace's nf_tables generation are read over netlink each time; the
+// iptables rules themselves (iptables-save of two tables, two programs run in the pod) are
+// compared only when that generation moved since seen, the previous Check's result for the
+// same path, or the namespace is another one. Any change to any nf_tables table of the
+// namespace, iptables-nft's included, moves the generation. With iptables-legacy, whose rules
+// are not nf_tables', every Check compares them.
+func Check(ctx context.Context, path string, seen Seen) (bool, Seen, error) {
+	now, rule, route, err := look(path)
+	if err != nil {
+		return false, Seen{}, err
+	}
+	if !rule || !route {
+		return false, now, nil
+	}
+	if seen.matched && seen.dev == now.dev && seen.ino == now.ino && seen.gen == now.gen && nfTables(ctx) {
+		now.matched = true
+		return true, now, nil
+	}
+	ok, err := compareRules(ctx, path)
+	if err != nil {
+		return false, Seen{}, err
+	}
+	now.matched = ok
+	return ok, now, nil
+}
+
+// look reads, from inside the namespace at path, its identity, its nf_tables generation and
+// whether ambit's policy rule and route are there. The generation is read before the rules
+// are compared, so a change made during the comparison is seen by the next Check.
+func look(path string) (now Seen, rule, route bool, err error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return Seen{}, false, false, fmt.Errorf("netns %s: %w", path, err)
+	}
+	now.dev, now.ino = st.Dev, st.Ino
+	err = InNetns(path, func() error {
+		var err error
+		if now.gen, err = nftGeneration(); err != nil {
+			return err
+		}
+		if rule, err = policyRulePresent(); err != nil {
+			return err
+		}
+		route, err = localRoutePresent()
+		return err
+	})
+	if err != nil {
+		return Seen{}, false, false, fmt.Errorf("check netns %s: %w", path, err)
+	}
+	return now, rule, route, nil
+}
+
+// compareRules reports whether the ambit rules iptables-save prints for the namespace are
+// exactly the ones Install writes. A variable so that tests can count the comparisons.
+var compareRules = func(ctx context.Context, path string) (bool, error) {
 	var got []string
 	for _, table := range tables {
 		out, err := run(ctx, path, nil, "iptables-save", "-t", table)
@@ -252,13 +322,28 @@ func Installed(ctx context.Context, path string) (bool, error) {
 			want = append(want, table+" "+l)
 		}
 	}
-	if !equalSets(got, want) {
-		return false, nil
+	return equalSets(got, want), nil
+}
+
+// nfTables reports whether the iptables ztunnel runs writes its rules through nf_tables
+// (iptables-nft, Debian's default and the image's), asking it once; until an answer comes,
+// it says no, and Check compares the rules every time.
+func nfTables(ctx context.Context) bool {
+	backend.mu.Lock()
+	defer backend.mu.Unlock()
+	if !backend.known {
+		out, err := exec.CommandContext(ctx, "iptables", "--version").Output()
+		if err != nil {
+			return false
+		}
+		backend.known, backend.nft = true, strings.Contains(string(out), "nf_tables")
 	}
-	if ok, err := hasRule(ctx, path); err != nil || !ok {
-		return false, err
-	}
-	return hasRoute(ctx, path)
+	return backend.nft
+}
+
+var backend struct {
+	mu         sync.Mutex
+	known, nft bool
 }
 
 // ambitRules picks the lines of iptables-save output that belong to ambit.

@@ -226,7 +226,9 @@ func TestRulesChangedBehindZtunnelsBack(t *testing.T) {
 // neverInstalled is an iptables whose rendering the check does not recognise.
 type neverInstalled struct{ Netns }
 
-func (neverInstalled) Installed(context.Context, string) (bool, error) { return false, nil }
+func (neverInstalled) Check(context.Context, string, capture.Seen) (bool, capture.Seen, error) {
+	return false, capture.Seen{}, nil
+}
 
 // A check that cannot tell (the rules look different even right after installing them) is
 // logged once, not reported as a repair on every round.

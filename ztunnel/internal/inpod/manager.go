@@ -28,6 +28,7 @@ import (
 	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/proto/nodeapi"
+	"ambit.dev/ztunnel/internal/capture"
 	"ambit.dev/ztunnel/internal/proxy"
 )
 
@@ -36,8 +37,9 @@ import (
 type Capturer interface {
 	Install(ctx context.Context, netns string) error
 	Remove(ctx context.Context, netns string) error
-	// Installed reports whether the namespace's rules are exactly what Install wrote.
-	Installed(ctx context.Context, netns string) (bool, error)
+	// Check reports whether the namespace's rules are exactly what Install wrote; seen is
+	// what the previous Check of the same namespace returned (the zero value: nothing).
+	Check(ctx context.Context, netns string, seen capture.Seen) (bool, capture.Seen, error)
 	Net(netns string) proxy.Net
 }
 
@@ -102,6 +104,9 @@ type entry struct {
 	// checkFailed keeps a failing check or repair to one log line until it succeeds.
 	lastCheck   time.Time
 	checkFailed bool
+	// seen is what the last check found, so that the next one can skip comparing rules
+	// that cannot have changed (capture.Check).
+	seen capture.Seen
 }
 
 // NewManager returns a Manager that records its pods in stateDir (empty: not persisted).
@@ -362,7 +367,8 @@ func (m *Manager) reconcile(ctx context.Context, checkNow bool) {
 func (m *Manager) repair(ctx context.Context, e *entry, w *configv1.Workload) {
 	e.lastCheck = time.Now()
 	pod := w.GetNamespace() + "/" + w.GetName()
-	ok, err := m.capture.Installed(ctx, e.reg.NetNS)
+	ok, seen, err := m.capture.Check(ctx, e.reg.NetNS, e.seen)
+	e.seen = seen
 	if err == nil && ok {
 		e.checkFailed = false
 		return
@@ -373,7 +379,8 @@ func (m *Manager) repair(ctx context.Context, e *entry, w *configv1.Workload) {
 	if err == nil {
 		// Still different right after installing: this iptables renders the rules in a
 		// way the check does not expect. Say so once rather than "repair" every time.
-		if ok, err = m.capture.Installed(ctx, e.reg.NetNS); err == nil && !ok {
+		ok, e.seen, err = m.capture.Check(ctx, e.reg.NetNS, capture.Seen{})
+		if err == nil && !ok {
 			err = errors.New("rules differ from what was installed even right after installing them")
 		}
 	}

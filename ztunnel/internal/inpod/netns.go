@@ -14,8 +14,8 @@ type Netns struct{}
 
 func (Netns) Install(ctx context.Context, netns string) error { return capture.Install(ctx, netns) }
 func (Netns) Remove(ctx context.Context, netns string) error  { return capture.Remove(ctx, netns) }
-func (Netns) Installed(ctx context.Context, netns string) (bool, error) {
-	return capture.Installed(ctx, netns)
+func (Netns) Check(ctx context.Context, netns string, seen capture.Seen) (bool, capture.Seen, error) {
+	return capture.Check(ctx, netns, seen)
 }
 
 func (Netns) Net(netns string) proxy.Net {
