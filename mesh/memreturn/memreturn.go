@@ -9,9 +9,12 @@
 // which paces itself against the heap goal of the last collection (one taken during the
 // burst), keeps most of them. So a watcher reads the runtime's count of bytes allocated
 // once a second; after a second that allocated a burst's worth, the first QuietAfter quiet
-// seconds in a row collect the heap and return its free pages at once. It costs two
-// collections per burst, at most once every 30 s, and nothing while the load is steady,
-// busy or quiet.
+// seconds in a row collect the heap and return its free pages at once. The same moment
+// unmaps the binary's code and read-only data (pageout.Unmap): a burst runs code the steady
+// load does not (a bulk transfer's, HTTP/3's), and once run it stays in the resident set;
+// unmapped, it stays in the page cache, and what the next requests run maps back in by minor
+// faults. It costs two collections and a few hundred minor faults per burst, at most once
+// every 30 s, and nothing while the load is steady, busy or quiet.
 // docs/benchmarks.md has the A/B.
 package memreturn
 
@@ -23,6 +26,8 @@ import (
 	"runtime/metrics"
 	"strconv"
 	"time"
+
+	"ambit.dev/mesh/pageout"
 )
 
 // The watcher's rules: a sample interval that allocated at least BurstAlloc bytes arms it;
@@ -39,7 +44,7 @@ const (
 )
 
 // FlagUsage is the help of the proxies' --return-memory flag.
-const FlagUsage = "after a burst of work (a second that allocated 1 MiB or more, then two quiet seconds; at most every 30 s), collect the heap and return its free pages to the kernel at once, instead of at Go's next collection (resident memory)"
+const FlagUsage = "after a burst of work (a second that allocated 1 MiB or more, then two quiet seconds; at most every 30 s), collect the heap and return its free pages to the kernel at once, instead of at Go's next collection, and unmap the binary's pages, which stay in the page cache (resident memory)"
 
 // Watcher holds the rules' state: whether a burst has been seen since the last give-back,
 // how many quiet intervals have followed it, and how many intervals must pass before the
@@ -69,11 +74,17 @@ func (w *Watcher) Observe(alloc uint64) bool {
 	return false
 }
 
-// Start watches the process's allocations until ctx ends, giving the heap back after each
-// burst and logging (at debug level) what it gave.
+// Start watches the process's allocations until ctx ends, giving the heap back and
+// unmapping the binary's pages after each burst, and logging (at debug level) what it gave.
 func Start(ctx context.Context, log *slog.Logger) {
 	go run(ctx, Interval, func(before, after uint64) {
-		log.Debug("heap given back after a burst", "held_mb_before", mb(before), "held_mb_after", mb(after))
+		fileBefore, fileAfter, err := pageout.Unmap()
+		if err != nil {
+			log.Debug("heap given back after a burst", "held_mb_before", mb(before), "held_mb_after", mb(after), "unmap_err", err)
+			return
+		}
+		log.Debug("heap given back after a burst", "held_mb_before", mb(before), "held_mb_after", mb(after),
+			"resident_file_mb_before", mb(uint64(fileBefore)), "resident_file_mb_after", mb(uint64(fileAfter)))
 	})
 }
 

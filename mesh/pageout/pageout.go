@@ -36,6 +36,31 @@ import (
 // executable's pages nobody maps from the page cache; it returns how many bytes of mapped
 // file were resident before and after. Kernels before 5.4 have no MADV_PAGEOUT: an error.
 func Binary() (before, after int64, err error) {
+	before, after, err = advise(unix.MADV_RANDOM, unix.MADV_PAGEOUT)
+	if err != nil {
+		return before, after, err
+	}
+	if fd, err := unix.Open("/proc/self/exe", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+		_ = unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED)
+		unix.Close(fd)
+	}
+	after, err = residentFile()
+	return before, after, err
+}
+
+// Unmap takes this process's pages of its executable's read-only mappings out of its
+// resident set without taking them out of the page cache (MADV_DONTNEED): the ones it goes
+// on using are mapped again at their next use, by a minor fault, one page at a time once
+// Binary has marked the mappings random-access. For the end of a burst of work: the code
+// only the burst ran (a bulk transfer's, HTTP/3's, a wave of new connections') stops
+// counting. It returns how many bytes of mapped file were resident before and after.
+func Unmap() (before, after int64, err error) {
+	return advise(unix.MADV_DONTNEED)
+}
+
+// advise gives each advice in turn to every read-only mapping of the executable and
+// returns the resident bytes of mapped file before and after.
+func advise(advice ...int) (before, after int64, err error) {
 	// The executable by device and inode, which stay right when its path no longer does
 	// (the file replaced or removed while the proxy runs).
 	var st unix.Stat_t
@@ -55,15 +80,11 @@ func Binary() (before, after int64, err error) {
 		return 0, 0, err
 	}
 	for _, r := range ranges {
-		for _, advice := range []int{unix.MADV_RANDOM, unix.MADV_PAGEOUT} {
-			if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, r[0], r[1]-r[0], uintptr(advice)); e != 0 {
+		for _, a := range advice {
+			if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, r[0], r[1]-r[0], uintptr(a)); e != 0 {
 				return before, before, fmt.Errorf("pageout: madvise %#x-%#x: %w", r[0], r[1], e)
 			}
 		}
-	}
-	if fd, err := unix.Open("/proc/self/exe", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
-		_ = unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED)
-		unix.Close(fd)
 	}
 	after, err = residentFile()
 	return before, after, err

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -61,6 +62,57 @@ func TestBinaryGivesPagesBack(t *testing.T) {
 	if random == 0 {
 		t.Errorf("no read-only mapping of %s in /proc/self/smaps", exe)
 	}
+}
+
+// TestUnmapKeepsPageCache: Unmap takes the executable's pages out of the resident set but
+// not out of the page cache, so the code this process goes on running maps back in without
+// reading the file.
+func TestUnmapKeepsPageCache(t *testing.T) {
+	cachedBefore := cachedPages(t)
+	before, after, err := Unmap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cachedAfter := cachedPages(t)
+	t.Logf("resident file pages: %d kB before, %d kB after; executable pages cached: %d before, %d after", before>>10, after>>10, cachedBefore, cachedAfter)
+	if before <= 0 || after >= before {
+		t.Fatalf("resident file bytes %d before, %d after: nothing unmapped", before, after)
+	}
+	if cachedAfter < cachedBefore*9/10 {
+		t.Fatalf("%d of the executable's pages cached after Unmap, %d before: it evicted them", cachedAfter, cachedBefore)
+	}
+	if again, err := residentFile(); err != nil || again <= 0 {
+		t.Fatalf("after Unmap: %d, %v", again, err)
+	}
+}
+
+// cachedPages counts the pages of this process's executable that are in the page cache
+// (mincore over a mapping of the whole file).
+func cachedPages(t *testing.T) int {
+	t.Helper()
+	f, err := os.Open("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		t.Fatal(e)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
 }
 
 // TestReadOnlyMappings: only the executable's private mappings that are not writable
