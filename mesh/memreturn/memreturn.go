@@ -25,6 +25,7 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"ambit.dev/mesh/pageout"
@@ -41,6 +42,10 @@ const (
 	QuietAlloc = 256 << 10
 	QuietAfter = 2
 	Spacing    = 30
+	// SettleSpacing is the least number of intervals between a give-back and one for
+	// one-off work (Settle): pods captured one after another on a busy node cost a
+	// give-back per SettleSpacing at most.
+	SettleSpacing = 2
 )
 
 // FlagUsage is the help of the proxies' --return-memory flag.
@@ -74,6 +79,28 @@ func (w *Watcher) Observe(alloc uint64) bool {
 	return false
 }
 
+// Settled takes the news that a piece of one-off work is over and reports whether to give
+// back now: yes, unless a give-back came within the last SettleSpacing intervals; if one
+// did, the watcher is armed, as by a burst, and the next quiet spell once Spacing intervals
+// have passed gives back.
+func (w *Watcher) Settled() bool {
+	if w.hold <= Spacing-SettleSpacing {
+		w.armed, w.quiet, w.hold = false, 0, Spacing
+		return true
+	}
+	w.armed = true
+	return false
+}
+
+// settled is set by Settle and taken by the watcher at its next interval.
+var settled atomic.Bool
+
+// Settle tells the watcher that a piece of one-off work is over: ztunnel calls it when it
+// has captured or released a pod (the pod's certificate, its rules, its listeners), work
+// that allocates little but leaves megabytes of code resident that the pod's traffic does
+// not run. The watcher's next interval gives back (Watcher.Settled). Without Start, nothing.
+func Settle() { settled.Store(true) }
+
 // Start watches the process's allocations until ctx ends, giving the heap back and
 // unmapping the binary's pages after each burst, and logging (at debug level) what it gave.
 func Start(ctx context.Context, log *slog.Logger) {
@@ -105,6 +132,9 @@ func run(ctx context.Context, every time.Duration, gave func(before, after uint6
 		metrics.Read(sample)
 		now := sample[0].Value.Uint64()
 		give := w.Observe(now - last)
+		if settled.Swap(false) && !give {
+			give = w.Settled()
+		}
 		last = now
 		if give {
 			gave(GiveBack())

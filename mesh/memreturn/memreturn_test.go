@@ -56,6 +56,72 @@ func TestObserve(t *testing.T) {
 	}
 }
 
+func TestSettled(t *testing.T) {
+	var w Watcher
+	if !w.Settled() {
+		t.Fatal("one-off work over, nothing given back yet: no give-back")
+	}
+	for i := 1; i < SettleSpacing; i++ {
+		w.Observe(0)
+		if w.Settled() {
+			t.Fatalf("gave back again for one-off work %d intervals after the last give-back", i)
+		}
+	}
+	// Held: armed instead, and the first quiet interval once Spacing has passed gives back.
+	for i := SettleSpacing; i < Spacing; i++ {
+		if w.Observe(0) {
+			t.Fatalf("interval %d: gave back before Spacing intervals had passed", i)
+		}
+	}
+	if !w.Observe(0) {
+		t.Fatalf("no give-back %d intervals after the last one, with one-off work over since", Spacing)
+	}
+	for range 2 * Spacing {
+		if w.Observe(0) {
+			t.Fatal("gave back again with nothing since")
+		}
+	}
+	// One-off work SettleSpacing intervals after a give-back gives back at once.
+	w = Watcher{}
+	w.Settled()
+	for range SettleSpacing {
+		w.Observe(0)
+	}
+	if !w.Settled() {
+		t.Fatalf("no give-back for one-off work %d intervals after the last one", SettleSpacing)
+	}
+}
+
+func TestRunGivesBackWhenSettled(t *testing.T) {
+	gave := startRun(t, 20*time.Millisecond)
+	time.Sleep(100 * time.Millisecond)
+	if n := gave.Load(); n != 0 {
+		t.Fatalf("%d give-backs with nothing done", n)
+	}
+	Settle()
+	wait.Until(t, 5*time.Second, "a give-back after Settle", func() error {
+		if gave.Load() == 0 {
+			return fmt.Errorf("none yet")
+		}
+		return nil
+	})
+	time.Sleep(100 * time.Millisecond)
+	if n := gave.Load(); n != 1 {
+		t.Fatalf("%d give-backs after one Settle", n)
+	}
+}
+
+// startRun runs the watcher every interval until the test ends and counts its give-backs.
+func startRun(t *testing.T, every time.Duration) *atomic.Int32 {
+	t.Helper()
+	gave := new(atomic.Int32)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { run(ctx, every, func(uint64, uint64) { gave.Add(1) }); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return gave
+}
+
 // garbage keeps what the tests allocate reachable until they let it go.
 var garbage [][]byte
 
@@ -84,12 +150,7 @@ func TestGiveBack(t *testing.T) {
 }
 
 func TestRunGivesBackAfterBurst(t *testing.T) {
-	var gave atomic.Int32
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { run(ctx, 50*time.Millisecond, func(uint64, uint64) { gave.Add(1) }); close(done) }()
-	defer func() { cancel(); <-done }()
-
+	gave := startRun(t, 50*time.Millisecond)
 	time.Sleep(200 * time.Millisecond)
 	if n := gave.Load(); n != 0 {
 		t.Fatalf("%d give-backs with no burst", n)

@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"ambit.dev/mesh/memreturn"
 	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/proto/nodeapi"
@@ -413,6 +414,7 @@ func (m *Manager) start(ctx context.Context, e *entry, w *configv1.Workload) err
 	e.proxy, e.reason = p, ""
 	m.mu.Unlock()
 	m.log.Info("pod captured", "uid", e.uid, "pod", w.GetNamespace()+"/"+w.GetName(), "netns", e.reg.NetNS)
+	memreturn.Settle() // the code only a capture runs need not stay resident
 	return nil
 }
 
@@ -442,6 +444,7 @@ func (m *Manager) stop(ctx context.Context, e *entry) {
 		m.log.Info("remove capture", "uid", e.uid, "err", err)
 	}
 	m.log.Info("pod released", "uid", e.uid, "netns", e.reg.NetNS)
+	memreturn.Settle()
 }
 
 // Pods lists the registered pods.
