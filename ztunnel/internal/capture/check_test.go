@@ -2,6 +2,7 @@ package capture
 
 import (
 	"context"
+	"syscall"
 	"testing"
 	"time"
 
@@ -150,6 +151,27 @@ func TestCheckLegacyComparesEveryTime(t *testing.T) {
 	}
 	if *compares != 3 {
 		t.Fatalf("%d comparisons for three checks with a backend that is not nf_tables, want 3", *compares)
+	}
+}
+
+// Without nf_tables in the kernel there is no generation to go by: every check compares.
+func TestCheckWithoutGenerationComparesEveryTime(t *testing.T) {
+	pod, _ := testPair(t)
+	ctx := t.Context()
+	setNFTables(t, true)
+	orig := generation
+	generation = func() (uint32, error) { return 0, syscall.EPROTONOSUPPORT }
+	t.Cleanup(func() { generation = orig })
+	compares := countCompares(t)
+	if err := Install(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	seen := Seen{}
+	for range 3 {
+		seen = check(t, pod, seen, true)
+	}
+	if *compares != 3 {
+		t.Fatalf("%d comparisons for three checks without a generation, want 3", *compares)
 	}
 }
 

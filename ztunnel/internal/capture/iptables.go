@@ -239,6 +239,7 @@ func Installed(ctx context.Context, path string) (bool, error) {
 type Seen struct {
 	dev, ino uint64
 	gen      uint32
+	hasGen   bool // the kernel answered with a generation (not without nf_tables)
 	matched  bool
 }
 
@@ -258,7 +259,7 @@ func Check(ctx context.Context, path string, seen Seen) (bool, Seen, error) {
 	if !rule || !route {
 		return false, now, nil
 	}
-	if seen.matched && seen.dev == now.dev && seen.ino == now.ino && seen.gen == now.gen && nfTables(ctx) {
+	if seen.matched && now.hasGen && seen.dev == now.dev && seen.ino == now.ino && seen.gen == now.gen && nfTables(ctx) {
 		now.matched = true
 		return true, now, nil
 	}
@@ -270,8 +271,8 @@ func Check(ctx context.Context, path string, seen Seen) (bool, Seen, error) {
 	return ok, now, nil
 }
 
-// look reads, from inside the namespace at path, its identity, its nf_tables generation and
-// whether ambit's policy rule and route are there. The generation is read before the rules
+// look reads, from inside the namespace at path, its identity, its nf_tables generation (if
+// the kernel has one) and whether ambit's policy rule and route are there. The generation is read before the rules
 // are compared, so a change made during the comparison is seen by the next Check.
 func look(path string) (now Seen, rule, route bool, err error) {
 	var st unix.Stat_t
@@ -280,10 +281,10 @@ func look(path string) (now Seen, rule, route bool, err error) {
 	}
 	now.dev, now.ino = st.Dev, st.Ino
 	err = InNetns(path, func() error {
-		var err error
-		if now.gen, err = nftGeneration(); err != nil {
-			return err
-		}
+		// A kernel without nf_tables (iptables-legacy only) has no generation to give;
+		// then every Check compares the rules.
+		gen, err := generation()
+		now.gen, now.hasGen = gen, err == nil
 		if rule, err = policyRulePresent(); err != nil {
 			return err
 		}
@@ -295,6 +296,10 @@ func look(path string) (now Seen, rule, route bool, err error) {
 	}
 	return now, rule, route, nil
 }
+
+// generation reads the caller's namespace's nf_tables generation; a variable so that tests
+// can play a kernel without nf_tables.
+var generation = nftGeneration
 
 // compareRules reports whether the ambit rules iptables-save prints for the namespace are
 // exactly the ones Install writes. A variable so that tests can count the comparisons.
