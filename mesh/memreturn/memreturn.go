@@ -49,7 +49,7 @@ const (
 )
 
 // FlagUsage is the help of the proxies' --return-memory flag.
-const FlagUsage = "after a burst of work (a second that allocated 1 MiB or more, then two quiet seconds; at most every 30 s), collect the heap and return its free pages to the kernel at once, instead of at Go's next collection, and unmap the binary's pages, which stay in the page cache (resident memory)"
+const FlagUsage = "after a burst of work (a second that allocated 1 MiB or more, then two quiet seconds; at most every 30 s) or one-off work (start-up once ready; ztunnel: a pod captured or released; at most every 2 s), collect the heap and return its free pages to the kernel at once, instead of at Go's next collection, and unmap the binary's pages, which stay in the page cache (resident memory)"
 
 // Watcher holds the rules' state: whether a burst has been seen since the last give-back,
 // how many quiet intervals have followed it, and how many intervals must pass before the
@@ -101,16 +101,36 @@ var settled atomic.Bool
 // not run. The watcher's next interval gives back (Watcher.Settled). Without Start, nothing.
 func Settle() { settled.Store(true) }
 
+// ReadyPoll is how often SettleWhenReady asks whether start-up is over.
+const ReadyPoll = 100 * time.Millisecond
+
+// SettleWhenReady calls Settle once ready reports nil (a proxy's readiness check: its first
+// config and certificates are in), or returns when ctx ends first: start-up is one-off work
+// too, and its code need not stay resident until the page-out (pageout.After) a while later.
+func SettleWhenReady(ctx context.Context, ready func() error) {
+	t := time.NewTicker(ReadyPoll)
+	defer t.Stop()
+	for ready() != nil {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+	Settle()
+}
+
 // Start watches the process's allocations until ctx ends, giving the heap back and
-// unmapping the binary's pages after each burst, and logging (at debug level) what it gave.
+// unmapping the binary's pages after each burst and after one-off work (Settle), and
+// logging (at debug level) what it gave.
 func Start(ctx context.Context, log *slog.Logger) {
 	go run(ctx, Interval, func(before, after uint64) {
 		fileBefore, fileAfter, err := pageout.Unmap()
 		if err != nil {
-			log.Debug("heap given back after a burst", "held_mb_before", mb(before), "held_mb_after", mb(after), "unmap_err", err)
+			log.Debug("memory given back", "held_mb_before", mb(before), "held_mb_after", mb(after), "unmap_err", err)
 			return
 		}
-		log.Debug("heap given back after a burst", "held_mb_before", mb(before), "held_mb_after", mb(after),
+		log.Debug("memory given back", "held_mb_before", mb(before), "held_mb_after", mb(after),
 			"resident_file_mb_before", mb(uint64(fileBefore)), "resident_file_mb_after", mb(uint64(fileAfter)))
 	})
 }

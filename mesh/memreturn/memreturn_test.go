@@ -111,6 +111,27 @@ func TestRunGivesBackWhenSettled(t *testing.T) {
 	}
 }
 
+func TestSettleWhenReady(t *testing.T) {
+	settled.Store(false)
+	calls := 0
+	SettleWhenReady(t.Context(), func() error {
+		if calls++; calls < 3 {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	if calls != 3 || !settled.Swap(false) {
+		t.Fatalf("after %d readiness checks (ready at the third): settled %v", calls, settled.Load())
+	}
+	// Never ready: nothing settles, and it returns when its context ends.
+	ctx, cancel := context.WithTimeout(t.Context(), 3*ReadyPoll)
+	defer cancel()
+	SettleWhenReady(ctx, func() error { return fmt.Errorf("never") })
+	if settled.Load() {
+		t.Fatal("settled though never ready")
+	}
+}
+
 // startRun runs the watcher every interval until the test ends and counts its give-backs.
 func startRun(t *testing.T, every time.Duration) *atomic.Int32 {
 	t.Helper()

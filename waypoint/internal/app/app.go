@@ -16,6 +16,7 @@ import (
 
 	"ambit.dev/mesh/hbone"
 	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/memreturn"
 	"ambit.dev/mesh/pageout"
 	"ambit.dev/mesh/proxyhost"
 	"ambit.dev/mesh/state"
@@ -143,11 +144,12 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	ready := proxyhost.AllReady(sync.Ready, proxyhost.CertServing(certs.Identities, px.Identity))
 	endpoints, err := proxyhost.Endpoints{
 		AdminAddr: cfg.AdminAddr, MetricsAddr: cfg.MetricsAddr, ReadyAddr: cfg.ReadyAddr,
 		Dump:    func() any { return configDump(st, px, certs, bundle, td) },
 		Metrics: reg,
-		Ready:   proxyhost.AllReady(sync.Ready, proxyhost.CertServing(certs.Identities, px.Identity)),
+		Ready:   ready,
 	}.Listen(ctx)
 	if err != nil {
 		hln.Close()
@@ -161,6 +163,7 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go(func() error { return srv.Serve(hln) })
 	g.Go(func() error { return srv.ServeH3(hpc) })
 	g.Go(func() error { pageout.After(gctx, cfg.PageOutAfter, log); return nil })
+	g.Go(func() error { memreturn.SettleWhenReady(gctx, ready); return nil })
 	// The endpoints outlive gctx: they serve while the tunnels drain, and close after.
 	g.Go(func() error { return endpoints.Run(context.WithoutCancel(gctx)) })
 	g.Go(func() error {

@@ -14,6 +14,7 @@ import (
 
 	"ambit.dev/mesh/hbone"
 	"ambit.dev/mesh/identity"
+	"ambit.dev/mesh/memreturn"
 	"ambit.dev/mesh/pageout"
 	"ambit.dev/mesh/proxyhost"
 	"ambit.dev/mesh/state"
@@ -190,6 +191,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	// The listeners open first, so that an address in use fails the start before anything
 	// runs. SO_REUSEPORT: during a hand-over the old and the new ztunnel both listen.
+	ready := proxyhost.AllReady(src.sync.Ready, handover.Ready, proxyhost.CertsServing(certs.Identities))
 	endpoints, err := proxyhost.Endpoints{
 		AdminAddr: cfg.AdminAddr, MetricsAddr: cfg.MetricsAddr, ReadyAddr: cfg.ReadyAddr, ReusePort: true,
 		Dump: func() any {
@@ -197,7 +199,7 @@ func Run(ctx context.Context, cfg Config) error {
 				TunnelFallbacks: node.TunnelFallbacks(), TrustBundle: identity.DumpRoots(src.bundle, td)}
 		},
 		Metrics: reg,
-		Ready:   proxyhost.AllReady(src.sync.Ready, handover.Ready, proxyhost.CertsServing(certs.Identities)),
+		Ready:   ready,
 	}.Listen(ctx)
 	if err != nil {
 		return err
@@ -222,6 +224,7 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go(func() error { return handover.Run(gctx) })
 	g.Go(func() error { return pods.Run(gctx) })
 	g.Go(func() error { pageout.After(gctx, cfg.PageOutAfter, log); return nil })
+	g.Go(func() error { memreturn.SettleWhenReady(gctx, ready); return nil })
 	log.Info("ztunnel started", "node", cfg.Node, "config", src.name, "node_api", cfg.NodeAPI)
 
 	handover.WaitForSuccessor(ctx, gctx, cfg.HandoverGrace)
