@@ -36,9 +36,9 @@ import (
 // executable's pages nobody maps from the page cache; it returns how many bytes of mapped
 // file were resident before and after. Kernels before 5.4 have no MADV_PAGEOUT: an error.
 func Binary() (before, after int64, err error) {
-	before, after, err = advise(unix.MADV_RANDOM, unix.MADV_PAGEOUT)
+	before, err = advise(unix.MADV_RANDOM, unix.MADV_PAGEOUT)
 	if err != nil {
-		return before, after, err
+		return before, before, err
 	}
 	if fd, err := unix.Open("/proc/self/exe", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
 		_ = unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED)
@@ -55,39 +55,42 @@ func Binary() (before, after int64, err error) {
 // only the burst ran (a bulk transfer's, HTTP/3's, a wave of new connections') stops
 // counting. It returns how many bytes of mapped file were resident before and after.
 func Unmap() (before, after int64, err error) {
-	return advise(unix.MADV_DONTNEED)
+	if before, err = advise(unix.MADV_DONTNEED); err != nil {
+		return before, before, err
+	}
+	after, err = residentFile()
+	return before, after, err
 }
 
 // advise gives each advice in turn to every read-only mapping of the executable and
-// returns the resident bytes of mapped file before and after.
-func advise(advice ...int) (before, after int64, err error) {
+// returns the resident bytes of mapped file before it did.
+func advise(advice ...int) (before int64, err error) {
 	// The executable by device and inode, which stay right when its path no longer does
 	// (the file replaced or removed while the proxy runs).
 	var st unix.Stat_t
 	if err := unix.Stat("/proc/self/exe", &st); err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	exe := fileID{dev: st.Dev, ino: st.Ino}
 	ranges, err := readOnlyMappings("/proc/self/maps", exe)
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	if len(ranges) == 0 {
-		return 0, 0, fmt.Errorf("pageout: no read-only mapping of the executable (device %d, inode %d)", exe.dev, exe.ino)
+		return 0, fmt.Errorf("pageout: no read-only mapping of the executable (device %d, inode %d)", exe.dev, exe.ino)
 	}
 	before, err = residentFile()
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	for _, r := range ranges {
 		for _, a := range advice {
 			if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, r[0], r[1]-r[0], uintptr(a)); e != 0 {
-				return before, before, fmt.Errorf("pageout: madvise %#x-%#x: %w", r[0], r[1], e)
+				return before, fmt.Errorf("pageout: madvise %#x-%#x: %w", r[0], r[1], e)
 			}
 		}
 	}
-	after, err = residentFile()
-	return before, after, err
+	return before, nil
 }
 
 // fileID names a file by device and inode.

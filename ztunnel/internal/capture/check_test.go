@@ -54,7 +54,7 @@ func TestCheckComparesRulesOnlyAfterAChange(t *testing.T) {
 	pod, _ := testPair(t)
 	ctx := t.Context()
 	if !nfTables(ctx) {
-		t.Skip("iptables here is not iptables-nft; Check compares every time (TestCheckLegacyComparesEveryTime)")
+		t.Skip("iptables here is not iptables-nft; Check compares every time (TestCheckComparesEveryTimeWithoutGeneration)")
 	}
 	compares := countCompares(t)
 	if err := Install(ctx, pod); err != nil {
@@ -137,41 +137,38 @@ func TestCheckComparesRulesOnlyAfterAChange(t *testing.T) {
 	}
 }
 
-func TestCheckLegacyComparesEveryTime(t *testing.T) {
-	pod, _ := testPair(t)
-	ctx := t.Context()
-	setNFTables(t, false)
-	compares := countCompares(t)
-	if err := Install(ctx, pod); err != nil {
-		t.Fatal(err)
-	}
-	seen := Seen{}
-	for range 3 {
-		seen = check(t, pod, seen, true)
-	}
-	if *compares != 3 {
-		t.Fatalf("%d comparisons for three checks with a backend that is not nf_tables, want 3", *compares)
-	}
-}
-
-// Without nf_tables in the kernel there is no generation to go by: every check compares.
-func TestCheckWithoutGenerationComparesEveryTime(t *testing.T) {
-	pod, _ := testPair(t)
-	ctx := t.Context()
-	setNFTables(t, true)
-	orig := generation
-	generation = func() (uint32, error) { return 0, syscall.EPROTONOSUPPORT }
-	t.Cleanup(func() { generation = orig })
-	compares := countCompares(t)
-	if err := Install(ctx, pod); err != nil {
-		t.Fatal(err)
-	}
-	seen := Seen{}
-	for range 3 {
-		seen = check(t, pod, seen, true)
-	}
-	if *compares != 3 {
-		t.Fatalf("%d comparisons for three checks without a generation, want 3", *compares)
+// Without a generation to go by, every check compares: iptables-legacy, whose rules are not
+// nf_tables', or a kernel without nf_tables.
+func TestCheckComparesEveryTimeWithoutGeneration(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		nft    bool
+		genErr error
+	}{
+		{"iptables-legacy", false, nil},
+		{"no nf_tables in the kernel", true, syscall.EPROTONOSUPPORT},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			pod, _ := testPair(t)
+			ctx := t.Context()
+			setNFTables(t, c.nft)
+			if c.genErr != nil {
+				orig := generation
+				generation = func() (uint32, error) { return 0, c.genErr }
+				t.Cleanup(func() { generation = orig })
+			}
+			compares := countCompares(t)
+			if err := Install(ctx, pod); err != nil {
+				t.Fatal(err)
+			}
+			seen := Seen{}
+			for range 3 {
+				seen = check(t, pod, seen, true)
+			}
+			if *compares != 3 {
+				t.Fatalf("%d comparisons for three checks, want 3", *compares)
+			}
+		})
 	}
 }
 

@@ -108,7 +108,7 @@ func Install(ctx context.Context, path string) error {
 			return fmt.Errorf("install capture jump in %s: %w", path, err)
 		}
 	}
-	if ok, err := hasRule(ctx, path); err != nil {
+	if ok, err := hasRule(path); err != nil {
 		return err
 	} else if !ok {
 		if _, err := run(ctx, path, nil, append([]string{"ip", "rule", "add"}, ipRule...)...); err != nil {
@@ -122,7 +122,7 @@ func Install(ctx context.Context, path string) error {
 }
 
 // hasRule reports whether the namespace has ambit's policy rule.
-func hasRule(_ context.Context, path string) (bool, error) {
+func hasRule(path string) (bool, error) {
 	var ok bool
 	err := InNetns(path, func() (err error) { ok, err = policyRulePresent(); return err })
 	if err != nil {
@@ -132,7 +132,7 @@ func hasRule(_ context.Context, path string) (bool, error) {
 }
 
 // hasRoute reports whether the namespace has ambit's local route.
-func hasRoute(_ context.Context, path string) (bool, error) {
+func hasRoute(path string) (bool, error) {
 	var ok bool
 	err := InNetns(path, func() (err error) { ok, err = localRoutePresent(); return err })
 	if err != nil {
@@ -172,7 +172,7 @@ func Remove(ctx context.Context, path string) error {
 		}
 	}
 	for range 10 {
-		if ok, err := hasRule(ctx, path); err != nil {
+		if ok, err := hasRule(path); err != nil {
 			return err
 		} else if !ok {
 			break
@@ -181,7 +181,7 @@ func Remove(ctx context.Context, path string) error {
 			return fmt.Errorf("remove policy rule in %s: %w", path, err)
 		}
 	}
-	if ok, err := hasRoute(ctx, path); err != nil {
+	if ok, err := hasRoute(path); err != nil {
 		return err
 	} else if ok {
 		if _, err := run(ctx, path, nil, append([]string{"ip", "route", "del"}, ipRoute...)...); err != nil {
