@@ -219,13 +219,16 @@ func TestLabWaypointRetriesAndTimeout(t *testing.T) {
 	})
 	const total = 1000
 	fails := 0
+	failedBy := map[string]int{} // the pod whose answer the client got, or the error
 	for i := 0; i < total; i++ {
-		if code, _, err := call(client, "GET", flaky); err != nil || code != 200 {
+		if code, p, err := call(client, "GET", flaky); err != nil || code != 200 {
 			fails++
+			failedBy[fmt.Sprintf("%d from %q, %v", code, p, err)]++
 		}
 	}
 	if ok := float64(total-fails) / total; ok < 0.999 {
-		t.Fatalf("%d of %d requests failed through 3 retries (%.2f%% success, want ≥ 99.9%%)", fails, total, ok*100)
+		t.Fatalf("%d of %d requests failed through 3 retries (%.2f%% success, want ≥ 99.9%%): %v; the waypoint's ejections: %s",
+			fails, total, ok*100, failedBy, ejections())
 	}
 	// A hung backend is cut at the route's timeout (1 s) with 504.
 	start := time.Now()
@@ -236,6 +239,25 @@ func TestLabWaypointRetriesAndTimeout(t *testing.T) {
 	if d := time.Since(start); d > 4*time.Second {
 		t.Fatalf("504 after %v; the route timeout is 1 s", d)
 	}
+}
+
+// ejections is what the waypoint web-wp logged of its endpoints' ejections, for a failure's
+// message.
+func ejections() string {
+	b, err := os.ReadFile(filepath.Join(e2eOpts.Dir, "logs", "waypoint-demo-"+waypoint+".log"))
+	if err != nil {
+		return err.Error()
+	}
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "endpoint ejected") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) == 0 {
+		return "none logged"
+	}
+	return strings.Join(lines, "\n")
 }
 
 func TestLabWaypointL7Authorization(t *testing.T) {

@@ -65,6 +65,10 @@ type pickReq struct {
 	hasKey  bool
 	// rr is the destination's round-robin cursor.
 	rr *uint64
+	// shadow: a mirrored copy, whose outcome nobody reports. It never takes an endpoint's
+	// trial (only a request whose answer comes back can decide one) and, like a request,
+	// avoids an endpoint ejected or on trial.
+	shadow bool
 }
 
 // pick chooses among eps by the policy, preferring endpoints neither ejected (nor on trial
@@ -80,7 +84,7 @@ func (b *balancer) pick(eps []state.Endpoint, tried []netip.AddrPort, pr pickReq
 	for pass := 0; pass < 3 && len(cand) == 0; pass++ {
 		for i, e := range eps {
 			s := b.eps[e.Addr]
-			if pass < 2 && s != nil && (now.Before(s.ejectedUntil) || (s.trial && s.trialBusy)) {
+			if pass < 2 && s != nil && (now.Before(s.ejectedUntil) || (s.trial && (s.trialBusy || pr.shadow))) {
 				continue
 			}
 			if pass < 1 && containsAddr(tried, e.Addr) {
@@ -93,7 +97,7 @@ func (b *balancer) pick(eps []state.Endpoint, tried []netip.AddrPort, pr pickReq
 	e := eps[best]
 	s := b.statsLocked(e.Addr)
 	s.active++
-	if s.trial && !now.Before(s.ejectedUntil) {
+	if s.trial && !pr.shadow && !now.Before(s.ejectedUntil) {
 		s.trialBusy = true
 	}
 	return endpoint{addr: e.Addr, wl: e.Workload}
@@ -194,6 +198,16 @@ func (b *balancer) release(a netip.AddrPort) {
 	}
 }
 
+// abandon records that a request to a ended with no verdict on the endpoint (the client went
+// away first): it counts neither way, and if it was a's trial, the next request is.
+func (b *balancer) abandon(a netip.AddrPort) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if s := b.eps[a]; s != nil && s.trial {
+		s.trialBusy = false
+	}
+}
+
 // result records the outcome of a request to a for outlier detection: status is the
 // response's status, 0 for a connect failure or a reset. pol, when it sets outlier detection,
 // replaces the waypoint's defaults (with zero thresholds it turns ejection off). It reports
@@ -260,4 +274,15 @@ func (b *balancer) ejected(a netip.AddrPort) bool {
 	defer b.mu.Unlock()
 	s := b.eps[a]
 	return s != nil && b.now().Before(s.ejectedUntil)
+}
+
+// inFlight is the number of requests picked and not yet released, for tests.
+func (b *balancer) inFlight() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, s := range b.eps {
+		n += s.active
+	}
+	return n
 }

@@ -124,7 +124,7 @@ func (p *Proxy) sendMirror(m route.Mirror, req *http.Request, reqPort uint16, h2
 	if len(eps) == 0 {
 		return errNoMirror
 	}
-	ep := p.lb.pick(eps, nil, pickReq{})
+	ep := p.lb.pick(eps, nil, pickReq{shadow: true})
 	defer p.lb.release(ep.addr)
 	req = req.WithContext(ctx)
 	req.URL.Host = ep.addr.String()

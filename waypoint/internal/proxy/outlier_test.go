@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"net/http"
+	"net/netip"
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/state"
 	configv1 "ambit.dev/proto/config/v1"
 	"ambit.dev/waypoint/internal/route"
 )
@@ -43,5 +46,104 @@ func TestOutlierDetectionTurnedOff(t *testing.T) {
 				t.Fatalf("20 failures in a row: ejected %v, want %v", ejected, tc.eject)
 			}
 		})
+	}
+}
+
+// TestTrialOnlyForAnsweredRequests: after an ejection, the endpoint's one trial goes to a
+// request whose outcome comes back. A mirrored copy never takes it (nobody reports a copy's
+// outcome, so the endpoint would stay out of rotation for good), and a request the client
+// abandons hands it on to the next request.
+func TestTrialOnlyForAnsweredRequests(t *testing.T) {
+	clk := &fakeClock{now: time.Unix(0, 0)}
+	b := newBalancer(1, 10*time.Second, 50, clk.Now)
+	eps := endpoints(2)
+	bad, good := eps[0].Addr, eps[1].Addr
+	b.pick(eps[:1], nil, pickReq{})
+	b.release(bad)
+	if !b.result(bad, 503, eps, nil) {
+		t.Fatal("not ejected after a failure with a threshold of 1")
+	}
+	clk.Add(10 * time.Second)
+	// good is busy, so a request prefers bad, whose ejection is over: its trial is open.
+	for range 3 {
+		b.pick(eps[1:], nil, pickReq{})
+	}
+	for i := range 5 {
+		if a := b.pick(eps, nil, pickReq{shadow: true}).addr; a != good {
+			t.Fatalf("mirrored copy %d went to %v, on trial; want %v", i, a, good)
+		}
+		b.release(good)
+	}
+	if a := b.pick(eps, nil, pickReq{}).addr; a != bad {
+		t.Fatalf("the first request after the copies went to %v; want the trial at %v", a, bad)
+	}
+	if a := b.pick(eps, nil, pickReq{}).addr; a != good {
+		t.Fatalf("a second request went to %v while the trial is in flight; want %v", a, good)
+	}
+	b.release(good)
+	// The client goes away before the trial's answer: no verdict, and the trial is open again.
+	b.release(bad)
+	b.abandon(bad)
+	if b.ejected(bad) {
+		t.Fatal("an abandoned trial ejected the endpoint")
+	}
+	if a := b.pick(eps, nil, pickReq{}).addr; a != bad {
+		t.Fatalf("after the abandoned trial a request went to %v; want a new trial at %v", a, bad)
+	}
+	b.release(bad)
+	if b.result(bad, 200, eps, nil) {
+		t.Fatal("a successful trial ejected")
+	}
+	if got := pickSpread(b, eps, 20); got[bad] < 5 {
+		t.Fatalf("after a successful trial: %v of 20; want the endpoint back in rotation", got)
+	}
+}
+
+func pickSpread(b *balancer, eps []state.Endpoint, n int) map[netip.AddrPort]int {
+	got := map[netip.AddrPort]int{}
+	for range n {
+		a := b.pick(eps, nil, pickReq{}).addr
+		b.release(a)
+		got[a]++
+	}
+	return got
+}
+
+// TestClientGoneIsNoEndpointFailure: requests the client abandons while the endpoint is still
+// working count as no failure of the endpoint (a hung backend cut by the route's timeout
+// does, as 504).
+func TestClientGoneIsNoEndpointFailure(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Consecutive5xx = 2; c.EjectionTime = time.Minute })
+	web := e.service("web", "10.96.0.10")
+	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+		}
+	})
+	e.pod("web-1", "10.244.0.11", web, slow)
+	e.pod("web-2", "10.244.0.12", web, slow)
+	c := e.httpClient(sa("client"), webVIP, true) // HTTP/2: a client that gives up resets its stream
+	c.Timeout = 100 * time.Millisecond
+	for range 8 {
+		if resp, err := c.Get("http://web/slow"); err == nil {
+			resp.Body.Close()
+			t.Fatalf("GET /slow answered %s before the client's timeout", resp.Status)
+		}
+	}
+	// The waypoint learns of each abandoned request shortly after the client closes.
+	deadline := time.Now().Add(5 * time.Second)
+	for e.proxy.lb.inFlight() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests still in flight at the waypoint 5 s after their clients left", e.proxy.lb.inFlight())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, ip := range []string{"10.244.0.11", "10.244.0.12"} {
+		if a := netip.AddrPortFrom(netip.MustParseAddr(ip), 8080); e.proxy.lb.ejected(a) {
+			t.Fatalf("%v ejected after requests only the client abandoned", a)
+		}
 	}
 }

@@ -196,7 +196,11 @@ func (l *retryLoop) failed(a *try, err error, replayable bool) (failure, *http.R
 	ex := l.ex
 	a.cancel()
 	ex.p.lb.release(a.ep.addr)
-	l.report(a, 0)
+	if l.ctx.Err() != nil {
+		ex.p.lb.abandon(a.ep.addr) // the client's leaving says nothing about the endpoint
+	} else {
+		l.report(a, 0)
+	}
 	ex.span.AddEvent("attempt failed", trace.WithAttributes(attribute.Int("attempt", a.n), attribute.String("endpoint", a.ep.addr.String()), attribute.String("error", err.Error())))
 	retry := l.retry
 	switch {
