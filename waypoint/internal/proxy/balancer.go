@@ -15,6 +15,8 @@ import (
 type endpoint struct {
 	addr netip.AddrPort // pod IP and target port
 	wl   *configv1.Workload
+	// trial: this pick took the endpoint's trial after an ejection (balancer.abandon).
+	trial bool
 }
 
 // balancer picks endpoints, skipping ejected endpoints and, on a retry, those already
@@ -97,10 +99,12 @@ func (b *balancer) pick(eps []state.Endpoint, tried []netip.AddrPort, pr pickReq
 	e := eps[best]
 	s := b.statsLocked(e.Addr)
 	s.active++
+	took := false
 	if s.trial && !pr.shadow && !now.Before(s.ejectedUntil) {
+		took = !s.trialBusy
 		s.trialBusy = true
 	}
-	return endpoint{addr: e.Addr, wl: e.Workload}
+	return endpoint{addr: e.Addr, wl: e.Workload, trial: took}
 }
 
 func (b *balancer) choose(eps []state.Endpoint, cand []int, pr pickReq) int {
@@ -198,12 +202,16 @@ func (b *balancer) release(a netip.AddrPort) {
 	}
 }
 
-// abandon records that a request to a ended with no verdict on the endpoint (the client went
-// away first): it counts neither way, and if it was a's trial, the next request is.
-func (b *balancer) abandon(a netip.AddrPort) {
+// abandon records that a request to ep ended with no verdict on the endpoint (the client
+// went away first): it counts neither way, and if its pick took the endpoint's trial, the
+// next request takes it.
+func (b *balancer) abandon(ep endpoint) {
+	if !ep.trial {
+		return
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if s := b.eps[a]; s != nil && s.trial {
+	if s := b.eps[ep.addr]; s != nil && s.trial {
 		s.trialBusy = false
 	}
 }

@@ -74,16 +74,24 @@ func TestTrialOnlyForAnsweredRequests(t *testing.T) {
 		}
 		b.release(good)
 	}
-	if a := b.pick(eps, nil, pickReq{}).addr; a != bad {
-		t.Fatalf("the first request after the copies went to %v; want the trial at %v", a, bad)
+	first := b.pick(eps, nil, pickReq{})
+	if first.addr != bad || !first.trial {
+		t.Fatalf("the first request after the copies went to %v (trial %v); want the trial at %v", first.addr, first.trial, bad)
 	}
+	second := b.pick(eps, nil, pickReq{})
+	if second.addr != good {
+		t.Fatalf("a second request went to %v while the trial is in flight; want %v", second.addr, good)
+	}
+	// Its client goes away: it held no trial, so the trial in flight stays the only one.
+	b.release(good)
+	b.abandon(second)
 	if a := b.pick(eps, nil, pickReq{}).addr; a != good {
-		t.Fatalf("a second request went to %v while the trial is in flight; want %v", a, good)
+		t.Fatalf("after an abandoned request that held no trial, a request went to %v; want %v", a, good)
 	}
 	b.release(good)
-	// The client goes away before the trial's answer: no verdict, and the trial is open again.
+	// The trial's client goes away before its answer: no verdict, and the trial is open again.
 	b.release(bad)
-	b.abandon(bad)
+	b.abandon(first)
 	if b.ejected(bad) {
 		t.Fatal("an abandoned trial ejected the endpoint")
 	}
@@ -110,8 +118,7 @@ func pickSpread(b *balancer, eps []state.Endpoint, n int) map[netip.AddrPort]int
 }
 
 // TestClientGoneIsNoEndpointFailure: requests the client abandons while the endpoint is still
-// working count as no failure of the endpoint (a hung backend cut by the route's timeout
-// does, as 504).
+// working count as no failure of the endpoint.
 func TestClientGoneIsNoEndpointFailure(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.Consecutive5xx = 2; c.EjectionTime = time.Minute })
 	web := e.service("web", "10.96.0.10")

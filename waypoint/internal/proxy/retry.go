@@ -197,7 +197,7 @@ func (l *retryLoop) failed(a *try, err error, replayable bool) (failure, *http.R
 	a.cancel()
 	ex.p.lb.release(a.ep.addr)
 	if l.ctx.Err() != nil {
-		ex.p.lb.abandon(a.ep.addr) // the client's leaving says nothing about the endpoint
+		ex.p.lb.abandon(a.ep) // the client's leaving says nothing about the endpoint
 	} else {
 		l.report(a, 0)
 	}
