@@ -32,8 +32,9 @@ func TestBinaryGivesPagesBack(t *testing.T) {
 	if err != nil || again <= 0 {
 		t.Fatalf("after the page-out: %d, %v", again, err)
 	}
-	// The executable's read-only mappings now fault in without read-ahead (MADV_RANDOM,
-	// "rr" among a mapping's VmFlags in smaps).
+	// The executable's mappings now fault in without read-ahead (MADV_RANDOM, "rr" among a
+	// mapping's VmFlags in smaps): the read-only ones, and the writable data, whose faults
+	// would otherwise read ahead into the read-only pages before it.
 	exe, err := os.Readlink("/proc/self/exe")
 	if err != nil {
 		t.Fatal(err)
@@ -42,25 +43,26 @@ func TestBinaryGivesPagesBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mapping string
-	random := 0
+	var mapping, perms string
+	random := map[bool]int{} // by writable
 	for _, l := range strings.Split(string(smaps), "\n") {
-		if fs := strings.Fields(l); len(fs) >= 6 && strings.Contains(fs[0], "-") && !strings.HasSuffix(fs[0], ":") {
+		// A mapping's first line (anonymous ones have no path); its fields follow, named.
+		if fs := strings.Fields(l); len(fs) >= 5 && strings.Contains(fs[0], "-") && !strings.HasSuffix(fs[0], ":") {
 			mapping = ""
-			if fs[5] == exe && fs[1][1] == '-' {
-				mapping = fs[0]
+			if len(fs) >= 6 && fs[5] == exe && fs[1][3] == 'p' {
+				mapping, perms = fs[0], fs[1]
 			}
 			continue
 		}
 		if flags, ok := strings.CutPrefix(l, "VmFlags:"); ok && mapping != "" {
 			if !strings.Contains(" "+flags+" ", " rr ") {
-				t.Errorf("read-only mapping %s of the executable: VmFlags%s, no rr (MADV_RANDOM)", mapping, flags)
+				t.Errorf("mapping %s (%s) of the executable: VmFlags%s, no rr (MADV_RANDOM)", mapping, perms, flags)
 			}
-			random++
+			random[perms[1] == 'w']++
 		}
 	}
-	if random == 0 {
-		t.Errorf("no read-only mapping of %s in /proc/self/smaps", exe)
+	if random[false] == 0 || random[true] == 0 {
+		t.Errorf("%d read-only and %d writable mappings of %s in /proc/self/smaps; want both", random[false], random[true], exe)
 	}
 }
 
@@ -134,7 +136,7 @@ func TestReadOnlyMappings(t *testing.T) {
 7f0000003000-7f0000004000 r-xp 00000000 08:02 123 /mnt/other
 `)
 	exe := fileID{dev: unix.Mkdev(8, 1), ino: 123}
-	got, err := readOnlyMappings(maps, exe)
+	got, rw, err := mappings(maps, exe)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,8 +144,11 @@ func TestReadOnlyMappings(t *testing.T) {
 	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
 		t.Fatalf("got %x, want %x", got, want)
 	}
+	if len(rw) != 1 || rw[0] != [2]uintptr{0x148a000, 0x1501000} {
+		t.Fatalf("writable: got %x, want the data mapping 148a000-1501000 only", rw)
+	}
 	write("00bc0000-00400000 r-xp 00000000 08:01 123 /usr/bin/ztunnel\n")
-	if _, err := readOnlyMappings(maps, exe); err == nil || !strings.Contains(err.Error(), "bad range") {
+	if _, _, err := mappings(maps, exe); err == nil || !strings.Contains(err.Error(), "bad range") {
 		t.Fatalf("a backwards range: %v", err)
 	}
 }
