@@ -33,15 +33,25 @@ import (
 
 // Binary asks the kernel to reclaim this process's pages of its executable's read-only
 // mappings (code and read-only data), marked random-access from then on (its writable data
-// too: randomData), and to drop the executable's pages nobody maps from the page cache; it
+// too), and to drop the executable's pages nobody maps from the page cache; it
 // returns how many bytes of mapped file were resident before and after. Kernels before 5.4
 // have no MADV_PAGEOUT: an error.
 func Binary() (before, after int64, err error) {
-	before, err = advise(unix.MADV_RANDOM, unix.MADV_PAGEOUT)
+	ro, rw, err := exeMappings()
 	if err != nil {
+		return 0, 0, err
+	}
+	if before, err = residentFile(); err != nil {
+		return 0, 0, err
+	}
+	// The writable data too: a fault there otherwise reads ahead around it, as far as the
+	// device's read-ahead goes (8 MB on the lab's disk, half before the fault), into the
+	// read-only pages just before the data; the page cache fills with them, and fault-around
+	// in the read-only mappings then maps them (docs/benchmarks.md).
+	if err := madvise(ro, unix.MADV_RANDOM, unix.MADV_PAGEOUT); err != nil {
 		return before, before, err
 	}
-	if err := randomData(); err != nil {
+	if err := madvise(rw, unix.MADV_RANDOM); err != nil {
 		return before, before, err
 	}
 	if fd, err := unix.Open("/proc/self/exe", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
@@ -59,61 +69,46 @@ func Binary() (before, after int64, err error) {
 // only the burst ran (a bulk transfer's, HTTP/3's, a wave of new connections') stops
 // counting. It returns how many bytes of mapped file were resident before and after.
 func Unmap() (before, after int64, err error) {
-	if before, err = advise(unix.MADV_DONTNEED); err != nil {
+	ro, _, err := exeMappings()
+	if err != nil {
+		return 0, 0, err
+	}
+	if before, err = residentFile(); err != nil {
+		return 0, 0, err
+	}
+	if err := madvise(ro, unix.MADV_DONTNEED); err != nil {
 		return before, before, err
 	}
 	after, err = residentFile()
 	return before, after, err
 }
 
-// advise gives each advice in turn to every read-only mapping of the executable and
-// returns the resident bytes of mapped file before it did.
-func advise(advice ...int) (before int64, err error) {
+// exeMappings lists this process's private mappings of its executable, read-only and
+// writable; it fails when there is no read-only one.
+func exeMappings() (ro, rw [][2]uintptr, err error) {
 	// The executable by device and inode, which stay right when its path no longer does
 	// (the file replaced or removed while the proxy runs).
 	var st unix.Stat_t
 	if err := unix.Stat("/proc/self/exe", &st); err != nil {
-		return 0, err
+		return nil, nil, err
 	}
 	exe := fileID{dev: st.Dev, ino: st.Ino}
-	ranges, _, err := mappings("/proc/self/maps", exe)
-	if err != nil {
-		return 0, err
+	if ro, rw, err = mappings("/proc/self/maps", exe); err != nil {
+		return nil, nil, err
 	}
-	if len(ranges) == 0 {
-		return 0, fmt.Errorf("pageout: no read-only mapping of the executable (device %d, inode %d)", exe.dev, exe.ino)
+	if len(ro) == 0 {
+		return nil, nil, fmt.Errorf("pageout: no read-only mapping of the executable (device %d, inode %d)", exe.dev, exe.ino)
 	}
-	before, err = residentFile()
-	if err != nil {
-		return 0, err
-	}
+	return ro, rw, nil
+}
+
+// madvise gives each advice in turn to every range.
+func madvise(ranges [][2]uintptr, advice ...int) error {
 	for _, r := range ranges {
 		for _, a := range advice {
 			if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, r[0], r[1]-r[0], uintptr(a)); e != 0 {
-				return before, fmt.Errorf("pageout: madvise %#x-%#x: %w", r[0], r[1], e)
+				return fmt.Errorf("pageout: madvise %#x-%#x: %w", r[0], r[1], e)
 			}
-		}
-	}
-	return before, nil
-}
-
-// randomData marks the executable's writable mappings (its initialised data) random-access
-// too. A fault there otherwise reads ahead around it, as far as the device's read-ahead
-// goes (8 MB on the lab's disk, half before the fault), into the read-only pages just
-// before the data: the page cache fills with them, and fault-around in the read-only
-// mappings then maps them (docs/benchmarks.md).
-func randomData() error {
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/self/exe", &st); err != nil {
-		return err
-	}
-	_, rw, err := mappings("/proc/self/maps", fileID{dev: st.Dev, ino: st.Ino})
-	if err != nil {
-		return err
-	}
-	for _, r := range rw {
-		if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, r[0], r[1]-r[0], unix.MADV_RANDOM); e != 0 {
-			return fmt.Errorf("pageout: madvise %#x-%#x: %w", r[0], r[1], e)
 		}
 	}
 	return nil
