@@ -12,7 +12,8 @@
 // Coming back, they would bring their neighbours: a fault reads ahead, and the kernel maps
 // every cached page within 64 KB of it (fault-around), so a proxy's steady state touched
 // 5 MB of code in scattered bytes and held 11.6 MB of its binary. So the page-out first
-// marks the mappings random-access (MADV_RANDOM: a fault reads just its page) and afterwards
+// marks the mappings random-access (MADV_RANDOM: a fault reads just its page, except in the
+// code, where recent kernels, 6.18 at least, read ahead whatever the advice) and afterwards
 // drops the binary's unmapped pages from the page cache (POSIX_FADV_DONTNEED), leaving
 // fault-around less to map: 9.6 MB under the same load (docs/benchmarks.md).
 package pageout
