@@ -58,7 +58,10 @@ type Config struct {
 	// PageOutAfter, when positive, is how long after start the pages of the binary that
 	// only start-up used are given back (package pageout).
 	PageOutAfter time.Duration
-	Logger       *slog.Logger
+	// AccessLog turns on a log record per request and per opaque TCP connection
+	// (component=access); off, the metrics still count every one.
+	AccessLog bool
+	Logger    *slog.Logger
 }
 
 func (c Config) validate() error {
@@ -108,10 +111,14 @@ func Run(ctx context.Context, cfg Config) error {
 	reg := proxyhost.NewRegistry()
 	certs := identity.NewManager(identity.ManagerOptions{Signer: xdsclient.NewCAClientWithBundle(cc, bundle), Logger: log.With("component", "certs")})
 	st := state.New()
+	accessLog := slog.New(slog.DiscardHandler)
+	if cfg.AccessLog {
+		accessLog = log.With("component", "access")
+	}
 	px, err := proxy.New(proxy.Config{
 		State: st, Namespace: cfg.Namespace, Name: cfg.Name, TrustDomain: td,
 		Certificate: certs.Certificate, Bundle: bundle,
-		Logger: log.With("component", "proxy"), AccessLog: log.With("component", "access"),
+		Logger: log.With("component", "proxy"), AccessLog: accessLog,
 		Metrics: proxy.NewMetrics(reg), Tracer: tp,
 	})
 	if err != nil {

@@ -561,6 +561,9 @@ func (ex *exchange) finish(respBytes int64, err error) {
 			}
 		}
 		ex.span.End()
+		if !ex.p.cfg.AccessLog.Enabled(context.Background(), slog.LevelInfo) {
+			return
+		}
 		ep := ""
 		if ex.hasEP {
 			ep = ex.ep.addr.String()

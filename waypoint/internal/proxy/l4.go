@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 
 	"ambit.dev/mesh/hbone"
@@ -97,6 +98,9 @@ func (p *Proxy) serveL4(ctx context.Context, d *downstream, c hbone.HalfCloser) 
 	}
 	sent, received, err := hbone.Splice(c, up)
 	p.cfg.Metrics.tcp(d, ep, sent, received, false)
+	if !p.cfg.AccessLog.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
 	p.cfg.AccessLog.Info("tcp", "src", d.client.String(), "src_principal", d.peer.String(), "dst", d.authority.String(),
 		"service", svcName, "endpoint", ep.addr.String(), "bytes_sent", sent, "bytes_received", received,
 		"duration", time.Since(start).String(), "err", errString(err))

@@ -96,16 +96,50 @@ func (m *Metrics) request(ex *exchange, reqBytes, rspBytes int64, d time.Duratio
 	if m == nil {
 		return
 	}
-	sw, sns, sapp, sver := workloadLabels(ex.d.src)
-	var dst *configv1.Workload
-	dstPrincipal := ""
+	s := m.series(ex)
+	s.requests.Inc()
+	s.duration.Observe(float64(d) / float64(time.Millisecond))
+	s.reqSize.Observe(float64(reqBytes))
+	s.rspSize.Observe(float64(rspBytes))
+}
+
+// requestSeries holds the four request metrics of one label set. A downstream connection
+// keeps the last one it used: the requests of a keep-alive connection nearly all end alike
+// (same endpoint, service, code and flags), and then skip the labels, which cost 19 strings
+// hashed four times and the destination's identity formatted (docs/benchmarks.md).
+type requestSeries struct {
+	key                        seriesKey
+	requests                   prometheus.Counter
+	duration, reqSize, rspSize prometheus.Observer
+}
+
+// seriesKey is what a request's labels depend on beyond its downstream, whose labels (the
+// source's) are the same for every request on it. A config push brings new workloads, so a
+// pointer seen again is the same workload.
+type seriesKey struct {
+	dst     *configv1.Workload
+	backend string
+	grpc    bool
+	code    int
+	flags   string
+}
+
+func (m *Metrics) series(ex *exchange) *requestSeries {
+	key := seriesKey{backend: ex.backend, grpc: ex.grpc, code: ex.code, flags: ex.flags}
 	if ex.hasEP {
-		dst = ex.ep.wl
-		if ids, err := workloadIdentities(dst, ex.p.cfg.TrustDomain); err == nil {
+		key.dst = ex.ep.wl
+	}
+	if s := ex.d.series.Load(); s != nil && s.key == key {
+		return s
+	}
+	sw, sns, sapp, sver := workloadLabels(ex.d.src)
+	dstPrincipal := ""
+	if key.dst != nil {
+		if ids, err := workloadIdentities(key.dst, ex.p.cfg.TrustDomain); err == nil {
 			dstPrincipal = ids[0].String()
 		}
 	}
-	dw, dns, dapp, dver := workloadLabels(dst)
+	dw, dns, dapp, dver := workloadLabels(key.dst)
 	svc := ex.backend
 	svcName, svcNS := "unknown", "unknown"
 	if svc != "" {
@@ -119,7 +153,7 @@ func (m *Metrics) request(ex *exchange, reqBytes, rspBytes int64, d time.Duratio
 	if ex.grpc {
 		grpcStatus = "-"
 	}
-	// In requestLabels' order; WithLabelValues spares a map per request.
+	// In requestLabels' order; WithLabelValues spares a map.
 	l := []string{
 		reporter,
 		sw, sns, orUnknown(ex.d.peer.String()), sapp, sver,
@@ -127,10 +161,10 @@ func (m *Metrics) request(ex *exchange, reqBytes, rspBytes int64, d time.Duratio
 		orUnknown(svc), svcName, svcNS,
 		ex.protocol(), strconv.Itoa(ex.code), grpcStatus, ex.flags, "mutual_tls",
 	}
-	m.requests.WithLabelValues(l...).Inc()
-	m.duration.WithLabelValues(l...).Observe(float64(d) / float64(time.Millisecond))
-	m.reqSize.WithLabelValues(l...).Observe(float64(reqBytes))
-	m.rspSize.WithLabelValues(l...).Observe(float64(rspBytes))
+	s := &requestSeries{key: key, requests: m.requests.WithLabelValues(l...), duration: m.duration.WithLabelValues(l...),
+		reqSize: m.reqSize.WithLabelValues(l...), rspSize: m.rspSize.WithLabelValues(l...)}
+	ex.d.series.Store(s)
+	return s
 }
 
 func (m *Metrics) tcp(d *downstream, ep endpoint, request, response int64, failed bool) {

@@ -82,7 +82,8 @@ type Config struct {
 	MaxEjectedPercent int
 	RetryBodyBytes    int
 	Logger            *slog.Logger
-	// AccessLog receives one record per request; nil means Logger.
+	// AccessLog receives one record per request and per opaque TCP connection; nil means
+	// Logger. A logger that is not enabled at info costs nothing: the records are not made.
 	AccessLog *slog.Logger
 	Metrics   *Metrics
 	// Tracer makes the request spans; nil means no tracing.
@@ -323,6 +324,8 @@ type downstream struct {
 	src       *configv1.Workload // the client's workload, for telemetry
 	trace     string             // traceparent of the CONNECT
 	baggage   string
+	// series is the request metrics of this connection's last request (Metrics.series).
+	series atomic.Pointer[requestSeries]
 }
 
 // ServeHBONE serves one tunnelled connection.

@@ -2,13 +2,16 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -181,6 +184,112 @@ func TestL7Authorization(t *testing.T) {
 	})
 	if denied != 3 {
 		t.Fatalf("istio_requests_total for the denied requests = %v, want 3", denied)
+	}
+}
+
+// TestRequestMetricsFollowEachRequest: requests on one keep-alive connection that end
+// differently (another endpoint, another code) each count in their own series, though a
+// connection reuses the series of its last request (Metrics.series).
+func TestRequestMetricsFollowEachRequest(t *testing.T) {
+	e := newEnv(t)
+	web := e.service("web", "10.96.0.10")
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/missing" {
+			http.NotFound(w, r)
+			return
+		}
+		ok(w, r)
+	})
+	e.pod("web-1", "10.244.0.11", web, h)
+	e.pod("web-2", "10.244.0.12", web, h)
+	c := e.httpClient(sa("client"), webVIP, false)
+	type outcome struct {
+		pod  string
+		code int
+	}
+	want := map[outcome]float64{}
+	for i := range 12 {
+		path := "/ok"
+		if i%3 == 2 {
+			path = "/missing"
+		}
+		code, _, hdr := get(t, c, "GET", "http://web"+path)
+		want[outcome{hdr.Get("X-Pod"), code}]++
+	}
+	if len(want) < 3 {
+		t.Fatalf("outcomes %v: want both pods and both codes among them", want)
+	}
+	for o, n := range want {
+		got := counter(t, e, "istio_requests_total", map[string]string{
+			"destination_principal": "spiffe://cluster.local/ns/shop/sa/" + o.pod, "response_code": strconv.Itoa(o.code),
+			"source_principal": "spiffe://cluster.local/ns/shop/sa/client",
+		})
+		if got != n {
+			t.Errorf("istio_requests_total for %s answering %d = %v, want %v (all: %v)", o.pod, o.code, got, n, want)
+		}
+	}
+}
+
+// lockedBuffer is a log destination that tests read while the proxy writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestAccessLog: with an access log enabled at info, each request leaves one record with
+// its status and client identity; with one that is not (cmd/waypoint's default, no
+// --access-log), none.
+func TestAccessLog(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprintf("on=%v", on), func(t *testing.T) {
+			var out lockedBuffer
+			level := slog.LevelInfo
+			if !on {
+				level = slog.LevelWarn
+			}
+			e := newEnv(t, func(c *Config) {
+				c.AccessLog = slog.New(slog.NewJSONHandler(&out, &slog.HandlerOptions{Level: level}))
+			})
+			web := e.service("web", "10.96.0.10")
+			e.pod("web-1", "10.244.0.11", web, http.HandlerFunc(ok))
+			c := e.httpClient(sa("client"), webVIP, false)
+			for range 2 {
+				if code, _, _ := get(t, c, "GET", "http://web/logged"); code != 200 {
+					t.Fatalf("GET: %d", code)
+				}
+			}
+			// The record is written after the response, so wait for it (or not).
+			deadline := time.Now().Add(5 * time.Second)
+			for on && strings.Count(out.String(), `"msg":"request"`) < 2 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if !on {
+				time.Sleep(200 * time.Millisecond)
+			}
+			got := out.String()
+			if !on {
+				if got != "" {
+					t.Fatalf("access log not enabled, yet it has %q", got)
+				}
+				return
+			}
+			if n := strings.Count(got, `"msg":"request"`); n != 2 || !strings.Contains(got, `"status":200`) ||
+				!strings.Contains(got, `"path":"/logged"`) || !strings.Contains(got, `"src_principal":"spiffe://cluster.local/ns/shop/sa/client"`) {
+				t.Fatalf("access log: %d records, want 2 with status, path and client identity:\n%s", n, got)
+			}
+		})
 	}
 }
 
