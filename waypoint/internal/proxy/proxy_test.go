@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -230,31 +229,13 @@ func TestRequestMetricsFollowEachRequest(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a log destination that tests read while the proxy writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestAccessLog: with an access log enabled at info, each request leaves one record with
 // its status and client identity; with one that is not (cmd/waypoint's default, no
 // --access-log), none.
 func TestAccessLog(t *testing.T) {
 	for _, on := range []bool{true, false} {
 		t.Run(fmt.Sprintf("on=%v", on), func(t *testing.T) {
-			var out lockedBuffer
+			var out syncBuffer
 			level := slog.LevelInfo
 			if !on {
 				level = slog.LevelWarn
