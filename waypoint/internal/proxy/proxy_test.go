@@ -201,6 +201,12 @@ func TestRequestMetricsFollowEachRequest(t *testing.T) {
 	})
 	e.pod("web-1", "10.244.0.11", web, h)
 	e.pod("web-2", "10.244.0.12", web, h)
+	// Round robin: both pods answer both paths, whatever the random ties of least-request
+	// would have picked.
+	pol := &configv1.TrafficPolicy{LoadBalancer: &configv1.TrafficPolicy_LoadBalancer{Simple: configv1.TrafficPolicy_LoadBalancer_ROUND_ROBIN}}
+	if err := routes(e, web, &configv1.Route{Name: "r", Backends: toWeb(pol)}); err != nil {
+		t.Fatal(err)
+	}
 	c := e.httpClient(sa("client"), webVIP, false)
 	type outcome struct {
 		pod  string
