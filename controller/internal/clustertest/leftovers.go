@@ -119,18 +119,7 @@ func (c *Cluster) Leftovers() []string {
 			left = append(left, "mount "+m)
 		}
 	}
-	if len(c.holderIno) > 0 {
-		ents, _ := os.ReadDir("/proc")
-		for _, e := range ents {
-			pid, err := strconv.Atoi(e.Name())
-			if err != nil {
-				continue
-			}
-			if ino, err := nsInode(pid, "net"); err == nil && slices.Contains(c.holderIno, ino) {
-				left = append(left, "network namespace of a node, held by process "+describePid(pid))
-			}
-		}
-	}
+	left = append(left, c.nodeNetnsHeld()...)
 	for _, l := range linksWithPrefix(ctx, c.Bridge) {
 		left = append(left, "link "+l)
 	}
@@ -166,6 +155,66 @@ func (c *Cluster) Leftovers() []string {
 		}
 	}
 	return left
+}
+
+// nodeNetnsHeld lists the processes still in one of the nodes' network namespaces. The kernel
+// reuses a freed namespace's inode number, so a namespace another slot's cluster made since
+// can carry one of ours: an inode held by a process in another slot's cgroup is that
+// cluster's, not a leftover (a live inode names one namespace at a time).
+func (c *Cluster) nodeNetnsHeld() []string {
+	if len(c.holderIno) == 0 {
+		return nil
+	}
+	holders := map[uint64][]int{}
+	reused := map[uint64]bool{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		ino, err := nsInode(pid, "net")
+		if err != nil || !slices.Contains(c.holderIno, ino) {
+			continue
+		}
+		holders[ino] = append(holders[ino], pid)
+		if s, ok := pidSlot(pid); ok && s != c.Slot {
+			reused[ino] = true
+		}
+	}
+	var left []string
+	for _, ino := range c.holderIno {
+		if reused[ino] {
+			continue
+		}
+		for _, pid := range holders[ino] {
+			left = append(left, "network namespace of a node, held by process "+describePid(pid))
+		}
+	}
+	return left
+}
+
+// pidSlot is the cluster slot whose cgroup (ambit-cluster-sN) holds pid, if any.
+func pidSlot(pid int) (int, bool) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cgroup"))
+	if err != nil {
+		return 0, false
+	}
+	const prefix = "/ambit-cluster-s"
+	for _, line := range strings.Split(string(b), "\n") {
+		i := strings.Index(line, prefix)
+		if i < 0 {
+			continue
+		}
+		rest := line[i+len(prefix):]
+		if j := strings.IndexByte(rest, '/'); j >= 0 {
+			rest = rest[:j]
+		}
+		if s, err := strconv.Atoi(rest); err == nil {
+			return s, true
+		}
+	}
+	return 0, false
 }
 
 func describePid(pid int) string {

@@ -177,13 +177,16 @@ func TestL7Authorization(t *testing.T) {
 	if admin != 1 || public != 1 {
 		t.Fatalf("backend saw %d /admin and %d /public requests, want 1 and 1", admin, public)
 	}
-	denied := counter(t, e, "istio_requests_total", map[string]string{
-		"reporter": "waypoint", "response_code": "403", "response_flags": flagDenied,
-		"source_principal": "spiffe://cluster.local/ns/shop/sa/other", "destination_service": "web.shop.svc.cluster.local",
+	// The request metric is recorded once the answer is written, after the client has it.
+	wait.Until(t, 5*time.Second, "the denied requests counted", func() error {
+		if n := counter(t, e, "istio_requests_total", map[string]string{
+			"reporter": "waypoint", "response_code": "403", "response_flags": flagDenied,
+			"source_principal": "spiffe://cluster.local/ns/shop/sa/other", "destination_service": "web.shop.svc.cluster.local",
+		}); n != 3 {
+			return fmt.Errorf("istio_requests_total for the denied requests = %v, want 3", n)
+		}
+		return nil
 	})
-	if denied != 3 {
-		t.Fatalf("istio_requests_total for the denied requests = %v, want 3", denied)
-	}
 }
 
 // TestRequestMetricsFollowEachRequest: requests on one keep-alive connection that end
@@ -224,15 +227,20 @@ func TestRequestMetricsFollowEachRequest(t *testing.T) {
 	if len(want) < 3 {
 		t.Fatalf("outcomes %v: want both pods and both codes among them", want)
 	}
-	for o, n := range want {
-		got := counter(t, e, "istio_requests_total", map[string]string{
-			"destination_principal": "spiffe://cluster.local/ns/shop/sa/" + o.pod, "response_code": strconv.Itoa(o.code),
-			"source_principal": "spiffe://cluster.local/ns/shop/sa/client",
-		})
-		if got != n {
-			t.Errorf("istio_requests_total for %s answering %d = %v, want %v (all: %v)", o.pod, o.code, got, n, want)
+	// The request metric is recorded once the answer is written, after the client has it.
+	wait.Until(t, 5*time.Second, "each request counted in its own series", func() error {
+		var errs []error
+		for o, n := range want {
+			got := counter(t, e, "istio_requests_total", map[string]string{
+				"destination_principal": "spiffe://cluster.local/ns/shop/sa/" + o.pod, "response_code": strconv.Itoa(o.code),
+				"source_principal": "spiffe://cluster.local/ns/shop/sa/client",
+			})
+			if got != n {
+				errs = append(errs, fmt.Errorf("istio_requests_total for %s answering %d = %v, want %v (all: %v)", o.pod, o.code, got, n, want))
+			}
 		}
-	}
+		return errors.Join(errs...)
+	})
 }
 
 // TestAccessLog: with an access log enabled at info, each request leaves one record with
