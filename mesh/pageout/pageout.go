@@ -16,6 +16,13 @@
 // code, where recent kernels, 6.18 at least, read ahead whatever the advice) and afterwards
 // drops the binary's unmapped pages from the page cache (POSIX_FADV_DONTNEED), leaving
 // fault-around less to map: 9.6 MB under the same load (docs/benchmarks.md).
+//
+// Both read-ahead in the code and fault-around stop at the end of the mapping (the VMA) the
+// fault is in, so ztunnel's page-out also cuts its read-only mappings into one-page VMAs
+// (Split): every other page marked MADV_DONTDUMP, a flag only core dumps read, and VMAs
+// whose flags differ stay apart. A fault then maps and reads just its page. Each VMA costs
+// the kernel 192 bytes (0.8 MB for ztunnel's 4,200 pages), against 1.8–3.5 MB of resident
+// code and read-only data saved under the bench's load (docs/benchmarks.md).
 package pageout
 
 import (
@@ -34,10 +41,11 @@ import (
 
 // Binary asks the kernel to reclaim this process's pages of its executable's read-only
 // mappings (code and read-only data), marked random-access from then on (its writable data
-// too), and to drop the executable's pages nobody maps from the page cache; it
-// returns how many bytes of mapped file were resident before and after. Kernels before 5.4
-// have no MADV_PAGEOUT: an error.
-func Binary() (before, after int64, err error) {
+// too), and to drop the executable's pages nobody maps from the page cache; with split, it
+// also cuts the read-only mappings into one-page VMAs (Split). It returns how many bytes of
+// mapped file were resident before and after. Kernels before 5.4 have no MADV_PAGEOUT: an
+// error.
+func Binary(split bool) (before, after int64, err error) {
 	ro, rw, err := exeMappings()
 	if err != nil {
 		return 0, 0, err
@@ -54,6 +62,11 @@ func Binary() (before, after int64, err error) {
 	}
 	if err := madvise(rw, unix.MADV_RANDOM); err != nil {
 		return before, before, err
+	}
+	if split {
+		if _, err := Split(ro, maxVMAs()); err != nil {
+			return before, before, err
+		}
 	}
 	if fd, err := unix.Open("/proc/self/exe", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
 		_ = unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED)
@@ -82,6 +95,45 @@ func Unmap() (before, after int64, err error) {
 	}
 	after, err = residentFile()
 	return before, after, err
+}
+
+// Split cuts each range into VMAs of one page each, or of as many pages as keep their count
+// under limit: every other piece is marked MADV_DONTDUMP, and the kernel keeps VMAs whose
+// flags differ apart. A fault in the code reads ahead only to the end of its VMA (from 6.x,
+// whatever MADV_RANDOM says), and fault-around maps cached pages only within it, so a fault
+// then brings in its piece alone. It returns the size of a piece. Core dumps, the only reader
+// of the flag, leave private file pages out anyway.
+func Split(ranges [][2]uintptr, limit int) (uintptr, error) {
+	page := uintptr(os.Getpagesize())
+	var total uintptr
+	for _, r := range ranges {
+		total += r[1] - r[0]
+	}
+	piece := page
+	for limit > 0 && total/piece > uintptr(limit) {
+		piece *= 2
+	}
+	for _, r := range ranges {
+		for a := r[0] + piece; a < r[1]; a += 2 * piece {
+			if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, a, min(piece, r[1]-a), unix.MADV_DONTDUMP); e != 0 {
+				return piece, fmt.Errorf("pageout: madvise %#x-%#x MADV_DONTDUMP: %w", a, a+min(piece, r[1]-a), e)
+			}
+		}
+	}
+	return piece, nil
+}
+
+// maxVMAs is how many VMAs Split may make: an eighth of the kernel's limit per process
+// (vm.max_map_count, 65,530 by default), which leaves the heap, the stacks and the
+// libraries of any process far more than they use.
+func maxVMAs() int {
+	n := 65530
+	if b, err := os.ReadFile("/proc/sys/vm/max_map_count"); err == nil {
+		if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && v > 0 {
+			n = v
+		}
+	}
+	return n / 8
 }
 
 // exeMappings lists this process's private mappings of its executable, read-only and
@@ -148,12 +200,22 @@ func mappings(maps string, exe fileID) (ro, rw [][2]uintptr, err error) {
 		}
 		r := [2]uintptr{uintptr(start), uintptr(end)}
 		if fs[1][1] == 'w' {
-			rw = append(rw, r)
+			rw = appendRange(rw, r)
 		} else {
-			ro = append(ro, r)
+			ro = appendRange(ro, r)
 		}
 	}
 	return ro, rw, sc.Err()
+}
+
+// appendRange appends r to ranges, or extends the last range when r starts where it ends:
+// the VMAs Split made come back as the range they were cut from, one madvise each.
+func appendRange(ranges [][2]uintptr, r [2]uintptr) [][2]uintptr {
+	if n := len(ranges); n > 0 && ranges[n-1][1] == r[0] {
+		ranges[n-1][1] = r[1]
+		return ranges
+	}
+	return append(ranges, r)
 }
 
 // residentFile is RssFile of /proc/self/status, in bytes.
@@ -178,9 +240,9 @@ const (
 	FlagUsage    = "this long after start, give back the pages of the binary that only start-up used (resident memory); 0: never"
 )
 
-// After runs Binary once, delay after it is called (when start-up is over), unless ctx
-// ends first, and logs what it gave back. A delay of zero or less does nothing.
-func After(ctx context.Context, delay time.Duration, log *slog.Logger) {
+// After runs Binary(split) once, delay after it is called (when start-up is over), unless
+// ctx ends first, and logs what it gave back. A delay of zero or less does nothing.
+func After(ctx context.Context, delay time.Duration, split bool, log *slog.Logger) {
 	if delay <= 0 {
 		return
 	}
@@ -191,7 +253,7 @@ func After(ctx context.Context, delay time.Duration, log *slog.Logger) {
 		return
 	case <-t.C:
 	}
-	before, after, err := Binary()
+	before, after, err := Binary(split)
 	if err != nil {
 		log.Warn("start-up pages of the binary not given back", "err", err)
 		return

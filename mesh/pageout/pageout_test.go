@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +18,7 @@ import (
 // TestBinaryGivesPagesBack: the test binary, mapped by this process alone, has fewer
 // resident file pages after Binary, and keeps running (its code faults back in).
 func TestBinaryGivesPagesBack(t *testing.T) {
-	before, after, err := Binary()
+	before, after, err := Binary(false)
 	if errors.Is(err, unix.EINVAL) {
 		t.Skip("this kernel has no MADV_PAGEOUT (Linux 5.4 or later)")
 	}
@@ -35,34 +36,15 @@ func TestBinaryGivesPagesBack(t *testing.T) {
 	// The executable's mappings now fault in without read-ahead (MADV_RANDOM, "rr" among a
 	// mapping's VmFlags in smaps): the read-only ones, and the writable data, whose faults
 	// would otherwise read ahead into the read-only pages before it.
-	exe, err := os.Readlink("/proc/self/exe")
-	if err != nil {
-		t.Fatal(err)
-	}
-	smaps, err := os.ReadFile("/proc/self/smaps")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mapping, perms string
 	random := map[bool]int{} // by writable
-	for _, l := range strings.Split(string(smaps), "\n") {
-		// A mapping's first line (anonymous ones have no path); its fields follow, named.
-		if fs := strings.Fields(l); len(fs) >= 5 && strings.Contains(fs[0], "-") && !strings.HasSuffix(fs[0], ":") {
-			mapping = ""
-			if len(fs) >= 6 && fs[5] == exe && fs[1][3] == 'p' {
-				mapping, perms = fs[0], fs[1]
-			}
-			continue
+	for _, m := range exeSmaps(t) {
+		if !strings.Contains(m.flags, " rr ") {
+			t.Errorf("mapping %s (%s) of the executable: VmFlags%s, no rr (MADV_RANDOM)", m.addr, m.perms, m.flags)
 		}
-		if flags, ok := strings.CutPrefix(l, "VmFlags:"); ok && mapping != "" {
-			if !strings.Contains(" "+flags+" ", " rr ") {
-				t.Errorf("mapping %s (%s) of the executable: VmFlags%s, no rr (MADV_RANDOM)", mapping, perms, flags)
-			}
-			random[perms[1] == 'w']++
-		}
+		random[m.perms[1] == 'w']++
 	}
 	if random[false] == 0 || random[true] == 0 {
-		t.Errorf("%d read-only and %d writable mappings of %s in /proc/self/smaps; want both", random[false], random[true], exe)
+		t.Errorf("%d read-only and %d writable mappings of the executable in /proc/self/smaps; want both", random[false], random[true])
 	}
 }
 
@@ -140,8 +122,8 @@ func TestReadOnlyMappings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := [][2]uintptr{{0x400000, 0xbc0000}, {0xbc0000, 0x148a000}}
-	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+	// The code and the read-only data touch: one range.
+	if want := [2]uintptr{0x400000, 0x148a000}; len(got) != 1 || got[0] != want {
 		t.Fatalf("got %x, want %x", got, want)
 	}
 	if len(rw) != 1 || rw[0] != [2]uintptr{0x148a000, 0x1501000} {
@@ -155,18 +137,138 @@ func TestReadOnlyMappings(t *testing.T) {
 
 // TestAfterWaitsAndStops: After gives the pages back once its delay has passed, and does
 // nothing for a zero delay or when ctx ends first.
+// TestSplit: Binary(true) leaves the executable's read-only mappings cut into one-page VMAs
+// (or pieces under the limit), every other one marked dd (MADV_DONTDUMP), still
+// random-access; mappings reads them back as the one range they were cut from, and the code
+// keeps running from them.
+func TestSplit(t *testing.T) {
+	if _, _, err := Binary(true); errors.Is(err, unix.EINVAL) {
+		t.Skip("this kernel has no MADV_PAGEOUT (Linux 5.4 or later)")
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	ro, _, err := exeMappings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total uintptr
+	for _, r := range ro {
+		total += r[1] - r[0]
+	}
+	piece, err := Split(nil, maxVMAs()) // nothing to cut: just the piece size
+	if err != nil || piece != uintptr(os.Getpagesize()) {
+		t.Fatalf("Split of nothing: %d, %v", piece, err)
+	}
+	for total/piece > uintptr(maxVMAs()) {
+		piece *= 2
+	}
+	var vmas, dontdump, notRandom int
+	for _, m := range exeSmaps(t) {
+		if m.perms[1] == 'w' {
+			continue
+		}
+		vmas++
+		if strings.Contains(m.flags, " dd ") {
+			dontdump++
+		}
+		if !strings.Contains(m.flags, " rr ") {
+			notRandom++
+		}
+	}
+	t.Logf("%d read-only VMAs of %d kB, pieces of %d kB, %d marked dd", vmas, total>>10, piece>>10, dontdump)
+	if want := int(total / piece); vmas < want || dontdump < want/2-1 || dontdump > want/2+2 {
+		t.Errorf("%d read-only VMAs, %d of them dd; want about %d, half dd", vmas, dontdump, want)
+	}
+	if notRandom > 0 {
+		t.Errorf("%d pieces not random-access", notRandom)
+	}
+	if len(ro) > 2 {
+		t.Errorf("mappings read the pieces as %d ranges, want the code and the read-only data at most", len(ro))
+	}
+}
+
+// smapping is one of the executable's private mappings in /proc/self/smaps: its address
+// range, permissions and VmFlags (padded with spaces, so " rr " finds a flag).
+type smapping struct{ addr, perms, flags string }
+
+func exeSmaps(t *testing.T) []smapping {
+	t.Helper()
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	smaps, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []smapping
+	var cur *smapping
+	for _, l := range strings.Split(string(smaps), "\n") {
+		// A mapping's first line (anonymous ones have no path); its fields follow, named.
+		if fs := strings.Fields(l); len(fs) >= 5 && strings.Contains(fs[0], "-") && !strings.HasSuffix(fs[0], ":") {
+			cur = nil
+			if len(fs) >= 6 && fs[5] == exe && fs[1][3] == 'p' {
+				out = append(out, smapping{addr: fs[0], perms: fs[1]})
+				cur = &out[len(out)-1]
+			}
+			continue
+		}
+		if flags, ok := strings.CutPrefix(l, "VmFlags:"); ok && cur != nil {
+			cur.flags = " " + flags + " "
+		}
+	}
+	return out
+}
+
+// TestSplitLimit: past the limit, pieces double until their count fits.
+func TestSplitLimit(t *testing.T) {
+	page := uintptr(os.Getpagesize())
+	m, err := unix.Mmap(-1, 0, int(64*page), unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	start := uintptr(unsafe.Pointer(&m[0]))
+	piece, err := Split([][2]uintptr{{start, start + 64*page}}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if piece != 8*page {
+		t.Fatalf("64 pages under a limit of 10: pieces of %d pages, want 8", piece/page)
+	}
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range strings.Split(string(maps), "\n") {
+		lo, hi, ok := strings.Cut(strings.Fields(l + " x")[0], "-")
+		if !ok {
+			continue
+		}
+		a, _ := strconv.ParseUint(lo, 16, 64)
+		b, _ := strconv.ParseUint(hi, 16, 64)
+		if uintptr(a) < start+64*page && uintptr(b) > start { // an end piece may join a neighbour
+			n++
+		}
+	}
+	if n != 8 {
+		t.Fatalf("%d VMAs in the 64 pages, want 8", n)
+	}
+}
+
 func TestAfterWaitsAndStops(t *testing.T) {
 	var out strings.Builder
 	log := slog.New(slog.NewTextHandler(&out, nil))
-	After(t.Context(), 0, log)
+	After(t.Context(), 0, false, log)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	After(ctx, time.Hour, log)
+	After(ctx, time.Hour, false, log)
 	if out.Len() != 0 {
 		t.Fatalf("logged with no delay or an ended context: %s", out.String())
 	}
 	start := time.Now()
-	After(t.Context(), 50*time.Millisecond, log)
+	After(t.Context(), 50*time.Millisecond, false, log)
 	if d := time.Since(start); d < 50*time.Millisecond {
 		t.Fatalf("returned after %v, before its delay", d)
 	}

@@ -169,7 +169,7 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go(func() error { return client.Run(gctx) })
 	g.Go(func() error { return srv.Serve(hln) })
 	g.Go(func() error { return srv.ServeH3(hpc) })
-	g.Go(func() error { pageout.After(gctx, cfg.PageOutAfter, log); return nil })
+	g.Go(func() error { pageout.After(gctx, cfg.PageOutAfter, false, log); return nil })
 	g.Go(func() error { memreturn.SettleWhenReady(gctx, ready); return nil })
 	// The endpoints outlive gctx: they serve while the tunnels drain, and close after.
 	g.Go(func() error { return endpoints.Run(context.WithoutCancel(gctx)) })

@@ -223,7 +223,7 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go(func() error { return endpoints.Run(gctx) })
 	g.Go(func() error { return handover.Run(gctx) })
 	g.Go(func() error { return pods.Run(gctx) })
-	g.Go(func() error { pageout.After(gctx, cfg.PageOutAfter, log); return nil })
+	g.Go(func() error { pageout.After(gctx, cfg.PageOutAfter, true, log); return nil })
 	g.Go(func() error { memreturn.SettleWhenReady(gctx, ready); return nil })
 	log.Info("ztunnel started", "node", cfg.Node, "config", src.name, "node_api", cfg.NodeAPI)
 
