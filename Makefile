@@ -112,8 +112,8 @@ kube-apiserver: ## build kube-apiserver from the k8s.io/kubernetes module into .
 # on a real kubelet.
 KUBE_NODE := kubelet kube-controller-manager kube-scheduler kubectl kube-proxy
 
-kube-node: kube-apiserver ## build the node's Kubernetes commands (kubelet, controller-manager, scheduler, kubectl, kube-proxy) into .cache/bin, once
-	@hack/kube-build.sh $(KUBE_NODE)
+kube-node: ## build kube-apiserver and the node's Kubernetes commands (kubelet, controller-manager, scheduler, kubectl, kube-proxy) into .cache/bin, once, in one go build
+	@hack/kube-build.sh kube-apiserver $(KUBE_NODE)
 
 # The container images (OCI tarballs in .cache/images, listed with their digests in
 # .cache/images/images.txt); the list of parts is in hack/images.sh. VERSION names the tag
@@ -135,7 +135,7 @@ compat: ## HBONE wire compatibility with Istio's Go implementation (compat/istio
 fuzz: ## run each FUZZ target for its count of executions (FUZZTIME for one without)
 	@hack/fuzz.sh -t $(FUZZTIME) $(FUZZ)
 
-test: setup kube-apiserver kube-node images ## everything CI checks: proto-check, generate-check, lint, unit (with the e2e tests), compat, fuzz
+test: setup kube-node images ## everything CI checks: proto-check, generate-check, lint, unit (with the e2e tests), compat, fuzz
 	@$(MAKE) proto-check
 	@$(MAKE) generate-check
 	@$(MAKE) lint
