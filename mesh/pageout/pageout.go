@@ -18,11 +18,13 @@
 // fault-around less to map: 9.6 MB under the same load (docs/benchmarks.md).
 //
 // Both read-ahead in the code and fault-around stop at the end of the mapping (the VMA) the
-// fault is in, so ztunnel's page-out also cuts its read-only mappings into one-page VMAs
-// (Split): every other page marked MADV_DONTDUMP, a flag only core dumps read, and VMAs
-// whose flags differ stay apart. A fault then maps and reads just its page. Each VMA costs
-// the kernel 192 bytes (0.8 MB for ztunnel's 4,200 pages), against 1.8–3.5 MB of resident
-// code and read-only data saved under the bench's load (docs/benchmarks.md).
+// fault is in, so ztunnel's page-out also cuts its read-only mappings into 16 KB VMAs
+// (Split): every other piece marked MADV_DONTDUMP, a flag only core dumps read, and VMAs
+// whose flags differ stay apart. A fault then reads and maps within its piece alone. Each
+// VMA costs the kernel 192 bytes (0.2 MB for ztunnel's 1,060 pieces), against about 1.5 MB
+// of resident code and read-only data saved under the bench's load. One-page pieces saved
+// more, but every give-back (Unmap) then cost the next requests some 1,500 faults, enough to
+// push a p99 over 5 ms (docs/benchmarks.md).
 package pageout
 
 import (
@@ -42,7 +44,7 @@ import (
 // Binary asks the kernel to reclaim this process's pages of its executable's read-only
 // mappings (code and read-only data), marked random-access from then on (its writable data
 // too), and to drop the executable's pages nobody maps from the page cache; with split, it
-// also cuts the read-only mappings into one-page VMAs (Split). It returns how many bytes of
+// also cuts the read-only mappings into VMAs of Piece bytes (Split). It returns how many bytes of
 // mapped file were resident before and after. Kernels before 5.4 have no MADV_PAGEOUT: an
 // error.
 func Binary(split bool) (before, after int64, err error) {
@@ -97,19 +99,22 @@ func Unmap() (before, after int64, err error) {
 	return before, after, err
 }
 
-// Split cuts each range into VMAs of one page each, or of as many pages as keep their count
-// under limit: every other piece is marked MADV_DONTDUMP, and the kernel keeps VMAs whose
-// flags differ apart. A fault in the code reads ahead only to the end of its VMA (from 6.x,
+// Piece is the size of the VMAs Split cuts: four pages, so that a fault after a give-back
+// still maps up to four (fault-around within the piece).
+const Piece = 16 << 10
+
+// Split cuts each range into VMAs of Piece bytes, or of as many as keep their count under
+// limit: every other piece is marked MADV_DONTDUMP, and the kernel keeps VMAs whose flags
+// differ apart. A fault in the code reads ahead only to the end of its VMA (from 6.x,
 // whatever MADV_RANDOM says), and fault-around maps cached pages only within it, so a fault
-// then brings in its piece alone. It returns the size of a piece. Core dumps, the only reader
-// of the flag, leave private file pages out anyway.
+// then brings in its piece at most. It returns the size of a piece. Core dumps, the only
+// reader of the flag, leave private file pages out anyway.
 func Split(ranges [][2]uintptr, limit int) (uintptr, error) {
-	page := uintptr(os.Getpagesize())
 	var total uintptr
 	for _, r := range ranges {
 		total += r[1] - r[0]
 	}
-	piece := page
+	piece := uintptr(max(Piece, os.Getpagesize()))
 	for limit > 0 && total/piece > uintptr(limit) {
 		piece *= 2
 	}

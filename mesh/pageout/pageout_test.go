@@ -137,8 +137,8 @@ func TestReadOnlyMappings(t *testing.T) {
 
 // TestAfterWaitsAndStops: After gives the pages back once its delay has passed, and does
 // nothing for a zero delay or when ctx ends first.
-// TestSplit: Binary(true) leaves the executable's read-only mappings cut into one-page VMAs
-// (or pieces under the limit), every other one marked dd (MADV_DONTDUMP), still
+// TestSplit: Binary(true) leaves the executable's read-only mappings cut into VMAs of Piece
+// bytes (or larger pieces under the limit), every other one marked dd (MADV_DONTDUMP), still
 // random-access; mappings reads them back as the one range they were cut from, and the code
 // keeps running from them.
 func TestSplit(t *testing.T) {
@@ -156,7 +156,7 @@ func TestSplit(t *testing.T) {
 		total += r[1] - r[0]
 	}
 	piece, err := Split(nil, maxVMAs()) // nothing to cut: just the piece size
-	if err != nil || piece != uintptr(os.Getpagesize()) {
+	if err != nil || piece != uintptr(max(Piece, os.Getpagesize())) {
 		t.Fatalf("Split of nothing: %d, %v", piece, err)
 	}
 	for total/piece > uintptr(maxVMAs()) {
