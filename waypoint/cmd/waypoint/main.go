@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	_ "ambit.dev/mesh/heapsample" // no heap profile samples unless GODEBUG asks (docs/operations.md)
+
 	"ambit.dev/mesh/logging"
 	"ambit.dev/mesh/maxprocs"
 	"ambit.dev/mesh/memreturn"

@@ -11,6 +11,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	_ "ambit.dev/mesh/heapsample" // no heap profile samples unless GODEBUG asks (docs/operations.md)
+
 	"ambit.dev/mesh/gcpercent"
 	"ambit.dev/mesh/hbone"
 	"ambit.dev/mesh/logging"
