@@ -44,9 +44,9 @@ import (
 // Binary asks the kernel to reclaim this process's pages of its executable's read-only
 // mappings (code and read-only data), marked random-access from then on (its writable data
 // too), and to drop the executable's pages nobody maps from the page cache; with split, it
-// also cuts the read-only mappings into VMAs of Piece bytes (Split). It returns how many bytes of
-// mapped file were resident before and after. Kernels before 5.4 have no MADV_PAGEOUT: an
-// error.
+// also cuts the read-only mappings into VMAs of Piece bytes (Split). It returns how many
+// bytes of mapped file were resident before and after. Kernels before 5.4 have no
+// MADV_PAGEOUT: an error.
 func Binary(split bool) (before, after int64, err error) {
 	ro, rw, err := exeMappings()
 	if err != nil {
@@ -114,10 +114,7 @@ func Split(ranges [][2]uintptr, limit int) (uintptr, error) {
 	for _, r := range ranges {
 		total += r[1] - r[0]
 	}
-	piece := uintptr(max(Piece, os.Getpagesize()))
-	for limit > 0 && total/piece > uintptr(limit) {
-		piece *= 2
-	}
+	piece := pieceSize(total, limit)
 	for _, r := range ranges {
 		for a := r[0] + piece; a < r[1]; a += 2 * piece {
 			if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, a, min(piece, r[1]-a), unix.MADV_DONTDUMP); e != 0 {
@@ -126,6 +123,16 @@ func Split(ranges [][2]uintptr, limit int) (uintptr, error) {
 		}
 	}
 	return piece, nil
+}
+
+// pieceSize is the size of Split's pieces for total bytes: Piece (a page at least), doubled
+// until there are no more than limit of them.
+func pieceSize(total uintptr, limit int) uintptr {
+	piece := uintptr(max(Piece, os.Getpagesize()))
+	for limit > 0 && total/piece > uintptr(limit) {
+		piece *= 2
+	}
+	return piece
 }
 
 // maxVMAs is how many VMAs Split may make: an eighth of the kernel's limit per process

@@ -155,13 +155,7 @@ func TestSplit(t *testing.T) {
 	for _, r := range ro {
 		total += r[1] - r[0]
 	}
-	piece, err := Split(nil, maxVMAs()) // nothing to cut: just the piece size
-	if err != nil || piece != uintptr(max(Piece, os.Getpagesize())) {
-		t.Fatalf("Split of nothing: %d, %v", piece, err)
-	}
-	for total/piece > uintptr(maxVMAs()) {
-		piece *= 2
-	}
+	piece := pieceSize(total, maxVMAs())
 	var vmas, dontdump, notRandom int
 	for _, m := range exeSmaps(t) {
 		if m.perms[1] == 'w' {

@@ -381,4 +381,7 @@ func bridgeName(s int) string { return "ambitk" + strconv.Itoa(s) }
 
 func slotDir(s int) string { return filepath.Join(BaseDir(), "s"+strconv.Itoa(s)) }
 
-func slotCgroup(s int) string { return "ambit-cluster-s" + strconv.Itoa(s) }
+// slotCgroupPrefix names a slot's cgroup, followed by the slot's number.
+const slotCgroupPrefix = "ambit-cluster-s"
+
+func slotCgroup(s int) string { return slotCgroupPrefix + strconv.Itoa(s) }

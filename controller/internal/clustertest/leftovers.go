@@ -200,7 +200,7 @@ func pidSlot(pid int) (int, bool) {
 	if err != nil {
 		return 0, false
 	}
-	const prefix = "/ambit-cluster-s"
+	const prefix = "/" + slotCgroupPrefix
 	for _, line := range strings.Split(string(b), "\n") {
 		i := strings.Index(line, prefix)
 		if i < 0 {

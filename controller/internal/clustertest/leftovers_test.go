@@ -1,6 +1,7 @@
 package clustertest
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,21 +32,22 @@ func TestNodeNetnsHeldSkipsReusedInodes(t *testing.T) {
 		_ = cgroupKill(cg, 5*time.Second)
 		_ = cgroupRemove(cg, 5*time.Second)
 	})
-	holder, err := startProc("holder", filepath.Join(t.TempDir(), "holder.log"), cg, unshare, "--net", "--", "sleep", "60")
+	holder, err := startProc("holder", filepath.Join(t.TempDir(), "holder.log"), cg, unshare,
+		"--net", "--mount", "--propagation", "private", "--", "sleep", "60")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { holder.stop(time.Second) })
 	pid := holder.cmd.Process.Pid
-	var ino uint64
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		host, _ := nsInode(os.Getpid(), "net")
-		if ino, err = nsInode(pid, "net"); err == nil && ino != host {
-			break // unshare has made the namespace
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no network namespace of its own for the holder %d", pid)
-		}
+	// As a node's holder: up once sleep runs in namespaces of its own.
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := (&Node{Pid: pid, holder: holder}).waitHolder(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ino, err := nsInode(pid, "net")
+	if err != nil {
+		t.Fatal(err)
 	}
 
 	if left := (&Cluster{Slot: mine, holderIno: []uint64{ino}}).nodeNetnsHeld(); len(left) != 0 {
