@@ -23,7 +23,7 @@ CGO_ENABLED=0 go build -trimpath -o "$bin/" ambit.dev/controller/cmd/controller 
 	ambit.dev/ztunnel/cmd/ztunnel ambit.dev/waypoint/cmd/waypoint
 go build -o "$bin/" ambit.dev/bench/cmd/bench
 # the istio-go-hbone peer: Istio's Go HBONE, from compat/istio (its own module, outside go.work)
-(cd compat/istio && GOWORK=off go build -o "$root/$bin/" ./cmd/istio-hbone-peer)
+(cd compat/istio && GOWORK=off CGO_ENABLED=0 go build -trimpath -gcflags=all=-dwarf=false -o "$root/$bin/" ./cmd/istio-hbone-peer)
 cmd="make bench"
 if [[ ${1:-} == --quick ]]; then
 	cmd="make bench-quick"

@@ -82,8 +82,9 @@ for i in "${!stale[@]}"; do
 	pkgs+=("k8s.io/kubernetes/cmd/${stale[$i]}")
 done
 # CGO off: static binaries that need nothing from the system (etcd, containerd and runc
-# come from Debian's packages).
-(cd "$mod" && GOWORK=off CGO_ENABLED=0 nice -n 10 go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}")
+# come from Debian's packages). No DWARF, which -s -w would drop at the link anyway: about a
+# tenth less compile time.
+(cd "$mod" && GOWORK=off CGO_ENABLED=0 nice -n 10 go build -trimpath -gcflags=all=-dwarf=false -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}")
 for i in "${!stale[@]}"; do
 	mkdir -p "$(dirname "${outs[$i]}")"
 	# A build per process: two concurrent builds each land whole.

@@ -27,8 +27,11 @@ mkdir -p "$bin"
 (
 	cd proto
 	export GOWORK=off
-	go build -o "$bin/protoc-gen-go" google.golang.org/protobuf/cmd/protoc-gen-go
-	go build -o "$bin/protoc-gen-go-grpc" google.golang.org/grpc/cmd/protoc-gen-go-grpc
+	# Built as the images are (static, trimmed, no DWARF), so that the standard library's
+	# compiled packages are the ones `make images` and the tests' lab binaries share.
+	export CGO_ENABLED=0
+	go build -trimpath -gcflags=all=-dwarf=false -o "$bin/protoc-gen-go" google.golang.org/protobuf/cmd/protoc-gen-go
+	go build -trimpath -gcflags=all=-dwarf=false -o "$bin/protoc-gen-go-grpc" google.golang.org/grpc/cmd/protoc-gen-go-grpc
 )
 
 # Files are named relative to the repository root ("proto/config/v1/config.proto"): that is the

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"ambit.dev/mesh/gobuild"
 	"ambit.dev/mesh/identity"
 	"ambit.dev/proto/nodeapi"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -105,12 +106,9 @@ func bringUp() (*runningLab, error) {
 		return nil, err
 	}
 	dir := filepath.Join(os.TempDir(), "ambit-lab-compat")
-	build := exec.Command("go", "build", "-o", bin+"/", "ambit.dev/controller/cmd/controller",
-		"ambit.dev/controller/cmd/ambitctl", "ambit.dev/ztunnel/cmd/ztunnel")
-	build.Dir = root
-	build.Env = append(os.Environ(), "GOWORK="+filepath.Join(root, "go.work"))
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build the lab binaries: %v\n%s", err, out)
+	if err := gobuild.Build(root, bin+"/", []string{"GOWORK=" + filepath.Join(root, "go.work")}, "ambit.dev/controller/cmd/controller",
+		"ambit.dev/controller/cmd/ambitctl", "ambit.dev/ztunnel/cmd/ztunnel"); err != nil {
+		return nil, fmt.Errorf("build the lab binaries: %w", err)
 	}
 	ambitctl := filepath.Join(bin, "ambitctl")
 	labDown = func() {

@@ -17,6 +17,7 @@ import (
 
 	"ambit.dev/controller/internal/kubetest"
 	"ambit.dev/controller/internal/waypointdeploy"
+	"ambit.dev/mesh/gobuild"
 	"ambit.dev/mesh/wait"
 	"ambit.dev/mesh/xdsclient"
 	configv1 "ambit.dev/proto/config/v1"
@@ -426,10 +427,8 @@ func runWaypoint(t *testing.T, dep *appsv1.Deployment, token, node, controller s
 	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "waypoint")
-	build := exec.Command("go", "build", "-o", bin, "./waypoint/cmd/waypoint")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the waypoint: %v\n%s", err, out)
+	if err := gobuild.Build(root, bin, nil, "./waypoint/cmd/waypoint"); err != nil {
+		t.Fatalf("building the waypoint: %v", err)
 	}
 	pod := dep.Spec.Template
 	files := map[string]string{"token": token, "root-cert.pem": pod.Annotations["ambit.dev/root-cert"]}

@@ -16,6 +16,7 @@ import (
 
 	"ambit.dev/controller/internal/configdir"
 	"ambit.dev/mesh/e2elock"
+	"ambit.dev/mesh/gobuild"
 	"ambit.dev/mesh/wait"
 )
 
@@ -78,10 +79,9 @@ func e2eLab(t *testing.T) *State {
 		}
 		e2eOpts = Options{Dir: filepath.Join(os.TempDir(), "ambit-lab-e2e"), BinDir: bin, Ambitctl: filepath.Join(bin, "ambitctl"),
 			Prefix: e2ePrefix, PortBase: e2ePortBase, Out: os.Stderr}
-		build := exec.Command("go", "build", "-o", bin+"/", "ambit.dev/controller/cmd/controller",
-			"ambit.dev/controller/cmd/ambitctl", "ambit.dev/ztunnel/cmd/ztunnel", "ambit.dev/waypoint/cmd/waypoint")
-		if out, err := build.CombinedOutput(); err != nil {
-			e2eErr = fmt.Errorf("build the lab binaries: %v\n%s", err, out)
+		if err := gobuild.Build("", bin+"/", nil, "ambit.dev/controller/cmd/controller",
+			"ambit.dev/controller/cmd/ambitctl", "ambit.dev/ztunnel/cmd/ztunnel", "ambit.dev/waypoint/cmd/waypoint"); err != nil {
+			e2eErr = fmt.Errorf("build the lab binaries: %w", err)
 			return
 		}
 		topo, err := LoadTopology("testdata/lab.yaml")

@@ -18,6 +18,7 @@ import (
 	"ambit.dev/bench/internal/peer"
 	"ambit.dev/bench/internal/report"
 	"ambit.dev/mesh/e2elock"
+	"ambit.dev/mesh/gobuild"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -101,10 +102,9 @@ func TestSmokeLab(t *testing.T) {
 	defer release()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
-	build := exec.Command("go", "build", "-o", bin+"/", "ambit.dev/controller/cmd/controller", "ambit.dev/controller/cmd/ambitctl",
-		"ambit.dev/ztunnel/cmd/ztunnel", "ambit.dev/waypoint/cmd/waypoint", "ambit.dev/bench/cmd/bench")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
+	if err := gobuild.Build("", bin+"/", nil, "ambit.dev/controller/cmd/controller", "ambit.dev/controller/cmd/ambitctl",
+		"ambit.dev/ztunnel/cmd/ztunnel", "ambit.dev/waypoint/cmd/waypoint", "ambit.dev/bench/cmd/bench"); err != nil {
+		t.Fatal(err)
 	}
 	// the istio-go-hbone peer, from compat/istio (a module outside go.work), as hack/bench.sh builds it
 	if err := peer.BuildIstioPeer("../../../compat/istio", bin); err != nil {

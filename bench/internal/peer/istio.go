@@ -2,9 +2,9 @@ package peer
 
 import (
 	"fmt"
-	"os"
-	"os/exec"
 	"strings"
+
+	"ambit.dev/mesh/gobuild"
 )
 
 // IstioGoHBONE is Istio's own Go HBONE (istio.io/istio/pkg/hbone), the implementation Istio
@@ -48,13 +48,10 @@ func istioConfig(s Side) (string, error) {
 }
 
 // BuildIstioPeer builds istio-hbone-peer into dir from the compat/istio module at moduleDir,
-// which stays outside go.work (GOWORK=off), as hack/bench.sh builds it for make bench.
+// which stays outside go.work (GOWORK=off), static as hack/bench.sh builds it for make bench.
 func BuildIstioPeer(moduleDir, dir string) error {
-	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/istio-hbone-peer")
-	cmd.Dir = moduleDir
-	cmd.Env = append(os.Environ(), "GOWORK=off")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build istio-hbone-peer: %v\n%s", err, out)
+	if err := gobuild.Build(moduleDir, dir+"/", []string{"GOWORK=off"}, "./cmd/istio-hbone-peer"); err != nil {
+		return fmt.Errorf("build istio-hbone-peer: %w", err)
 	}
 	return nil
 }
