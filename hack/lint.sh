@@ -36,7 +36,7 @@ race=(env GOFLAGS="${GOFLAGS:+$GOFLAGS }-race")
 "${race[@]}" go vet "${pkgs[@]}"
 mapfile -t norace < <(grep -rl --include='*.go' '^//go:build !race$' "${dirs[@]}" | xargs -r -n1 dirname | sort -u | sed 's#^#./#')
 if [[ ${#norace[@]} -gt 0 ]]; then
-	CGO_ENABLED=0 go vet -trimpath "${norace[@]}"
+	CGO_ENABLED=0 go vet -trimpath -gcflags=all=-dwarf=false "${norace[@]}"
 fi
 echo "lint: go vet ok (${#norace[@]} package(s) also without -race)"
 "${race[@]}" go tool staticcheck "${pkgs[@]}"
