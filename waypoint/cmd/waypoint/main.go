@@ -20,10 +20,13 @@ import (
 	"ambit.dev/mesh/maxprocs"
 	"ambit.dev/mesh/memreturn"
 	"ambit.dev/mesh/pageout"
+	"ambit.dev/mesh/sysmon"
 	"ambit.dev/waypoint/internal/app"
 )
 
 func main() {
+	// First, before anything runs: the program starts again here with the monitor kept awake.
+	awake := sysmon.KeepAwake()
 	var (
 		cfg      app.Config
 		logLevel string
@@ -61,6 +64,9 @@ func main() {
 	var flushLog func() error
 	cfg.Logger, flushLog = logging.New(os.Stderr, level, true)
 	defer flushLog()
+	if awake != nil {
+		cfg.Logger.Warn("Go's system monitor keeps its default deep sleep: starting again with GODEBUG="+sysmon.Setting+" failed", "err", awake)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := maxprocs.Start(ctx, workers, cfg.Logger); err != nil {

@@ -19,10 +19,13 @@ import (
 	"ambit.dev/mesh/maxprocs"
 	"ambit.dev/mesh/memreturn"
 	"ambit.dev/mesh/pageout"
+	"ambit.dev/mesh/sysmon"
 	"ambit.dev/ztunnel/internal/app"
 )
 
 func main() {
+	// First, before anything runs: the program starts again here with the monitor kept awake.
+	awake := sysmon.KeepAwake()
 	var cfg app.Config
 	var workers int
 	level := new(slog.LevelVar)
@@ -57,6 +60,9 @@ func main() {
 	var flushLog func() error
 	cfg.Logger, flushLog = logging.New(os.Stderr, level, false)
 	defer flushLog()
+	if awake != nil {
+		cfg.Logger.Warn("Go's system monitor keeps its default deep sleep: starting again with GODEBUG="+sysmon.Setting+" failed", "err", awake)
+	}
 	// SIGTERM (Kubernetes) waits --handover-grace for a successor before draining; SIGINT
 	// (an operator, or a lab going down) drains at once.
 	ctx, stop := context.WithCancelCause(context.Background())

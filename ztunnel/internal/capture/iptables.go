@@ -337,11 +337,13 @@ func nfTables(ctx context.Context) bool {
 	backend.mu.Lock()
 	defer backend.mu.Unlock()
 	if !backend.known {
-		out, err := exec.CommandContext(ctx, "iptables", "--version").Output()
-		if err != nil {
+		var out bytes.Buffer
+		cmd := exec.CommandContext(ctx, "iptables", "--version")
+		cmd.Stdout = &out
+		if err := runProgram(cmd); err != nil {
 			return false
 		}
-		backend.known, backend.nft = true, strings.Contains(string(out), "nf_tables")
+		backend.known, backend.nft = true, strings.Contains(out.String(), "nf_tables")
 	}
 	return backend.nft
 }
@@ -402,7 +404,7 @@ func run(ctx context.Context, path string, stdin *strings.Reader, argv ...string
 	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	if err := runProgram(cmd); err != nil {
 		return nil, fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.Bytes(), nil
