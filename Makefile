@@ -65,10 +65,10 @@ setup: ## install the system tools (protoc, iptables, iproute2, haproxy, nginx, 
 build: ## compile every package of every module; commands go to bin/, static (CGO_ENABLED=0) as in the images
 	@pkgs=$$(hack/packages.sh --build); \
 	if [[ -z $$pkgs ]]; then echo "build: no Go packages yet"; exit 0; fi; \
-	go build $$pkgs; \
+	. hack/goflags.sh; static_go build $$pkgs; \
 	mains=$$(hack/packages.sh --main); \
 	if [[ -z $$mains ]]; then echo "build: packages compile; no commands (cmd/) yet"; exit 0; fi; \
-	mkdir -p bin; CGO_ENABLED=0 go build -o bin/ $$mains; \
+	mkdir -p bin; static_go build -o bin/ $$mains; \
 	echo "build: $$(ls bin | tr '\n' ' ')in bin/"
 
 proto: ## regenerate the Go code of the .proto files under proto/
@@ -82,7 +82,7 @@ CONTROLLER_GEN := .cache/bin/controller-gen
 
 $(CONTROLLER_GEN): tools/codegen/go.mod tools/codegen/go.sum
 	@mkdir -p $(@D)
-	cd tools/codegen && GOWORK=off CGO_ENABLED=0 go build -trimpath -gcflags=all=-dwarf=false -o ../../$@ sigs.k8s.io/controller-tools/cmd/controller-gen
+	. hack/goflags.sh && cd tools/codegen && GOWORK=off static_go build -o ../../$@ sigs.k8s.io/controller-tools/cmd/controller-gen
 
 # The controller's built-in waypoint template is a copy of deploy/waypoint/waypoint.yaml, the
 # one source (a module cannot go:embed a file outside its directory).

@@ -10,6 +10,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+. hack/goflags.sh
 
 if [[ $(id -u) -ne 0 ]]; then
 	echo "bench: needs root (the lab creates network namespaces, links and iptables rules)" >&2
@@ -19,11 +20,11 @@ bin=.cache/bench-bin
 mkdir -p "$bin"
 # The mesh's binaries as the images ship them (hack/images.sh): static, without cgo, so that
 # no C library is mapped into the proxies.
-CGO_ENABLED=0 go build -trimpath -o "$bin/" ambit.dev/controller/cmd/controller ambit.dev/controller/cmd/ambitctl \
+static_go build -o "$bin/" ambit.dev/controller/cmd/controller ambit.dev/controller/cmd/ambitctl \
 	ambit.dev/ztunnel/cmd/ztunnel ambit.dev/waypoint/cmd/waypoint
 go build -o "$bin/" ambit.dev/bench/cmd/bench
 # the istio-go-hbone peer: Istio's Go HBONE, from compat/istio (its own module, outside go.work)
-(cd compat/istio && GOWORK=off CGO_ENABLED=0 go build -trimpath -gcflags=all=-dwarf=false -o "$root/$bin/" ./cmd/istio-hbone-peer)
+(cd compat/istio && GOWORK=off static_go build -o "$root/$bin/" ./cmd/istio-hbone-peer)
 cmd="make bench"
 if [[ ${1:-} == --quick ]]; then
 	cmd="make bench-quick"

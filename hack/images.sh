@@ -40,10 +40,11 @@ fi
 mkdir -p "$out/bin" .cache/bin
 out=$(cd "$out" && pwd)
 
-# No DWARF from the compiler either: -s -w would drop it at the link anyway. mesh/gobuild
-# builds the tests' lab binaries with the same compiler flags, so they reuse these packages.
+# The static builds' flags (hack/goflags.sh), which the tests' lab binaries share (mesh/gobuild),
+# and a link without symbols, DWARF, build id or VCS stamp.
+. hack/goflags.sh
 export CGO_ENABLED=0
-flags=(-trimpath -buildvcs=false -gcflags=all=-dwarf=false -ldflags=-s\ -w\ -buildid=)
+flags=("${static_flags[@]}" -buildvcs=false -ldflags=-s\ -w\ -buildid=)
 
 (cd tools/images && GOWORK=off go build "${flags[@]}" -o "$root/.cache/bin/images" .)
 

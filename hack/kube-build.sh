@@ -15,6 +15,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+. hack/goflags.sh
 
 check=0
 if [[ ${1:-} == --check ]]; then
@@ -81,10 +82,10 @@ for i in "${!stale[@]}"; do
 	rm -f "${outs[$i]}.stamp"
 	pkgs+=("k8s.io/kubernetes/cmd/${stale[$i]}")
 done
-# CGO off: static binaries that need nothing from the system (etcd, containerd and runc
-# come from Debian's packages). No DWARF, which -s -w would drop at the link anyway: about a
-# tenth less compile time.
-(cd "$mod" && GOWORK=off CGO_ENABLED=0 nice -n 10 go build -trimpath -gcflags=all=-dwarf=false -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}")
+# Static (hack/goflags.sh): binaries that need nothing from the system (etcd, containerd and
+# runc come from Debian's packages), and no DWARF, which -s -w would drop at the link anyway:
+# about a tenth less compile time.
+(cd "$mod" && GOWORK=off CGO_ENABLED=0 nice -n 10 go build "${static_flags[@]}" -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}")
 for i in "${!stale[@]}"; do
 	mkdir -p "$(dirname "${outs[$i]}")"
 	# A build per process: two concurrent builds each land whole.

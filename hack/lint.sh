@@ -5,6 +5,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+. hack/goflags.sh
 
 mapfile -t dirs < <(hack/packages.sh --dirs)
 mapfile -t pkgs < <(hack/packages.sh)
@@ -36,7 +37,7 @@ race=(env GOFLAGS="${GOFLAGS:+$GOFLAGS }-race")
 "${race[@]}" go vet "${pkgs[@]}"
 mapfile -t norace < <(grep -rl --include='*.go' '^//go:build !race$' "${dirs[@]}" | xargs -r -n1 dirname | sort -u | sed 's#^#./#')
 if [[ ${#norace[@]} -gt 0 ]]; then
-	CGO_ENABLED=0 go vet -trimpath -gcflags=all=-dwarf=false "${norace[@]}"
+	static_go vet "${norace[@]}"
 fi
 echo "lint: go vet ok (${#norace[@]} package(s) also without -race)"
 "${race[@]}" go tool staticcheck "${pkgs[@]}"

@@ -6,6 +6,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+. hack/goflags.sh
 
 want_protoc=${PROTOC_VERSION:-3.21.12}
 bin="$root/.cache/bin"
@@ -27,11 +28,10 @@ mkdir -p "$bin"
 (
 	cd proto
 	export GOWORK=off
-	# Built as the images are (static, trimmed, no DWARF), so that the standard library's
-	# compiled packages are the ones `make images` and the tests' lab binaries share.
-	export CGO_ENABLED=0
-	go build -trimpath -gcflags=all=-dwarf=false -o "$bin/protoc-gen-go" google.golang.org/protobuf/cmd/protoc-gen-go
-	go build -trimpath -gcflags=all=-dwarf=false -o "$bin/protoc-gen-go-grpc" google.golang.org/grpc/cmd/protoc-gen-go-grpc
+	# Built as the images are (hack/goflags.sh), so that the standard library's compiled
+	# packages are the ones `make images` and the tests' lab binaries share.
+	static_go build -o "$bin/protoc-gen-go" google.golang.org/protobuf/cmd/protoc-gen-go
+	static_go build -o "$bin/protoc-gen-go-grpc" google.golang.org/grpc/cmd/protoc-gen-go-grpc
 )
 
 # Files are named relative to the repository root ("proto/config/v1/config.proto"): that is the

@@ -64,3 +64,25 @@ func TestBuildReportsTheCompiler(t *testing.T) {
 		t.Fatal("Build with no packages succeeded")
 	}
 }
+
+// TestFlagsAreTheScripts checks that Build compiles with the flags every static build of
+// the project uses (hack/goflags.sh): with other flags, a test's binaries would compile the
+// whole tree once more instead of reusing what `make images` compiled.
+func TestFlagsAreTheScripts(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "hack", "goflags.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var script []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "static_flags=("); ok {
+			script = strings.Fields(strings.TrimSuffix(strings.TrimSpace(v), ")"))
+		}
+	}
+	if script == nil {
+		t.Fatal("hack/goflags.sh sets no static_flags=(...)")
+	}
+	if strings.Join(script, " ") != strings.Join(Flags, " ") {
+		t.Fatalf("hack/goflags.sh's static_flags are %q, gobuild.Flags %q: one of them changed alone", script, Flags)
+	}
+}
