@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"sync"
+
 	"ambit.dev/mesh/revoke"
 	configv1 "ambit.dev/proto/config/v1"
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +28,22 @@ type Metrics struct {
 	opened, closed, sent, received *prometheus.CounterVec
 	// revoked counts the tunnels of revoked identities, as the waypoint does.
 	revoked *revoke.Metrics
+
+	// Every label set seen, with its four counters resolved: a connection holds a pointer
+	// to its series, where a prometheus.Labels map of its own cost about 400-650 bytes for
+	// the connection's life, and every count hashed and validated the ten values again. The
+	// vectors keep a series for good once it exists, so this holds no more than they do.
+	mu     sync.Mutex
+	series map[seriesKey]*series
+}
+
+// seriesKey is a label set's values in tcpLabels' order.
+type seriesKey [10]string
+
+// series is one label set's counters.
+type series struct {
+	labels                         prometheus.Labels // for deny, which counts under another flag
+	opened, closed, sent, received prometheus.Counter
 }
 
 // NewMetrics registers the metrics on reg.
@@ -36,15 +54,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		sent:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_sent_bytes_total", Help: "Bytes sent during response: from the destination back to the source, as Istio counts them."}, tcpLabels),
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_received_bytes_total", Help: "Bytes received during request: from the source towards the destination, as Istio counts them."}, tcpLabels),
 	}
+	m.series = map[seriesKey]*series{}
 	reg.MustRegister(m.opened, m.closed, m.sent, m.received)
 	m.revoked = revoke.NewMetrics(reg)
 	return m
 }
 
-// connMetrics is one connection's label set.
+// connMetrics is one connection's series; the zero value counts nothing.
 type connMetrics struct {
-	m      *Metrics
-	labels prometheus.Labels
+	m *Metrics
+	s *series
 }
 
 func workloadLabels(w *configv1.Workload) (name, ns string) {
@@ -77,13 +96,25 @@ func (m *Metrics) open(reporter string, src, dst *configv1.Workload, srcPrincipa
 	if dstPrincipal == "" {
 		dstPrincipal = "unknown"
 	}
-	c := connMetrics{m: m, labels: prometheus.Labels{
-		"reporter": reporter, "source_workload": sw, "source_workload_namespace": sns, "source_principal": srcPrincipal,
-		"destination_workload": dw, "destination_workload_namespace": dns, "destination_principal": dstPrincipal,
-		"connection_security_policy": policy, "response_flags": "-", "tunnel_protocol": tunnel,
-	}}
-	m.opened.With(c.labels).Inc()
-	return c
+	s := m.lookup(seriesKey{reporter, sw, sns, srcPrincipal, dw, dns, dstPrincipal, policy, "-", tunnel})
+	s.opened.Inc()
+	return connMetrics{m: m, s: s}
+}
+
+// lookup returns the series of the label values k, resolving its counters the first time.
+func (m *Metrics) lookup(k seriesKey) *series {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s, ok := m.series[k]; ok {
+		return s
+	}
+	l := make(prometheus.Labels, len(tcpLabels))
+	for i, name := range tcpLabels {
+		l[name] = k[i]
+	}
+	s := &series{labels: l, opened: m.opened.With(l), closed: m.closed.With(l), sent: m.sent.With(l), received: m.received.With(l)}
+	m.series[k] = s
+	return s
 }
 
 // deny closes the connection's record with Istio's "unauthorized" response flag.
@@ -92,7 +123,7 @@ func (c connMetrics) deny() {
 		return
 	}
 	l := prometheus.Labels{}
-	for k, v := range c.labels {
+	for k, v := range c.s.labels {
 		l[k] = v
 	}
 	l["response_flags"] = "UAEX"
@@ -106,7 +137,7 @@ func (c connMetrics) close(request, response int64) {
 	if c.m == nil {
 		return
 	}
-	c.m.closed.With(c.labels).Inc()
-	c.m.sent.With(c.labels).Add(float64(response))
-	c.m.received.With(c.labels).Add(float64(request))
+	c.s.closed.Inc()
+	c.s.sent.Add(float64(response))
+	c.s.received.Add(float64(request))
 }
