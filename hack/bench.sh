@@ -20,9 +20,10 @@ bin=.cache/bench-bin
 mkdir -p "$bin"
 # The mesh's binaries as the images ship them (hack/images.sh): static, without cgo, so that
 # no C library is mapped into the proxies.
+# bench's own command too, as the harness's test builds it (mesh/gobuild): one compiled form
+# of the packages they share.
 static_go build -o "$bin/" ambit.dev/controller/cmd/controller ambit.dev/controller/cmd/ambitctl \
-	ambit.dev/ztunnel/cmd/ztunnel ambit.dev/waypoint/cmd/waypoint
-go build -o "$bin/" ambit.dev/bench/cmd/bench
+	ambit.dev/ztunnel/cmd/ztunnel ambit.dev/waypoint/cmd/waypoint ambit.dev/bench/cmd/bench
 # the istio-go-hbone peer: Istio's Go HBONE, from compat/istio (its own module, outside go.work)
 (cd compat/istio && GOWORK=off static_go build -o "$root/$bin/" ./cmd/istio-hbone-peer)
 cmd="make bench"

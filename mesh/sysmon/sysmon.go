@@ -33,6 +33,7 @@
 package sysmon
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,8 +46,8 @@ const Setting = "schedtrace=2147483647"
 // KeepAwake replaces the running program with itself, the same arguments and environment,
 // and Setting added to GODEBUG, unless GODEBUG already sets schedtrace: then (in the program
 // started again, or when the operator chose) it returns nil at once. Otherwise it returns
-// only if the program could not be started again, with the reason; the caller goes on
-// with Go's default.
+// only if the program could not be started again, with the reason (naming Setting); the
+// caller goes on with Go's default.
 func KeepAwake() error {
 	godebug, set := os.LookupEnv("GODEBUG")
 	if set && hasSetting(godebug, "schedtrace") {
@@ -54,7 +55,8 @@ func KeepAwake() error {
 		return nil
 	}
 	// /proc/self/exe, not os.Args[0]: the very file running, even if its path has changed.
-	return syscall.Exec("/proc/self/exe", os.Args, withSetting(os.Environ(), Setting))
+	err := syscall.Exec("/proc/self/exe", os.Args, withSetting(os.Environ(), Setting))
+	return fmt.Errorf("start again with GODEBUG=%s: %w", Setting, err)
 }
 
 // restoreName gives the process its name back after the new start: the kernel names a

@@ -65,7 +65,7 @@ func main() {
 	cfg.Logger, flushLog = logging.New(os.Stderr, level, true)
 	defer flushLog()
 	if awake != nil {
-		cfg.Logger.Warn("Go's system monitor keeps its default deep sleep: starting again with GODEBUG="+sysmon.Setting+" failed", "err", awake)
+		cfg.Logger.Warn("Go's system monitor keeps its default deep sleep", "err", awake)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

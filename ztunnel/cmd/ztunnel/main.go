@@ -61,7 +61,7 @@ func main() {
 	cfg.Logger, flushLog = logging.New(os.Stderr, level, false)
 	defer flushLog()
 	if awake != nil {
-		cfg.Logger.Warn("Go's system monitor keeps its default deep sleep: starting again with GODEBUG="+sysmon.Setting+" failed", "err", awake)
+		cfg.Logger.Warn("Go's system monitor keeps its default deep sleep", "err", awake)
 	}
 	// SIGTERM (Kubernetes) waits --handover-grace for a successor before draining; SIGINT
 	// (an operator, or a lab going down) drains at once.

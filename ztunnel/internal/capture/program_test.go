@@ -81,7 +81,7 @@ func TestRunProgramWaitsWithoutBlockingAThread(t *testing.T) {
 	}
 }
 
-// threadsIn counts this process's threads blocked in system call nr (/proc/self/task/*/syscall).
+// threadsInSyscall counts this process's threads blocked in system call nr (/proc/self/task/*/syscall).
 func threadsInSyscall(nr int) (int, error) {
 	tasks, err := filepath.Glob("/proc/self/task/*/syscall")
 	if err != nil {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"slices"
 	"sync"
 
 	"ambit.dev/mesh/revoke"
@@ -40,9 +41,12 @@ type Metrics struct {
 // seriesKey is a label set's values in tcpLabels' order.
 type seriesKey [10]string
 
+// flagsLabel is response_flags' place in a seriesKey.
+var flagsLabel = slices.Index(tcpLabels, "response_flags")
+
 // series is one label set's counters.
 type series struct {
-	labels                         prometheus.Labels // for deny, which counts under another flag
+	key                            seriesKey // for deny, which counts under another flag
 	opened, closed, sent, received prometheus.Counter
 }
 
@@ -108,11 +112,8 @@ func (m *Metrics) lookup(k seriesKey) *series {
 	if s, ok := m.series[k]; ok {
 		return s
 	}
-	l := make(prometheus.Labels, len(tcpLabels))
-	for i, name := range tcpLabels {
-		l[name] = k[i]
-	}
-	s := &series{labels: l, opened: m.opened.With(l), closed: m.closed.With(l), sent: m.sent.With(l), received: m.received.With(l)}
+	s := &series{key: k, opened: m.opened.WithLabelValues(k[:]...), closed: m.closed.WithLabelValues(k[:]...),
+		sent: m.sent.WithLabelValues(k[:]...), received: m.received.WithLabelValues(k[:]...)}
 	m.series[k] = s
 	return s
 }
@@ -122,12 +123,9 @@ func (c connMetrics) deny() {
 	if c.m == nil {
 		return
 	}
-	l := prometheus.Labels{}
-	for k, v := range c.s.labels {
-		l[k] = v
-	}
-	l["response_flags"] = "UAEX"
-	c.m.closed.With(l).Inc()
+	k := c.s.key
+	k[flagsLabel] = "UAEX"
+	c.m.closed.WithLabelValues(k[:]...).Inc()
 }
 
 // close counts the connection closed with the bytes it carried each way: request from the
