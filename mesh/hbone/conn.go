@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -30,6 +31,7 @@ const maxDataPayload = 4<<14 - 9
 // stream's mu; wmu is never taken while holding mu.
 type conn struct {
 	nc     net.Conn
+	raw    *rawConn // the socket under nc's TLS, when it is one
 	server bool
 	cfg    ConnConfig
 	peer   spiffeid.ID
@@ -90,6 +92,9 @@ func newConn(nc net.Conn, server bool, cfg ConnConfig, peer spiffeid.ID) *conn {
 		pingAck:        make(chan struct{}, 1),
 		done:           make(chan struct{}),
 		readDone:       make(chan struct{}),
+	}
+	if tc, ok := nc.(*tls.Conn); ok {
+		c.raw, _ = tc.NetConn().(*rawConn)
 	}
 	c.fr = http2.NewFramer(c.bw, bufio.NewReaderSize(nc, 64<<10))
 	c.fr.SetReuseFrames()
@@ -533,7 +538,7 @@ func (c *conn) writeFrame(write func() error) error {
 
 func (c *conn) flushLocked() error {
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
-	if err := c.bw.Flush(); err != nil {
+	if err := c.gathered(c.bw.Buffered(), c.bw.Flush); err != nil {
 		go c.closeWithError(fmt.Errorf("write: %w", err))
 		return err
 	}
@@ -555,17 +560,35 @@ func (c *conn) writeData(id uint32, frame []byte, end bool) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.bw.Buffered() > 0 {
-		if _, err := c.bw.Write(frame); err != nil {
-			return err
-		}
-		return c.flushLocked()
+		return c.gathered(c.bw.Buffered()+len(frame), func() error {
+			if _, err := c.bw.Write(frame); err != nil {
+				return err
+			}
+			return c.flushLocked()
+		})
 	}
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
-	if _, err := c.nc.Write(frame); err != nil {
+	if err := c.gathered(len(frame), func() error { _, err := c.nc.Write(frame); return err }); err != nil {
 		go c.closeWithError(fmt.Errorf("write: %w", err))
 		return err
 	}
 	return nil
+}
+
+// gatherAbove is the size of a write to the TLS connection above which its records are
+// gathered into one socket write: more than one record's plaintext. crypto/tls writes each
+// record on its own, so a full DATA frame would take four writes, and each write into a veth
+// pair runs the receiver's network stack and may wake it, which costs more than copying the
+// records once more. A request-sized write is one record and goes out as it is.
+const gatherAbove = 1 << 14
+
+// gathered runs write, a write of n bytes to the TLS connection, with its records gathered
+// into one socket write when n may take more than one record.
+func (c *conn) gathered(n int, write func() error) error {
+	if c.raw == nil || n <= gatherAbove {
+		return write()
+	}
+	return c.raw.gatherWrites(write)
 }
 
 var frameBufs = sync.Pool{New: func() any { b := make([]byte, 9+maxDataPayload); return &b }}

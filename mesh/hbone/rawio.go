@@ -3,6 +3,7 @@ package hbone
 import (
 	"io"
 	"net"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -51,6 +52,46 @@ type rawConn struct {
 	wbuf            []byte
 	wn              int
 	werr            error
+
+	// While gathering (gatherWrites), Write appends to gbuf instead of writing. wmu
+	// guards both and serializes socket writes: the gathered records go out after TLS has
+	// let go of its own lock, and TLS may write an alert from another goroutine meanwhile.
+	wmu       sync.Mutex
+	gathering bool
+	gbuf      *[]byte
+}
+
+// gatherBufs hold the TLS records of one DATA frame: four full records and their overhead.
+var gatherBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4*(1<<14+5+1+16)+512); return &b }}
+
+// gatherWrites runs write with every Write to c in between gathered into one write(2):
+// crypto/tls writes each record of a large Write on its own, and each write into a veth
+// pair runs the receiver's network stack and may wake it. Nested calls gather into the
+// outermost one. What write left gathered is written even when write fails; the error
+// returned is write's, or else the socket's.
+func (c *rawConn) gatherWrites(write func() error) error {
+	c.wmu.Lock()
+	if c.gathering {
+		c.wmu.Unlock()
+		return write()
+	}
+	c.gathering = true
+	c.gbuf = gatherBufs.Get().(*[]byte)
+	c.wmu.Unlock()
+	err := write()
+	c.wmu.Lock()
+	c.gathering = false
+	bp := c.gbuf
+	c.gbuf = nil
+	if len(*bp) > 0 {
+		if _, werr := c.writeLocked(*bp); err == nil {
+			err = werr
+		}
+	}
+	c.wmu.Unlock()
+	*bp = (*bp)[:0]
+	gatherBufs.Put(bp)
+	return err
 }
 
 // newRawConn wraps c when it is a TCP socket and returns it unchanged otherwise.
@@ -138,6 +179,16 @@ func (c *rawConn) onWritable(fd uintptr) bool {
 }
 
 func (c *rawConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.gathering {
+		*c.gbuf = append(*c.gbuf, p...)
+		return len(p), nil
+	}
+	return c.writeLocked(p)
+}
+
+func (c *rawConn) writeLocked(p []byte) (int, error) {
 	c.wbuf, c.wn, c.werr = p, 0, nil
 	err := c.rc.Write(c.writeFn)
 	n, werr := c.wn, c.werr

@@ -2,10 +2,14 @@ package hbone
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -123,5 +127,81 @@ func TestNewRawConnLeavesOtherConnsAlone(t *testing.T) {
 	defer c2.Close()
 	if got := newRawConn(c1); got != c1 {
 		t.Fatalf("newRawConn(net.Pipe) = %T, want the conn unchanged", got)
+	}
+}
+
+// threadWrites is the number of write system calls the calling thread has made.
+func threadWrites(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/thread-self/io")
+	if err != nil {
+		t.Fatalf("this kernel counts no system calls per thread: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "syscw: "); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no syscw in /proc/thread-self/io:\n%s", b)
+	return 0
+}
+
+// TestGatherWrites: a TLS write of a full DATA frame is four records or more; gathered, they
+// leave in one write(2) and arrive whole and in order. The same write ungathered, on the same
+// connection, takes a write per record, which is what the count tells apart.
+func TestGatherWrites(t *testing.T) {
+	a, b := tcpPair(t)
+	for _, c := range []*net.TCPConn{a, b} {
+		// Room for the whole frame, so that no write has to wait and be retried.
+		_ = c.SetWriteBuffer(1 << 20)
+		_ = c.SetReadBuffer(1 << 20)
+	}
+	ra := newRawConn(a).(*rawConn)
+	ca := newTestCA(t, "gather.test")
+	cert := ca.issue(t, ca.id("ns", "server"), time.Hour)
+	client := tls.Client(ra, &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true})
+	server := tls.Server(b, &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*cert}})
+	herr := make(chan error, 1)
+	go func() { herr <- server.Handshake() }()
+	if err := client.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-herr; err != nil {
+		t.Fatal(err)
+	}
+
+	frame := make([]byte, 9+maxDataPayload)
+	for i := range frame {
+		frame[i] = byte(i * 13)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		buf := make([]byte, 2*len(frame))
+		n, _ := io.ReadFull(server, buf)
+		got <- buf[:n]
+	}()
+
+	// write system calls are counted per thread: stay on one.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	before := threadWrites(t)
+	if _, err := client.Write(frame); err != nil {
+		t.Fatal(err)
+	}
+	plain := threadWrites(t) - before
+	before = threadWrites(t)
+	if err := ra.gatherWrites(func() error { _, err := client.Write(frame); return err }); err != nil {
+		t.Fatal(err)
+	}
+	gathered := threadWrites(t) - before
+	if plain < 4 || gathered != 1 {
+		t.Fatalf("a %d-byte TLS write took %d write(2) calls plain and %d gathered; want at least 4 and 1", len(frame), plain, gathered)
+	}
+	if r := <-got; !bytes.Equal(r, append(frame[:len(frame):len(frame)], frame...)) {
+		t.Fatalf("the peer read %d bytes, not the two frames written (%d bytes) in order", len(r), 2*len(frame))
 	}
 }
