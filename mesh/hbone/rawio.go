@@ -53,12 +53,12 @@ type rawConn struct {
 	wn              int
 	werr            error
 
-	// While gathering (gatherWrites), Write appends to gbuf instead of writing. wmu
-	// guards both and serializes socket writes: the gathered records go out after TLS has
-	// let go of its own lock, and TLS may write an alert from another goroutine meanwhile.
-	wmu       sync.Mutex
-	gathering bool
-	gbuf      *[]byte
+	// While gathering (gatherWrites), gbuf is not nil and Write appends to it instead of
+	// writing. wmu guards it and serializes socket writes: the gathered records go out after
+	// TLS has let go of its own lock, and TLS may write an alert from another goroutine
+	// meanwhile.
+	wmu  sync.Mutex
+	gbuf *[]byte
 }
 
 // gatherBufs hold the TLS records of one DATA frame: four full records and their overhead.
@@ -71,16 +71,14 @@ var gatherBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4*(1<<14+5+1+1
 // returned is write's, or else the socket's.
 func (c *rawConn) gatherWrites(write func() error) error {
 	c.wmu.Lock()
-	if c.gathering {
+	if c.gbuf != nil {
 		c.wmu.Unlock()
 		return write()
 	}
-	c.gathering = true
 	c.gbuf = gatherBufs.Get().(*[]byte)
 	c.wmu.Unlock()
 	err := write()
 	c.wmu.Lock()
-	c.gathering = false
 	bp := c.gbuf
 	c.gbuf = nil
 	if len(*bp) > 0 {
@@ -181,7 +179,7 @@ func (c *rawConn) onWritable(fd uintptr) bool {
 func (c *rawConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.gathering {
+	if c.gbuf != nil {
 		*c.gbuf = append(*c.gbuf, p...)
 		return len(p), nil
 	}
