@@ -223,6 +223,53 @@ func TestRulesChangedBehindZtunnelsBack(t *testing.T) {
 	}
 }
 
+// lookingNetns counts the checks of one namespace, and the full looks among them: the
+// checks told nothing was seen before (capture.Check then runs iptables-save).
+type lookingNetns struct {
+	Netns
+	netns        string
+	checks, full atomic.Int32
+}
+
+func (c *lookingNetns) Check(ctx context.Context, netns string, seen capture.Seen) (bool, capture.Seen, error) {
+	if netns == c.netns {
+		c.checks.Add(1)
+		if seen == (capture.Seen{}) {
+			c.full.Add(1)
+		}
+	}
+	return c.Netns.Check(ctx, netns, seen)
+}
+
+// The first full look at a pod's rules is part of its capture (before the capture's
+// memreturn.Settle), so the periodic checks after it only ask what changed.
+func TestCaptureTakesTheFirstFullLook(t *testing.T) {
+	n := newNode(t)
+	ctx := t.Context()
+	if err := n.m.Add(ctx, nodeapi.Registration{UID: "server", NetNS: n.server}); err != nil {
+		t.Fatal(err)
+	}
+	c := &lookingNetns{netns: n.client}
+	n.m.recMu.Lock()
+	n.m.capture = c
+	n.m.recMu.Unlock()
+	if err := n.m.Add(ctx, nodeapi.Registration{UID: "client", NetNS: n.client}); err != nil {
+		t.Fatal(err)
+	}
+	if checks, full := c.checks.Load(), c.full.Load(); checks != 1 || full != 1 {
+		t.Fatalf("captured: %d checks, %d full; want the capture's one full look", checks, full)
+	}
+	for range 2 {
+		n.m.CheckCapture(ctx)
+	}
+	if checks, full := c.checks.Load(), c.full.Load(); checks != 3 || full != 1 {
+		t.Fatalf("after two periodic checks: %d checks, %d full; want 3 and 1", checks, full)
+	}
+	if got, err := n.call(); err != nil || got != "echo: hi" {
+		t.Fatalf("call = %q, %v", got, err)
+	}
+}
+
 // neverInstalled is an iptables whose rendering the check does not recognise.
 type neverInstalled struct{ Netns }
 
