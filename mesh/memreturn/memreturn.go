@@ -46,32 +46,50 @@ const (
 	// one-off work (Settle): pods captured one after another on a busy node cost a
 	// give-back per SettleSpacing at most.
 	SettleSpacing = 2
+	// SettleWait is the most intervals one-off work waits for a quiet one (SettleSpacing
+	// apart): what follows a capture at once (the config push that names the pod, the
+	// first wave of its connections' handshakes) is one-off work too, and a give-back
+	// before it is over leaves that code resident.
+	SettleWait = 5
 )
 
 // FlagUsage is the help of the proxies' --return-memory flag.
-const FlagUsage = "after a burst of work (a second that allocated 1 MiB or more, then two quiet seconds; at most every 30 s) or one-off work (start-up once ready; ztunnel: a pod captured or released; at most every 2 s), collect the heap and return its free pages to the kernel at once, instead of at Go's next collection, and unmap the binary's pages, which stay in the page cache (resident memory)"
+const FlagUsage = "after a burst of work (a second that allocated 1 MiB or more, then two quiet seconds; at most every 30 s) or one-off work (start-up once ready; ztunnel: a pod captured or released; at the first quiet second, within 5 s, at most every 2 s), collect the heap and return its free pages to the kernel at once, instead of at Go's next collection, and unmap the binary's pages, which stay in the page cache (resident memory)"
 
 // Watcher holds the rules' state: whether a burst has been seen since the last give-back,
-// how many quiet intervals have followed it, and how many intervals must pass before the
-// next give-back may come. Its zero value has given nothing back yet.
+// how many quiet intervals have followed it, how many intervals one-off work has waited
+// for its give-back (0: none waits), and how many intervals must pass before the next
+// give-back may come. Its zero value has given nothing back yet.
 type Watcher struct {
-	armed bool
-	quiet int
-	hold  int
+	armed  bool
+	quiet  int
+	waited int
+	hold   int
 }
+
+// Settled takes the news that a piece of one-off work is over, in the interval the next
+// Observe reports on: the first interval from that one that allocated less than QuietAlloc
+// gives back, or the SettleWait-th at the latest, SettleSpacing intervals after the last
+// give-back at the earliest.
+func (w *Watcher) Settled() { w.waited = max(w.waited, 1) }
 
 // Observe takes the bytes allocated over the last interval and reports whether to give the
 // heap back now.
 func (w *Watcher) Observe(alloc uint64) bool {
 	w.hold = max(w.hold-1, 0)
+	if w.waited > 0 {
+		if w.hold <= Spacing-SettleSpacing && (alloc < QuietAlloc || w.waited >= SettleWait) {
+			return w.give()
+		}
+		w.waited++
+	}
 	switch {
 	case alloc >= BurstAlloc:
 		w.armed, w.quiet = true, 0
 	case alloc < QuietAlloc && w.armed:
 		w.quiet++
 		if w.quiet >= QuietAfter && w.hold == 0 {
-			w.armed, w.quiet, w.hold = false, 0, Spacing
-			return true
+			return w.give()
 		}
 	default:
 		w.quiet = 0
@@ -79,17 +97,11 @@ func (w *Watcher) Observe(alloc uint64) bool {
 	return false
 }
 
-// Settled takes the news that a piece of one-off work is over and reports whether to give
-// back now: yes, unless a give-back came within the last SettleSpacing intervals; if one
-// did, the watcher is armed, as by a burst, and the next quiet spell once Spacing intervals
-// have passed gives back.
-func (w *Watcher) Settled() bool {
-	if w.hold <= Spacing-SettleSpacing {
-		w.armed, w.quiet, w.hold = false, 0, Spacing
-		return true
-	}
-	w.armed = true
-	return false
+// give starts the spacing after a give-back, which answers every burst and piece of
+// one-off work seen so far.
+func (w *Watcher) give() bool {
+	*w = Watcher{hold: Spacing}
+	return true
 }
 
 // settled is set by Settle and taken by the watcher at its next interval.
@@ -98,7 +110,8 @@ var settled atomic.Bool
 // Settle tells the watcher that a piece of one-off work is over: ztunnel calls it when it
 // has captured or released a pod (the pod's certificate, its rules, its listeners), work
 // that allocates little but leaves megabytes of code resident that the pod's traffic does
-// not run. The watcher's next interval gives back (Watcher.Settled). Without Start, nothing.
+// not run. The watcher gives back at its first quiet interval from the current one
+// (Watcher.Settled). Without Start, nothing.
 func Settle() { settled.Store(true) }
 
 // ReadyPoll is how often SettleWhenReady asks whether start-up is over.
@@ -151,10 +164,10 @@ func run(ctx context.Context, every time.Duration, gave func(before, after uint6
 		}
 		metrics.Read(sample)
 		now := sample[0].Value.Uint64()
-		give := w.Observe(now - last)
-		if settled.Swap(false) && !give {
-			give = w.Settled()
+		if settled.Swap(false) {
+			w.Settled()
 		}
+		give := w.Observe(now - last)
 		last = now
 		if give {
 			gave(GiveBack())

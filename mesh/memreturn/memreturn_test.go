@@ -57,38 +57,78 @@ func TestObserve(t *testing.T) {
 }
 
 func TestSettled(t *testing.T) {
+	// Quiet at once: the interval of the news gives back.
 	var w Watcher
-	if !w.Settled() {
-		t.Fatal("one-off work over, nothing given back yet: no give-back")
+	w.Settled()
+	if !w.Observe(0) {
+		t.Fatal("one-off work over, a quiet interval, nothing given back yet: no give-back")
 	}
+	for i := range 2 * Spacing {
+		if w.Observe(0) {
+			t.Fatalf("interval %d: gave back again with nothing since", i)
+		}
+	}
+
+	// Busy after the news (a config push, a wave of handshakes): the first quiet interval
+	// gives back.
+	w = Watcher{}
+	w.Settled()
+	for i := 1; i < SettleWait-1; i++ {
+		if w.Observe(QuietAlloc) {
+			t.Fatalf("gave back in busy interval %d after one-off work", i)
+		}
+		if i == 2 {
+			w.Settled() // more one-off work meanwhile waits with it, not from scratch
+		}
+	}
+	if !w.Observe(QuietAlloc - 1) {
+		t.Fatal("no give-back at the first quiet interval after one-off work")
+	}
+
+	// Busy for good: the SettleWait-th interval gives back anyway.
+	w = Watcher{}
+	w.Settled()
+	for i := 1; i < SettleWait; i++ {
+		if w.Observe(BurstAlloc) {
+			t.Fatalf("gave back in busy interval %d after one-off work", i)
+		}
+	}
+	if !w.Observe(BurstAlloc) {
+		t.Fatalf("no give-back %d busy intervals after one-off work", SettleWait)
+	}
+
+	// Within SettleSpacing of the last give-back: put off until then, not dropped, and
+	// once only for all the work held.
+	w = Watcher{}
+	w.Settled()
+	w.Observe(0)
 	for i := 1; i < SettleSpacing; i++ {
-		w.Observe(0)
-		if w.Settled() {
+		w.Settled()
+		if w.Observe(0) {
 			t.Fatalf("gave back again for one-off work %d intervals after the last give-back", i)
 		}
 	}
-	// Held: armed instead, and the first quiet interval once Spacing has passed gives back.
-	for i := SettleSpacing; i < Spacing; i++ {
+	if !w.Observe(0) {
+		t.Fatalf("no give-back %d intervals after the last one, with one-off work over since", SettleSpacing)
+	}
+	for i := range 2 * Spacing {
 		if w.Observe(0) {
-			t.Fatalf("interval %d: gave back before Spacing intervals had passed", i)
+			t.Fatalf("interval %d: gave back again with nothing since", i)
+		}
+	}
+
+	// A burst after a give-back for one-off work waits the full Spacing from it.
+	w = Watcher{}
+	w.Settled()
+	w.Observe(0)
+	w.Observe(BurstAlloc)
+	for i := 1; i < Spacing-1; i++ {
+		if w.Observe(0) {
+			t.Fatalf("interval %d after a give-back: gave back for a burst before Spacing", i)
 		}
 	}
 	if !w.Observe(0) {
-		t.Fatalf("no give-back %d intervals after the last one, with one-off work over since", Spacing)
-	}
-	for range 2 * Spacing {
-		if w.Observe(0) {
-			t.Fatal("gave back again with nothing since")
-		}
-	}
-	// One-off work SettleSpacing intervals after a give-back gives back at once.
-	w = Watcher{}
-	w.Settled()
-	for range SettleSpacing {
-		w.Observe(0)
-	}
-	if !w.Settled() {
-		t.Fatalf("no give-back for one-off work %d intervals after the last one", SettleSpacing)
+		t.Fatalf("no give-back for a burst %d intervals after the last one", Spacing)
 	}
 }
 
