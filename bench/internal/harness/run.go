@@ -349,6 +349,9 @@ func (r *runner) write(rows []report.Row) error {
 	}
 	settings := fmt.Sprintf("%d rounds, scenarios interleaved, each figure the median over the rounds; per round %.0f req/s of GET with a 1 KB reply over %s keep-alive connections, %s each; bulk %s on one connection; churn %s over %d connections",
 		r.cfg.Rounds, r.cfg.QPS, joinInts(r.cfg.Connections), r.cfg.Duration, r.cfg.BulkDuration, r.cfg.ChurnDuration, r.cfg.ChurnConnections)
+	if r.cfg.Warmup > 0 {
+		settings += fmt.Sprintf("; before its first run each scenario is warmed up for %s at the same rate over %d connections", r.cfg.Warmup, r.cfg.Connections[len(r.cfg.Connections)-1])
+	}
 	if k := r.cfg.Capacity; len(k.Rates) > 0 {
 		settings += fmt.Sprintf("; in the last round, capacity at %s req/s over %d connections, %s each, until one is not held", joinFloats(k.Rates), k.Connections, k.Step)
 	}
