@@ -20,6 +20,7 @@ import (
 	"ambit.dev/bench/internal/report"
 	"ambit.dev/controller/lab"
 	"ambit.dev/mesh/hbone"
+	"ambit.dev/mesh/memreturn"
 )
 
 // echoPort is where the server pod's `bench serve` echoes, for the idle-tunnel sweep.
@@ -91,6 +92,11 @@ func (r *runner) idleSweeps(ctx context.Context) {
 		}
 	}
 }
+
+// BaselineWait is how long after enrolling the namespace an idle sweep reads the
+// ztunnels' resident sets it measures the tunnels' growth from: past the give-back after
+// the capture (mesh/memreturn, SettleWait intervals at the latest) by a second.
+const BaselineWait = (memreturn.SettleWait + 1) * memreturn.Interval
 
 func (r *runner) idleSweep(ctx context.Context, name string, restart bool) error {
 	if restart {
@@ -193,8 +199,14 @@ func (r *runner) idle(ctx context.Context, name string) (rows []report.IdleRow, 
 			return nil
 		}
 	}
-	if err := sleep(); err != nil {
-		return nil, err
+	// The baseline waits out the give-back that follows enrolling the namespace, which
+	// comes at the first quiet second after the capture, SettleWait seconds after it at
+	// the latest: read before it, the baseline holds the capture's code, and the first
+	// levels' growth comes out megabytes below zero.
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(max(c.Settle, BaselineWait)):
 	}
 	base := map[int]int64{}
 	for _, pid := range []int{client, server} {
