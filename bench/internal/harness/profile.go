@@ -339,7 +339,7 @@ func (r *runner) methodNotes() []string {
 	}
 	if i := r.cfg.Idle; len(i.Levels) > 0 && len(i.Scenarios) > 0 {
 		notes[0] += fmt.Sprintf("\n- Idle tunnels (%s, after all rounds and the profile, each in a setup of its own): `bench load --mode hold`, in the client pod, opens connections through the mesh to an echo port of the server pod's `bench serve`, 64 at a time, each proven end to end by one byte that comes back, and holds them idle; the count rises (%s in all), and %s after each the resident set (VmRSS) of both ztunnels is read. kB per tunnel is the growth over the reading taken just before the first tunnel (%s after the namespace was enrolled, past the give-back that follows a capture), divided by the tunnels held: noise at the small counts (the Go heap and its GC pacing move by hundreds of kB on their own), the figure at the large ones. The holder closes them all when the harness ends its input (or by itself after a deadline), and the harness waits until the ztunnels have let the files go. The memory of closed tunnels stays in a ztunnel's Go heap, to be reused, so the sweeps come after every other figure, and before each sweep but the first both ztunnels are replaced by new processes (as a rolling update does: the new one takes the pods over); otherwise the second sweep's tunnels would grow into the first's freed heap. The rows are in bench/results/sweeps.json; the plot is bench/results/idle.png.",
-			strings.Join(i.Scenarios, " and "), joinInts(i.Levels), i.Settle, max(i.Settle, BaselineWait))
+			strings.Join(i.Scenarios, " and "), joinInts(i.Levels), i.Settle, i.baselineWait())
 	}
 	if len(r.skipped) > 0 {
 		var b strings.Builder

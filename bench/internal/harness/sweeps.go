@@ -93,10 +93,15 @@ func (r *runner) idleSweeps(ctx context.Context) {
 	}
 }
 
-// BaselineWait is how long after enrolling the namespace an idle sweep reads the
-// ztunnels' resident sets it measures the tunnels' growth from: past the give-back after
-// the capture (mesh/memreturn, SettleWait intervals at the latest) by a second.
+// BaselineWait is the least time after enrolling the namespace at which an idle sweep
+// reads the ztunnels' resident sets it measures the tunnels' growth from: past the
+// give-back after the capture (mesh/memreturn: at the first quiet second, SettleWait
+// intervals at the latest) by a second. Read before it, the baseline holds the capture's
+// code, and the first levels' growth comes out megabytes below zero.
 const BaselineWait = (memreturn.SettleWait + 1) * memreturn.Interval
+
+// baselineWait is when, after enrolling the namespace, the sweep reads its baseline.
+func (s IdleSweep) baselineWait() time.Duration { return max(s.Settle, BaselineWait) }
 
 func (r *runner) idleSweep(ctx context.Context, name string, restart bool) error {
 	if restart {
@@ -191,22 +196,16 @@ func (r *runner) idle(ctx context.Context, name string) (rows []report.IdleRow, 
 		}
 		r.awaitClosed(ctx, name, held, fds0)
 	}()
-	sleep := func() error {
+	sleep := func(d time.Duration) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(c.Settle):
+		case <-time.After(d):
 			return nil
 		}
 	}
-	// The baseline waits out the give-back that follows enrolling the namespace, which
-	// comes at the first quiet second after the capture, SettleWait seconds after it at
-	// the latest: read before it, the baseline holds the capture's code, and the first
-	// levels' growth comes out megabytes below zero.
-	select {
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-time.After(max(c.Settle, BaselineWait)):
+	if err := sleep(c.baselineWait()); err != nil {
+		return nil, err
 	}
 	base := map[int]int64{}
 	for _, pid := range []int{client, server} {
@@ -229,7 +228,7 @@ func (r *runner) idle(ctx context.Context, name string) (rows []report.IdleRow, 
 			return rows, fmt.Errorf("holder: report %q: %w", sc.Text(), err)
 		}
 		held = lv.Held
-		if err := sleep(); err != nil {
+		if err := sleep(c.Settle); err != nil {
 			return rows, err
 		}
 		now := map[int]int64{}

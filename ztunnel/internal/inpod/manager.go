@@ -415,16 +415,12 @@ func (m *Manager) start(ctx context.Context, e *entry, w *configv1.Workload) err
 	m.mu.Unlock()
 	m.log.Info("pod captured", "uid", e.uid, "pod", w.GetNamespace()+"/"+w.GetName(), "netns", e.reg.NetNS)
 	// The check's first look at a pod's rules is a full one (iptables-save, the rules'
-	// parser); its later ones only ask whether anything changed since. Taken here, it is
-	// part of the capture's one-off work, whose code the give-back below unmaps; left to
-	// the periodic check, it could come just after that give-back and keep its code
-	// resident under the pod's traffic (docs/benchmarks.md). A look that fails or finds
-	// the rules different goes to the repair, which looks again and reports.
-	if ok, seen, err := m.capture.Check(ctx, e.reg.NetNS, capture.Seen{}); err == nil && ok {
-		e.lastCheck, e.seen = time.Now(), seen
-	} else {
-		m.repair(ctx, e, w)
-	}
+	// parser: Install has just moved the namespace's nf_tables generation); its later ones
+	// only ask whether anything changed since. Taken here, it is part of the capture's
+	// one-off work, whose code the give-back below unmaps; left to the periodic check, it
+	// could come just after that give-back and keep its code resident under the pod's
+	// traffic (docs/benchmarks.md).
+	m.repair(ctx, e, w)
 	memreturn.Settle() // the code only a capture runs need not stay resident
 	return nil
 }
