@@ -66,10 +66,11 @@ func (p *Proxy) serveRequest(ctx context.Context, d *downstream, c *bufConn) boo
 		cr = &continueReader{r: req.Body, w: bw}
 		req.Body = cr
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	req = req.WithContext(rctx)
-	resp, ex := p.handle(rctx, d, req, false)
+	// The request runs under the stream's context, which revocation and the stream's end
+	// cancel; what the request starts upstream (each attempt's context, the request
+	// timeout's) ends with it in ex.finish, so a context of its own would only cost
+	// allocations (with it, every attempt's context took a fresh parent's map of children).
+	resp, ex := p.handle(ctx, d, req, false)
 	keep := !req.Close && req.Method != http.MethodConnect && ex.flags != flagBadRequest
 	if cr != nil {
 		// After this the body's reader writes nothing to bw, which goes back to its pool.
@@ -146,48 +147,66 @@ func checkHead(br *bufio.Reader, limit int) (*bufio.Reader, int, string) {
 		return br, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request head exceeds %d bytes", limit)
 	}
 	head, _ := br.Peek(end)
-	lines := bytes.Split(head[:end-4], []byte("\r\n"))
+	// The head's lines are walked in place: the head is read for every request, and a
+	// split or a string per line would allocate for each.
+	rest := head[:end-4]
 	var cl, te int
-	var clValue string
-	for i, l := range lines {
+	var clValue []byte
+	for first := true; ; first = false {
+		l, tail, more := bytes.Cut(rest, crlf)
+		rest = tail
 		if bytes.IndexByte(l, '\n') >= 0 || bytes.IndexByte(l, '\r') >= 0 || bytes.IndexByte(l, 0) >= 0 {
 			return br, http.StatusBadRequest, "bare CR, LF or NUL in the request head"
 		}
-		if i == 0 {
-			continue
-		}
-		if len(l) > 0 && (l[0] == ' ' || l[0] == '\t') {
-			return br, http.StatusBadRequest, "obsolete header line folding"
-		}
-		name, value, ok := bytes.Cut(l, []byte(":"))
-		if !ok {
-			return br, http.StatusBadRequest, "header line without a colon"
-		}
-		if len(name) == 0 || bytes.ContainsAny(name, " \t") {
-			return br, http.StatusBadRequest, "whitespace in a header name"
-		}
-		v := strings.TrimSpace(string(value))
-		switch {
-		case strings.EqualFold(string(name), "Content-Length"):
-			if cl > 0 && v != clValue {
-				return br, http.StatusBadRequest, "conflicting Content-Length headers"
+		if !first {
+			if code, reason := checkHeaderLine(l, &cl, &te, &clValue); code != 0 {
+				return br, code, reason
 			}
-			if _, err := strconv.ParseUint(v, 10, 63); err != nil {
-				return br, http.StatusBadRequest, "invalid Content-Length"
-			}
-			cl++
-			clValue = v
-		case strings.EqualFold(string(name), "Transfer-Encoding"):
-			te++
-			if !strings.EqualFold(v, "chunked") || te > 1 {
-				return br, http.StatusNotImplemented, "unsupported Transfer-Encoding " + strconv.Quote(v)
-			}
+		}
+		if !more {
+			break
 		}
 	}
 	if cl > 0 && te > 0 {
 		return br, http.StatusBadRequest, "request has both Content-Length and Transfer-Encoding"
 	}
 	return br, 0, ""
+}
+
+var crlf = []byte("\r\n")
+
+// checkHeaderLine checks one header line of a request head, counting its Content-Length
+// (cl, and the value in clValue) and Transfer-Encoding (te) headers; a status other than 0
+// refuses the request.
+func checkHeaderLine(l []byte, cl, te *int, clValue *[]byte) (int, string) {
+	if len(l) > 0 && (l[0] == ' ' || l[0] == '\t') {
+		return http.StatusBadRequest, "obsolete header line folding"
+	}
+	name, value, ok := bytes.Cut(l, []byte(":"))
+	if !ok {
+		return http.StatusBadRequest, "header line without a colon"
+	}
+	if len(name) == 0 || bytes.ContainsAny(name, " \t") {
+		return http.StatusBadRequest, "whitespace in a header name"
+	}
+	v := bytes.TrimSpace(value)
+	switch {
+	case bytes.EqualFold(name, []byte("Content-Length")):
+		if *cl > 0 && !bytes.Equal(v, *clValue) {
+			return http.StatusBadRequest, "conflicting Content-Length headers"
+		}
+		if _, err := strconv.ParseUint(string(v), 10, 63); err != nil {
+			return http.StatusBadRequest, "invalid Content-Length"
+		}
+		*cl++
+		*clValue = v
+	case bytes.EqualFold(name, []byte("Transfer-Encoding")):
+		*te++
+		if !bytes.EqualFold(v, []byte("chunked")) || *te > 1 {
+			return http.StatusNotImplemented, "unsupported Transfer-Encoding " + strconv.Quote(string(v))
+		}
+	}
+	return 0, ""
 }
 
 // writeResponse writes resp as HTTP/1.1 and returns the number of body bytes written.
