@@ -229,7 +229,7 @@ func writeResponse(bw *bufio.Writer, resp *http.Response, req *http.Request, kee
 	resp.Body = cb
 	// bw's own ReadFrom would read the body into its buffer while our reader flushes that
 	// buffer: hide it, so that io.Copy brings a buffer of its own.
-	err := resp.Write(struct{ io.Writer }{bw})
+	err := resp.Write(noReadFrom{bw})
 	resp.Body = body
 	if err == nil {
 		err = bw.Flush()
@@ -243,6 +243,13 @@ func bodyAllowed(code int, method string) bool {
 
 // smallBody is the largest response body writeResponse sends together with its headers.
 const smallBody = 16 << 10
+
+// noReadFrom is a bufio.Writer without its ReadFrom. It keeps WriteString, through which
+// the header lines go out without a copy each.
+type noReadFrom struct{ w *bufio.Writer }
+
+func (n noReadFrom) Write(p []byte) (int, error)       { return n.w.Write(p) }
+func (n noReadFrom) WriteString(s string) (int, error) { return n.w.WriteString(s) }
 
 // countingFlushReader counts the body and flushes what is buffered before it waits for
 // more, so that a streamed response reaches the client as it comes. With hold, the first

@@ -69,3 +69,26 @@ func TestWriteResponseStreamsHeadersFirst(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestWriteResponseHeadersCostNoAllocations: a response's header lines are written
+// through the buffer's WriteString, so more headers do not mean more allocations.
+func TestWriteResponseHeadersCostNoAllocations(t *testing.T) {
+	bw := bufio.NewWriterSize(io.Discard, 16<<10)
+	req, _ := http.NewRequest("GET", "http://web/", nil)
+	allocs := func(headers int) float64 {
+		h := http.Header{}
+		for i := range headers {
+			h["X-Header-"+strings.Repeat("a", i+1)] = []string{"value"}
+		}
+		return testing.AllocsPerRun(50, func() {
+			resp := &http.Response{StatusCode: 200, Header: h, ContentLength: 0, Body: http.NoBody}
+			if _, err := writeResponse(bw, resp, req, true); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	few, many := allocs(2), allocs(20)
+	if many > few {
+		t.Fatalf("writing a response with 20 headers allocated %.0f times, with 2 headers %.0f: header lines are copied", many, few)
+	}
+}
