@@ -40,7 +40,8 @@ type Row struct {
 	P90         float64 `json:"p90_us"`
 	P99         float64 `json:"p99_us"`
 	P999        float64 `json:"p999_us"`
-	// AddedP99 is P99 minus the p99 of direct at the same number of connections.
+	// AddedP99 is P99 minus the p99 of direct at the same number of connections (of a
+	// run's rounds combined: the median of each round's, see Combine).
 	AddedP99 float64 `json:"added_p99_us"`
 	Errors   int64   `json:"errors"`
 	// CPUPer1k is the proxies' CPU (both of the pair, from their rusage) in vCPU per 1,000

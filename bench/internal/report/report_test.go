@@ -235,3 +235,34 @@ func TestJudgeWaypoint(t *testing.T) {
 		t.Error("waypoint verdicts without ambit-l7 rows")
 	}
 }
+
+// TestJudgeWaypointAgainstNoAddedP99: where ambit-l4 added nothing measurable (its p99 at
+// or under direct's), the waypoint's added p99 is a miss with no ratio to give.
+func TestJudgeWaypointAgainstNoAddedP99(t *testing.T) {
+	rows := []Row{
+		{Scenario: Direct, Connections: 16, QPS: 998, P99: 900},
+		{Scenario: AmbitL4, Connections: 16, QPS: 998, P99: 800, CPUPer1k: 0.2},
+		{Scenario: AmbitL7, Connections: 16, QPS: 998, P99: 1300, WaypointCPUPer1k: 0.14, WaypointRSSMB: 25},
+	}
+	FillAdded(rows)
+	vs := judgeWaypoint(rows)
+	if len(vs) != 3 || vs[2].Met || vs[2].Miss != "400 µs against none at 16 conn" {
+		t.Fatalf("verdicts %+v; want the added p99 missed with \"400 µs against none at 16 conn\"", vs)
+	}
+}
+
+// TestCombineAddedP99PerRound: the added p99 is each round's against that round's direct,
+// then the median: a burst in two of direct's rounds cannot turn it negative.
+func TestCombineAddedP99PerRound(t *testing.T) {
+	round := func(direct, l4 float64) []Row {
+		return []Row{{Scenario: Direct, Connections: 16, P99: direct}, {Scenario: AmbitL4, Connections: 16, P99: l4}}
+	}
+	// Medians: direct 1000, ambit-l4 800 (a difference of -200); rounds: +500, +300, -1500.
+	got := Combine([][]Row{round(300, 800), round(1000, 1300), round(2200, 700)})
+	if got[1].P99 != 800 || got[1].AddedP99 != 300 {
+		t.Fatalf("ambit-l4 p99 %v added %v; want 800 and 300 (the median of the rounds' own)", got[1].P99, got[1].AddedP99)
+	}
+	if got[0].AddedP99 != 0 {
+		t.Fatalf("direct's added p99 %v", got[0].AddedP99)
+	}
+}

@@ -8,8 +8,11 @@ import (
 // connection count: the median of each latency, rate, CPU, throughput and churn figure, the
 // sum of the errors and the largest RSS. On a shared machine a burst of other work lands in
 // one round of one scenario; the median of rounds interleaved across scenarios keeps it from
-// deciding a comparison. Rows keep the order of their first appearance; AddedP99 is
-// recomputed.
+// deciding a comparison. Rows keep the order of their first appearance.
+//
+// AddedP99 is the median of each round's own: a row's p99 less that round's direct p99.
+// The difference of the two medians would put a burst that lands in direct's rounds into
+// every scenario's figure, and can come out below zero.
 func Combine(rounds [][]Row) []Row {
 	type key struct {
 		s string
@@ -18,6 +21,8 @@ func Combine(rounds [][]Row) []Row {
 	var order []key
 	groups := map[key][]Row{}
 	for _, rows := range rounds {
+		rows = slices.Clone(rows)
+		FillAdded(rows)
 		for _, r := range rows {
 			k := key{r.Scenario, r.Connections}
 			if _, ok := groups[k]; !ok {
@@ -46,6 +51,7 @@ func Combine(rounds [][]Row) []Row {
 			ThroughputGbps: Round(med(func(r Row) float64 { return r.ThroughputGbps }), 3),
 			ConnPerSec:     Round(med(func(r Row) float64 { return r.ConnPerSec }), 0),
 
+			AddedP99:         med(func(r Row) float64 { return r.AddedP99 }),
 			WaypointCPUPer1k: Round(med(func(r Row) float64 { return r.WaypointCPUPer1k }), 4),
 		}
 		for _, x := range g {
@@ -56,7 +62,6 @@ func Combine(rounds [][]Row) []Row {
 		}
 		out = append(out, r)
 	}
-	FillAdded(out)
 	return out
 }
 

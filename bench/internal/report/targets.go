@@ -56,8 +56,12 @@ func judgeWaypoint(rows []Row) []Verdict {
 			continue
 		}
 		lat = append(lat, fmt.Sprintf("%s vs %s µs at %d conn", fmtF(r.AddedP99, 0), fmtF(z.AddedP99, 0), r.Connections))
-		if r.AddedP99 > TargetWaypointP99X*max(z.AddedP99, 0) {
-			latMiss = append(latMiss, fmt.Sprintf("%.1f× at %d conn", r.AddedP99/max(z.AddedP99, 1), r.Connections))
+		switch {
+		case r.AddedP99 <= TargetWaypointP99X*max(z.AddedP99, 0):
+		case z.AddedP99 <= 0: // no ratio to give: ambit-l4 added nothing measurable
+			latMiss = append(latMiss, fmt.Sprintf("%s µs against none at %d conn", fmtF(r.AddedP99, 0), r.Connections))
+		default:
+			latMiss = append(latMiss, fmt.Sprintf("%.1f× at %d conn", r.AddedP99/z.AddedP99, r.Connections))
 		}
 	}
 	if len(lat) > 0 {
