@@ -41,7 +41,7 @@ type Row struct {
 	P99         float64 `json:"p99_us"`
 	P999        float64 `json:"p999_us"`
 	// AddedP99 is P99 minus the p99 of direct at the same number of connections (of a
-	// run's rounds combined: the median of each round's, see Combine).
+	// run's rounds combined: the lowest of direct's rounds, see Combine).
 	AddedP99 float64 `json:"added_p99_us"`
 	Errors   int64   `json:"errors"`
 	// CPUPer1k is the proxies' CPU (both of the pair, from their rusage) in vCPU per 1,000
@@ -68,6 +68,12 @@ func FillAdded(rows []Row) {
 			direct[r.Connections] = r.P99
 		}
 	}
+	fillAdded(rows, direct)
+}
+
+// fillAdded sets AddedP99 of every row but direct's against direct's p99 at its number of
+// connections; rows without one keep 0.
+func fillAdded(rows []Row, direct map[int]float64) {
 	for i := range rows {
 		if d, ok := direct[rows[i].Connections]; ok && rows[i].Scenario != Direct {
 			rows[i].AddedP99 = round1(rows[i].P99 - d)
