@@ -71,7 +71,9 @@ type writerFunc func([]byte) (int, error)
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 // TestWriteResponseHeadersCostNoAllocations: a response's header lines are written
-// through the buffer's WriteString, so more headers do not mean more allocations.
+// through the buffer's WriteString, so more headers do not mean more allocations. The bound
+// leaves room for the race detector, under which sync.Pool drops some of what is put back:
+// a copy per header line costs four allocations for each of the 18 headers more.
 func TestWriteResponseHeadersCostNoAllocations(t *testing.T) {
 	bw := bufio.NewWriterSize(io.Discard, 16<<10)
 	req, _ := http.NewRequest("GET", "http://web/", nil)
@@ -88,7 +90,7 @@ func TestWriteResponseHeadersCostNoAllocations(t *testing.T) {
 		})
 	}
 	few, many := allocs(2), allocs(20)
-	if many > few {
+	if many-few >= 18 {
 		t.Fatalf("writing a response with 20 headers allocated %.0f times, with 2 headers %.0f: header lines are copied", many, few)
 	}
 }
