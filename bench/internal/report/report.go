@@ -59,18 +59,6 @@ type Row struct {
 	CapacityQPS float64 `json:"capacity_qps,omitempty"`
 }
 
-// FillAdded sets AddedP99 of every row against the direct row with the same connections;
-// rows without one keep 0.
-func FillAdded(rows []Row) {
-	direct := map[int]float64{}
-	for _, r := range rows {
-		if r.Scenario == Direct {
-			direct[r.Connections] = r.P99
-		}
-	}
-	fillAdded(rows, direct)
-}
-
 // fillAdded sets AddedP99 of every row but direct's against direct's p99 at its number of
 // connections; rows without one keep 0.
 func fillAdded(rows []Row, direct map[int]float64) {

@@ -18,11 +18,11 @@ func sample() []Row {
 		{Scenario: HAProxyMTLS, Connections: 1, QPS: 1000, P50: 220, P90: 300, P99: 500, P999: 1300, CPUPer1k: 0.12, RSSMB: 20, ThroughputGbps: 6, ConnPerSec: 1100},
 		{Scenario: HAProxyMTLS, Connections: 16, QPS: 998, P50: 230, P90: 310, P99: 480, P999: 1300, CPUPer1k: 0.13, RSSMB: 20, ThroughputGbps: 6, ConnPerSec: 1100},
 	}
-	FillAdded(rows)
-	return rows
+	return Combine([][]Row{rows})
 }
 
-func TestFillAdded(t *testing.T) {
+// TestAddedP99OneRound: one round's rows, each against direct's at its connection count.
+func TestAddedP99OneRound(t *testing.T) {
 	rows := sample()
 	var got []float64
 	for _, r := range rows {
@@ -31,8 +31,7 @@ func TestFillAdded(t *testing.T) {
 	if want := []float64{0, 0, 150, 360, 300, 240}; !slices.Equal(got, want) {
 		t.Fatalf("added p99 %v, want %v", got, want)
 	}
-	orphan := []Row{{Scenario: AmbitL4, Connections: 64, P99: 500}}
-	FillAdded(orphan)
+	orphan := Combine([][]Row{{{Scenario: AmbitL4, Connections: 64, P99: 500}}})
 	if orphan[0].AddedP99 != 0 {
 		t.Fatalf("row without a direct row: %v", orphan[0].AddedP99)
 	}
@@ -100,7 +99,7 @@ func TestJudge(t *testing.T) {
 	rows := append(sample(),
 		Row{Scenario: NginxMTLS, Connections: 1, QPS: 1000, P50: 150, P90: 200, P99: 300, P999: 900, CPUPer1k: 0.05, RSSMB: 8, ThroughputGbps: 8, ConnPerSec: 4000},
 		Row{Scenario: NginxMTLS, Connections: 16, QPS: 1000, P50: 150, P90: 200, P99: 700, P999: 900, CPUPer1k: 0.2, RSSMB: 8, ThroughputGbps: 8, ConnPerSec: 4000})
-	FillAdded(rows)
+	rows = Combine([][]Row{rows})
 	vs := Judge(rows)
 	byName := map[string]Verdict{}
 	for _, v := range vs {
@@ -207,7 +206,7 @@ func TestJudgeWaypoint(t *testing.T) {
 		Row{Scenario: AmbitL7, Connections: 1, QPS: 1000, P50: 300, P90: 400, P99: 400, P999: 1500, WaypointCPUPer1k: 0.14, WaypointRSSMB: 25},
 		Row{Scenario: AmbitL7, Connections: 16, QPS: 998, P50: 300, P90: 500, P99: 1000, P999: 2000, WaypointCPUPer1k: 0.18, WaypointRSSMB: 31.5},
 		Row{Scenario: AmbitL7, Connections: 64, QPS: 992, P50: 300, P90: 500, P99: 900, P999: 2000, WaypointCPUPer1k: 0.12, WaypointRSSMB: 20})
-	FillAdded(rows)
+	rows = Combine([][]Row{rows})
 	vs := judgeWaypoint(rows)
 	if len(vs) != 3 {
 		t.Fatalf("%d verdicts, want 3: %v", len(vs), vs)
@@ -244,7 +243,7 @@ func TestJudgeWaypointAgainstNoAddedP99(t *testing.T) {
 		{Scenario: AmbitL4, Connections: 16, QPS: 998, P99: 800, CPUPer1k: 0.2},
 		{Scenario: AmbitL7, Connections: 16, QPS: 998, P99: 1300, WaypointCPUPer1k: 0.14, WaypointRSSMB: 25},
 	}
-	FillAdded(rows)
+	rows = Combine([][]Row{rows})
 	vs := judgeWaypoint(rows)
 	if len(vs) != 3 || vs[2].Met || vs[2].Miss != "400 µs against none at 16 conn" {
 		t.Fatalf("verdicts %+v; want the added p99 missed with \"400 µs against none at 16 conn\"", vs)
