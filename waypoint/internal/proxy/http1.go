@@ -150,8 +150,7 @@ func checkHead(br *bufio.Reader, limit int) (*bufio.Reader, int, string) {
 	// The head's lines are walked in place: the head is read for every request, and a
 	// split or a string per line would allocate for each.
 	rest := head[:end-4]
-	var cl, te int
-	var clValue []byte
+	var f framing
 	for first := true; ; first = false {
 		l, tail, more := bytes.Cut(rest, crlf)
 		rest = tail
@@ -159,7 +158,7 @@ func checkHead(br *bufio.Reader, limit int) (*bufio.Reader, int, string) {
 			return br, http.StatusBadRequest, "bare CR, LF or NUL in the request head"
 		}
 		if !first {
-			if code, reason := checkHeaderLine(l, &cl, &te, &clValue); code != 0 {
+			if code, reason := f.line(l); code != 0 {
 				return br, code, reason
 			}
 		}
@@ -167,7 +166,7 @@ func checkHead(br *bufio.Reader, limit int) (*bufio.Reader, int, string) {
 			break
 		}
 	}
-	if cl > 0 && te > 0 {
+	if f.cl > 0 && f.te > 0 {
 		return br, http.StatusBadRequest, "request has both Content-Length and Transfer-Encoding"
 	}
 	return br, 0, ""
@@ -175,10 +174,16 @@ func checkHead(br *bufio.Reader, limit int) (*bufio.Reader, int, string) {
 
 var crlf = []byte("\r\n")
 
-// checkHeaderLine checks one header line of a request head, counting its Content-Length
-// (cl, and the value in clValue) and Transfer-Encoding (te) headers; a status other than 0
-// refuses the request.
-func checkHeaderLine(l []byte, cl, te *int, clValue *[]byte) (int, string) {
+// framing is what a request head's header lines say about its body: how many
+// Content-Length headers (and the value), how many Transfer-Encoding ones.
+type framing struct {
+	cl, te  int
+	clValue []byte
+}
+
+// line checks one header line of a request head and counts its framing headers; a status
+// other than 0 refuses the request.
+func (f *framing) line(l []byte) (int, string) {
 	if len(l) > 0 && (l[0] == ' ' || l[0] == '\t') {
 		return http.StatusBadRequest, "obsolete header line folding"
 	}
@@ -192,17 +197,17 @@ func checkHeaderLine(l []byte, cl, te *int, clValue *[]byte) (int, string) {
 	v := bytes.TrimSpace(value)
 	switch {
 	case bytes.EqualFold(name, []byte("Content-Length")):
-		if *cl > 0 && !bytes.Equal(v, *clValue) {
+		if f.cl > 0 && !bytes.Equal(v, f.clValue) {
 			return http.StatusBadRequest, "conflicting Content-Length headers"
 		}
 		if _, err := strconv.ParseUint(string(v), 10, 63); err != nil {
 			return http.StatusBadRequest, "invalid Content-Length"
 		}
-		*cl++
-		*clValue = v
+		f.cl++
+		f.clValue = v
 	case bytes.EqualFold(name, []byte("Transfer-Encoding")):
-		*te++
-		if !bytes.EqualFold(v, []byte("chunked")) || *te > 1 {
+		f.te++
+		if !bytes.EqualFold(v, []byte("chunked")) || f.te > 1 {
 			return http.StatusNotImplemented, "unsupported Transfer-Encoding " + strconv.Quote(string(v))
 		}
 	}
