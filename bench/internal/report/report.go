@@ -59,16 +59,6 @@ type Row struct {
 	CapacityQPS float64 `json:"capacity_qps,omitempty"`
 }
 
-// fillAdded sets AddedP99 of every row but direct's against direct's p99 at its number of
-// connections; rows without one keep 0.
-func fillAdded(rows []Row, direct map[int]float64) {
-	for i := range rows {
-		if d, ok := direct[rows[i].Connections]; ok && rows[i].Scenario != Direct {
-			rows[i].AddedP99 = round1(rows[i].P99 - d)
-		}
-	}
-}
-
 // WriteJSON writes rows as an indented JSON list.
 func WriteJSON(w io.Writer, rows []Row) error {
 	if rows == nil {

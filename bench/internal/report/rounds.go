@@ -1,6 +1,7 @@
 package report
 
 import (
+	"cmp"
 	"slices"
 )
 
@@ -61,18 +62,17 @@ func Combine(rounds [][]Row) []Row {
 		}
 		out = append(out, r)
 	}
-	base := map[int]float64{}
+	lowest := map[int]float64{} // direct's lowest p99 over the rounds, by connections
 	for _, k := range order {
-		if k.s != Direct {
-			continue
+		if k.s == Direct {
+			lowest[k.c] = slices.MinFunc(groups[k], func(a, b Row) int { return cmp.Compare(a.P99, b.P99) }).P99
 		}
-		lowest := groups[k][0].P99
-		for _, r := range groups[k] {
-			lowest = min(lowest, r.P99)
-		}
-		base[k.c] = lowest
 	}
-	fillAdded(out, base)
+	for i := range out {
+		if d, ok := lowest[out[i].Connections]; ok && out[i].Scenario != Direct {
+			out[i].AddedP99 = round1(out[i].P99 - d)
+		}
+	}
 	return out
 }
 
