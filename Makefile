@@ -34,6 +34,7 @@ FUZZ += ./waypoint/internal/proxy:FuzzCheckHead:100000x
 FUZZ += ./waypoint/internal/proxy:FuzzSniff:100000x
 FUZZ += ./waypoint/internal/proxy:FuzzTraceContext:40000x
 FUZZ += ./waypoint/internal/proxy:FuzzPeekSNI:1500x
+FUZZ += ./waypoint/internal/proxy:FuzzHeadWriters:50000x
 
 # The controller's targets, whose tests link client-go and the Kubernetes API types: `go test
 # -fuzz` compiles every package of the test binary once more, instrumented, which is 4.8 of a

@@ -296,7 +296,13 @@ func (t *h1Client) exchange(pc *h1Conn, req *http.Request) (*http.Response, erro
 }
 
 func writeRequest(bw *bufio.Writer, req *http.Request) error {
-	if err := req.Write(bw); err != nil {
+	var err error
+	if fastRequest(req) {
+		err = writeRequestHead(bw, req)
+	} else {
+		err = req.Write(bw)
+	}
+	if err != nil {
 		return err
 	}
 	return bw.Flush()

@@ -231,11 +231,16 @@ func writeResponse(bw *bufio.Writer, resp *http.Response, req *http.Request, kee
 	// A small body of known length goes out with the headers, in one write (one DATA frame,
 	// one TLS record): the headers are not flushed before its first read.
 	cb := &countingFlushReader{r: body, w: bw, hold: resp.ContentLength >= 0 && resp.ContentLength <= smallBody}
-	resp.Body = cb
 	// bw's own ReadFrom would read the body into its buffer while our reader flushes that
 	// buffer: hide it, so that io.Copy brings a buffer of its own.
-	err := resp.Write(noReadFrom{bw})
-	resp.Body = body
+	var err error
+	if fastResponse(resp, req) {
+		err = writeResponseBody(noReadFrom{bw}, bw, resp, cb)
+	} else {
+		resp.Body = cb
+		err = resp.Write(noReadFrom{bw})
+		resp.Body = body
+	}
 	if err == nil {
 		err = bw.Flush()
 	}
