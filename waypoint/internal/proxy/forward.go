@@ -326,7 +326,7 @@ func (ex *exchange) endpoint(t target, tried []netip.AddrPort) (endpoint, []stat
 				pr.hashKey, pr.hasKey = strings.Join(v, ","), true
 			}
 		case pol.HashSourceIP:
-			pr.hashKey, pr.hasKey = ex.d.client.Addr().String(), true
+			pr.hashKey, pr.hasKey = ex.d.clientIP, true
 		case pol.HashQuery != "":
 			if q := ex.req.URL.Query(); q.Has(pol.HashQuery) {
 				pr.hashKey, pr.hasKey = q.Get(pol.HashQuery), true
@@ -384,12 +384,11 @@ func (ex *exchange) outRequest(ctx context.Context, ep endpoint, body *replayBod
 		out.Header.Set("Te", "trailers")
 	}
 	out.Header.Del("Expect")
-	client := ex.d.client
-	out.Header.Add("Forwarded", fmt.Sprintf("for=%q", client.String()))
+	out.Header.Add("Forwarded", ex.d.forwarded)
 	if prior := out.Header.Get("X-Forwarded-For"); prior != "" {
-		out.Header.Set("X-Forwarded-For", prior+", "+client.Addr().String())
+		out.Header.Set("X-Forwarded-For", prior+", "+ex.d.clientIP)
 	} else {
-		out.Header.Set("X-Forwarded-For", client.Addr().String())
+		out.Header.Set("X-Forwarded-For", ex.d.clientIP)
 	}
 	ex.p.injectTrace(ctx, ex.span, out.Header, ex.d)
 	if body != nil {

@@ -58,7 +58,7 @@ func (p *Proxy) serveL4(ctx context.Context, d *downstream, c hbone.HalfCloser) 
 				pr := pickReq{pol: t.pol}
 				if t.pol != nil {
 					if t.pol.HashSourceIP {
-						pr.hashKey, pr.hasKey = d.client.Addr().String(), true
+						pr.hashKey, pr.hasKey = d.clientIP, true
 					}
 					if t.pol.LB == configv1.TrafficPolicy_LoadBalancer_ROUND_ROBIN {
 						pr.rr = &dest.rr

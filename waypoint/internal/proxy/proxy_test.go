@@ -574,18 +574,20 @@ func TestTraceparentPropagated(t *testing.T) {
 	web := e.service("web", "10.96.0.10")
 	got := make(chan string, 1)
 	e.pod("web-1", "10.244.0.11", web, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got <- r.Header.Get("Traceparent") + " | " + r.Header.Get("Forwarded")
+		got <- r.Header.Get("Traceparent") + " | " + r.Header.Get("Forwarded") + " | " + r.Header.Get("X-Forwarded-For")
 		ok(w, r)
 	}))
 	req, _ := http.NewRequest("GET", "http://web/", nil)
 	req.Header.Set("Traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	req.Header.Set("X-Forwarded-For", "192.0.2.1")
 	resp, err := e.httpClient(sa("client"), webVIP, false).Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	h := <-got
-	if !strings.HasPrefix(h, "00-4bf92f3577b34da6a3ce929d0e0e4736-") || strings.Contains(h, "00f067aa0ba902b7") || !strings.Contains(h, `for="10.1.0.5:40000"`) {
+	if !strings.HasPrefix(h, "00-4bf92f3577b34da6a3ce929d0e0e4736-") || strings.Contains(h, "00f067aa0ba902b7") || !strings.Contains(h, `for="10.1.0.5:40000"`) ||
+		!strings.HasSuffix(h, " | 192.0.2.1, 10.1.0.5") {
 		t.Fatalf("backend saw %q", h)
 	}
 	// The span ends once the response is written, just after the client has it.
