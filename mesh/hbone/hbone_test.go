@@ -17,6 +17,7 @@ import (
 
 	"ambit.dev/mesh/identity"
 	"ambit.dev/mesh/identity/identitytest"
+	"ambit.dev/mesh/wait"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -634,4 +635,58 @@ func TestServeAfterShutdown(t *testing.T) {
 	if _, err := pc.WriteTo([]byte("x"), pc.LocalAddr()); err == nil {
 		t.Error("ServeH3 after Shutdown left its socket open")
 	}
+}
+
+// TestStreamQuiet: a stream is quiet until something arrives that its reader has not taken
+// (bytes, then the peer's END_STREAM); over HTTP/3 it cannot tell without reading.
+func TestStreamQuiet(t *testing.T) {
+	eachProtocol(t, func(t *testing.T, proto envOption) {
+		e := newEnv(t, proto)
+		ended := make(chan struct{})
+		e.echo = startTCP(t, func(c *net.TCPConn) {
+			b := make([]byte, 1)
+			if _, err := io.ReadFull(c, b); err == nil {
+				_, _ = c.Write(b)
+			}
+			<-ended
+			_ = c.CloseWrite()
+			_, _ = io.Copy(io.Discard, c)
+		})
+		st, err := e.client.Dial(context.Background(), e.target())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		defer close(ended)
+		quiet := func(want bool, what string) {
+			t.Helper()
+			wait.Until(t, 5*time.Second, what, func() error {
+				if q, known := st.Quiet(); !known || q != want {
+					return fmt.Errorf("Quiet() = %v, %v; want %v, true", q, known, want)
+				}
+				return nil
+			})
+		}
+		if st.Protocol() == ProtocolH3 {
+			if _, known := st.Quiet(); known {
+				t.Fatal("a stream over HTTP/3 claims to know whether it is quiet")
+			}
+			return
+		}
+		quiet(true, "a new stream quiet")
+		if _, err := st.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		quiet(false, "the echoed byte seen")
+		if q, _ := st.Quiet(); q {
+			t.Fatal("Quiet consumed the byte")
+		}
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(st, b); err != nil || b[0] != 'x' {
+			t.Fatalf("read %q, %v", b, err)
+		}
+		quiet(true, "quiet again once the byte is read")
+		ended <- struct{}{}
+		quiet(false, "the peer's END_STREAM seen")
+	})
 }

@@ -191,6 +191,20 @@ func (s *Stream) deliver(p []byte, end bool) error {
 	return nil
 }
 
+// Quiet reports, without reading, whether nothing has arrived on the stream that its
+// reader has not taken: no bytes, no END_STREAM, no reset or loss of the connection. An
+// idle stream kept for reuse (the waypoint's upstream HTTP/1.1 connections) that is not
+// quiet cannot carry another request. A stream over HTTP/3 cannot tell without reading: it
+// reports known false.
+func (s *Stream) Quiet() (quiet, known bool) {
+	if s.q != nil {
+		return false, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rq.len() == 0 && !s.rEOF && s.rErr == nil, true
+}
+
 // Read reads tunnelled bytes; it returns io.EOF after the peer's END_STREAM.
 func (s *Stream) Read(p []byte) (int, error) {
 	if s.q != nil {

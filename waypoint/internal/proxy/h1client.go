@@ -150,12 +150,18 @@ func (t *h1Client) get(ctx context.Context, addr string, fresh bool) (pc *h1Conn
 
 // alive reports whether an idle connection can carry a request: nothing arrived on it
 // while it idled, neither the pod's end nor bytes no request asked for. A socket is
-// peeked without blocking; a tunnel stream is read with a deadline already passed, which
-// returns what the stream holds or times out (a QUIC stream times out first: its dead
-// connections are caught at use, and RoundTrip replaces them).
+// peeked without blocking; an HTTP/2 tunnel stream says so itself (Quiet); an HTTP/3 one
+// is read with a deadline already passed, which returns what the stream holds or times
+// out (a QUIC stream times out first: its dead connections are caught at use, and
+// RoundTrip replaces them).
 func (pc *h1Conn) alive() bool {
 	if pc.br.Buffered() > 0 {
 		return false
+	}
+	if qs, ok := pc.c.(interface{ Quiet() (quiet, known bool) }); ok {
+		if quiet, known := qs.Quiet(); known {
+			return quiet
+		}
 	}
 	if sc, ok := pc.c.(syscall.Conn); ok {
 		rc, err := sc.SyscallConn()

@@ -187,6 +187,33 @@ func TestH1ClientReplacesStaleConnection(t *testing.T) {
 	}
 }
 
+// TestH1ClientStaleTunnelStream: a pod that closes its keep-alive connection after each
+// answer ends the waypoint's pooled tunnel stream while it idles; the next request goes out
+// on a new stream instead of failing on the ended one (alive, through hbone's Stream.Quiet):
+// a POST, which is not sent again after a failure.
+func TestH1ClientStaleTunnelStream(t *testing.T) {
+	e := newEnv(t)
+	web := e.service("web", "10.96.0.10")
+	app, accepted := rawServer(t, answer(okResp, true))
+	e.podListener("web-1", "10.244.0.11", web, app)
+	c := e.httpClient(sa("client"), webVIP, false)
+	for i := range 3 {
+		resp, err := c.Post("http://web/", "text/plain", strings.NewReader("data"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(body) != "ok" {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+		time.Sleep(50 * time.Millisecond) // the pod's close reaches the pooled stream
+	}
+	if n := accepted.Load(); n != 3 {
+		t.Fatalf("%d connections to the pod, want 3 (each ended one left)", n)
+	}
+}
+
 // TestH1ClientSkipsInformational: 1xx heads before the final one are skipped; a 101 the
 // request did not ask for is an error.
 func TestH1ClientSkipsInformational(t *testing.T) {
