@@ -316,18 +316,18 @@ func (p *Proxy) CheckAuthority(_ context.Context, r *hbone.Request) error {
 
 // downstream is what the waypoint knows about one tunnelled connection.
 type downstream struct {
-	peer   spiffeid.ID
-	peerNS string
-	client netip.AddrPort // original client: Forwarded, else the tunnel's peer address
+	peer      spiffeid.ID
+	peerNS    string
+	client    netip.AddrPort // original client: Forwarded, else the tunnel's peer address
+	authority netip.AddrPort
+	svc       *configv1.Service  // destination Service, when the authority is a VIP
+	wl        *configv1.Workload // destination workload, when the authority is a pod
+	src       *configv1.Workload // the client's workload, for telemetry
+	trace     string             // traceparent of the CONNECT
+	baggage   string
 	// clientIP and forwarded are client's address and its Forwarded element (for="ip:port"),
 	// made once for all the connection's requests.
 	clientIP, forwarded string
-	authority           netip.AddrPort
-	svc                 *configv1.Service  // destination Service, when the authority is a VIP
-	wl                  *configv1.Workload // destination workload, when the authority is a pod
-	src                 *configv1.Workload // the client's workload, for telemetry
-	trace               string             // traceparent of the CONNECT
-	baggage             string
 	// series is the request metrics of this connection's last request (Metrics.series).
 	series atomic.Pointer[requestSeries]
 }
