@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -54,7 +55,7 @@ func writeRequestHead(bw *bufio.Writer, req *http.Request) error {
 	}
 	ruri := req.URL.RequestURI()
 	if hasCTL(ruri) {
-		return fmt.Errorf("net/http: can't write control character in Request.URL")
+		return errors.New("net/http: can't write control character in Request.URL")
 	}
 	method := req.Method
 	if method == "" {
@@ -136,9 +137,10 @@ func reasonPhrase(resp *http.Response) string {
 }
 
 // writeResponseBody writes resp's head and its body of resp.ContentLength bytes, read from
-// body, to w (bw, or bw wrapped) as net/http's Response.Write would: the body is read to
-// its end and closed, and a body of another length is an error once read.
-func writeResponseBody(w io.Writer, bw *bufio.Writer, resp *http.Response, body io.ReadCloser) (err error) {
+// body, into bw as net/http's Response.Write would: the body is read to its end and closed,
+// and a body of another length is an error once read. The body is copied through a buffer
+// of its own, not bw's ReadFrom (see noReadFrom).
+func writeResponseBody(bw *bufio.Writer, resp *http.Response, body io.ReadCloser) (err error) {
 	defer func() {
 		if cerr := body.Close(); cerr != nil && err == nil {
 			err = cerr
@@ -148,7 +150,7 @@ func writeResponseBody(w io.Writer, bw *bufio.Writer, resp *http.Response, body 
 	buf := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(buf)
 	lr := io.LimitedReader{R: body, N: resp.ContentLength}
-	n, err := io.CopyBuffer(w, &lr, *buf)
+	n, err := io.CopyBuffer(noReadFrom{bw}, &lr, *buf)
 	if err != nil {
 		return err
 	}
@@ -193,14 +195,12 @@ func writeFields(bw *bufio.Writer, h http.Header, excluded []string) {
 	}
 }
 
-// writeField writes one field line, its value cleaned as net/http cleans it.
+// writeField writes one field line, its value cleaned as net/http cleans it (the replacer
+// returns a value without line breaks as it is).
 func writeField(bw *bufio.Writer, k, v string) {
-	if strings.ContainsAny(v, "\r\n") {
-		v = newlineToSpace.Replace(v)
-	}
 	bw.WriteString(k)
 	bw.WriteString(": ")
-	bw.WriteString(textproto.TrimString(v))
+	bw.WriteString(textproto.TrimString(newlineToSpace.Replace(v)))
 	bw.WriteString("\r\n")
 }
 

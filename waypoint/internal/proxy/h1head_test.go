@@ -68,7 +68,7 @@ func compareHeads(t *testing.T, c headCase) (reqFast, respFast bool) {
 	if respFast = fastResponse(c.response(), &http.Request{Method: c.method}); respFast {
 		ours, oursErr := written(func(bw *bufio.Writer) error {
 			resp := c.response()
-			return writeResponseBody(noReadFrom{bw}, bw, resp, resp.Body)
+			return writeResponseBody(bw, resp, resp.Body)
 		})
 		theirs, theirsErr := written(func(bw *bufio.Writer) error { return c.response().Write(noReadFrom{bw}) })
 		if ours != theirs || oursErr != theirsErr {
@@ -182,6 +182,6 @@ func BenchmarkHeadWriters(b *testing.B) {
 	run("request/ours", func() error { return writeRequestHead(bw, req) })
 	run("request/net-http", func() error { return req.Write(bw) })
 	resp.Body = io.NopCloser(body)
-	run("response/ours", func() error { return writeResponseBody(noReadFrom{bw}, bw, resp, resp.Body) })
+	run("response/ours", func() error { return writeResponseBody(bw, resp, resp.Body) })
 	run("response/net-http", func() error { return resp.Write(noReadFrom{bw}) })
 }

@@ -235,7 +235,7 @@ func writeResponse(bw *bufio.Writer, resp *http.Response, req *http.Request, kee
 	// buffer: hide it, so that io.Copy brings a buffer of its own.
 	var err error
 	if fastResponse(resp, req) {
-		err = writeResponseBody(noReadFrom{bw}, bw, resp, cb)
+		err = writeResponseBody(bw, resp, cb)
 	} else {
 		resp.Body = cb
 		err = resp.Write(noReadFrom{bw})
