@@ -37,6 +37,7 @@ func TestConfigValidate(t *testing.T) {
 		"zero rate":        func(c *Config) { c.Capacity.Rates = []float64{0, 1000} },
 		"no sweep conns":   func(c *Config) { c.Capacity.Connections = 0 },
 		"no step":          func(c *Config) { c.Capacity.Step = 0 },
+		"no tries":         func(c *Config) { c.Capacity.Tries = 0 },
 		"repeated level":   func(c *Config) { c.Idle.Levels = []int{1, 1} },
 		"too many tunnels": func(c *Config) { c.Idle.Levels = []int{1, 19000} },
 		"idle scenario":    func(c *Config) { c.Idle.Scenarios = []string{"istio"} },
@@ -130,7 +131,7 @@ func TestSmokeLab(t *testing.T) {
 		// a rate low enough that every scenario should hold it on a busy machine, and steps
 		// long enough (100 calls a connection) that the achieved rate is not cut short by
 		// the run's last call (0.5 s at 25 calls a connection achieved 94%)
-		Capacity: CapacitySweep{Rates: []float64{200, 400}, Connections: 2, Step: time.Second},
+		Capacity: CapacitySweep{Rates: []float64{200, 400}, Connections: 2, Step: time.Second, Tries: 2},
 		Idle:     IdleSweep{Scenarios: []string{report.AmbitL4, report.AmbitL4H3}, Levels: []int{1, 50}, Settle: 200 * time.Millisecond}}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -189,6 +190,20 @@ func TestSmokeLab(t *testing.T) {
 		}
 		if !s.Held {
 			t.Logf("%s did not hold 200 req/s (a busy machine?): %+v", name, s)
+		}
+	}
+	// a retry follows a try of its rate that was not held, and the sweep of a scenario ends
+	// at its first rate whose last try was not held
+	for i, s := range sw.Capacity {
+		if s.Retry && (i == 0 || sw.Capacity[i-1].Held || sw.Capacity[i-1].Scenario != s.Scenario || sw.Capacity[i-1].OfferedQPS != s.OfferedQPS || sw.Capacity[i-1].Retry) {
+			t.Errorf("step %d is a retry of no failed try: %+v", i, s)
+		}
+		next := report.Step{}
+		if i+1 < len(sw.Capacity) {
+			next = sw.Capacity[i+1]
+		}
+		if !s.Held && next.Scenario == s.Scenario && !(next.Retry && next.OfferedQPS == s.OfferedQPS && !s.Retry) {
+			t.Errorf("step %d not held, and the sweep went on to %+v", i, next)
 		}
 	}
 	for _, name := range []string{report.AmbitL4, report.AmbitL4H3} {

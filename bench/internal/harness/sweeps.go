@@ -27,49 +27,66 @@ import (
 const echoPort = 9200
 
 // capacity runs the capacity sweep of one scenario: each rate in turn until one is not
-// held. A load process that fails outright ends the sweep as a rate not held, with why; only
-// the end of ctx ends the run.
+// held in Config.Capacity.Tries tries in a row. A load process that fails outright counts
+// as a try not held, with why; only the end of ctx ends the run.
 func (r *runner) capacity(ctx context.Context, name string, e endpoints) ([]report.Step, error) {
 	c := r.cfg.Capacity
 	var steps []report.Step
 	for _, rate := range c.Rates {
-		m := proc.NewMeter(100*time.Millisecond, e.proxies...)
-		if err := m.Start(); err != nil {
-			return steps, err
+		for try := 1; try <= c.Tries; try++ {
+			s, err := r.capacityStep(ctx, name, e, rate)
+			if err != nil {
+				return steps, err
+			}
+			s.Retry = try > 1
+			steps = append(steps, s)
+			if s.Held {
+				break
+			}
 		}
-		res, err := r.load(ctx, load.Config{Mode: load.HTTP, Target: e.url, QPS: rate, Connections: c.Connections, Duration: c.Step})
-		u, merr := m.Stop()
-		if ctx.Err() != nil {
-			return steps, ctx.Err()
-		}
-		if merr != nil {
-			return steps, fmt.Errorf("proxy usage: %w", merr)
-		}
-		l := res.Latency
-		s := report.Step{Scenario: name, Connections: c.Connections, OfferedQPS: rate, QPS: report.Round(l.QPS, 1),
-			P50: l.P50, P99: l.P99, Errors: l.Errors}
-		why := ""
-		if err != nil {
-			s.Failure = err.Error()
-			why = "load failed: " + err.Error()
-		} else {
-			s.Held, why = report.Holds(rate, l.QPS, l.P99, l.Errors)
-		}
-		if len(e.proxies) > 0 && u.Elapsed > 0 {
-			s.ProxyVCPU = report.Round(u.CPU.Seconds()/u.Elapsed.Seconds(), 3)
-		}
-		verdict := "held"
-		if !s.Held {
-			verdict = "not held (" + why + ")"
-		}
-		fmt.Fprintf(r.out, "bench: %s capacity, %d conn: offered %.0f req/s, achieved %.0f, p50 %.0f p99 %.0f µs, %d errors, proxies %.2f vCPU: %s\n",
-			name, c.Connections, rate, l.QPS, l.P50, l.P99, l.Errors, s.ProxyVCPU, verdict)
-		steps = append(steps, s)
-		if !s.Held {
+		if !steps[len(steps)-1].Held {
 			break
 		}
 	}
 	return steps, nil
+}
+
+// capacityStep offers one rate of the capacity sweep for Config.Capacity.Step and reports
+// the step, with the proxies' CPU over it.
+func (r *runner) capacityStep(ctx context.Context, name string, e endpoints, rate float64) (report.Step, error) {
+	c := r.cfg.Capacity
+	m := proc.NewMeter(100*time.Millisecond, e.proxies...)
+	if err := m.Start(); err != nil {
+		return report.Step{}, err
+	}
+	res, err := r.load(ctx, load.Config{Mode: load.HTTP, Target: e.url, QPS: rate, Connections: c.Connections, Duration: c.Step})
+	u, merr := m.Stop()
+	if ctx.Err() != nil {
+		return report.Step{}, ctx.Err()
+	}
+	if merr != nil {
+		return report.Step{}, fmt.Errorf("proxy usage: %w", merr)
+	}
+	l := res.Latency
+	s := report.Step{Scenario: name, Connections: c.Connections, OfferedQPS: rate, QPS: report.Round(l.QPS, 1),
+		P50: l.P50, P99: l.P99, Errors: l.Errors}
+	why := ""
+	if err != nil {
+		s.Failure = err.Error()
+		why = "load failed: " + err.Error()
+	} else {
+		s.Held, why = report.Holds(rate, l.QPS, l.P99, l.Errors)
+	}
+	if len(e.proxies) > 0 && u.Elapsed > 0 {
+		s.ProxyVCPU = report.Round(u.CPU.Seconds()/u.Elapsed.Seconds(), 3)
+	}
+	verdict := "held"
+	if !s.Held {
+		verdict = "not held (" + why + ")"
+	}
+	fmt.Fprintf(r.out, "bench: %s capacity, %d conn: offered %.0f req/s, achieved %.0f, p50 %.0f p99 %.0f µs, %d errors, proxies %.2f vCPU: %s\n",
+		name, c.Connections, rate, l.QPS, l.P50, l.P99, l.Errors, s.ProxyVCPU, verdict)
+	return s, nil
 }
 
 // idleSweeps runs the idle-tunnel sweep of each of Config.Idle's scenarios the run measured,

@@ -199,12 +199,12 @@ func sign(v int) int {
 
 // PlotCapacity draws every scenario's capacity sweep: p99 against the offered rate, both on
 // log scales, one line per scenario, the 5 ms limit dashed; a step that did not hold is a
-// hollow square.
+// hollow square. Of a rate tried again, the last try is drawn (Decisive).
 func PlotCapacity(w io.Writer, steps []Step, title string) error {
 	var lines []series
 	var rates []float64
 	lo, hi := math.Inf(1), 0.0
-	for _, s := range steps {
+	for _, s := range Decisive(steps) {
 		if s.P99 <= 0 || s.OfferedQPS <= 0 {
 			continue
 		}

@@ -104,7 +104,7 @@ func Section(rows []Row, sw Sweeps, m Meta) string {
 		b.WriteString("### How cost grows\n\n")
 	}
 	if len(sw.Capacity) > 0 {
-		b.WriteString("Capacity: the highest offered rate each scenario held with p99 under 5 ms, no errors and at least 95% of the rate achieved, rising until one was not held (in bold, with why).\n\n")
+		b.WriteString("Capacity: the highest offered rate each scenario held with p99 under 5 ms, no errors and at least 95% of the rate achieved, rising until one was not held on its last try (in bold, with why); a rate not held is tried again, and a first try not held is noted beside the one that decided.\n\n")
 		b.WriteString(CapacityTable(sw.Capacity))
 		b.WriteString("\nPlot: bench/results/capacity.png.\n\n")
 	}

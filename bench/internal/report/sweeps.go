@@ -39,9 +39,31 @@ type Step struct {
 	ProxyVCPU float64 `json:"proxy_vcpu,omitempty"`
 	// Failure says why the load of the step failed outright, if it did; it did not hold.
 	Failure string `json:"failure,omitempty"`
-	// Held says whether the step kept within the limits; the sweep ends at the first that
-	// did not.
+	// Held says whether the step kept within the limits; the sweep ends at the first rate
+	// that did not, on its last try.
 	Held bool `json:"held"`
+	// Retry says the step offers again the rate of the step before it, which was not held:
+	// a rate counts as not held only when it fails every try (harness.CapacitySweep.Tries),
+	// so that one burst of other work on a shared machine does not end a sweep.
+	Retry bool `json:"retry,omitempty"`
+}
+
+// Decisive drops every step that a retry of its rate follows: the tries that decide, one
+// per rate.
+func Decisive(steps []Step) []Step {
+	out := make([]Step, 0, len(steps))
+	for i, s := range steps {
+		if i+1 < len(steps) && retries(steps[i+1], s) {
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// retries reports whether step next is a retry of step s.
+func retries(next, s Step) bool {
+	return next.Retry && next.Scenario == s.Scenario && next.OfferedQPS == s.OfferedQPS
 }
 
 // Holds reports whether a step kept within the capacity limits, and if not, why.
@@ -64,7 +86,7 @@ func Holds(offered, achieved, p99 float64, errors int64) (bool, string) {
 // was swept at all.
 func Capacity(steps []Step, scenario string) (qps float64, topped, swept bool) {
 	topped = true
-	for _, s := range steps {
+	for _, s := range Decisive(steps) {
 		if s.Scenario != scenario {
 			continue
 		}
@@ -101,6 +123,15 @@ func capacityCell(steps []Step, scenario string) string {
 	return fmtF(qps, 0)
 }
 
+// stepWhy says why a step was not held.
+func stepWhy(s Step) string {
+	if s.Failure != "" {
+		return "load failed"
+	}
+	_, why := Holds(s.OfferedQPS, s.QPS, s.P99, s.Errors)
+	return why
+}
+
 // CapacityTable renders the capacity sweeps as the curve they are: one row per scenario,
 // the p99 at each offered rate, the step that ended the sweep in bold with its reason.
 func CapacityTable(steps []Step) string {
@@ -124,24 +155,32 @@ func CapacityTable(steps []Step) string {
 		fmt.Fprintf(&b, " p99 ms at %s |", fmtF(r, 0))
 	}
 	b.WriteString("\n|---|--:|" + strings.Repeat("--:|", len(rates)) + "\n")
+	decisive := Decisive(steps)
 	for _, name := range scenarios {
 		fmt.Fprintf(&b, "| %s | %s |", name, capacityCell(steps, name))
 		for _, r := range rates {
-			i := slices.IndexFunc(steps, func(s Step) bool { return s.Scenario == name && s.OfferedQPS == r })
+			at := func(s Step) bool { return s.Scenario == name && s.OfferedQPS == r }
+			i := slices.IndexFunc(decisive, at)
 			if i < 0 {
 				b.WriteString(" |")
 				continue
 			}
-			s := steps[i]
+			s := decisive[i]
+			var notes []string
 			if s.Held {
-				fmt.Fprintf(&b, " %s |", fmtF(s.P99/1000, 2))
-				continue
+				fmt.Fprintf(&b, " %s", fmtF(s.P99/1000, 2))
+			} else {
+				fmt.Fprintf(&b, " **%s**", fmtF(s.P99/1000, 2))
+				notes = append(notes, stepWhy(s))
 			}
-			_, why := Holds(s.OfferedQPS, s.QPS, s.P99, s.Errors)
-			if s.Failure != "" {
-				why = "load failed"
+			// a first try that was not held, before the decisive one
+			if first := steps[slices.IndexFunc(steps, at)]; first != s {
+				notes = append(notes, fmt.Sprintf("first try %s, %s", fmtF(first.P99/1000, 2), stepWhy(first)))
 			}
-			fmt.Fprintf(&b, " **%s** (%s) |", fmtF(s.P99/1000, 2), why)
+			if len(notes) > 0 {
+				fmt.Fprintf(&b, " (%s)", strings.Join(notes, "; "))
+			}
+			b.WriteString(" |")
 		}
 		b.WriteString("\n")
 	}

@@ -149,6 +149,42 @@ func TestCapacityTable(t *testing.T) {
 	}
 }
 
+func TestCapacityRetries(t *testing.T) {
+	// ambit-l4 fails 2000 once and holds it on the retry, then fails 4000 twice;
+	// istio-go-hbone holds its only rate on the retry
+	steps := []Step{
+		{Scenario: AmbitL4, OfferedQPS: 1000, QPS: 1000, P99: 3000, Held: true},
+		{Scenario: AmbitL4, OfferedQPS: 2000, QPS: 2000, P99: 9000},
+		{Scenario: AmbitL4, OfferedQPS: 2000, QPS: 2000, P99: 2100, Held: true, Retry: true},
+		{Scenario: AmbitL4, OfferedQPS: 4000, QPS: 4000, P99: 6300},
+		{Scenario: AmbitL4, OfferedQPS: 4000, QPS: 3000, P99: 5800, Retry: true},
+		{Scenario: IstioGoHBONE, OfferedQPS: 1000, QPS: 1000, P99: 100, Errors: 2},
+		{Scenario: IstioGoHBONE, OfferedQPS: 1000, QPS: 1000, P99: 2000, Held: true, Retry: true},
+	}
+	if d := Decisive(steps); len(d) != 4 || d[1].P99 != 2100 || d[2].P99 != 5800 || d[3].P99 != 2000 {
+		t.Fatalf("decisive steps %+v", d)
+	}
+	if qps, topped, _ := Capacity(steps, AmbitL4); qps != 2000 || topped {
+		t.Errorf("ambit-l4: capacity %v topped %v, want 2000, false", qps, topped)
+	}
+	if qps, topped, _ := Capacity(steps, IstioGoHBONE); qps != 1000 || !topped {
+		t.Errorf("istio-go-hbone: capacity %v topped %v, want 1000, true", qps, topped)
+	}
+	tab := CapacityTable(steps)
+	for _, want := range []string{
+		"| ambit-l4 | 2000 | 3.00 | 2.10 (first try 9.00, p99 9.0 ms) | **5.80** (p99 5.8 ms, 75% of the rate; first try 6.30, p99 6.3 ms) |",
+		"| istio-go-hbone | ≥ 1000 | 2.00 (first try 0.10, 2 errors) | | |",
+	} {
+		if !strings.Contains(tab, want+"\n") {
+			t.Errorf("lacks %q:\n%s", want, tab)
+		}
+	}
+	var png bytes.Buffer
+	if err := PlotCapacity(&png, steps, "retries"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestIdle(t *testing.T) {
 	rows := sampleIdle()
 	// 1000 tunnels: client 30000 → 38000 kB, server 31000 → 37000 kB
