@@ -18,6 +18,14 @@ type HalfCloser interface {
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
+// CopyBuffered copies src to dst as io.CopyBuffer does, through a pooled 32 KiB buffer
+// (io.Copy's size) instead of one allocated per call.
+func CopyBuffered(dst io.Writer, src io.Reader) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	return io.CopyBuffer(dst, src, *bp)
+}
+
 // Splice copies both ways between a and b until both directions have ended. When one
 // side's reads end cleanly, the other side's write direction is closed, so a half-close
 // crosses the splice; the opposite direction keeps flowing. It returns the byte counts
@@ -55,9 +63,7 @@ func pipe(dst, src HalfCloser) (int64, error) {
 	} else if _, ok := dst.(io.ReaderFrom); ok {
 		n, err = io.Copy(dst, src)
 	} else {
-		bp := copyBufs.Get().(*[]byte)
-		n, err = io.CopyBuffer(dst, src, *bp)
-		copyBufs.Put(bp)
+		n, err = CopyBuffered(dst, src)
 	}
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		dst.Close()

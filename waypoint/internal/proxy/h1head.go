@@ -10,8 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 
+	"ambit.dev/mesh/hbone"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -139,7 +139,7 @@ func reasonPhrase(resp *http.Response) string {
 // writeResponseBody writes resp's head and its body of resp.ContentLength bytes, read from
 // body, into bw as net/http's Response.Write would: the body is read to its end and closed,
 // and a body of another length is an error once read. The body is copied through a buffer
-// of its own, not bw's ReadFrom (see noReadFrom).
+// of its own (hbone.CopyBuffered), not bw's ReadFrom (see noReadFrom).
 func writeResponseBody(bw *bufio.Writer, resp *http.Response, body io.ReadCloser) (err error) {
 	defer func() {
 		if cerr := body.Close(); cerr != nil && err == nil {
@@ -147,14 +147,12 @@ func writeResponseBody(bw *bufio.Writer, resp *http.Response, body io.ReadCloser
 		}
 	}()
 	writeResponseHead(bw, resp)
-	buf := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(buf)
 	lr := io.LimitedReader{R: body, N: resp.ContentLength}
-	n, err := io.CopyBuffer(noReadFrom{bw}, &lr, *buf)
+	n, err := hbone.CopyBuffered(noReadFrom{bw}, &lr)
 	if err != nil {
 		return err
 	}
-	extra, err := io.CopyBuffer(io.Discard, body, *buf)
+	extra, err := hbone.CopyBuffered(io.Discard, body)
 	if err != nil {
 		return err
 	}
@@ -163,9 +161,6 @@ func writeResponseBody(bw *bufio.Writer, resp *http.Response, body io.ReadCloser
 	}
 	return nil
 }
-
-// copyBufs holds the buffers bodies are copied through, of net/http's size.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // The fields net/http writes itself rather than from the header map, by exact key.
 var (

@@ -59,23 +59,27 @@ func written(write func(*bufio.Writer) error) (string, string) {
 func compareHeads(t *testing.T, c headCase) (reqFast, respFast bool) {
 	t.Helper()
 	if reqFast = fastRequest(c.request()); reqFast {
-		ours, oursErr := written(func(bw *bufio.Writer) error { return writeRequestHead(bw, c.request()) })
-		theirs, theirsErr := written(func(bw *bufio.Writer) error { return c.request().Write(bw) })
-		if ours != theirs || oursErr != theirsErr {
-			t.Errorf("request %+v:\nours:    %q (err %q)\nnet/http: %q (err %q)", c, ours, oursErr, theirs, theirsErr)
-		}
+		sameWrites(t, "request", c,
+			func(bw *bufio.Writer) error { return writeRequestHead(bw, c.request()) },
+			func(bw *bufio.Writer) error { return c.request().Write(bw) })
 	}
 	if respFast = fastResponse(c.response(), &http.Request{Method: c.method}); respFast {
-		ours, oursErr := written(func(bw *bufio.Writer) error {
-			resp := c.response()
-			return writeResponseBody(bw, resp, resp.Body)
-		})
-		theirs, theirsErr := written(func(bw *bufio.Writer) error { return c.response().Write(noReadFrom{bw}) })
-		if ours != theirs || oursErr != theirsErr {
-			t.Errorf("response %+v:\nours:    %q (err %q)\nnet/http: %q (err %q)", c, ours, oursErr, theirs, theirsErr)
-		}
+		sameWrites(t, "response", c,
+			func(bw *bufio.Writer) error { resp := c.response(); return writeResponseBody(bw, resp, resp.Body) },
+			func(bw *bufio.Writer) error { return c.response().Write(noReadFrom{bw}) })
 	}
 	return reqFast, respFast
+}
+
+// sameWrites fails t where ours and net/http's writer of c's message (what) write other
+// bytes or another error.
+func sameWrites(t *testing.T, what string, c headCase, ours, netHTTP func(*bufio.Writer) error) {
+	t.Helper()
+	o, oErr := written(ours)
+	n, nErr := written(netHTTP)
+	if o != n || oErr != nErr {
+		t.Errorf("%s %+v:\nours:    %q (err %q)\nnet/http: %q (err %q)", what, c, o, oErr, n, nErr)
+	}
 }
 
 var headCases = []headCase{
