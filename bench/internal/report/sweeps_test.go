@@ -29,6 +29,16 @@ func sampleSteps() []Step {
 	}
 }
 
+// hasLines fails t for each of want that is not a whole line of the table tab.
+func hasLines(t *testing.T, tab string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(tab, w+"\n") {
+			t.Errorf("lacks %q:\n%s", w, tab)
+		}
+	}
+}
+
 func sampleIdle() []IdleRow {
 	return []IdleRow{
 		NewIdleRow(AmbitL4, 1, 1, 0, 0.01, 30000, 31000, 30010, 31000),
@@ -107,11 +117,7 @@ func TestScenarioTableCapacityBounds(t *testing.T) {
 		{Scenario: AmbitL4, OfferedQPS: 2000, QPS: 1000, P99: 100},
 	}
 	tab := ScenarioTable(sample()[:4], steps)
-	for _, want := range []string{"| direct | 20.00 | 100% | 10000 | 100% | ≥ 1000 | – |", "| ambit-l4 | 10.00 | 50% | 3000 | 30% | 1000 | ≤ 100% |"} {
-		if !strings.Contains(tab, want+"\n") {
-			t.Errorf("lacks %q:\n%s", want, tab)
-		}
-	}
+	hasLines(t, tab, "| direct | 20.00 | 100% | 10000 | 100% | ≥ 1000 | – |", "| ambit-l4 | 10.00 | 50% | 3000 | 30% | 1000 | ≤ 100% |")
 	tab = ScenarioTable(sample(), nil)
 	if !strings.Contains(tab, "| ambit-l4 | 10.00 | 50% | 3000 | 30% | – | – |\n") {
 		t.Errorf("without a sweep:\n%s", tab)
@@ -171,14 +177,10 @@ func TestCapacityRetries(t *testing.T) {
 		t.Errorf("istio-go-hbone: capacity %v topped %v, want 1000, true", qps, topped)
 	}
 	tab := CapacityTable(steps)
-	for _, want := range []string{
+	hasLines(t, tab,
 		"| ambit-l4 | 2000 | 3.00 | 2.10 (first try 9.00, p99 9.0 ms) | **5.80** (p99 5.8 ms, 75% of the rate; first try 6.30, p99 6.3 ms) |",
 		"| istio-go-hbone | ≥ 1000 | 2.00 (first try 0.10, 2 errors) | | |",
-	} {
-		if !strings.Contains(tab, want+"\n") {
-			t.Errorf("lacks %q:\n%s", want, tab)
-		}
-	}
+	)
 	var png bytes.Buffer
 	if err := PlotCapacity(&png, steps, "retries"); err != nil {
 		t.Fatal(err)
@@ -199,14 +201,10 @@ func TestIdle(t *testing.T) {
 		t.Fatalf("nothing held: %+v", r)
 	}
 	tab := IdleTable(rows)
-	for _, want := range []string{
+	hasLines(t, tab,
 		"| ambit-l4 | 1000 | 1000 | 1.50 | 37.1 | 36.1 | 8.0 | 6.0 | 14.0 |",
 		"| ambit-l4-h3 | 100 | 60 (**40 failed**) | 5.00 | 34.6 | 34.4 | 40.0 | 20.0 | 60.0 |",
-	} {
-		if !strings.Contains(tab, want+"\n") {
-			t.Errorf("lacks %q:\n%s", want, tab)
-		}
-	}
+	)
 	if n := strings.Count(strings.TrimSpace(tab), "\n"); n != 1+len(rows) {
 		t.Errorf("%d lines:\n%s", n+1, tab)
 	}
