@@ -184,12 +184,14 @@ e2e-k8s: kube-apiserver ## end-to-end tests against a real kube-apiserver and et
 	go test -race -count=1 -timeout $(TESTTIMEOUT) "$${pkgs[@]}"
 
 BENCH_CONTROLLER_PODS ?= 10000 50000 100000
-bench-controller: ## controller push at scale: 10,000, 50,000 and 100,000 pods (a Service per 10), 100 xDS clients on loopback; a JSON line each, also in bench/results/controller.jsonl (~3 min, 10 GB)
+bench-controller: ## controller push at scale: 10,000, 50,000 and 100,000 pods (a Service per 10), 100 xDS clients on loopback; a JSON line each, also in bench/results/controller.jsonl, plotted in controller.png and controller-rss.png (~3 min, 10 GB)
 	@mkdir -p bin bench/results; . hack/goflags.sh; static_go build -o bin/bench-controller ./controller/internal/xds/pushbench; \
+	static_go build -o bin/bench ./bench/cmd/bench; \
 	: > bench/results/controller.jsonl.new; \
 	for p in $(BENCH_CONTROLLER_PODS); do \
 		bin/bench-controller -pods $$p -services $$((p / 10)) -clients 100 -changes 200 | tail -1 | tee -a bench/results/controller.jsonl.new || exit 1; \
-	done; mv bench/results/controller.jsonl.new bench/results/controller.jsonl
+	done; mv bench/results/controller.jsonl.new bench/results/controller.jsonl; \
+	bin/bench plot-controller --in bench/results/controller.jsonl
 
 clean: ## remove bin/ and .cache/
 	rm -rf bin .cache

@@ -3,15 +3,18 @@
 //	bench run [--quick] [flags]   bring the bench lab up, run every scenario, write the results
 //	bench load [flags]            one load run from inside the client pod; prints JSON (hold: a line per count read)
 //	bench serve [flags]           the benchmark's server, inside the server pod
+//	bench plot-controller [flags] the plots of `make bench-controller`'s results
 //
 // run needs root: it drives the local lab (network namespaces, iptables).
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -23,12 +26,13 @@ import (
 
 	"ambit.dev/bench/internal/harness"
 	"ambit.dev/bench/internal/load"
+	"ambit.dev/bench/internal/report"
 	"ambit.dev/bench/internal/server"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: bench run|load|serve [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench run|load|serve|plot-controller [flags]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -41,8 +45,10 @@ func main() {
 		err = runLoad(ctx, os.Args[2:])
 	case "serve":
 		err = serve(ctx, os.Args[2:])
+	case "plot-controller":
+		err = plotController(os.Args[2:])
 	default:
-		err = fmt.Errorf("unknown command %q (run, load or serve)", os.Args[1])
+		err = fmt.Errorf("unknown command %q (run, load, serve or plot-controller)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -125,4 +131,53 @@ func serve(ctx context.Context, args []string) error {
 	c.Size = n
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	return server.Run(ctx, c, log)
+}
+
+// plotController draws bench/results/controller.jsonl (`make bench-controller`) as
+// controller.png (the times) and controller-rss.png (the memory) beside it.
+func plotController(args []string) error {
+	fs := flag.NewFlagSet("plot-controller", flag.ExitOnError)
+	in := fs.String("in", "bench/results/controller.jsonl", "the push benchmark's JSON lines, one per size")
+	_ = fs.Parse(args)
+	if fs.NArg() > 0 {
+		return fmt.Errorf("plot-controller: unexpected argument %q", fs.Arg(0))
+	}
+	f, err := os.Open(*in)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	runs, err := report.ReadControllerRuns(f)
+	if err != nil {
+		return fmt.Errorf("%s: %w", *in, err)
+	}
+	date := st.ModTime().UTC().Format("2006-01-02")
+	clients := runs[0].Clients
+	dir := filepath.Dir(*in)
+	for _, p := range []struct {
+		file string
+		plot func(io.Writer) error
+	}{
+		{"controller.png", func(w io.Writer) error {
+			return report.PlotControllerTime(w, runs, fmt.Sprintf("ambit controller: full sync and change to %d clients against pods (%s)", clients, date))
+		}},
+		{"controller-rss.png", func(w io.Writer) error {
+			return report.PlotControllerRSS(w, runs, fmt.Sprintf("ambit controller: peak RSS against pods (%s)", date))
+		}},
+	} {
+		var png bytes.Buffer
+		if err := p.plot(&png); err != nil {
+			return err
+		}
+		file := filepath.Join(dir, p.file)
+		if err := os.WriteFile(file, png.Bytes(), 0o644); err != nil {
+			return err
+		}
+		fmt.Printf("bench: wrote %s\n", file)
+	}
+	return nil
 }
