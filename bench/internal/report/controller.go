@@ -10,11 +10,11 @@ import (
 	"slices"
 )
 
-// ControllerRun is one size of `make bench-controller`: the JSON line the push benchmark
-// (controller/internal/xds/pushbench) prints, of which the plots use these fields.
+// ControllerRun is one size of `make bench-controller`: the fields the plots draw of the JSON
+// line the push benchmark prints (its result type, in controller/internal/xds/pushbench, which
+// this module cannot import; the names are the contract between the two).
 type ControllerRun struct {
 	Pods        int     `json:"pods"`
-	Services    int     `json:"services"`
 	Clients     int     `json:"clients"`
 	FullSyncMS  float64 `json:"full_sync_ms"`
 	ChangeP50MS float64 `json:"change_p50_ms"`
