@@ -9,7 +9,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -157,27 +156,16 @@ func plotController(args []string) error {
 	}
 	date := st.ModTime().UTC().Format("2006-01-02")
 	clients := runs[0].Clients
-	dir := filepath.Dir(*in)
-	for _, p := range []struct {
-		file string
-		plot func(io.Writer) error
-	}{
-		{"controller.png", func(w io.Writer) error {
+	files, err := report.WriteDrawings(filepath.Dir(*in),
+		report.Drawing{File: "controller.png", Draw: func(w io.Writer) error {
 			return report.PlotControllerTime(w, runs, fmt.Sprintf("ambit controller: full sync and change to %d clients against pods (%s)", clients, date))
 		}},
-		{"controller-rss.png", func(w io.Writer) error {
+		report.Drawing{File: "controller-rss.png", Draw: func(w io.Writer) error {
 			return report.PlotControllerRSS(w, runs, fmt.Sprintf("ambit controller: peak RSS against pods (%s)", date))
-		}},
-	} {
-		var png bytes.Buffer
-		if err := p.plot(&png); err != nil {
-			return err
-		}
-		file := filepath.Join(dir, p.file)
-		if err := os.WriteFile(file, png.Bytes(), 0o644); err != nil {
-			return err
-		}
-		fmt.Printf("bench: wrote %s\n", file)
+		}})
+	if err != nil {
+		return err
 	}
+	fmt.Printf("bench: wrote %s\n", strings.Join(files, ", "))
 	return nil
 }

@@ -333,14 +333,13 @@ func (r *runner) write(rows []report.Row) error {
 	if err := os.WriteFile(filepath.Join(r.cfg.ResultsDir, "latest.json"), js.Bytes(), 0o644); err != nil {
 		return err
 	}
-	var png bytes.Buffer
-	if err := report.Plot(&png, rows, fmt.Sprintf("ambit bench: latency at %.0f req/s (%s)", r.cfg.QPS, time.Now().UTC().Format("2006-01-02"))); err != nil {
+	files, err := report.WriteDrawings(r.cfg.ResultsDir, report.Drawing{File: "latency.png", Draw: func(w io.Writer) error {
+		return report.Plot(w, rows, fmt.Sprintf("ambit bench: latency at %.0f req/s (%s)", r.cfg.QPS, time.Now().UTC().Format("2006-01-02")))
+	}})
+	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(r.cfg.ResultsDir, "latency.png"), png.Bytes(), 0o644); err != nil {
-		return err
-	}
-	fmt.Fprintf(r.out, "bench: wrote %s and %s\n", filepath.Join(r.cfg.ResultsDir, "latest.json"), filepath.Join(r.cfg.ResultsDir, "latency.png"))
+	fmt.Fprintf(r.out, "bench: wrote %s and %s\n", filepath.Join(r.cfg.ResultsDir, "latest.json"), files[0])
 	if err := r.writeSweeps(); err != nil {
 		return err
 	}
@@ -387,31 +386,22 @@ func (r *runner) writeSweeps() error {
 		return err
 	}
 	date := time.Now().UTC().Format("2006-01-02")
-	for _, p := range []struct {
-		file string
-		n    int
-		plot func(io.Writer) error
-	}{
-		{"capacity.png", len(r.sweeps.Capacity), func(w io.Writer) error {
+	var plots []report.Drawing
+	if len(r.sweeps.Capacity) > 0 {
+		plots = append(plots, report.Drawing{File: "capacity.png", Draw: func(w io.Writer) error {
 			return report.PlotCapacity(w, r.sweeps.Capacity, fmt.Sprintf("ambit bench: p99 against offered rate, %d connections (%s)", r.cfg.Capacity.Connections, date))
-		}},
-		{"idle.png", len(r.sweeps.Idle), func(w io.Writer) error {
-			return report.PlotIdle(w, r.sweeps.Idle, fmt.Sprintf("ambit bench: ztunnel memory against idle tunnels held (%s)", date))
-		}},
-	} {
-		if p.n == 0 {
-			continue
-		}
-		var png bytes.Buffer
-		if err := p.plot(&png); err != nil {
-			return err
-		}
-		file := filepath.Join(r.cfg.ResultsDir, p.file)
-		if err := os.WriteFile(file, png.Bytes(), 0o644); err != nil {
-			return err
-		}
-		files = append(files, file)
+		}})
 	}
+	if len(r.sweeps.Idle) > 0 {
+		plots = append(plots, report.Drawing{File: "idle.png", Draw: func(w io.Writer) error {
+			return report.PlotIdle(w, r.sweeps.Idle, fmt.Sprintf("ambit bench: ztunnel memory against idle tunnels held (%s)", date))
+		}})
+	}
+	written, err := report.WriteDrawings(r.cfg.ResultsDir, plots...)
+	if err != nil {
+		return err
+	}
+	files = append(files, written...)
 	fmt.Fprintf(r.out, "bench: wrote %s\n", strings.Join(files, ", "))
 	return nil
 }

@@ -1,6 +1,7 @@
 package report
 
 import (
+	"bytes"
 	"fmt"
 	"image"
 	"image/color"
@@ -8,6 +9,8 @@ import (
 	"image/png"
 	"io"
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
 )
 
@@ -265,6 +268,30 @@ func PlotIdle(w io.Writer, rows []IdleRow, title string) error {
 		lines: lines,
 	}
 	return c.draw(w)
+}
+
+// Drawing is a plot to write: its file's name and what draws it.
+type Drawing struct {
+	File string
+	Draw func(io.Writer) error
+}
+
+// WriteDrawings draws each drawing into its file in dir, in turn, and returns the paths
+// written. A drawing that fails leaves its file as it was and ends the writing.
+func WriteDrawings(dir string, ds ...Drawing) ([]string, error) {
+	var files []string
+	for _, d := range ds {
+		var png bytes.Buffer
+		if err := d.Draw(&png); err != nil {
+			return files, err
+		}
+		file := filepath.Join(dir, d.File)
+		if err := os.WriteFile(file, png.Bytes(), 0o644); err != nil {
+			return files, err
+		}
+		files = append(files, file)
+	}
+	return files, nil
 }
 
 // seriesNamed returns lines with a series called name (appended if there was none) and its
