@@ -6,6 +6,7 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"io"
 	"math"
 	"slices"
 	"strings"
@@ -268,6 +269,29 @@ func TestSweepsJSON(t *testing.T) {
 }
 
 // colored counts the pixels of img in c.
+// drawn draws a chart, decodes it, and checks that it has series lines: each series' colour
+// on at least least pixels (its legend swatch has 140), and none of the next colour's.
+func drawn(t *testing.T, draw func(io.Writer) error, series, least int) image.Image {
+	t.Helper()
+	var b bytes.Buffer
+	if err := draw(&b); err != nil {
+		t.Fatal(err)
+	}
+	img, err := png.Decode(&b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range series {
+		if n := colored(img, palette[i]); n < least {
+			t.Errorf("series %d: %d pixels of its colour", i, n)
+		}
+	}
+	if n := colored(img, palette[series]); n != 0 {
+		t.Errorf("%d pixels of the colour after the %d series'", n, series)
+	}
+	return img
+}
+
 func colored(img image.Image, c color.RGBA) int {
 	n := 0
 	b := img.Bounds()
@@ -283,50 +307,21 @@ func colored(img image.Image, c color.RGBA) int {
 }
 
 func TestPlotCapacity(t *testing.T) {
-	var b bytes.Buffer
-	if err := PlotCapacity(&b, sampleSteps(), "capacity"); err != nil {
-		t.Fatal(err)
-	}
-	img, err := png.Decode(&b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// a line per scenario in its own colour (more pixels than its legend swatch of 140),
-	// and the limit
-	for i, name := range []string{Direct, AmbitL4, HAProxyMTLS, IstioGoHBONE} {
-		if n := colored(img, palette[i]); n < 150 {
-			t.Errorf("%s: %d pixels of its colour", name, n)
-		}
-	}
-	if n := colored(img, palette[4]); n != 0 {
-		t.Errorf("%d pixels of a fifth series' colour, with four", n)
-	}
+	// a line per scenario (direct, ambit-l4, haproxy-mtls, istio-go-hbone), and the limit
+	img := drawn(t, func(w io.Writer) error { return PlotCapacity(w, sampleSteps(), "capacity") }, 4, 150)
 	if colored(img, limitColor) == 0 {
 		t.Error("no limit line")
 	}
+	var b bytes.Buffer
 	if err := PlotCapacity(&b, nil, "x"); err == nil {
 		t.Error("an empty plot accepted")
 	}
 }
 
 func TestPlotIdle(t *testing.T) {
-	var b bytes.Buffer
-	if err := PlotIdle(&b, sampleIdle(), "idle"); err != nil {
-		t.Fatal(err)
-	}
-	img, err := png.Decode(&b)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// ambit-l4 client and server, ambit-l4-h3 client and server
-	for i := range 4 {
-		if n := colored(img, palette[i]); n < 150 {
-			t.Errorf("series %d: %d pixels of its colour", i, n)
-		}
-	}
-	if n := colored(img, palette[4]); n != 0 {
-		t.Errorf("%d pixels of a fifth series' colour, with four", n)
-	}
+	drawn(t, func(w io.Writer) error { return PlotIdle(w, sampleIdle(), "idle") }, 4, 150)
+	var b bytes.Buffer
 	if err := PlotIdle(&b, nil, "x"); err == nil {
 		t.Error("an empty plot accepted")
 	}
