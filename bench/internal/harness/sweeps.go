@@ -33,7 +33,7 @@ func (r *runner) capacity(ctx context.Context, name string, e endpoints) ([]repo
 	c := r.cfg.Capacity
 	var steps []report.Step
 	for _, rate := range c.Rates {
-		for try := 1; try <= max(c.Tries, 1); try++ {
+		for try := 1; try <= c.Tries; try++ { // at least 1: Validate
 			s, err := r.capacityStep(ctx, name, e, rate)
 			if err != nil {
 				return steps, err

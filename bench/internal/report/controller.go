@@ -135,17 +135,3 @@ func podAxis(runs []ControllerRun) axis {
 	a.format = fmtPods
 	return a
 }
-
-func fmtPods(v float64) string {
-	if v >= 1000 {
-		return fmt.Sprintf("%gk", v/1000)
-	}
-	return fmt.Sprintf("%g", v)
-}
-
-func fmtMS(v float64) string {
-	if v >= 1000 {
-		return fmt.Sprintf("%gs", v/1000)
-	}
-	return fmt.Sprintf("%gms", v)
-}

@@ -97,12 +97,17 @@ func Plot(w io.Writer, rows []Row, title string) error {
 	return png.Encode(w, img)
 }
 
-func fmtUS(v float64) string {
+// inThousands labels v with unit, or in thousands with kilo from 1000 on.
+func inThousands(v float64, unit, kilo string) string {
 	if v >= 1000 {
-		return fmt.Sprintf("%gms", v/1000)
+		return fmt.Sprintf("%g%s", v/1000, kilo)
 	}
-	return fmt.Sprintf("%gus", v)
+	return fmt.Sprintf("%g%s", v, unit)
 }
+
+func fmtUS(v float64) string   { return inThousands(v, "us", "ms") }
+func fmtMS(v float64) string   { return inThousands(v, "ms", "s") }
+func fmtPods(v float64) string { return inThousands(v, "", "k") }
 
 func text(img *image.RGBA, x, y int, s string) {
 	d := &font.Drawer{Dst: img, Src: image.NewUniform(black), Face: basicfont.Face7x13, Dot: fixed.P(x, y)}

@@ -152,7 +152,7 @@ func writeResponseBody(bw *bufio.Writer, resp *http.Response, body io.ReadCloser
 	if err != nil {
 		return err
 	}
-	extra, err := hbone.CopyBuffered(io.Discard, body)
+	extra, err := io.Copy(io.Discard, body) // io.Discard reads through buffers of its own
 	if err != nil {
 		return err
 	}
