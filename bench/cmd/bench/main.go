@@ -29,10 +29,23 @@ import (
 	"ambit.dev/bench/internal/server"
 )
 
+const usage = `usage: bench COMMAND [flags]   (bench COMMAND --help for its flags)
+
+  run              bring the bench lab up, run every scenario, write the results (root; make bench)
+  load             one load run from inside the client pod; prints JSON
+  serve            the benchmark's server, inside the server pod
+  plot-controller  the plots of make bench-controller's results
+`
+
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: bench run|load|serve|plot-controller [flags]")
+		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "-h", "-help", "--help", "help":
+		fmt.Print(usage)
+		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

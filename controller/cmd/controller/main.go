@@ -44,6 +44,10 @@ func main() {
 	flag.DurationVar(&cfg.Debounce, "debounce", 20*time.Millisecond, "quiet time after an object change before config is recomputed")
 	flag.TextVar(&level, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	flag.BoolVar(&logJSON, "log-json", false, "log in JSON instead of text")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: controller [flags]\n\nambit's control plane: it watches Kubernetes (--kubeconfig, or in-cluster) or, locally,\na folder of the same YAML objects (--config-dir), signs workload certificates and pushes\neach ztunnel and waypoint its config over delta xDS.\n\n")
+		flag.PrintDefaults()
+	}
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "controller: unexpected arguments %q\n", flag.Args())

@@ -50,6 +50,10 @@ func main() {
 	returnMemory := flag.Bool("return-memory", true, memreturn.FlagUsage)
 	flag.BoolVar(&cfg.AccessLog, "access-log", false, "log a record per request and per opaque TCP connection (component=access, at info); off by default, as Istio's and Linkerd's proxies: the metrics count every request, and the records cost about 7% of the waypoint's CPU per request")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: waypoint [flags]\n\nambit's L7 proxy, one per ambit-waypoint Gateway: it terminates the HBONE tunnels\nztunnels send it, applies L7 authorization, routes, retries, timeouts, circuit breaking\nand mirroring, and forwards over HBONE under its own identity. Configuration and its\ncertificate come from the controller (--controller).\n\n")
+		flag.PrintDefaults()
+	}
 	flag.Parse()
 
 	var level slog.Level
