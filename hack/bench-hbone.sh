@@ -4,7 +4,7 @@
 #   round trip: hbone ≤ 1.15 × mtls      throughput: hbone ≥ 0.9 × mtls
 # All three paths run in the same process, interleaved, so the ratios come from one run.
 set -euo pipefail
-cd "$(dirname "$0")/../proto"
+cd "$(dirname "$0")/../mesh"
 count=${COUNT:-5}
 benchtime=${BENCHTIME:-2s}
 out=$(mktemp)
