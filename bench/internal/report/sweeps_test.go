@@ -268,7 +268,6 @@ func TestSweepsJSON(t *testing.T) {
 	}
 }
 
-// colored counts the pixels of img in c.
 // drawn draws a chart, decodes it, and checks that it has series lines: each series' colour
 // on at least least pixels (its legend swatch has 140), and none of the next colour's.
 func drawn(t *testing.T, draw func(io.Writer) error, series, least int) image.Image {
@@ -292,6 +291,7 @@ func drawn(t *testing.T, draw func(io.Writer) error, series, least int) image.Im
 	return img
 }
 
+// colored counts the pixels of img in c.
 func colored(img image.Image, c color.RGBA) int {
 	n := 0
 	b := img.Bounds()
