@@ -232,6 +232,7 @@ func (r *runner) load(ctx context.Context, c load.Config) (load.Result, error) {
 		args = append(args, "--connections", strconv.Itoa(c.Connections))
 	}
 	cmd := exec.CommandContext(ctx, "ip", args...)
+	ownSession(cmd)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -242,6 +243,21 @@ func (r *runner) load(ctx context.Context, c load.Config) (load.Result, error) {
 		return load.Result{}, fmt.Errorf("load %s: result: %w\n%s", c.Mode, err, stdout.String())
 	}
 	return res, nil
+}
+
+// ownSession starts cmd in a session of its own, as the lab starts ztunnel and the
+// controller (controller/lab), and has the kernel kill it if the harness dies first. On a
+// kernel with autogroup scheduling (CONFIG_SCHED_AUTOGROUP, on by default in most
+// distributions' kernels and on this project's machine), each session is scheduled as one
+// group against the others, as each pod's cgroup is on a Kubernetes node. Before this, the
+// peers shared the harness's group with the load generator, the server and whatever else the
+// shell that ran the bench had started, while the ztunnels each had their own: under
+// CPU-bound neighbours started from the same shell, the ztunnels' wake-ups waited behind the
+// neighbours' group and the peers' did not (docs/benchmarks.md, 2026-12-06). Every process
+// of every scenario now has a group of its own, so no scenario's proxies share the
+// scheduler's attention with the load.
+func ownSession(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 }
 
 // process is a long-running helper the harness started inside a pod.
@@ -266,6 +282,7 @@ func (r *runner) startIn(pod *lab.PodState, name, bin string, args ...string) (*
 	defer f.Close()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", filepath.Base(pod.NetNS), bin}, args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
+	ownSession(cmd)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}

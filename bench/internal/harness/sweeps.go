@@ -189,6 +189,7 @@ func (r *runner) idle(ctx context.Context, name string) (rows []report.IdleRow, 
 	target := net.JoinHostPort(r.server.IP, strconv.Itoa(echoPort))
 	cmd := exec.CommandContext(hctx, "ip", "netns", "exec", filepath.Base(r.client.NetNS), r.cfg.Self, "load", "--mode", string(load.Hold),
 		"--target", target, "--connections", strconv.Itoa(top), "--duration", deadline.String())
+	ownSession(cmd)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	stdin, err := cmd.StdinPipe()
