@@ -3,14 +3,17 @@
 # median of each and the ratios the HBONE issue sets targets for:
 #   round trip: hbone ≤ 1.15 × mtls      throughput: hbone ≥ 0.9 × mtls
 # All three paths run in the same process, interleaved, so the ratios come from one run.
+# JUDGE=0 prints the same table and ratios without failing on a missed target (the smoke run
+# of mesh/hbone's TestBenchScript, with BENCHTIME=1x: it checks that the script works).
 set -euo pipefail
 cd "$(dirname "$0")/../mesh"
 count=${COUNT:-5}
 benchtime=${BENCHTIME:-2s}
+judge=${JUDGE:-1}
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 go test -run '^$' -bench 'BenchmarkRoundTrip|BenchmarkThroughput' -benchtime "$benchtime" -count "$count" ./hbone | tee "$out"
-awk '
+awk -v judge="$judge" '
 /^Benchmark(RoundTrip|Throughput)\// {
 	name=$1; sub(/-[0-9]+$/, "", name)
 	ns[name]=ns[name] " " $3
@@ -31,5 +34,5 @@ END {
 	tp=median(mbs["BenchmarkThroughput/hbone"]) / median(mbs["BenchmarkThroughput/mtls"])
 	printf "\nround trip  hbone/mtls = %.2f (target <= 1.15)\n", rt
 	printf "throughput  hbone/mtls = %.2f (target >= 0.90)\n", tp
-	if (rt > 1.15 || tp < 0.9) exit 1
+	if (judge && (rt > 1.15 || tp < 0.9)) exit 1
 }' "$out"

@@ -1,0 +1,6 @@
+//go:build !race
+
+package hbone
+
+// raceBuild says this test binary was built with -race.
+const raceBuild = false
