@@ -65,6 +65,76 @@ func TestObserve(t *testing.T) {
 	}
 }
 
+// A node other processes keep busy: two processors, so that one descheduled thread does
+// not hold every connection; back to one when the crowding ends or the proxy is the load.
+func TestObserveCrowded(t *testing.T) {
+	g := &Governor{N: 1, Max: 4}
+	steps := []struct {
+		busy, idle float64
+		want       int
+	}{
+		{0.1, 0.1, 1}, // crowded once: not yet
+		{0.1, 0.5, 1}, // half a core idle: the run is broken
+		{0.1, 0.1, 1},
+		{0.1, 0.0, 2}, // two crowded samples in a row: a second processor
+		{0.1, 0.0, 2}, // and it stays, however long the crowding lasts
+		{0.3, 0.2, 2},
+	}
+	for i, s := range steps {
+		if got := g.Observe(s.busy, s.idle); got != s.want {
+			t.Fatalf("step %d: Observe(%v, %v) = %d, want %d", i, s.busy, s.idle, got, s.want)
+		}
+	}
+	for i := range 3 * DownAfter {
+		if got := g.Observe(0.2, 0.1); got != 2 {
+			t.Fatalf("crowded sample %d at 2: %d, want 2", i, got)
+		}
+	}
+	// The crowding ends, the proxy quiet: back to one after DownAfter samples.
+	for range DownAfter {
+		g.Observe(0.2, 2)
+	}
+	if g.N != 1 {
+		t.Fatalf("after %d quiet samples on a free node: %d, want 1", DownAfter, g.N)
+	}
+	// The proxy is what fills the node: one processor, as before.
+	g = &Governor{N: 2, Max: 4}
+	for range DownAfter {
+		g.Observe(1.6, 0.1)
+	}
+	if g.N != 1 {
+		t.Fatalf("busy proxy on a full node: %d, want 1", g.N)
+	}
+	for range 3 * UpAfter {
+		g.Observe(0.9, 0.1)
+	}
+	if g.N != 1 {
+		t.Fatalf("a proxy of 0.9 core on a full node is not crowded out: %d, want 1", g.N)
+	}
+	// More than two on a node that becomes crowded: back to two, not to one.
+	g = &Governor{N: 4, Max: 4}
+	for range DownAfter {
+		g.Observe(0.5, 0.1)
+	}
+	if g.N != 3 {
+		t.Fatalf("4 processors after %d crowded samples: %d, want 3", DownAfter, g.N)
+	}
+	for range 3 * DownAfter {
+		g.Observe(0.5, 0.1)
+	}
+	if g.N != 2 {
+		t.Fatalf("crowded from 4: %d, want 2", g.N)
+	}
+	// Max 1 (one CPU for the process): no second processor, crowded or not.
+	g = &Governor{N: 1, Max: 1}
+	for range 3 * UpAfter {
+		g.Observe(0.1, 0)
+	}
+	if g.N != 1 {
+		t.Fatalf("Max 1, crowded: %d, want 1", g.N)
+	}
+}
+
 func TestObserveMaxOne(t *testing.T) {
 	g := &Governor{N: 1, Max: 1}
 	for range 5 {
