@@ -10,10 +10,7 @@
 // request at 4,000 req/s, the waypoint about 28 % less per request. One processor also caps
 // the proxy near one core, which a busy node may need more than, so the default (auto)
 // adds processors while the proxy keeps them busy and the node has cores to spare, and
-// takes them back when the load has gone. On a node that other processes keep busy, one
-// processor has the opposite cost: the kernel deschedules the proxy's one thread for
-// milliseconds at a time, and every connection waits with it; there the governor keeps two
-// (docs/benchmarks.md, "Kept: two processors on a crowded node").
+// takes them back when the load has gone.
 package maxprocs
 
 import (
@@ -29,7 +26,7 @@ import (
 )
 
 // FlagUsage is the help of the proxies' --workers flag, which Start takes.
-const FlagUsage = "how many threads run the proxy's Go code at once (GOMAXPROCS); 0: auto, one while a core is enough and more, up to the CPUs the process may use, while it keeps a core busy, and two while other processes keep every core busy (GOMAXPROCS in the environment fixes it instead)"
+const FlagUsage = "how many threads run the proxy's Go code at once (GOMAXPROCS); 0: auto, one while a core is enough and more, up to the CPUs the process may use, while it keeps a core busy (GOMAXPROCS in the environment fixes it instead)"
 
 // The governor's rules: it samples the process's CPU time and the node's idle time every
 // Interval. After UpAfter samples in a row in which the proxy kept at least UpShare of its
@@ -39,14 +36,6 @@ const FlagUsage = "how many threads run the proxy's Go code at once (GOMAXPROCS)
 // at most DownShare of one processor fewer, or the node had less than DownIdle of a core
 // idle, it takes one away. The gap between the two keeps it from flapping: one processor
 // becomes two at 0.8 of a core busy, and two go back to one at half a core.
-//
-// A crowded node is the exception: less than DownIdle of a core idle while the proxy itself
-// uses less than UpShare of one, so that other processes fill the cores. There, after
-// UpAfter such samples, one processor becomes two, and two stay (more than two go back to
-// two): while the kernel keeps one of the proxy's threads waiting behind a neighbour, the
-// other can carry the connections. When the crowding ends the rules above apply again: a
-// quiet proxy on a node with cores free goes back to one, and so does a busy one on a full
-// node.
 const (
 	Interval  = time.Second
 	UpShare   = 0.8
@@ -91,13 +80,12 @@ type Governor struct {
 // Observe takes the CPU the process used over the last interval and the node's idle CPU
 // over the same interval, both in cores, and returns the processor count to use from now on.
 func (g *Governor) Observe(busy, idle float64) int {
-	crowded := idle < DownIdle && busy < UpShare
-	if (busy >= UpShare*float64(g.N) && idle >= 1 && g.N < g.Max) || (crowded && g.N < min(2, g.Max)) {
+	if busy >= UpShare*float64(g.N) && idle >= 1 && g.N < g.Max {
 		g.up++
 	} else {
 		g.up = 0
 	}
-	if crowded && g.N > 2 || !crowded && g.N > 1 && (busy <= DownShare*float64(g.N-1) || idle < DownIdle) {
+	if g.N > 1 && (busy <= DownShare*float64(g.N-1) || idle < DownIdle) {
 		g.down++
 	} else {
 		g.down = 0
